@@ -1,0 +1,36 @@
+# robot-learning: `make demo` and `make test` do all set-up themselves on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+ROS_PKG_FILES := $(shell find ros2_ws/src/robot_learning_ros -type f -not -path '*/__pycache__/*' 2>/dev/null)
+
+# ROS 2 from the venv's wheels; discovery kept on this machine (a robot LAN overrides it).
+export AMENT_PREFIX_PATH := $(abspath $(VENV))$(if $(AMENT_PREFIX_PATH),:$(AMENT_PREFIX_PATH))
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 5 )))
+export MUJOCO_GL ?= egl
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): scripts/setup.sh pyproject.toml requirements-ros.txt $(ROS_PKG_FILES)
+	bash scripts/setup.sh
+	touch $@
+
+demo: setup
+	$(PY) -m robot_learning.cli demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m robot_learning.cli bench
+
+lint: setup
+	$(VENV)/bin/ruff check robot_learning ros2_ws tests
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

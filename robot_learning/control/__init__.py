@@ -1,0 +1,1 @@
+"""Arm control: kinematics, the safety filter every command passes, the controller, backends."""

@@ -1,0 +1,111 @@
+"""The safety filter: the one gate between any command and the joints.
+
+Every mode of the controller (twist, pose, trajectory, hold) produces a joint target and
+this filter turns it into what the arm is actually sent: non-finite targets are refused,
+positions clamped inside the joint limits, velocity and acceleration limited, and a target whose TCP would leave the
+workspace box is not sent. Each refusal is reported with its reason.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from robot_learning.config import SafetyLimits
+from robot_learning.control.kinematics import Kinematics
+
+
+class CommandRejected(ValueError):
+    """A command was refused before it could move the arm; the message says why."""
+
+
+@dataclass
+class Rejection:
+    stamp: float
+    reason: str
+
+
+def require_finite(name: str, *arrays) -> None:
+    """Refuse NaN/Inf anywhere in a command."""
+    for a in arrays:
+        if not np.all(np.isfinite(np.asarray(a, dtype=float))):
+            raise CommandRejected(f"{name}: non-finite value (NaN or Inf) in command")
+
+
+class SafetyFilter:
+    """Limits a stream of joint targets at a fixed period ``dt``."""
+
+    def __init__(self, limits: SafetyLimits, kin: Kinematics, dt: float,
+                 log: Callable[[str], None] | None = None):
+        self.limits = limits
+        self.kin = kin
+        self.dt = dt
+        self.lower = limits.q_lower + limits.position_margin
+        self.upper = limits.q_upper - limits.position_margin
+        self.q = np.zeros(len(limits.q_lower))
+        self.v = np.zeros_like(self.q)
+        self.rejections: deque[Rejection] = deque(maxlen=256)
+        self._log = log or (lambda msg: None)
+        self._last_reason = ""
+        self._outside = 0.0
+
+    def reset(self, q: np.ndarray) -> None:
+        """Start from the measured position at rest (start-up, after an e-stop)."""
+        self.q = np.clip(np.asarray(q, dtype=float), self.lower, self.upper)
+        self.v = np.zeros_like(self.q)
+        self._outside = self.outside_distance(self.kin.fk(self.q)[0])
+
+    def reject(self, stamp: float, reason: str) -> None:
+        """Record a refusal; repeated identical reasons are logged once until a new one comes."""
+        self.rejections.append(Rejection(stamp, reason))
+        if reason != self._last_reason:
+            self._log(reason)
+            self._last_reason = reason
+
+    def in_workspace(self, pos: np.ndarray) -> bool:
+        return self.outside_distance(pos) == 0.0
+
+    def outside_distance(self, pos: np.ndarray) -> float:
+        """How far a point lies outside the workspace box (0 inside)."""
+        below = np.maximum(self.limits.workspace_min - pos, 0.0)
+        above = np.maximum(pos - self.limits.workspace_max, 0.0)
+        return float(np.linalg.norm(below + above))
+
+    def check_joint_target(self, q: np.ndarray) -> str | None:
+        """Why a joint target may not be commanded at all, or None if it may."""
+        if not np.all(np.isfinite(q)):
+            return "non-finite joint target"
+        bad = np.nonzero((q < self.limits.q_lower) | (q > self.limits.q_upper))[0]
+        if bad.size:
+            return f"joint target outside the position limits at joint(s) {', '.join(str(i + 1) for i in bad)}"
+        pos, _ = self.kin.fk(q)
+        if not self.in_workspace(pos):
+            return f"joint target puts the TCP at {np.round(pos, 3).tolist()}, outside the workspace box"
+        return None
+
+    def filter(self, q_des: np.ndarray, stamp: float) -> np.ndarray:
+        """The next joint position to send, one period after the previous one."""
+        q_des = np.asarray(q_des, dtype=float)
+        if not np.all(np.isfinite(q_des)):
+            self.reject(stamp, "safety: non-finite joint target, holding")
+            q_des = self.q
+        clamped = np.clip(q_des, self.lower, self.upper)
+        if np.any(clamped != q_des):
+            self.reject(stamp, "safety: joint target clamped to the position limits")
+        v = (clamped - self.q) / self.dt
+        v = np.clip(v, self.v - self.limits.qdd_max * self.dt, self.v + self.limits.qdd_max * self.dt)
+        v = np.clip(v, -self.limits.qd_max, self.limits.qd_max)
+        q_new = np.clip(self.q + v * self.dt, self.lower, self.upper)
+        pos, _ = self.kin.fk(q_new)
+        # Outside the box only motion back towards it is allowed (an arm started outside can leave).
+        if self.outside_distance(pos) > self._outside + 1e-9:
+            self.reject(stamp, f"safety: TCP would leave the workspace box at {np.round(pos, 3).tolist()}, holding")
+            q_new = self.q
+        else:
+            self._outside = self.outside_distance(pos)
+        self.v = (q_new - self.q) / self.dt
+        self.q = q_new
+        return q_new.copy()

@@ -1,0 +1,115 @@
+"""The workcell as a gymnasium env, without ROS: same model, controller and safety code.
+
+Action: TCP twist in the base frame (m/s, rad/s) followed by the gripper closure (0 open
+.. 1 closed), applied for one env step (``1 / control_hz``) through the arm controller, so
+a policy trained here sends the same command a ``/arm/command/twist`` client sends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from robot_learning.sim.workcell import Workcell
+
+
+class WorkcellEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, task: str = "pick_place", control_hz: float = 10.0,
+                 cameras: tuple[str, ...] = (), image_size: tuple[int, int] = (96, 96),
+                 depth: bool = False, render_mode: str | None = None):
+        self.cell = Workcell(task)
+        self.control_hz = control_hz
+        self.cameras = tuple(cameras)
+        self.image_size = image_size  # (height, width)
+        self.depth = depth
+        self.render_mode = render_mode
+        lim = self.cell.robot.limits
+        hi = np.r_[[lim.max_linear_speed] * 3, [lim.max_angular_speed] * 3, 1.0].astype(np.float32)
+        lo = np.r_[-hi[:6], 0.0].astype(np.float32)
+        self.action_space = gym.spaces.Box(lo, hi, dtype=np.float32)
+        dof = self.cell.robot.dof
+        t = self.cell.tactile
+        n_obj = 7 * len(self.cell.task.object_bodies)
+        f = gym.spaces.Box(-np.inf, np.inf, dtype=np.float32, shape=(1,))
+        spaces: dict[str, gym.Space] = {
+            "joint_pos": gym.spaces.Box(-np.inf, np.inf, (dof,), np.float32),
+            "joint_vel": gym.spaces.Box(-np.inf, np.inf, (dof,), np.float32),
+            "tcp_pose": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32),
+            "gripper": f,
+            "wrench": gym.spaces.Box(-np.inf, np.inf, (6,), np.float32),
+            "tactile": gym.spaces.Box(-np.inf, np.inf, (len(t.names), t.rows, t.cols, 3), np.float32),
+            "object_state": gym.spaces.Box(-np.inf, np.inf, (n_obj,), np.float32),
+        }
+        h, w = image_size
+        for cam in self.cameras:
+            spaces[f"{cam}_rgb"] = gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
+            if depth:
+                spaces[f"{cam}_depth"] = gym.spaces.Box(0, 65535, (h, w), np.uint16)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self._steps = 0
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        c = self.cell
+        st = c.backend.read_state()
+        pos, quat = c.tcp_pose()
+        grids = c.tactile_grids()
+        obj = np.concatenate([np.r_[p, q] for p, q in c.object_poses().values()])
+        obs = {
+            "joint_pos": st.q.astype(np.float32),
+            "joint_vel": st.qd.astype(np.float32),
+            "tcp_pose": np.r_[pos, quat].astype(np.float32),
+            "gripper": np.array([st.gripper_opening], np.float32),
+            "wrench": c.wrist_wrench().astype(np.float32),
+            "tactile": np.stack([grids[n] for n in c.tactile.names]),
+            "object_state": obj.astype(np.float32),
+        }
+        h, w = self.image_size
+        for cam in self.cameras:
+            fr = c.render(cam, w, h, depth=self.depth)
+            obs[f"{cam}_rgb"] = fr.rgb
+            if self.depth:
+                obs[f"{cam}_depth"] = fr.depth_mm
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        episode_seed = seed if seed is not None else int(self.np_random.integers(2**31))
+        self.cell.reset(episode_seed)
+        self._steps = 0
+        return self._obs(), {"seed": episode_seed}
+
+    def step(self, action: np.ndarray):
+        action = np.asarray(action, dtype=float)
+        c = self.cell
+        if action.shape != (7,):
+            raise ValueError(f"action must have 7 numbers (twist[6], gripper), got shape {action.shape}")
+        a = np.clip(action, self.action_space.low, self.action_space.high)
+        c.controller.command_twist(a[:6], c.time)
+        c.controller.command_gripper(float(a[6]), c.time)
+        c.advance(1.0 / self.control_hz)
+        self._steps += 1
+        success = c.success()
+        truncated = self._steps >= c.task.max_steps
+        return self._obs(), float(success), success, truncated, {"success": success}
+
+    def render(self):
+        return self.cell.render("front", depth=False).rgb
+
+    def close(self):
+        self.cell.close()
+
+
+def expert_obs_from_env(env: WorkcellEnv, t: float):
+    """What the scripted expert needs, read from an env (the ROS side reads the same topics)."""
+    from robot_learning.sim.expert import ExpertObs
+
+    c = env.cell
+    pos, quat = c.tcp_pose()
+    return ExpertObs(t, pos, quat, c.backend.read_state().gripper_opening, c.object_poses())
+
+
+gym.register("robot_learning/Workcell-v0", entry_point="robot_learning.sim.env:WorkcellEnv")

@@ -1,0 +1,131 @@
+"""Scripted experts for the workcell tasks.
+
+An expert sees what the sim node publishes (TCP pose, gripper opening, object poses, all
+stamped) and answers with a TCP twist and a gripper command, so the same code drives the
+gymnasium env directly and the ROS graph through ``/arm/command/twist``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from robot_learning.transforms import axis_angle_quat, orientation_error, quat_mul, yaw_of
+
+DOWN = np.array([0.0, 1.0, 0.0, 0.0])  # TCP z pointing at the table
+
+
+@dataclass
+class ExpertObs:
+    t: float                                   # seconds, any clock that advances with the sim
+    tcp_pos: np.ndarray
+    tcp_quat: np.ndarray                       # w x y z
+    gripper_opening: float
+    objects: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+@dataclass
+class Waypoint:
+    pos: np.ndarray
+    yaw: float
+    grip: float                 # gripper command while moving there
+    tol: float = 0.006          # metres
+    dwell: float = 0.0          # seconds to wait once there
+    speed: float = 0.3          # m/s cap
+    carry: str | None = None    # pos/yaw are for this held object, not for the TCP
+    timeout: float = np.inf     # seconds before moving on regardless (a jammed insertion)
+
+
+def _fold_quarter(a: float) -> float:
+    return float((a + np.pi / 4) % (np.pi / 2) - np.pi / 4)
+
+
+class ScriptedExpert:
+    """Waypoint follower; each task turns the scene into a list of waypoints at reset."""
+
+    GAIN = 6.0
+
+    def __init__(self, task: str, rng: np.random.Generator | None = None):
+        self.task = task
+        self.rng = rng or np.random.default_rng()
+        self.plan: list[Waypoint] = []
+        self.k = 0
+        self._arrived: float | None = None
+        self._started: float | None = None
+        self.done = False
+
+    def _down(self, yaw: float) -> np.ndarray:
+        return quat_mul(axis_angle_quat([0, 0, 1], yaw), DOWN)
+
+    def _plan(self, obs: ExpertObs) -> list[Waypoint]:
+        yaw0 = yaw_of(obs.tcp_quat)
+        if self.task == "pick_place":
+            cube, cq = obs.objects["cube"]
+            target = obs.objects["target"][0]
+            yaw = yaw0 + _fold_quarter(yaw_of(cq) - yaw0)
+            return [
+                Waypoint(cube + [0, 0, 0.10], yaw, 0.0, tol=0.01),
+                Waypoint(cube + [0, 0, 0.0], yaw, 0.0, tol=0.004, speed=0.12),
+                Waypoint(cube + [0, 0, 0.0], yaw, 1.0, dwell=0.5),
+                Waypoint(cube + [0, 0, 0.12], yaw, 1.0, tol=0.01),
+                Waypoint(np.r_[target[:2], 0.12], yaw, 1.0, tol=0.008),
+                Waypoint(np.r_[target[:2], cube[2] + 0.004], yaw, 1.0, tol=0.004, speed=0.1),
+                Waypoint(np.r_[target[:2], cube[2] + 0.004], yaw, 0.0, dwell=0.4),
+                Waypoint(np.r_[target[:2], 0.15], yaw, 0.0, tol=0.01),
+            ]
+        if self.task == "peg_in_hole":
+            peg, pq = obs.objects["peg"]
+            hole, hq = obs.objects["hole"]
+            half_len = peg[2]  # the peg starts upright on the table
+            grasp_z = peg[2] + half_len - 0.018
+            yaw = yaw0 + _fold_quarter(yaw_of(pq) - yaw0)
+            hole_yaw = yaw_of(hq)
+            # From the lift on, the peg itself is steered onto the hole axis.
+            return [
+                Waypoint(np.r_[peg[:2], grasp_z + 0.08], yaw, 0.0, tol=0.008),
+                Waypoint(np.r_[peg[:2], grasp_z], yaw, 0.0, tol=0.003, speed=0.12),
+                Waypoint(np.r_[peg[:2], grasp_z], yaw, 1.0, dwell=0.5),
+                Waypoint(np.r_[peg[:2], grasp_z + 0.12], yaw, 1.0, tol=0.01),
+                Waypoint(np.r_[hole[:2], half_len + 0.09], hole_yaw, 1.0, tol=0.006, carry="peg"),
+                Waypoint(np.r_[hole[:2], half_len + 0.045], hole_yaw, 1.0, tol=0.0015, speed=0.05,
+                         dwell=0.2, carry="peg", timeout=4.0),
+                Waypoint(np.r_[hole[:2], half_len + 0.002], hole_yaw, 1.0, tol=0.004, speed=0.04,
+                         carry="peg", timeout=4.0),
+                Waypoint(np.r_[hole[:2], half_len + 0.002], hole_yaw, 0.0, dwell=0.4, carry="peg"),
+                Waypoint(np.r_[hole[:2], half_len + 0.12], hole_yaw, 0.0, tol=0.01),
+            ]
+        raise ValueError(f"no scripted expert for task '{self.task}'")
+
+    def reset(self) -> None:
+        self.plan, self.k, self._arrived, self._started, self.done = [], 0, None, None, False
+
+    def act(self, obs: ExpertObs) -> tuple[np.ndarray, float]:
+        """TCP twist (base frame, m/s and rad/s) and gripper closure (0 open .. 1 closed)."""
+        if not self.plan:
+            self.plan = self._plan(obs)
+        wp = self.plan[min(self.k, len(self.plan) - 1)]
+        if self._started is None:
+            self._started = obs.t
+        target, yaw = wp.pos, wp.yaw
+        if wp.carry:
+            obj_pos, obj_quat = obs.objects[wp.carry]
+            target = wp.pos + (obs.tcp_pos - obj_pos)
+            tcp_yaw = yaw_of(obs.tcp_quat)
+            yaw = tcp_yaw + _fold_quarter(wp.yaw - yaw_of(obj_quat))
+        err = target - obs.tcp_pos
+        rot_err = orientation_error(self._down(yaw), obs.tcp_quat)
+        v = self.GAIN * err
+        n = np.linalg.norm(v)
+        if n > wp.speed:
+            v *= wp.speed / n
+        w = np.clip(4.0 * rot_err, -1.0, 1.0)
+        there = np.linalg.norm(err) < wp.tol and np.linalg.norm(rot_err) < 0.05
+        if self.k < len(self.plan) and (there or obs.t - self._started > wp.timeout):
+            if self._arrived is None:
+                self._arrived = obs.t
+            if obs.t - self._arrived >= wp.dwell:
+                self.k += 1
+                self._arrived = self._started = None
+                self.done = self.k >= len(self.plan)
+        return np.concatenate([v, w]), wp.grip

@@ -1,0 +1,155 @@
+"""Workcell tasks: the objects they add, how they randomize, when they succeed.
+
+A task reads its numbers from sim/tasks/<name>.yaml. Objects that the robot can move are
+free bodies; fixtures (target pad, hole block) are mocap bodies so a reset can place them
+without rebuilding the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mujoco
+import numpy as np
+
+from robot_learning.config import load_yaml
+from robot_learning.sim.model import WORLD_COLLISION, VISUAL_ONLY
+from robot_learning.transforms import axis_angle_quat, yaw_of
+
+TASKS = ("pick_place", "peg_in_hole")
+
+
+def _yaw_quat(yaw: float) -> np.ndarray:
+    return axis_angle_quat([0, 0, 1], yaw)
+
+
+def _uniform(rng: np.random.Generator, lo_hi) -> float:
+    return float(rng.uniform(lo_hi[0], lo_hi[1]))
+
+
+class Task:
+    """Base: object poses for observers, randomized reset, success test."""
+
+    name = ""
+    object_bodies: tuple[str, ...] = ()
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        self.max_steps = int(cfg.get("max_steps", 200))
+
+    def xml(self) -> str:
+        raise NotImplementedError
+
+    def bind(self, model: mujoco.MjModel) -> None:
+        self.body_ids = {b: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, b) for b in self.object_bodies}
+        self.mocap = {b: model.body_mocapid[i] for b, i in self.body_ids.items() if model.body_mocapid[i] >= 0}
+        self.qadr = {}
+        for b, i in self.body_ids.items():
+            if model.body_jntnum[i] == 1:
+                self.qadr[b] = model.jnt_qposadr[model.body_jntadr[i]]
+
+    def _place(self, model, data, body: str, pos, yaw: float) -> None:
+        q = _yaw_quat(yaw)
+        if body in self.mocap:
+            data.mocap_pos[self.mocap[body]] = pos
+            data.mocap_quat[self.mocap[body]] = q
+        else:
+            a = self.qadr[body]
+            data.qpos[a:a + 3] = pos
+            data.qpos[a + 3:a + 7] = q
+
+    def object_poses(self, data: mujoco.MjData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {b: (data.xpos[i].copy(), data.xquat[i].copy()) for b, i in self.body_ids.items()}
+
+    def reset(self, model: mujoco.MjModel, data: mujoco.MjData, rng: np.random.Generator) -> None:
+        raise NotImplementedError
+
+    def success(self, model: mujoco.MjModel, data: mujoco.MjData, gripper_opening: float) -> bool:
+        raise NotImplementedError
+
+
+class PickPlace(Task):
+    name = "pick_place"
+    object_bodies = ("cube", "target")
+
+    def xml(self) -> str:
+        c, t = self.cfg["cube"], self.cfg["target"]
+        h = c["half_size"]
+        return (
+            f'<body name="cube" pos="0.5 0 {h}"><freejoint/>'
+            f'<geom type="box" size="{h} {h} {h}" mass="{c["mass"]}" rgba="0.85 0.2 0.2 1" '
+            f'{WORLD_COLLISION} friction="1.0 0.02 0.002" condim="4"/></body>'
+            f'<body name="target" mocap="true" pos="0.5 0.2 0">'
+            f'<geom type="cylinder" size="{t["radius"]} 0.001" rgba="0.2 0.75 0.3 1" {VISUAL_ONLY}/></body>'
+        )
+
+    def reset(self, model, data, rng) -> None:
+        c, t = self.cfg["cube"], self.cfg["target"]
+        self._place(model, data, "cube",
+                    [_uniform(rng, c["spawn_x"]), _uniform(rng, c["spawn_y"]), c["half_size"]],
+                    _uniform(rng, c["yaw"]))
+        self._place(model, data, "target", [_uniform(rng, t["spawn_x"]), _uniform(rng, t["spawn_y"]), 0.001], 0.0)
+
+    def success(self, model, data, gripper_opening: float) -> bool:
+        s, h = self.cfg["success"], self.cfg["cube"]["half_size"]
+        cube = data.xpos[self.body_ids["cube"]]
+        target = data.xpos[self.body_ids["target"]]
+        placed = np.linalg.norm(cube[:2] - target[:2]) <= s["max_xy_error"] and cube[2] - h <= s["max_height"]
+        released = gripper_opening > 2 * h + 0.004 or not s.get("gripper_open", True)
+        return bool(placed and released)
+
+
+class PegInHole(Task):
+    name = "peg_in_hole"
+    object_bodies = ("peg", "hole")
+
+    @property
+    def hole_half(self) -> float:
+        return self.cfg["peg"]["half_width"] + self.cfg["hole"]["clearance"] / 2
+
+    def xml(self) -> str:
+        p, ho = self.cfg["peg"], self.cfg["hole"]
+        w, L = p["half_width"], p["half_length"]
+        h, W, dz = self.hole_half, ho["block_half_width"], ho["depth"] / 2
+        wall = (W - h) / 2
+        walls = "".join(
+            f'<geom type="box" pos="{x} {y} {dz}" size="{sx} {sy} {dz}" rgba="0.3 0.45 0.8 1" {WORLD_COLLISION}/>'
+            for x, y, sx, sy in (
+                (h + wall, 0, wall, W), (-h - wall, 0, wall, W),
+                (0, h + wall, h, wall), (0, -h - wall, h, wall),
+            )
+        )
+        return (
+            f'<body name="peg" pos="0.5 -0.1 {L}"><freejoint/>'
+            f'<geom type="box" size="{w} {w} {L}" mass="{p["mass"]}" rgba="0.9 0.65 0.15 1" '
+            f'{WORLD_COLLISION} friction="1.0 0.02 0.002" condim="4"/></body>'
+            f'<body name="hole" mocap="true" pos="0.5 0.15 0">{walls}</body>'
+        )
+
+    def reset(self, model, data, rng) -> None:
+        p, ho = self.cfg["peg"], self.cfg["hole"]
+        self._place(model, data, "peg",
+                    [_uniform(rng, p["spawn_x"]), _uniform(rng, p["spawn_y"]), p["half_length"]],
+                    _uniform(rng, p["yaw"]))
+        self._place(model, data, "hole", [_uniform(rng, ho["spawn_x"]), _uniform(rng, ho["spawn_y"]), 0.0],
+                    _uniform(rng, ho["yaw"]))
+
+    def success(self, model, data, gripper_opening: float) -> bool:
+        peg = data.xpos[self.body_ids["peg"]]
+        hole = data.xpos[self.body_ids["hole"]]
+        bottom = peg[2] - self.cfg["peg"]["half_length"]
+        inserted = bottom <= self.cfg["hole"]["depth"] - self.cfg["success"]["min_depth"]
+        return bool(inserted and np.linalg.norm(peg[:2] - hole[:2]) < self.hole_half)
+
+    def insertion_yaw_error(self, data: mujoco.MjData) -> float:
+        """Peg-to-hole yaw difference, folded to the square's quarter-turn symmetry."""
+        d = yaw_of(data.xquat[self.body_ids["hole"]]) - yaw_of(data.xquat[self.body_ids["peg"]])
+        return float((d + np.pi / 4) % (np.pi / 2) - np.pi / 4)
+
+
+def make_task(name: str) -> Task:
+    """Task by name, configured from sim/tasks/<name>.yaml."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task '{name}': choose one of {', '.join(TASKS)}")
+    cfg = load_yaml(f"sim/tasks/{name}.yaml")
+    return {"pick_place": PickPlace, "peg_in_hole": PegInHole}[name](cfg)

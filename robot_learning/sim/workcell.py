@@ -1,0 +1,171 @@
+"""The simulated workcell at run time: physics, the arm controller behind a SimBackend,
+sensors (cameras, tactile pads, wrist F/T) and the task.
+
+The ROS sim node and the gymnasium env both drive this one class, so the robot a policy
+trains against headless is the robot the ROS graph exposes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import mujoco
+import numpy as np
+
+from robot_learning.config import (
+    DEFAULT_CALIBRATION, DEFAULT_ROBOT, DEFAULT_WORKCELL, load_calibration, load_robot, load_yaml,
+)
+from robot_learning.control.backend import ArmState
+from robot_learning.control.controller import ArmController
+from robot_learning.sim.model import FT_SITE, TCP_SITE, workcell_xml
+from robot_learning.sim.tactile import TactilePads
+from robot_learning.sim.tasks import make_task
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+class SimBackend:
+    """ArmBackend over a MuJoCo model: position servos on the joints, a gripper drive."""
+
+    def __init__(self, model: mujoco.MjModel, data: mujoco.MjData, robot):
+        self.model, self.data = model, data
+        jid = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, j) for j in robot.joint_names]
+        self.qadr = model.jnt_qposadr[jid]
+        self.dadr = model.jnt_dofadr[jid]
+        self.act = np.array([mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_ACTUATOR, f"{j}_servo")
+                             for j in robot.joint_names])
+        self.grip_act = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_ACTUATOR, "gripper_drive")
+        f1 = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, robot.gripper.joint_names[0])
+        self.finger_adr = model.jnt_qposadr[f1]
+
+    def now(self) -> float:
+        return float(self.data.time)
+
+    def read_state(self) -> ArmState:
+        d = self.data
+        return ArmState(
+            stamp=float(d.time),
+            q=d.qpos[self.qadr].copy(),
+            qd=d.qvel[self.dadr].copy(),
+            effort=d.actuator_force[self.act].copy(),
+            gripper_opening=2.0 * float(d.qpos[self.finger_adr]),
+            gripper_effort=float(d.actuator_force[self.grip_act]),
+        )
+
+    def write_command(self, q: np.ndarray, gripper_opening: float) -> None:
+        self.data.ctrl[self.act] = q
+        self.data.ctrl[self.grip_act] = gripper_opening / 2.0
+
+    def set_joints(self, q: np.ndarray, gripper_opening: float) -> None:
+        """Teleport (reset only): joints at rest at ``q``."""
+        self.data.qpos[self.qadr] = q
+        self.data.qvel[self.dadr] = 0.0
+        self.data.qpos[self.finger_adr:self.finger_adr + 2] = gripper_opening / 2.0
+        self.write_command(q, gripper_opening)
+
+
+@dataclass
+class CameraFrame:
+    stamp: float
+    rgb: np.ndarray            # (H, W, 3) uint8
+    depth_mm: np.ndarray | None  # (H, W) uint16, 0 = no data
+
+
+class Workcell:
+    """One simulated workcell: call ``reset`` then ``advance`` or ``step_control``."""
+
+    def __init__(self, task: str = "pick_place", robot_path: str = DEFAULT_ROBOT,
+                 calibration_path: str = DEFAULT_CALIBRATION, workcell_path: str = DEFAULT_WORKCELL,
+                 log: Callable[[str], None] | None = None):
+        self.robot = load_robot(robot_path)
+        self.calib = load_calibration(calibration_path)
+        self.cfg = load_yaml(workcell_path)
+        self.task = make_task(task)
+        self.xml = workcell_xml(self.robot, self.calib, self.cfg, self.task.xml())
+        self.model = mujoco.MjModel.from_xml_string(self.xml)
+        self.data = mujoco.MjData(self.model)
+        self.task.bind(self.model)
+        self.backend = SimBackend(self.model, self.data, self.robot)
+        self.physics_dt = float(self.model.opt.timestep)
+        self.control_dt = 1.0 / float(self.cfg["control_rate"])
+        self.substeps = max(1, round(self.control_dt / self.physics_dt))
+        self.control_dt = self.substeps * self.physics_dt
+        self.controller = ArmController(self.robot, self.control_dt, log=log)
+        tcfg = load_yaml(self.cfg["tactile"])
+        self.tactile = TactilePads(self.model, int(tcfg["rows"]), int(tcfg["cols"]), tcfg["pad_size"])
+        self.tcp_site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, TCP_SITE)
+        self.ft_site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, FT_SITE)
+        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self.episode_seed: int | None = None
+
+    # ---- episodes -----------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> None:
+        """Arm at home, gripper open, task objects randomized from ``seed``."""
+        mujoco.mj_resetData(self.model, self.data)
+        self.episode_seed = seed
+        self.task.reset(self.model, self.data, np.random.default_rng(seed))
+        self.backend.set_joints(self.robot.home, self.robot.gripper.max_opening)
+        mujoco.mj_forward(self.model, self.data)
+        self.controller.gripper = 0.0
+        self.controller.sync(self.backend.read_state())
+
+    @property
+    def time(self) -> float:
+        return float(self.data.time)
+
+    def step_control(self) -> None:
+        """One control period: controller -> safety -> servos, then the physics substeps."""
+        q, opening = self.controller.step(self.backend.read_state(), self.time)
+        self.backend.write_command(q, opening)
+        mujoco.mj_step(self.model, self.data, nstep=self.substeps)
+
+    def advance(self, duration: float) -> None:
+        for _ in range(max(1, round(duration / self.control_dt))):
+            self.step_control()
+
+    def success(self) -> bool:
+        return self.task.success(self.model, self.data, self.backend.read_state().gripper_opening)
+
+    # ---- sensors ------------------------------------------------------------------
+    def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, self.data.site_xmat[self.tcp_site])
+        return self.data.site_xpos[self.tcp_site].copy(), quat
+
+    def wrist_wrench(self) -> np.ndarray:
+        """Force (N) and torque (N m) at the wrist sensor, in its own frame."""
+        return np.concatenate([self.data.sensor("wrist_force").data, self.data.sensor("wrist_torque").data])
+
+    def tactile_grids(self) -> dict[str, np.ndarray]:
+        return self.tactile.read(self.model, self.data)
+
+    def object_poses(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return self.task.object_poses(self.data)
+
+    def render(self, camera: str, width: int | None = None, height: int | None = None,
+               depth: bool = True) -> CameraFrame:
+        """RGB (and depth in mm, 0 where out of range) from a calibrated camera."""
+        cam = self.calib.cameras[camera]
+        w, h = width or cam.width, height or cam.height
+        r = self._renderers.get((w, h))
+        if r is None:
+            r = self._renderers[(w, h)] = mujoco.Renderer(self.model, h, w)
+        r.disable_depth_rendering()
+        r.update_scene(self.data, camera)
+        rgb = r.render().copy()
+        depth_mm = None
+        if depth:
+            r.enable_depth_rendering()
+            r.update_scene(self.data, camera)
+            d = r.render()
+            lo, hi = cam.depth_range
+            depth_mm = np.where((d >= lo) & (d <= hi), d * 1000.0, 0).astype(np.uint16)
+            r.disable_depth_rendering()
+        return CameraFrame(self.time, rgb, depth_mm)
+
+    def close(self) -> None:
+        for r in self._renderers.values():
+            r.close()
+        self._renderers.clear()

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One-time (and idempotent) set-up: Debian packages the Python wheels need, then the venv.
+# Called by `make setup`; safe to run again, quick when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+
+# --- Debian packages: libusb for librealsense, EGL/Mesa for headless MuJoCo rendering ---
+need=()
+for pkg in libusb-1.0-0 libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# --- the venv ---
+[ -x "$VENV/bin/python" ] || $PY -m venv "$VENV"
+PIP="$VENV/bin/pip --disable-pip-version-check -q"
+# torch first and pinned: any other spec would pull the CUDA build.
+$VENV/bin/python -c "import torch" 2>/dev/null || $PIP install torch==2.13.0
+$PIP install -r requirements-ros.txt
+$PIP install -e ".[learning,devices,dev]"
+$PIP install ./ros2_ws/src/robot_learning_ros
+echo "setup: done ($VENV)"
