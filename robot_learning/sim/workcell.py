@@ -29,8 +29,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 class SimBackend:
     """ArmBackend over a MuJoCo model: position servos on the joints, a gripper drive."""
 
-    def __init__(self, model: mujoco.MjModel, data: mujoco.MjData, robot):
+    def __init__(self, model: mujoco.MjModel, data: mujoco.MjData, robot,
+                 clock: Callable[[], float] | None = None):
         self.model, self.data = model, data
+        self._clock = clock or (lambda: float(data.time))
         jid = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, j) for j in robot.joint_names]
         self.qadr = model.jnt_qposadr[jid]
         self.dadr = model.jnt_dofadr[jid]
@@ -41,12 +43,12 @@ class SimBackend:
         self.finger_adr = model.jnt_qposadr[f1]
 
     def now(self) -> float:
-        return float(self.data.time)
+        return self._clock()
 
     def read_state(self) -> ArmState:
         d = self.data
         return ArmState(
-            stamp=float(d.time),
+            stamp=self._clock(),
             q=d.qpos[self.qadr].copy(),
             qd=d.qvel[self.dadr].copy(),
             effort=d.actuator_force[self.act].copy(),
@@ -87,7 +89,7 @@ class Workcell:
         self.model = mujoco.MjModel.from_xml_string(self.xml)
         self.data = mujoco.MjData(self.model)
         self.task.bind(self.model)
-        self.backend = SimBackend(self.model, self.data, self.robot)
+        self.backend = SimBackend(self.model, self.data, self.robot, clock=lambda: self.time)
         self.physics_dt = float(self.model.opt.timestep)
         self.control_dt = 1.0 / float(self.cfg["control_rate"])
         self.substeps = max(1, round(self.control_dt / self.physics_dt))
@@ -99,10 +101,12 @@ class Workcell:
         self.ft_site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, FT_SITE)
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         self.episode_seed: int | None = None
+        self._t0 = 0.0
 
     # ---- episodes -----------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
         """Arm at home, gripper open, task objects randomized from ``seed``."""
+        self._t0 += float(self.data.time)  # keep the clock monotonic across episodes
         mujoco.mj_resetData(self.model, self.data)
         self.episode_seed = seed
         self.task.reset(self.model, self.data, np.random.default_rng(seed))
@@ -113,11 +117,18 @@ class Workcell:
 
     @property
     def time(self) -> float:
-        return float(self.data.time)
+        """Simulated seconds since the workcell was built, monotonic across resets."""
+        return self._t0 + float(self.data.time)
 
-    def step_control(self) -> None:
-        """One control period: controller -> safety -> servos, then the physics substeps."""
-        q, opening = self.controller.step(self.backend.read_state(), self.time)
+    def step_control(self, step_fn: Callable[[ArmState, float], tuple[np.ndarray, float]] | None = None,
+                     clock_origin: float = 0.0) -> None:
+        """One control period: controller -> safety -> servos, then the physics substeps.
+
+        ``step_fn`` replaces ``controller.step`` for callers that guard the controller with a
+        lock; ``clock_origin`` shifts the time it sees (the ROS node's stamps are wall-based).
+        """
+        step = step_fn or self.controller.step
+        q, opening = step(self.backend.read_state(), clock_origin + self.time)
         self.backend.write_command(q, opening)
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
 

@@ -1,0 +1,45 @@
+"""The ``robot-learning`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="robot-learning", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    la = sub.add_parser("launch", help="run a ROS 2 YAML launch file (ros2 launch where installed)")
+    la.add_argument("file")
+    la.add_argument("args", nargs="*", help="name:=value launch arguments")
+    la.add_argument("--builtin", action="store_true", help="use the built-in runner even if ros2 exists")
+
+    de = sub.add_parser("demo", help="the scripted expert on the sim workcell through the ROS 2 graph")
+    de.add_argument("--tasks", default="pick_place,peg_in_hole")
+    de.add_argument("--episodes", type=int, default=10)
+    de.add_argument("--real-time-factor", type=float, default=1.0)
+    de.add_argument("--out", default="runs")
+
+    be = sub.add_parser("bench", help="measure the sim, env and graph; writes docs/benchmarks.md")
+    be.add_argument("--out", default="docs/benchmarks.md")
+    be.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
+
+    a = ap.parse_args(argv)
+    if a.cmd == "launch":
+        from robot_learning.launch import main as launch_main
+
+        return launch_main(a.file, a.args, force_builtin=a.builtin)
+    if a.cmd == "demo":
+        from robot_learning.demo import run_demo
+
+        return run_demo([t for t in a.tasks.split(",") if t], a.episodes, a.real_time_factor, a.out)
+    if a.cmd == "bench":
+        from robot_learning.bench import run_bench
+
+        return run_bench(a.out, quick=a.quick)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

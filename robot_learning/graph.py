@@ -1,0 +1,48 @@
+"""Start and stop the sim graph from Python (demo, benchmarks, tests): the launch file run
+by ``robot-learning launch`` in its own process group, its output kept in a log file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from robot_learning.paths import project_root
+
+
+class SimGraph:
+    """``robot-learning launch launch/sim.launch.yaml`` as a child process."""
+
+    def __init__(self, log_path: str | Path, **launch_args: object):
+        self.log_path = Path(log_path)
+        self.args = [f"{k}:={v}" for k, v in launch_args.items()]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> SimGraph:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        cmd = [sys.executable, "-m", "robot_learning.cli", "launch", "--builtin",
+               str(project_root() / "launch" / "sim.launch.yaml"), *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

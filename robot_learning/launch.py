@@ -1,0 +1,298 @@
+"""``robot-learning launch``: run a ROS 2 YAML launch file.
+
+Hands over to ``ros2 launch`` where it is installed. Otherwise it runs the file itself:
+the subset of the YAML launch format this project's files use (``arg``, ``let``, ``node``,
+``include``, ``group`` with ``push-ros-namespace``, ``if``/``unless``, and the
+substitutions ``$(var)``, ``$(env)``, ``$(find-pkg-share)``), each node as its own
+process, a report when one dies, and a clean shutdown of all on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRUE = {"true", "1", "yes", "on"}
+FALSE = {"false", "0", "no", "off", ""}
+
+
+class LaunchError(RuntimeError):
+    """The launch file is malformed or names something that cannot be found."""
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    cmd: list[str]
+    on_exit_shutdown: bool = False
+
+
+@dataclass
+class Context:
+    args: dict[str, str]
+    file: Path
+    namespace: str = ""
+    nodes: list[NodeSpec] = field(default_factory=list)
+
+
+def find_pkg_share(pkg: str) -> Path:
+    """The package's share directory, looked up in AMENT_PREFIX_PATH like ament_index does."""
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        marker = Path(prefix) / "share" / "ament_index" / "resource_index" / "packages" / pkg
+        if marker.exists():
+            return Path(prefix) / "share" / pkg
+    raise LaunchError(f"package '{pkg}' not found: is AMENT_PREFIX_PATH set (run `make setup`, "
+                      "or source your ROS 2 workspace's install/setup.bash)?")
+
+
+def find_executable(pkg: str, exe: str) -> str:
+    """``lib/<pkg>/<exe>`` under an ament prefix (colcon), else the venv's bin/ (pip)."""
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        cand = Path(prefix) / "lib" / pkg / exe
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return str(cand)
+    cand = Path(sys.executable).parent / exe
+    if cand.is_file():
+        return str(cand)
+    found = shutil.which(exe)
+    if found:
+        return found
+    raise LaunchError(f"executable '{exe}' of package '{pkg}' not found (is the package installed?)")
+
+
+_SUBST = re.compile(r"\$\(([a-z-]+)((?:\s+[^()\s]+)*)\s*\)")
+
+
+def substitute(value: Any, ctx: Context) -> str:
+    """Resolve ``$(...)`` substitutions in a scalar, innermost first."""
+    s = "" if value is None else str(value)
+    while True:
+        m = _SUBST.search(s)
+        if not m:
+            return s
+        kind, parts = m.group(1), m.group(2).split()
+        if kind == "var":
+            if not parts or parts[0] not in ctx.args:
+                raise LaunchError(f"{ctx.file}: $(var {' '.join(parts)}) is not a declared argument")
+            rep = ctx.args[parts[0]]
+        elif kind == "env":
+            rep = os.environ.get(parts[0], " ".join(parts[1:]) if len(parts) > 1 else None)
+            if rep is None:
+                raise LaunchError(f"{ctx.file}: environment variable {parts[0]} is not set")
+        elif kind == "find-pkg-share":
+            rep = str(find_pkg_share(parts[0]))
+        elif kind == "dirname":
+            rep = str(ctx.file.parent)
+        else:
+            raise LaunchError(f"{ctx.file}: substitution $({kind}) is not supported by this runner; "
+                              "install ROS 2 and use `ros2 launch`")
+        s = s[: m.start()] + rep + s[m.end():]
+
+
+def _condition(entry: dict, ctx: Context) -> bool:
+    for key, want in (("if", True), ("unless", False)):
+        if key in entry:
+            v = substitute(entry[key], ctx).strip().lower()
+            if v not in TRUE | FALSE:
+                raise LaunchError(f"{ctx.file}: '{key}: {v}' is not a boolean")
+            if (v in TRUE) != want:
+                return False
+    return True
+
+
+def _param_value(v: Any, ctx: Context) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_param_value(x, ctx) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    s = substitute(v, ctx)
+    return s if s != "" else "''"
+
+
+def _node(entry: dict, ctx: Context) -> NodeSpec:
+    for key in ("pkg", "exec"):
+        if key not in entry:
+            raise LaunchError(f"{ctx.file}: a node needs '{key}'")
+    pkg, exe = substitute(entry["pkg"], ctx), substitute(entry["exec"], ctx)
+    cmd = [find_executable(pkg, exe)]
+    cmd += [substitute(a, ctx) for a in str(entry.get("args", "")).split()]
+    cmd.append("--ros-args")
+    name = substitute(entry.get("name", exe), ctx)
+    if "name" in entry:
+        cmd += ["-r", f"__node:={name}"]
+    ns = "/".join(x.strip("/") for x in (ctx.namespace, substitute(entry.get("namespace", ""), ctx)) if x.strip("/"))
+    if ns:
+        cmd += ["-r", f"__ns:=/{ns}"]
+    for p in entry.get("param", []) or []:
+        if "from" in p:
+            cmd += ["--params-file", substitute(p["from"], ctx)]
+        else:
+            cmd += ["-p", f"{substitute(p['name'], ctx)}:={_param_value(p.get('value'), ctx)}"]
+    for r in entry.get("remap", []) or []:
+        cmd += ["-r", f"{substitute(r['from'], ctx)}:={substitute(r['to'], ctx)}"]
+    return NodeSpec(name, cmd, on_exit_shutdown=str(entry.get("on_exit", "")) == "shutdown")
+
+
+def _walk(actions: list, ctx: Context) -> None:
+    for action in actions or []:
+        if not isinstance(action, dict) or len(action) != 1:
+            raise LaunchError(f"{ctx.file}: each launch entry must be a one-key mapping, got {action!r}")
+        (kind, body), = action.items()
+        body = body or {}
+        if not _condition(body, ctx):
+            continue
+        if kind == "arg":
+            name = body["name"]
+            if name not in ctx.args:
+                if "default" not in body:
+                    raise LaunchError(f"{ctx.file}: argument '{name}' has no default: pass {name}:=VALUE")
+                ctx.args[name] = substitute(body["default"], ctx)
+        elif kind == "let":
+            ctx.args[body["name"]] = substitute(body["value"], ctx)
+        elif kind == "node":
+            ctx.nodes.append(_node(body, ctx))
+        elif kind == "group":
+            sub = Context(dict(ctx.args) if body.get("scoped", True) else ctx.args, ctx.file, ctx.namespace, ctx.nodes)
+            for child in body.get("children", []) or []:
+                if isinstance(child, dict) and ("push-ros-namespace" in child or "push_ros_namespace" in child):
+                    c = child.get("push-ros-namespace") or child.get("push_ros_namespace")
+                    ns = substitute(c.get("namespace", ""), sub)
+                    sub.namespace = f"{sub.namespace}/{ns.strip('/')}" if ns.strip("/") else sub.namespace
+                else:
+                    _walk([child], sub)
+        elif kind == "include":
+            path = Path(substitute(body["file"], ctx))
+            inc_args = {a["name"]: substitute(a["value"], ctx) for a in body.get("arg", []) or []}
+            inc = Context(inc_args, path, ctx.namespace, ctx.nodes)
+            _walk(_load(path), inc)
+        else:
+            raise LaunchError(f"{ctx.file}: '{kind}' actions are not supported by this runner; "
+                              "install ROS 2 and use `ros2 launch`")
+
+
+def _load(path: Path) -> list:
+    if not path.is_file():
+        raise LaunchError(f"launch file not found: {path}")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or "launch" not in data:
+        raise LaunchError(f"{path}: not a YAML launch file (expected a top-level 'launch:' list)")
+    return data["launch"]
+
+
+def plan(path: str | Path, args: dict[str, str]) -> list[NodeSpec]:
+    """The processes a launch file starts, without starting them."""
+    p = Path(path).resolve()
+    ctx = Context(dict(args), p)
+    _walk(_load(p), ctx)
+    return ctx.nodes
+
+
+def parse_launch_args(items: list[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        if ":=" not in it:
+            raise LaunchError(f"launch argument '{it}' must look like name:=value")
+        k, v = it.split(":=", 1)
+        out[k] = v
+    return out
+
+
+class Launcher:
+    """Starts the planned processes and supervises them until they end or we are stopped."""
+
+    def __init__(self, nodes: list[NodeSpec], grace: float = 10.0):
+        self.nodes = nodes
+        self.grace = grace
+        self.procs: list[tuple[NodeSpec, subprocess.Popen]] = []
+        self._stop = threading.Event()
+
+    def _pump(self, name: str, stream) -> None:
+        for line in iter(stream.readline, b""):
+            sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
+            sys.stdout.flush()
+
+    def start(self) -> None:
+        for spec in self.nodes:
+            proc = subprocess.Popen(spec.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            print(f"[launch] started {spec.name} (pid {proc.pid})", flush=True)
+            threading.Thread(target=self._pump, args=(spec.name, proc.stdout), daemon=True).start()
+            self.procs.append((spec, proc))
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        """Supervise; returns 0 when every node ended cleanly."""
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        self.start()
+        failed, reported = False, set()
+        while not self._stop.is_set():
+            alive = 0
+            for spec, proc in self.procs:
+                rc = proc.poll()
+                if rc is None:
+                    alive += 1
+                elif proc.pid not in reported:
+                    reported.add(proc.pid)
+                    if rc != 0:
+                        failed = True
+                        print(f"[launch] ERROR: node '{spec.name}' (pid {proc.pid}) died with exit code {rc}",
+                              flush=True)
+                    else:
+                        print(f"[launch] node '{spec.name}' (pid {proc.pid}) finished", flush=True)
+                    if spec.on_exit_shutdown:
+                        print(f"[launch] '{spec.name}' ended with on_exit: shutdown; stopping all", flush=True)
+                        self._stop.set()
+            if alive == 0:
+                break
+            self._stop.wait(0.1)
+        self.shutdown()
+        return 1 if failed else 0
+
+    def shutdown(self) -> None:
+        """SIGINT to every node (what Ctrl-C sends), SIGTERM after the grace period, then SIGKILL."""
+        for sig, wait in ((signal.SIGINT, self.grace), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            live = [(s, p) for s, p in self.procs if p.poll() is None]
+            if not live:
+                return
+            for _, p in live:
+                try:
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    pass
+            end = time.monotonic() + wait
+            while time.monotonic() < end and any(p.poll() is None for _, p in live):
+                time.sleep(0.05)
+            if sig != signal.SIGINT:
+                for s, p in live:
+                    if p.poll() is not None:
+                        print(f"[launch] {s.name} needed {sig.name} to stop", flush=True)
+
+
+def main(path: str, arg_items: list[str], force_builtin: bool = False) -> int:
+    """Entry point of ``robot-learning launch``."""
+    ros2 = shutil.which("ros2")
+    if ros2 and not force_builtin:
+        os.execvp(ros2, [ros2, "launch", str(path), *arg_items])
+    try:
+        nodes = plan(path, parse_launch_args(arg_items))
+    except (LaunchError, KeyError, yaml.YAMLError) as e:
+        print(f"robot-learning launch: {e}", file=sys.stderr)
+        return 2
+    if not nodes:
+        print("robot-learning launch: the file starts no nodes", file=sys.stderr)
+        return 0
+    return Launcher(nodes).run()

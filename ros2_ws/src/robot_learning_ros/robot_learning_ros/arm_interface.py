@@ -1,0 +1,121 @@
+"""The arm controller's ROS 2 interface, shared by every backend (sim now, ros2_control next).
+
+Subscribes the command topics of ARCHITECTURE.md, hands each command to
+``robot_learning.control.ArmController`` (which validates it and refuses it with a reason)
+and publishes the arm's state. Command callbacks run on the executor thread; the control
+loop runs elsewhere, so every controller call goes through one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from robot_learning.control.backend import ArmState
+from robot_learning.control.controller import ArmController
+from robot_learning.control.safety import CommandRejected
+from robot_learning_ros.msgs import (
+    COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, joint_state_msg, pose_from_msg, pose_msg,
+    twist_from_msg, wrench_msg,
+)
+
+
+class ArmInterface:
+    """Wires an ArmController to the standard arm topics on ``node``."""
+
+    def __init__(self, node: Node, controller: ArmController, clock: Callable[[], float],
+                 read_state: Callable[[], ArmState]):
+        self.node, self.ctl, self.clock, self.read_state = node, controller, clock, read_state
+        self.lock = threading.Lock()
+        robot = controller.robot
+        self.base_frame = robot.base_frame
+        self.tool_frames = {robot.ee_frame, "tool", "tcp"}
+        self.joint_names = robot.joint_names + robot.gripper.joint_names
+        node.create_subscription(TwistStamped, "/arm/command/twist", self._on_twist, COMMAND_QOS)
+        node.create_subscription(PoseStamped, "/arm/command/pose", self._on_pose, COMMAND_QOS)
+        node.create_subscription(JointTrajectory, "/arm/command/joint_trajectory", self._on_traj, COMMAND_QOS)
+        node.create_subscription(Float64, "/gripper/command", self._on_gripper, COMMAND_QOS)
+        node.create_subscription(Bool, "/emergency_stop", self._on_estop, LATCHED_QOS)
+        node.create_service(Trigger, "/arm/reset_emergency_stop", self._on_reset_estop)
+        self.pub_js = node.create_publisher(JointState, "/joint_states", STATE_QOS)
+        self.pub_pose = node.create_publisher(PoseStamped, "/arm/ee_pose", STATE_QOS)
+        self.pub_wrench = node.create_publisher(WrenchStamped, "/arm/wrench", SENSOR_QOS)
+        self.pub_gripper = node.create_publisher(JointState, "/gripper/state", STATE_QOS)
+        self.pub_estop_state = node.create_publisher(Bool, "/arm/emergency_stop_active", LATCHED_QOS)
+        self.pub_estop_state.publish(Bool(data=False))
+
+    def _run(self, what: str, fn) -> None:
+        with self.lock:
+            try:
+                fn()
+            except CommandRejected as e:
+                self.node.get_logger().warning(f"rejected {what}: {e}")
+
+    def _on_twist(self, m: TwistStamped) -> None:
+        tool = m.header.frame_id in self.tool_frames
+        self._run("twist", lambda: self.ctl.command_twist(twist_from_msg(m), self.clock(), tool_frame=tool))
+
+    def _on_pose(self, m: PoseStamped) -> None:
+        if m.header.frame_id not in ("", self.base_frame, "world"):
+            self.node.get_logger().warning(
+                f"rejected pose: frame_id '{m.header.frame_id}' is not the base frame '{self.base_frame}'")
+            return
+        pos, quat = pose_from_msg(m)
+        self._run("pose", lambda: self.ctl.command_pose(pos, quat, self.clock()))
+
+    def _on_traj(self, m: JointTrajectory) -> None:
+        if not m.points:
+            self.node.get_logger().warning("rejected joint_trajectory: no points")
+            return
+        try:
+            times = np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in m.points])
+            pts = np.array([list(p.positions) for p in m.points], dtype=float)
+        except ValueError:
+            self.node.get_logger().warning("rejected joint_trajectory: points have different lengths")
+            return
+        start = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+        self._run("joint_trajectory",
+                  lambda: self.ctl.command_trajectory(list(m.joint_names), times, pts, self.clock(), start))
+
+    def _on_gripper(self, m: Float64) -> None:
+        self._run("gripper command", lambda: self.ctl.command_gripper(m.data, self.clock()))
+
+    def _on_estop(self, m: Bool) -> None:
+        if m.data:
+            with self.lock:
+                self.ctl.estop(self.clock())
+            self.node.get_logger().error("EMERGENCY STOP: latched, holding; call /arm/reset_emergency_stop to release")
+            self.pub_estop_state.publish(Bool(data=True))
+
+    def _on_reset_estop(self, req, res):
+        with self.lock:
+            self.ctl.reset_estop(self.read_state())
+        self.pub_estop_state.publish(Bool(data=False))
+        res.success, res.message = True, "e-stop released; the arm holds its current position"
+        return res
+
+    def step(self, state: ArmState, now: float) -> tuple[np.ndarray, float]:
+        with self.lock:
+            return self.ctl.step(state, now)
+
+    def publish_state(self, state: ArmState, tcp: tuple[np.ndarray, np.ndarray], t: float) -> None:
+        half = state.gripper_opening / 2
+        n = len(state.q)
+        self.pub_js.publish(joint_state_msg(
+            self.joint_names, np.r_[state.q, half, half], np.r_[state.qd, 0.0, 0.0],
+            np.r_[state.effort, state.gripper_effort, state.gripper_effort], t))
+        self.pub_pose.publish(pose_msg(tcp[0], tcp[1], t, self.base_frame))
+        self.pub_gripper.publish(joint_state_msg(
+            self.joint_names[n:], [half, half], [0.0, 0.0], [state.gripper_effort] * 2, t))
+
+    def publish_wrench(self, wrench: np.ndarray, t: float, frame: str) -> None:
+        self.pub_wrench.publish(wrench_msg(wrench, t, frame))
+

@@ -1,0 +1,124 @@
+"""numpy <-> standard ROS 2 messages, and the project's QoS profiles."""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
+from rclpy.qos import (
+    DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, Image, JointState
+
+from robot_learning.transforms import wxyz_to_xyzw, xyzw_to_wxyz
+
+SENSOR_QOS = qos_profile_sensor_data  # BEST_EFFORT, depth 5
+STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+
+
+def to_stamp(t: float) -> Time:
+    sec = int(np.floor(t))
+    return Time(sec=sec, nanosec=int(round((t - sec) * 1e9)) % 1_000_000_000)
+
+
+def from_stamp(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def pose_msg(pos: np.ndarray, quat_wxyz: np.ndarray, t: float, frame: str) -> PoseStamped:
+    m = PoseStamped()
+    m.header.stamp = to_stamp(t)
+    m.header.frame_id = frame
+    m.pose.position.x, m.pose.position.y, m.pose.position.z = (float(v) for v in pos)
+    q = wxyz_to_xyzw(quat_wxyz)
+    m.pose.orientation.x, m.pose.orientation.y, m.pose.orientation.z, m.pose.orientation.w = (float(v) for v in q)
+    return m
+
+
+def pose_from_msg(m: PoseStamped) -> tuple[np.ndarray, np.ndarray]:
+    p, o = m.pose.position, m.pose.orientation
+    return np.array([p.x, p.y, p.z]), xyzw_to_wxyz(np.array([o.x, o.y, o.z, o.w]))
+
+
+def twist_from_msg(m: TwistStamped) -> np.ndarray:
+    lin, ang = m.twist.linear, m.twist.angular
+    return np.array([lin.x, lin.y, lin.z, ang.x, ang.y, ang.z])
+
+
+def twist_msg(v: np.ndarray, t: float, frame: str) -> TwistStamped:
+    m = TwistStamped()
+    m.header.stamp = to_stamp(t)
+    m.header.frame_id = frame
+    m.twist.linear.x, m.twist.linear.y, m.twist.linear.z = (float(x) for x in v[:3])
+    m.twist.angular.x, m.twist.angular.y, m.twist.angular.z = (float(x) for x in v[3:])
+    return m
+
+
+def wrench_msg(w: np.ndarray, t: float, frame: str) -> WrenchStamped:
+    m = WrenchStamped()
+    m.header.stamp = to_stamp(t)
+    m.header.frame_id = frame
+    m.wrench.force.x, m.wrench.force.y, m.wrench.force.z = (float(x) for x in w[:3])
+    m.wrench.torque.x, m.wrench.torque.y, m.wrench.torque.z = (float(x) for x in w[3:])
+    return m
+
+
+def joint_state_msg(names: list[str], q, qd, effort, t: float) -> JointState:
+    m = JointState()
+    m.header.stamp = to_stamp(t)
+    m.name = list(names)
+    m.position = [float(x) for x in q]
+    m.velocity = [float(x) for x in qd]
+    m.effort = [float(x) for x in effort]
+    return m
+
+
+_ENCODINGS = {"rgb8": (np.uint8, 3), "16UC1": (np.uint16, 1), "32FC3": (np.float32, 3), "mono8": (np.uint8, 1),
+              "32FC1": (np.float32, 1)}
+
+
+def image_msg(arr: np.ndarray, encoding: str, t: float, frame: str) -> Image:
+    dtype, ch = _ENCODINGS[encoding]
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    m = Image()
+    m.header.stamp = to_stamp(t)
+    m.header.frame_id = frame
+    m.height, m.width = int(arr.shape[0]), int(arr.shape[1])
+    m.encoding = encoding
+    m.is_bigendian = 0
+    m.step = m.width * ch * arr.itemsize
+    m.data = arr.tobytes()
+    return m
+
+
+def image_from_msg(m: Image) -> np.ndarray:
+    """Image message to an array; a clear error for encodings or sizes that do not add up."""
+    if m.encoding not in _ENCODINGS:
+        raise ValueError(f"unsupported image encoding '{m.encoding}' (supported: {', '.join(_ENCODINGS)})")
+    dtype, ch = _ENCODINGS[m.encoding]
+    expected = m.height * m.width * ch * np.dtype(dtype).itemsize
+    buf = np.frombuffer(bytes(m.data), dtype=np.uint8)
+    if buf.size != expected or m.step != m.width * ch * np.dtype(dtype).itemsize:
+        raise ValueError(f"image {m.width}x{m.height} {m.encoding}: {buf.size} bytes, step {m.step}, "
+                         f"expected {expected} bytes")
+    arr = buf.view(dtype).reshape(m.height, m.width, ch)
+    return arr[..., 0] if ch == 1 else arr
+
+
+def camera_info_msg(width: int, height: int, fovy_deg: float, t: float, frame: str) -> CameraInfo:
+    """Pinhole intrinsics of a square-pixel camera with the given vertical field of view."""
+    f = 0.5 * height / np.tan(np.deg2rad(fovy_deg) / 2)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    m = CameraInfo()
+    m.header.stamp = to_stamp(t)
+    m.header.frame_id = frame
+    m.width, m.height = width, height
+    m.distortion_model = "plumb_bob"
+    m.d = [0.0] * 5
+    m.k = [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0]
+    m.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    m.p = [f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return m

@@ -1,0 +1,36 @@
+"""Process plumbing shared by the nodes that run their own loop on the main thread."""
+
+from __future__ import annotations
+
+import threading
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+
+
+class BackgroundSpin:
+    """Spins a node's callbacks on a daemon thread while the main thread runs the node's loop.
+
+    ``close`` shuts the context down first, so the spinning thread wakes and leaves before the
+    node and its C++ handles are destroyed (the other order aborts the process at exit).
+    """
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=self._spin, daemon=True, name=f"{node.get_name()}-spin")
+        self.thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except (ExternalShutdownException, KeyboardInterrupt):
+            pass
+
+    def close(self) -> None:
+        rclpy.try_shutdown()
+        self.thread.join(timeout=5.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()

@@ -1,0 +1,179 @@
+"""sim_node: the MuJoCo workcell behind the real robot's ROS 2 interfaces.
+
+Publishes what the arm, camera and tactile drivers publish (stamped with the simulated
+clock, which starts at the wall-clock time of launch and is also published on /clock) and
+takes the arm controller's command topics. Sim-only extras live under /sim: object poses
+(ground truth), the task's success flag and a reset service.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped, WrenchStamped
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+
+from robot_learning.sim.workcell import Workcell
+from robot_learning_ros.arm_interface import ArmInterface
+from robot_learning_ros.runtime import BackgroundSpin
+from robot_learning_ros.msgs import (
+    LATCHED_QOS, SENSOR_QOS, STATE_QOS, camera_info_msg, image_msg, pose_msg, to_stamp, wrench_msg,
+)
+
+
+class Rate:
+    """Fires every ``1 / hz`` seconds of simulated time."""
+
+    def __init__(self, hz: float):
+        self.period = 1.0 / hz if hz > 0 else float("inf")
+        self.next = 0.0
+
+    def due(self, t: float) -> bool:
+        if t + 1e-9 < self.next:
+            return False
+        self.next = max(self.next + self.period, t)
+        return True
+
+
+class SimNode(Node):
+    def __init__(self):
+        super().__init__("sim")
+        p = self.declare_parameter
+        task = p("task", "pick_place").value
+        self.seed = int(p("seed", 0).value)
+        self.rtf = float(p("real_time_factor", 1.0).value)
+        cams = str(p("cameras", "front,wrist").value)
+        self.depth = bool(p("depth", True).value)
+        camera_rate = float(p("camera_rate", 0.0).value)
+        tactile_rate = float(p("tactile_rate", 0.0).value)
+        self.cell = Workcell(
+            task,
+            robot_path=p("robot", "hardware/robots/panda.yaml").value,
+            calibration_path=p("calibration", "calibration/workcell.yaml").value,
+            log=lambda msg: self.get_logger().warning(msg),
+        )
+        cfg = self.cell.cfg
+        self.cameras = [c for c in (s.strip() for s in cams.split(",")) if c]
+        for c in self.cameras:
+            if c not in self.cell.calib.cameras:
+                raise ValueError(f"camera '{c}' is not in {self.cell.calib.source}: "
+                                 f"choose from {', '.join(self.cell.calib.cameras)}")
+        self.cam_rate = Rate(camera_rate or cfg["camera_rate"])
+        self.tac_rate = Rate(tactile_rate or cfg["tactile_rate"])
+        self.episode = 0
+        self.cell.reset(self.seed)
+        self.origin = time.time()  # sim time 0 is the wall-clock time of launch
+        self.arm = ArmInterface(self, self.cell.controller, self.now, self.cell.backend.read_state)
+
+        self.pub_clock = self.create_publisher(Clock, "/clock", 10)
+        self.pub_cam = {}
+        for c in self.cameras:
+            self.pub_cam[c] = (
+                self.create_publisher(Image, f"/{c}/color/image_raw", SENSOR_QOS),
+                self.create_publisher(CameraInfo, f"/{c}/color/camera_info", SENSOR_QOS),
+                self.create_publisher(Image, f"/{c}/aligned_depth_to_color/image_raw", SENSOR_QOS)
+                if self.depth else None,
+            )
+        self.pub_taxels = {n: self.create_publisher(Image, f"/tactile/{n}/taxels", SENSOR_QOS)
+                           for n in self.cell.tactile.names}
+        self.pub_tac_wrench = {n: self.create_publisher(WrenchStamped, f"/tactile/{n}/wrench", SENSOR_QOS)
+                               for n in self.cell.tactile.names}
+        self.pub_obj = {b: self.create_publisher(PoseStamped, f"/sim/objects/{b}/pose", STATE_QOS)
+                        for b in self.cell.task.object_bodies}
+        self.pub_success = self.create_publisher(Bool, "/sim/task/success", LATCHED_QOS)
+        self.create_service(Trigger, "/sim/reset", self._on_reset)
+        self._reset_request = threading.Event()
+        self._reset_done = threading.Event()
+        self._last_success: bool | None = None
+        self.get_logger().info(
+            f"workcell '{task}' up: control {1 / self.cell.control_dt:.0f} Hz, cameras {self.cameras or 'off'} "
+            f"at {1 / self.cam_rate.period:.0f} Hz, tactile {1 / self.tac_rate.period:.0f} Hz, "
+            f"real-time factor {'max' if self.rtf <= 0 else self.rtf}")
+
+    def now(self) -> float:
+        return self.origin + self.cell.time
+
+    def _on_reset(self, req, res):
+        """Runs on the executor thread; the loop thread does the reset between steps."""
+        self._reset_done.clear()
+        self._reset_request.set()
+        self._reset_done.wait(timeout=10.0)
+        res.success = True
+        res.message = json.dumps({"episode": self.episode, "seed": self.cell.episode_seed})
+        return res
+
+    def loop(self) -> None:
+        """Step physics at the control period, publish on the sensors' own rates, pace to rtf."""
+        cell = self.cell
+        wall0, sim0 = time.monotonic(), cell.time
+        while rclpy.ok():
+            if self._reset_request.is_set():
+                self.episode += 1
+                with self.arm.lock:
+                    cell.reset(self.seed + self.episode)
+                self._last_success = None
+                self._reset_request.clear()
+                self._reset_done.set()
+            cell.step_control(self.arm.step, self.origin)
+            self._publish(self.now())
+            if self.rtf > 0:
+                ahead = (cell.time - sim0) / self.rtf - (time.monotonic() - wall0)
+                if ahead > 0:
+                    time.sleep(ahead)
+                elif ahead < -0.5:  # far behind (slow machine): do not try to catch up in a burst
+                    wall0, sim0 = time.monotonic(), cell.time
+
+    def _publish(self, t: float) -> None:
+        cell = self.cell
+        stamp = to_stamp(t)
+        self.pub_clock.publish(Clock(clock=stamp))
+        self.arm.publish_state(cell.backend.read_state(), cell.tcp_pose(), t)
+        if self.tac_rate.due(cell.time):
+            self.arm.publish_wrench(cell.wrist_wrench(), t, "ft_sensor")
+            grids = cell.tactile_grids()
+            for n, g in grids.items():
+                self.pub_taxels[n].publish(image_msg(g, "32FC3", t, f"{n}_pad"))
+                net = np.r_[g.reshape(-1, 3).sum(0), 0.0, 0.0, 0.0]
+                self.pub_tac_wrench[n].publish(wrench_msg(net, t, f"{n}_pad"))
+            for b, (pos, quat) in cell.object_poses().items():
+                self.pub_obj[b].publish(pose_msg(pos, quat, t, cell.robot.base_frame))
+            success = cell.success()
+            if success != self._last_success:
+                self.pub_success.publish(Bool(data=success))
+                self._last_success = success
+        if self.cameras and self.cam_rate.due(cell.time):
+            for c in self.cameras:
+                frame = cell.render(c, depth=self.depth)
+                cal = cell.calib.cameras[c]
+                optical = f"{c}_color_optical_frame"
+                img, info, depth = self.pub_cam[c]
+                img.publish(image_msg(frame.rgb, "rgb8", t, optical))
+                info.publish(camera_info_msg(cal.width, cal.height, cal.fovy_deg, t, optical))
+                if depth is not None:
+                    depth.publish(image_msg(frame.depth_mm, "16UC1", t, optical))
+
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = SimNode()
+    spin = BackgroundSpin(node)
+    try:
+        node.loop()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        spin.close()
+        node.cell.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""ament_python package: colcon installs it with a ROS 2 install; pip installs it into the venv."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "robot_learning_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="robot-learning developers",
+    description="ROS 2 nodes of robot-learning",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "sim_node = robot_learning_ros.sim_node:main",
+            "scripted_operator = robot_learning_ros.scripted_operator:main",
+        ],
+    },
+)
