@@ -1,0 +1,15 @@
+"""Test-wide environment: ROS 2 from the venv, DDS kept on loopback, one domain per run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+VENV = Path(sys.executable).parent.parent
+os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(
+    p for p in (str(VENV), os.environ.get("AMENT_PREFIX_PATH", "")) if p)
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 5))
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ["PATH"] = f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}"
