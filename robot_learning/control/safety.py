@@ -2,7 +2,8 @@
 
 Every mode of the controller (twist, pose, trajectory, hold) produces a joint target and
 this filter turns it into what the arm is actually sent: non-finite targets are refused,
-positions clamped inside the joint limits, velocity and acceleration limited, and a target whose TCP would leave the
+positions clamped inside the joint limits, velocity and acceleration limited (braking in time
+to stop at a target that jumped ahead), and a target whose TCP would leave the
 workspace box is not sent. Each refusal is reported with its reason.
 """
 
@@ -47,6 +48,7 @@ class SafetyFilter:
         self.upper = limits.q_upper - limits.position_margin
         self.q = np.zeros(len(limits.q_lower))
         self.v = np.zeros_like(self.q)
+        self._q_des = self.q.copy()
         self.rejections: deque[Rejection] = deque(maxlen=256)
         self._log = log or (lambda msg: None)
         self._last_reason = ""
@@ -56,6 +58,7 @@ class SafetyFilter:
         """Start from the measured position at rest (start-up, after an e-stop)."""
         self.q = np.clip(np.asarray(q, dtype=float), self.lower, self.upper)
         self.v = np.zeros_like(self.q)
+        self._q_des = self.q.copy()
         self._outside = self.outside_distance(self.kin.fk(self.q)[0])
 
     def reject(self, stamp: float, reason: str) -> None:
@@ -95,7 +98,13 @@ class SafetyFilter:
         clamped = np.clip(q_des, self.lower, self.upper)
         if np.any(clamped != q_des):
             self.reject(stamp, "safety: joint target clamped to the position limits")
-        v = (clamped - self.q) / self.dt
+        err = clamped - self.q
+        # Brake in time to stop at a target that jumped ahead, without slowing a target that
+        # streams along (its own speed is added to the stopping speed).
+        v_target = np.abs(clamped - self._q_des) / self.dt
+        self._q_des = clamped
+        v_stop = np.sqrt(2.0 * self.limits.qdd_max * np.abs(err)) + v_target
+        v = np.clip(err / self.dt, -v_stop, v_stop)
         v = np.clip(v, self.v - self.limits.qdd_max * self.dt, self.v + self.limits.qdd_max * self.dt)
         v = np.clip(v, -self.limits.qd_max, self.limits.qd_max)
         q_new = np.clip(self.q + v * self.dt, self.lower, self.upper)

@@ -87,6 +87,8 @@ class WorkcellEnv(gym.Env):
         c = self.cell
         if action.shape != (7,):
             raise ValueError(f"action must have 7 numbers (twist[6], gripper), got shape {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action contains NaN or Inf: {action.tolist()} (nothing was sent to the arm)")
         a = np.clip(action, self.action_space.low, self.action_space.high)
         c.controller.command_twist(a[:6], c.time)
         c.controller.command_gripper(float(a[6]), c.time)

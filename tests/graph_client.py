@@ -1,0 +1,89 @@
+"""A ROS 2 client in the test process, talking to the launched nodes over real DDS with
+standard messages only."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+
+class GraphClient:
+    def __init__(self, name: str = "test_client"):
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node(name, context=self.ctx)
+        self.msgs: dict[str, list] = defaultdict(list)
+        self.lock = threading.Lock()
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        try:
+            self.ex.spin()
+        except ExternalShutdownException:
+            pass
+
+    def subscribe(self, topic: str, msg_type, sensor: bool = False, latched: bool = False):
+        if sensor:
+            qos = qos_profile_sensor_data
+        elif latched:
+            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        else:
+            qos = 10
+
+        def cb(m, topic=topic):
+            with self.lock:
+                self.msgs[topic].append(m)
+
+        self.node.create_subscription(msg_type, topic, cb, qos)
+
+    def publisher(self, topic: str, msg_type, latched: bool = False):
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL) if latched else 10
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def latest(self, topic: str):
+        with self.lock:
+            return self.msgs[topic][-1] if self.msgs[topic] else None
+
+    def clear(self, topic: str | None = None):
+        with self.lock:
+            if topic:
+                self.msgs[topic] = []
+            else:
+                self.msgs.clear()
+
+    def wait_for(self, topic: str, n: int = 1, timeout: float = 30.0) -> list:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                if len(self.msgs[topic]) >= n:
+                    return list(self.msgs[topic])
+            time.sleep(0.02)
+        raise TimeoutError(f"fewer than {n} messages on {topic} within {timeout} s")
+
+    def call(self, srv_type, name: str, timeout: float = 20.0):
+        cli = self.node.create_client(srv_type, name)
+        if not cli.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {name} not available")
+        fut = cli.call_async(srv_type.Request())
+        end = time.monotonic() + timeout
+        while not fut.done() and time.monotonic() < end:
+            time.sleep(0.01)
+        return fut.result()
+
+    def topic_types(self) -> dict[str, list[str]]:
+        return dict(self.node.get_topic_names_and_types())
+
+    def close(self):
+        rclpy.try_shutdown(context=self.ctx)
+        self.thread.join(timeout=5)
+        self.node.destroy_node()

@@ -1,0 +1,189 @@
+"""Graph tests: the sim launch file as real processes on real DDS; this test process is the
+client and uses standard messages only."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+
+from graph_client import GraphClient
+from robot_learning.graph import SimGraph
+
+pytestmark = pytest.mark.graph
+
+TOPICS = {
+    "/joint_states": ("sensor_msgs/msg/JointState", JointState, 250.0, False),
+    "/arm/ee_pose": ("geometry_msgs/msg/PoseStamped", PoseStamped, 250.0, False),
+    "/gripper/state": ("sensor_msgs/msg/JointState", JointState, 250.0, False),
+    "/arm/wrench": ("geometry_msgs/msg/WrenchStamped", WrenchStamped, 125.0, True),
+    "/tactile/left_finger/taxels": ("sensor_msgs/msg/Image", Image, 125.0, True),
+    "/tactile/right_finger/wrench": ("geometry_msgs/msg/WrenchStamped", WrenchStamped, 125.0, True),
+    "/front/color/image_raw": ("sensor_msgs/msg/Image", Image, 30.0, True),
+    "/front/color/camera_info": ("sensor_msgs/msg/CameraInfo", CameraInfo, 30.0, True),
+    "/front/aligned_depth_to_color/image_raw": ("sensor_msgs/msg/Image", Image, 30.0, True),
+    "/wrist/color/image_raw": ("sensor_msgs/msg/Image", Image, 30.0, True),
+    "/clock": ("rosgraph_msgs/msg/Clock", Clock, 250.0, False),
+}
+
+
+def stamp(m) -> float:
+    return m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    log = tmp_path_factory.mktemp("graph") / "sim.log"
+    g = SimGraph(log, task="pick_place", cameras="front,wrist", real_time_factor=1.0)
+    g.__enter__()
+    client = GraphClient()
+    for topic, (_, typ, _, sensor) in TOPICS.items():
+        client.subscribe(topic, typ, sensor=sensor)
+    client.subscribe("/arm/emergency_stop_active", Bool, latched=True)
+    client.wait_for("/front/color/image_raw", 3, timeout=60)
+    yield g, client
+    client.close()
+    rc = g.stop()
+    assert rc == 0, g.log_path.read_text()[-3000:]
+    assert "died" not in g.log_path.read_text()
+
+
+def sim_log(g) -> str:
+    return g.log_path.read_text()
+
+
+def tcp(client) -> np.ndarray:
+    p = client.latest("/arm/ee_pose").pose.position
+    return np.array([p.x, p.y, p.z])
+
+
+def joints(client) -> np.ndarray:
+    return np.array(client.latest("/joint_states").position[:7])
+
+
+def stream_twist(client, v, seconds, rate=50.0, frame="panda_link0"):
+    pub = client.publisher("/arm/command/twist", TwistStamped)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        m = TwistStamped()
+        m.header.stamp = client.node.get_clock().now().to_msg()
+        m.header.frame_id = frame
+        m.twist.linear.x, m.twist.linear.y, m.twist.linear.z = (float(x) for x in v[:3])
+        m.twist.angular.x, m.twist.angular.y, m.twist.angular.z = (float(x) for x in v[3:])
+        pub.publish(m)
+        time.sleep(1.0 / rate)
+
+
+def test_topics_types_and_rates_are_as_documented(graph):
+    g, client = graph
+    client.clear()
+    time.sleep(3.0)
+    types = client.topic_types()
+    for topic, (typ, _, rate, _) in TOPICS.items():
+        assert types.get(topic) == [typ], f"{topic}: {types.get(topic)}"
+        msgs = client.wait_for(topic, 10)
+        if topic == "/clock":
+            stamps = [m.clock.sec + m.clock.nanosec * 1e-9 for m in msgs]
+        else:
+            stamps = [stamp(m) for m in msgs]
+        # Publish period on the sim clock; best-effort topics may drop some messages on the way,
+        # so the shortest common spacing, not the mean, is the period.
+        period = np.percentile(np.diff(stamps), 10)
+        assert period == pytest.approx(1.0 / rate, rel=0.15), f"{topic}: {1 / period:.1f} Hz"
+    img = client.latest("/front/color/image_raw")
+    assert (img.width, img.height, img.encoding) == (640, 480, "rgb8")
+    depth = client.latest("/front/aligned_depth_to_color/image_raw")
+    assert depth.encoding == "16UC1" and (depth.width, depth.height) == (640, 480)
+    # Colour and depth of one frame carry the same capture stamp.
+    color_stamps = {stamp(m) for m in client.msgs["/front/color/image_raw"]}
+    depth_stamps = {stamp(m) for m in client.msgs["/front/aligned_depth_to_color/image_raw"]}
+    assert color_stamps & depth_stamps
+    tax = client.latest("/tactile/left_finger/taxels")
+    assert (tax.width, tax.height, tax.encoding) == (4, 4, "32FC3")
+    js = client.latest("/joint_states")
+    assert js.name[:7] == [f"panda_joint{i}" for i in range(1, 8)]
+    # Stamps follow the sim clock, which starts at the wall time of launch.
+    assert abs(stamp(js) - time.time()) < 60
+
+
+def test_twist_moves_the_end_effector_the_commanded_way(graph):
+    g, client = graph
+    p0 = tcp(client)
+    stream_twist(client, [0.0, 0.05, 0.0, 0, 0, 0], 1.0)
+    time.sleep(0.5)
+    d = tcp(client) - p0
+    assert d[1] == pytest.approx(0.05, abs=0.015)
+    assert abs(d[0]) < 0.01 and abs(d[2]) < 0.01
+
+
+def test_arm_holds_when_commands_stop(graph):
+    g, client = graph
+    stream_twist(client, [0.05, 0, 0, 0, 0, 0], 0.5)
+    time.sleep(0.6)  # past the 0.25 s timeout and the braking
+    p1 = tcp(client)
+    time.sleep(1.0)
+    assert np.linalg.norm(tcp(client) - p1) < 1e-3
+    assert "command timeout" in sim_log(g)
+
+
+def test_nan_command_never_reaches_the_joints_and_is_logged(graph):
+    g, client = graph
+    time.sleep(0.5)
+    q0 = joints(client)
+    stream_twist(client, [float("nan"), 0, 0, 0, 0, 0], 0.5)
+    time.sleep(0.3)
+    assert np.allclose(joints(client), q0, atol=1e-4)
+    assert "non-finite" in sim_log(g)
+
+
+def test_out_of_workspace_commands_are_refused_and_logged(graph):
+    g, client = graph
+    pub = client.publisher("/arm/command/pose", PoseStamped)
+    q0 = joints(client)
+    m = PoseStamped()
+    m.header.frame_id = "panda_link0"
+    m.pose.position.x, m.pose.position.z = 0.5, -0.2  # under the table
+    m.pose.orientation.x, m.pose.orientation.w = 1.0, 0.0
+    for _ in range(5):
+        pub.publish(m)
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert np.allclose(joints(client), q0, atol=1e-4)
+    assert "outside the workspace box" in sim_log(g)
+    # Driving down into the table stops at the workspace floor.
+    stream_twist(client, [0, 0, -0.3, 0, 0, 0], 2.5)
+    assert tcp(client)[2] > 0.0
+    assert "stopped at the workspace box" in sim_log(g)
+    stream_twist(client, [0, 0, 0.2, 0, 0, 0], 1.0)
+
+
+def test_estop_latches_and_holds(graph):
+    g, client = graph
+    estop = client.publisher("/emergency_stop", Bool, latched=True)
+    estop.publish(Bool(data=True))
+    end = time.monotonic() + 10
+    def active():
+        m = client.latest("/arm/emergency_stop_active")
+        return m is not None and m.data
+
+    while not active() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert active()
+    time.sleep(0.5)
+    p0 = tcp(client)
+    stream_twist(client, [0.05, 0, 0, 0, 0, 0], 0.8)
+    assert np.linalg.norm(tcp(client) - p0) < 1e-3, (tcp(client), p0)
+    assert "e-stop is latched" in sim_log(g)
+    estop.publish(Bool(data=False))  # releasing the button does not release the latch
+    stream_twist(client, [0.05, 0, 0, 0, 0, 0], 0.5)
+    assert np.linalg.norm(tcp(client) - p0) < 1e-3
+    res = client.call(Trigger, "/arm/reset_emergency_stop")
+    assert res.success
+    stream_twist(client, [0.05, 0, 0, 0, 0, 0], 0.8)
+    assert tcp(client)[0] > p0[0] + 0.01
