@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
+from graph_client import GraphClient
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
-from graph_client import GraphClient
 from robot_learning.graph import SimGraph
 
 pytestmark = pytest.mark.graph

@@ -32,7 +32,7 @@ def test_include_group_namespace_and_remap(tmp_path):
     outer.write_text(
         "launch:\n- let: {name: n, value: cell1}\n"
         "- group:\n    children:\n    - push-ros-namespace: {namespace: '$(var n)'}\n"
-        f"    - include: {{file: '$(dirname)/inner.launch.yaml', arg: [{{name: who, value: sim_$(var n)}}]}}\n")
+        "    - include: {file: '$(dirname)/inner.launch.yaml', arg: [{name: who, value: sim_$(var n)}]}\n")
     (node,) = plan(outer, {})
     assert node.name == "sim_cell1"
     assert "__ns:=/cell1" in node.cmd and "/joint_states:=/robot/joint_states" in node.cmd

@@ -10,8 +10,8 @@ fresh command within ``command_timeout`` the arm holds. The e-stop latches until
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -198,7 +198,9 @@ class ArmController:
         lim = self.robot.limits
         nxt = pos + twist[:3] * self.dt
         for ax in range(3):
-            if (nxt[ax] > lim.workspace_max[ax] and twist[ax] > 0) or (nxt[ax] < lim.workspace_min[ax] and twist[ax] < 0):
+            above = nxt[ax] > lim.workspace_max[ax] and twist[ax] > 0
+            below = nxt[ax] < lim.workspace_min[ax] and twist[ax] < 0
+            if above or below:
                 twist[ax] = 0.0
                 self.safety.reject(self.last_command, f"twist: motion along {'xyz'[ax]} stopped at the workspace box")
         jac = self.kin.jacobian(q)

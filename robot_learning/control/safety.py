@@ -10,8 +10,8 @@ workspace box is not sent. Each refusal is reported with its reason.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -13,7 +13,7 @@ import mujoco
 import numpy as np
 
 from robot_learning.config import load_yaml
-from robot_learning.sim.model import WORLD_COLLISION, VISUAL_ONLY
+from robot_learning.sim.model import VISUAL_ONLY, WORLD_COLLISION
 from robot_learning.transforms import axis_angle_quat, yaw_of
 
 TASKS = ("pick_place", "peg_in_hole")

@@ -8,14 +8,19 @@ trains against headless is the robot the ROS graph exposes.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import mujoco
 import numpy as np
 
 from robot_learning.config import (
-    DEFAULT_CALIBRATION, DEFAULT_ROBOT, DEFAULT_WORKCELL, load_calibration, load_robot, load_yaml,
+    DEFAULT_CALIBRATION,
+    DEFAULT_ROBOT,
+    DEFAULT_WORKCELL,
+    load_calibration,
+    load_robot,
+    load_yaml,
 )
 from robot_learning.control.backend import ArmState
 from robot_learning.control.controller import ArmController

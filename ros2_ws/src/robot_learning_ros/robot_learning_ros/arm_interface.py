@@ -9,7 +9,7 @@ loop runs elsewhere, so every controller call goes through one lock.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
@@ -23,8 +23,15 @@ from robot_learning.control.backend import ArmState
 from robot_learning.control.controller import ArmController
 from robot_learning.control.safety import CommandRejected
 from robot_learning_ros.msgs import (
-    COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, joint_state_msg, pose_from_msg, pose_msg,
-    twist_from_msg, wrench_msg,
+    COMMAND_QOS,
+    LATCHED_QOS,
+    SENSOR_QOS,
+    STATE_QOS,
+    joint_state_msg,
+    pose_from_msg,
+    pose_msg,
+    twist_from_msg,
+    wrench_msg,
 )
 
 

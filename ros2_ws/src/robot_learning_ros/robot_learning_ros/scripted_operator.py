@@ -23,10 +23,17 @@ from std_srvs.srv import Trigger
 
 from robot_learning.sim.expert import ExpertObs, ScriptedExpert
 from robot_learning.sim.tasks import make_task
-from robot_learning_ros.runtime import BackgroundSpin
 from robot_learning_ros.msgs import (
-    COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, from_stamp, image_from_msg, pose_from_msg, twist_msg,
+    COMMAND_QOS,
+    LATCHED_QOS,
+    SENSOR_QOS,
+    STATE_QOS,
+    from_stamp,
+    image_from_msg,
+    pose_from_msg,
+    twist_msg,
 )
+from robot_learning_ros.runtime import BackgroundSpin
 
 
 class ScriptedOperator(Node):

@@ -23,10 +23,17 @@ from std_srvs.srv import Trigger
 
 from robot_learning.sim.workcell import Workcell
 from robot_learning_ros.arm_interface import ArmInterface
-from robot_learning_ros.runtime import BackgroundSpin
 from robot_learning_ros.msgs import (
-    LATCHED_QOS, SENSOR_QOS, STATE_QOS, camera_info_msg, image_msg, pose_msg, to_stamp, wrench_msg,
+    LATCHED_QOS,
+    SENSOR_QOS,
+    STATE_QOS,
+    camera_info_msg,
+    image_msg,
+    pose_msg,
+    to_stamp,
+    wrench_msg,
 )
+from robot_learning_ros.runtime import BackgroundSpin
 
 
 class Rate:

@@ -1,0 +1,179 @@
+"""``make bench``: the sim node against raw MuJoCo, the gym env's speed, and command-to-state
+latency through the graph. Results go to docs/benchmarks.md with the machine and date."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+from robot_learning.graph import SimGraph
+from robot_learning.sim.env import WorkcellEnv
+from robot_learning.sim.workcell import Workcell
+
+
+def raw_mujoco_rtf(sim_seconds: float) -> float:
+    """Bare mj_step and rendering of the same scene: both cameras, RGB + depth, 640x480, 30 Hz."""
+    cell = Workcell("pick_place")
+    cell.reset(0)
+    m, d = cell.model, cell.data
+    renderer = mujoco.Renderer(m, 480, 640)
+    steps_per_frame = round(1 / 30 / m.opt.timestep)
+    n_frames = int(sim_seconds * 30)
+    t0 = time.perf_counter()
+    for _ in range(n_frames):
+        mujoco.mj_step(m, d, nstep=steps_per_frame)
+        for cam in ("front", "wrist"):
+            renderer.disable_depth_rendering()
+            renderer.update_scene(d, cam)
+            renderer.render()
+            renderer.enable_depth_rendering()
+            renderer.update_scene(d, cam)
+            renderer.render()
+    wall = time.perf_counter() - t0
+    renderer.close()
+    return n_frames * steps_per_frame * m.opt.timestep / wall
+
+
+def sim_node_rtf(wall_seconds: float, client) -> float:
+    """Sim node at full speed with both cameras: simulated seconds per wall second on /clock."""
+    from rosgraph_msgs.msg import Clock
+
+    stamps: list[tuple[float, float]] = []
+    client.node.create_subscription(Clock, "/clock", lambda msg: stamps.append(
+        (time.perf_counter(), msg.clock.sec + msg.clock.nanosec * 1e-9)), 10)
+    end = time.monotonic() + 60
+    while len(stamps) < 10 and time.monotonic() < end:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    a = stamps[-1]
+    time.sleep(wall_seconds)
+    b = stamps[-1]
+    return (b[1] - a[1]) / (b[0] - a[0])
+
+
+def env_sps(cameras: tuple[str, ...], steps: int) -> float:
+    env = WorkcellEnv("pick_place", cameras=cameras)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        a = np.r_[rng.uniform(-0.05, 0.05, 3), np.zeros(3), 0.0]
+        env.step(a)
+        if i % 100 == 99:
+            env.reset(seed=i)
+    sps = steps / (time.perf_counter() - t0)
+    env.close()
+    return sps
+
+
+def command_latency(client, trials: int) -> np.ndarray:
+    """Wall time from a twist published to the first /joint_states that moved."""
+    from geometry_msgs.msg import TwistStamped
+    from sensor_msgs.msg import JointState
+
+    state = {"q": None, "t": 0.0}
+    moved = threading.Event()
+
+    def on_js(msg):
+        q = np.array(msg.position[:7])
+        if state["q"] is not None and np.max(np.abs(q - state["q"])) > 1e-5:
+            state["t"] = time.perf_counter()
+            moved.set()
+
+    client.node.create_subscription(JointState, "/joint_states", on_js, 10)
+    pub = client.node.create_publisher(TwistStamped, "/arm/command/twist", 10)
+    time.sleep(1.0)
+    out = []
+    sign = 1.0
+    for _ in range(trials):
+        time.sleep(0.8)  # past the watchdog: the arm is at rest
+        moved.clear()
+        # Baseline: the most recent state at rest.
+        state["q"] = None
+        ev = threading.Event()
+
+        def grab(msg, ev=ev):
+            if not ev.is_set():
+                state["q"] = np.array(msg.position[:7])
+                ev.set()
+
+        sub = client.node.create_subscription(JointState, "/joint_states", grab, 10)
+        ev.wait(2.0)
+        client.node.destroy_subscription(sub)
+        m = TwistStamped()
+        m.header.frame_id = "panda_link0"
+        m.twist.linear.x = 0.05 * sign
+        sign = -sign
+        t0 = time.perf_counter()
+        pub.publish(m)
+        if moved.wait(2.0):
+            out.append(state["t"] - t0)
+    return np.array(out)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, MuJoCo {mujoco.__version__}"
+
+
+def run_bench(out: str, quick: bool = False) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from graph_client import GraphClient
+
+    secs = 5.0 if quick else 20.0
+    print("bench: raw MuJoCo stepping + rendering ...", flush=True)
+    raw = raw_mujoco_rtf(secs)
+    print("bench: gym env ...", flush=True)
+    sps_plain = env_sps((), 300 if quick else 2000)
+    sps_cams = env_sps(("front", "wrist"), 100 if quick else 500)
+    tmp = Path(tempfile.mkdtemp())
+    print("bench: sim node at full speed with both cameras ...", flush=True)
+    with SimGraph(tmp / "sim_fast.log", cameras="front,wrist", real_time_factor=0.0):
+        client = GraphClient("bench_rtf")
+        node = sim_node_rtf(secs, client)
+        client.close()
+    print("bench: command-to-joint-state latency ...", flush=True)
+    with SimGraph(tmp / "sim_rt.log", cameras="front,wrist", real_time_factor=1.0):
+        client = GraphClient("bench_latency")
+        lat = command_latency(client, 10 if quick else 30) * 1000
+        client.close()
+    overhead = raw / node - 1.0
+    rows = [
+        f"# Benchmarks\n\nMachine: {machine()}. Date: {datetime.now():%Y-%m-%d %H:%M}. "
+        f"Written by `make bench`{' --quick' if quick else ''}.\n",
+        "## Sim node real-time factor (both cameras, RGB + depth, 640x480 at 30 Hz)\n",
+        "| what | simulated s per wall s |", "|---|---|",
+        f"| raw MuJoCo: mj_step + rendering of the same scene | {raw:.2f} |",
+        f"| sim node at full speed (controller, safety, tactile, all topics published) | {node:.2f} |",
+        f"\nOverhead of the node over raw MuJoCo: **{overhead:.0%}** (goal: under 20%).\n",
+        "## Gymnasium env (pick_place, 10 Hz control, 25 physics steps per env step)\n",
+        "| observation | env steps/s |", "|---|---|",
+        f"| state only | {sps_plain:.0f} |",
+        f"| + front and wrist RGB 96x96 | {sps_cams:.0f} |",
+        "\n## Command to state latency (real time, both cameras on)\n",
+        "Wall time from a TwistStamped published by a client process to the first /joint_states "
+        "message in which the joints moved.\n",
+        "| trials | p50 (ms) | p90 (ms) | max (ms) |", "|---|---|---|---|",
+        f"| {lat.size} | {np.percentile(lat, 50):.1f} | {np.percentile(lat, 90):.1f} | {lat.max():.1f} |"
+        if lat.size else "| 0 | - | - | - |",
+    ]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+    return 0
