@@ -52,22 +52,23 @@ def twist_from_msg(m: TwistStamped) -> np.ndarray:
     return np.array([lin.x, lin.y, lin.z, ang.x, ang.y, ang.z])
 
 
-def twist_msg(v: np.ndarray, t: float, frame: str) -> TwistStamped:
-    m = TwistStamped()
+def _stamped_pair(m, first, second, v, t: float, frame: str):
+    """Fill a stamped message made of two 3-vectors (twist: linear/angular, wrench: force/torque)."""
     m.header.stamp = to_stamp(t)
     m.header.frame_id = frame
-    m.twist.linear.x, m.twist.linear.y, m.twist.linear.z = (float(x) for x in v[:3])
-    m.twist.angular.x, m.twist.angular.y, m.twist.angular.z = (float(x) for x in v[3:])
+    first.x, first.y, first.z = (float(x) for x in v[:3])
+    second.x, second.y, second.z = (float(x) for x in v[3:6])
     return m
+
+
+def twist_msg(v: np.ndarray, t: float, frame: str) -> TwistStamped:
+    m = TwistStamped()
+    return _stamped_pair(m, m.twist.linear, m.twist.angular, v, t, frame)
 
 
 def wrench_msg(w: np.ndarray, t: float, frame: str) -> WrenchStamped:
     m = WrenchStamped()
-    m.header.stamp = to_stamp(t)
-    m.header.frame_id = frame
-    m.wrench.force.x, m.wrench.force.y, m.wrench.force.z = (float(x) for x in w[:3])
-    m.wrench.torque.x, m.wrench.torque.y, m.wrench.torque.z = (float(x) for x in w[3:])
-    return m
+    return _stamped_pair(m, m.wrench.force, m.wrench.torque, w, t, frame)
 
 
 def joint_state_msg(names: list[str], q, qd, effort, t: float) -> JointState:
