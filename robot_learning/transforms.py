@@ -65,13 +65,6 @@ def quat_to_rotvec(q: np.ndarray) -> np.ndarray:
     return q[1:] / s * 2.0 * np.arctan2(s, q[0])
 
 
-def rotvec_to_quat(v: np.ndarray) -> np.ndarray:
-    angle = float(np.linalg.norm(v))
-    if angle < 1e-12:
-        return np.array([1.0, *(0.5 * np.asarray(v))]) / np.linalg.norm([1.0, *(0.5 * np.asarray(v))])
-    return axis_angle_quat(v, angle)
-
-
 def orientation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
     """World-frame rotation vector that takes ``current`` onto ``target``."""
     return quat_to_rotvec(quat_mul(target, quat_conj(current)))
