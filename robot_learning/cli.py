@@ -25,7 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     be.add_argument("--out", default="docs/benchmarks.md")
     be.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
 
+    from robot_learning.data.cli import add_parser as add_dataset
+
+    add_dataset(sub)
+
     a = ap.parse_args(argv)
+    if a.cmd == "dataset":
+        from robot_learning.data.cli import run as dataset_run
+
+        return dataset_run(a)
     if a.cmd == "launch":
         from robot_learning.launch import main as launch_main
 

@@ -94,10 +94,43 @@ def substitute(value: Any, ctx: Context) -> str:
             rep = str(find_pkg_share(parts[0]))
         elif kind == "dirname":
             rep = str(ctx.file.parent)
+        elif kind == "eval":
+            rep = _safe_eval(" ".join(parts).strip("'"), ctx)
         else:
             raise LaunchError(f"{ctx.file}: substitution $({kind}) is not supported by this runner; "
                               "install ROS 2 and use `ros2 launch`")
         s = s[: m.start()] + rep + s[m.end():]
+
+
+def _safe_eval(expr: str, ctx: Context) -> str:
+    """``$(eval ...)`` for what launch conditions need: literals, ==/!=/in, and/or/not.
+    Real ``ros2 launch`` evaluates any Python; this runner refuses anything more."""
+    import ast
+
+    def ev(n: ast.AST):
+        if isinstance(n, ast.Constant):
+            return n.value
+        if isinstance(n, ast.BoolOp):
+            vals = [ev(v) for v in n.values]
+            return all(vals) if isinstance(n.op, ast.And) else any(vals)
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.Not):
+            return not ev(n.operand)
+        if isinstance(n, ast.Compare) and len(n.ops) == 1:
+            a, b = ev(n.left), ev(n.comparators[0])
+            ops = {ast.Eq: lambda: a == b, ast.NotEq: lambda: a != b, ast.In: lambda: a in b,
+                   ast.NotIn: lambda: a not in b}
+            if type(n.ops[0]) in ops:
+                return ops[type(n.ops[0])]()
+        if isinstance(n, (ast.Tuple, ast.List)):
+            return [ev(e) for e in n.elts]
+        raise LaunchError(f"{ctx.file}: $(eval {expr}) is beyond this runner (literals, ==, !=, in, and, or, "
+                          "not); use `ros2 launch`")
+
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError as e:
+        raise LaunchError(f"{ctx.file}: $(eval {expr}): {e.msg}") from None
+    return str(ev(tree.body))
 
 
 def _condition(entry: dict, ctx: Context) -> bool:

@@ -129,3 +129,31 @@ class ScriptedExpert:
                 self._arrived = self._started = None
                 self.done = self.k >= len(self.plan)
         return np.concatenate([v, w]), wp.grip
+
+
+class HandNoise:
+    """What a person's hand adds to a 6-DoF device: a slowly wandering error (an
+    Ornstein-Uhlenbeck process) and now and then a short pause with the device let go.
+    The expert closes the loop on the TCP pose, so it corrects the drift as a person would."""
+
+    def __init__(self, rng: np.random.Generator, scale: float = 1.0, sigma_linear: float = 0.02,
+                 sigma_angular: float = 0.06, tau: float = 0.4, pause_rate: float = 0.1,
+                 pause_s: tuple[float, float] = (0.2, 0.7)):
+        self.rng, self.tau = rng, tau
+        self.sigma = scale * np.r_[np.full(3, sigma_linear), np.full(3, sigma_angular)]
+        self.pause_rate, self.pause_s = pause_rate * scale, pause_s
+        self.err = np.zeros(6)
+        self.t_prev: float | None = None
+        self.paused_until = -np.inf
+
+    def apply(self, twist: np.ndarray, t: float) -> np.ndarray:
+        dt = 0.0 if self.t_prev is None else max(0.0, t - self.t_prev)
+        self.t_prev = t
+        a = np.exp(-dt / self.tau)
+        self.err = a * self.err + np.sqrt(1 - a * a) * self.sigma * self.rng.standard_normal(6)
+        if t < self.paused_until:
+            return np.zeros(6)
+        if self.rng.random() < self.pause_rate * dt:
+            self.paused_until = t + self.rng.uniform(*self.pause_s)
+            return np.zeros(6)
+        return twist + self.err

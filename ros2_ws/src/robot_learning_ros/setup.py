@@ -25,6 +25,9 @@ setup(
         "console_scripts": [
             "sim_node = robot_learning_ros.sim_node:main",
             "scripted_operator = robot_learning_ros.scripted_operator:main",
+            "teleop_node = robot_learning_ros.teleop_node:main",
+            "command_mux = robot_learning_ros.command_mux:main",
+            "recorder_node = robot_learning_ros.recorder_node:main",
         ],
     },
 )

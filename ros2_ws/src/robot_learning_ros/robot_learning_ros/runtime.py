@@ -34,3 +34,16 @@ class BackgroundSpin:
         self.thread.join(timeout=5.0)
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
+
+
+def spin_main(node: Node, on_shutdown=None) -> None:
+    """Spin ``node`` on the main thread until Ctrl-C or SIGTERM, then clean up in the safe order."""
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if on_shutdown is not None:
+            on_shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()

@@ -1,9 +1,13 @@
-"""scripted_operator: the workcell's scripted expert, driving the arm only through the
-standard command topics, episode after episode (reset through /sim/reset).
+"""scripted_operator: the workcell's scripted expert, driving the arm only through standard
+topics, episode after episode (reset through /sim/reset).
 
 It stands in for a person at the controls: it sees the TCP pose, the gripper and (sim
-only) the objects' true poses, and publishes TwistStamped and gripper commands. With
-``report_dir`` set it saves each episode's TCP trajectory and camera snapshots there.
+only) the objects' true poses. With ``via:=arm`` it publishes straight to the arm's command
+topics; with ``via:=teleop`` it behaves like an operator at a device: it engages, drives
+/teleop/twist and /teleop/gripper with hand-like noise and pauses, and disengages. With
+``record:=true`` it starts and stops the recorder's episodes and labels them with the
+task's success. With ``report_dir`` set it saves each episode's TCP trajectory and camera
+snapshots there.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ import rclpy
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Float64
-from std_srvs.srv import Trigger
+from std_msgs.msg import Bool, Float64, String
+from std_srvs.srv import SetBool, Trigger
 
-from robot_learning.sim.expert import ExpertObs, ScriptedExpert
+from robot_learning.sim.expert import ExpertObs, HandNoise, ScriptedExpert
 from robot_learning.sim.tasks import make_task
 from robot_learning_ros.msgs import (
     COMMAND_QOS,
@@ -44,6 +48,13 @@ class ScriptedOperator(Node):
         self.episodes = int(p("episodes", 10).value)
         self.timeout = float(p("episode_timeout", 40.0).value)
         self.rate = float(p("rate", 50.0).value)
+        self.via = str(p("via", "arm").value)
+        if self.via not in ("arm", "teleop"):
+            raise ValueError(f"via must be 'arm' or 'teleop', not '{self.via}'")
+        self.record = bool(p("record", False).value)
+        self.noise_scale = float(p("noise", 1.0 if self.via == "teleop" else 0.0).value)
+        self.noise_seed = int(p("noise_seed", 0).value)
+        self.noise: HandNoise | None = None
         report = str(p("report_dir", "").value)
         self.report_dir = Path(report) if report else None
         self.base_frame = "panda_link0"
@@ -57,8 +68,14 @@ class ScriptedOperator(Node):
         self.t_now = 0.0
         self.finished = threading.Event()
         self.trajectory: list[list[float]] = []
-        self.pub_twist = self.create_publisher(TwistStamped, "/arm/command/twist", COMMAND_QOS)
-        self.pub_grip = self.create_publisher(Float64, "/gripper/command", COMMAND_QOS)
+        prefix = {"arm": ("/arm/command/twist", "/gripper/command"),
+                  "teleop": ("/teleop/twist", "/teleop/gripper")}[self.via]
+        self.pub_twist = self.create_publisher(TwistStamped, prefix[0], COMMAND_QOS)
+        self.pub_grip = self.create_publisher(Float64, prefix[1], COMMAND_QOS)
+        self.pub_engaged = self.create_publisher(Bool, "/teleop/engaged", LATCHED_QOS)
+        self.pub_meta = self.create_publisher(String, "/recorder/episode_meta", LATCHED_QOS)
+        self.rec_start = self.create_client(Trigger, "/recorder/start_episode")
+        self.rec_stop = self.create_client(SetBool, "/recorder/stop_episode")
         self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose, STATE_QOS)
         self.create_subscription(JointState, "/gripper/state", self._on_gripper, STATE_QOS)
         self.create_subscription(Bool, "/sim/task/success", self._on_success, LATCHED_QOS)
@@ -100,6 +117,8 @@ class ScriptedOperator(Node):
             self.t_last = t
             pos, quat = pose_from_msg(m)
             twist, grip = ex.act(ExpertObs(t, pos, quat, self.gripper_opening, dict(self.objects)))
+            if self.noise is not None:
+                twist = self.noise.apply(twist, t)
             self.trajectory.append([t - self.t_start, *pos, self.gripper_opening])
             if ex.k == 3 and self.t_grasp is None:
                 self.t_grasp = t
@@ -118,18 +137,33 @@ class ScriptedOperator(Node):
         while self.t_now < end and time.monotonic() < deadline:
             time.sleep(0.005)
 
-    def run_episode(self, index: int) -> dict:
-        if not self.reset_client.wait_for_service(timeout_sec=30.0):
-            raise RuntimeError("/sim/reset is not available: is the sim node running?")
-        fut = self.reset_client.call_async(Trigger.Request())
-        deadline = time.monotonic() + 30.0
+    def call(self, client, request, what: str):
+        if not client.wait_for_service(timeout_sec=30.0):
+            raise RuntimeError(f"{client.srv_name} is not available: is the {what} running?")
+        fut = client.call_async(request)
+        deadline = time.monotonic() + 60.0
         while not fut.done() and time.monotonic() < deadline:
             time.sleep(0.01)
         if not fut.done():
-            raise RuntimeError("/sim/reset did not answer within 30 s")
-        info = json.loads(fut.result().message)
+            raise RuntimeError(f"{client.srv_name} did not answer within 60 s")
+        res = fut.result()
+        if not res.success:
+            raise RuntimeError(f"{client.srv_name} failed: {res.message}")
+        return res
+
+    def run_episode(self, index: int) -> dict:
+        info = json.loads(self.call(self.reset_client, Trigger.Request(), "sim node").message)
         self.objects.clear()
         self.wait_sim(0.1)  # fresh poses from the new episode
+        if self.record:
+            self.pub_meta.publish(String(data=json.dumps(
+                {"task": self.task, "operator": f"scripted_{self.via}", "seed": info["seed"]})))
+            self.wait_sim(0.05)
+            self.call(self.rec_start, Trigger.Request(), "recorder")
+        if self.noise_scale > 0:
+            self.noise = HandNoise(np.random.default_rng(self.noise_seed * 100_003 + info["seed"]), self.noise_scale)
+        if self.via == "teleop":
+            self.pub_engaged.publish(Bool(data=True))
         with self.lock:
             self.trajectory, self.frames = [], {}
             self.t_start, self.t_grasp, self.t_last = None, None, -np.inf
@@ -138,8 +172,16 @@ class ScriptedOperator(Node):
         if not self.finished.wait(timeout=self.timeout * 20 + 60):
             raise RuntimeError("episode did not finish: no /arm/ee_pose from the sim?")
         self.wait_sim(0.3)
+        if self.via == "teleop":
+            self.pub_engaged.publish(Bool(data=False))
         result = {"episode": index, "seed": info["seed"], "success": self.success,
                   "duration": self.trajectory[-1][0] if self.trajectory else 0.0}
+        if self.record:
+            self.wait_sim(0.2)
+            req = SetBool.Request()
+            req.data = bool(self.success)
+            saved = json.loads(self.call(self.rec_stop, req, "recorder").message)
+            result["dataset_episode"] = saved.get("index")
         if self.report_dir:
             self._save(index, result)
         return result

@@ -1,0 +1,116 @@
+"""``robot-learning dataset info|validate|repair|view|export|import``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from robot_learning.data.store import Dataset, DatasetError
+
+
+def add_parser(sub) -> None:
+    ds = sub.add_parser("dataset", help="inspect, check, repair, view, export and import datasets")
+    dsub = ds.add_subparsers(dest="dataset_cmd", required=True)
+    p = dsub.add_parser("info", help="summary table of a dataset's episodes")
+    p.add_argument("path")
+    p = dsub.add_parser("validate", help="check the schema and every episode; exit 1 on problems")
+    p.add_argument("path")
+    p = dsub.add_parser("repair", help="recover (or drop) episodes a crash cut off")
+    p.add_argument("path")
+    p = dsub.add_parser("view", help="render an episode to a contact sheet (.png) or video (.mp4)")
+    p.add_argument("path")
+    p.add_argument("--episode", type=int, default=None, help="episode index (default: the first)")
+    p.add_argument("--out", default=None, help="output file: .png or .mp4 (default: runs/view/...png)")
+    p = dsub.add_parser("export", help="export to LeRobot's format or to rosbag2 MCAP")
+    p.add_argument("path")
+    p.add_argument("--format", choices=("lerobot", "mcap"), required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--episodes", default=None, help="comma-separated indices (mcap; default all)")
+    p = dsub.add_parser("import", help="import rosbag2/MCAP bags (one episode each) into a dataset")
+    p.add_argument("bags", nargs="+")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--recipe", default="datasets/recipes/workcell.yaml", help="topic -> stream mapping")
+    p.add_argument("--task", default="")
+    p.add_argument("--success", choices=("true", "false", "unknown"), default="unknown")
+
+
+def print_info(ds: Dataset) -> None:
+    s = ds.summary()
+    print(f"{ds.path}  (schema v{ds.meta.get('schema_version')}, created {ds.meta.get('created')})")
+    print(f"{'ep':>4} {'status':<10} {'task':<12} {'operator':<16} {'steps':>6} {'dur(s)':>7} {'success':<8} "
+          f"{'interv.':>7} {'rejected':>8}")
+    for i in ds.infos:
+        m = i.meta
+        ok = {True: "yes", False: "no"}.get(m.get("success"), "-")
+        rej = sum(sum(v.values()) for v in (m.get("rejected_samples") or {}).values())
+        print(f"{i.index:>4} {i.status:<10} {str(m.get('task', ''))[:12]:<12} {str(m.get('operator', ''))[:16]:<16} "
+              f"{m.get('n_steps', 0):>6} {m.get('duration', 0.0):>7.1f} {ok:<8} {len(m.get('interventions', [])):>7} "
+              f"{rej:>8}")
+    rate = f"{s['success_rate']:.0%}" if s["success_rate"] is not None else "-"
+    print(f"total: {s['episodes']} episodes, {s['steps']} steps, {s['duration_s'] / 60:.1f} min, success {rate}, "
+          f"{s['interventions']} interventions" + (f", {s['interrupted']} interrupted (run `robot-learning "
+                                                   f"dataset repair {ds.path}`)" if s["interrupted"] else ""))
+
+
+def run(a: argparse.Namespace) -> int:
+    try:
+        return _run(a)
+    except DatasetError as e:
+        print(f"dataset: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(a: argparse.Namespace) -> int:
+    cmd = a.dataset_cmd
+    if cmd == "info":
+        print_info(Dataset(a.path))
+        return 0
+    if cmd == "validate":
+        from robot_learning.data.repair import validate_store
+
+        ds, problems = validate_store(a.path)
+        for p in problems:
+            print(f"problem: {p}")
+        if ds is not None:
+            print(f"{len(ds)} episodes checked: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
+    if cmd == "repair":
+        from robot_learning.data.repair import repair_path
+
+        done = repair_path(a.path)
+        for idx, action in sorted(done.items()):
+            print(f"episode {idx}: {action}")
+        print("nothing to repair" if not done else f"{len(done)} episode(s) handled")
+        return 0
+    if cmd == "view":
+        from robot_learning.data.view import contact_sheet, video
+
+        ds = Dataset(a.path)
+        if not len(ds):
+            raise DatasetError(f"{a.path} has no finished episodes")
+        ep = ds.episode(a.episode if a.episode is not None else ds.indices[0])
+        out = Path(a.out or f"runs/view/{Path(a.path).stem}_episode_{ep.index:06d}.png")
+        path = video(ep, out) if out.suffix == ".mp4" else contact_sheet(ep, out)
+        print(f"wrote {path}")
+        return 0
+    if cmd == "export":
+        if a.format == "lerobot":
+            from robot_learning.data.export_lerobot import export_lerobot
+
+            print(f"wrote {export_lerobot(a.path, a.out)}")
+        else:
+            from robot_learning.data.mcap_io import export_mcap
+
+            eps = [int(x) for x in a.episodes.split(",")] if a.episodes else None
+            for bag in export_mcap(a.path, a.out, eps):
+                print(f"wrote {bag}")
+        return 0
+    if cmd == "import":
+        from robot_learning.data.mcap_io import import_mcap
+
+        success = {"true": True, "false": False}.get(a.success)
+        made = import_mcap(a.bags, a.dataset, a.recipe, task=a.task, success=success)
+        print(f"imported {len(made)} episode(s) into {a.dataset}: {made}")
+        return 0
+    return 2

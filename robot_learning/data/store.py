@@ -1,0 +1,372 @@
+"""Writing and reading dataset stores.
+
+Durability comes from three rules, so that no crash can break what was already finished:
+1. every file is written whole or not at all (zarr's LocalStore writes a temporary file and
+   renames it), so a kill leaves each metadata and chunk file either old or new;
+2. an episode lives in its own group and is never touched again once finished, and it is
+   marked finished only after all its files are fsynced (a power cut cannot undo it);
+3. a stream's timestamps are written after its data and are NaN where nothing was flushed,
+   so an interrupted episode is readable up to its last flushed chunk (see ``repair``).
+One writer at a time holds ``writer.lock`` (an flock, released by the kernel if it dies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from robot_learning.data.convert import BadSample, has_header
+from robot_learning.data.schema import SCHEMA, SCHEMA_VERSION, Recipe, StreamSpec
+
+warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component", module="zarr")
+warnings.filterwarnings("ignore", message=".*StringDType.*", module="zarr")
+warnings.filterwarnings("ignore", message=".*not part of the Zarr format 3 specification.*")
+
+LOWDIM_CHUNK = 1024
+IMAGE_GROW = 64
+
+
+class DatasetError(RuntimeError):
+    """A store that cannot be used as asked; the message says what to do."""
+
+
+def _codec(dtype: np.dtype, image: bool) -> BloscCodec:
+    if image and dtype.itemsize == 1:
+        return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle" if dtype.itemsize > 1 else "noshuffle")
+
+
+def _storage_error(e: OSError, path: Path, what: str) -> DatasetError:
+    if e.errno == errno.ENOSPC:
+        hint = "the disk is full: free space or record to another disk"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "no permission to write there: choose a writable directory or fix its permissions"
+    else:
+        hint = e.strerror or str(e)
+    return DatasetError(f"{what} in {path}: {hint}. Episodes finished before this are intact.")
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path`` (and ``path`` itself)."""
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def open_root(path: Path, create: bool, name: str = "") -> zarr.Group:
+    """The store's root group, checking that it is one of ours and of a version we read."""
+    if (path / "zarr.json").exists():
+        root = zarr.open_group(str(path), mode="r+" if create else "r")
+        schema, version = root.attrs.get("schema"), root.attrs.get("schema_version")
+        if schema != SCHEMA:
+            raise DatasetError(f"{path} is a zarr store but not a robot-learning dataset (schema '{schema}')")
+        if version != SCHEMA_VERSION:
+            raise DatasetError(f"{path} has dataset schema version {version}; this robot-learning reads "
+                               f"version {SCHEMA_VERSION}: upgrade robot-learning or convert the dataset")
+        return root
+    if not create:
+        raise DatasetError(f"no dataset at {path} (expected {path / 'zarr.json'})")
+    root = zarr.open_group(str(path), mode="a")
+    root.attrs.update({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": now_iso(),
+                       "name": name or path.stem})
+    root.require_group("episodes")
+    return root
+
+
+@contextlib.contextmanager
+def writer_lock(path: Path):
+    """Exclusive right to write ``path``; a second writer gets a clear error, not a corrupt store."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            raise DatasetError(f"{path} is being written by another process ({other}); "
+                               "stop that recorder first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+class StreamWriter:
+    """Buffers one stream's samples and appends them to its arrays, data before timestamps."""
+
+    def __init__(self, group: zarr.Group, spec: StreamSpec):
+        self.group, self.spec = group, spec
+        self.arrays: dict[str, zarr.Array] = {}
+        self.shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self.buf: list[tuple[float, float, dict[str, np.ndarray]]] = []
+        self.n = 0
+        self.capacity = 0
+        self.last_t = -np.inf
+        self.rejected: Counter[str] = Counter()
+        self.attrs: dict = {}
+
+    def add(self, t: float, t_recv: float, arrays: dict[str, np.ndarray], attrs: dict | None = None) -> None:
+        if not np.isfinite(t):
+            raise BadSample(f"stamp {t} is not finite", "bad_stamp")
+        if t <= self.last_t:
+            if not has_header(self.spec):  # receive-time stamps: arrival order is the order
+                t = self.last_t + 1e-6
+            else:
+                raise BadSample(f"stamp {t:.6f} is not after the previous one ({self.last_t:.6f}): "
+                                "out of order or duplicate", "stamp_order")
+        if not self.shapes:
+            self.shapes = {k: (v.shape, v.dtype) for k, v in arrays.items()}
+            self.attrs = attrs or {}
+        else:
+            for k, v in arrays.items():
+                shape, _ = self.shapes[k]
+                if v.shape != shape:
+                    raise BadSample(f"'{k}' has shape {v.shape}, the stream started with {shape}", "bad_shape")
+        self.last_t = t
+        self.buf.append((t, t_recv, arrays))
+
+    def _create(self) -> None:
+        image = self.spec.kind == "image"
+        self.group.attrs.update({"topic": self.spec.topic, "type": self.spec.type, **self.attrs})
+        for k, (shape, dtype) in self.shapes.items():
+            chunks = (1, *shape) if image else (LOWDIM_CHUNK, *shape)
+            kw = {} if dtype.kind in "UTO" else {"compressors": _codec(dtype, image)}
+            self.arrays[k] = self.group.create_array(
+                k, shape=(0, *shape), dtype=str if dtype.kind == "U" else dtype, chunks=chunks, **kw)
+        for k in ("t_recv", "t"):  # NaN past the flushed rows: the crash-recovery marker
+            self.arrays[k] = self.group.create_array(k, shape=(0,), dtype="float64", chunks=(LOWDIM_CHUNK,),
+                                                     fill_value=np.nan, compressors=_codec(np.dtype("f8"), False))
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        if not self.arrays:
+            self._create()
+        buf, self.buf = self.buf, []
+        k = len(buf)
+        if self.n + k > self.capacity:
+            grow = IMAGE_GROW if self.spec.kind == "image" else LOWDIM_CHUNK
+            self.capacity = max(self.n + k, self.capacity + grow)
+            for arr in self.arrays.values():
+                arr.resize((self.capacity, *arr.shape[1:]))
+        sl = slice(self.n, self.n + k)
+        for name in self.shapes:
+            self.arrays[name][sl] = np.stack([b[2][name] for b in buf])
+        self.arrays["t_recv"][sl] = np.array([b[1] for b in buf])
+        self.arrays["t"][sl] = np.array([b[0] for b in buf])
+        self.n += k
+
+    def trim(self) -> None:
+        for arr in self.arrays.values():
+            if arr.shape[0] != self.n:
+                arr.resize((self.n, *arr.shape[1:]))
+
+
+class EpisodeWriter:
+    """One episode being recorded. ``finish`` makes it permanent; ``discard`` removes it."""
+
+    def __init__(self, dataset: DatasetWriter, index: int, group: zarr.Group, recipe: Recipe):
+        self.dataset, self.index, self.group, self.recipe = dataset, index, group, recipe
+        self.path = dataset.path / "episodes" / group.basename
+        streams = group.require_group("streams")
+        self.streams = {n: StreamWriter(streams.require_group(n), s) for n, s in recipe.streams.items()}
+        self.last_flush = time.monotonic()
+        self.closed = False
+
+    def add(self, stream: str, t: float, t_recv: float, arrays: dict[str, np.ndarray],
+            attrs: dict | None = None) -> None:
+        """Queue one sample; raises BadSample (nothing stored) for input that does not fit."""
+        self.streams[stream].add(t, t_recv, arrays, attrs)
+
+    def flush(self) -> None:
+        try:
+            for s in self.streams.values():
+                s.flush()
+        except OSError as e:
+            raise _storage_error(e, self.path, f"writing episode {self.index}") from e
+        self.last_flush = time.monotonic()
+
+    def finish(self, success: bool | None, t_end: float | None = None, extra: dict | None = None) -> dict:
+        """Flush, build the step table, fsync, then mark the episode complete (in that order)."""
+        from robot_learning.data.steps import write_steps
+
+        self.flush()
+        try:
+            for s in self.streams.values():
+                s.trim()
+            meta = write_steps(self.group, self.recipe, success, t_end)
+            meta.update(extra or {})
+            meta["rejected_samples"] = {n: dict(s.rejected) for n, s in self.streams.items() if s.rejected}
+            missing = [n for n, s in self.streams.items() if s.n == 0 and s.spec.required]
+            meta["missing_streams"] = missing
+            fsync_tree(self.path)
+            self.group.attrs.update({**meta, "status": "complete", "finished": now_iso()})
+            fsync_tree(self.path)
+        except OSError as e:
+            raise _storage_error(e, self.path, f"finishing episode {self.index}") from e
+        self.closed = True
+        return dict(self.group.attrs)
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.closed = True
+
+
+class DatasetWriter:
+    """Holds a dataset open for recording. Opening recovers episodes a crash cut off."""
+
+    def __init__(self, path: str | Path, recipe: Recipe, name: str = ""):
+        self.path = Path(path)
+        self.recipe = recipe
+        self._check_writable()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(writer_lock(self.path))
+        try:
+            self.root = open_root(self.path, create=True, name=name)
+            from robot_learning.data.repair import repair_store
+
+            self.recovered = repair_store(self.path, self.root, recipe)
+        except OSError as e:
+            self._stack.close()
+            raise _storage_error(e, self.path, "opening the dataset") from e
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _check_writable(self) -> None:
+        parent = self.path
+        while not parent.exists():
+            parent = parent.parent
+        if not os.access(parent, os.W_OK):
+            raise DatasetError(f"cannot write the dataset {self.path}: no write permission on {parent}; "
+                               "choose a writable directory or fix its permissions")
+
+    def next_index(self) -> int:
+        eps = self.path / "episodes"
+        used = [int(p.name) for p in eps.iterdir() if p.name.isdigit()] if eps.exists() else []
+        return max(used, default=-1) + 1
+
+    def start_episode(self, meta: dict) -> EpisodeWriter:
+        idx = self.next_index()
+        try:
+            g = self.root["episodes"].create_group(f"{idx:06d}")
+            g.attrs.update({"status": "recording", "index": idx, "started": now_iso(),
+                            "recipe": self.recipe.to_json(), **meta})
+        except OSError as e:
+            raise _storage_error(e, self.path, "starting an episode") from e
+        return EpisodeWriter(self, idx, g, self.recipe)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+@dataclass
+class EpisodeInfo:
+    index: int
+    status: str
+    meta: dict
+
+
+class Episode:
+    """Read access to one episode: ``streams[name][array]`` and ``steps[key]`` are zarr arrays."""
+
+    def __init__(self, group: zarr.Group):
+        self.group = group
+        self.meta = dict(group.attrs)
+        self.index = int(self.meta.get("index", group.basename))
+        self.streams = {n: g for n, g in group["streams"].groups()} if "streams" in group else {}
+        self.steps = group["steps"] if "steps" in group else None
+
+    def stream(self, name: str) -> dict[str, np.ndarray]:
+        """A stream's arrays loaded whole (use ``streams[name][k][i]`` for single image frames)."""
+        g = self.streams.get(name)
+        if g is None:
+            return {}
+        return {k: a[:] for k, a in g.arrays()}
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.meta.get("n_steps", 0))
+
+
+class Dataset:
+    """A store opened read-only. Episodes a crash cut off are listed in ``incomplete`` and skipped."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.root = open_root(self.path, create=False)
+        self.meta = dict(self.root.attrs)
+        self.infos: list[EpisodeInfo] = []
+        self.incomplete: list[int] = []
+        eps = self.root["episodes"]
+        for name, g in sorted(eps.groups()):
+            attrs = dict(g.attrs)
+            status = attrs.get("status", "recording")
+            if status in ("complete", "recovered"):
+                self.infos.append(EpisodeInfo(int(attrs.get("index", name)), status, attrs))
+            else:
+                self.incomplete.append(int(name) if name.isdigit() else -1)
+        if self.incomplete:
+            warnings.warn(f"{self.path}: {len(self.incomplete)} interrupted episode(s) skipped "
+                          f"({self.incomplete}); `robot-learning dataset repair {self.path}` recovers them",
+                          stacklevel=2)
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    @property
+    def indices(self) -> list[int]:
+        return [i.index for i in self.infos]
+
+    def episode(self, index: int) -> Episode:
+        if index not in self.indices:
+            raise DatasetError(f"{self.path} has no finished episode {index} (episodes: {self.indices})")
+        return Episode(self.root["episodes"][f"{index:06d}"])
+
+    def episodes(self):
+        for i in self.indices:
+            yield self.episode(i)
+
+    def summary(self) -> dict:
+        steps = sum(i.meta.get("n_steps", 0) for i in self.infos)
+        dur = sum(i.meta.get("duration", 0.0) for i in self.infos)
+        labelled = [i.meta.get("success") for i in self.infos if i.meta.get("success") is not None]
+        return {"episodes": len(self.infos), "steps": steps, "duration_s": dur,
+                "success_rate": float(np.mean(labelled)) if labelled else None,
+                "interrupted": len(self.incomplete),
+                "interventions": sum(len(i.meta.get("interventions", [])) for i in self.infos)}
+
+
+def read_json_attrs(path: Path) -> dict:
+    """A group's attributes straight from its zarr.json (no zarr needed): used by repair."""
+    with (path / "zarr.json").open() as f:
+        return json.load(f).get("attributes", {})

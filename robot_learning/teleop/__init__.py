@@ -1,0 +1,1 @@
+"""Teleoperation: device input to TCP twist and gripper commands, and the command mux."""

@@ -1,0 +1,111 @@
+"""The command mux: chooses between the policy's commands and the operator's, smoothly.
+
+The operator always wins while engaged. Whoever is in control, the twist that goes out is
+rate limited (a bounded acceleration), so handing over in either direction never makes the
+commanded motion jump; the gripper target is rate limited the same way. With no fresh
+command from anyone the output ramps to zero and the source reads ``hold``. An intervention
+is the operator engaged while a policy is running (it published within ``policy_alive``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class MuxConfig:
+    max_linear_acc: float = 1.5      # m/s^2 on the output twist
+    max_angular_acc: float = 6.0     # rad/s^2
+    gripper_rate: float = 4.0        # 1/s: full open to full close in 0.25 s
+    command_timeout: float = 0.25    # a command older than this is not fresh
+    policy_alive: float = 1.0        # a policy that published within this is "running"
+
+
+@dataclass
+class Stamped:
+    value: np.ndarray | float
+    t: float
+
+
+@dataclass
+class MuxOutput:
+    twist: np.ndarray
+    gripper: float | None
+    source: str                      # policy, teleop or hold
+    intervention: bool
+    moving: bool                     # False once a hold has ramped the twist down to zero
+
+
+class CommandMux:
+    def __init__(self, cfg: MuxConfig | None = None):
+        self.cfg = cfg or MuxConfig()
+        self.policy_twist: Stamped | None = None
+        self.teleop_twist: Stamped | None = None
+        self.policy_gripper: Stamped | None = None
+        self.teleop_gripper: Stamped | None = None
+        self.engaged = False
+        self.out_twist = np.zeros(6)
+        self.out_gripper: float | None = None
+        self.t_last: float | None = None
+
+    def set_policy(self, twist: np.ndarray | None, gripper: float | None, t: float) -> None:
+        if twist is not None and np.all(np.isfinite(twist)):
+            self.policy_twist = Stamped(np.asarray(twist, float), t)
+        if gripper is not None and np.isfinite(gripper):
+            self.policy_gripper = Stamped(float(np.clip(gripper, 0, 1)), t)
+
+    def set_teleop(self, twist: np.ndarray | None, gripper: float | None, t: float) -> None:
+        if twist is not None and np.all(np.isfinite(twist)):
+            self.teleop_twist = Stamped(np.asarray(twist, float), t)
+        if gripper is not None and np.isfinite(gripper):
+            self.teleop_gripper = Stamped(float(np.clip(gripper, 0, 1)), t)
+
+    def set_engaged(self, engaged: bool) -> None:
+        self.engaged = bool(engaged)
+
+    def _fresh(self, s: Stamped | None, now: float, within: float) -> bool:
+        return s is not None and now - s.t <= within
+
+    def source(self, now: float) -> str:
+        if self.engaged:
+            return "teleop"
+        if self._fresh(self.policy_twist, now, self.cfg.command_timeout):
+            return "policy"
+        return "hold"
+
+    def step(self, now: float) -> MuxOutput:
+        cfg = self.cfg
+        dt = 0.0 if self.t_last is None else max(0.0, now - self.t_last)
+        self.t_last = now
+        src = self.source(now)
+        if src == "teleop":
+            cmd, grip = self.teleop_twist, self.teleop_gripper
+        elif src == "policy":
+            cmd, grip = self.policy_twist, self.policy_gripper
+        else:
+            cmd, grip = None, None
+        target = cmd.value if self._fresh(cmd, now, cfg.command_timeout) else np.zeros(6)
+        self.out_twist = np.r_[_slew(self.out_twist[:3], target[:3], cfg.max_linear_acc * dt),
+                               _slew(self.out_twist[3:], target[3:], cfg.max_angular_acc * dt)]
+        if grip is not None:
+            g = float(grip.value)
+            if self.out_gripper is None:
+                self.out_gripper = g
+            else:
+                step = cfg.gripper_rate * dt
+                self.out_gripper += float(np.clip(g - self.out_gripper, -step, step))
+        running = self._fresh(self.policy_twist, now, cfg.policy_alive) or self._fresh(
+            self.policy_gripper, now, cfg.policy_alive)
+        moving = src != "hold" or bool(np.any(self.out_twist != 0.0))
+        return MuxOutput(self.out_twist.copy(), self.out_gripper, src, self.engaged and running, moving)
+
+
+def _slew(current: np.ndarray, target: np.ndarray, max_step: float) -> np.ndarray:
+    """Move ``current`` toward ``target`` by at most ``max_step`` (Euclidean), keeping direction."""
+    d = target - current
+    n = float(np.linalg.norm(d))
+    if n <= max_step:
+        return target.copy()
+    return current + d * (max_step / n)

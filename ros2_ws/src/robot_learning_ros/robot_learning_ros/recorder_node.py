@@ -1,0 +1,141 @@
+"""recorder: writes the topics of a dataset recipe into a crash-safe zarr dataset, episode by episode.
+
+Services (std_srvs): /recorder/start_episode (Trigger), /recorder/stop_episode (SetBool: data is
+the success label), /recorder/discard_episode (Trigger). /recorder/episode_meta (String, JSON)
+adds fields to the next episode's metadata (task, operator, seed...). /recorder/status
+(String, JSON, latched) says whether it records and how many episodes it wrote.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+
+from robot_learning.config import load_yaml
+from robot_learning.data.recorder import Recorder
+from robot_learning.data.schema import load_recipe
+from robot_learning.data.store import DatasetError
+from robot_learning.paths import resolve
+from robot_learning_ros.msgs import LATCHED_QOS
+from robot_learning_ros.runtime import spin_main
+
+# deep queues: the recorder must not drop what arrives in bursts while it writes
+RECORD_SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+RECORD_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+
+
+def message_class(full_type: str):
+    pkg, _, name = full_type.split("/")
+    return getattr(importlib.import_module(f"{pkg}.msg"), name)
+
+
+class RecorderNode(Node):
+    def __init__(self):
+        super().__init__("recorder")
+        p = self.declare_parameter
+        recipe = load_recipe(p("recipe", "datasets/recipes/workcell.yaml").value)
+        path = p("dataset", "").value or f"datasets/{recipe.name}.zarr"
+        self.base_meta = {"task": p("task", "").value, "operator": p("operator", "").value}
+        for key in ("robot", "calibration"):
+            f = p(key, {"robot": "hardware/robots/panda.yaml", "calibration": "calibration/workcell.yaml"}[key]).value
+            if f:
+                self.base_meta[key] = load_yaml(f)
+        self.next_meta: dict = {}
+        self.rec = Recorder(resolve(path), recipe, log=self._log, flush_interval=float(p("flush_interval", 0.5).value))
+        self.pub_status = self.create_publisher(String, "/recorder/status", LATCHED_QOS)
+        for name, spec in recipe.streams.items():
+            self.create_subscription(message_class(spec.type), spec.topic,
+                                     lambda m, n=name: self.rec.on_message(n, m, self._now()),
+                                     RECORD_SENSOR_QOS if spec.sensor else RECORD_QOS)
+        self.create_subscription(String, "/recorder/episode_meta", self._on_meta, LATCHED_QOS)
+        self.create_service(Trigger, "/recorder/start_episode", self._on_start)
+        self.create_service(SetBool, "/recorder/stop_episode", self._on_stop)
+        self.create_service(Trigger, "/recorder/discard_episode", self._on_discard)
+        self._status()
+        self.get_logger().info(f"recording '{recipe.name}' ({len(recipe.streams)} streams) into {resolve(path)}")
+
+    def _log(self, level: str, msg: str) -> None:
+        {"warn": self.get_logger().warning, "error": self.get_logger().error}.get(level, self.get_logger().info)(msg)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _status(self) -> None:
+        ep = self.rec.episode
+        self.pub_status.publish(String(data=json.dumps(
+            {"recording": ep is not None, "episode": ep.index if ep else None, "finished": self.rec.finished,
+             "error": self.rec.error})))
+
+    def _on_meta(self, m: String) -> None:
+        try:
+            self.next_meta = dict(json.loads(m.data))
+        except (ValueError, TypeError) as e:
+            self.get_logger().warning(f"ignored /recorder/episode_meta: not a JSON object ({e})")
+
+    def _on_start(self, req, res):
+        silent = self.rec.silent_streams()
+        if silent:
+            topics = ", ".join(self.rec.recipe.streams[n].topic for n in silent)
+            self.get_logger().warning(f"no messages in the last 2 s on {topics}: those streams may stay empty "
+                                      "(is their driver running?)")
+        try:
+            idx = self.rec.start({**self.base_meta, **self.next_meta, "t_start_clock": self._now()})
+            res.success, res.message = True, json.dumps({"episode": idx})
+            self.get_logger().info(f"episode {idx} recording")
+        except DatasetError as e:
+            res.success, res.message = False, str(e)
+            self.get_logger().error(str(e))
+        self._status()
+        return res
+
+    def _finish(self, res, **kw):
+        try:
+            meta = self.rec.stop(t_end=self._now(), **kw)
+            res.success = True
+            res.message = json.dumps({k: meta.get(k) for k in ("index", "n_steps", "duration", "success",
+                                                               "missing_streams", "discarded") if k in meta})
+            if meta.get("missing_streams"):
+                self.get_logger().warning(f"episode {meta.get('index')} has no data from {meta['missing_streams']}")
+            self.get_logger().info(f"episode {'discarded' if kw.get('discard') else 'saved'}: {res.message}")
+        except DatasetError as e:
+            res.success, res.message = False, str(e)
+            self.get_logger().error(str(e))
+        self.next_meta = {}
+        self._status()
+        return res
+
+    def _on_stop(self, req, res):
+        return self._finish(res, success=bool(req.data))
+
+    def _on_discard(self, req, res):
+        return self._finish(res, success=None, discard=True)
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    try:
+        node = RecorderNode()
+    except (DatasetError, ValueError) as e:
+        print(f"recorder: {e}", flush=True)
+        raise SystemExit(2) from None
+
+    def shutdown() -> None:
+        if node.rec.recording:
+            node.get_logger().warning("shutting down while recording: the episode is saved unlabelled")
+            try:
+                node.rec.stop(success=None, t_end=node._now())
+            except DatasetError as e:
+                node.get_logger().error(f"{e}; the flushed part is recovered on the next open")
+        node.rec.close()
+
+    spin_main(node, shutdown)
+
+
+if __name__ == "__main__":
+    main()
