@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from robot_learning.data.convert import IMAGE_ENCODINGS, BadSample, has_header, stream_attrs, to_sample
+from robot_learning.data.convert import IMAGE_ENCODINGS, BadSample, has_header
 from robot_learning.data.schema import Recipe, StreamSpec, load_recipe, parse_recipe
 from robot_learning.data.store import Dataset, DatasetError, DatasetWriter
 
@@ -136,9 +136,7 @@ def import_mcap(bags: list[str | Path], dataset: str | Path, recipe: Recipe | st
                     spec = by_topic[conn.topic]
                     msg = reader.deserialize(raw, conn.msgtype)
                     try:
-                        t, arrays = to_sample(spec, msg, t_ns * 1e-9)
-                        first = not ep.streams[spec.name].shapes
-                        ep.add(spec.name, t, t_ns * 1e-9, arrays, stream_attrs(spec, msg) if first else None)
+                        ep.add_message(spec.name, msg, t_ns * 1e-9)
                     except BadSample as e:
                         ep.streams[spec.name].rejected[e.reason] += 1
                         rejected += 1

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from robot_learning.data.convert import BadSample, has_header, stream_attrs, to_sample
+from robot_learning.data.convert import BadSample, has_header
 from robot_learning.data.schema import Recipe
 from robot_learning.data.store import DatasetError, DatasetWriter, EpisodeWriter
 
@@ -112,10 +112,8 @@ class Recorder:
         stream, msg, t_recv = item
         if ep is None:
             return
-        spec = self.recipe.streams[stream]
         try:
-            t, arrays = to_sample(spec, msg, t_recv)
-            ep.add(stream, t, t_recv, arrays, stream_attrs(spec, msg) if not ep.streams[stream].shapes else None)
+            ep.add_message(stream, msg, t_recv)
         except BadSample as e:
             self._reject(stream, e.reason, str(e))
 

@@ -158,5 +158,5 @@ def repair_path(path: str | Path) -> dict[int, str]:
     if not (path / "zarr.json").exists():
         raise DatasetError(f"no dataset at {path}")
     with writer_lock(path):
-        root = open_root(path, create=False)
-        return repair_store(path, root)
+        open_root(path, create=False)  # checks it is a dataset of a version we read
+        return repair_store(path, zarr.open_group(str(path), mode="r+"))

@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from robot_learning.data.convert import BadSample, has_header
+from robot_learning.data.convert import BadSample, has_header, stream_attrs, to_sample
 from robot_learning.data.schema import SCHEMA, SCHEMA_VERSION, Recipe, StreamSpec
 
 warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component", module="zarr")
@@ -148,7 +148,8 @@ class StreamWriter:
             for k, v in arrays.items():
                 shape, _ = self.shapes[k]
                 if v.shape != shape:
-                    raise BadSample(f"'{k}' has shape {v.shape}, the stream started with {shape}", "bad_shape")
+                    raise BadSample(f"'{k}' has shape {v.shape}, the stream started with {shape}",
+                                    "bad_size" if self.spec.kind == "image" else "bad_shape")
         self.last_t = t
         self.buf.append((t, t_recv, arrays))
 
@@ -205,6 +206,12 @@ class EpisodeWriter:
         """Queue one sample; raises BadSample (nothing stored) for input that does not fit."""
         self.streams[stream].add(t, t_recv, arrays, attrs)
 
+    def add_message(self, stream: str, msg, t_recv: float) -> None:
+        """Convert a ROS message (rclpy or rosbags) and queue it; BadSample says why it does not fit."""
+        spec = self.recipe.streams[stream]
+        t, arrays = to_sample(spec, msg, t_recv)
+        self.add(stream, t, t_recv, arrays, stream_attrs(spec, msg) if not self.streams[stream].shapes else None)
+
     def flush(self) -> None:
         try:
             for s in self.streams.values():
@@ -247,9 +254,12 @@ class DatasetWriter:
     def __init__(self, path: str | Path, recipe: Recipe, name: str = ""):
         self.path = Path(path)
         self.recipe = recipe
-        self._check_writable()
         self._stack = contextlib.ExitStack()
-        self._stack.enter_context(writer_lock(self.path))
+        try:
+            self._check_writable()
+            self._stack.enter_context(writer_lock(self.path))
+        except OSError as e:
+            raise _storage_error(e, self.path, "opening the dataset for writing") from e
         try:
             self.root = open_root(self.path, create=True, name=name)
             from robot_learning.data.repair import repair_store
@@ -264,7 +274,7 @@ class DatasetWriter:
 
     def _check_writable(self) -> None:
         parent = self.path
-        while not parent.exists():
+        while not os.path.lexists(parent) and parent != parent.parent:
             parent = parent.parent
         if not os.access(parent, os.W_OK):
             raise DatasetError(f"cannot write the dataset {self.path}: no write permission on {parent}; "

@@ -1,0 +1,273 @@
+"""The dataset store on real zarr: round trip, step alignment, bad input, errors, repair."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import zarr
+
+from robot_learning.data.convert import BadSample, to_sample
+from robot_learning.data.recorder import Recorder
+from robot_learning.data.repair import repair_path, validate_store
+from robot_learning.data.schema import load_recipe
+from robot_learning.data.store import Dataset, DatasetError, DatasetWriter
+
+RECIPE = load_recipe("datasets/recipes/workcell.yaml")
+
+
+def stamp(t):
+    return SimpleNamespace(sec=int(t), nanosec=int(round((t - int(t)) * 1e9)))
+
+
+def image(t, w=64, h=48, enc="rgb8", value=0):
+    ch, size = {"rgb8": (3, 1), "16UC1": (1, 2), "32FC3": (3, 4)}[enc]
+    arr = np.full((h, w * ch), value, {1: np.uint8, 2: np.uint16, 4: np.float32}[size])
+    return SimpleNamespace(header=SimpleNamespace(stamp=stamp(t), frame_id="cam"), height=h, width=w, encoding=enc,
+                           is_bigendian=0, step=w * ch * size, data=arr.tobytes())
+
+
+def joints(t, q):
+    return SimpleNamespace(header=SimpleNamespace(stamp=stamp(t), frame_id=""), name=[f"j{i}" for i in range(len(q))],
+                           position=list(q), velocity=[0.0] * len(q), effort=[0.0] * len(q))
+
+
+def vec6(t, v, kind="twist"):
+    a = SimpleNamespace(x=v[0], y=v[1], z=v[2])
+    b = SimpleNamespace(x=v[3], y=v[4], z=v[5])
+    body = SimpleNamespace(linear=a, angular=b) if kind == "twist" else SimpleNamespace(force=a, torque=b)
+    return SimpleNamespace(header=SimpleNamespace(stamp=stamp(t), frame_id="base"), **{kind: body})
+
+
+def pose(t, x):
+    return SimpleNamespace(header=SimpleNamespace(stamp=stamp(t), frame_id="base"),
+                           pose=SimpleNamespace(position=SimpleNamespace(x=x, y=0.0, z=0.3),
+                                                orientation=SimpleNamespace(x=1.0, y=0.0, z=0.0, w=0.0)))
+
+
+def record_episode(ep, t0=10.0, seconds=2.0, intervene=(0.8, 1.2)):
+    """500 Hz joints, 100 Hz pose/wrench/tactile, 30 Hz camera, 50 Hz commands (written as the recorder would)."""
+    add = ep.add_message
+
+    n = int(seconds * 500)
+    for k in range(n):
+        t = t0 + k / 500
+        add("joint_states", joints(t, np.full(9, k, float)), t)
+        if k % 5 == 0:
+            add("ee_pose", pose(t, k / 1000), t)
+            add("wrench", vec6(t, [0, 0, k, 0, 0, 0], "wrench"), t)
+            add("gripper_state", joints(t, [0.04, 0.04]), t)
+            add("tactile_left", image(t, 4, 4, "32FC3", value=k), t)
+            add("tactile_right", image(t, 4, 4, "32FC3"), t)
+        if k % 17 == 0:
+            add("front_color", image(t, value=k % 256), t)
+        if k % 10 == 0:
+            add("cmd_twist", vec6(t, [k / 1000, 0, 0, 0, 0, 0]), t)
+            add("cmd_gripper", SimpleNamespace(data=0.5), t)
+            on = intervene[0] <= t - t0 < intervene[1]
+            add("intervention", SimpleNamespace(data=on), t)
+            add("control_source", SimpleNamespace(data="teleop" if on else "policy"), t)
+        if k % 100 == 0:
+            ep.flush()
+
+
+@pytest.fixture
+def store(tmp_path):
+    w = DatasetWriter(tmp_path / "d.zarr", RECIPE)
+    for i in range(2):
+        ep = w.start_episode({"task": "pick_place", "operator": "test"})
+        record_episode(ep, t0=10.0 + 10 * i)
+        ep.finish(success=bool(i))
+    w.close()
+    return tmp_path / "d.zarr"
+
+
+def test_round_trip_with_plain_zarr(store):
+    root = zarr.open_group(str(store), mode="r")  # no robot-learning code involved
+    assert root.attrs["schema"] == "robot_learning.dataset" and root.attrs["schema_version"] == 1
+    ep = root["episodes"]["000000"]
+    js = ep["streams"]["joint_states"]
+    assert js["t"].shape == (1000,) and js["position"].shape == (1000, 9)
+    assert np.all(np.diff(js["t"][:]) > 0)
+    assert js["position"][123, 0] == 123
+    assert ep["streams"]["front_color"]["data"].shape == (59, 48, 64, 3)
+    assert ep.attrs["status"] == "complete" and ep.attrs["success"] is False
+    assert ep.attrs["stream_counts"]["joint_states"] == 1000
+
+
+def test_steps_hold_the_newest_sample_and_never_look_ahead(store):
+    ep = Dataset(store).episode(0)
+    t = ep.steps["t"][:]
+    assert np.allclose(np.diff(t), 0.1)
+    js_t = ep.streams["joint_states"]["t"][:]
+    idx = ep.steps["index"]["joint_states"][:]
+    assert np.all(js_t[idx] <= t + 1e-9) and np.all(js_t[np.minimum(idx + 1, len(js_t) - 1)] > t - 1e-9)
+    pos = ep.steps["obs"]["joint_states.position"][:]
+    assert np.array_equal(pos[:, 0], idx.astype(float))  # the row it points at is the row it copied
+    cam_idx = ep.steps["index"]["front_color"][:]
+    assert np.all(cam_idx >= 0) and np.all(ep.streams["front_color"]["t"][:][cam_idx] <= t)
+    act = ep.steps["action"][:]
+    assert act.shape == (len(t), 7) and np.allclose(act[:, 6], 0.5)
+    # action: newest command before the step ends (commands at 50 Hz: stamped within the last 20 ms)
+    k = (t + 0.1 - 10.0) * 500
+    assert np.allclose(act[:-1, 0], np.floor((k[:-1] - 1e-6) / 10) * 10 / 1000)
+
+
+def test_sources_interventions_reward_done(store):
+    ds = Dataset(store)
+    ep = ds.episode(0)
+    src, inter = ep.steps["source"][:], ep.steps["intervention"][:]
+    assert set(src.tolist()) == {0, 1}
+    assert np.array_equal(src == 1, inter)
+    (a, b), = ep.meta["interventions"]
+    assert a == pytest.approx(10.8, abs=0.021) and b == pytest.approx(11.2, abs=0.021)
+    assert ep.steps["done"][:].sum() == 1 and ep.steps["done"][-1]
+    assert ds.episode(1).steps["reward"][-1] == 1.0 and ep.steps["reward"][-1] == 0.0
+    assert ds.summary()["success_rate"] == 0.5
+
+
+def test_bad_input_is_refused_and_never_reaches_the_store(tmp_path):
+    logs = []
+    rec = Recorder(tmp_path / "b.zarr", RECIPE, log=lambda lvl, m: logs.append(m), flush_interval=0.05)
+    rec.start({"task": "t"})
+    rec.on_message("front_color", image(1.0), 1.0)
+    rec.on_message("front_color", image(1.1, w=16), 1.1)              # size changes mid-stream
+    rec.on_message("front_color", image(1.2, enc="16UC1"), 1.2)        # wrong encoding
+    bad = image(1.3)
+    bad.data = bad.data[:-5]                                            # truncated buffer
+    rec.on_message("front_color", bad, 1.3)
+    rec.on_message("front_color", image(1.0), 1.4)                     # duplicate stamp
+    rec.on_message("front_color", image(0.5), 1.5)                     # out of order
+    rec.on_message("tactile_left", image(1.0, 5, 4, "32FC3"), 1.0)     # 5x4 where the recipe says 4x4
+    rec.on_message("front_color", image(1.6), 1.6)
+    for k in range(60):
+        t = 1.0 + k * 0.01
+        rec.on_message("joint_states", joints(t, np.zeros(9)), t)
+        rec.on_message("ee_pose", pose(t, 0.0), t)
+    meta = rec.stop(success=True)
+    rec.close()
+    assert meta["stream_counts"]["front_color"] == 2
+    assert meta["rejected_samples"]["front_color"] == {"bad_size": 2, "bad_encoding": 1, "stamp_order": 2}
+    assert meta["rejected_samples"]["tactile_left"] == {"bad_size": 1}
+    text = "\n".join(logs)
+    assert "/front/color/image_raw" in text and "size 16x48" in text
+    assert "out of order or duplicate" in text and "encoding '16UC1', expected 'rgb8'" in text
+    ds, problems = validate_store(tmp_path / "b.zarr")
+    assert problems == [] and len(ds) == 1
+
+
+def test_missing_topics_are_reported_in_the_metadata(tmp_path):
+    rec = Recorder(tmp_path / "m.zarr", RECIPE, log=lambda *a: None)
+    assert "front_color" in rec.silent_streams()
+    rec.start({})
+    for k in range(30):
+        rec.on_message("joint_states", joints(k * 0.01, np.zeros(9)), k * 0.01)
+        rec.on_message("ee_pose", pose(k * 0.01, 0.0), k * 0.01)
+    meta = rec.stop(success=None)
+    rec.close()
+    assert "front_color" in meta["missing_streams"] and "joint_states" not in meta["missing_streams"]
+
+
+def test_one_writer_at_a_time_and_foreign_stores_refused(tmp_path, store):
+    w = DatasetWriter(store, RECIPE)
+    with pytest.raises(DatasetError, match="being written by another process"):
+        DatasetWriter(store, RECIPE)
+    w.close()
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs["x"] = 1
+    with pytest.raises(DatasetError, match="not a robot-learning dataset"):
+        Dataset(tmp_path / "other.zarr")
+    root = zarr.open_group(str(store), mode="r+")
+    root.attrs["schema_version"] = 99
+    with pytest.raises(DatasetError, match="schema version 99"):
+        Dataset(store)
+
+
+def test_interrupted_episode_is_recovered_up_to_its_last_flush(tmp_path):
+    path = tmp_path / "r.zarr"
+    w = DatasetWriter(path, RECIPE)
+    ep = w.start_episode({"task": "t"})
+    record_episode(ep, seconds=1.0)          # flushed every 100 joint samples
+    ep.flush()
+    ep.add("joint_states", 99.0, 99.0, {"position": np.zeros(9), "velocity": np.zeros(9), "effort": np.zeros(9)})
+    w.close()                                 # no finish: as if the process died here
+    with pytest.warns(UserWarning, match="interrupted"):
+        ds = Dataset(path)
+    assert len(ds) == 0 and ds.incomplete == [0]
+    assert repair_path(path) == {0: "recovered"}
+    ds, problems = validate_store(path)
+    assert problems == []
+    ep = ds.episode(0)
+    assert ep.meta["status"] == "recovered" and ep.meta["success"] is None
+    assert ep.streams["joint_states"]["t"].shape[0] == 500  # the unflushed sample is gone, the rest is there
+
+
+def test_permission_error_is_clear_and_loses_nothing(tmp_path, store):
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    os.chmod(tmp_path, 0o755)
+    # imports first: after dropping root this user may not read the interpreter's own files
+    code = ("import sys, os\n"
+            "from robot_learning.data.store import DatasetWriter, DatasetError\n"
+            "import robot_learning.data.repair, robot_learning.data.steps\n"
+            "from robot_learning.data.schema import load_recipe\n"
+            "recipe = load_recipe('datasets/recipes/workcell.yaml')\n")
+    if os.geteuid() == 0:
+        code += "os.setgid(65534); os.setuid(65534)\n"
+    code += ("try:\n"
+             f"    DatasetWriter('{ro}/x.zarr', recipe)\n"
+             "except DatasetError as e:\n"
+             "    print(e); sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd(),
+                       env={**os.environ, "ROBOT_LEARNING_HOME": os.getcwd()})
+    assert r.returncode == 3, r.stderr
+    assert "permission" in r.stdout and "choose a writable directory" in r.stdout, r.stdout
+    assert not (ro / "x.zarr").exists()
+
+
+def test_disk_full_is_reported_and_finished_episodes_stay(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    try:
+        logs = []
+        rec = Recorder(mnt / "f.zarr", RECIPE, log=lambda lvl, m: logs.append(m), flush_interval=0.01)
+        rec.start({})
+        for k in range(20):
+            t = k * 0.05
+            rec.on_message("joint_states", joints(t, np.zeros(9)), t)
+            rec.on_message("ee_pose", pose(t, 0.0), t)
+        first = rec.stop(success=True)
+        assert first["status"] == "complete"
+        rec.start({})
+        rng = np.random.default_rng(0)
+        for k in range(400):  # incompressible frames: the disk fills up
+            m = image(10 + k * 0.03, 320, 240)
+            m.data = rng.integers(0, 255, len(m.data), dtype=np.uint8).tobytes()
+            rec.on_message("front_color", m, 10 + k * 0.03)
+        import time
+
+        deadline = time.monotonic() + 30
+        while rec.error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rec.close()
+        assert rec.error and "disk is full" in rec.error
+        assert any("disk is full" in m for m in logs)
+        ds, problems = validate_store(mnt / "f.zarr")
+        assert len(ds) == 1 and ds.episode(0).meta["n_steps"] == first["n_steps"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_to_sample_refuses_mismatched_joint_arrays():
+    m = joints(1.0, [0.0, 1.0])
+    m.velocity = [0.0]
+    with pytest.raises(BadSample, match="2 joint names but 2 positions, 1 velocities"):
+        to_sample(RECIPE.streams["joint_states"], m, 1.0)
