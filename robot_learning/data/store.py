@@ -148,8 +148,10 @@ class StreamWriter:
             for k, v in arrays.items():
                 shape, _ = self.shapes[k]
                 if v.shape != shape:
-                    raise BadSample(f"'{k}' has shape {v.shape}, the stream started with {shape}",
-                                    "bad_size" if self.spec.kind == "image" else "bad_shape")
+                    if self.spec.kind == "image":
+                        raise BadSample(f"size {v.shape[1]}x{v.shape[0]}, the stream started at "
+                                        f"{shape[1]}x{shape[0]}", "bad_size")
+                    raise BadSample(f"'{k}' has shape {v.shape}, the stream started with {shape}", "bad_shape")
         self.last_t = t
         self.buf.append((t, t_recv, arrays))
 
