@@ -13,9 +13,10 @@ from robot_learning.paths import project_root
 
 
 class SimGraph:
-    """``robot-learning launch launch/sim.launch.yaml`` as a child process."""
+    """``robot-learning launch launch/<launch_file>`` as a child process (the sim graph by default)."""
 
-    def __init__(self, log_path: str | Path, **launch_args: object):
+    def __init__(self, log_path: str | Path, launch_file: str = "sim.launch.yaml", **launch_args: object):
+        self.launch_file = launch_file
         self.log_path = Path(log_path)
         self.args = [f"{k}:={v}" for k, v in launch_args.items()]
         self.proc: subprocess.Popen | None = None
@@ -24,9 +25,16 @@ class SimGraph:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
         cmd = [sys.executable, "-m", "robot_learning.cli", "launch", "--builtin",
-               str(project_root() / "launch" / "sim.launch.yaml"), *self.args]
+               str(project_root() / "launch" / self.launch_file), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for the launch to end by itself (a node with on_exit: shutdown finished)."""
+        try:
+            return self.proc.wait(timeout) if self.proc else None
+        except subprocess.TimeoutExpired:
+            return None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

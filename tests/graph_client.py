@@ -30,18 +30,21 @@ class GraphClient:
         except ExternalShutdownException:
             pass
 
-    def subscribe(self, topic: str, msg_type, sensor: bool = False, latched: bool = False):
+    def subscribe(self, topic: str, msg_type, sensor: bool = False, latched: bool = False, transform=None,
+                  depth: int = 10):
+        """Keep every message (or ``transform(message)``, to keep only what a test compares)."""
         if sensor:
             qos = qos_profile_sensor_data
         elif latched:
             qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         else:
-            qos = 10
+            qos = depth
 
         def cb(m, topic=topic):
+            v = transform(m) if transform else m
             with self.lock:
-                self.msgs[topic].append(m)
+                self.msgs[topic].append(v)
 
         self.node.create_subscription(msg_type, topic, cb, qos)
 
@@ -70,11 +73,14 @@ class GraphClient:
             time.sleep(0.02)
         raise TimeoutError(f"fewer than {n} messages on {topic} within {timeout} s")
 
-    def call(self, srv_type, name: str, timeout: float = 20.0):
+    def call(self, srv_type, name: str, timeout: float = 20.0, **fields):
         cli = self.node.create_client(srv_type, name)
         if not cli.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {name} not available")
-        fut = cli.call_async(srv_type.Request())
+        req = srv_type.Request()
+        for k, v in fields.items():
+            setattr(req, k, v)
+        fut = cli.call_async(req)
         end = time.monotonic() + timeout
         while not fut.done() and time.monotonic() < end:
             time.sleep(0.01)

@@ -66,7 +66,7 @@ class Recorder:
     def silent_streams(self, within: float = 2.0) -> list[str]:
         now = time.monotonic()
         return [n for n, s in self.recipe.streams.items()
-                if s.required and now - self.last_seen.get(n, -1e9) > within]
+                if s.required and s.continuous and now - self.last_seen.get(n, -1e9) > within]
 
     def start(self, meta: dict) -> int:
         with self.lock:

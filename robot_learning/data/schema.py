@@ -48,6 +48,7 @@ class StreamSpec:
     height: int | None = None
     sensor: bool = False            # subscribe BEST_EFFORT (sensor data QoS)
     required: bool = True           # warn when nothing arrived by the end of an episode
+    continuous: bool = True         # publishes all the time (warn when silent at episode start)
 
     @property
     def kind(self) -> str:
@@ -103,7 +104,8 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
             streams[name] = StreamSpec(name=name, topic=s["topic"], type=full, encoding=s.get("encoding"),
                                        width=s.get("width"), height=s.get("height"),
                                        sensor=bool(s.get("sensor", full == "sensor_msgs/msg/Image")),
-                                       required=bool(s.get("required", True)))
+                                       required=bool(s.get("required", True)),
+                                       continuous=bool(s.get("continuous", True)))
         st = raw["steps"]
         steps = StepSpec(
             rate=float(st["rate"]),

@@ -42,6 +42,9 @@ def spin_main(node: Node, on_shutdown=None) -> None:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        if rclpy.ok():  # a real error; otherwise the signal shut rclpy down mid-callback
+            raise
     finally:
         if on_shutdown is not None:
             on_shutdown()

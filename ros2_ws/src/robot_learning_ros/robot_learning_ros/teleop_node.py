@@ -50,7 +50,7 @@ class TeleopNode(Node):
         self.pub_engaged = self.create_publisher(Bool, "/teleop/engaged", LATCHED_QOS)
         self.pub_estop = self.create_publisher(Bool, "/emergency_stop", LATCHED_QOS)
         self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose, STATE_QOS)
-        self.clients = {"start_episode": self.create_client(Trigger, "/recorder/start_episode"),
+        self.recorder_clients = {"start_episode": self.create_client(Trigger, "/recorder/start_episode"),
                         "stop_success": self.create_client(SetBool, "/recorder/stop_episode"),
                         "stop_failure": self.create_client(SetBool, "/recorder/stop_episode"),
                         "discard_episode": self.create_client(Trigger, "/recorder/discard_episode")}
@@ -84,7 +84,7 @@ class TeleopNode(Node):
             self.pub_estop.publish(Bool(data=True))
             self.get_logger().error("e-stop pressed")
             return
-        cli = self.clients[ev]
+        cli = self.recorder_clients[ev]
         if not cli.service_is_ready():
             self.get_logger().warning(f"'{ev}' pressed but the recorder is not running")
             return
