@@ -89,12 +89,14 @@ def open_root(path: Path, create: bool, name: str = "") -> zarr.Group:
         if version != SCHEMA_VERSION:
             raise DatasetError(f"{path} has dataset schema version {version}; this robot-learning reads "
                                f"version {SCHEMA_VERSION}: upgrade robot-learning or convert the dataset")
+        if create and "episodes" not in root:  # killed right after creating the root
+            root.require_group("episodes")
         return root
     if not create:
         raise DatasetError(f"no dataset at {path} (expected {path / 'zarr.json'})")
-    root = zarr.open_group(str(path), mode="a")
-    root.attrs.update({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": now_iso(),
-                       "name": name or path.stem})
+    # one atomic write makes the root a dataset: a kill can never leave a root without its schema
+    root = zarr.create_group(str(path), attributes={"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+                                                    "created": now_iso(), "name": name or path.stem})
     root.require_group("episodes")
     return root
 
@@ -339,8 +341,8 @@ class Dataset:
         self.meta = dict(self.root.attrs)
         self.infos: list[EpisodeInfo] = []
         self.incomplete: list[int] = []
-        eps = self.root["episodes"]
-        for name, g in sorted(eps.groups()):
+        eps = self.root["episodes"] if "episodes" in self.root else None
+        for name, g in sorted(eps.groups()) if eps is not None else []:
             attrs = dict(g.attrs)
             status = attrs.get("status", "recording")
             if status in ("complete", "recovered"):
