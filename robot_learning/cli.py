@@ -21,6 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     de.add_argument("--real-time-factor", type=float, default=1.0)
     de.add_argument("--out", default="runs")
 
+    co = sub.add_parser("collect", help="collect demonstrations into a dataset (launch/teleop_collect.launch.yaml)")
+    co.add_argument("--device", default="scripted", choices=("scripted", "spacemouse", "spacemouse_hid", "gamepad",
+                                                               "keyboard"))
+    co.add_argument("--task", default="pick_place")
+    co.add_argument("--episodes", type=int, default=10, help="scripted device: how many episodes")
+    co.add_argument("--dataset", default="datasets/workcell.zarr")
+    co.add_argument("--real-time-factor", type=float, default=1.0)
+    co.add_argument("--cameras", default="front,wrist")
+    co.add_argument("launch_args", nargs="*", help="more name:=value launch arguments (sim:=false on a robot)")
+
     be = sub.add_parser("bench", help="measure the sim, env and graph; writes docs/benchmarks.md")
     be.add_argument("--out", default="docs/benchmarks.md")
     be.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
@@ -42,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from robot_learning.demo import run_demo
 
         return run_demo([t for t in a.tasks.split(",") if t], a.episodes, a.real_time_factor, a.out)
+    if a.cmd == "collect":
+        from robot_learning.collect import run_collect
+
+        return run_collect(a.device, a.task, a.episodes, a.dataset, a.real_time_factor, a.cameras, a.launch_args)
     if a.cmd == "bench":
         from robot_learning.bench import run_bench
 

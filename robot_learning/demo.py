@@ -1,55 +1,26 @@
-"""``make demo``: the scripted expert drives the sim workcell through the ROS 2 graph.
+"""``make demo``: demonstrations collected on the sim workcell through the ROS 2 graph.
 
-Brings the sim graph up with the launch file, runs the scripted operator as its own
-process (it only uses the standard command topics), then writes a report under runs/:
-success rates, camera snapshots and TCP trajectory plots.
+Brings up launch/teleop_collect.launch.yaml (sim, command mux, recorder) with the scripted
+operator playing a person at a teleop device: it drives only the /teleop topics, and the
+recorder writes every episode into a zarr dataset under datasets/. Then prints the
+dataset's summary and writes a report under runs/: success rates, camera snapshots, TCP
+trajectory plots and an episode's contact sheet rendered from the dataset.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from robot_learning.graph import SimGraph
-from robot_learning.launch import find_executable
+from robot_learning.collect import collect_scripted
 
 
-def run_operator(task: str, episodes: int, report_dir: Path, log_path: Path, progress: bool = True,
-                 timeout: float = 1800.0) -> dict:
-    """Run the scripted operator process against a running sim; returns its results.json."""
-    cmd = [find_executable("robot_learning_ros", "scripted_operator"), "--ros-args",
-           "-p", f"task:={task}", "-p", f"episodes:={episodes}", "-p", f"report_dir:={report_dir}"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        bar = tqdm(total=episodes, desc=f"{task} episodes", unit="ep", disable=not progress)
-        done, t0 = 0, time.monotonic()
-        while proc.poll() is None and time.monotonic() - t0 < timeout:
-            n = len(list(report_dir.glob("episode_*/result.json")))
-            if n > done:
-                bar.update(n - done)
-                done = n
-                ok = sum(json.loads(p.read_text())["success"] for p in report_dir.glob("episode_*/result.json"))
-                bar.set_postfix(success=f"{ok}/{n}")
-            time.sleep(0.2)
-        bar.close()
-        if proc.poll() is None:
-            proc.kill()
-            raise RuntimeError(f"scripted operator did not finish within {timeout:.0f} s; see {log_path}")
-    results = report_dir / "results.json"
-    if proc.returncode != 0 or not results.exists():
-        raise RuntimeError(f"scripted operator failed (exit {proc.returncode}); see {log_path}")
-    return json.loads(results.read_text())
-
-
-def write_report(run_dir: Path, summaries: dict[str, dict]) -> Path:
+def write_report(run_dir: Path, summaries: dict[str, dict], dataset: Path | None = None) -> Path:
     """report.md with success rates, camera contact sheets and TCP trajectory plots."""
     import matplotlib
 
@@ -57,8 +28,10 @@ def write_report(run_dir: Path, summaries: dict[str, dict]) -> Path:
     import matplotlib.pyplot as plt
 
     lines = [f"# Sim workcell demo, {datetime.now():%Y-%m-%d %H:%M}", "",
-             "The scripted expert drove the MuJoCo workcell only through the standard ROS 2 command "
-             "topics (`/arm/command/twist`, `/gripper/command`).", "",
+             "The scripted expert played an operator at a teleop device: it drove the MuJoCo workcell only "
+             "through `/teleop/twist`, `/teleop/gripper` and `/teleop/engaged` (with hand-like noise and "
+             "pauses), through the command mux, while the recorder wrote every episode to "
+             f"`{dataset}`." if dataset else "", "",
              "| task | episodes | success rate | mean duration (s) |", "|---|---|---|---|"]
     for task, s in summaries.items():
         d = np.mean([e["duration"] for e in s["episodes"]]) if s["episodes"] else 0.0
@@ -98,30 +71,46 @@ def write_report(run_dir: Path, summaries: dict[str, dict]) -> Path:
             Image.fromarray(sheet).save(tdir / "contact_sheet.png")
             lines += ["", "Front camera at start, at grasp and at the end; wrist camera at grasp "
                       "(one row per episode):", "", f"![contact sheet]({task}/contact_sheet.png)"]
+    if dataset is not None:
+        from robot_learning.data.store import Dataset
+        from robot_learning.data.view import contact_sheet
+
+        ds = Dataset(dataset)
+        s = ds.summary()
+        lines += ["", "## Dataset", "", f"`{dataset}`: {s['episodes']} episodes, {s['steps']} control steps, "
+                  f"{s['duration_s'] / 60:.1f} min; inspect with `robot-learning dataset info {dataset}`.", ""]
+        if len(ds):
+            sheet = contact_sheet(ds.episode(ds.indices[-1]), run_dir / "dataset_episode.png")
+            lines += ["The last recorded episode, rendered from the dataset:", "", f"![episode]({sheet.name})"]
     report = run_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
 
 
-def run_demo(tasks: list[str], episodes: int, rtf: float, out: str) -> int:
-    run_dir = Path(out) / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
+def run_demo(tasks: list[str], episodes: int, rtf: float, out: str, dataset: str | None = None) -> int:
+    from robot_learning.data.cli import print_info
+    from robot_learning.data.store import Dataset
+    from robot_learning.paths import resolve
+
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(out) / f"demo-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    ds_path = resolve(dataset or f"datasets/demo-{stamp}.zarr")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    print(f"demo: writing to {run_dir}", flush=True)
+    print(f"demo: writing the report to {run_dir} and the dataset to {ds_path}", flush=True)
     summaries = {}
     for task in tasks:
-        print(f"demo: bringing up the sim workcell ({task}) with launch/sim.launch.yaml", flush=True)
-        with SimGraph(run_dir / f"{task}_sim.log", task=task, real_time_factor=rtf, cameras="front,wrist") as g:
-            try:
-                s = run_operator(task, episodes, run_dir / task, run_dir / f"{task}_operator.log")
-            except RuntimeError as e:
-                print(f"demo: {e}", file=sys.stderr)
-                return 1
-            if not g.alive():
-                print(f"demo: the sim graph died; see {g.log_path}", file=sys.stderr)
-                return 1
+        print(f"demo: launch/teleop_collect.launch.yaml: sim workcell ({task}), command mux, recorder, "
+              "scripted operator at the teleop topics", flush=True)
+        try:
+            s = collect_scripted(task, episodes, ds_path, run_dir / task, run_dir / f"{task}_graph.log",
+                                 real_time_factor=rtf)
+        except RuntimeError as e:
+            print(f"demo: {e}", file=sys.stderr)
+            return 1
         summaries[task] = s
         print(f"demo: {task}: success rate {s['success_rate']:.0%} over {len(s['episodes'])} episodes", flush=True)
-    report = write_report(run_dir, summaries)
+    print_info(Dataset(ds_path))
+    report = write_report(run_dir, summaries, ds_path)
     print(f"demo: report written to {report}", flush=True)
     return 0

@@ -29,33 +29,29 @@ pytestmark = pytest.mark.graph
 TRIALS = int(os.environ.get("DURABILITY_TRIALS", "50"))
 
 
-def call(client: GraphClient, srv, name: str, proc: subprocess.Popen, timeout: float = 30.0, resend: float = 0.0,
-         **fields):
+def call(cli, proc: subprocess.Popen, timeout: float = 30.0, resend: float = 0.0, **fields):
     """A service call that gives up as soon as the recorder process is gone.
 
     With ``resend``, an unanswered request is sent again after that many seconds: a killed
-    recorder stays discovered for a while, so the first request may only reach the dead one."""
-    cli = client.node.create_client(srv, name)
-    try:
-        end = time.monotonic() + timeout
-        while not cli.service_is_ready():
-            if proc.poll() is not None or time.monotonic() > end:
-                return None
-            time.sleep(0.01)
-        req = srv.Request()
-        for k, v in fields.items():
-            setattr(req, k, v)
-        fut, sent = cli.call_async(req), time.monotonic()
-        while not fut.done():
-            if proc.poll() is not None or time.monotonic() > end:
-                return None
-            if resend and time.monotonic() - sent > resend:
-                cli.remove_pending_request(fut)
-                fut, sent = cli.call_async(req), time.monotonic()
-            time.sleep(0.005)
-        return fut.result()
-    finally:
-        client.node.destroy_client(cli)
+    recorder stays discovered for a while, so the first request may only reach the dead one.
+    Clients are made once and never destroyed while the client's executor spins."""
+    end = time.monotonic() + timeout
+    while not cli.service_is_ready():
+        if proc.poll() is not None or time.monotonic() > end:
+            return None
+        time.sleep(0.01)
+    req = cli.srv_type.Request()
+    for k, v in fields.items():
+        setattr(req, k, v)
+    fut, sent = cli.call_async(req), time.monotonic()
+    while not fut.done():
+        if proc.poll() is not None or time.monotonic() > end:
+            return None
+        if resend and time.monotonic() - sent > resend:
+            cli.remove_pending_request(fut)
+            fut, sent = cli.call_async(req), time.monotonic()
+        time.sleep(0.005)
+    return fut.result()
 
 
 def test_recorder_killed_at_random_keeps_every_finished_episode(tmp_path):
@@ -65,6 +61,8 @@ def test_recorder_killed_at_random_keeps_every_finished_episode(tmp_path):
     log = (tmp_path / "recorder.log").open("wb")
     client = GraphClient("durability")
     exe = find_executable("robot_learning_ros", "recorder_node")
+    start = client.node.create_client(Trigger, "/recorder/start_episode")
+    stop = client.node.create_client(SetBool, "/recorder/stop_episode")
     kills_while = {"recording": 0, "finishing": 0, "idle or starting": 0}
     with SimGraph(tmp_path / "sim.log", "teleop_collect.launch.yaml", device="scripted", record="false",
                   episodes=10_000, cameras="front,wrist") as g:
@@ -84,9 +82,13 @@ def test_recorder_killed_at_random_keeps_every_finished_episode(tmp_path):
             killer = threading.Timer(rng.uniform(0.3, 2.0) if early else rng.uniform(0.3, 4.0), kill)
             if early:
                 killer.start()
+            deadline = time.monotonic() + 120
             while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail(f"trial {trial}: the recorder never answered; see {log.name}")
                 state["phase"] = "idle or starting"
-                res = call(client, Trigger, "/recorder/start_episode", proc, timeout=60, resend=1.5)
+                res = call(start, proc, timeout=60, resend=1.5)
                 if res is None or not res.success:
                     continue
                 if not killer.is_alive() and not killer.finished.is_set():
@@ -94,7 +96,7 @@ def test_recorder_killed_at_random_keeps_every_finished_episode(tmp_path):
                 state["phase"] = "recording"
                 time.sleep(rng.uniform(0.5, 2.5))
                 state["phase"] = "finishing"
-                res = call(client, SetBool, "/recorder/stop_episode", proc, timeout=60, data=bool(rng.integers(2)))
+                res = call(stop, proc, timeout=60, data=bool(rng.integers(2)))
                 if res is not None and res.success:
                     info = json.loads(res.message)
                     saved[info["index"]] = info

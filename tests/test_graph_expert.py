@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from robot_learning.demo import run_operator
 from robot_learning.graph import SimGraph
 
 pytestmark = pytest.mark.graph
@@ -13,9 +12,12 @@ pytestmark = pytest.mark.graph
 @pytest.mark.parametrize("task", ["pick_place", "peg_in_hole"])
 def test_scripted_expert_succeeds_through_the_graph(task, tmp_path):
     # Cameras off and 3x real time: the expert needs poses only, and 20 episodes must fit CI.
-    with SimGraph(tmp_path / "sim.log", task=task, cameras="", real_time_factor=3.0) as g:
-        res = run_operator(task, 20, tmp_path / "report", tmp_path / "operator.log", progress=False)
-        assert g.alive()
+    report = tmp_path / "report"
+    with SimGraph(tmp_path / "sim.log", task=task, cameras="", real_time_factor=3.0, operator="true",
+                  episodes=20, report_dir=report) as g:
+        rc = g.wait(900)  # the operator's exit ends the launch
+    assert rc == 0, g.log_path.read_text()[-3000:]
+    res = json.loads((report / "results.json").read_text())
     rate = res["success_rate"]
     assert len(res["episodes"]) == 20
     assert rate >= 0.95, json.dumps(res, indent=1)

@@ -28,6 +28,7 @@ setup(
             "teleop_node = robot_learning_ros.teleop_node:main",
             "command_mux = robot_learning_ros.command_mux:main",
             "recorder_node = robot_learning_ros.recorder_node:main",
+            "bench_publisher = robot_learning_ros.bench_publisher:main",
         ],
     },
 )

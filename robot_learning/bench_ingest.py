@@ -1,0 +1,187 @@
+"""Recorder benchmarks: live ingest of a robot's sensor load through DDS, offline write speed,
+and opening a dataset and sampling training batches from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from robot_learning.launch import find_executable
+
+BENCH_RECIPE = {
+    "name": "bench_ingest",
+    "streams": {
+        "joint_states": {"topic": "/joint_states", "type": "JointState"},
+        "front_color": {"topic": "/front/color/image_raw", "type": "Image", "encoding": "rgb8"},
+        "wrist_color": {"topic": "/wrist/color/image_raw", "type": "Image", "encoding": "rgb8"},
+        "front_depth": {"topic": "/front/aligned_depth_to_color/image_raw", "type": "Image", "encoding": "16UC1"},
+        "tactile_left": {"topic": "/tactile/left_finger/taxels", "type": "Image", "encoding": "32FC3"},
+        "tactile_right": {"topic": "/tactile/right_finger/taxels", "type": "Image", "encoding": "32FC3"},
+    },
+    "steps": {"rate": 10.0, "observations": ["joint_states.position", "tactile_left.data"],
+              "action": [{"array": "joint_states.velocity", "default": [0.0] * 9}]},
+}
+
+
+def render_frames(n: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Front RGB, wrist RGB and front depth along a scripted pick, from the real workcell."""
+    from robot_learning.sim.env import WorkcellEnv, expert_obs_from_env
+    from robot_learning.sim.expert import ScriptedExpert
+
+    env = WorkcellEnv("pick_place")
+    env.reset(seed=0)
+    ex = ScriptedExpert("pick_place")
+    front, wrist, depth = [], [], []
+    for _ in range(n):
+        for _ in range(3):
+            twist, grip = ex.act(expert_obs_from_env(env, env.cell.time))
+            env.step(np.r_[twist, grip])
+        cell = env.cell
+        f = cell.render("front", depth=True)
+        front.append(f.rgb)
+        depth.append(f.depth_mm)
+        wrist.append(cell.render("wrist").rgb)
+    env.close()
+    return front, wrist, depth
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_service(client, name: str, timeout: float = 60.0):
+    from std_srvs.srv import Trigger
+
+    cli = client.node.create_client(Trigger, name)
+    if not cli.wait_for_service(timeout_sec=timeout):
+        raise RuntimeError(f"{name} did not come up")
+    return cli
+
+
+def _call(cli, req, timeout: float = 120.0):
+    fut = cli.call_async(req)
+    end = time.monotonic() + timeout
+    while not fut.done() and time.monotonic() < end:
+        time.sleep(0.01)
+    return fut.result()
+
+
+def recorder_ingest(seconds: float, workdir: Path, client) -> dict:
+    """The recorder node recording bench_publisher's load for ``seconds``: drops, CPU, disk."""
+    from std_srvs.srv import SetBool, Trigger
+
+    recipe = workdir / "bench_recipe.yaml"
+    recipe.write_text(yaml.safe_dump(BENCH_RECIPE))
+    store = workdir / "ingest.zarr"
+    log = (workdir / "ingest.log").open("wb")
+    rec = subprocess.Popen([find_executable("robot_learning_ros", "recorder_node"), "--ros-args",
+                            "-p", f"dataset:={store}", "-p", f"recipe:={recipe}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        start = _wait_service(client, "/recorder/start_episode")
+        stop = client.node.create_client(SetBool, "/recorder/stop_episode")
+        stats = workdir / "sent.json"
+        pub = subprocess.Popen([find_executable("robot_learning_ros", "bench_publisher"), "--ros-args",
+                                "-p", f"duration:={seconds}", "-p", f"stats_file:={stats}"],
+                               stdout=log, stderr=subprocess.STDOUT)
+        time.sleep(8.0)  # the publisher renders its frames first; the recorder discovers it
+        res = _call(start, Trigger.Request())
+        if not res or not res.success:
+            raise RuntimeError(f"recorder did not start: {res.message if res else 'no answer'}")
+        cpu0, t0 = _cpu_seconds(rec.pid), time.monotonic()
+        pub.wait(seconds + 120)
+        cpu1, t1 = _cpu_seconds(rec.pid), time.monotonic()
+        req = SetBool.Request()
+        req.data = True
+        res = _call(stop, req)
+        meta = json.loads(res.message)
+    finally:
+        rec.send_signal(2)
+        rec.wait(60)
+        log.close()
+    sent = json.loads(stats.read_text())["sent"]
+    from robot_learning.data.store import Dataset
+
+    ep = Dataset(store).episode(meta["index"])
+    counts = ep.meta["stream_counts"]
+    by_topic = {s["topic"]: n for n, s in BENCH_RECIPE["streams"].items()}
+    # the episode started ~8 s into publishing: compare over the recorded window per stream
+    dropped = {}
+    for topic in sent:
+        name = by_topic[topic]
+        t = ep.streams[name]["t"][:]
+        rate = {"joint_states": 500.0, "tactile_left": 60.0, "tactile_right": 60.0}.get(name, 30.0)
+        expected = int(round((t[-1] - t[0]) * rate)) + 1
+        dropped[name] = max(0, expected - counts[name])
+    size = sum(f.stat().st_size for f in (store / "episodes" / f"{meta['index']:06d}").rglob("*") if f.is_file())
+    dur = float(ep.streams["joint_states"]["t"][-1] - ep.streams["joint_states"]["t"][0])
+    return {"seconds": dur, "counts": counts, "dropped": dropped, "cpu": (cpu1 - cpu0) / (t1 - t0),
+            "bytes_per_s": size / max(dur, 1e-9), "store": store}
+
+
+def offline_write(seconds: float, workdir: Path) -> float:
+    """Write ``seconds`` of the same sensor mix straight into a store: data seconds per wall second."""
+    from robot_learning.data.schema import parse_recipe
+    from robot_learning.data.store import DatasetWriter
+
+    front, wrist, depth = render_frames(30)
+    recipe = parse_recipe(BENCH_RECIPE)
+    w = DatasetWriter(workdir / "offline.zarr", recipe)
+    ep = w.start_episode({})
+    n = int(seconds * 500)
+    t0 = time.perf_counter()
+    for k in range(n):
+        t = 1000.0 + k / 500
+        q = np.sin(np.arange(9) + t)
+        ep.add("joint_states", t, t, {"position": q, "velocity": q, "effort": q})
+        if k % 25 in (0, 8, 16):
+            g = np.zeros((4, 4, 3), np.float32)
+            ep.add("tactile_left", t, t, {"data": g})
+            ep.add("tactile_right", t, t, {"data": g})
+        if k % 50 in (0, 17, 33):
+            i = (k // 17) % len(front)
+            ep.add("front_color", t, t, {"data": front[i]})
+            ep.add("wrist_color", t, t, {"data": wrist[i]})
+            ep.add("front_depth", t, t, {"data": depth[i]})
+        if k % 250 == 0:
+            ep.flush()
+    ep.finish(True)
+    wall = time.perf_counter() - t0
+    w.close()
+    return seconds / wall
+
+
+def open_and_sample(store: Path, batch: int = 64, trials: int = 20) -> dict:
+    """Open a dataset, then random training batches: low-dim observations and three camera frames."""
+    from robot_learning.data.store import Dataset
+
+    cams = ("front_color", "wrist_color", "front_depth")
+    t0 = time.perf_counter()
+    ds = Dataset(store)
+    eps = list(ds.episodes())
+    # what a sampler keeps in memory: the low-dim step table and the frame index of every step
+    lowdim = [e.steps["obs"]["joint_states.position"][:] for e in eps]
+    frame_idx = [{c: e.steps["index"][c][:] for c in cams} for e in eps]
+    frames = [{c: e.streams[c]["data"] for c in cams} for e in eps]
+    index = [(i, k) for i, e in enumerate(eps) for k in range(e.n_steps)]
+    t_open = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(trials):
+        t1 = time.perf_counter()
+        out = {c: [] for c in cams}
+        obs = []
+        for j in rng.integers(0, len(index), batch):
+            i, k = index[j]
+            obs.append(lowdim[i][k])
+            for c in cams:
+                out[c].append(frames[i][c][int(frame_idx[i][c][k])])
+        times.append(time.perf_counter() - t1)
+    return {"open_s": t_open, "episodes": len(eps), "steps": len(index), "batch": batch,
+            "batch_p50_s": float(np.median(times)), "batch_p90_s": float(np.percentile(times, 90))}
