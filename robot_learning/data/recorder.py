@@ -43,6 +43,7 @@ class Recorder:
         self.episode: EpisodeWriter | None = None
         self.lock = threading.Lock()
         self.last_seen: dict[str, float] = {}
+        self.t_created = time.monotonic()
         self.state: dict[str, object] = {}  # newest headerless message per stream (a state, e.g. who controls)
         self.rejected_logged: dict[tuple[str, str], float] = {}
         self.error: str | None = None
@@ -66,7 +67,7 @@ class Recorder:
     def silent_streams(self, within: float = 2.0) -> list[str]:
         now = time.monotonic()
         return [n for n, s in self.recipe.streams.items()
-                if s.required and s.continuous and now - self.last_seen.get(n, -1e9) > within]
+                if s.required and s.continuous and now - self.last_seen.get(n, self.t_created) > within]
 
     def start(self, meta: dict) -> int:
         with self.lock:

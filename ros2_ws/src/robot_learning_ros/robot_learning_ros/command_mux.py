@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-import rclpy
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.node import Node
 from std_msgs.msg import Bool, Float64, String
@@ -19,7 +18,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from robot_learning.teleop.mux import CommandMux, MuxConfig
 from robot_learning_ros.msgs import COMMAND_QOS, LATCHED_QOS, twist_from_msg, twist_msg
-from robot_learning_ros.runtime import spin_main
+from robot_learning_ros.runtime import run_node
 
 
 class CommandMuxNode(Node):
@@ -84,9 +83,7 @@ class CommandMuxNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = CommandMuxNode()
-    spin_main(node)
+    run_node(CommandMuxNode, args)
 
 
 if __name__ == "__main__":

@@ -50,3 +50,9 @@ def spin_main(node: Node, on_shutdown=None) -> None:
             on_shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def run_node(factory, args=None) -> None:
+    """A node's ``main``: init rclpy, build the node, spin it on the main thread until shutdown."""
+    rclpy.init(args=args)
+    spin_main(factory())

@@ -25,7 +25,7 @@ from std_srvs.srv import SetBool, Trigger
 from robot_learning.teleop.devices import JoyTeleop, KeyboardAxes, load_teleop_config, spacemouse_hid_report
 from robot_learning.transforms import quat_to_mat
 from robot_learning_ros.msgs import COMMAND_QOS, LATCHED_QOS, STATE_QOS, pose_from_msg, twist_msg
-from robot_learning_ros.runtime import spin_main
+from robot_learning_ros.runtime import run_node
 
 CONFIGS = {"spacemouse": "hardware/teleop/spacemouse.yaml", "spacemouse_hid": "hardware/teleop/spacemouse.yaml",
            "gamepad": "hardware/teleop/gamepad.yaml", "keyboard": "hardware/teleop/keyboard.yaml"}
@@ -160,9 +160,7 @@ class TeleopNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = TeleopNode()
-    spin_main(node)
+    run_node(TeleopNode, args)
 
 
 if __name__ == "__main__":
