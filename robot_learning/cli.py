@@ -15,11 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("args", nargs="*", help="name:=value launch arguments")
     la.add_argument("--builtin", action="store_true", help="use the built-in runner even if ros2 exists")
 
-    de = sub.add_parser("demo", help="the scripted expert on the sim workcell through the ROS 2 graph")
+    de = sub.add_parser("demo", help="collect demonstrations on the sim workcell through the ROS 2 graph")
     de.add_argument("--tasks", default="pick_place,peg_in_hole")
     de.add_argument("--episodes", type=int, default=10)
     de.add_argument("--real-time-factor", type=float, default=1.0)
     de.add_argument("--out", default="runs")
+    de.add_argument("--dataset", default=None, help="zarr store to record into (default: datasets/demo-<time>.zarr)")
 
     co = sub.add_parser("collect", help="collect demonstrations into a dataset (launch/teleop_collect.launch.yaml)")
     co.add_argument("--device", default="scripted", choices=("scripted", "spacemouse", "spacemouse_hid", "gamepad",
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "demo":
         from robot_learning.demo import run_demo
 
-        return run_demo([t for t in a.tasks.split(",") if t], a.episodes, a.real_time_factor, a.out)
+        return run_demo([t for t in a.tasks.split(",") if t], a.episodes, a.real_time_factor, a.out, a.dataset)
     if a.cmd == "collect":
         from robot_learning.collect import run_collect
 
