@@ -10,6 +10,8 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))$(if $(AMENT_PREFIX_PATH),:$(AMENT
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 5 )))
 export MUJOCO_GL ?= egl
+# shared memory for camera images, UDP on loopback only (see the file; not for a robot LAN)
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(abspath ros2_ws/src/robot_learning_ros/config/fastdds_localhost.xml)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup demo test bench lint clean

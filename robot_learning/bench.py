@@ -187,8 +187,8 @@ def run_bench(out: str, quick: bool = False) -> int:
         "\n## Recorder ingest (recorder node, real DDS, separate publisher process)\n",
         f"Two RGB cameras and one depth camera at 640x480 and 30 Hz (workcell renders), two 4x4 tactile "
         f"grids at 60 Hz, joint states at 500 Hz, recorded for {ing['seconds']:.0f} s.\n",
-        "| stream | recorded | dropped |", "|---|---|---|",
-        *[f"| {k} | {ing['counts'][k]} | {v} |" for k, v in sorted(ing["dropped"].items())],
+        "| stream | published | recorded | dropped |", "|---|---|---|---|",
+        *[f"| {k} | {ing['sent'][k]} | {ing['counts'].get(k, 0)} | {v} |" for k, v in sorted(ing["dropped"].items())],
         f"\nRecorder CPU: **{ing['cpu']:.0%}** of one core. On disk: **{ing['bytes_per_s'] / 1e6:.1f} MB/s** "
         f"(RGB lz4, depth and the rest zstd, all lossless). Offline write speed of the same mix: "
         f"**{write_x:.1f}x** real time.\n",

@@ -74,7 +74,10 @@ def _call(cli, req, timeout: float = 120.0):
 
 
 def recorder_ingest(seconds: float, workdir: Path, client) -> dict:
-    """The recorder node recording bench_publisher's load for ``seconds``: drops, CPU, disk."""
+    """The recorder node recording bench_publisher's load for ``seconds``: drops, CPU, disk.
+
+    The episode starts before the publisher sends anything and stops after it is done, so
+    every message sent should be in the episode: dropped = sent - recorded, per topic."""
     from std_srvs.srv import SetBool, Trigger
 
     recipe = workdir / "bench_recipe.yaml"
@@ -83,46 +86,41 @@ def recorder_ingest(seconds: float, workdir: Path, client) -> dict:
     log = (workdir / "ingest.log").open("wb")
     rec = subprocess.Popen([find_executable("robot_learning_ros", "recorder_node"), "--ros-args",
                             "-p", f"dataset:={store}", "-p", f"recipe:={recipe}"], stdout=log, stderr=subprocess.STDOUT)
+    cpu: list[tuple[float, float]] = []
     try:
         start = _wait_service(client, "/recorder/start_episode")
         stop = client.node.create_client(SetBool, "/recorder/stop_episode")
-        stats = workdir / "sent.json"
-        pub = subprocess.Popen([find_executable("robot_learning_ros", "bench_publisher"), "--ros-args",
-                                "-p", f"duration:={seconds}", "-p", f"stats_file:={stats}"],
-                               stdout=log, stderr=subprocess.STDOUT)
-        time.sleep(8.0)  # the publisher renders its frames first; the recorder discovers it
         res = _call(start, Trigger.Request())
         if not res or not res.success:
             raise RuntimeError(f"recorder did not start: {res.message if res else 'no answer'}")
-        cpu0, t0 = _cpu_seconds(rec.pid), time.monotonic()
-        pub.wait(seconds + 120)
-        cpu1, t1 = _cpu_seconds(rec.pid), time.monotonic()
+        stats = workdir / "sent.json"
+        pub = subprocess.Popen([find_executable("robot_learning_ros", "bench_publisher"), "--ros-args",
+                                "-p", f"duration:={float(seconds)}", "-p", f"stats_file:={stats}"],
+                               stdout=log, stderr=subprocess.STDOUT)
+        while pub.poll() is None:
+            cpu.append((time.time(), _cpu_seconds(rec.pid)))
+            time.sleep(0.5)
+        time.sleep(2.0)  # let the recorder take what is still queued
         req = SetBool.Request()
         req.data = True
-        res = _call(stop, req)
-        meta = json.loads(res.message)
+        meta = json.loads(_call(stop, req).message)
     finally:
         rec.send_signal(2)
         rec.wait(60)
         log.close()
-    sent = json.loads(stats.read_text())["sent"]
+    info = json.loads(stats.read_text())
+    sent, (ta, tb) = info["sent"], info["window"]
+    inside = [(t, c) for t, c in cpu if ta <= t <= tb]
+    cpu_frac = (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]) if len(inside) > 1 else float("nan")
     from robot_learning.data.store import Dataset
 
     ep = Dataset(store).episode(meta["index"])
     counts = ep.meta["stream_counts"]
     by_topic = {s["topic"]: n for n, s in BENCH_RECIPE["streams"].items()}
-    # the episode started ~8 s into publishing: compare over the recorded window per stream
-    dropped = {}
-    for topic in sent:
-        name = by_topic[topic]
-        t = ep.streams[name]["t"][:]
-        rate = {"joint_states": 500.0, "tactile_left": 60.0, "tactile_right": 60.0}.get(name, 30.0)
-        expected = int(round((t[-1] - t[0]) * rate)) + 1
-        dropped[name] = max(0, expected - counts[name])
+    dropped = {by_topic[topic]: n - counts.get(by_topic[topic], 0) for topic, n in sent.items()}
     size = sum(f.stat().st_size for f in (store / "episodes" / f"{meta['index']:06d}").rglob("*") if f.is_file())
-    dur = float(ep.streams["joint_states"]["t"][-1] - ep.streams["joint_states"]["t"][0])
-    return {"seconds": dur, "counts": counts, "dropped": dropped, "cpu": (cpu1 - cpu0) / (t1 - t0),
-            "bytes_per_s": size / max(dur, 1e-9), "store": store}
+    return {"seconds": tb - ta, "sent": {by_topic[k]: v for k, v in sent.items()}, "counts": counts,
+            "dropped": dropped, "cpu": cpu_frac, "bytes_per_s": size / max(tb - ta, 1e-9), "store": store}
 
 
 def offline_write(seconds: float, workdir: Path) -> float:

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     add_dataset(sub)
 
     a = ap.parse_args(argv)
+    from robot_learning.paths import use_local_dds_profile
+
+    use_local_dds_profile()
     if a.cmd == "dataset":
         from robot_learning.data.cli import run as dataset_run
 

@@ -27,3 +27,13 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     """An absolute path as given, or a path relative to the project root."""
     p = Path(path)
     return p if p.is_absolute() else project_root() / p
+
+
+def use_local_dds_profile() -> None:
+    """Point Fast DDS at the project's one-machine profile (shared memory for images, loopback
+    UDP) when the discovery range is LOCALHOST and the user has not chosen a profile."""
+    if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST") != "LOCALHOST":
+        return
+    profile = project_root() / "ros2_ws" / "src" / "robot_learning_ros" / "config" / "fastdds_localhost.xml"
+    if profile.is_file():
+        os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(profile))

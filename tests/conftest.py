@@ -13,3 +13,5 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 5))
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ["PATH"] = f"{VENV / 'bin'}{os.pathsep}{os.environ['PATH']}"
+os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(
+    Path(__file__).resolve().parents[1] / "ros2_ws/src/robot_learning_ros/config/fastdds_localhost.xml")
