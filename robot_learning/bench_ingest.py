@@ -65,7 +65,7 @@ def _wait_service(client, name: str, timeout: float = 60.0):
     return cli
 
 
-def _call(cli, req, timeout: float = 120.0):
+def _call(cli, req, timeout: float = 900.0):
     fut = cli.call_async(req)
     end = time.monotonic() + timeout
     while not fut.done() and time.monotonic() < end:

@@ -82,7 +82,7 @@ class Recorder:
             return self.episode.index
 
     def stop(self, success: bool | None, t_end: float | None = None, discard: bool = False,
-             timeout: float = 60.0) -> dict:
+             timeout: float = 600.0) -> dict:
         """Finish (or discard) the current episode once everything received before now is written."""
         if self.episode is None:
             raise DatasetError("no episode is recording")

@@ -16,7 +16,7 @@ import zarr
 
 from robot_learning.data.schema import SOURCES, Recipe, parse_recipe
 from robot_learning.data.steps import STEP_KEYS, write_steps
-from robot_learning.data.store import Dataset, DatasetError, fsync_tree, now_iso, open_root
+from robot_learning.data.store import Dataset, DatasetError, fsync_file, fsync_tree, now_iso, open_root
 
 
 def _flushed_rows(stream: zarr.Group) -> int:
@@ -48,7 +48,7 @@ def recover_episode(group: zarr.Group, recipe: Recipe) -> str:
     fsync_tree(path)
     group.attrs.update({**meta, "status": "recovered", "finished": now_iso(),
                         "note": "recording was interrupted; recovered up to the last flushed chunk"})
-    fsync_tree(path)
+    fsync_file(path / "zarr.json")
     return "recovered"
 
 
