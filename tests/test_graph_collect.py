@@ -18,6 +18,7 @@ from sensor_msgs.msg import Image, Joy
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
+from robot_learning.collect import collect_scripted
 from robot_learning.data.repair import validate_store
 from robot_learning.graph import SimGraph
 
@@ -39,18 +40,17 @@ def test_scripted_collection_stores_what_was_published(tmp_path):
     client.subscribe("/front/color/image_raw", Image, sensor=True,
                      transform=lambda m: (stamp(m), hashlib.md5(bytes(m.data)).hexdigest()))
     client.subscribe("/teleop/engaged", Bool, latched=True, transform=lambda m: (time.monotonic(), m.data))
-    with SimGraph(tmp_path / "collect.log", "teleop_collect.launch.yaml", device="scripted", episodes=2,
-                  dataset=path, cameras="front", noise_seed=3, operator="tester") as g:
-        rc = g.wait(300)
+    res = collect_scripted("pick_place", 2, path, tmp_path / "report", tmp_path / "collect.log", cameras="front",
+                           seed=3, progress=False)
     client.close()
-    log = g.log_path.read_text()
-    assert rc == 0, log[-3000:]
+    log = (tmp_path / "collect.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+    assert res["success_rate"] == 1.0 and [e["dataset_episode"] for e in res["episodes"]] == [0, 1]
     ds, problems = validate_store(path)
     assert problems == []
     assert len(ds) == 2 and ds.summary()["success_rate"] == 1.0
     ep = ds.episode(1)
-    assert ep.meta["operator"] == "scripted_teleop" and ep.meta["task"] == "pick_place" and ep.meta["seed"] == 2
+    assert ep.meta["operator"] == "scripted_teleop" and ep.meta["task"] == "pick_place" and ep.meta["seed"] == 5
     assert ep.meta["robot"]["name"] and "cameras" in ep.meta["calibration"]
     assert ep.meta["missing_streams"] == ["wrist_color"]  # the wrist camera was left off: reported
     assert ep.meta["rejected_samples"] == {}

@@ -38,9 +38,9 @@ def depth_to_mm(buffer: np.ndarray, model: mujoco.MjModel, depth_range: tuple[fl
 class AsyncCameras:
     """Frames rendered on a worker thread and handed to ``on_frame(name, stamp, rgb, depth_mm)``.
 
-    ``capture`` never blocks the physics loop: if the renderer is still busy with earlier
-    snapshots, the frame is skipped and counted in ``skipped`` (a slow machine gets a lower
-    frame rate, never a late or stale stamp)."""
+    Up to ``pending`` captures per camera are in flight; ``capture`` waits for the oldest to
+    finish when that many are queued, so every frame is rendered (the camera rate holds in
+    simulated time) and physics slows down only when rendering is the bottleneck."""
 
     def __init__(self, model: mujoco.MjModel, cameras: list[CameraSpec],
                  on_frame: Callable[[str, float, np.ndarray, np.ndarray | None], None], pending: int = 2):
@@ -54,7 +54,6 @@ class AsyncCameras:
         for _ in range(pending * len(cameras)):
             self.free.put(mujoco.MjvScene(model, maxgeom=10_000))
         self.todo: queue.Queue = queue.Queue()
-        self.skipped = 0
         self.error: BaseException | None = None
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="camera-render")
@@ -65,14 +64,14 @@ class AsyncCameras:
 
     def capture(self, data: mujoco.MjData, stamp: float) -> None:
         """Snapshot every camera's view of ``data`` now (called from the physics thread)."""
-        if self.free.qsize() < len(self.cameras):
-            self.skipped += 1
-            return
         cam = mujoco.MjvCamera()
         cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
         batch = []
         for spec in self.cameras:
-            scene = self.free.get_nowait()
+            try:
+                scene = self.free.get(timeout=10.0)
+            except queue.Empty:
+                raise RuntimeError(f"camera rendering stalled ({self.error or 'no frame for 10 s'})") from None
             cam.fixedcamid = self.cam_ids[spec.name]
             mujoco.mjv_updateScene(self.model, data, self.opt, None, cam, mujoco.mjtCatBit.mjCAT_ALL, scene)
             batch.append((spec, scene))

@@ -21,6 +21,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
+from robot_learning.sim.render import AsyncCameras, CameraSpec
 from robot_learning.sim.workcell import Workcell
 from robot_learning_ros.arm_interface import ArmInterface
 from robot_learning_ros.msgs import (
@@ -68,7 +69,8 @@ class SimNode(Node):
             log=lambda msg: self.get_logger().warning(msg),
         )
         cfg = self.cell.cfg
-        self.cameras = [c for c in (s.strip() for s in cams.split(",")) if c]
+        # "none" (or empty) turns cameras off; `ros2 launch` refuses an empty name:=value
+        self.cameras = [c for c in (s.strip() for s in cams.split(",")) if c and c != "none"]
         for c in self.cameras:
             if c not in self.cell.calib.cameras:
                 raise ValueError(f"camera '{c}' is not in {self.cell.calib.source}: "
@@ -89,6 +91,12 @@ class SimNode(Node):
                 self.create_publisher(Image, f"/{c}/aligned_depth_to_color/image_raw", SENSOR_QOS)
                 if self.depth else None,
             )
+        self.async_cams = None
+        if self.cameras:  # rendered on their own thread, overlapping the physics
+            cal = self.cell.calib.cameras
+            self.async_cams = AsyncCameras(self.cell.model, [
+                CameraSpec(c, cal[c].width, cal[c].height, tuple(cal[c].depth_range) if self.depth else None)
+                for c in self.cameras], self._publish_frame)
         self.pub_taxels = {n: self.create_publisher(Image, f"/tactile/{n}/taxels", SENSOR_QOS)
                            for n in self.cell.tactile.names}
         self.pub_tac_wrench = {n: self.create_publisher(WrenchStamped, f"/tactile/{n}/wrench", SENSOR_QOS)
@@ -156,17 +164,20 @@ class SimNode(Node):
             if success != self._last_success:
                 self.pub_success.publish(Bool(data=success))
                 self._last_success = success
-        if self.cameras and self.cam_rate.due(cell.time):
-            for c in self.cameras:
-                frame = cell.render(c, depth=self.depth)
-                cal = cell.calib.cameras[c]
-                optical = f"{c}_color_optical_frame"
-                img, info, depth = self.pub_cam[c]
-                img.publish(image_msg(frame.rgb, "rgb8", t, optical))
-                info.publish(camera_info_msg(cal.width, cal.height, cal.fovy_deg, t, optical))
-                if depth is not None:
-                    depth.publish(image_msg(frame.depth_mm, "16UC1", t, optical))
+        if self.async_cams is not None and self.cam_rate.due(cell.time):
+            if self.async_cams.error is not None:
+                raise RuntimeError(f"camera rendering failed: {self.async_cams.error}")
+            self.async_cams.capture(cell.data, t)
 
+    def _publish_frame(self, cam: str, t: float, rgb: np.ndarray, depth_mm: np.ndarray | None) -> None:
+        """Runs on the render thread: the frame shows the world at ``t``, its capture time."""
+        cal = self.cell.calib.cameras[cam]
+        optical = f"{cam}_color_optical_frame"
+        img, info, depth = self.pub_cam[cam]
+        img.publish(image_msg(rgb, "rgb8", t, optical))
+        info.publish(camera_info_msg(cal.width, cal.height, cal.fovy_deg, t, optical))
+        if depth is not None and depth_mm is not None:
+            depth.publish(image_msg(depth_mm, "16UC1", t, optical))
 
 
 def main(args=None) -> None:
@@ -178,6 +189,8 @@ def main(args=None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        if node.async_cams is not None:
+            node.async_cams.close()
         spin.close()
         node.cell.close()
 
