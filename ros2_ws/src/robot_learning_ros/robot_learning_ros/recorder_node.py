@@ -23,7 +23,7 @@ from robot_learning.data.schema import load_recipe
 from robot_learning.data.store import DatasetError
 from robot_learning.paths import resolve
 from robot_learning_ros.msgs import LATCHED_QOS
-from robot_learning_ros.runtime import spin_main
+from robot_learning_ros.runtime import clean_stale_shared_memory, spin_main
 
 # deep queues: the recorder must not drop what arrives in bursts while it writes
 RECORD_SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
@@ -118,6 +118,7 @@ class RecorderNode(Node):
 
 
 def main(args=None) -> None:
+    clean_stale_shared_memory()  # a recorder restarted after a crash must not inherit a dead port
     rclpy.init(args=args)
     try:
         node = RecorderNode()

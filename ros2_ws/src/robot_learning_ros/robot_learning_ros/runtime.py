@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -56,3 +61,18 @@ def run_node(factory, args=None) -> None:
     """A node's ``main``: init rclpy, build the node, spin it on the main thread until shutdown."""
     rclpy.init(args=args)
     spin_main(factory())
+
+
+def clean_stale_shared_memory() -> None:
+    """Remove Fast DDS shared-memory ports and segments left by processes that died (SIGKILL,
+    power cut), with Fast DDS's own ``fastdds shm clean``: it deletes only files whose lock no
+    live process holds. A node restarted after a crash may otherwise fail to open its port and
+    stay deaf. Does nothing when the tool is not installed or another RMW is in use."""
+    if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
+        return
+    script = Path(sys.prefix) / "tools" / "fastdds" / "fastdds.py"  # the ros-fastdds wheel
+    cmd = [sys.executable, str(script), "shm", "clean"] if script.is_file() else None
+    if cmd is None and shutil.which("fastdds"):
+        cmd = ["fastdds", "shm", "clean"]
+    if cmd is not None:
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
