@@ -1,0 +1,93 @@
+"""A conditional 1-D temporal U-Net: denoises an action sequence given a diffusion step and a
+global conditioning vector (the encoded observations), which modulates every residual block
+through FiLM (a per-channel scale and shift)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class StepEmbedding(nn.Module):
+    """Sinusoidal features of the diffusion step followed by a small MLP."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), nn.Mish(), nn.Linear(dim * 4, dim))
+
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=k.device, dtype=torch.float32) / (half - 1))
+        ang = k.float()[:, None] * freq[None]
+        return self.mlp(torch.cat([ang.sin(), ang.cos()], dim=-1))
+
+
+class ConvNormAct(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, kernel: int, groups: int):
+        super().__init__(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(groups, c_out), nn.Mish())
+
+
+class FiLMBlock(nn.Module):
+    """Two conv layers; between them the conditioning scales and shifts every channel."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel: int, groups: int):
+        super().__init__()
+        self.conv1 = ConvNormAct(c_in, c_out, kernel, groups)
+        self.conv2 = ConvNormAct(c_out, c_out, kernel, groups)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * c_out))
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(x)
+        scale, shift = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        h = self.conv2(h * (1 + scale) + shift)
+        return h + self.skip(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """``forward(x [B, T, A], k [B], cond [B, C]) -> noise estimate [B, T, A]``.
+
+    T must be divisible by 2 ** (len(down_dims) - 1)."""
+
+    def __init__(self, action_dim: int, cond_dim: int, down_dims: tuple[int, ...] = (128, 256, 512),
+                 step_dim: int = 128, kernel: int = 5, groups: int = 8):
+        super().__init__()
+        self.step = StepEmbedding(step_dim)
+        c = step_dim + cond_dim
+        dims = [action_dim, *down_dims]
+        self.down = nn.ModuleList()
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            last = i == len(down_dims) - 1
+            self.down.append(nn.ModuleList([FiLMBlock(a, b, c, kernel, groups), FiLMBlock(b, b, c, kernel, groups),
+                                            nn.Conv1d(b, b, 3, 2, 1) if not last else nn.Identity()]))
+        mid = down_dims[-1]
+        self.mid = nn.ModuleList([FiLMBlock(mid, mid, c, kernel, groups), FiLMBlock(mid, mid, c, kernel, groups)])
+        self.up = nn.ModuleList()
+        for a, b in zip(reversed(down_dims[1:]), reversed(down_dims[:-1])):
+            self.up.append(nn.ModuleList([FiLMBlock(a * 2, b, c, kernel, groups), FiLMBlock(b, b, c, kernel, groups),
+                                          nn.ConvTranspose1d(b, b, 4, 2, 1)]))
+        self.out = nn.Sequential(ConvNormAct(down_dims[0], down_dims[0], kernel, groups),
+                                 nn.Conv1d(down_dims[0], action_dim, 1))
+        self.levels = len(down_dims)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] % (2 ** (self.levels - 1)):
+            raise ValueError(f"horizon {x.shape[1]} must be divisible by {2 ** (self.levels - 1)}")
+        if k.dim() == 0:
+            k = k.expand(x.shape[0])
+        g = torch.cat([self.step(k), cond], dim=-1)
+        h = x.transpose(1, 2)
+        skips = []
+        for b1, b2, down in self.down:
+            h = b2(b1(h, g), g)
+            skips.append(h)
+            h = down(h)
+        for blk in self.mid:
+            h = blk(h, g)
+        for b1, b2, up in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = up(b2(b1(h, g), g))
+        return self.out(h).transpose(1, 2)

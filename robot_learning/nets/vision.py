@@ -1,0 +1,71 @@
+"""A small ResNet-style image encoder with GroupNorm (batch statistics are a poor fit for
+small robot batches and for inference on one frame), and the crop augmentation it trains with."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, groups: int = 8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.n1 = nn.GroupNorm(groups, c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.n2 = nn.GroupNorm(groups, c_out)
+        self.skip = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.GroupNorm(groups, c_out))
+                     if stride != 1 or c_in != c_out else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.n1(self.conv1(x)))
+        return F.relu(self.n2(self.conv2(h)) + self.skip(x))
+
+
+class SpatialSoftmax(nn.Module):
+    """Expected image coordinates of each feature map's softmax: where things are, not what."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = F.softmax(x.flatten(2), dim=-1).view(b, c, h, w)
+        ys = torch.linspace(-1, 1, h, device=x.device)
+        xs = torch.linspace(-1, 1, w, device=x.device)
+        return torch.cat([(p.sum(3) * ys).sum(-1), (p.sum(2) * xs).sum(-1)], dim=-1)
+
+
+class ImageEncoder(nn.Module):
+    """[B, C, H, W] uint8 or float in [0, 1] -> [B, out_dim]. ``channels`` 3 for RGB, 1 for depth."""
+
+    def __init__(self, channels: int = 3, out_dim: int = 64, widths: tuple[int, ...] = (32, 64, 128, 256),
+                 groups: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(channels, widths[0], 5, 2, 2, bias=False), nn.GroupNorm(groups, widths[0]),
+                                  nn.ReLU())
+        layers, c = [], widths[0]
+        for i, w in enumerate(widths):
+            layers += [BasicBlock(c, w, 1 if i == 0 else 2, groups), BasicBlock(w, w, 1, groups)]
+            c = w
+        self.blocks = nn.Sequential(*layers)
+        self.pool = SpatialSoftmax()
+        self.proj = nn.Sequential(nn.Linear(2 * c, out_dim), nn.LayerNorm(out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pool(self.blocks(self.stem(x))))
+
+
+def crop(images: torch.Tensor, size: tuple[int, int], train: bool) -> torch.Tensor:
+    """Random crop per sample while training, centre crop otherwise. ``images`` [B, C, H, W]."""
+    b, _, h, w = images.shape
+    ch, cw = size
+    if (ch, cw) == (h, w):
+        return images
+    if not train:
+        y, x = (h - ch) // 2, (w - cw) // 2
+        return images[:, :, y:y + ch, x:x + cw]
+    ys = torch.randint(0, h - ch + 1, (b,), device=images.device)
+    xs = torch.randint(0, w - cw + 1, (b,), device=images.device)
+    iy = ys[:, None] + torch.arange(ch, device=images.device)[None]
+    ix = xs[:, None] + torch.arange(cw, device=images.device)[None]
+    bi = torch.arange(b, device=images.device)[:, None, None]
+    return images.permute(0, 2, 3, 1)[bi, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2)

@@ -1,0 +1,1 @@
+"""Policies: the diffusion policy, its normalizer and its safe checkpoint format."""

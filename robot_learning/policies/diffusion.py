@@ -1,0 +1,102 @@
+"""The diffusion policy: observations (proprioception, wrench, taxels, camera images) are encoded
+into one conditioning vector; a conditional 1-D U-Net denoises a chunk of ``pred_horizon``
+actions from Gaussian noise, trained with DDPM and sampled with DDIM or DPM-Solver++ in a
+configurable number of steps."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from robot_learning.nets.unet1d import ConditionalUnet1D
+from robot_learning.nets.vision import ImageEncoder, crop
+from robot_learning.policies.normalizer import Normalizer
+
+
+@dataclass
+class DiffusionConfig:
+    obs_dims: dict[str, int]                      # low-dim observation key -> flat size
+    action_dim: int
+    image_shapes: dict[str, list[int]] = field(default_factory=dict)  # camera key -> [H, W, C] as sampled
+    obs_horizon: int = 2
+    pred_horizon: int = 16
+    action_horizon: int = 8
+    down_dims: list[int] = field(default_factory=lambda: [128, 256, 512])
+    image_feature_dim: int = 64
+    crop_fraction: float = 0.9
+    train_timesteps: int = 100
+    sampler: str = "ddim"                          # ddim or dpmsolver
+    inference_steps: int = 10
+
+    def spec(self) -> dict:
+        """What a checkpoint expects of its inputs and outputs (checked when it is loaded)."""
+        return {"obs_dims": self.obs_dims, "image_shapes": self.image_shapes, "action_dim": self.action_dim,
+                "obs_horizon": self.obs_horizon, "pred_horizon": self.pred_horizon}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def make_scheduler(kind: str, train_timesteps: int):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    common = {"num_train_timesteps": train_timesteps, "beta_schedule": "squaredcos_cap_v2", "clip_sample": True,
+              "prediction_type": "epsilon"}
+    if kind == "ddpm":
+        return DDPMScheduler(**common)
+    if kind == "ddim":
+        return DDIMScheduler(**common, set_alpha_to_one=True, steps_offset=0)
+    if kind == "dpmsolver":
+        common.pop("clip_sample")
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++")
+    raise ValueError(f"sampler '{kind}' is not one of ddpm, ddim, dpmsolver")
+
+
+class DiffusionPolicy(nn.Module):
+    def __init__(self, cfg: DiffusionConfig, normalizer: Normalizer):
+        super().__init__()
+        self.cfg, self.normalizer = cfg, normalizer
+        self.encoders = nn.ModuleDict({k.replace(".", "_"): ImageEncoder(shape[2], cfg.image_feature_dim)
+                                       for k, shape in cfg.image_shapes.items()})
+        per_step = sum(cfg.obs_dims.values()) + cfg.image_feature_dim * len(cfg.image_shapes)
+        self.net = ConditionalUnet1D(cfg.action_dim, per_step * cfg.obs_horizon, tuple(cfg.down_dims))
+        self.train_scheduler = make_scheduler("ddpm", cfg.train_timesteps)
+
+    def encode(self, batch: dict[str, torch.Tensor], train: bool) -> torch.Tensor:
+        """Observation window [B, To, ...] per key -> conditioning vector [B, To * per_step]."""
+        feats = []
+        for k in self.cfg.obs_dims:
+            x = batch[f"obs/{k}"]
+            feats.append(self.normalizer.normalize(k, x.reshape(*x.shape[:2], -1)))
+        for k, shape in self.cfg.image_shapes.items():
+            img = batch[f"image/{k}"]                     # [B, To, H, W(, C)] uint8
+            b, to = img.shape[:2]
+            img = img.reshape(b * to, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2).float() / 255.0
+            size = (int(shape[0] * self.cfg.crop_fraction), int(shape[1] * self.cfg.crop_fraction))
+            feats.append(self.encoders[k.replace(".", "_")](crop(img, size, train)).reshape(b, to, -1))
+        return torch.cat(feats, dim=-1).flatten(1)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cond = self.encode(batch, train=True)
+        action = self.normalizer.normalize("action", batch["action"])
+        noise = torch.randn_like(action)
+        k = torch.randint(0, self.cfg.train_timesteps, (action.shape[0],), device=action.device)
+        noisy = self.train_scheduler.add_noise(action, noise, k)
+        return F.mse_loss(self.net(noisy, k, cond), noise)
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor], steps: int | None = None, sampler: str | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Denoised action chunk [B, pred_horizon, action_dim] in the dataset's units."""
+        cond = self.encode(batch, train=False)
+        sched = make_scheduler(sampler or self.cfg.sampler, self.cfg.train_timesteps)
+        sched.set_timesteps(steps or self.cfg.inference_steps)
+        x = torch.randn((cond.shape[0], self.cfg.pred_horizon, self.cfg.action_dim), generator=generator,
+                        device=cond.device)
+        for k in sched.timesteps:
+            eps = self.net(x, k.to(cond.device).expand(x.shape[0]), cond)
+            x = sched.step(eps, k, x).prev_sample
+        return self.normalizer.unnormalize("action", x)

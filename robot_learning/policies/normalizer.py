@@ -1,0 +1,35 @@
+"""Per-dimension min/max normalization to [-1, 1], fitted on the dataset and stored in the checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class Normalizer:
+    def __init__(self, stats: dict[str, dict[str, list[float]]] | None = None):
+        self.stats = {k: {"min": np.asarray(v["min"], np.float32), "max": np.asarray(v["max"], np.float32)}
+                      for k, v in (stats or {}).items()}
+
+    def fit(self, key: str, data: np.ndarray) -> None:
+        flat = data.reshape(len(data), -1)
+        self.stats[key] = {"min": flat.min(0).astype(np.float32), "max": flat.max(0).astype(np.float32)}
+
+    def _scale(self, key: str, like: torch.Tensor):
+        s = self.stats[key]
+        lo = torch.as_tensor(s["min"], device=like.device)
+        span = torch.as_tensor(s["max"] - s["min"], device=like.device)
+        span = torch.where(span < 1e-6, torch.ones_like(span), span)  # a constant dimension stays put
+        return lo, span
+
+    def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        lo, span = self._scale(key, x)
+        shape = x.shape
+        return ((x.reshape(*shape[:-1], -1) - lo) / span * 2 - 1).reshape(shape)
+
+    def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        lo, span = self._scale(key, x)
+        return (x + 1) / 2 * span + lo
+
+    def to_json(self) -> dict:
+        return {k: {"min": v["min"].tolist(), "max": v["max"].tolist()} for k, v in self.stats.items()}

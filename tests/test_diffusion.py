@@ -1,0 +1,86 @@
+"""Diffusion policy slices: training windows with correct edge padding, and checkpoints that
+load to the same outputs and refuse a mismatched spec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_dataset import store  # noqa: F401  (fixture: 2 recorded episodes on real zarr)
+
+from robot_learning.data.sampler import WindowSampler, WindowSpec
+from robot_learning.data.store import Dataset
+from robot_learning.policies.checkpoint import PolicyError, load_checkpoint, save_checkpoint
+from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
+from robot_learning.policies.normalizer import Normalizer
+
+SPEC = WindowSpec(obs_horizon=2, pred_horizon=8, obs_keys=("joint_states.position",), image_keys=("front_color",),
+                  image_size=(32, 32))
+
+
+def test_windows_pad_at_episode_edges_and_never_cross_episodes(store):  # noqa: F811
+    ds = Dataset(store)
+    s = WindowSampler(ds, SPEC)
+    ep = ds.episode(0)
+    n = ep.n_steps
+    act = ep.steps["action"][:]
+    assert len(s) == sum(e.n_steps for e in ds.episodes())
+    w = s[0]  # first step: history and the action before it padded with the first
+    assert np.array_equal(w["obs/joint_states.position"][0], w["obs/joint_states.position"][1])
+    assert np.allclose(w["action"][0], act[0]) and np.allclose(w["action"][1:], act[:7])
+    assert w["action_is_pad"].tolist() == [True] + [False] * 7
+    w = s[n - 1]  # last step: velocity dims stop (zero), the gripper holds its last value
+    assert np.allclose(w["action"][:2], act[n - 2:n])
+    assert np.all(w["action"][2:, :6] == 0) and np.allclose(w["action"][2:, 6], act[-1, 6])
+    assert w["action_is_pad"].tolist() == [False, False] + [True] * 6
+    assert w["image/front_color"].shape == (2, 32, 32, 3)
+    w1 = s[n]  # the next episode's first window starts fresh
+    assert np.allclose(w1["action"][1:], ds.episode(1).steps["action"][:7])
+
+
+def tiny_policy(sampler: WindowSampler) -> DiffusionPolicy:
+    norm = Normalizer()
+    norm.fit("joint_states.position", sampler.all_obs("joint_states.position"))
+    norm.fit("action", sampler.all_actions())
+    cfg = DiffusionConfig(obs_dims={"joint_states.position": 9}, action_dim=7,
+                          image_shapes={"front_color": [32, 32, 3]}, obs_horizon=2, pred_horizon=8,
+                          down_dims=[16, 32], image_feature_dim=8, train_timesteps=20, inference_steps=4)
+    return DiffusionPolicy(cfg, norm)
+
+
+def batch(sampler, idx):
+    items = [sampler[i] for i in idx]
+    return {k: torch.as_tensor(np.stack([it[k] for it in items])) for k in items[0] if k != "action_is_pad"}
+
+
+def test_checkpoint_round_trip_gives_the_same_actions(store, tmp_path):  # noqa: F811
+    torch.manual_seed(0)
+    s = WindowSampler(Dataset(store), SPEC)
+    policy = tiny_policy(s)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    for step in range(3):
+        loss = policy.loss(batch(s, range(step * 8, step * 8 + 8)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss)
+    path = save_checkpoint(policy.eval(), tmp_path / "ckpt")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded, meta = load_checkpoint(path, expect_spec=policy.cfg.spec())
+    b = batch(s, [0, 5, 30])
+    for sampler in ("ddim", "dpmsolver"):
+        a = policy.predict(b, sampler=sampler, generator=torch.Generator().manual_seed(1))
+        c = loaded.predict(b, sampler=sampler, generator=torch.Generator().manual_seed(1))
+        assert a.shape == (3, 8, 7) and torch.allclose(a, c)
+
+
+def test_mismatched_spec_and_foreign_files_are_refused(store, tmp_path):  # noqa: F811
+    s = WindowSampler(Dataset(store), SPEC)
+    path = save_checkpoint(tiny_policy(s), tmp_path / "ckpt")
+    want = {**tiny_policy(s).cfg.spec(), "action_dim": 6}
+    with pytest.raises(PolicyError, match="action_dim: the checkpoint has 7, expected 6"):
+        load_checkpoint(path, expect_spec=want)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(PolicyError, match="needs config.json and model.safetensors"):
+        load_checkpoint(tmp_path / "junk")
