@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import rclpy
@@ -48,7 +49,10 @@ def spin_main(node: Node, on_shutdown=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RuntimeError:
-        if rclpy.ok():  # a real error; otherwise the signal shut rclpy down mid-callback
+        # Ctrl-C/SIGTERM can invalidate a handle while a message is being taken; rclpy's
+        # shutdown follows within moments. Anything else is a real error.
+        time.sleep(0.5)
+        if rclpy.ok():
             raise
     finally:
         if on_shutdown is not None:
