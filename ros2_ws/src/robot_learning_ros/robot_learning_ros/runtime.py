@@ -34,6 +34,11 @@ class BackgroundSpin:
             self.executor.spin()
         except (ExternalShutdownException, KeyboardInterrupt):
             pass
+        except Exception:
+            # closing shuts the context down under the spinning thread; only a failure while
+            # rclpy is still up is an error
+            if rclpy.ok():
+                raise
 
     def close(self) -> None:
         rclpy.try_shutdown()
