@@ -129,7 +129,6 @@ def import_mcap(bags: list[str | Path], dataset: str | Path, recipe: Recipe | st
                         raise DatasetError(f"{bag}: {c.topic} is {c.msgtype}, the recipe says {by_topic[c.topic].type}")
                 ep = writer.start_episode({"task": task, "operator": operator, "source_bag": str(bag.resolve()),
                                            "missing_topics": missing})
-                rejected = 0
                 total = sum(c.msgcount for c in conns)
                 for conn, t_ns, raw in tqdm(reader.messages(connections=conns), total=total, unit="msg",
                                             desc=f"import {bag.name}", disable=not progress, leave=False):
@@ -137,9 +136,8 @@ def import_mcap(bags: list[str | Path], dataset: str | Path, recipe: Recipe | st
                     msg = reader.deserialize(raw, conn.msgtype)
                     try:
                         ep.add_message(spec.name, msg, t_ns * 1e-9)
-                    except BadSample as e:
-                        ep.streams[spec.name].rejected[e.reason] += 1
-                        rejected += 1
+                    except BadSample:
+                        pass  # counted per stream and reason in the episode's metadata
                     if ep.streams[spec.name].buf and len(ep.streams[spec.name].buf) >= 256:
                         ep.flush()
                 ep.finish(success)

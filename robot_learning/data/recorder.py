@@ -95,9 +95,6 @@ class Recorder:
         return req.result or {}
 
     def _reject(self, stream: str, reason: str, message: str) -> None:
-        ep = self.episode
-        if ep is not None:
-            ep.streams[stream].rejected[reason] += 1
         key = (stream, reason)
         now = time.monotonic()
         if now - self.rejected_logged.get(key, -1e9) > 5.0:  # one line per stream and reason per 5 s

@@ -22,20 +22,26 @@ def _held(t: np.ndarray, at: np.ndarray) -> np.ndarray:
     return np.searchsorted(t, at, side="right") - 1
 
 
-def _load(group: zarr.Group, stream: str, array: str) -> tuple[np.ndarray, np.ndarray] | None:
-    if "streams" not in group or stream not in group["streams"]:
-        return None
-    g = group["streams"][stream]
-    if "t" not in g or array not in g or g["t"].shape[0] == 0:
-        return None
-    return g["t"][:], g[array][:]
+def _load(group: zarr.Group, stream: str, array: str, cache: dict | None = None):
+    """(t, values) of a stream's array, or None; ``cache`` keeps one read per array per build."""
+    key = (stream, array)
+    if cache is not None and key in cache:
+        return cache[key]
+    out = None
+    if "streams" in group and stream in group["streams"]:
+        g = group["streams"][stream]
+        if "t" in g and array in g and g["t"].shape[0] > 0:
+            out = g["t"][:], g[array][:]
+    if cache is not None:
+        cache[key] = out
+    return out
 
 
-def step_times(group: zarr.Group, recipe: Recipe, t_end: float | None) -> np.ndarray:
+def step_times(group: zarr.Group, recipe: Recipe, t_end: float | None, cache: dict | None = None) -> np.ndarray:
     """From the moment every observed stream has a sample to the last moment they all cover."""
     starts, ends = [], []
     for ref in recipe.steps.observations:
-        loaded = _load(group, *ref.split(".", 1))
+        loaded = _load(group, *ref.split(".", 1), cache)
         if loaded is not None:
             starts.append(loaded[0][0])
             ends.append(loaded[0][-1])
@@ -53,20 +59,21 @@ def step_times(group: zarr.Group, recipe: Recipe, t_end: float | None) -> np.nda
 
 
 def build_steps(group: zarr.Group, recipe: Recipe, success: bool | None,
-                t_end: float | None = None) -> dict[str, np.ndarray]:
+                t_end: float | None = None, cache: dict | None = None) -> dict[str, np.ndarray]:
     st = recipe.steps
-    t = step_times(group, recipe, t_end)
+    cache = {} if cache is None else cache
+    t = step_times(group, recipe, t_end, cache)
     n, dt = len(t), 1.0 / st.rate
     out: dict[str, np.ndarray] = {"t": t}
     for ref in st.observations:
-        loaded = _load(group, *ref.split(".", 1))
+        loaded = _load(group, *ref.split(".", 1), cache)
         if loaded is not None:
             ts, arr = loaded
             out[f"obs/{ref}"] = arr[np.clip(_held(ts, t), 0, None)]
     parts = []
     for part in st.action:
         default = np.asarray(part.default, np.float64)
-        loaded = _load(group, *part.array.split(".", 1))
+        loaded = _load(group, *part.array.split(".", 1), cache)
         col = np.broadcast_to(default, (n, default.size)).copy()
         if loaded is not None:
             ts, arr = loaded
@@ -79,14 +86,14 @@ def build_steps(group: zarr.Group, recipe: Recipe, success: bool | None,
         parts.append(col)
     out["action"] = np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
     source = np.full(n, -1, np.int8)  # -1: nothing said who was in control
-    if st.source and (loaded := _load(group, *st.source.split(".", 1))) is not None:
+    if st.source and (loaded := _load(group, *st.source.split(".", 1), cache)) is not None:
         ts, names = loaded
         codes = np.array([SOURCES.index(s) if s in SOURCES else -1 for s in names], np.int8)
         idx = _held(ts, t + dt - 1e-9)
         source[idx >= 0] = codes[idx[idx >= 0]]
     out["source"] = source
     inter = np.zeros(n, bool)
-    if st.intervention and (loaded := _load(group, *st.intervention.split(".", 1))) is not None:
+    if st.intervention and (loaded := _load(group, *st.intervention.split(".", 1), cache)) is not None:
         ts, flags = loaded
         idx = _held(ts, t + dt - 1e-9)
         inter[idx >= 0] = flags[idx[idx >= 0]].astype(bool)
@@ -102,11 +109,12 @@ def build_steps(group: zarr.Group, recipe: Recipe, success: bool | None,
     return out
 
 
-def intervention_segments(group: zarr.Group, recipe: Recipe, t_end: float) -> list[list[float]]:
+def intervention_segments(group: zarr.Group, recipe: Recipe, t_end: float,
+                          cache: dict | None = None) -> list[list[float]]:
     """[start, end] stamps of each stretch where the intervention flag was on."""
     if not recipe.steps.intervention:
         return []
-    loaded = _load(group, *recipe.steps.intervention.split(".", 1))
+    loaded = _load(group, *recipe.steps.intervention.split(".", 1), cache)
     if loaded is None:
         return []
     segs, on = [], None
@@ -125,7 +133,8 @@ def write_steps(group: zarr.Group, recipe: Recipe, success: bool | None, t_end: 
     """(Re)write ``steps/`` and return the episode metadata that describes it."""
     if "steps" in group:
         del group["steps"]
-    steps = build_steps(group, recipe, success, t_end)
+    cache: dict = {}  # each stream array is read from disk once for the whole table
+    steps = build_steps(group, recipe, success, t_end, cache)
     g = group.create_group("steps")
     for k, v in steps.items():
         parent, _, leaf = k.rpartition("/")
@@ -138,6 +147,6 @@ def write_steps(group: zarr.Group, recipe: Recipe, success: bool | None, t_end: 
         "n_steps": int(len(t)), "t_start": float(t[0]) if len(t) else None, "t_end": end,
         "duration": float(t[-1] - t[0]) if len(t) else 0.0, "success": success,
         "control_rate": recipe.steps.rate, "stream_counts": counts,
-        "interventions": intervention_segments(group, recipe, end),
+        "interventions": intervention_segments(group, recipe, end, cache),
         "action_dim": int(steps["action"].shape[1]),
     }

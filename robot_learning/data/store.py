@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import time
 import warnings
@@ -220,8 +219,12 @@ class EpisodeWriter:
     def add_message(self, stream: str, msg, t_recv: float) -> None:
         """Convert a ROS message (rclpy or rosbags) and queue it; BadSample says why it does not fit."""
         spec = self.recipe.streams[stream]
-        t, arrays = to_sample(spec, msg, t_recv)
-        self.add(stream, t, t_recv, arrays, stream_attrs(spec, msg) if not self.streams[stream].shapes else None)
+        try:
+            t, arrays = to_sample(spec, msg, t_recv)
+            self.add(stream, t, t_recv, arrays, stream_attrs(spec, msg) if not self.streams[stream].shapes else None)
+        except BadSample as e:
+            self.streams[stream].rejected[e.reason] += 1  # reported in the episode's metadata
+            raise
 
     def flush(self, final: bool = False) -> None:
         try:
@@ -386,9 +389,3 @@ class Dataset:
                 "success_rate": float(np.mean(labelled)) if labelled else None,
                 "interrupted": len(self.incomplete),
                 "interventions": sum(len(i.meta.get("interventions", [])) for i in self.infos)}
-
-
-def read_json_attrs(path: Path) -> dict:
-    """A group's attributes straight from its zarr.json (no zarr needed): used by repair."""
-    with (path / "zarr.json").open() as f:
-        return json.load(f).get("attributes", {})
