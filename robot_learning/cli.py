@@ -15,10 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("args", nargs="*", help="name:=value launch arguments")
     la.add_argument("--builtin", action="store_true", help="use the built-in runner even if ros2 exists")
 
-    de = sub.add_parser("demo", help="collect demonstrations on the sim workcell through the ROS 2 graph")
-    de.add_argument("--tasks", default="pick_place,peg_in_hole")
-    de.add_argument("--episodes", type=int, default=10)
-    de.add_argument("--real-time-factor", type=float, default=1.0)
+    de = sub.add_parser("demo", help="collect, train, deploy and evaluate on the sim workcell; report in runs/")
+    de.add_argument("--quick", action="store_true", help="the same pipeline cut down (about 2 minutes)")
+    de.add_argument("--episodes", type=int, default=None, help="demonstrations to collect")
+    de.add_argument("--train-steps", type=int, default=None)
+    de.add_argument("--eval-episodes", type=int, default=None)
     de.add_argument("--out", default="runs")
     de.add_argument("--dataset", default=None, help="zarr store to record into (default: datasets/demo-<time>.zarr)")
 
@@ -37,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     be.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
 
     from robot_learning.data.cli import add_parser as add_dataset
+    from robot_learning.evaluate import add_parser as add_evaluate
+    from robot_learning.train.cli import add_parser as add_train
 
     add_dataset(sub)
+    add_train(sub)
+    add_evaluate(sub)
 
     a = ap.parse_args(argv)
     from robot_learning.paths import use_local_dds_profile
@@ -48,14 +53,27 @@ def main(argv: list[str] | None = None) -> int:
         from robot_learning.data.cli import run as dataset_run
 
         return dataset_run(a)
+    if a.cmd == "train":
+        from robot_learning.train.cli import run as train_run
+
+        return train_run(a)
+    if a.cmd == "evaluate":
+        from robot_learning.evaluate import run_evaluate
+
+        return run_evaluate(a)
     if a.cmd == "launch":
         from robot_learning.launch import main as launch_main
 
         return launch_main(a.file, a.args, force_builtin=a.builtin)
     if a.cmd == "demo":
-        from robot_learning.demo import run_demo
+        from robot_learning.demo import DemoPlan, run_demo
 
-        return run_demo([t for t in a.tasks.split(",") if t], a.episodes, a.real_time_factor, a.out, a.dataset)
+        plan = DemoPlan.quick() if a.quick else DemoPlan()
+        for field, value in (("episodes", a.episodes), ("train_steps", a.train_steps),
+                             ("eval_episodes", a.eval_episodes)):
+            if value is not None:
+                setattr(plan, field, value)
+        return run_demo(a.quick, a.out, a.dataset, plan)
     if a.cmd == "collect":
         from robot_learning.collect import run_collect
 

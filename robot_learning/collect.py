@@ -8,42 +8,21 @@ dataset's summary is printed at the end.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-from robot_learning.graph import SimGraph
+from robot_learning.graph import run_graph_episodes
 from robot_learning.paths import project_root, resolve
 
 
 def collect_scripted(task: str, episodes: int, dataset: str | Path, report_dir: Path, log_path: Path,
                      real_time_factor: float = 1.0, cameras: str = "front,wrist", seed: int = 0,
-                     progress: bool = True, timeout: float = 3600.0) -> dict:
+                     progress: bool = True, timeout: float = 3600.0, state_rate: float = 0.0) -> dict:
     """Scripted operator episodes recorded into ``dataset``; returns the operator's results.json."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    args = dict(task=task, device="scripted", episodes=episodes, dataset=resolve(dataset), report_dir=report_dir,
-                real_time_factor=real_time_factor, cameras=cameras, seed=seed, noise_seed=seed)
-    with SimGraph(log_path, "teleop_collect.launch.yaml", **args) as g:
-        bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep", disable=not progress)
-        done, t0 = 0, time.monotonic()
-        while g.alive() and time.monotonic() - t0 < timeout:
-            results = sorted(report_dir.glob("episode_*/result.json"))
-            if len(results) > done:
-                bar.update(len(results) - done)
-                done = len(results)
-                ok = sum(json.loads(p.read_text())["success"] for p in results)
-                bar.set_postfix(success=f"{ok}/{done}")
-            time.sleep(0.3)
-        bar.close()
-        if g.alive():
-            raise RuntimeError(f"collection did not finish within {timeout:.0f} s; see {log_path}")
-        rc = g.proc.returncode
-    summary = report_dir / "results.json"
-    if rc != 0 or not summary.exists():
-        raise RuntimeError(f"collection failed (exit {rc}); see {log_path}")
-    return json.loads(summary.read_text())
+    return run_graph_episodes("teleop_collect.launch.yaml", episodes, report_dir, log_path, f"collect {task}",
+                              progress, timeout, task=task, device="scripted", dataset=resolve(dataset),
+                              real_time_factor=real_time_factor, cameras=cameras, seed=seed, noise_seed=seed,
+                              state_rate=state_rate)
 
 
 def run_collect(device: str, task: str, episodes: int, dataset: str, real_time_factor: float, cameras: str,

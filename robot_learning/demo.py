@@ -1,10 +1,15 @@
-"""``make demo``: demonstrations collected on the sim workcell through the ROS 2 graph.
+"""``make demo`` / ``robot-learning demo``: the whole pipeline on the sim workcell.
 
-Brings up launch/teleop_collect.launch.yaml (sim, command mux, recorder) with the scripted
-operator playing a person at a teleop device: it drives only the /teleop topics, and the
-recorder writes every episode into a zarr dataset under datasets/. Then prints the
-dataset's summary and writes a report under runs/: success rates, camera snapshots, TCP
-trajectory plots and an episode's contact sheet rendered from the dataset.
+1. collect: the scripted operator plays a person at a teleop device (launch/teleop_collect:
+   sim, command mux, recorder); every episode lands in a zarr dataset under datasets/;
+2. train: a low-dimensional diffusion policy on that dataset (``robot-learning train``),
+   with env rollouts during training;
+3. deploy and evaluate: launch/deploy_policy (sim, mux, policy server, policy evaluator)
+   runs seeded episodes the policy has never seen, through real DDS;
+4. report: runs/demo-<time>/report.md with success rates, the policy server's latency,
+   training curves, trajectories, a rollout video and its contact sheet.
+
+``--quick`` is the same pipeline cut down to run in the test suite.
 """
 
 from __future__ import annotations
@@ -12,105 +17,176 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from robot_learning.collect import collect_scripted
+# what a low-dimensional policy observes: the TCP, the fingers, the objects (ground truth in sim)
+LOWDIM_OBS = ["ee_pose.data", "gripper_state.position", "cube_pose.data", "target_pose.data"]
 
 
-def write_report(run_dir: Path, summaries: dict[str, dict], dataset: Path | None = None) -> Path:
-    """report.md with success rates, camera contact sheets and TCP trajectory plots."""
+@dataclass
+class DemoPlan:
+    episodes: int = 40
+    train_steps: int = 1500
+    batch_size: int = 256
+    eval_every: int = 500
+    train_eval_episodes: int = 5
+    eval_episodes: int = 10
+    episode_timeout: float = 25.0
+    real_time_factor: float = 2.0
+    state_rate: float = 100.0
+
+    @classmethod
+    def quick(cls) -> DemoPlan:
+        return cls(episodes=3, train_steps=60, batch_size=64, eval_every=60, train_eval_episodes=1, eval_episodes=2,
+                   episode_timeout=8.0)
+
+
+def plot_trajectories(episode_dir: Path, out: Path, title: str) -> Path | None:
+    """Top view and height of each episode's TCP path (green: success)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = [f"# Sim workcell demo, {datetime.now():%Y-%m-%d %H:%M}", "",
-             "The scripted expert played an operator at a teleop device: it drove the MuJoCo workcell only "
-             "through `/teleop/twist`, `/teleop/gripper` and `/teleop/engaged` (with hand-like noise and "
-             "pauses), through the command mux, while the recorder wrote every episode to "
-             f"`{dataset}`." if dataset else "", "",
-             "| task | episodes | success rate | mean duration (s) |", "|---|---|---|---|"]
-    for task, s in summaries.items():
-        d = np.mean([e["duration"] for e in s["episodes"]]) if s["episodes"] else 0.0
-        lines.append(f"| {task} | {len(s['episodes'])} | {s['success_rate']:.0%} | {d:.1f} |")
-    for task in summaries:
-        tdir = run_dir / task
-        eps = sorted(tdir.glob("episode_*/episode.npz"))
-        if not eps:
+    eps = sorted(episode_dir.glob("episode_*/episode.npz"))
+    if not eps:
+        return None
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    for p in eps:
+        tr = np.load(p)["trajectory"]
+        if tr.size == 0:
             continue
-        fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
-        for p in eps:
-            tr = np.load(p)["trajectory"]
-            if tr.size == 0:
-                continue
-            ok = json.loads((p.parent / "result.json").read_text())["success"]
-            ax[0].plot(tr[:, 2], tr[:, 1], color="tab:green" if ok else "tab:red", alpha=0.7)
-            ax[1].plot(tr[:, 0], tr[:, 3], color="tab:green" if ok else "tab:red", alpha=0.7)
-        ax[0].set(xlabel="y (m)", ylabel="x (m)", title="TCP path, top view (green: success)")
-        ax[0].set_aspect("equal")
-        ax[0].invert_xaxis()
-        ax[1].set(xlabel="time in episode (s)", ylabel="TCP height (m)", title="TCP height")
-        fig.tight_layout()
-        fig.savefig(tdir / "trajectories.png", dpi=90)
-        plt.close(fig)
-        rows = []
-        for p in eps[:3]:
-            z = np.load(p)
-            row = [z[k] for k in ("start_front", "grasp_front", "end_front", "grasp_wrist") if k in z.files]
-            if row:
-                rows.append(np.concatenate(row, axis=1))
-        lines += ["", f"## {task}", "", f"![trajectories]({task}/trajectories.png)"]
-        if rows:
-            width = max(r.shape[1] for r in rows)
-            sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows], axis=0)
-            from PIL import Image
+        ok = json.loads((p.parent / "result.json").read_text())["success"]
+        ax[0].plot(tr[:, 2], tr[:, 1], color="tab:green" if ok else "tab:red", alpha=0.7)
+        ax[1].plot(tr[:, 0], tr[:, 3], color="tab:green" if ok else "tab:red", alpha=0.7)
+    ax[0].set(xlabel="y (m)", ylabel="x (m)", title=f"{title}: TCP path, top view (green: success)")
+    ax[0].set_aspect("equal")
+    ax[0].invert_xaxis()
+    ax[1].set(xlabel="time in episode (s)", ylabel="TCP height (m)", title="TCP height")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
 
-            Image.fromarray(sheet).save(tdir / "contact_sheet.png")
-            lines += ["", "Front camera at start, at grasp and at the end; wrist camera at grasp "
-                      "(one row per episode):", "", f"![contact sheet]({task}/contact_sheet.png)"]
-    if dataset is not None:
-        from robot_learning.data.store import Dataset
-        from robot_learning.data.view import contact_sheet
 
-        ds = Dataset(dataset)
-        s = ds.summary()
-        lines += ["", "## Dataset", "", f"`{dataset}`: {s['episodes']} episodes, {s['steps']} control steps, "
-                  f"{s['duration_s'] / 60:.1f} min; inspect with `robot-learning dataset info {dataset}`.", ""]
-        if len(ds):
-            sheet = contact_sheet(ds.episode(ds.indices[-1]), run_dir / "dataset_episode.png")
-            lines += ["The last recorded episode, rendered from the dataset:", "", f"![episode]({sheet.name})"]
+def frames_sheet(frames: list[np.ndarray], out: Path, n: int = 6) -> Path:
+    """``n`` frames spread over a rollout, side by side."""
+    from PIL import Image
+
+    idx = np.linspace(0, len(frames) - 1, n).round().astype(int)
+    Image.fromarray(np.concatenate([frames[i] for i in idx], axis=1)).save(out)
+    return out
+
+
+def _latency_rows(diag: dict) -> list[str]:
+    names = {"align": "observation window built", "infer": "inference (policy call)",
+             "obs_to_chunk": "observation to chunk ready (sim time)", "tick": "control tick",
+             "tick_interval": "control period (50 Hz nominal)"}
+    rows = ["| stage | p50 (ms) | p99 (ms) | max (ms) |", "|---|---|---|---|"]
+    for k, label in names.items():
+        if f"{k}.p50_ms" in diag:
+            rows.append(f"| {label} | {float(diag[f'{k}.p50_ms']):.1f} | {float(diag[f'{k}.p99_ms']):.1f} | "
+                        f"{float(diag[f'{k}.max_ms']):.1f} |")
+    if "jitter_ms" in diag:
+        rows.append(f"\nCommand jitter (std of the control period): {float(diag['jitter_ms']):.1f} ms; stale actions "
+                    f"dropped: {diag.get('dropped_stale_actions')}, chunks refused: {diag.get('rejected_chunks')}.")
+    return rows
+
+
+def write_report(run_dir: Path, dataset: Path, collected: dict, train_run: Path, evaluated: dict,
+                 plan: DemoPlan, timings: dict[str, float]) -> Path:
+    from robot_learning.data.store import Dataset
+    from robot_learning.evaluate import evaluate_env
+
+    best = json.loads((train_run / "best.json").read_text()) if (train_run / "best.json").exists() else {}
+    ckpt = train_run / "checkpoints" / "best"
+    env = evaluate_env(ckpt, 1, seed=2000, video=run_dir / "rollout.mp4")
+    ds = Dataset(dataset).summary()
+    lines = [f"# Sim workcell demo, {datetime.now():%Y-%m-%d %H:%M}", "",
+             "Demonstrations collected through ROS 2, a diffusion policy trained on them, deployed with "
+             "`launch/deploy_policy.launch.yaml` and evaluated on seeded episodes it never saw.", "",
+             "| stage | result | time |", "|---|---|---|",
+             f"| collect (scripted operator at the teleop topics) | {collected['success_rate']:.0%} successful over "
+             f"{len(collected['episodes'])} episodes; dataset `{dataset}` ({ds['episodes']} episodes, {ds['steps']} "
+             f"steps) | {timings['collect'] / 60:.1f} min |",
+             f"| train (low-dim diffusion, {plan.train_steps} steps) | best checkpoint at step {best.get('step')}: "
+             f"env success {best.get('success_rate') if best.get('success_rate') is not None else 'n/a'} | "
+             f"{timings['train'] / 60:.1f} min |",
+             f"| deploy + evaluate through the ROS graph | **{evaluated['success_rate']:.0%}** over "
+             f"{len(evaluated['episodes'])} seeded episodes | {timings['evaluate'] / 60:.1f} min |", "",
+             f"Observations: {', '.join(LOWDIM_OBS)}. Checkpoint: `{ckpt}`.", "",
+             "## Policy server latency (from /policy/diagnostics during the evaluation)", ""]
+    lines += _latency_rows(evaluated.get("diagnostics", {})) or ["(no diagnostics received)"]
+    lines += ["", "## Training", "", "![training curves](train_curves.png)", ""]
+    if (train_run / "curves.png").exists():
+        (run_dir / "train_curves.png").write_bytes((train_run / "curves.png").read_bytes())
+    for name, d in (("collected", run_dir / "collect"), ("evaluated", run_dir / "evaluate")):
+        if plot_trajectories(d, run_dir / f"{name}_trajectories.png", name):
+            lines += [f"![{name} trajectories]({name}_trajectories.png)", ""]
+    if env["frames"]:
+        frames_sheet(env["frames"], run_dir / "rollout_sheet.png")
+        lines += ["## A rollout (gymnasium env, same server engine)", "",
+                  f"Seed 2000: {'success' if env['success_rate'] else 'failure'}. Video: `rollout.mp4`.", "",
+                  "![rollout](rollout_sheet.png)", ""]
     report = run_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
 
 
-def run_demo(tasks: list[str], episodes: int, rtf: float, out: str, dataset: str | None = None) -> int:
+def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None, plan: DemoPlan | None = None,
+             task: str = "pick_place") -> int:
+    from robot_learning.collect import collect_scripted
     from robot_learning.data.cli import print_info
     from robot_learning.data.store import Dataset
+    from robot_learning.evaluate import evaluate_graph
     from robot_learning.paths import resolve
+    from robot_learning.train.diffusion import TrainConfig, train
 
+    plan = plan or (DemoPlan.quick() if quick else DemoPlan())
     stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(out) / f"demo-{stamp}"
+    run_dir = resolve(out) / f"demo-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
     ds_path = resolve(dataset or f"datasets/demo-{stamp}.zarr")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    print(f"demo: writing the report to {run_dir} and the dataset to {ds_path}", flush=True)
-    summaries = {}
-    for task in tasks:
-        print(f"demo: launch/teleop_collect.launch.yaml: sim workcell ({task}), command mux, recorder, "
-              "scripted operator at the teleop topics", flush=True)
-        try:
-            s = collect_scripted(task, episodes, ds_path, run_dir / task, run_dir / f"{task}_graph.log",
-                                 real_time_factor=rtf)
-        except RuntimeError as e:
-            print(f"demo: {e}", file=sys.stderr)
-            return 1
-        summaries[task] = s
-        print(f"demo: {task}: success rate {s['success_rate']:.0%} over {len(s['episodes'])} episodes", flush=True)
-    print_info(Dataset(ds_path))
-    report = write_report(run_dir, summaries, ds_path)
-    print(f"demo: report written to {report}", flush=True)
+    timings: dict[str, float] = {}
+    print(f"demo: report -> {run_dir}, dataset -> {ds_path}", flush=True)
+    try:
+        print(f"demo [1/4] collect: launch/teleop_collect.launch.yaml (sim, mux, recorder), scripted operator "
+              f"at the teleop topics, {plan.episodes} episodes of {task}", flush=True)
+        t0 = time.monotonic()
+        collected = collect_scripted(task, plan.episodes, ds_path, run_dir / "collect", run_dir / "collect.log",
+                                     real_time_factor=plan.real_time_factor, cameras="none",
+                                     state_rate=plan.state_rate)
+        timings["collect"] = time.monotonic() - t0
+        print_info(Dataset(ds_path))
+        print(f"demo [2/4] train: diffusion policy on {', '.join(LOWDIM_OBS)}", flush=True)
+        t0 = time.monotonic()
+        train_run = train(TrainConfig(dataset=str(ds_path), out=str(run_dir / "train"), obs=list(LOWDIM_OBS),
+                                      steps=plan.train_steps, batch_size=plan.batch_size, eval_every=plan.eval_every,
+                                      eval_episodes=plan.train_eval_episodes,
+                                      warmup_steps=min(200, plan.train_steps // 5)))
+        timings["train"] = time.monotonic() - t0
+        print(f"demo [3/4] deploy + evaluate: launch/deploy_policy.launch.yaml (sim, mux, policy server, "
+              f"evaluator), {plan.eval_episodes} seeded episodes", flush=True)
+        t0 = time.monotonic()
+        evaluated = evaluate_graph(train_run / "checkpoints" / "best", task, plan.eval_episodes,
+                                   run_dir / "evaluate", run_dir / "evaluate.log",
+                                   real_time_factor=plan.real_time_factor, state_rate=plan.state_rate,
+                                   episode_timeout=plan.episode_timeout)
+        timings["evaluate"] = time.monotonic() - t0
+    except (RuntimeError, SystemExit) as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    print("demo [4/4] report", flush=True)
+    report = write_report(run_dir, ds_path, collected, train_run, evaluated, plan, timings)
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"collect_success_rate": collected["success_rate"], "eval_success_rate": evaluated["success_rate"],
+         "eval_episodes": len(evaluated["episodes"]), "timings_s": timings}, indent=1))
+    print(f"demo: policy success rate through the ROS graph: {evaluated['success_rate']:.0%} over "
+          f"{len(evaluated['episodes'])} seeded episodes; report written to {report}", flush=True)
     return 0

@@ -54,3 +54,35 @@ class SimGraph:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_path: Path, desc: str,
+                       progress: bool = True, timeout: float = 3600.0, **launch_args: object) -> dict:
+    """Runs a launch file whose episode node (scripted operator, policy evaluator) writes
+    ``report_dir/episode_*/result.json`` per episode and ``results.json`` at the end, with a
+    progress bar; returns results.json."""
+    import json
+    import time
+
+    from tqdm import tqdm
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    with SimGraph(log_path, launch_file, episodes=episodes, report_dir=report_dir, **launch_args) as g:
+        bar = tqdm(total=episodes, desc=desc, unit="ep", disable=not progress)
+        done, t0 = 0, time.monotonic()
+        while g.alive() and time.monotonic() - t0 < timeout:
+            results = sorted(report_dir.glob("episode_*/result.json"))
+            if len(results) > done:
+                bar.update(len(results) - done)
+                done = len(results)
+                ok = sum(json.loads(p.read_text())["success"] for p in results)
+                bar.set_postfix(success=f"{ok}/{done}")
+            time.sleep(0.3)
+        bar.close()
+        if g.alive():
+            raise RuntimeError(f"{desc} did not finish within {timeout:.0f} s; see {log_path}")
+        rc = g.proc.returncode
+    summary = report_dir / "results.json"
+    if rc != 0 or not summary.exists():
+        raise RuntimeError(f"{desc} failed (exit {rc}); see {log_path}")
+    return json.loads(summary.read_text())

@@ -103,7 +103,7 @@ def substitute(value: Any, ctx: Context) -> str:
 
 
 def _safe_eval(expr: str, ctx: Context) -> str:
-    """``$(eval ...)`` for what launch conditions need: literals, ==/!=/in, and/or/not.
+    """``$(eval ...)`` for what launch conditions need: literals, comparisons, in, and/or/not.
     Real ``ros2 launch`` evaluates any Python; this runner refuses anything more."""
     import ast
 
@@ -118,12 +118,13 @@ def _safe_eval(expr: str, ctx: Context) -> str:
         if isinstance(n, ast.Compare) and len(n.ops) == 1:
             a, b = ev(n.left), ev(n.comparators[0])
             ops = {ast.Eq: lambda: a == b, ast.NotEq: lambda: a != b, ast.In: lambda: a in b,
-                   ast.NotIn: lambda: a not in b}
+                   ast.NotIn: lambda: a not in b, ast.Lt: lambda: a < b, ast.LtE: lambda: a <= b,
+                   ast.Gt: lambda: a > b, ast.GtE: lambda: a >= b}
             if type(n.ops[0]) in ops:
                 return ops[type(n.ops[0])]()
         if isinstance(n, (ast.Tuple, ast.List)):
             return [ev(e) for e in n.elts]
-        raise LaunchError(f"{ctx.file}: $(eval {expr}) is beyond this runner (literals, ==, !=, in, and, or, "
+        raise LaunchError(f"{ctx.file}: $(eval {expr}) is beyond this runner (literals, comparisons, in, and, or, "
                           "not); use `ros2 launch`")
 
     try:

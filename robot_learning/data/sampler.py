@@ -29,13 +29,20 @@ class WindowSpec:
     extra: dict = field(default_factory=dict)
 
 
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A camera frame at the policy's input size (H, W); area averaging, as when training."""
+    import cv2
+
+    if frame.shape[:2] == tuple(size):
+        return frame
+    return cv2.resize(frame, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
+
+
 class WindowSampler:
     """Windows of every episode (or of ``episodes``), indexable like a dataset."""
 
     def __init__(self, dataset: Dataset, spec: WindowSpec, episodes: list[int] | None = None,
                  progress: bool = False):
-        import cv2
-
         self.spec = spec
         self.episodes = []
         for idx in tqdm(episodes if episodes is not None else dataset.indices, desc="load episodes", unit="ep",
@@ -51,7 +58,7 @@ class WindowSampler:
                 frames = {}
                 for r in np.unique(rows[rows >= 0]):
                     f = data[int(r)]
-                    frames[int(r)] = cv2.resize(f, spec.image_size[::-1], interpolation=cv2.INTER_AREA)
+                    frames[int(r)] = resize_frame(f, spec.image_size)
                 first = frames[int(rows[rows >= 0][0])] if frames else np.zeros((*spec.image_size, 3), np.uint8)
                 images[cam] = np.stack([frames.get(int(r), first) for r in rows])  # [T, h, w(, c)]
             self.episodes.append({"obs": obs, "images": images,

@@ -108,11 +108,29 @@ def contact_sheet(ep: Episode, out: str | Path, n_frames: int = 6) -> Path:
     return out
 
 
+def write_video(frames, out: str | Path, fps: float) -> Path:
+    """RGB frames (an iterable of [H, W, 3] uint8) into an MP4."""
+    import cv2
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    try:
+        for frame in frames:
+            bgr = np.ascontiguousarray(frame[..., ::-1])
+            if writer is None:
+                writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (bgr.shape[1], bgr.shape[0]))
+            writer.write(bgr)
+    finally:
+        if writer is not None:
+            writer.release()
+    return out
+
+
 def video(ep: Episode, out: str | Path, fps: float | None = None) -> Path:
     """Camera streams side by side at control rate, with time and source written on each frame."""
     import cv2
 
-    out = Path(out)
     cams = image_streams(ep)
     if not cams:
         raise ValueError(f"episode {ep.index} has no camera streams to render")
@@ -122,9 +140,8 @@ def video(ep: Episode, out: str | Path, fps: float | None = None) -> Path:
     src = ep.steps["source"][:]
     inter = ep.steps["intervention"][:]
     h = 240
-    writer = None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+
+    def frames():
         for k in range(n):
             tiles = []
             for cam in cams:
@@ -132,16 +149,11 @@ def video(ep: Episode, out: str | Path, fps: float | None = None) -> Path:
                 shape = ep.streams[cam]["data"].shape
                 img = to_rgb(f) if f is not None else np.zeros((shape[1], shape[2], 3), np.uint8)
                 tiles.append(cv2.resize(img, (int(img.shape[1] * h / img.shape[0]), h)))
-            frame = np.ascontiguousarray(np.concatenate(tiles, axis=1)[..., ::-1])
+            frame = np.ascontiguousarray(np.concatenate(tiles, axis=1))
             label = f"t={ep.steps['t'][k] - t0:5.1f}s  {SOURCES[src[k]] if src[k] >= 0 else '?'}"
             cv2.putText(frame, label, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2)
             if inter[k]:
-                cv2.rectangle(frame, (0, 0), (frame.shape[1] - 1, frame.shape[0] - 1), (0, 0, 255), 6)
-            if writer is None:
-                writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                         (frame.shape[1], frame.shape[0]))
-            writer.write(frame)
-    finally:
-        if writer is not None:
-            writer.release()
-    return out
+                cv2.rectangle(frame, (0, 0), (frame.shape[1] - 1, frame.shape[0] - 1), (255, 0, 0), 6)
+            yield frame
+
+    return write_video(frames(), out, fps)

@@ -30,11 +30,13 @@ class DiffusionConfig:
     train_timesteps: int = 100
     sampler: str = "ddim"                          # ddim or dpmsolver
     inference_steps: int = 10
+    dt: float = 0.1                                # seconds between policy steps (the dataset's step rate)
+    task: str = ""                                 # what it was trained on (env rollouts, reports)
 
     def spec(self) -> dict:
         """What a checkpoint expects of its inputs and outputs (checked when it is loaded)."""
         return {"obs_dims": self.obs_dims, "image_shapes": self.image_shapes, "action_dim": self.action_dim,
-                "obs_horizon": self.obs_horizon, "pred_horizon": self.pred_horizon}
+                "obs_horizon": self.obs_horizon, "pred_horizon": self.pred_horizon, "dt": self.dt}
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -74,10 +76,15 @@ class DiffusionPolicy(nn.Module):
         for k, shape in self.cfg.image_shapes.items():
             img = batch[f"image/{k}"]                     # [B, To, H, W(, C)] uint8
             b, to = img.shape[:2]
-            img = img.reshape(b * to, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2).float() / 255.0
+            scale = 255.0 if img.dtype == torch.uint8 else 1000.0   # colour 0..255; depth in mm -> m
+            img = img.reshape(b * to, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2).float() / scale
             size = (int(shape[0] * self.cfg.crop_fraction), int(shape[1] * self.cfg.crop_fraction))
             feats.append(self.encoders[k.replace(".", "_")](crop(img, size, train)).reshape(b, to, -1))
         return torch.cat(feats, dim=-1).flatten(1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss (what DistributedDataParallel wraps)."""
+        return self.loss(batch)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cond = self.encode(batch, train=True)

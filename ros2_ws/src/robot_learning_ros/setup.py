@@ -29,6 +29,8 @@ setup(
             "command_mux = robot_learning_ros.command_mux:main",
             "recorder_node = robot_learning_ros.recorder_node:main",
             "bench_publisher = robot_learning_ros.bench_publisher:main",
+            "policy_server = robot_learning_ros.policy_server:main",
+            "policy_evaluator = robot_learning_ros.policy_evaluator:main",
         ],
     },
 )

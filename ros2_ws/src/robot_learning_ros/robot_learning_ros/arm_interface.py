@@ -22,6 +22,7 @@ from trajectory_msgs.msg import JointTrajectory
 from robot_learning.control.backend import ArmState
 from robot_learning.control.controller import ArmController
 from robot_learning.control.safety import CommandRejected
+from robot_learning.sim.topics import arm_state_arrays
 from robot_learning_ros.msgs import (
     COMMAND_QOS,
     LATCHED_QOS,
@@ -114,14 +115,13 @@ class ArmInterface:
             return self.ctl.step(state, now)
 
     def publish_state(self, state: ArmState, tcp: tuple[np.ndarray, np.ndarray], t: float) -> None:
-        half = state.gripper_opening / 2
+        joints, gripper = arm_state_arrays(state)
         n = len(state.q)
-        self.pub_js.publish(joint_state_msg(
-            self.joint_names, np.r_[state.q, half, half], np.r_[state.qd, 0.0, 0.0],
-            np.r_[state.effort, state.gripper_effort, state.gripper_effort], t))
+        self.pub_js.publish(joint_state_msg(self.joint_names, joints["position"], joints["velocity"],
+                                            joints["effort"], t))
         self.pub_pose.publish(pose_msg(tcp[0], tcp[1], t, self.base_frame))
-        self.pub_gripper.publish(joint_state_msg(
-            self.joint_names[n:], [half, half], [0.0, 0.0], [state.gripper_effort] * 2, t))
+        self.pub_gripper.publish(joint_state_msg(self.joint_names[n:], gripper["position"], gripper["velocity"],
+                                                 gripper["effort"], t))
 
     def publish_wrench(self, wrench: np.ndarray, t: float, frame: str) -> None:
         self.pub_wrench.publish(wrench_msg(wrench, t, frame))

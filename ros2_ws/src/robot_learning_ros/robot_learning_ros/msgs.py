@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
@@ -24,6 +26,12 @@ STATE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, histor
 COMMAND_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+
+
+def message_class(full_type: str):
+    """The rclpy class of "pkg/msg/Name"."""
+    pkg, _, name = full_type.split("/")
+    return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
 def to_stamp(t: float) -> Time:

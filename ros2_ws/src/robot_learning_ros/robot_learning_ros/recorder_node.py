@@ -8,7 +8,6 @@ adds fields to the next episode's metadata (task, operator, seed...). /recorder/
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import rclpy
@@ -22,17 +21,12 @@ from robot_learning.data.recorder import Recorder
 from robot_learning.data.schema import load_recipe
 from robot_learning.data.store import DatasetError
 from robot_learning.paths import resolve
-from robot_learning_ros.msgs import LATCHED_QOS
+from robot_learning_ros.msgs import LATCHED_QOS, message_class
 from robot_learning_ros.runtime import clean_stale_shared_memory, spin_main
 
 # deep queues: the recorder must not drop what arrives in bursts while it writes
 RECORD_SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
 RECORD_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-
-
-def message_class(full_type: str):
-    pkg, _, name = full_type.split("/")
-    return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
 class RecorderNode(Node):

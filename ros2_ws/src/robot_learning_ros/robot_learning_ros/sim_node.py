@@ -62,6 +62,8 @@ class SimNode(Node):
         self.depth = bool(p("depth", True).value)
         camera_rate = float(p("camera_rate", 0.0).value)
         tactile_rate = float(p("tactile_rate", 0.0).value)
+        # /joint_states, /arm/ee_pose, /gripper/state and /clock: every control step unless set lower
+        state_rate = float(p("state_rate", 0.0).value)
         self.cell = Workcell(
             task,
             robot_path=p("robot", "hardware/robots/panda.yaml").value,
@@ -77,6 +79,7 @@ class SimNode(Node):
                                  f"choose from {', '.join(self.cell.calib.cameras)}")
         self.cam_rate = Rate(camera_rate or cfg["camera_rate"])
         self.tac_rate = Rate(tactile_rate or cfg["tactile_rate"])
+        self.state_rate = Rate(state_rate or 1.0 / self.cell.control_dt)
         self.episode = 0
         self.cell.reset(self.seed)
         self.origin = time.time()  # sim time 0 is the wall-clock time of launch
@@ -148,9 +151,9 @@ class SimNode(Node):
 
     def _publish(self, t: float) -> None:
         cell = self.cell
-        stamp = to_stamp(t)
-        self.pub_clock.publish(Clock(clock=stamp))
-        self.arm.publish_state(cell.backend.read_state(), cell.tcp_pose(), t)
+        if self.state_rate.due(cell.time):
+            self.pub_clock.publish(Clock(clock=to_stamp(t)))
+            self.arm.publish_state(cell.backend.read_state(), cell.tcp_pose(), t)
         if self.tac_rate.due(cell.time):
             self.arm.publish_wrench(cell.wrist_wrench(), t, "ft_sensor")
             grids = cell.tactile_grids()

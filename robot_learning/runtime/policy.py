@@ -1,0 +1,105 @@
+"""What the policy server runs: any policy that turns an observation window into a chunk of
+timed actions. Diffusion policies are one kind; residual and RL policies register their own
+loader under the ``policy`` name in their checkpoint's config.json and the server runs them
+unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class PolicySpec:
+    obs_keys: list[str]                     # step-table keys "<stream>.<array>", in input order
+    image_keys: list[str]                   # camera streams
+    image_size: tuple[int, int] | None      # (H, W) the frames are resized to
+    obs_horizon: int
+    dt: float                               # seconds between actions of a chunk
+    action_dim: int
+    action_low: np.ndarray                  # a chunk with any action outside [low, high] is refused
+    action_high: np.ndarray
+    task: str = ""
+
+
+class Policy(Protocol):
+    spec: PolicySpec
+
+    def reset(self) -> None:
+        """A new episode starts (recurrent state, noise generators)."""
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Actions [N, action_dim] for the window ``obs`` (``obs/<key>`` and ``image/<stream>``,
+        each [obs_horizon, ...]); row 0 is due at the time of the newest observation."""
+
+
+LOADERS: dict[str, Callable[[Path, str], Policy]] = {}
+
+
+def register_policy(kind: str):
+    """Decorator: ``loader(path, device) -> Policy`` for checkpoints whose config says ``policy: kind``."""
+    def deco(fn):
+        LOADERS[kind] = fn
+        return fn
+    return deco
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> Policy:
+    from robot_learning.policies.checkpoint import PolicyError
+
+    path = Path(path)
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise PolicyError(f"{path} is not a checkpoint: there is no config.json (train one with "
+                          "`robot-learning train diffusion --dataset ...`)")
+    kind = json.loads(cfg.read_text()).get("policy")
+    if kind not in LOADERS:
+        raise PolicyError(f"{path}: policy type '{kind}' has no loader (known: {', '.join(sorted(LOADERS))})")
+    return LOADERS[kind](path, device)
+
+
+class DiffusionRunner:
+    """A diffusion policy behind the server's interface: executes the ``horizon`` actions that
+    follow the newest observation (``action_horizon`` of the config unless told otherwise)."""
+
+    def __init__(self, policy, device: str = "cpu", horizon: int | None = None, seed: int = 0):
+        import torch
+
+        self.policy, self.device = policy, device
+        cfg = policy.cfg
+        self.horizon = horizon or (cfg.pred_horizon - cfg.obs_horizon + 1)
+        lo = np.asarray(policy.normalizer.stats["action"]["min"], np.float64)
+        hi = np.asarray(policy.normalizer.stats["action"]["max"], np.float64)
+        margin = 0.1 * np.maximum(hi - lo, 1e-3)   # sampling may overshoot the data a little, not more
+        image_size = None
+        if cfg.image_shapes:
+            image_size = tuple(next(iter(cfg.image_shapes.values()))[:2])
+        self.spec = PolicySpec(list(cfg.obs_dims), list(cfg.image_shapes), image_size, cfg.obs_horizon, cfg.dt,
+                               cfg.action_dim, lo - margin, hi + margin, cfg.task)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.seed = seed
+
+    def reset(self) -> None:
+        self.generator.manual_seed(self.seed)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        batch = {k: torch.as_tensor(np.ascontiguousarray(v)[None], device=self.device) for k, v in obs.items()}
+        chunk = self.policy.predict(batch, generator=self.generator)[0].cpu().numpy().astype(np.float64)
+        to = self.policy.cfg.obs_horizon
+        return chunk[to - 1: to - 1 + self.horizon]
+
+
+@register_policy("diffusion")
+def _load_diffusion(path: Path, device: str) -> Policy:
+    from robot_learning.policies.checkpoint import load_checkpoint
+
+    policy, _ = load_checkpoint(path, device=device)
+    return DiffusionRunner(policy, device)

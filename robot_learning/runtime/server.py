@@ -1,0 +1,197 @@
+"""The policy server's engine, without ROS: observation buffers in, timed actions out.
+
+An inference thread builds the input from the buffers, runs the policy and hands the chunk
+to the scheduler; the control timer (the ROS node's, or a test's loop) calls ``tick(now)``
+at the control rate and gets the action due, or ``None`` to hold. A chunk with a NaN/Inf or
+an action outside the policy's bounds is refused whole and counted: it never reaches the
+arm. Every stage is timed for /policy/diagnostics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from robot_learning.runtime.buffers import ObsBuffers
+from robot_learning.runtime.policy import Policy
+from robot_learning.runtime.scheduler import ChunkScheduler, SchedulerConfig
+
+
+@dataclass
+class ServerConfig:
+    control_hz: float = 50.0        # how often a command goes out
+    blend: str = "ensemble"         # ensemble, crossfade or replace (see runtime.scheduler)
+    ensemble_k: float = 0.1
+    crossfade_s: float = 0.2
+    interpolate: bool = True
+    replan_every: int = 4           # policy steps between the observation times of two inferences
+    max_obs_age: float = 0.5        # s: a newest observation older than this is not used (sensor lost)
+
+
+def _percentiles(xs) -> dict[str, float]:
+    if not xs:
+        return {}
+    a = np.asarray(xs) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "max_ms": float(a.max()), "n": len(a)}
+
+
+class PolicyServerCore:
+    def __init__(self, policy: Policy, cfg: ServerConfig, clock: Callable[[], float],
+                 log: Callable[[str], None] = print):
+        self.cfg, self.clock, self.log = cfg, clock, log
+        self.lock = threading.Lock()
+        self.paused = True
+        self.rejected_chunks = 0
+        self.last_reject = ""
+        self.stats: dict[str, deque] = {k: deque(maxlen=2000) for k in
+                                        ("align", "infer", "obs_to_chunk", "tick_interval", "tick")}
+        self._last_tick: float | None = None
+        self._last_obs_t: float | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.set_policy(policy)
+
+    # --- policy and state ---
+    def set_policy(self, policy: Policy) -> None:
+        with self.lock:
+            self.policy = policy
+            s = policy.spec
+            self.buffers = ObsBuffers(s.obs_keys, s.image_keys, s.obs_horizon, s.dt, s.image_size)
+            self.scheduler = ChunkScheduler(SchedulerConfig(s.dt, self.cfg.blend, self.cfg.ensemble_k,
+                                                            self.cfg.crossfade_s, self.cfg.interpolate))
+            self._last_obs_t = None
+
+    @property
+    def streams(self) -> list[str]:
+        return self.buffers.streams
+
+    def pause(self) -> None:
+        with self.lock:
+            self.paused = True
+            self.scheduler.clear()
+
+    def resume(self) -> None:
+        """A fresh start: old observations and plans are forgotten, the policy is reset."""
+        with self.lock:
+            self.buffers.clear()
+            self.scheduler.clear()
+            self._last_obs_t = None
+            self._last_tick = None  # the pause is not a late tick
+            self.policy.reset()
+            self.paused = False
+        self._wake.set()
+
+    def add_sample(self, stream: str, t: float, arrays: dict[str, np.ndarray]) -> None:
+        with self.lock:
+            self.buffers.add(stream, t, arrays)
+        self._wake.set()
+
+    # --- the control timer ---
+    def tick(self, now: float) -> np.ndarray | None:
+        """The action due now, or None: hold (paused, starved, or nothing valid)."""
+        t0 = time.perf_counter()
+        if self._last_tick is not None:
+            self.stats["tick_interval"].append(t0 - self._last_tick)
+        self._last_tick = t0
+        with self.lock:
+            a = None if self.paused else self.scheduler.due(now)
+        self.stats["tick"].append(time.perf_counter() - t0)
+        return a
+
+    def reset_jitter(self) -> None:
+        self._last_tick = None
+        self.stats["tick_interval"].clear()
+
+    # --- inference ---
+    def _should_infer(self, now: float) -> tuple[float, dict] | None:
+        with self.lock:
+            if self.paused:
+                return None
+            t_start = time.perf_counter()
+            t_ref = self.buffers.reference_time()
+            if t_ref is None or now - t_ref > self.cfg.max_obs_age:
+                return None
+            s = self.policy.spec
+            if self._last_obs_t is not None and t_ref < self._last_obs_t + self.cfg.replan_every * s.dt - 1e-6 \
+                    and self.scheduler.horizon(now) > 0:
+                return None
+            win = self.buffers.window()
+            self.stats["align"].append(time.perf_counter() - t_start)
+            return win
+
+    def infer_once(self) -> bool:
+        """One inference if one is due; returns whether it ran (tests call it directly)."""
+        win = self._should_infer(self.clock())
+        if win is None:
+            return False
+        t_ref, obs = win
+        policy = self.policy
+        t0 = time.perf_counter()
+        chunk = np.asarray(policy.act(obs), np.float64)
+        self.stats["infer"].append(time.perf_counter() - t0)
+        s = policy.spec
+        problem = ""
+        if chunk.ndim != 2 or chunk.shape[1] != s.action_dim:
+            problem = f"chunk shape {chunk.shape}, expected [N, {s.action_dim}]"
+        elif not np.all(np.isfinite(chunk)):
+            problem = "NaN/Inf in the actions"
+        elif np.any(chunk < s.action_low) or np.any(chunk > s.action_high):
+            worst = np.max(np.maximum(chunk - s.action_high, s.action_low - chunk), axis=0)
+            problem = f"actions outside the policy's bounds (by up to {np.round(worst, 3).tolist()})"
+        with self.lock:
+            self._last_obs_t = t_ref
+            if problem:
+                self.rejected_chunks += 1
+                self.last_reject = problem
+                self.scheduler.clear()  # hold rather than finish a plan the policy no longer stands by
+            elif not self.paused and policy is self.policy:
+                now = self.clock()
+                self.scheduler.add(t_ref, chunk, now)
+                self.stats["obs_to_chunk"].append(now - t_ref)
+        if problem:
+            self.log(f"refused a chunk: {problem}; holding")
+        return True
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self.infer_once():
+                    self._wake.wait(0.005)
+                    self._wake.clear()
+        except BaseException as e:  # surfaced by the node: a dead inference thread must not go unnoticed
+            self.error = e
+            self.log(f"inference failed: {type(e).__name__}: {e}")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="policy-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    # --- diagnostics ---
+    def diagnostics(self) -> dict:
+        with self.lock:
+            now = self.clock()
+            out = {"paused": self.paused, "horizon_s": self.scheduler.horizon(now),
+                   "dropped_stale_actions": self.scheduler.dropped_stale,
+                   "dropped_chunks": self.scheduler.dropped_chunks, "rejected_chunks": self.rejected_chunks,
+                   "last_reject": self.last_reject, "missing_streams": self.buffers.missing(),
+                   "inference_alive": self._thread is not None and self._thread.is_alive()}
+        for k, v in self.stats.items():
+            out[k] = _percentiles(list(v))
+        iv = list(self.stats["tick_interval"])
+        if iv:
+            out["jitter_ms"] = float(np.std(iv) * 1e3)
+        return out

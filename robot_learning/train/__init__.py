@@ -1,0 +1,1 @@
+"""Training entry points (``robot-learning train ...``) and evaluation in the gymnasium env."""

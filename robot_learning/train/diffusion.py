@@ -1,0 +1,346 @@
+"""``robot-learning train diffusion``: a diffusion policy from a zarr dataset.
+
+Windows are sampled straight from the dataset's step tables (``data.sampler``); a few
+episodes are held out for the validation loss. The EMA of the weights is what gets
+evaluated and saved. Every ``eval_every`` steps: validation loss, rollouts in the gymnasium
+env (success rate) and a checkpoint (``checkpoints/step_*``, ``last``, and ``best`` by
+success rate, else by validation loss). ``train_state/`` holds what ``--resume`` needs.
+Metrics go to TensorBoard (``tb/``) and ``metrics.jsonl``. Under ``torchrun`` each process
+trains on its share of every batch (DistributedDataParallel); rank 0 evaluates and saves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from robot_learning.data.schema import parse_recipe
+from robot_learning.data.store import Dataset
+
+
+@dataclass
+class TrainConfig:
+    dataset: str
+    out: str = ""
+    obs: list[str] = field(default_factory=list)         # step obs keys; empty: every low-dim one
+    images: list[str] = field(default_factory=list)      # camera streams
+    image_size: list[int] = field(default_factory=lambda: [96, 96])
+    obs_horizon: int = 2
+    pred_horizon: int = 16
+    action_horizon: int = 8
+    down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 200
+    steps: int = 3000
+    ema_decay: float = 0.995
+    val_fraction: float = 0.1
+    eval_every: int = 500
+    eval_episodes: int = 10
+    eval_seed: int = 100_000
+    sampler: str = "ddim"
+    inference_steps: int = 10
+    device: str = "auto"
+    seed: int = 0
+    resume: str = ""
+    only_success: bool = True                             # train on successful episodes only
+    threads: int = 0                                      # torch CPU threads (0: torch's default)
+
+
+def _dist():
+    """(rank, world size); initializes the process group when started by torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        import torch
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), world
+
+
+def _device(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.device != "auto":
+        return cfg.device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def _split(ds: Dataset, cfg: TrainConfig) -> tuple[list[int], list[int], str]:
+    eps = []
+    for i in ds.indices:
+        m = ds.episode(i).meta
+        if m.get("status") == "complete" and (not cfg.only_success or m.get("success") is not False):
+            eps.append(i)
+    if not eps:
+        raise SystemExit(f"train: {cfg.dataset} has no complete{' successful' if cfg.only_success else ''} "
+                         "episodes to train on (record some with `robot-learning collect`)")
+    tasks = {ds.episode(i).meta.get("task", "") for i in eps}
+    rng = np.random.default_rng(cfg.seed)
+    order = list(rng.permutation(eps))
+    n_val = int(round(len(eps) * cfg.val_fraction)) if len(eps) >= 5 else 0
+    return sorted(order[n_val:]), sorted(order[:n_val]), sorted(tasks)[0] if len(tasks) == 1 else ""
+
+
+def _default_obs(ds: Dataset, episode: int) -> list[str]:
+    steps = ds.episode(episode).steps["obs"]
+    keys = []
+    for stream, g in steps.groups():
+        keys += [f"{stream}.{a}" for a, _ in g.arrays()]
+    return sorted(k for k in keys if not k.endswith(".effort"))
+
+
+def _batches(sampler, batch_size: int, rng: np.random.Generator, rank: int, world: int):
+    """Endless shuffled batches; with several processes each takes its own slice of each batch."""
+    while True:
+        order = rng.permutation(len(sampler))
+        per = batch_size // world
+        for b in range(0, len(order) - batch_size + 1, batch_size):
+            idx = order[b + rank * per: b + (rank + 1) * per]
+            items = [sampler[int(i)] for i in idx]
+            yield {k: np.stack([it[k] for it in items]) for k in items[0]}
+        if len(order) < batch_size:  # tiny datasets: sample with replacement
+            idx = rng.integers(0, len(sampler), per)
+            items = [sampler[int(i)] for i in idx]
+            yield {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+
+def _to(batch: dict, device: str):
+    import torch
+
+    return {k: torch.as_tensor(v, device=device) for k, v in batch.items() if k != "action_is_pad"}
+
+
+def _save_state(run: Path, model, ema, opt, sched, step: int, rng_state: dict) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    d = run / "train_state"
+    tmp = run / "train_state.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()},
+              str(tmp / "ema.safetensors"))
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                "n_averaged": int(ema.n_averaged.item())}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "rng": rng_state}))
+    old = run / "train_state.old"
+    if d.exists():
+        d.replace(old)
+    tmp.replace(d)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _plot_curves(run: Path) -> Path | None:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    tr = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+    va = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    sr = [(r["step"], r["success_rate"]) for r in rows if r.get("success_rate") is not None]
+    if tr:
+        ax[0].plot(*zip(*tr), label="train", alpha=0.8)
+    if va:
+        ax[0].plot(*zip(*va), "o-", label="validation")
+    ax[0].set(xlabel="step", ylabel="denoising loss", yscale="log", title="loss")
+    ax[0].legend()
+    if sr:
+        ax[1].plot(*zip(*sr), "o-", color="tab:green")
+    ax[1].set(xlabel="step", ylabel="success rate", ylim=(-0.05, 1.05), title="env rollouts")
+    fig.tight_layout()
+    out = run / "curves.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Trains and returns the run directory (``best``/``last`` checkpoints inside)."""
+    import torch
+    from diffusers.optimization import get_scheduler
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from robot_learning.data.sampler import WindowSampler, WindowSpec
+    from robot_learning.policies.checkpoint import save_checkpoint
+    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
+    from robot_learning.policies.normalizer import Normalizer
+    from robot_learning.runtime.policy import DiffusionRunner
+
+    rank, world = _dist()
+    device = _device(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    resume = Path(cfg.resume) if cfg.resume else None
+    if resume is not None:
+        saved = json.loads((resume / "train_config.json").read_text())
+        keep = {"steps": cfg.steps, "eval_every": cfg.eval_every, "device": cfg.device, "resume": cfg.resume}
+        cfg = TrainConfig(**{**saved, **keep})
+    run = resume or Path(cfg.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    ds = Dataset(cfg.dataset)
+    train_eps, val_eps, task = _split(ds, cfg)
+    obs_keys = cfg.obs or _default_obs(ds, train_eps[0])
+    cfg.obs = list(obs_keys)
+    recipe_raw = ds.episode(train_eps[0]).meta["recipe"]
+    recipe = parse_recipe(recipe_raw, "dataset recipe")
+    rate = recipe.steps.rate
+    for k in obs_keys:
+        if k not in recipe.steps.observations:
+            raise SystemExit(f"train: '{k}' is not an observation of {cfg.dataset} "
+                             f"(it has: {', '.join(recipe.steps.observations)})")
+    for cam in cfg.images:
+        if cam not in recipe.streams or recipe.streams[cam].kind != "image":
+            raise SystemExit(f"train: '{cam}' is not a camera stream of {cfg.dataset}")
+    spec = WindowSpec(cfg.obs_horizon, cfg.pred_horizon, tuple(obs_keys), tuple(cfg.images), tuple(cfg.image_size))
+    torch.manual_seed(cfg.seed + rank)
+    train_set = WindowSampler(ds, spec, train_eps, progress=progress and rank == 0)
+    val_set = WindowSampler(ds, spec, val_eps) if val_eps else None
+    if len(train_set) == 0:
+        raise SystemExit(f"train: the episodes of {cfg.dataset} have no steps")
+
+    if resume is not None:
+        normalizer = Normalizer(json.loads((run / "checkpoints" / "last" / "config.json").read_text())["normalizer"])
+    else:
+        normalizer = Normalizer()
+        for k in obs_keys:
+            normalizer.fit(k, train_set.all_obs(k))
+        normalizer.fit("action", train_set.all_actions())
+    sample = train_set[0]
+    image_shapes = {}
+    for cam in cfg.images:
+        img = sample[f"image/{cam}"][0]
+        image_shapes[cam] = [img.shape[0], img.shape[1], img.shape[2] if img.ndim == 3 else 1]
+    dcfg = DiffusionConfig(obs_dims={k: int(np.prod(sample[f"obs/{k}"].shape[1:])) for k in obs_keys},
+                           action_dim=int(sample["action"].shape[-1]), image_shapes=image_shapes,
+                           obs_horizon=cfg.obs_horizon, pred_horizon=cfg.pred_horizon,
+                           action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
+                           inference_steps=cfg.inference_steps, dt=1.0 / rate, task=task)
+    model = DiffusionPolicy(dcfg, normalizer).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+    start, rng_seed = 0, cfg.seed * 1000 + rank
+    if resume is not None:
+        from safetensors.torch import load_file
+
+        st = run / "train_state"
+        model.load_state_dict(load_file(str(st / "model.safetensors"), device=device))
+        ema.module.load_state_dict(load_file(str(st / "ema.safetensors"), device=device))
+        saved = torch.load(st / "optim.pt", map_location=device, weights_only=True)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        ema.n_averaged.fill_(saved["n_averaged"])
+        start = int(saved["step"])
+        rng_seed += start
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda")
+                                                        else None)
+    lead = rank == 0
+    writer = None
+    if lead:
+        from torch.utils.tensorboard import SummaryWriter
+
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        writer = SummaryWriter(str(run / "tb"))
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"train: {len(train_eps)} training and {len(val_eps)} validation episodes, {len(train_set)} windows; "
+              f"obs {', '.join(obs_keys)}{'; images ' + ', '.join(cfg.images) if cfg.images else ''}; "
+              f"{n_params / 1e6:.1f}M parameters on {device}{f' x{world}' if world > 1 else ''}; run dir {run}",
+              flush=True)
+    best_path = run / "best.json"
+    best = json.loads(best_path.read_text()) if best_path.exists() else {"score": -math.inf}
+    batches = _batches(train_set, cfg.batch_size, np.random.default_rng(rng_seed), rank, world)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train diffusion", unit="step",
+               disable=not (progress and lead), dynamic_ncols=True)
+    t_window, n_window, losses = time.perf_counter(), 0, []
+    for step in bar:
+        model.train()
+        loss = net(_to(next(batches), device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.update_parameters(model)
+        losses.append(loss.item())
+        n_window += cfg.batch_size
+        done = step + 1
+        if lead and (done % 50 == 0 or done == cfg.steps):
+            sps = n_window / (time.perf_counter() - t_window)
+            writer.add_scalar("train/loss", np.mean(losses), done)
+            writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
+            writer.add_scalar("train/samples_per_s", sps, done)
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", sps=f"{sps:.0f}")
+            with (run / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps({"step": done, "train_loss": float(np.mean(losses)), "samples_per_s": sps}) + "\n")
+            losses, n_window, t_window = [], 0, time.perf_counter()
+        if lead and (done % cfg.eval_every == 0 or done == cfg.steps):
+            row = {"step": done, "val_loss": None, "success_rate": None}
+            policy = ema.module.eval()
+            if val_set is not None and len(val_set):
+                g = torch.Generator().manual_seed(0)
+                idx = torch.randperm(len(val_set), generator=g)[:512].tolist()
+                vals = []
+                torch.manual_seed(1234)
+                with torch.no_grad():
+                    for b in range(0, len(idx), cfg.batch_size):
+                        items = [val_set[i] for i in idx[b:b + cfg.batch_size]]
+                        vb = {k: np.stack([it[k] for it in items]) for k in items[0]}
+                        vals.append(float(policy.loss(_to(vb, device))) * len(items))
+                row["val_loss"] = sum(vals) / len(idx)
+                writer.add_scalar("val/loss", row["val_loss"], done)
+            if cfg.eval_episodes > 0 and task:
+                from robot_learning.train.rollout import rollout
+
+                res = rollout(DiffusionRunner(policy, device), recipe, task,
+                              [cfg.eval_seed + i for i in range(cfg.eval_episodes)], replan_every=cfg.action_horizon,
+                              progress=progress)
+                row["success_rate"] = float(np.mean([r.success for r in res]))
+                writer.add_scalar("eval/success_rate", row["success_rate"], done)
+            extra = {"recipe": recipe_raw, "train": {"step": done, "dataset": str(cfg.dataset), **row}}
+            ckpt = save_checkpoint(policy, run / "checkpoints" / f"step_{done:07d}", extra)
+            for name in ("last",):
+                shutil.rmtree(run / "checkpoints" / name, ignore_errors=True)
+                shutil.copytree(ckpt, run / "checkpoints" / name)
+            score = row["success_rate"] if row["success_rate"] is not None else -(row["val_loss"] or 0.0)
+            if score >= best["score"]:
+                best = {"score": score, "step": done, **row}
+                shutil.rmtree(run / "checkpoints" / "best", ignore_errors=True)
+                shutil.copytree(ckpt, run / "checkpoints" / "best")
+                best_path.write_text(json.dumps(best))
+            _save_state(run, model, ema, opt, sched, done, {})
+            with (run / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            msg = f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step" and v is not None)
+            tqdm.write(f"train: {msg}; saved {ckpt}")
+    bar.close()
+    if lead:
+        writer.close()
+        _plot_curves(run)
+        print(f"train: done; best checkpoint {run / 'checkpoints' / 'best'} (step {best.get('step')}); "
+              f"TensorBoard: tensorboard --logdir {run / 'tb'}", flush=True)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return run

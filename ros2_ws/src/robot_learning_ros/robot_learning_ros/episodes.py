@@ -1,0 +1,188 @@
+"""Episodes on the sim workcell, one after another: reset, record, label, report.
+
+The base of the nodes that drive episodes through the graph: the scripted operator (an
+expert at the teleop topics) and the policy evaluator (a policy server's policy). Each
+episode resets the sim (/sim/reset), optionally records it (the recorder's services,
+labelled with /sim/task/success), and, with ``report_dir``, saves the TCP trajectory and
+camera snapshots; ``results.json`` sums the run up. Subclasses implement ``drive``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import SetBool, Trigger
+
+from robot_learning_ros.msgs import LATCHED_QOS, SENSOR_QOS, STATE_QOS, from_stamp, image_from_msg, pose_from_msg
+from robot_learning_ros.runtime import BackgroundSpin
+
+
+class EpisodeNode(Node):
+    operator = "episodes"
+
+    def __init__(self, name: str, default_record: bool = False):
+        super().__init__(name)
+        p = self.declare_parameter
+        self.task = p("task", "pick_place").value
+        self.episodes = int(p("episodes", 10).value)
+        self.timeout = float(p("episode_timeout", 40.0).value)
+        self.record = bool(p("record", default_record).value)
+        report = str(p("report_dir", "").value)
+        self.report_dir = Path(report) if report else None
+        self.lock = threading.Lock()
+        self.t_now = 0.0
+        self.success = False
+        self.gripper_opening = 0.08
+        self.t_start: float | None = None
+        self.t_marker: float | None = None       # a moment worth a snapshot (the grasp)
+        self.trajectory: list[list[float]] = []
+        self.frames: dict[str, list[tuple[float, np.ndarray]]] = {}
+        self.pub_meta = self.create_publisher(String, "/recorder/episode_meta", LATCHED_QOS)
+        self.rec_start = self.create_client(Trigger, "/recorder/start_episode")
+        self.rec_stop = self.create_client(SetBool, "/recorder/stop_episode")
+        self.reset_client = self.create_client(Trigger, "/sim/reset")
+        self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose_msg, STATE_QOS)
+        self.create_subscription(JointState, "/gripper/state", self._on_gripper, STATE_QOS)
+        self.create_subscription(Bool, "/sim/task/success", self._on_success, LATCHED_QOS)
+        if self.report_dir:
+            for cam in ("front", "wrist"):
+                self.create_subscription(Image, f"/{cam}/color/image_raw",
+                                         lambda m, c=cam: self._on_image(c, m), SENSOR_QOS)
+
+    # --- what the graph says ---
+    def _on_gripper(self, m: JointState) -> None:
+        self.gripper_opening = float(sum(m.position))
+
+    def _on_success(self, m: Bool) -> None:
+        self.success = bool(m.data)
+
+    def _on_image(self, cam: str, m: Image) -> None:
+        """Keep a thumbnail every 0.2 s of sim time; snapshots are picked by stamp afterwards."""
+        t = from_stamp(m.header.stamp)
+        frames = self.frames.setdefault(cam, [])
+        if not frames or t - frames[-1][0] >= 0.2:
+            frames.append((t, image_from_msg(m)[::2, ::2].copy()))
+
+    def _on_pose_msg(self, m: PoseStamped) -> None:
+        t = from_stamp(m.header.stamp)
+        self.t_now = t
+        pos, quat = pose_from_msg(m)
+        with self.lock:
+            if self.t_start is not None and (not self.trajectory or t - self.t_start - self.trajectory[-1][0] >= 0.02):
+                self.trajectory.append([t - self.t_start, *pos, self.gripper_opening])
+        self.on_pose(t, pos, quat)
+
+    def on_pose(self, t: float, pos: np.ndarray, quat: np.ndarray) -> None:
+        """Hook: a new TCP pose (subclasses act on it)."""
+
+    def extra_results(self) -> dict:
+        """Hook: more for results.json."""
+        return {}
+
+    def finish(self) -> None:
+        """Hook: the run is over (leave the arm at rest)."""
+
+    # --- helpers ---
+    def wait_sim(self, seconds: float) -> None:
+        """Let ``seconds`` of simulated time pass (the sim may run faster than real time)."""
+        end = self.t_now + seconds
+        deadline = time.monotonic() + 30.0
+        while self.t_now < end and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def call(self, client, request, what: str):
+        if not client.wait_for_service(timeout_sec=30.0):
+            raise RuntimeError(f"{client.srv_name} is not available: is the {what} running?")
+        fut = client.call_async(request)
+        deadline = time.monotonic() + 60.0
+        while not fut.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not fut.done():
+            raise RuntimeError(f"{client.srv_name} did not answer within 60 s")
+        res = fut.result()
+        if not res.success:
+            raise RuntimeError(f"{client.srv_name} failed: {res.message}")
+        return res
+
+    # --- one episode ---
+    def drive(self, index: int, info: dict) -> None:
+        """Runs the episode until it is over (success, give-up or timeout)."""
+        raise NotImplementedError
+
+    def run_episode(self, index: int) -> dict:
+        info = json.loads(self.call(self.reset_client, Trigger.Request(), "sim node").message)
+        self.wait_sim(0.1)  # fresh poses (and success: false) from the new episode
+        if self.record:
+            self.pub_meta.publish(String(data=json.dumps(
+                {"task": self.task, "operator": self.operator, "seed": info["seed"]})))
+            self.wait_sim(0.05)
+            self.call(self.rec_start, Trigger.Request(), "recorder")
+        with self.lock:
+            self.trajectory, self.frames = [], {}
+            self.t_start, self.t_marker = self.t_now, None
+        self.drive(index, info)
+        result = {"episode": index, "seed": info["seed"], "success": self.success,
+                  "duration": self.trajectory[-1][0] if self.trajectory else 0.0}
+        if self.record:
+            self.wait_sim(0.2)
+            req = SetBool.Request()
+            req.data = bool(self.success)
+            saved = json.loads(self.call(self.rec_stop, req, "recorder").message)
+            result["dataset_episode"] = saved.get("index")
+        if self.report_dir:
+            self._save(index, result)
+        return result
+
+    def _save(self, index: int, result: dict) -> None:
+        ep = self.report_dir / f"episode_{index:03d}"
+        ep.mkdir(parents=True, exist_ok=True)
+        snaps = {}
+        moments = {"start": self.t_start, "grasp": self.t_marker, "end": self.t_now}
+        for cam, frames in self.frames.items():
+            for label, t in moments.items():
+                if t is not None and frames:
+                    snaps[f"{label}_{cam}"] = min(frames, key=lambda f: abs(f[0] - t))[1]
+        np.savez_compressed(ep / "episode.npz", trajectory=np.array(self.trajectory), **snaps)
+        tmp = ep / "result.json.partial"  # whole or absent: the launcher polls for these
+        tmp.write_text(json.dumps(result))
+        tmp.replace(ep / "result.json")
+
+
+def run_episodes(factory, args=None) -> None:
+    """main() of an episode node: all its episodes, then results.json, then exit (0, or 1 on error)."""
+    rclpy.init(args=args)
+    node = factory()
+    spin = BackgroundSpin(node)
+    results = []
+    code = 0
+    try:
+        for i in range(node.episodes):
+            r = node.run_episode(i)
+            results.append(r)
+            node.get_logger().info(f"episode {i} (seed {r['seed']}): {'success' if r['success'] else 'FAILED'} "
+                                   f"in {r['duration']:.1f} s")
+        rate = float(np.mean([r["success"] for r in results])) if results else 0.0
+        node.get_logger().info(f"success rate {rate:.0%} over {len(results)} episodes of {node.task}")
+        if node.report_dir:
+            node.report_dir.mkdir(parents=True, exist_ok=True)
+            (node.report_dir / "results.json").write_text(json.dumps(
+                {"task": node.task, "operator": node.operator, "success_rate": rate, "episodes": results,
+                 **node.extra_results()}, indent=1))
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as e:
+        node.get_logger().error(str(e))
+        code = 1
+    finally:
+        node.finish()
+        spin.close()
+    raise SystemExit(code)

@@ -1,0 +1,63 @@
+"""policy_evaluator: seeded episodes of the policy server's policy on the sim workcell.
+
+Per episode: reset the sim (its ``seed`` parameter fixes the sequence of episode seeds),
+optionally start a recorder episode, /policy/resume, wait for /sim/task/success or the
+timeout (sim time), /policy/pause, label the recording. ``report_dir`` gets each episode's
+trajectory, snapshots and results.json with the success rate.
+"""
+
+from __future__ import annotations
+
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray
+from std_srvs.srv import Trigger
+
+from robot_learning_ros.episodes import EpisodeNode, run_episodes
+
+
+class PolicyEvaluator(EpisodeNode):
+    operator = "policy"
+
+    def __init__(self):
+        super().__init__("policy_evaluator")
+        self.settle = float(self.declare_parameter("settle", 0.5).value)
+        self.pause_client = self.create_client(Trigger, "/policy/pause")
+        self.resume_client = self.create_client(Trigger, "/policy/resume")
+        self.diagnostics: dict[str, str] = {}
+        self.create_subscription(DiagnosticArray, "/policy/diagnostics", self._on_diag, 10)
+
+    def _on_diag(self, m: DiagnosticArray) -> None:
+        for st in m.status:
+            if st.name == "policy_server" and not self.diagnostics_frozen:
+                self.diagnostics = {kv.key: kv.value for kv in st.values}
+
+    def drive(self, index: int, info: dict) -> None:
+        self.call(self.resume_client, Trigger.Request(), "policy server")
+        t0, wall0 = self.t_now, time.monotonic()
+        while not self.success and self.t_now - t0 < self.timeout:
+            if time.monotonic() - wall0 > self.timeout * 20 + 60:
+                raise RuntimeError("the sim clock stopped: no /arm/ee_pose")
+            time.sleep(0.01)
+        if self.success:
+            self.wait_sim(self.settle)   # success must hold, not flicker
+        self.call(self.pause_client, Trigger.Request(), "policy server")
+
+    diagnostics_frozen = False
+
+    def extra_results(self) -> dict:
+        """The server's last diagnostics while it was running: latency and jitter of the evaluation."""
+        self.diagnostics_frozen = True
+        return {"diagnostics": self.diagnostics}
+
+    def finish(self) -> None:
+        if self.pause_client.service_is_ready():
+            self.pause_client.call_async(Trigger.Request())
+
+
+def main(args=None) -> None:
+    run_episodes(PolicyEvaluator, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The policy server on the live graph (launch/deploy_policy.launch.yaml: sim, command mux,
+policy server): it keeps the control rate while inference is slow, loads checkpoints by
+parameter with clear refusals, and a checkpoint that produces NaN or out-of-range actions
+never moves the arm. The checkpoints are real (safetensors + config.json), untrained."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from graph_client import GraphClient
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from std_srvs.srv import Trigger
+from test_graph import stamp, tcp, wait_still
+
+from robot_learning.data.schema import load_recipe
+from robot_learning.graph import SimGraph
+from robot_learning.paths import project_root
+from robot_learning.policies.checkpoint import save_checkpoint
+from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
+from robot_learning.policies.normalizer import Normalizer
+
+pytestmark = pytest.mark.graph
+
+
+def make_checkpoint(path: Path, down_dims=(16, 32), steps: int = 4, nan: bool = False,
+                    narrow: bool = False, horizon: int = 8) -> Path:
+    """An untrained low-dim policy on the workcell's topics. ``nan``: NaN weights; ``narrow``:
+    it declares an action range of ~0 but samples across [0, 1]."""
+    torch.manual_seed(0)
+    lo, hi = [-0.04] * 6 + [0.0], [0.04] * 6 + [1.0]
+    if narrow:
+        lo = hi = [0.0] * 7
+    norm = Normalizer({"ee_pose.data": {"min": [-1.0] * 7, "max": [1.0] * 7},
+                       "gripper_state.position": {"min": [0.0, 0.0], "max": [0.04, 0.04]},
+                       "action": {"min": lo, "max": hi}})
+    cfg = DiffusionConfig(obs_dims={"ee_pose.data": 7, "gripper_state.position": 2}, action_dim=7,
+                          pred_horizon=horizon, action_horizon=4, down_dims=list(down_dims), inference_steps=steps,
+                          task="pick_place")
+    policy = DiffusionPolicy(cfg, norm)
+    if nan:
+        with torch.no_grad():
+            for p in policy.net.out.parameters():
+                p.fill_(float("nan"))
+    recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
+    return save_checkpoint(policy, path, {"recipe": recipe.raw})
+
+
+@pytest.fixture(scope="module")
+def deploy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("deploy")
+    ckpts = {"slow": make_checkpoint(d / "slow", down_dims=(128, 256, 512), steps=30, horizon=32),
+             "nan": make_checkpoint(d / "nan", nan=True), "narrow": make_checkpoint(d / "narrow", narrow=True)}
+    g = SimGraph(d / "deploy.log", "deploy_policy.launch.yaml", checkpoint=ckpts["slow"], cameras="none",
+                 control_rate=50.0, replan_every=2)
+    g.__enter__()
+    client = GraphClient("test_policy_client")
+    client.subscribe("/arm/ee_pose", PoseStamped)
+    client.subscribe("/policy/command/twist", TwistStamped, depth=200)
+    client.subscribe("/policy/diagnostics", DiagnosticArray)
+    client.wait_for("/arm/ee_pose", 5, timeout=60)
+    client.wait_for("/policy/diagnostics", 1, timeout=60)
+    yield g, client, ckpts
+    client.close()
+    rc = g.stop()
+    assert rc == 0, g.log_path.read_text()[-3000:]
+
+
+def diag(client) -> dict[str, str]:
+    m = client.latest("/policy/diagnostics")
+    return {kv.key: kv.value for kv in m.status[0].values}
+
+
+def set_checkpoint(client, path) -> tuple[bool, str]:
+    p = Parameter(name="checkpoint", value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path)))
+    res = client.call(SetParameters, "/policy_server/set_parameters", timeout=60.0, parameters=[p])
+    return res.results[0].successful, res.results[0].reason
+
+
+def test_commands_keep_the_control_rate_while_inference_is_slow(deploy):
+    g, client, _ = deploy
+    p0 = wait_still(client)
+    assert client.call(Trigger, "/policy/resume").success
+    client.clear("/policy/command/twist")
+    time.sleep(6.0)
+    msgs = list(client.msgs["/policy/command/twist"])
+    assert client.call(Trigger, "/policy/pause").success
+    d = diag(client)
+    assert float(d.get("infer.p50_ms", 0)) > 200.0, str(d)                   # each inference is slow ...
+    t = np.array([stamp(m) for m in msgs])
+    assert len(t) > 100 and np.diff(t).max() < 0.1, np.diff(t).max()  # ... the 50 Hz commands are not
+    assert np.linalg.norm(tcp(client) - p0) > 2e-3                # and the policy's actions moved the arm
+
+
+@pytest.mark.parametrize("kind", ["nan", "narrow"])
+def test_nan_or_out_of_range_actions_never_move_the_arm(deploy, kind):
+    g, client, ckpts = deploy
+    ok, reason = set_checkpoint(client, ckpts[kind])
+    assert ok, reason
+    p0 = wait_still(client)
+    assert client.call(Trigger, "/policy/resume").success
+    time.sleep(3.0)
+    d = diag(client)
+    assert client.call(Trigger, "/policy/pause").success
+    assert int(d["rejected_chunks"]) >= 1, d
+    assert ("NaN" in d["last_reject"]) if kind == "nan" else ("outside" in d["last_reject"])
+    assert np.linalg.norm(tcp(client) - p0) < 1e-3
+    assert "refused a chunk" in g.log_path.read_text()
+
+
+def test_a_bad_checkpoint_is_refused_with_a_reason(deploy, tmp_path):
+    g, client, ckpts = deploy
+    ok, reason = set_checkpoint(client, tmp_path / "missing")
+    assert not ok and "config.json" in reason
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"policy": "mystery"}')
+    ok, reason = set_checkpoint(client, tmp_path / "other")
+    assert not ok and "mystery" in reason
+    ok, reason = set_checkpoint(client, ckpts["slow"])  # still serving after the refusals
+    assert ok, reason

@@ -1,0 +1,162 @@
+"""The policy server's engine: chunks stamped with their due times, stale actions dropped,
+overlapping chunks blended, hold when starved, bad chunks refused, and a timer that is
+never held up by slow inference. The policies here stand in for a network: their actions
+encode the time each one is due, so whatever executes can be checked against the clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from robot_learning.runtime.buffers import ObsBuffers
+from robot_learning.runtime.policy import PolicySpec
+from robot_learning.runtime.scheduler import ChunkScheduler, SchedulerConfig
+from robot_learning.runtime.server import PolicyServerCore, ServerConfig
+
+DT = 0.1
+
+
+class ClockPolicy:
+    """Action k of a chunk = the time it is due (obs time + k dt), after ``latency`` s of 'inference'."""
+
+    def __init__(self, latency: float = 0.0, n: int = 8, value=None):
+        self.latency, self.n, self.value = latency, n, value
+        self.spec = PolicySpec(["clock.data"], [], None, 2, DT, 1, np.array([-1e9]), np.array([1e9]))
+        self.calls = 0
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs):
+        self.calls += 1
+        time.sleep(self.latency)
+        t_obs = float(obs["obs/clock.data"][-1, 0])
+        if self.value is not None:
+            return np.full((self.n, 1), self.value)
+        return (t_obs + DT * np.arange(self.n))[:, None]
+
+
+class WallClock:
+    def __init__(self):
+        self.t0 = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.t0
+
+
+def run_server(policy, seconds: float, control_hz: float = 50.0, **cfg) -> tuple[list, PolicyServerCore]:
+    """Feeds the clock as an observation at 100 Hz and ticks at control_hz; returns (now, action) pairs."""
+    clock = WallClock()
+    core = PolicyServerCore(policy, ServerConfig(control_hz=control_hz, **cfg), clock, log=lambda m: None)
+    core.start()
+    core.resume()
+    stop = threading.Event()
+
+    def sensor():
+        while not stop.is_set():
+            t = clock()
+            core.add_sample("clock", t, {"data": np.array([t])})
+            time.sleep(0.01)
+
+    th = threading.Thread(target=sensor, daemon=True)
+    th.start()
+    out = []
+    end = clock() + seconds
+    while clock() < end:
+        now = clock()
+        out.append((now, core.tick(now)))
+        time.sleep(1.0 / control_hz)
+    stop.set()
+    th.join()
+    core.stop()
+    return out, core
+
+
+def test_stale_actions_are_dropped_and_the_due_one_is_sent():
+    s = ChunkScheduler(SchedulerConfig(DT, blend="replace", interpolate=False))
+    stale = s.add(0.0, np.arange(8.0)[:, None], now=0.25)  # arrived 0.25 s after its observation
+    assert stale == 2 and s.dropped_stale == 2
+    assert s.due(0.25)[0] == 2.0 and s.due(0.31)[0] == 3.0
+    assert s.due(0.81) is None  # past the chunk's last action: hold, never replay
+    s.add(0.0, np.arange(8.0)[:, None], now=0.9)  # entirely stale: dropped whole
+    assert s.dropped_chunks == 1 and s.due(0.9) is None
+
+
+def test_interpolates_between_policy_steps():
+    s = ChunkScheduler(SchedulerConfig(DT, blend="replace", interpolate=True))
+    s.add(0.0, np.array([[0.0], [1.0], [3.0]]), now=0.0)
+    assert s.due(0.05)[0] == pytest.approx(0.5) and s.due(0.15)[0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("blend", ["ensemble", "crossfade"])
+def test_overlapping_chunks_blend_without_a_jump(blend):
+    """A new plan that disagrees with the old by 1.0 is blended in; 'replace' would jump by 1.0."""
+    s = ChunkScheduler(SchedulerConfig(DT, blend=blend, ensemble_k=0.1, crossfade_s=0.3, interpolate=True))
+    s.add(0.0, np.zeros((10, 1)), now=0.0)
+    outs, t = [], 0.0
+    while t < 0.95:
+        if abs(t - 0.3) < 1e-9:
+            s.add(0.3, np.ones((10, 1)), now=0.3)
+        outs.append(s.due(t)[0])
+        t = round(t + 0.02, 10)
+    steps = np.abs(np.diff(outs))
+    assert outs[0] == 0.0 and outs[-1] > 0.4          # the new plan takes over ...
+    assert steps.max() < 0.55                          # ... without the full 1.0 jump
+    r = ChunkScheduler(SchedulerConfig(DT, blend="replace"))
+    r.add(0.0, np.zeros((10, 1)), now=0.0)
+    before = r.due(0.29)[0]
+    r.add(0.3, np.ones((10, 1)), now=0.3)
+    assert r.due(0.3)[0] - before == 1.0
+
+
+@pytest.mark.parametrize("latency", [0.0, 0.15, 0.35])
+def test_executed_actions_are_the_ones_due_now_whatever_the_latency(latency):
+    """The clock policy's action equals its due time: what the timer sends must match the clock
+    within a policy step, so late chunks are shifted, not replayed from their start."""
+    out, core = run_server(ClockPolicy(latency, n=12), seconds=2.0, blend="replace", replan_every=2)
+    sent = [(t, a[0]) for t, a in out if a is not None]
+    assert len(sent) > 0.5 * len(out)
+    err = np.array([abs(a - t) for t, a in sent])
+    assert err.max() < DT + 0.02
+    if latency >= DT:
+        assert core.scheduler.dropped_stale > 0
+
+
+def test_hold_when_inference_is_slower_than_the_chunk():
+    out, core = run_server(ClockPolicy(latency=0.5, n=3), seconds=1.5)  # 0.3 s of actions, 0.5 s to compute
+    assert all(a is None for _, a in out)
+    assert core.scheduler.dropped_chunks >= 1
+
+
+def test_timer_is_never_held_up_by_slow_inference():
+    policy = ClockPolicy(latency=0.8, n=20)
+    out, core = run_server(policy, seconds=2.5, control_hz=50.0)
+    times = np.array([t for t, _ in out])
+    assert policy.calls >= 2 and np.diff(times).max() < 0.1  # ticks kept coming while act() ran
+    assert core.diagnostics()["infer"]["p50_ms"] >= 700
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e12])
+def test_nan_and_out_of_range_chunks_are_refused_whole(value):
+    policy = ClockPolicy(value=value)
+    out, core = run_server(policy, seconds=0.6)
+    assert all(a is None for _, a in out)
+    d = core.diagnostics()
+    assert d["rejected_chunks"] >= 1 and d["last_reject"]
+
+
+def test_buffers_align_to_the_newest_camera_frame_and_never_look_ahead():
+    b = ObsBuffers(["joints.position"], ["cam"], obs_horizon=2, dt=DT)
+    for k in range(50):  # joints at 100 Hz, camera at 10 Hz lagging 35 ms
+        t = k * 0.01
+        b.add("joints", t, {"position": np.array([t])})
+        if k % 10 == 0 and k:
+            b.add("cam", t - 0.035, {"data": np.full((2, 2, 3), k, np.uint8)})
+    t_ref, win = b.window()
+    assert t_ref == pytest.approx(0.4 - 0.035)
+    j = win["obs/joints.position"][:, 0]
+    assert j[1] <= t_ref and j[1] == pytest.approx(0.36) and j[0] == pytest.approx(0.26)
+    assert win["image/cam"][1, 0, 0, 0] == 40 and win["image/cam"][0, 0, 0, 0] == 30
