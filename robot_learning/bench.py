@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 import tempfile
 import threading
@@ -145,17 +146,55 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, MuJoCo {mujoco.__version__}"
 
 
-def run_bench(out: str, quick: bool = False) -> int:
+SECTIONS = ("sim", "ingest", "policy")
+
+
+def _previous_sections(path: Path) -> dict[str, str]:
+    """Sections of an earlier run (between ``<!-- section: name -->`` markers), kept when only some are re-run."""
+    if not path.exists():
+        return {}
+    parts = re.split(r"<!-- section: (\w+) -->\n", path.read_text())
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from graph_client import GraphClient
 
+    todo = only or list(SECTIONS)
+    sections = _previous_sections(Path(out))
+    tmp = Path(tempfile.mkdtemp())
+    stamp = f"{datetime.now():%Y-%m-%d %H:%M}, {machine()}{', --quick' if quick else ''}"
+    if "sim" in todo:
+        sections["sim"] = f"_Measured {stamp}._\n\n" + "\n".join(sim_section(quick, tmp, GraphClient)) + "\n"
+    if "ingest" in todo:
+        sections["ingest"] = f"_Measured {stamp}._\n\n" + "\n".join(ingest_section(quick, tmp, GraphClient)) + "\n"
+    if "policy" in todo:
+        from robot_learning.bench_policy import section
+
+        client = GraphClient("bench_policy")
+        try:
+            sections["policy"] = f"_Measured {stamp}._\n\n" + "\n".join(section(quick, tmp, client)) + "\n"
+        finally:
+            client.close()
+    text = [f"# Benchmarks\n\nWritten by `make bench` (`robot-learning bench [--only {','.join(SECTIONS)}]`); "
+            f"each section says when and where it was measured.\n"]
+    for name in SECTIONS:
+        if name in sections:
+            text.append(f"<!-- section: {name} -->\n{sections[name]}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(text))
+    print("\n".join(text))
+    return 0
+
+
+def sim_section(quick: bool, tmp: Path, GraphClient) -> list[str]:
     secs = 5.0 if quick else 20.0
     print("bench: raw MuJoCo stepping + rendering ...", flush=True)
     raw = raw_mujoco_rtf(secs)
     print("bench: gym env ...", flush=True)
     sps_plain = env_sps((), 300 if quick else 2000)
     sps_cams = env_sps(("front", "wrist"), 100 if quick else 500)
-    tmp = Path(tempfile.mkdtemp())
     print("bench: sim node at full speed with both cameras ...", flush=True)
     with SimGraph(tmp / "sim_fast.log", cameras="front,wrist", real_time_factor=0.0):
         client = GraphClient("bench_rtf")
@@ -166,22 +205,8 @@ def run_bench(out: str, quick: bool = False) -> int:
         client = GraphClient("bench_latency")
         lat = command_latency(client, 10 if quick else 30) * 1000
         client.close()
-    from robot_learning.bench_ingest import offline_write, open_and_sample, recorder_ingest
-
-    ingest_s = 20.0 if quick else 300.0
-    print(f"bench: recorder ingest, {ingest_s:.0f} s of 2 RGB + 1 depth 640x480@30 Hz, tactile 60 Hz, "
-          "joints 500 Hz ...", flush=True)
-    client = GraphClient("bench_ingest")
-    ing = recorder_ingest(ingest_s, tmp, client)
-    client.close()
-    print("bench: offline write speed ...", flush=True)
-    write_x = offline_write(10.0 if quick else 60.0, tmp)
-    print("bench: open and sample ...", flush=True)
-    samp = open_and_sample(ing["store"])
     overhead = raw / node - 1.0
-    rows = [
-        f"# Benchmarks\n\nMachine: {machine()}. Date: {datetime.now():%Y-%m-%d %H:%M}. "
-        f"Written by `make bench`{' --quick' if quick else ''}.\n",
+    return [
         "## Sim node real-time factor (both cameras, RGB + depth, 640x480 at 30 Hz)\n",
         "| what | simulated s per wall s |", "|---|---|",
         f"| raw MuJoCo on one thread: mj_step + one colour-and-depth pass per camera | {raw:.2f} |",
@@ -197,7 +222,24 @@ def run_bench(out: str, quick: bool = False) -> int:
         "| trials | p50 (ms) | p90 (ms) | max (ms) |", "|---|---|---|---|",
         f"| {lat.size} | {np.percentile(lat, 50):.1f} | {np.percentile(lat, 90):.1f} | {lat.max():.1f} |"
         if lat.size else "| 0 | - | - | - |",
-        "\n## Recorder ingest (recorder node, real DDS, separate publisher process)\n",
+    ]
+
+
+def ingest_section(quick: bool, tmp: Path, GraphClient) -> list[str]:
+    from robot_learning.bench_ingest import offline_write, open_and_sample, recorder_ingest
+
+    ingest_s = 20.0 if quick else 300.0
+    print(f"bench: recorder ingest, {ingest_s:.0f} s of 2 RGB + 1 depth 640x480@30 Hz, tactile 60 Hz, "
+          "joints 500 Hz ...", flush=True)
+    client = GraphClient("bench_ingest")
+    ing = recorder_ingest(ingest_s, tmp, client)
+    client.close()
+    print("bench: offline write speed ...", flush=True)
+    write_x = offline_write(10.0 if quick else 60.0, tmp)
+    print("bench: open and sample ...", flush=True)
+    samp = open_and_sample(ing["store"])
+    return [
+        "## Recorder ingest (recorder node, real DDS, separate publisher process)\n",
         f"Two RGB cameras and one depth camera at 640x480 and 30 Hz (workcell renders), two 4x4 tactile "
         f"grids at 60 Hz, joint states at 500 Hz, recorded for {ing['seconds']:.0f} s.\n",
         "| stream | published | recorded | dropped |", "|---|---|---|---|",
@@ -211,7 +253,3 @@ def run_bench(out: str, quick: bool = False) -> int:
         f"{samp['batch']} (low-dim observation and three 640x480 frames each) in "
         f"{samp['batch_p50_s'] * 1000:.0f} ms p50, {samp['batch_p90_s'] * 1000:.0f} ms p90.",
     ]
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
-    return 0

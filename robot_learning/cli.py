@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     be = sub.add_parser("bench", help="measure the sim, env and graph; writes docs/benchmarks.md")
     be.add_argument("--out", default="docs/benchmarks.md")
     be.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
+    be.add_argument("--only", default="", help="comma-separated sections to re-run: sim, ingest, policy")
 
     from robot_learning.data.cli import add_parser as add_dataset
     from robot_learning.evaluate import add_parser as add_evaluate
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "bench":
         from robot_learning.bench import run_bench
 
-        return run_bench(a.out, quick=a.quick)
+        return run_bench(a.out, quick=a.quick, only=[x for x in a.only.split(",") if x] or None)
     return 2
 
 

@@ -17,12 +17,13 @@ from robot_learning.paths import project_root, resolve
 
 def collect_scripted(task: str, episodes: int, dataset: str | Path, report_dir: Path, log_path: Path,
                      real_time_factor: float = 1.0, cameras: str = "front,wrist", seed: int = 0,
-                     progress: bool = True, timeout: float = 3600.0, state_rate: float = 0.0) -> dict:
+                     progress: bool = True, timeout: float = 3600.0, state_rate: float = 0.0,
+                     noise: float = 1.0, **launch_args: object) -> dict:
     """Scripted operator episodes recorded into ``dataset``; returns the operator's results.json."""
     return run_graph_episodes("teleop_collect.launch.yaml", episodes, report_dir, log_path, f"collect {task}",
                               progress, timeout, task=task, device="scripted", dataset=resolve(dataset),
                               real_time_factor=real_time_factor, cameras=cameras, seed=seed, noise_seed=seed,
-                              state_rate=state_rate)
+                              state_rate=state_rate, noise=noise, **launch_args)
 
 
 def run_collect(device: str, task: str, episodes: int, dataset: str, real_time_factor: float, cameras: str,
@@ -33,7 +34,9 @@ def run_collect(device: str, task: str, episodes: int, dataset: str, real_time_f
     if device == "scripted":
         run_dir = Path("runs") / f"collect-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
-            s = collect_scripted(task, episodes, dataset, run_dir, run_dir / "graph.log", real_time_factor, cameras)
+            more = dict(x.split(":=", 1) for x in extra if ":=" in x)
+            s = collect_scripted(task, episodes, dataset, run_dir, run_dir / "graph.log", real_time_factor, cameras,
+                                 **more)
         except RuntimeError as e:
             print(f"collect: {e}")
             return 1

@@ -30,7 +30,7 @@ def evaluate_graph(checkpoint: str | Path, task: str, episodes: int, report_dir:
 
 
 def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: str = "",
-                 blend: str = "replace", video: Path | None = None) -> dict:
+                 blend: str = "ensemble", video: Path | None = None) -> dict:
     """Seeded episodes in the gymnasium env; with ``video`` the first one is filmed (and its
     frames returned under "frames")."""
     from robot_learning.data.schema import parse_recipe
@@ -43,7 +43,7 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
     recipe = parse_recipe(meta["recipe"], str(checkpoint))
     task = task or policy.spec.task
     res = rollout(policy, recipe, task, [seed + i for i in range(episodes)], blend=blend,
-                  replan_every=meta["config"]["action_horizon"], record_video=1 if video else 0, progress=True)
+                  replan_every=4, record_video=1 if video else 0, progress=True)
     if video and res and res[0].frames:
         from robot_learning.data.view import write_video
 

@@ -19,12 +19,11 @@ from rcl_interfaces.srv import SetParameters
 from std_srvs.srv import Trigger
 from test_graph import stamp, tcp, wait_still
 
+from robot_learning.bench_policy import untrained_policy
 from robot_learning.data.schema import load_recipe
 from robot_learning.graph import SimGraph
 from robot_learning.paths import project_root
 from robot_learning.policies.checkpoint import save_checkpoint
-from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
-from robot_learning.policies.normalizer import Normalizer
 
 pytestmark = pytest.mark.graph
 
@@ -33,17 +32,9 @@ def make_checkpoint(path: Path, down_dims=(16, 32), steps: int = 4, nan: bool = 
                     narrow: bool = False, horizon: int = 8) -> Path:
     """An untrained low-dim policy on the workcell's topics. ``nan``: NaN weights; ``narrow``:
     it declares an action range of ~0 but samples across [0, 1]."""
-    torch.manual_seed(0)
-    lo, hi = [-0.04] * 6 + [0.0], [0.04] * 6 + [1.0]
-    if narrow:
-        lo = hi = [0.0] * 7
-    norm = Normalizer({"ee_pose.data": {"min": [-1.0] * 7, "max": [1.0] * 7},
-                       "gripper_state.position": {"min": [0.0, 0.0], "max": [0.04, 0.04]},
-                       "action": {"min": lo, "max": hi}})
-    cfg = DiffusionConfig(obs_dims={"ee_pose.data": 7, "gripper_state.position": 2}, action_dim=7,
-                          pred_horizon=horizon, action_horizon=4, down_dims=list(down_dims), inference_steps=steps,
-                          task="pick_place")
-    policy = DiffusionPolicy(cfg, norm)
+    policy = untrained_policy({"ee_pose.data": 7, "gripper_state.position": 2}, lo=[0.0] * 7 if narrow else None,
+                              hi=[0.0] * 7 if narrow else None, pred_horizon=horizon, action_horizon=4,
+                              down_dims=list(down_dims), inference_steps=steps)
     if nan:
         with torch.no_grad():
             for p in policy.net.out.parameters():

@@ -313,7 +313,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 from robot_learning.train.rollout import rollout
 
                 res = rollout(DiffusionRunner(policy, device), recipe, task,
-                              [cfg.eval_seed + i for i in range(cfg.eval_episodes)], replan_every=cfg.action_horizon,
+                              [cfg.eval_seed + i for i in range(cfg.eval_episodes)],
                               progress=progress)
                 row["success_rate"] = float(np.mean([r.success for r in res]))
                 writer.add_scalar("eval/success_rate", row["success_rate"], done)

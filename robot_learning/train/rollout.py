@@ -1,9 +1,9 @@
 """Rollouts of a policy in the gymnasium workcell env, through the policy server's own engine.
 
 Observations are the sim's topic values keyed like the recorded streams
-(``sim.topics``), fed to ``PolicyServerCore`` with the env's time; the action due at each
-env step is what the server's timer would send. So env success rates measure the policy
-as it is deployed (same alignment, chunking and blending), minus the graph's latency.
+(``sim.topics``), fed to ``PolicyServerCore`` with the sim's time; what the server's timer
+sends passes the command mux, as on the graph. So env success rates measure the policy as it
+is deployed (same alignment, chunking, blending and smoothing), minus DDS and real latency.
 """
 
 from __future__ import annotations
@@ -27,39 +27,60 @@ class RolloutResult:
     frames: list[np.ndarray]
 
 
-def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: str = "replace",
-            replan_every: int = 8, record_video: int = 0, progress: bool = False) -> list[RolloutResult]:
-    """One episode per seed; the first ``record_video`` episodes keep front-camera frames."""
+def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: str = "ensemble",
+            replan_every: int = 4, record_video: int = 0, progress: bool = False,
+            control_hz: float = 100.0) -> list[RolloutResult]:
+    """One episode per seed; the first ``record_video`` episodes keep front-camera frames.
+
+    As on the graph: observations arrive and the server's timer ticks at ``control_hz``, the
+    due action (a zero twist when starved) goes through the command mux (bounded acceleration)
+    to the arm controller."""
     from robot_learning.sim.env import WorkcellEnv
+    from robot_learning.teleop.mux import CommandMux
 
     s = policy.spec
     streams = {name: recipe.streams[name].topic for name in
                sorted({k.split(".", 1)[0] for k in s.obs_keys} | set(s.image_keys))}
     env = WorkcellEnv(task, control_hz=1.0 / s.dt)
+    cell = env.cell
     clock = {"t": 0.0}
-    core = PolicyServerCore(policy, ServerConfig(control_hz=1.0 / s.dt, blend=blend, replan_every=replan_every,
+    core = PolicyServerCore(policy, ServerConfig(control_hz=control_hz, blend=blend, replan_every=replan_every,
                                                  max_obs_age=np.inf), lambda: clock["t"], log=lambda m: None)
+    sub = max(1, round(s.dt * control_hz))
     results = []
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batch-1 inference: one thread is fastest, and never oversubscribes a small CPU
     try:
         for n, seed in enumerate(tqdm(seeds, desc="rollouts", unit="ep", disable=not progress, leave=False)):
             env.reset(seed=seed)
             core.resume()
-            frames, gripper, success, step = [], 0.0, False, 0
-            for step in range(1, env.cell.task.max_steps + 1):
-                t = clock["t"] = step * s.dt
-                for name, topic in streams.items():
-                    core.add_sample(name, t, topic_sample(env.cell, topic))
-                core.infer_once()
-                a = core.tick(t)
-                if a is None:  # hold: stop moving, keep the gripper where it was told to be
-                    a = np.r_[np.zeros(6), gripper]
-                gripper = float(a[6])
+            mux = CommandMux()
+            frames, success, steps, tick = [], False, 0, 0
+            while steps < cell.task.max_steps and not success:
+                steps += 1
+                for _ in range(sub):
+                    tick += 1
+                    t = clock["t"] = tick * s.dt / sub
+                    for name, topic in streams.items():
+                        core.add_sample(name, t, topic_sample(cell, topic))
+                    core.infer_once()
+                    a = core.tick(t)
+                    if a is None:  # the server's hold: a zero twist, the gripper left as it is
+                        mux.set_policy(np.zeros(6), None, t)
+                    else:
+                        mux.set_policy(a[:6], float(a[6]), t)
+                    out = mux.step(t)
+                    cell.controller.command_twist(out.twist, cell.time)
+                    if out.gripper is not None:
+                        cell.controller.command_gripper(out.gripper, cell.time)
+                    cell.advance(s.dt / sub)
                 if n < record_video:
                     frames.append(env.render())
-                _, _, success, truncated, _ = env.step(np.clip(a, env.action_space.low, env.action_space.high))
-                if success or truncated:
-                    break
-            results.append(RolloutResult(seed, bool(success), step, frames))
+                success = cell.success()
+            results.append(RolloutResult(seed, bool(success), steps, frames))
     finally:
+        torch.set_num_threads(threads)
         env.close()
     return results

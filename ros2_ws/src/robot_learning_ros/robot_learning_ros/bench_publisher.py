@@ -19,12 +19,13 @@ from sensor_msgs.msg import Image, JointState
 
 from robot_learning.bench_ingest import render_frames
 from robot_learning_ros.msgs import SENSOR_QOS, STATE_QOS, image_msg, joint_state_msg
+from robot_learning_ros.runtime import lenient_params
 
 
 class BenchPublisher(Node):
     def __init__(self):
         super().__init__("bench_publisher")
-        p = self.declare_parameter
+        p = lenient_params(self)
         self.duration = float(p("duration", 60.0).value)
         self.stats_file = str(p("stats_file", "").value)
         self.front, self.wrist, self.depth = render_frames(int(p("frames", 30).value))

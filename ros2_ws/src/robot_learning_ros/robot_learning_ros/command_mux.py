@@ -18,13 +18,13 @@ from trajectory_msgs.msg import JointTrajectory
 
 from robot_learning.teleop.mux import CommandMux, MuxConfig
 from robot_learning_ros.msgs import COMMAND_QOS, LATCHED_QOS, twist_from_msg, twist_msg
-from robot_learning_ros.runtime import run_node
+from robot_learning_ros.runtime import lenient_params, run_node
 
 
 class CommandMuxNode(Node):
     def __init__(self):
         super().__init__("command_mux")
-        p = self.declare_parameter
+        p = lenient_params(self)
         cfg = MuxConfig(max_linear_acc=float(p("max_linear_acc", MuxConfig.max_linear_acc).value),
                         max_angular_acc=float(p("max_angular_acc", MuxConfig.max_angular_acc).value),
                         command_timeout=float(p("command_timeout", MuxConfig.command_timeout).value))

@@ -23,7 +23,7 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
 from robot_learning_ros.msgs import LATCHED_QOS, SENSOR_QOS, STATE_QOS, from_stamp, image_from_msg, pose_from_msg
-from robot_learning_ros.runtime import BackgroundSpin
+from robot_learning_ros.runtime import BackgroundSpin, lenient_params
 
 
 class EpisodeNode(Node):
@@ -31,7 +31,7 @@ class EpisodeNode(Node):
 
     def __init__(self, name: str, default_record: bool = False):
         super().__init__(name)
-        p = self.declare_parameter
+        p = lenient_params(self)
         self.task = p("task", "pick_place").value
         self.episodes = int(p("episodes", 10).value)
         self.timeout = float(p("episode_timeout", 40.0).value)

@@ -14,6 +14,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_srvs.srv import Trigger
 
 from robot_learning_ros.episodes import EpisodeNode, run_episodes
+from robot_learning_ros.runtime import lenient_params
 
 
 class PolicyEvaluator(EpisodeNode):
@@ -21,7 +22,7 @@ class PolicyEvaluator(EpisodeNode):
 
     def __init__(self):
         super().__init__("policy_evaluator")
-        self.settle = float(self.declare_parameter("settle", 0.5).value)
+        self.settle = lenient_params(self)("settle", 0.5).value
         self.pause_client = self.create_client(Trigger, "/policy/pause")
         self.resume_client = self.create_client(Trigger, "/policy/resume")
         self.diagnostics: dict[str, str] = {}

@@ -34,13 +34,13 @@ from robot_learning.policies.checkpoint import PolicyError
 from robot_learning.runtime.policy import load_policy
 from robot_learning.runtime.server import PolicyServerCore, ServerConfig
 from robot_learning_ros.msgs import COMMAND_QOS, SENSOR_QOS, STATE_QOS, message_class, twist_msg
-from robot_learning_ros.runtime import spin_main
+from robot_learning_ros.runtime import lenient_params, spin_main
 
 
 class PolicyServerNode(Node):
     def __init__(self):
         super().__init__("policy_server")
-        p = self.declare_parameter
+        p = lenient_params(self)
         self.cfg = ServerConfig(
             control_hz=float(p("control_rate", ServerConfig.control_hz).value),
             blend=str(p("blend", ServerConfig.blend).value),

@@ -22,7 +22,7 @@ from robot_learning.data.schema import load_recipe
 from robot_learning.data.store import DatasetError
 from robot_learning.paths import resolve
 from robot_learning_ros.msgs import LATCHED_QOS, message_class
-from robot_learning_ros.runtime import clean_stale_shared_memory, spin_main
+from robot_learning_ros.runtime import clean_stale_shared_memory, lenient_params, spin_main
 
 # deep queues: the recorder must not drop what arrives in bursts while it writes
 RECORD_SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
@@ -32,7 +32,7 @@ RECORD_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE, histo
 class RecorderNode(Node):
     def __init__(self):
         super().__init__("recorder")
-        p = self.declare_parameter
+        p = lenient_params(self)
         recipe = load_recipe(p("recipe", "datasets/recipes/workcell.yaml").value)
         path = p("dataset", "").value or f"datasets/{recipe.name}.zarr"
         self.base_meta = {"task": p("task", "").value, "operator": p("operator", "").value}

@@ -85,3 +85,24 @@ def clean_stale_shared_memory() -> None:
         cmd = ["fastdds", "shm", "clean"]
     if cmd is not None:
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
+
+
+class _Value:
+    def __init__(self, value):
+        self.value = value
+
+
+def lenient_params(node: Node):
+    """``declare_parameter`` that takes ``rate:=100`` for a float parameter (and ``1.0`` for an int):
+    the value is converted to the default's type instead of refused for its spelling."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    def declare(name: str, default):
+        v = node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True)).value
+        if isinstance(default, bool) or default is None or v is None:
+            return _Value(v)
+        if isinstance(default, (int, float)) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return _Value(type(default)(v))
+        return _Value(v)
+
+    return declare

@@ -22,12 +22,13 @@ from robot_learning.sim.expert import ExpertObs, HandNoise, ScriptedExpert
 from robot_learning.sim.tasks import make_task
 from robot_learning_ros.episodes import EpisodeNode, run_episodes
 from robot_learning_ros.msgs import COMMAND_QOS, LATCHED_QOS, STATE_QOS, pose_from_msg, twist_msg
+from robot_learning_ros.runtime import lenient_params
 
 
 class ScriptedOperator(EpisodeNode):
     def __init__(self):
         super().__init__("scripted_operator")
-        p = self.declare_parameter
+        p = lenient_params(self)
         self.rate = float(p("rate", 50.0).value)
         self.via = str(p("via", "arm").value)
         if self.via not in ("arm", "teleop"):

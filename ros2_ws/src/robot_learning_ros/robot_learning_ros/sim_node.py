@@ -34,7 +34,7 @@ from robot_learning_ros.msgs import (
     to_stamp,
     wrench_msg,
 )
-from robot_learning_ros.runtime import BackgroundSpin
+from robot_learning_ros.runtime import BackgroundSpin, lenient_params
 
 
 class Rate:
@@ -54,7 +54,7 @@ class Rate:
 class SimNode(Node):
     def __init__(self):
         super().__init__("sim")
-        p = self.declare_parameter
+        p = lenient_params(self)
         task = p("task", "pick_place").value
         self.seed = int(p("seed", 0).value)
         self.rtf = float(p("real_time_factor", 1.0).value)

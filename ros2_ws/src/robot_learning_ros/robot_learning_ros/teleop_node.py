@@ -25,7 +25,7 @@ from std_srvs.srv import SetBool, Trigger
 from robot_learning.teleop.devices import JoyTeleop, KeyboardAxes, load_teleop_config, spacemouse_hid_report
 from robot_learning.transforms import quat_to_mat
 from robot_learning_ros.msgs import COMMAND_QOS, LATCHED_QOS, STATE_QOS, pose_from_msg, twist_msg
-from robot_learning_ros.runtime import run_node
+from robot_learning_ros.runtime import lenient_params, run_node
 
 CONFIGS = {"spacemouse": "hardware/teleop/spacemouse.yaml", "spacemouse_hid": "hardware/teleop/spacemouse.yaml",
            "gamepad": "hardware/teleop/gamepad.yaml", "keyboard": "hardware/teleop/keyboard.yaml"}
@@ -34,7 +34,7 @@ CONFIGS = {"spacemouse": "hardware/teleop/spacemouse.yaml", "spacemouse_hid": "h
 class TeleopNode(Node):
     def __init__(self):
         super().__init__("teleop")
-        p = self.declare_parameter
+        p = lenient_params(self)
         self.device = str(p("device", "spacemouse").value)
         if self.device not in CONFIGS:
             raise ValueError(f"device '{self.device}' is not one of {', '.join(CONFIGS)}")

@@ -1,0 +1,200 @@
+"""Policy benchmarks for ``make bench``: inference latency by sampler steps and by observation
+set, the server's overhead over the bare model call, command jitter at 100 Hz on the live
+graph while inference and recording run, and training throughput."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from robot_learning.paths import project_root
+
+LOWDIM = {"ee_pose.data": 7, "gripper_state.position": 2, "cube_pose.data": 7, "target_pose.data": 7}
+TACTILE = {"tactile_left.data": 48, "tactile_right.data": 48}
+
+
+def untrained_policy(obs_dims: dict[str, int], image_shapes: dict | None = None, lo=None, hi=None, **cfg):
+    """A diffusion policy with the workcell's action layout and made-up normalization (benchmarks
+    and tests: latency and safety do not depend on training)."""
+    import torch
+
+    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
+    from robot_learning.policies.normalizer import Normalizer
+
+    torch.manual_seed(0)
+    lo = [-0.04] * 6 + [0.0] if lo is None else lo
+    hi = [0.04] * 6 + [1.0] if hi is None else hi
+    stats = {k: {"min": [-1.0] * d, "max": [1.0] * d} for k, d in obs_dims.items()}
+    stats["action"] = {"min": list(lo), "max": list(hi)}
+    config = dict(pred_horizon=16, action_horizon=8, down_dims=[64, 128, 256], task="pick_place")
+    config.update(cfg)
+    dcfg = DiffusionConfig(obs_dims=dict(obs_dims), action_dim=7, image_shapes=dict(image_shapes or {}), **config)
+    return DiffusionPolicy(dcfg, Normalizer(stats))
+
+
+def save_untrained(path: Path, **kw) -> Path:
+    from robot_learning.data.schema import load_recipe
+    from robot_learning.policies.checkpoint import save_checkpoint
+
+    recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
+    return save_checkpoint(untrained_policy(**kw), path, {"recipe": recipe.raw})
+
+
+def _window(runner) -> dict[str, np.ndarray]:
+    s, rng = runner.spec, np.random.default_rng(0)
+    obs = {f"obs/{k}": rng.uniform(-1, 1, (s.obs_horizon, d)).astype(np.float32)
+           for k, d in runner.policy.cfg.obs_dims.items()}
+    for k, shape in runner.policy.cfg.image_shapes.items():
+        obs[f"image/{k}"] = rng.integers(0, 255, (s.obs_horizon, *shape), dtype=np.uint8)
+    return obs
+
+
+def _times(fn, n: int) -> np.ndarray:
+    fn()  # warm-up
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return np.array(out) * 1e3
+
+
+def inference_latency(device: str, n: int) -> list[tuple[str, str, np.ndarray]]:
+    """(observation set, sampler, latencies in ms) of one act() call."""
+    from robot_learning.runtime.policy import DiffusionRunner
+
+    rows = []
+    base = DiffusionRunner(untrained_policy(LOWDIM).to(device), device)
+    win = _window(base)
+    for sampler, steps in (("ddim", 5), ("ddim", 10), ("ddim", 20), ("dpmsolver", 5), ("dpmsolver", 10)):
+        base.policy.cfg.sampler, base.policy.cfg.inference_steps = sampler, steps
+        rows.append(("low-dim (23)", f"{sampler} {steps}", _times(lambda: base.act(win), n)))
+    sets = {"low-dim + front RGB 96x96": ({**LOWDIM}, {"front_color": [96, 96, 3]}),
+            "low-dim + tactile + front & wrist RGB 96x96": ({**LOWDIM, **TACTILE},
+                                                            {"front_color": [96, 96, 3], "wrist_color": [96, 96, 3]})}
+    for name, (obs, images) in sets.items():
+        r = DiffusionRunner(untrained_policy(obs, images).to(device), device)
+        w = _window(r)
+        rows.append((name, "ddim 10", _times(lambda r=r, w=w: r.act(w), n)))
+    return rows
+
+
+def server_overhead(n: int) -> dict:
+    """Bare act() against a whole inference cycle of the server engine (window from the buffers,
+    act, checks, scheduling), measured in the same run on the same policy."""
+    from robot_learning.runtime.policy import DiffusionRunner
+    from robot_learning.runtime.server import PolicyServerCore, ServerConfig
+
+    runner = DiffusionRunner(untrained_policy(LOWDIM))
+    win = _window(runner)
+    clock = {"t": 100.0}
+    core = PolicyServerCore(runner, ServerConfig(replan_every=1, max_obs_age=np.inf), lambda: clock["t"],
+                            log=lambda m: None)
+    core.resume()
+    rng = np.random.default_rng(0)
+
+    def cycle():
+        clock["t"] += 0.1
+        for k, d in LOWDIM.items():
+            stream, array = k.split(".")
+            core.add_sample(stream, clock["t"], {array: rng.uniform(-1, 1, d)})
+        assert core.infer_once()
+
+    bare, server = [], []
+    cycle()
+    for _ in range(n):  # interleaved, so load changes hit both alike
+        bare.append(_times(lambda: runner.act(win), 1)[0])
+        server.append(_times(cycle, 1)[0])
+    b, s = np.median(bare), np.median(server)
+    return {"bare_ms": b, "server_ms": s, "overhead": s / b - 1.0}
+
+
+def graph_jitter(seconds: float, workdir: Path, client) -> dict:
+    """Command intervals at 100 Hz seen by a client, while the server infers and the recorder records."""
+    from geometry_msgs.msg import TwistStamped
+
+    from robot_learning.graph import SimGraph
+
+    ckpt = save_untrained(workdir / "jitter_ckpt", obs_dims=LOWDIM)
+    episodes = int(seconds / 10) + 5
+    args = dict(checkpoint=ckpt, cameras="none", control_rate=100.0, record="true", dataset=workdir / "jitter.zarr",
+                episodes=episodes, episode_timeout=10.0, report_dir=workdir / "jitter_eval", use_sim_time="false",
+                state_rate=250.0)
+    times: list[float] = []
+    client.node.create_subscription(TwistStamped, "/policy/command/twist",
+                                    lambda m: times.append(time.perf_counter()), 1000)
+    with SimGraph(workdir / "jitter.log", "deploy_policy.launch.yaml", **args) as g:
+        t_end = time.monotonic() + 120
+        while not times and time.monotonic() < t_end and g.alive():
+            time.sleep(0.1)
+        times.clear()
+        time.sleep(seconds)
+        got = list(times)
+    iv = np.diff(got) * 1e3
+    if iv.size == 0:
+        return {"n": 0}
+    return {"n": int(iv.size + 1), "seconds": seconds, "p50_ms": float(np.percentile(iv, 50)),
+            "p99_ms": float(np.percentile(iv, 99)), "max_ms": float(iv.max()), "std_ms": float(iv.std()),
+            "late_20ms": int((iv > 20.0).sum())}
+
+
+def train_throughput(workdir: Path) -> dict[str, float]:
+    """Samples per second of ``train`` (sampler + forward/backward + EMA) on a recorded store."""
+    from robot_learning.bench_ingest import offline_write
+    from robot_learning.train.diffusion import TrainConfig, train
+
+    offline_write(60.0, workdir)
+    out = {}
+    for name, kw in (("low-dim, batch 256", dict(obs=["joint_states.position"], batch_size=256, steps=40)),
+                     ("2 RGB 96x96 + low-dim, batch 64", dict(obs=["joint_states.position"],
+                                                               images=["front_color", "wrist_color"],
+                                                               batch_size=64, steps=20))):
+        run = train(TrainConfig(dataset=str(workdir / "offline.zarr"), out=str(workdir / f"train_{len(out)}"),
+                                eval_every=10_000, eval_episodes=0, only_success=False, warmup_steps=1, **kw),
+                    progress=False)
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        out[name] = float(np.mean([r["samples_per_s"] for r in rows if "samples_per_s" in r][-1:]))
+    return out
+
+
+def section(quick: bool, workdir: Path, client) -> list[str]:
+    import torch
+
+    n = 10 if quick else 50
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = ["## Policy inference latency (one `act()`: observation window to action chunk)\n",
+            "Untrained networks of the demo's size (U-Net 64/128/256, horizon 16); latency does not "
+            f"depend on the weights. {n} calls each, torch threads: {torch.get_num_threads()}.\n",
+            "| device | observations | sampler, steps | p50 (ms) | p99 (ms) |", "|---|---|---|---|---|"]
+    for dev in devices:
+        print(f"bench: inference latency on {dev} ...", flush=True)
+        for obs, samp, ms in inference_latency(dev, n):
+            rows.append(f"| {dev} | {obs} | {samp} | {np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} |")
+    if "cuda" not in devices:
+        rows.append("\nNo GPU on this machine; the GPU rows come from a run where one is present.")
+    print("bench: server overhead ...", flush=True)
+    ov = server_overhead(n)
+    rows += ["\n## Policy server overhead over the bare model call\n",
+             f"Median of {n} interleaved calls: bare `act()` {ov['bare_ms']:.1f} ms, a full server inference "
+             f"cycle (buffers to window, act, NaN/range checks, scheduling) {ov['server_ms']:.1f} ms: overhead "
+             f"**{ov['overhead']:.1%}** (goal: under 10%).\n"]
+    secs = 30.0 if quick else 600.0
+    print(f"bench: command jitter at 100 Hz for {secs:.0f} s with inference and recording ...", flush=True)
+    j = graph_jitter(secs, workdir, client)
+    rows += ["## Command jitter at 100 Hz (live graph)\n",
+             f"deploy_policy.launch.yaml with the sim (real time), mux, policy server at 100 Hz (low-dim "
+             f"policy, DDIM 10, replanning every 4 steps), recorder recording and the evaluator running "
+             f"episodes; intervals between /policy/command/twist messages as received by a separate "
+             f"client process over {j.get('seconds', secs):.0f} s.\n",
+             "| messages | p50 (ms) | p99 (ms) | max (ms) | std (ms) | intervals > 20 ms |",
+             "|---|---|---|---|---|---|",
+             f"| {j['n']} | {j.get('p50_ms', 0):.2f} | {j.get('p99_ms', 0):.2f} | {j.get('max_ms', 0):.1f} | "
+             f"{j.get('std_ms', 0):.2f} | {j.get('late_20ms', 0)} |\n"]
+    print("bench: training throughput ...", flush=True)
+    tp = train_throughput(workdir)
+    rows += ["## Training throughput (`robot-learning train diffusion`, CPU)\n", "| batch | samples/s |",
+             "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in tp.items()]]
+    return rows
