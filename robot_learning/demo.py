@@ -26,6 +26,8 @@ import numpy as np
 
 # what a low-dimensional policy observes: the TCP, the fingers, the objects (ground truth in sim)
 LOWDIM_OBS = ["ee_pose.data", "gripper_state.position", "cube_pose.data", "target_pose.data"]
+# and where the cube and the target are seen from the TCP (computed inside the policy)
+RELATIVE = ["cube_pose.data-ee_pose.data", "target_pose.data-ee_pose.data"]
 
 
 @dataclass
@@ -39,6 +41,7 @@ class DemoPlan:
     episode_timeout: float = 25.0
     real_time_factor: float = 2.0
     state_rate: float = 100.0
+    noise: float = 0.0               # the operator's hand-like noise (1.0: teleop-like demos, harder to learn)
 
     @classmethod
     def quick(cls) -> DemoPlan:
@@ -86,7 +89,7 @@ def frames_sheet(frames: list[np.ndarray], out: Path, n: int = 6) -> Path:
 def _latency_rows(diag: dict) -> list[str]:
     names = {"align": "observation window built", "infer": "inference (policy call)",
              "obs_to_chunk": "observation to chunk ready (sim time)", "tick": "control tick",
-             "tick_interval": "control period (50 Hz nominal)"}
+             "tick_interval": "control period (wall clock; 50 Hz of sim time)"}
     rows = ["| stage | p50 (ms) | p99 (ms) | max (ms) |", "|---|---|---|---|"]
     for k, label in names.items():
         if f"{k}.p50_ms" in diag:
@@ -119,7 +122,8 @@ def write_report(run_dir: Path, dataset: Path, collected: dict, train_run: Path,
              f"{timings['train'] / 60:.1f} min |",
              f"| deploy + evaluate through the ROS graph | **{evaluated['success_rate']:.0%}** over "
              f"{len(evaluated['episodes'])} seeded episodes | {timings['evaluate'] / 60:.1f} min |", "",
-             f"Observations: {', '.join(LOWDIM_OBS)}. Checkpoint: `{ckpt}`.", "",
+             f"Observations: {', '.join(LOWDIM_OBS)}; relative positions {', '.join(RELATIVE)}. "
+             f"Checkpoint: `{ckpt}`.", "",
              "## Policy server latency (from /policy/diagnostics during the evaluation)", ""]
     lines += _latency_rows(evaluated.get("diagnostics", {})) or ["(no diagnostics received)"]
     lines += ["", "## Training", "", "![training curves](train_curves.png)", ""]
@@ -161,12 +165,13 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
         t0 = time.monotonic()
         collected = collect_scripted(task, plan.episodes, ds_path, run_dir / "collect", run_dir / "collect.log",
                                      real_time_factor=plan.real_time_factor, cameras="none",
-                                     state_rate=plan.state_rate)
+                                     state_rate=plan.state_rate, noise=plan.noise)
         timings["collect"] = time.monotonic() - t0
         print_info(Dataset(ds_path))
         print(f"demo [2/4] train: diffusion policy on {', '.join(LOWDIM_OBS)}", flush=True)
         t0 = time.monotonic()
         train_run = train(TrainConfig(dataset=str(ds_path), out=str(run_dir / "train"), obs=list(LOWDIM_OBS),
+                                      relative=list(RELATIVE), lr=5e-4, val_fraction=0.05,
                                       steps=plan.train_steps, batch_size=plan.batch_size, eval_every=plan.eval_every,
                                       eval_episodes=plan.train_eval_episodes,
                                       warmup_steps=min(200, plan.train_steps // 5)))

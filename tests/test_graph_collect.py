@@ -87,6 +87,15 @@ def test_scripted_collection_stores_what_was_published(tmp_path):
     assert checked >= 0.5 * len(rec_t)
     src = ep.steps["source"][:]
     assert (src == 1).mean() > 0.8  # the operator (teleop) drove nearly all of it
+
+    # the env mirrors the graph: the recorded actions, replayed open loop through the policy
+    # server's engine and the mux in the gymnasium env from the same seed, do the task again
+    from robot_learning.data.schema import parse_recipe
+    from robot_learning.runtime.policy import ReplayPolicy
+    from robot_learning.train.rollout import rollout
+
+    replay = ReplayPolicy(ep.steps["action"][:], 0.1, "ee_pose.data")
+    assert rollout(replay, parse_recipe(ep.meta["recipe"]), "pick_place", [ep.meta["seed"]])[0].success
     assert not ep.steps["intervention"][:].any()  # no policy was running: no interventions
 
 

@@ -30,6 +30,9 @@ class DiffusionConfig:
     train_timesteps: int = 100
     sampler: str = "ddim"                          # ddim or dpmsolver
     inference_steps: int = 10
+    # [a, b] pairs of pose keys: the policy also sees position a - position b (e.g. cube relative
+    # to the TCP), computed from the raw inputs, so the server feeds the same keys as ever
+    relative: list[list[str]] = field(default_factory=list)
     dt: float = 0.1                                # seconds between policy steps (the dataset's step rate)
     task: str = ""                                 # what it was trained on (env rollouts, reports)
 
@@ -40,6 +43,10 @@ class DiffusionConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def relative_key(a: str, b: str) -> str:
+    return f"{a}-{b}"
 
 
 def make_scheduler(kind: str, train_timesteps: int):
@@ -63,7 +70,8 @@ class DiffusionPolicy(nn.Module):
         self.cfg, self.normalizer = cfg, normalizer
         self.encoders = nn.ModuleDict({k.replace(".", "_"): ImageEncoder(shape[2], cfg.image_feature_dim)
                                        for k, shape in cfg.image_shapes.items()})
-        per_step = sum(cfg.obs_dims.values()) + cfg.image_feature_dim * len(cfg.image_shapes)
+        per_step = (sum(cfg.obs_dims.values()) + 3 * len(cfg.relative)
+                    + cfg.image_feature_dim * len(cfg.image_shapes))
         self.net = ConditionalUnet1D(cfg.action_dim, per_step * cfg.obs_horizon, tuple(cfg.down_dims))
         self.train_scheduler = make_scheduler("ddpm", cfg.train_timesteps)
 
@@ -73,6 +81,9 @@ class DiffusionPolicy(nn.Module):
         for k in self.cfg.obs_dims:
             x = batch[f"obs/{k}"]
             feats.append(self.normalizer.normalize(k, x.reshape(*x.shape[:2], -1)))
+        for a, b in self.cfg.relative:
+            d = batch[f"obs/{a}"][..., :3] - batch[f"obs/{b}"][..., :3]
+            feats.append(self.normalizer.normalize(relative_key(a, b), d))
         for k, shape in self.cfg.image_shapes.items():
             img = batch[f"image/{k}"]                     # [B, To, H, W(, C)] uint8
             b, to = img.shape[:2]

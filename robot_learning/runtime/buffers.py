@@ -68,13 +68,13 @@ class ObsBuffers:
         return min(self.buffers[s].newest() for s in keys)
 
     def window(self) -> tuple[float, dict[str, np.ndarray]] | None:
-        """(reference time, {obs/<key>: [To, ...], image/<stream>: [To, H, W(, C)]}) or None
+        """(reference time, {t: [To], obs/<key>: [To, ...], image/<stream>: [To, H, W(, C)]}) or None
         while some stream has not delivered anything yet."""
         t_ref = self.reference_time()
         if t_ref is None:
             return None
         times = t_ref - self.dt * np.arange(self.obs_horizon - 1, -1, -1)
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, np.ndarray] = {"t": times}
         for key in self.obs_keys:
             stream, array = key.split(".", 1)
             out[f"obs/{key}"] = np.stack([np.asarray(self.buffers[stream].at(t)[array], np.float32).ravel()

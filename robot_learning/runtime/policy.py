@@ -36,7 +36,7 @@ class Policy(Protocol):
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Actions [N, action_dim] for the window ``obs`` (``obs/<key>`` and ``image/<stream>``,
-        each [obs_horizon, ...]); row 0 is due at the time of the newest observation."""
+        each [obs_horizon, ...], and ``t``: the observation times); row 0 is due at ``t[-1]``."""
 
 
 LOADERS: dict[str, Callable[[Path, str], Policy]] = {}
@@ -91,10 +91,30 @@ class DiffusionRunner:
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
-        batch = {k: torch.as_tensor(np.ascontiguousarray(v)[None], device=self.device) for k, v in obs.items()}
+        batch = {k: torch.as_tensor(np.ascontiguousarray(v)[None], device=self.device) for k, v in obs.items()
+                 if k != "t"}
         chunk = self.policy.predict(batch, generator=self.generator)[0].cpu().numpy().astype(np.float64)
         to = self.policy.cfg.obs_horizon
         return chunk[to - 1: to - 1 + self.horizon]
+
+
+class ReplayPolicy:
+    """Plays recorded actions back by time (open loop): what the arm got at step k of an episode
+    is sent again at k dt after the start. Checks that the env and the graph agree, and replays
+    an episode on the arm."""
+
+    def __init__(self, actions: np.ndarray, dt: float, obs_key: str, t0: float = 0.0):
+        self.actions, self.t0 = np.asarray(actions, np.float64), t0
+        span = np.ptp(self.actions, axis=0) + 1e-3
+        self.spec = PolicySpec([obs_key], [], None, 1, dt, self.actions.shape[1],
+                               self.actions.min(0) - span, self.actions.max(0) + span)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        k = int(round((float(obs["t"][-1]) - self.t0) / self.spec.dt))
+        return self.actions[min(max(k, 0), len(self.actions) - 1):]
 
 
 @register_policy("diffusion")

@@ -7,7 +7,7 @@ from dataclasses import fields
 
 from robot_learning.train.diffusion import TrainConfig
 
-_LISTS = {"obs", "images", "image_size", "down_dims"}
+_LISTS = {"obs", "images", "image_size", "down_dims", "relative"}
 
 
 def add_parser(sub) -> None:

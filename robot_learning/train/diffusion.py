@@ -32,6 +32,7 @@ class TrainConfig:
     out: str = ""
     obs: list[str] = field(default_factory=list)         # step obs keys; empty: every low-dim one
     images: list[str] = field(default_factory=list)      # camera streams
+    relative: list[str] = field(default_factory=list)    # "a-b": also observe position a minus position b
     image_size: list[int] = field(default_factory=lambda: [96, 96])
     obs_horizon: int = 2
     pred_horizon: int = 16
@@ -181,7 +182,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     from robot_learning.data.sampler import WindowSampler, WindowSpec
     from robot_learning.policies.checkpoint import save_checkpoint
-    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
+    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy, relative_key
     from robot_learning.policies.normalizer import Normalizer
     from robot_learning.runtime.policy import DiffusionRunner
 
@@ -206,6 +207,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if k not in recipe.steps.observations:
             raise SystemExit(f"train: '{k}' is not an observation of {cfg.dataset} "
                              f"(it has: {', '.join(recipe.steps.observations)})")
+    pairs = [r.split("-", 1) for r in cfg.relative]
+    for pair in pairs:
+        if len(pair) != 2 or any(k not in obs_keys for k in pair):
+            raise SystemExit(f"train: --relative takes a-b with a and b among --obs, not '{'-'.join(pair)}'")
     for cam in cfg.images:
         if cam not in recipe.streams or recipe.streams[cam].kind != "image":
             raise SystemExit(f"train: '{cam}' is not a camera stream of {cfg.dataset}")
@@ -222,6 +227,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         normalizer = Normalizer()
         for k in obs_keys:
             normalizer.fit(k, train_set.all_obs(k))
+        for a, b in pairs:
+            normalizer.fit(relative_key(a, b), train_set.all_obs(a)[:, :3] - train_set.all_obs(b)[:, :3])
         normalizer.fit("action", train_set.all_actions())
     sample = train_set[0]
     image_shapes = {}
@@ -232,6 +239,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            action_dim=int(sample["action"].shape[-1]), image_shapes=image_shapes,
                            obs_horizon=cfg.obs_horizon, pred_horizon=cfg.pred_horizon,
                            action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
+                           relative=[list(p) for p in pairs],
                            inference_steps=cfg.inference_steps, dt=1.0 / rate, task=task)
     model = DiffusionPolicy(dcfg, normalizer).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)

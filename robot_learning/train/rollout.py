@@ -46,7 +46,12 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
     clock = {"t": 0.0}
     core = PolicyServerCore(policy, ServerConfig(control_hz=control_hz, blend=blend, replan_every=replan_every,
                                                  max_obs_age=np.inf), lambda: clock["t"], log=lambda m: None)
-    sub = max(1, round(s.dt * control_hz))
+    # timer ticks per policy step, each a whole number of the sim's control periods
+    per_step = max(1, round(s.dt / cell.control_dt))
+    sub = max(1, min(per_step, round(s.dt * control_hz)))
+    while per_step % sub:
+        sub -= 1
+    tick_s = per_step // sub * cell.control_dt
     results = []
     import torch
 
@@ -57,12 +62,12 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
             env.reset(seed=seed)
             core.resume()
             mux = CommandMux()
-            frames, success, steps, tick = [], False, 0, 0
+            frames, success, steps = [], False, 0
+            t0 = cell.time
             while steps < cell.task.max_steps and not success:
                 steps += 1
                 for _ in range(sub):
-                    tick += 1
-                    t = clock["t"] = tick * s.dt / sub
+                    t = clock["t"] = cell.time - t0 + tick_s
                     for name, topic in streams.items():
                         core.add_sample(name, t, topic_sample(cell, topic))
                     core.infer_once()
@@ -75,7 +80,7 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
                     cell.controller.command_twist(out.twist, cell.time)
                     if out.gripper is not None:
                         cell.controller.command_gripper(out.gripper, cell.time)
-                    cell.advance(s.dt / sub)
+                    cell.advance(tick_s)
                 if n < record_video:
                     frames.append(env.render())
                 success = cell.success()
