@@ -33,7 +33,8 @@ RELATIVE = ["cube_pose.data-ee_pose.data", "target_pose.data-ee_pose.data"]
 @dataclass
 class DemoPlan:
     episodes: int = 40
-    train_steps: int = 1500
+    train_steps: int = 20000         # an upper bound: training stops when its share of the time is spent
+    budget_min: float = 14.0         # the whole demo; training gets what collection and evaluation leave
     batch_size: int = 256
     eval_every: int = 500
     train_eval_episodes: int = 5
@@ -46,7 +47,7 @@ class DemoPlan:
     @classmethod
     def quick(cls) -> DemoPlan:
         return cls(episodes=3, train_steps=60, batch_size=64, eval_every=60, train_eval_episodes=1, eval_episodes=2,
-                   episode_timeout=8.0)
+                   episode_timeout=8.0, budget_min=0.0)
 
 
 def plot_trajectories(episode_dir: Path, out: Path, title: str) -> Path | None:
@@ -108,6 +109,7 @@ def write_report(run_dir: Path, dataset: Path, collected: dict, train_run: Path,
 
     best = json.loads((train_run / "best.json").read_text()) if (train_run / "best.json").exists() else {}
     ckpt = train_run / "checkpoints" / "best"
+    last_step = json.loads((train_run / "checkpoints" / "last" / "config.json").read_text())["train"]["step"]
     env = evaluate_env(ckpt, 1, seed=2000, video=run_dir / "rollout.mp4")
     ds = Dataset(dataset).summary()
     lines = [f"# Sim workcell demo, {datetime.now():%Y-%m-%d %H:%M}", "",
@@ -117,7 +119,7 @@ def write_report(run_dir: Path, dataset: Path, collected: dict, train_run: Path,
              f"| collect (scripted operator at the teleop topics) | {collected['success_rate']:.0%} successful over "
              f"{len(collected['episodes'])} episodes; dataset `{dataset}` ({ds['episodes']} episodes, {ds['steps']} "
              f"steps) | {timings['collect'] / 60:.1f} min |",
-             f"| train (low-dim diffusion, {plan.train_steps} steps) | best checkpoint at step {best.get('step')}: "
+             f"| train (low-dim diffusion, {last_step} steps) | best checkpoint at step {best.get('step')}: "
              f"env success {best.get('success_rate') if best.get('success_rate') is not None else 'n/a'} | "
              f"{timings['train'] / 60:.1f} min |",
              f"| deploy + evaluate through the ROS graph | **{evaluated['success_rate']:.0%}** over "
@@ -158,6 +160,7 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
     ds_path = resolve(dataset or f"datasets/demo-{stamp}.zarr")
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     timings: dict[str, float] = {}
+    t_demo = time.monotonic()
     print(f"demo: report -> {run_dir}, dataset -> {ds_path}", flush=True)
     try:
         print(f"demo [1/4] collect: launch/teleop_collect.launch.yaml (sim, mux, recorder), scripted operator "
@@ -170,11 +173,14 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
         print_info(Dataset(ds_path))
         print(f"demo [2/4] train: diffusion policy on {', '.join(LOWDIM_OBS)}", flush=True)
         t0 = time.monotonic()
+        spent = (t0 - t_demo) / 60
+        # what is left, minus evaluation (~12 s per episode) and the report
+        minutes = max(2.0, plan.budget_min - spent - plan.eval_episodes * 0.2 - 1.0) if plan.budget_min else 0.0
         train_run = train(TrainConfig(dataset=str(ds_path), out=str(run_dir / "train"), obs=list(LOWDIM_OBS),
                                       relative=list(RELATIVE), lr=5e-4, val_fraction=0.05,
                                       steps=plan.train_steps, batch_size=plan.batch_size, eval_every=plan.eval_every,
                                       eval_episodes=plan.train_eval_episodes,
-                                      warmup_steps=min(200, plan.train_steps // 5)))
+                                      warmup_steps=min(200, plan.train_steps // 5), max_minutes=minutes))
         timings["train"] = time.monotonic() - t0
         print(f"demo [3/4] deploy + evaluate: launch/deploy_policy.launch.yaml (sim, mux, policy server, "
               f"evaluator), {plan.eval_episodes} seeded episodes", flush=True)

@@ -88,6 +88,15 @@ class DiffusionRunner:
     def reset(self) -> None:
         self.generator.manual_seed(self.seed)
 
+    def warmup(self) -> None:
+        """One call on a blank window, so the first real inference is not slowed by torch's set-up."""
+        cfg = self.policy.cfg
+        obs = {f"obs/{k}": np.zeros((cfg.obs_horizon, d), np.float32) for k, d in cfg.obs_dims.items()}
+        obs.update({f"image/{k}": np.zeros((cfg.obs_horizon, *shape), np.uint8)
+                    for k, shape in cfg.image_shapes.items()})
+        self.act(obs)
+        self.reset()
+
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 

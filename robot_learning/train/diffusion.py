@@ -55,6 +55,7 @@ class TrainConfig:
     resume: str = ""
     only_success: bool = True                             # train on successful episodes only
     threads: int = 0                                      # torch CPU threads (0: torch's default)
+    max_minutes: float = 0.0                              # stop (evaluate, save) after this long; 0: no limit
 
 
 def _dist():
@@ -177,7 +178,6 @@ def _plot_curves(run: Path) -> Path | None:
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Trains and returns the run directory (``best``/``last`` checkpoints inside)."""
     import torch
-    from diffusers.optimization import get_scheduler
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from robot_learning.data.sampler import WindowSampler, WindowSpec
@@ -244,7 +244,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     model = DiffusionPolicy(dcfg, normalizer).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+    t_start = time.monotonic()
+
+    def lr_factor(step: int) -> float:
+        """Linear warm-up, then cosine decay over the steps, or over the time budget if that ends first."""
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = step / cfg.steps
+        if cfg.max_minutes > 0:
+            progress = max(progress, (time.monotonic() - t_start) / (cfg.max_minutes * 60))
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     start, rng_seed = 0, cfg.seed * 1000 + rank
     if resume is not None:
         from safetensors.torch import load_file
@@ -281,6 +292,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train diffusion", unit="step",
                disable=not (progress and lead), dynamic_ncols=True)
     t_window, n_window, losses = time.perf_counter(), 0, []
+    t_start = time.monotonic()  # the budget counts training, not loading
     for step in bar:
         model.train()
         loss = net(_to(next(batches), device))
@@ -293,6 +305,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         losses.append(loss.item())
         n_window += cfg.batch_size
         done = step + 1
+        out_of_time = world == 1 and cfg.max_minutes > 0 and time.monotonic() - t_start > cfg.max_minutes * 60
         if lead and (done % 50 == 0 or done == cfg.steps):
             sps = n_window / (time.perf_counter() - t_window)
             writer.add_scalar("train/loss", np.mean(losses), done)
@@ -302,7 +315,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             with (run / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps({"step": done, "train_loss": float(np.mean(losses)), "samples_per_s": sps}) + "\n")
             losses, n_window, t_window = [], 0, time.perf_counter()
-        if lead and (done % cfg.eval_every == 0 or done == cfg.steps):
+        if lead and (done % cfg.eval_every == 0 or done == cfg.steps or out_of_time):
             row = {"step": done, "val_loss": None, "success_rate": None}
             policy = ema.module.eval()
             if val_set is not None and len(val_set):
@@ -341,6 +354,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 f.write(json.dumps(row) + "\n")
             msg = f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step" and v is not None)
             tqdm.write(f"train: {msg}; saved {ckpt}")
+        if out_of_time:
+            tqdm.write(f"train: stopping at step {done}: the {cfg.max_minutes:g} min budget is spent")
+            break
     bar.close()
     if lead:
         writer.close()

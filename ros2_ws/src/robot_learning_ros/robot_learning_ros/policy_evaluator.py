@@ -43,6 +43,7 @@ class PolicyEvaluator(EpisodeNode):
         if self.success:
             self.wait_sim(self.settle)   # success must hold, not flicker
         self.call(self.pause_client, Trigger.Request(), "policy server")
+        self.wait_sim(0.5)  # the mux lets the last commands time out, so none reaches the next episode
 
     diagnostics_frozen = False
 

@@ -84,6 +84,8 @@ class PolicyServerNode(Node):
         """Loads a checkpoint and subscribes to what it observes; raises PolicyError when it can't."""
         path = str(resolve(path))
         policy = load_policy(path, self.device)
+        if hasattr(policy, "warmup"):
+            policy.warmup()
         meta = json.loads((Path(path) / "config.json").read_text())
         if "recipe" not in meta:
             raise PolicyError(f"{path}: the checkpoint does not say which topics it observes (no recipe)")
