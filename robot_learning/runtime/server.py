@@ -21,6 +21,8 @@ from robot_learning.runtime.buffers import ObsBuffers
 from robot_learning.runtime.policy import Policy
 from robot_learning.runtime.scheduler import ChunkScheduler, SchedulerConfig
 
+HOLD_TWIST_S = 0.3  # a starved server sends zero twists this long, then goes quiet (the arm's watchdog holds)
+
 
 @dataclass
 class ServerConfig:

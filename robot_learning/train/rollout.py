@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from robot_learning.data.schema import Recipe
 from robot_learning.runtime.policy import Policy
-from robot_learning.runtime.server import PolicyServerCore, ServerConfig
+from robot_learning.runtime.server import HOLD_TWIST_S, PolicyServerCore, ServerConfig
 from robot_learning.sim.topics import topic_sample
 
 
@@ -62,7 +62,7 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
             env.reset(seed=seed)
             core.resume()
             mux = CommandMux()
-            frames, success, steps = [], False, 0
+            frames, success, steps, t_action = [], False, 0, -np.inf
             t0 = cell.time
             while steps < cell.task.max_steps and not success:
                 steps += 1
@@ -72,13 +72,15 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
                         core.add_sample(name, t, topic_sample(cell, topic))
                     core.infer_once()
                     a = core.tick(t)
-                    if a is None:  # the server's hold: a zero twist, the gripper left as it is
-                        mux.set_policy(np.zeros(6), None, t)
-                    else:
+                    if a is not None:
+                        t_action = t
                         mux.set_policy(a[:6], float(a[6]), t)
+                    elif t - t_action < HOLD_TWIST_S:  # the server's hold: zero twist, then quiet
+                        mux.set_policy(np.zeros(6), None, t)
                     out = mux.step(t)
-                    cell.controller.command_twist(out.twist, cell.time)
-                    if out.gripper is not None:
+                    if out.moving:  # the mux goes quiet once at rest; the arm's watchdog holds
+                        cell.controller.command_twist(out.twist, cell.time)
+                    if out.gripper is not None and out.source != "hold":
                         cell.controller.command_gripper(out.gripper, cell.time)
                     cell.advance(tick_s)
                 if n < record_video:

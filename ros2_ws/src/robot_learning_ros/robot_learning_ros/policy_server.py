@@ -32,7 +32,7 @@ from robot_learning.data.schema import parse_recipe
 from robot_learning.paths import resolve
 from robot_learning.policies.checkpoint import PolicyError
 from robot_learning.runtime.policy import load_policy
-from robot_learning.runtime.server import PolicyServerCore, ServerConfig
+from robot_learning.runtime.server import HOLD_TWIST_S, PolicyServerCore, ServerConfig
 from robot_learning_ros.msgs import COMMAND_QOS, SENSOR_QOS, STATE_QOS, message_class, twist_msg
 from robot_learning_ros.runtime import lenient_params, spin_main
 
@@ -58,6 +58,7 @@ class PolicyServerNode(Node):
         self.base_frame = str(p("base_frame", "panda_link0").value)
         self.autostart = bool(p("autostart", False).value)
         self.core: PolicyServerCore | None = None
+        self.t_last_action: float | None = None
         self.subs = []
         self.bad_samples = 0
         self.pub_twist = self.create_publisher(TwistStamped, "/policy/command/twist", COMMAND_QOS)
@@ -125,9 +126,13 @@ class PolicyServerNode(Node):
         if now <= 0.0:
             return  # sim time and no /clock yet
         a = core.tick(now)
-        if a is None:  # starved: an explicit hold (the mux ramps the arm to rest); the gripper stays put
-            self.pub_twist.publish(twist_msg(np.zeros(6), now, self.base_frame))
+        if a is None:
+            # starved: a zero twist for a moment (the mux ramps the arm to rest at once, no stale
+            # command runs on), then silence, so the mux and the arm's watchdog hold; the gripper stays
+            if self.t_last_action is not None and now - self.t_last_action < HOLD_TWIST_S:
+                self.pub_twist.publish(twist_msg(np.zeros(6), now, self.base_frame))
             return
+        self.t_last_action = now
         self.pub_twist.publish(twist_msg(a[:6], now, self.base_frame))
         if len(a) > 6:
             self.pub_grip.publish(Float64(data=float(a[6])))
