@@ -104,19 +104,20 @@ def _default_obs(ds: Dataset, episode: int) -> list[str]:
     return sorted(k for k in keys if not k.endswith(".effort"))
 
 
+def _collate(sampler, idx) -> dict[str, np.ndarray]:
+    items = [sampler[int(i)] for i in idx]
+    return {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+
 def _batches(sampler, batch_size: int, rng: np.random.Generator, rank: int, world: int):
     """Endless shuffled batches; with several processes each takes its own slice of each batch."""
     while True:
         order = rng.permutation(len(sampler))
         per = batch_size // world
         for b in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[b + rank * per: b + (rank + 1) * per]
-            items = [sampler[int(i)] for i in idx]
-            yield {k: np.stack([it[k] for it in items]) for k in items[0]}
+            yield _collate(sampler, order[b + rank * per: b + (rank + 1) * per])
         if len(order) < batch_size:  # tiny datasets: sample with replacement
-            idx = rng.integers(0, len(sampler), per)
-            items = [sampler[int(i)] for i in idx]
-            yield {k: np.stack([it[k] for it in items]) for k in items[0]}
+            yield _collate(sampler, rng.integers(0, len(sampler), per))
 
 
 def _to(batch: dict, device: str):
@@ -325,9 +326,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 torch.manual_seed(1234)
                 with torch.no_grad():
                     for b in range(0, len(idx), cfg.batch_size):
-                        items = [val_set[i] for i in idx[b:b + cfg.batch_size]]
-                        vb = {k: np.stack([it[k] for it in items]) for k in items[0]}
-                        vals.append(float(policy.loss(_to(vb, device))) * len(items))
+                        chunk = idx[b:b + cfg.batch_size]
+                        vals.append(float(policy.loss(_to(_collate(val_set, chunk), device))) * len(chunk))
                 row["val_loss"] = sum(vals) / len(idx)
                 writer.add_scalar("val/loss", row["val_loss"], done)
             if cfg.eval_episodes > 0 and task:
