@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
         name = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
         if f.name == "dataset":
-            d.add_argument(name, required=True, help="zarr dataset to train on")
+            d.add_argument(name, default="", help="zarr dataset to train on (with --resume: the run's own)")
         elif f.name in _LISTS:
             d.add_argument(name, default=",".join(str(v) for v in value), help="comma-separated")
         elif isinstance(value, bool):
@@ -36,6 +36,8 @@ def run(a) -> int:
             items = [x.strip() for x in str(v).split(",") if x.strip()]
             v = [int(x) for x in items] if f.name in ("image_size", "down_dims") else items
         values[f.name] = v
+    if not values["dataset"] and not values["resume"]:
+        raise SystemExit("train: --dataset is required (or --resume RUN_DIR to continue a run)")
     from robot_learning.train.diffusion import train
 
     train(TrainConfig(**values))

@@ -194,7 +194,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     resume = Path(cfg.resume) if cfg.resume else None
     if resume is not None:
         saved = json.loads((resume / "train_config.json").read_text())
-        keep = {"steps": cfg.steps, "eval_every": cfg.eval_every, "device": cfg.device, "resume": cfg.resume}
+        keep = {"steps": cfg.steps, "eval_every": cfg.eval_every, "device": cfg.device, "resume": cfg.resume,
+                "out": str(resume), "dataset": cfg.dataset or saved["dataset"]}
         cfg = TrainConfig(**{**saved, **keep})
     run = resume or Path(cfg.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     ds = Dataset(cfg.dataset)

@@ -43,6 +43,7 @@ class EpisodeNode(Node):
         self.success = False
         self.gripper_opening = 0.08
         self.t_start: float | None = None
+        self.t_end: float | None = None          # the episode is over: stop the trajectory there
         self.t_marker: float | None = None       # a moment worth a snapshot (the grasp)
         self.trajectory: list[list[float]] = []
         self.frames: dict[str, list[tuple[float, np.ndarray]]] = {}
@@ -77,7 +78,8 @@ class EpisodeNode(Node):
         self.t_now = t
         pos, quat = pose_from_msg(m)
         with self.lock:
-            if self.t_start is not None and (not self.trajectory or t - self.t_start - self.trajectory[-1][0] >= 0.02):
+            running = self.t_start is not None and self.t_end is None
+            if running and (not self.trajectory or t - self.t_start - self.trajectory[-1][0] >= 0.02):
                 self.trajectory.append([t - self.t_start, *pos, self.gripper_opening])
         self.on_pose(t, pos, quat)
 
@@ -113,6 +115,18 @@ class EpisodeNode(Node):
             raise RuntimeError(f"{client.srv_name} failed: {res.message}")
         return res
 
+    def start_clock(self) -> None:
+        """The episode starts now: its trajectory and duration count from here (a subclass
+        calls it again once its operator is really in control, e.g. a policy just loaded)."""
+        with self.lock:
+            self.trajectory, self.frames = [], {}
+            self.t_start, self.t_end, self.t_marker = self.t_now, None, None
+
+    def stop_clock(self) -> None:
+        with self.lock:
+            if self.t_end is None:
+                self.t_end = self.t_now
+
     # --- one episode ---
     def drive(self, index: int, info: dict) -> None:
         """Runs the episode until it is over (success, give-up or timeout)."""
@@ -126,10 +140,9 @@ class EpisodeNode(Node):
                 {"task": self.task, "operator": self.operator, "seed": info["seed"]})))
             self.wait_sim(0.05)
             self.call(self.rec_start, Trigger.Request(), "recorder")
-        with self.lock:
-            self.trajectory, self.frames = [], {}
-            self.t_start, self.t_marker = self.t_now, None
+        self.start_clock()
         self.drive(index, info)
+        self.stop_clock()
         result = {"episode": index, "seed": info["seed"], "success": self.success,
                   "duration": self.trajectory[-1][0] if self.trajectory else 0.0}
         if self.record:
@@ -146,7 +159,7 @@ class EpisodeNode(Node):
         ep = self.report_dir / f"episode_{index:03d}"
         ep.mkdir(parents=True, exist_ok=True)
         snaps = {}
-        moments = {"start": self.t_start, "grasp": self.t_marker, "end": self.t_now}
+        moments = {"start": self.t_start, "grasp": self.t_marker, "end": self.t_end or self.t_now}
         for cam, frames in self.frames.items():
             for label, t in moments.items():
                 if t is not None and frames:

@@ -35,11 +35,13 @@ class PolicyEvaluator(EpisodeNode):
 
     def drive(self, index: int, info: dict) -> None:
         self.call(self.resume_client, Trigger.Request(), "policy server")
+        self.start_clock()  # the first resume waits for the server to load and warm its policy up
         t0, wall0 = self.t_now, time.monotonic()
         while not self.success and self.t_now - t0 < self.timeout:
             if time.monotonic() - wall0 > self.timeout * 20 + 60:
                 raise RuntimeError("the sim clock stopped: no /arm/ee_pose")
             time.sleep(0.01)
+        self.stop_clock()
         if self.success:
             self.wait_sim(self.settle)   # success must hold, not flicker
         self.call(self.pause_client, Trigger.Request(), "policy server")
