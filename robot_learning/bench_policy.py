@@ -113,32 +113,47 @@ def server_overhead(n: int) -> dict:
 
 
 def graph_jitter(seconds: float, workdir: Path, client) -> dict:
-    """Command intervals at 100 Hz seen by a client, while the server infers and the recorder records."""
+    """Command intervals at 100 Hz seen by a client, while the server infers and the recorder
+    records one long episode (no resets or pauses, so every interval is a running one)."""
     from geometry_msgs.msg import TwistStamped
+    from std_srvs.srv import SetBool, Trigger
 
     from robot_learning.graph import SimGraph
 
     ckpt = save_untrained(workdir / "jitter_ckpt", obs_dims=LOWDIM)
-    episodes = int(seconds / 10) + 5
     args = dict(checkpoint=ckpt, cameras="none", control_rate=100.0, record="true", dataset=workdir / "jitter.zarr",
-                episodes=episodes, episode_timeout=10.0, report_dir=workdir / "jitter_eval", use_sim_time="false",
-                state_rate=250.0)
+                autostart="true", use_sim_time="false", state_rate=250.0)
     times: list[float] = []
     client.node.create_subscription(TwistStamped, "/policy/command/twist",
                                     lambda m: times.append(time.perf_counter()), 1000)
+    start = client.node.create_client(Trigger, "/recorder/start_episode")
+    stop = client.node.create_client(SetBool, "/recorder/stop_episode")
     with SimGraph(workdir / "jitter.log", "deploy_policy.launch.yaml", **args) as g:
         t_end = time.monotonic() + 120
         while not times and time.monotonic() < t_end and g.alive():
             time.sleep(0.1)
+        if not start.wait_for_service(timeout_sec=30.0) or not _call(start, Trigger.Request()).success:
+            raise RuntimeError(f"bench: the recorder did not start an episode; see {g.log_path}")
         times.clear()
         time.sleep(seconds)
         got = list(times)
+        saved = json.loads(_call(stop, SetBool.Request(data=True)).message)
     iv = np.diff(got) * 1e3
     if iv.size == 0:
         return {"n": 0}
     return {"n": int(iv.size + 1), "seconds": seconds, "p50_ms": float(np.percentile(iv, 50)),
             "p99_ms": float(np.percentile(iv, 99)), "max_ms": float(iv.max()), "std_ms": float(iv.std()),
-            "late_20ms": int((iv > 20.0).sum())}
+            "late_20ms": int((iv > 20.0).sum()), "recorded_steps": int(saved.get("n_steps", 0))}
+
+
+def _call(cli, req, timeout: float = 60.0):
+    fut = cli.call_async(req)
+    end = time.monotonic() + timeout
+    while not fut.done():
+        if time.monotonic() > end:
+            raise RuntimeError(f"bench: {cli.srv_name} did not answer within {timeout:.0f} s")
+        time.sleep(0.01)
+    return fut.result()
 
 
 def train_throughput(workdir: Path) -> dict[str, float]:
@@ -186,9 +201,9 @@ def section(quick: bool, workdir: Path, client) -> list[str]:
     j = graph_jitter(secs, workdir, client)
     rows += ["## Command jitter at 100 Hz (live graph)\n",
              f"deploy_policy.launch.yaml with the sim (real time), mux, policy server at 100 Hz (low-dim "
-             f"policy, DDIM 10, replanning every 4 steps), recorder recording and the evaluator running "
-             f"episodes; intervals between /policy/command/twist messages as received by a separate "
-             f"client process over {j.get('seconds', secs):.0f} s.\n",
+             f"policy, DDIM 10, replanning every 4 steps) and the recorder recording one episode the "
+             f"whole time ({j.get('recorded_steps', 0)} steps); intervals between /policy/command/twist "
+             f"messages as received by a separate client process over {j.get('seconds', secs):.0f} s.\n",
              "| messages | p50 (ms) | p99 (ms) | max (ms) | std (ms) | intervals > 20 ms |",
              "|---|---|---|---|---|---|",
              f"| {j['n']} | {j.get('p50_ms', 0):.2f} | {j.get('p99_ms', 0):.2f} | {j.get('max_ms', 0):.1f} | "
