@@ -70,7 +70,7 @@ def inference_latency(device: str, n: int) -> list[tuple[str, str, np.ndarray]]:
     base = DiffusionRunner(untrained_policy(LOWDIM).to(device), device)
     win = _window(base)
     for sampler, steps in (("ddim", 5), ("ddim", 10), ("ddim", 20), ("dpmsolver", 5), ("dpmsolver", 10)):
-        base.policy.cfg.sampler, base.policy.cfg.inference_steps = sampler, steps
+        base.sampler, base.steps = sampler, steps
         rows.append(("low-dim (23)", f"{sampler} {steps}", _times(lambda: base.act(win), n)))
     sets = {"low-dim + front RGB 96x96": ({**LOWDIM}, {"front_color": [96, 96, 3]}),
             "low-dim + tactile + front & wrist RGB 96x96": ({**LOWDIM, **TACTILE},

@@ -19,18 +19,20 @@ from robot_learning.paths import resolve
 def evaluate_graph(checkpoint: str | Path, task: str, episodes: int, report_dir: Path, log_path: Path,
                    real_time_factor: float = 1.0, cameras: str = "none", seed: int = 1000, blend: str = "ensemble",
                    state_rate: float = 0.0, episode_timeout: float = 30.0, record: bool = False,
-                   dataset: str = "datasets/deployments.zarr", progress: bool = True) -> dict:
+                   dataset: str = "datasets/deployments.zarr", progress: bool = True, sampler: str = "",
+                   inference_steps: int = 0) -> dict:
     """Seeded episodes through the ROS graph; returns the evaluator's results.json."""
     return run_graph_episodes("deploy_policy.launch.yaml", episodes, report_dir, log_path, f"evaluate {task}",
                               progress, timeout=episodes * (episode_timeout * 10 + 30) + 120,
                               checkpoint=resolve(checkpoint), task=task, real_time_factor=real_time_factor,
                               cameras=cameras, seed=seed, blend=blend, state_rate=state_rate,
                               episode_timeout=episode_timeout, record=str(record).lower(),
-                              dataset=resolve(dataset))
+                              dataset=resolve(dataset), sampler=sampler, inference_steps=inference_steps)
 
 
 def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: str = "",
-                 blend: str = "ensemble", video: Path | None = None) -> dict:
+                 blend: str = "ensemble", video: Path | None = None, sampler: str = "",
+                 inference_steps: int = 0) -> dict:
     """Seeded episodes in the gymnasium env; with ``video`` the first one is filmed (and its
     frames returned under "frames")."""
     from robot_learning.data.schema import parse_recipe
@@ -38,7 +40,7 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
     from robot_learning.train.rollout import rollout
 
     checkpoint = resolve(checkpoint)
-    policy = load_policy(checkpoint)
+    policy = load_policy(checkpoint, sampler=sampler, inference_steps=inference_steps)
     meta = json.loads((checkpoint / "config.json").read_text())
     recipe = parse_recipe(meta["recipe"], str(checkpoint))
     task = task or policy.spec.task
@@ -61,12 +63,14 @@ def run_evaluate(a) -> int:
     out = Path(a.out) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         if a.where == "env":
-            r = evaluate_env(a.checkpoint, a.episodes, a.seed, a.task, a.blend, out / "rollout.mp4")
+            r = evaluate_env(a.checkpoint, a.episodes, a.seed, a.task, a.blend, out / "rollout.mp4",
+                             sampler=a.sampler, inference_steps=a.inference_steps)
             r.pop("frames", None)
         else:
             task = a.task or json.loads((resolve(a.checkpoint) / "config.json").read_text())["config"]["task"]
             r = evaluate_graph(a.checkpoint, task, a.episodes, out, out / "graph.log", a.real_time_factor,
-                               a.cameras, a.seed, a.blend, record=a.record, dataset=a.dataset)
+                               a.cameras, a.seed, a.blend, record=a.record, dataset=a.dataset,
+                               sampler=a.sampler, inference_steps=a.inference_steps)
     except (PolicyError, RuntimeError, FileNotFoundError) as e:
         print(f"evaluate: {e}")
         return 1
@@ -86,6 +90,8 @@ def add_parser(sub) -> None:
     ev.add_argument("--task", default="", help="default: the task the checkpoint was trained on")
     ev.add_argument("--seed", type=int, default=1000, help="first episode seed")
     ev.add_argument("--blend", default="ensemble", choices=("ensemble", "crossfade", "replace"))
+    ev.add_argument("--sampler", default="", help="ddim, dpmsolver or ddpm (default: the checkpoint's)")
+    ev.add_argument("--inference-steps", type=int, default=0, help="denoising steps (default: the checkpoint's)")
     ev.add_argument("--real-time-factor", type=float, default=1.0)
     ev.add_argument("--cameras", default="none", help="graph: cameras the sim renders (none for low-dim policies)")
     ev.add_argument("--record", action="store_true", help="graph: record the episodes into --dataset")

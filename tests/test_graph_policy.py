@@ -68,10 +68,22 @@ def diag(client) -> dict[str, str]:
     return {kv.key: kv.value for kv in m.status[0].values}
 
 
-def set_checkpoint(client, path) -> tuple[bool, str]:
-    p = Parameter(name="checkpoint", value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path)))
-    res = client.call(SetParameters, "/policy_server/set_parameters", timeout=60.0, parameters=[p])
+def fresh_diagnostics(client) -> None:
+    """Waits for diagnostics published after now (they come at 1 Hz)."""
+    client.clear("/policy/diagnostics")
+    client.wait_for("/policy/diagnostics", 2, timeout=10)
+
+
+def set_param(client, name: str, value: str | int) -> tuple[bool, str]:
+    v = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value) if isinstance(value, int) else \
+        ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(value))
+    res = client.call(SetParameters, "/policy_server/set_parameters", timeout=60.0,
+                      parameters=[Parameter(name=name, value=v)])
     return res.results[0].successful, res.results[0].reason
+
+
+def set_checkpoint(client, path) -> tuple[bool, str]:
+    return set_param(client, "checkpoint", path)
 
 
 def test_commands_keep_the_control_rate_while_inference_is_slow(deploy):
@@ -117,3 +129,21 @@ def test_a_bad_checkpoint_is_refused_with_a_reason(deploy, tmp_path):
     assert not ok and "mystery" in reason
     ok, reason = set_checkpoint(client, ckpts["slow"])  # still serving after the refusals
     assert ok, reason
+
+
+def test_sampling_is_set_at_deploy_time_and_bad_settings_are_refused(deploy):
+    g, client, ckpts = deploy
+    fresh_diagnostics(client)
+    assert diag(client)["sampling"] == "ddim 30"  # the checkpoint's own
+    ok, reason = set_param(client, "sampler", "euler")
+    assert not ok and "ddim" in reason
+    ok, reason = set_param(client, "inference_steps", -3)
+    assert not ok and "inference_steps" in reason
+    assert set_param(client, "sampler", "dpmsolver")[0] and set_param(client, "inference_steps", 5)[0]
+    fresh_diagnostics(client)
+    assert diag(client)["sampling"] == "dpmsolver 5"
+    ok, reason = set_checkpoint(client, ckpts["slow"])  # later loads keep the deploy-time setting
+    assert ok, reason
+    fresh_diagnostics(client)
+    assert diag(client)["sampling"] == "dpmsolver 5"
+    assert set_param(client, "sampler", "")[0] and set_param(client, "inference_steps", 0)[0]

@@ -39,18 +39,22 @@ class Policy(Protocol):
         each [obs_horizon, ...], and ``t``: the observation times); row 0 is due at ``t[-1]``."""
 
 
-LOADERS: dict[str, Callable[[Path, str], Policy]] = {}
+LOADERS: dict[str, Callable[..., Policy]] = {}
 
 
 def register_policy(kind: str):
-    """Decorator: ``loader(path, device) -> Policy`` for checkpoints whose config says ``policy: kind``."""
+    """Decorator: ``loader(path, device, **options) -> Policy`` for checkpoints whose config says
+    ``policy: kind``; options a loader does not know are an error, not silently ignored."""
     def deco(fn):
         LOADERS[kind] = fn
         return fn
     return deco
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> Policy:
+def load_policy(path: str | Path, device: str = "cpu", **options) -> Policy:
+    """The checkpoint at ``path`` as a server-ready policy. ``options`` are deploy-time settings
+    of its kind (diffusion: ``sampler``, ``inference_steps``); None or empty values keep the
+    checkpoint's own."""
     from robot_learning.policies.checkpoint import PolicyError
 
     path = Path(path)
@@ -61,18 +65,20 @@ def load_policy(path: str | Path, device: str = "cpu") -> Policy:
     kind = json.loads(cfg.read_text()).get("policy")
     if kind not in LOADERS:
         raise PolicyError(f"{path}: policy type '{kind}' has no loader (known: {', '.join(sorted(LOADERS))})")
-    return LOADERS[kind](path, device)
+    return LOADERS[kind](path, device, **{k: v for k, v in options.items() if v not in (None, "", 0)})
 
 
 class DiffusionRunner:
     """A diffusion policy behind the server's interface: executes the ``horizon`` actions that
     follow the newest observation (``action_horizon`` of the config unless told otherwise)."""
 
-    def __init__(self, policy, device: str = "cpu", horizon: int | None = None, seed: int = 0):
+    def __init__(self, policy, device: str = "cpu", horizon: int | None = None, seed: int = 0,
+                 sampler: str | None = None, inference_steps: int | None = None):
         import torch
 
         self.policy, self.device = policy, device
         cfg = policy.cfg
+        self.set_sampling(sampler, inference_steps)
         self.horizon = horizon or (cfg.pred_horizon - cfg.obs_horizon + 1)
         lo = np.asarray(policy.normalizer.stats["action"]["min"], np.float64)
         hi = np.asarray(policy.normalizer.stats["action"]["max"], np.float64)
@@ -88,6 +94,23 @@ class DiffusionRunner:
     def reset(self) -> None:
         self.generator.manual_seed(self.seed)
 
+    def set_sampling(self, sampler: str | None = None, inference_steps: int | None = None) -> None:
+        """Sampler and number of denoising steps (None or empty: the checkpoint's). Fewer steps or
+        a faster sampler trade a little accuracy for latency on the robot; takes effect at the
+        next inference."""
+        from robot_learning.policies.checkpoint import PolicyError
+        from robot_learning.policies.diffusion import make_scheduler
+
+        cfg = self.policy.cfg
+        name, steps = sampler or cfg.sampler, int(inference_steps or cfg.inference_steps)
+        try:
+            make_scheduler(name, cfg.train_timesteps)
+        except ValueError as e:
+            raise PolicyError(str(e)) from None
+        if not 1 <= steps <= cfg.train_timesteps:
+            raise PolicyError(f"inference_steps must be 1..{cfg.train_timesteps}, not {steps}")
+        self.sampler, self.steps = name, steps
+
     def warmup(self) -> None:
         """One call on a blank window, so the first real inference is not slowed by torch's set-up."""
         cfg = self.policy.cfg
@@ -102,7 +125,8 @@ class DiffusionRunner:
 
         batch = {k: torch.as_tensor(np.ascontiguousarray(v)[None], device=self.device) for k, v in obs.items()
                  if k != "t"}
-        chunk = self.policy.predict(batch, generator=self.generator)[0].cpu().numpy().astype(np.float64)
+        chunk = self.policy.predict(batch, steps=self.steps, sampler=self.sampler,
+                                    generator=self.generator)[0].cpu().numpy().astype(np.float64)
         to = self.policy.cfg.obs_horizon
         return chunk[to - 1: to - 1 + self.horizon]
 
@@ -127,8 +151,9 @@ class ReplayPolicy:
 
 
 @register_policy("diffusion")
-def _load_diffusion(path: Path, device: str) -> Policy:
+def _load_diffusion(path: Path, device: str, sampler: str | None = None,
+                    inference_steps: int | None = None) -> Policy:
     from robot_learning.policies.checkpoint import load_checkpoint
 
     policy, _ = load_checkpoint(path, device=device)
-    return DiffusionRunner(policy, device)
+    return DiffusionRunner(policy, device, sampler=sampler, inference_steps=inference_steps)

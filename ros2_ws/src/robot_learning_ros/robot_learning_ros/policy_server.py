@@ -51,6 +51,9 @@ class PolicyServerNode(Node):
             max_obs_age=float(p("max_obs_age", ServerConfig.max_obs_age).value),
         )
         self.device = str(p("device", "cpu").value)
+        # deploy-time sampling settings ("" / 0: the checkpoint's own)
+        self.sampler = str(p("sampler", "").value)
+        self.inference_steps = int(p("inference_steps", 0).value)
         # CPU inference shares the machine with the sensors and the control loop: few threads, and
         # a short GIL switch interval so the timer thread is not kept waiting behind torch's Python
         torch.set_num_threads(int(p("threads", 1).value))
@@ -84,7 +87,7 @@ class PolicyServerNode(Node):
     def load(self, path: str) -> None:
         """Loads a checkpoint and subscribes to what it observes; raises PolicyError when it can't."""
         path = str(resolve(path))
-        policy = load_policy(path, self.device)
+        policy = load_policy(path, self.device, sampler=self.sampler, inference_steps=self.inference_steps)
         if hasattr(policy, "warmup"):
             policy.warmup()
         meta = json.loads((Path(path) / "config.json").read_text())
@@ -144,6 +147,8 @@ class PolicyServerNode(Node):
         else:
             d = self.core.diagnostics()
             d["bad_samples"] = self.bad_samples
+            if hasattr(self.core.policy, "sampler"):
+                d["sampling"] = f"{self.core.policy.sampler} {self.core.policy.steps}"
             if self.core.error is not None or not d["inference_alive"]:
                 st.level, st.message = DiagnosticStatus.ERROR, f"inference stopped: {self.core.error}"
             elif d["paused"]:
@@ -193,6 +198,17 @@ class PolicyServerNode(Node):
         return res
 
     def _on_params(self, params) -> SetParametersResult:
+        sampling = {"sampler": self.sampler, "inference_steps": self.inference_steps}
+        changed = {prm.name: prm.value for prm in params if prm.name in sampling}
+        if changed:  # applies to the running policy at its next inference, and to later loads
+            sampling.update(changed)
+            policy = self.core.policy if self.core else None
+            if hasattr(policy, "set_sampling"):
+                try:
+                    policy.set_sampling(str(sampling["sampler"]), int(sampling["inference_steps"]))
+                except (PolicyError, ValueError) as e:
+                    return SetParametersResult(successful=False, reason=str(e))
+            self.sampler, self.inference_steps = str(sampling["sampler"]), int(sampling["inference_steps"])
         for prm in params:
             if prm.name == "checkpoint" and prm.value:
                 try:
