@@ -27,6 +27,11 @@ def _uniform(rng: np.random.Generator, lo_hi) -> float:
     return float(rng.uniform(lo_hi[0], lo_hi[1]))
 
 
+# An evaluated episode succeeds when the task's success test still holds this long after it
+# first did: a cube let go and then knocked off the target, or grabbed again, is not a success.
+SUCCESS_SETTLE_S = 0.5
+
+
 class Task:
     """Base: object poses for observers, randomized reset, success test."""
 

@@ -13,6 +13,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 from std_srvs.srv import Trigger
 
+from robot_learning.sim.tasks import SUCCESS_SETTLE_S
 from robot_learning_ros.episodes import EpisodeNode, run_episodes
 from robot_learning_ros.runtime import lenient_params
 
@@ -22,7 +23,7 @@ class PolicyEvaluator(EpisodeNode):
 
     def __init__(self):
         super().__init__("policy_evaluator")
-        self.settle = lenient_params(self)("settle", 0.5).value
+        self.settle = float(lenient_params(self)("settle", SUCCESS_SETTLE_S).value)
         self.pause_client = self.create_client(Trigger, "/policy/pause")
         self.resume_client = self.create_client(Trigger, "/policy/resume")
         self.diagnostics: dict[str, str] = {}
