@@ -126,34 +126,26 @@ def graph_jitter(seconds: float, workdir: Path, client) -> dict:
     times: list[float] = []
     client.node.create_subscription(TwistStamped, "/policy/command/twist",
                                     lambda m: times.append(time.perf_counter()), 1000)
-    start = client.node.create_client(Trigger, "/recorder/start_episode")
-    stop = client.node.create_client(SetBool, "/recorder/stop_episode")
     with SimGraph(workdir / "jitter.log", "deploy_policy.launch.yaml", **args) as g:
         t_end = time.monotonic() + 120
         while not times and time.monotonic() < t_end and g.alive():
             time.sleep(0.1)
-        if not start.wait_for_service(timeout_sec=30.0) or not _call(start, Trigger.Request()).success:
+        res = client.call(Trigger, "/recorder/start_episode", timeout=60.0)
+        if res is None or not res.success:
             raise RuntimeError(f"bench: the recorder did not start an episode; see {g.log_path}")
         times.clear()
         time.sleep(seconds)
         got = list(times)
-        saved = json.loads(_call(stop, SetBool.Request(data=True)).message)
+        res = client.call(SetBool, "/recorder/stop_episode", timeout=60.0, data=True)
+        if res is None:
+            raise RuntimeError(f"bench: the recorder did not finish its episode; see {g.log_path}")
+        saved = json.loads(res.message)
     iv = np.diff(got) * 1e3
     if iv.size == 0:
         return {"n": 0}
     return {"n": int(iv.size + 1), "seconds": seconds, "p50_ms": float(np.percentile(iv, 50)),
             "p99_ms": float(np.percentile(iv, 99)), "max_ms": float(iv.max()), "std_ms": float(iv.std()),
             "late_20ms": int((iv > 20.0).sum()), "recorded_steps": int(saved.get("n_steps", 0))}
-
-
-def _call(cli, req, timeout: float = 60.0):
-    fut = cli.call_async(req)
-    end = time.monotonic() + timeout
-    while not fut.done():
-        if time.monotonic() > end:
-            raise RuntimeError(f"bench: {cli.srv_name} did not answer within {timeout:.0f} s")
-        time.sleep(0.01)
-    return fut.result()
 
 
 def train_throughput(workdir: Path) -> dict[str, float]:
