@@ -32,9 +32,10 @@ def evaluate_graph(checkpoint: str | Path, task: str, episodes: int, report_dir:
 
 def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: str = "",
                  blend: str = "ensemble", video: Path | None = None, sampler: str = "",
-                 inference_steps: int = 0) -> dict:
+                 inference_steps: int = 0, latency: float = 0.0) -> dict:
     """Seeded episodes in the gymnasium env; with ``video`` the first one is filmed (and its
-    frames returned under "frames")."""
+    frames returned under "frames"). ``latency``: seconds each chunk takes to arrive, as the
+    robot's inference would (0: instantaneous, which flatters twist policies)."""
     from robot_learning.data.schema import parse_recipe
     from robot_learning.runtime.policy import load_policy
     from robot_learning.train.rollout import rollout
@@ -45,7 +46,7 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
     recipe = parse_recipe(meta["recipe"], str(checkpoint))
     task = task or policy.spec.task
     res = rollout(policy, recipe, task, [seed + i for i in range(episodes)], blend=blend,
-                  replan_every=4, record_video=1 if video else 0, progress=True)
+                  replan_every=4, record_video=1 if video else 0, progress=True, latency=latency)
     if video and res and res[0].frames:
         from robot_learning.data.view import write_video
 
@@ -64,7 +65,7 @@ def run_evaluate(a) -> int:
     try:
         if a.where == "env":
             r = evaluate_env(a.checkpoint, a.episodes, a.seed, a.task, a.blend, out / "rollout.mp4",
-                             sampler=a.sampler, inference_steps=a.inference_steps)
+                             sampler=a.sampler, inference_steps=a.inference_steps, latency=a.latency)
             r.pop("frames", None)
         else:
             task = a.task or json.loads((resolve(a.checkpoint) / "config.json").read_text())["config"]["task"]
@@ -92,6 +93,8 @@ def add_parser(sub) -> None:
     ev.add_argument("--blend", default="ensemble", choices=("ensemble", "crossfade", "replace"))
     ev.add_argument("--sampler", default="", help="ddim, dpmsolver or ddpm (default: the checkpoint's)")
     ev.add_argument("--inference-steps", type=int, default=0, help="denoising steps (default: the checkpoint's)")
+    ev.add_argument("--latency", type=float, default=0.0,
+                    help="env: seconds of sim time each chunk takes to arrive (inference latency)")
     ev.add_argument("--real-time-factor", type=float, default=1.0)
     ev.add_argument("--cameras", default="none", help="graph: cameras the sim renders (none for low-dim policies)")
     ev.add_argument("--record", action="store_true", help="graph: record the episodes into --dataset")

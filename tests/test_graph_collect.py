@@ -91,11 +91,19 @@ def test_scripted_collection_stores_what_was_published(tmp_path):
     # the env mirrors the graph: the recorded actions, replayed open loop through the policy
     # server's engine and the mux in the gymnasium env from the same seed, do the task again
     from robot_learning.data.schema import parse_recipe
+    from robot_learning.runtime.actions import pose_actions
     from robot_learning.runtime.policy import ReplayPolicy
     from robot_learning.train.rollout import rollout
 
+    recipe = parse_recipe(ep.meta["recipe"])
     replay = ReplayPolicy(ep.steps["action"][:], 0.1, "ee_pose.data")
-    assert rollout(replay, parse_recipe(ep.meta["recipe"]), "pick_place", [ep.meta["seed"]])[0].success
+    assert rollout(replay, recipe, "pick_place", [ep.meta["seed"]])[0].success
+    # the same episode as a TCP pose plan (what --action tcp_pose trains on): the server tracks
+    # the recorded poses with twists from the newest TCP pose, and the task is done again, even
+    # with every chunk arriving 0.2 s after its observation
+    poses = pose_actions(ep.steps["obs"]["ee_pose.data"][:], ep.steps["action"][:])
+    replay = ReplayPolicy(poses, 0.1, "ee_pose.data", action_kind="tcp_pose")
+    assert rollout(replay, recipe, "pick_place", [ep.meta["seed"]], latency=0.2)[0].success
     assert not ep.steps["intervention"][:].any()  # no policy was running: no interventions
 
 

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from robot_learning.runtime.actions import TCP_POSE_KEY, pose_actions, track_pose
 from robot_learning.runtime.buffers import ObsBuffers
 from robot_learning.runtime.policy import PolicySpec
 from robot_learning.runtime.scheduler import ChunkScheduler, SchedulerConfig
@@ -160,3 +161,60 @@ def test_buffers_align_to_the_newest_camera_frame_and_never_look_ahead():
     j = win["obs/joints.position"][:, 0]
     assert j[1] <= t_ref and j[1] == pytest.approx(0.36) and j[0] == pytest.approx(0.26)
     assert win["image/cam"][1, 0, 0, 0] == 40 and win["image/cam"][0, 0, 0, 0] == 30
+
+
+def _yaw_pose(x: float, yaw: float) -> np.ndarray:
+    """TCP pointing down, turned by ``yaw`` (x y z qx qy qz qw, as recorded)."""
+    return np.array([x, 0.0, 0.2, np.cos(yaw / 2), np.sin(yaw / 2), 0.0, 0.0])
+
+
+def test_a_pose_target_becomes_the_twist_that_reaches_it_in_one_step():
+    twist = track_pose(_yaw_pose(0.41, 0.1), _yaw_pose(0.40, 0.0), DT)
+    np.testing.assert_allclose(twist[:3], [0.1, 0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(twist[3:], [0.0, 0.0, 1.0], atol=1e-9)   # +0.1 rad about z in 0.1 s
+    np.testing.assert_allclose(track_pose(_yaw_pose(0.4, 0.0), _yaw_pose(0.4, 0.0), DT), np.zeros(6), atol=1e-12)
+
+
+def test_pose_actions_are_the_next_steps_pose_then_the_gripper():
+    poses = np.stack([_yaw_pose(0.3 + 0.01 * k, 0.0) for k in range(4)])
+    recorded = np.concatenate([np.ones((4, 6)), np.arange(4.0)[:, None]], axis=1)   # twist, gripper
+    acts = pose_actions(poses, recorded)
+    np.testing.assert_allclose(acts[:, 0], [0.31, 0.32, 0.33, 0.33], atol=1e-6)    # the last one: stay
+    np.testing.assert_allclose(acts[:, 7], [0, 1, 2, 3])
+
+
+class PosePlan:
+    """A tcp_pose policy whose plan is to stand still at ``target``."""
+
+    def __init__(self, target: np.ndarray, obs_key: str = TCP_POSE_KEY):
+        self.target = target
+        lo, hi = np.full(8, -2.0), np.full(8, 2.0)
+        self.spec = PolicySpec([obs_key], [], None, 1, DT, 8, lo, hi, action_kind="tcp_pose")
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs):
+        return np.tile(np.r_[self.target, 1.0], (8, 1))
+
+
+def test_server_tracks_a_pose_plan_from_the_newest_tcp_pose_and_holds_without_one():
+    clock = {"t": 0.0}
+    core = PolicyServerCore(PosePlan(_yaw_pose(0.45, 0.0)), ServerConfig(max_obs_age=0.2), lambda: clock["t"],
+                            log=lambda m: None)
+    core.resume()
+    core.add_sample("ee_pose", 0.0, {"data": _yaw_pose(0.40, 0.0)})
+    assert core.infer_once()
+    a = core.tick(0.0)
+    np.testing.assert_allclose(a, [0.5, 0, 0, 0, 0, 0, 1.0], atol=1e-9)   # 5 cm in 0.1 s, gripper closed
+    core.add_sample("ee_pose", 0.05, {"data": _yaw_pose(0.44, 0.0)})      # a newer pose: a smaller step
+    clock["t"] = 0.05
+    np.testing.assert_allclose(core.tick(0.05)[:3], [0.1, 0, 0], atol=1e-9)
+    clock["t"] = 0.5                                                        # the TCP pose went silent: hold
+    assert core.tick(0.5) is None
+
+
+def test_a_pose_plan_needs_the_tcp_pose_among_its_observations():
+    with pytest.raises(ValueError, match=TCP_POSE_KEY):
+        PolicyServerCore(PosePlan(_yaw_pose(0.4, 0.0), obs_key="joint_states.position"), ServerConfig(),
+                         lambda: 0.0, log=lambda m: None)

@@ -35,6 +35,7 @@ class DiffusionConfig:
     relative: list[list[str]] = field(default_factory=list)
     dt: float = 0.1                                # seconds between policy steps (the dataset's step rate)
     task: str = ""                                 # what it was trained on (env rollouts, reports)
+    action_kind: str = "twist"                     # twist or tcp_pose (runtime.actions)
 
     def spec(self) -> dict:
         """What a checkpoint expects of its inputs and outputs (checked when it is loaded)."""

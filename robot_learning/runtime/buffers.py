@@ -61,6 +61,14 @@ class ObsBuffers:
     def missing(self) -> list[str]:
         return [s for s, b in self.buffers.items() if b.newest() is None]
 
+    def newest(self, key: str) -> tuple[float, np.ndarray] | None:
+        """(stamp, value) of the newest sample of ``<stream>.<array>``, or None."""
+        stream, array = key.split(".", 1)
+        b = self.buffers.get(stream)
+        if b is None or b.newest() is None:
+            return None
+        return b.t[-1], np.asarray(b.v[-1][array], np.float64).ravel()
+
     def reference_time(self) -> float | None:
         if self.missing():
             return None

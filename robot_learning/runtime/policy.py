@@ -26,6 +26,7 @@ class PolicySpec:
     action_low: np.ndarray                  # a chunk with any action outside [low, high] is refused
     action_high: np.ndarray
     task: str = ""
+    action_kind: str = "twist"              # what an action means (runtime.actions): twist or tcp_pose
 
 
 class Policy(Protocol):
@@ -87,7 +88,7 @@ class DiffusionRunner:
         if cfg.image_shapes:
             image_size = tuple(next(iter(cfg.image_shapes.values()))[:2])
         self.spec = PolicySpec(list(cfg.obs_dims), list(cfg.image_shapes), image_size, cfg.obs_horizon, cfg.dt,
-                               cfg.action_dim, lo - margin, hi + margin, cfg.task)
+                               cfg.action_dim, lo - margin, hi + margin, cfg.task, cfg.action_kind)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.seed = seed
 
@@ -136,11 +137,11 @@ class ReplayPolicy:
     is sent again at k dt after the start. Checks that the env and the graph agree, and replays
     an episode on the arm."""
 
-    def __init__(self, actions: np.ndarray, dt: float, obs_key: str, t0: float = 0.0):
+    def __init__(self, actions: np.ndarray, dt: float, obs_key: str, t0: float = 0.0, action_kind: str = "twist"):
         self.actions, self.t0 = np.asarray(actions, np.float64), t0
         span = np.ptp(self.actions, axis=0) + 1e-3
         self.spec = PolicySpec([obs_key], [], None, 1, dt, self.actions.shape[1],
-                               self.actions.min(0) - span, self.actions.max(0) + span)
+                               self.actions.min(0) - span, self.actions.max(0) + span, action_kind=action_kind)
 
     def reset(self) -> None:
         pass

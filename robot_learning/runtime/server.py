@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robot_learning.runtime.actions import ACTION_KINDS, TCP_POSE_KEY, to_command
 from robot_learning.runtime.buffers import ObsBuffers
 from robot_learning.runtime.policy import Policy
 from robot_learning.runtime.scheduler import ChunkScheduler, SchedulerConfig
@@ -63,6 +64,11 @@ class PolicyServerCore:
 
     # --- policy and state ---
     def set_policy(self, policy: Policy) -> None:
+        s = policy.spec
+        if s.action_kind not in ACTION_KINDS:
+            raise ValueError(f"the policy's actions are '{s.action_kind}'; this server runs {', '.join(ACTION_KINDS)}")
+        if s.action_kind == "tcp_pose" and TCP_POSE_KEY not in s.obs_keys:
+            raise ValueError(f"a tcp_pose policy must observe {TCP_POSE_KEY}: the server tracks its plan against it")
         with self.lock:
             self.policy = policy
             s = policy.spec
@@ -105,6 +111,11 @@ class PolicyServerCore:
         self._last_tick = t0
         with self.lock:
             a = None if self.paused else self.scheduler.due(now)
+            s = self.policy.spec
+            if a is not None and s.action_kind != "twist":
+                tcp = self.buffers.newest(TCP_POSE_KEY)
+                fresh = tcp is not None and now - tcp[0] <= self.cfg.max_obs_age
+                a = to_command(s.action_kind, a, tcp[1] if fresh else None, s.dt)
         self.stats["tick"].append(time.perf_counter() - t0)
         return a
 
@@ -131,14 +142,29 @@ class PolicyServerCore:
 
     def infer_once(self) -> bool:
         """One inference if one is due; returns whether it ran (tests call it directly)."""
-        win = self._should_infer(self.clock())
+        win = self.inference_due(self.clock())
         if win is None:
             return False
+        self.deliver(*self.run_policy(win))
+        return True
+
+    def inference_due(self, now: float) -> tuple[float, dict] | None:
+        """The observation window to infer from now, or None (paused, no fresh observations, or
+        the current plan still runs and the next replanning time has not come)."""
+        return self._should_infer(now)
+
+    def run_policy(self, win: tuple[float, dict]) -> tuple[float, np.ndarray, Policy]:
+        """(observation time, chunk, the policy that made it): the slow part, outside the lock."""
         t_ref, obs = win
         policy = self.policy
         t0 = time.perf_counter()
         chunk = np.asarray(policy.act(obs), np.float64)
         self.stats["infer"].append(time.perf_counter() - t0)
+        return t_ref, chunk, policy
+
+    def deliver(self, t_ref: float, chunk: np.ndarray, policy: Policy) -> None:
+        """Checks a finished chunk and hands it to the scheduler at the clock's now (its actions
+        already due by then are dropped as stale). Env rollouts call it late to act out latency."""
         s = policy.spec
         problem = ""
         if chunk.ndim != 2 or chunk.shape[1] != s.action_dim:
@@ -160,7 +186,6 @@ class PolicyServerCore:
                 self.stats["obs_to_chunk"].append(now - t_ref)
         if problem:
             self.log(f"refused a chunk: {problem}; holding")
-        return True
 
     def _loop(self) -> None:
         try:

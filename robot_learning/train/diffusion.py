@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from robot_learning.data.schema import parse_recipe
 from robot_learning.data.store import Dataset
+from robot_learning.runtime.actions import TCP_POSE_KEY, TWIST_DIMS, check_action_kind, pose_actions
 
 
 @dataclass
@@ -33,6 +34,7 @@ class TrainConfig:
     obs: list[str] = field(default_factory=list)         # step obs keys; empty: every low-dim one
     images: list[str] = field(default_factory=list)      # camera streams
     relative: list[str] = field(default_factory=list)    # "a-b": also observe position a minus position b
+    action: str = "twist"                                 # twist (as recorded) or tcp_pose (runtime.actions)
     image_size: list[int] = field(default_factory=lambda: [96, 96])
     obs_horizon: int = 2
     pred_horizon: int = 16
@@ -94,6 +96,22 @@ def _split(ds: Dataset, cfg: TrainConfig) -> tuple[list[int], list[int], str]:
     order = list(rng.permutation(eps))
     n_val = int(round(len(eps) * cfg.val_fraction)) if len(eps) >= 5 else 0
     return sorted(order[n_val:]), sorted(order[:n_val]), sorted(tasks)[0] if len(tasks) == 1 else ""
+
+
+def _check_action(cfg: TrainConfig, recipe, obs_keys: list[str]) -> None:
+    """``tcp_pose`` actions are built from the recorded TCP pose, replacing the recorded twist."""
+    try:
+        check_action_kind(cfg.action)
+    except ValueError as e:
+        raise SystemExit(f"train: --action: {e}") from None
+    if cfg.action != "tcp_pose":
+        return
+    if TCP_POSE_KEY not in obs_keys:
+        raise SystemExit(f"train: --action tcp_pose needs {TCP_POSE_KEY} among --obs (the plan is tracked against it)")
+    parts = recipe.steps.action
+    if not parts or parts[0].array.split(".", 1)[0] != "cmd_twist":
+        raise SystemExit("train: --action tcp_pose replaces the recorded TCP twist, but the dataset's first "
+                         f"action part is {parts[0].array if parts else 'missing'}")
 
 
 def _default_obs(ds: Dataset, episode: int) -> list[str]:
@@ -216,10 +234,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     for cam in cfg.images:
         if cam not in recipe.streams or recipe.streams[cam].kind != "image":
             raise SystemExit(f"train: '{cam}' is not a camera stream of {cfg.dataset}")
-    spec = WindowSpec(cfg.obs_horizon, cfg.pred_horizon, tuple(obs_keys), tuple(cfg.images), tuple(cfg.image_size))
+    _check_action(cfg, recipe, obs_keys)
+    spec = WindowSpec(cfg.obs_horizon, cfg.pred_horizon, tuple(obs_keys), tuple(cfg.images), tuple(cfg.image_size),
+                      zero_pad_dims=tuple(range(TWIST_DIMS)) if cfg.action == "twist" else ())
     torch.manual_seed(cfg.seed + rank)
     train_set = WindowSampler(ds, spec, train_eps, progress=progress and rank == 0)
     val_set = WindowSampler(ds, spec, val_eps) if val_eps else None
+    if cfg.action == "tcp_pose":
+        for s in (train_set, val_set):
+            for ep in s.episodes if s is not None else []:
+                ep["action"] = pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"])
     if len(train_set) == 0:
         raise SystemExit(f"train: the episodes of {cfg.dataset} have no steps")
 
@@ -242,7 +266,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            obs_horizon=cfg.obs_horizon, pred_horizon=cfg.pred_horizon,
                            action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
                            relative=[list(p) for p in pairs],
-                           inference_steps=cfg.inference_steps, dt=1.0 / rate, task=task)
+                           inference_steps=cfg.inference_steps, dt=1.0 / rate, task=task,
+                           action_kind=cfg.action)
     model = DiffusionPolicy(dcfg, normalizer).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -30,12 +30,13 @@ class RolloutResult:
 
 def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: str = "ensemble",
             replan_every: int = 4, record_video: int = 0, progress: bool = False,
-            control_hz: float = 100.0) -> list[RolloutResult]:
+            control_hz: float = 100.0, latency: float = 0.0) -> list[RolloutResult]:
     """One episode per seed; the first ``record_video`` episodes keep front-camera frames.
 
     As on the graph: observations arrive and the server's timer ticks at ``control_hz``, the
     due action (a zero twist when starved) goes through the command mux (bounded acceleration)
-    to the arm controller."""
+    to the arm controller. Each chunk reaches the server ``latency`` seconds of sim time after
+    its observations (what inference takes on the robot's computer), while the arm runs on."""
     from robot_learning.sim.env import WorkcellEnv
     from robot_learning.teleop.mux import CommandMux
 
@@ -64,6 +65,7 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
             core.resume()
             mux = CommandMux()
             frames, success, steps, t_action, t_ok = [], False, 0, -np.inf, None
+            pending = None  # (due time, chunk) of the inference in flight
             t0 = cell.time
             while steps < cell.task.max_steps or t_ok is not None:  # as the graph's evaluator:
                 # success first seen, then judged again SUCCESS_SETTLE_S later
@@ -72,7 +74,11 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
                     t = clock["t"] = cell.time - t0 + tick_s
                     for name, topic in streams.items():
                         core.add_sample(name, t, topic_sample(cell, topic))
-                    core.infer_once()
+                    if pending is None and (win := core.inference_due(t)) is not None:
+                        pending = (t + latency, core.run_policy(win))
+                    if pending is not None and t >= pending[0] - 1e-9:
+                        core.deliver(*pending[1])
+                        pending = None
                     a = core.tick(t)
                     if a is not None:
                         t_action = t

@@ -1,0 +1,57 @@
+"""What a policy's actions mean, and how the server turns them into arm commands.
+
+Two action spaces, named in the checkpoint's config (``action_kind``):
+
+- ``twist``: ``[vx vy vz wx wy wz, gripper]``, the TCP twist (base frame) and gripper closure the
+  demonstrations sent; the server sends them as they are.
+- ``tcp_pose``: ``[x y z qx qy qz qw, gripper]``, the TCP pose the arm should have reached one
+  policy step after the action is due (for training: the recorded pose of the next step). The
+  server turns the plan into a twist at the control rate, from the newest TCP pose it has, so
+  the fast loop around the arm never waits for the policy.
+
+Why both: a twist chunk is open loop, so any inference latency lets the arm run on towards
+where the policy *saw* it; the cube-task policy trained on twists fell from 95% to 15% in the
+env when its chunks arrived 0.2 s late (``docs/learning.md``). A pose plan says where to be
+and when, which a late chunk still gets right.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robot_learning.transforms import orientation_error, xyzw_to_wxyz
+
+ACTION_KINDS = ("twist", "tcp_pose")
+TCP_POSE_KEY = "ee_pose.data"   # the observation a tcp_pose policy is tracked against
+TWIST_DIMS = 6
+
+
+def check_action_kind(kind: str) -> None:
+    if kind not in ACTION_KINDS:
+        raise ValueError(f"action kind '{kind}' is not one of {', '.join(ACTION_KINDS)}")
+
+
+def pose_actions(tcp_pose: np.ndarray, recorded: np.ndarray) -> np.ndarray:
+    """``tcp_pose`` actions of one episode, from its per-step TCP poses [T, 7] and the recorded
+    twist actions [T, 6 + extra]: the next step's pose, then the extra columns (gripper).
+    The last step's target is its own pose: the arm stops there."""
+    nxt = np.concatenate([tcp_pose[1:], tcp_pose[-1:]]).astype(np.float32)
+    return np.concatenate([nxt, recorded[:, TWIST_DIMS:]], axis=1)
+
+
+def track_pose(target: np.ndarray, pose: np.ndarray, horizon: float) -> np.ndarray:
+    """The twist [6] that brings the TCP from ``pose`` onto ``target`` (both x y z qx qy qz qw)
+    in ``horizon`` seconds; the arm's safety filter bounds it like any other command."""
+    v = (np.asarray(target[:3], np.float64) - pose[:3]) / horizon
+    w = orientation_error(xyzw_to_wxyz(np.asarray(target[3:7], np.float64)), xyzw_to_wxyz(pose[3:7])) / horizon
+    return np.concatenate([v, w])
+
+
+def to_command(kind: str, action: np.ndarray, tcp_pose: np.ndarray | None, dt: float) -> np.ndarray | None:
+    """The ``[twist(6), extra...]`` command for a due action; None (hold) when a ``tcp_pose``
+    action has no TCP pose to be tracked against."""
+    if kind == "twist":
+        return action
+    if tcp_pose is None:
+        return None
+    return np.concatenate([track_pose(action[:7], np.asarray(tcp_pose, np.float64), dt), action[7:]])
