@@ -43,6 +43,7 @@ class DemoPlan:
     real_time_factor: float = 2.0
     state_rate: float = 100.0
     noise: float = 0.0               # the operator's hand-like noise (1.0: teleop-like demos, harder to learn)
+    action: str = "tcp_pose"         # TCP pose plans: robust to the inference latency a shared CPU adds
 
     @classmethod
     def quick(cls) -> DemoPlan:
@@ -124,7 +125,8 @@ def write_report(run_dir: Path, dataset: Path, collected: dict, train_run: Path,
              f"{timings['train'] / 60:.1f} min |",
              f"| deploy + evaluate through the ROS graph | **{evaluated['success_rate']:.0%}** over "
              f"{len(evaluated['episodes'])} seeded episodes | {timings['evaluate'] / 60:.1f} min |", "",
-             f"Observations: {', '.join(LOWDIM_OBS)}; relative positions {', '.join(RELATIVE)}. "
+             f"Observations: {', '.join(LOWDIM_OBS)}; relative positions {', '.join(RELATIVE)}; "
+             f"actions: {plan.action}. "
              f"Checkpoint: `{ckpt}`.", "",
              "## Policy server latency (from /policy/diagnostics during the evaluation)", ""]
     lines += _latency_rows(evaluated.get("diagnostics", {})) or ["(no diagnostics received)"]
@@ -177,7 +179,7 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
         # what is left, minus evaluation (~20 s per episode measured, failures run to the timeout) and the report
         minutes = max(2.0, plan.budget_min - spent - plan.eval_episodes * 0.35 - 1.0) if plan.budget_min else 0.0
         train_run = train(TrainConfig(dataset=str(ds_path), out=str(run_dir / "train"), obs=list(LOWDIM_OBS),
-                                      relative=list(RELATIVE), lr=5e-4, val_fraction=0.05,
+                                      relative=list(RELATIVE), action=plan.action, lr=5e-4, val_fraction=0.05,
                                       steps=plan.train_steps, batch_size=plan.batch_size, eval_every=plan.eval_every,
                                       eval_episodes=plan.train_eval_episodes,
                                       warmup_steps=min(200, plan.train_steps // 5), max_minutes=minutes))

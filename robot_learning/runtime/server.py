@@ -211,7 +211,8 @@ class PolicyServerCore:
     def diagnostics(self) -> dict:
         with self.lock:
             now = self.clock()
-            out = {"paused": self.paused, "horizon_s": self.scheduler.horizon(now),
+            out = {"paused": self.paused, "action_kind": self.policy.spec.action_kind,
+                   "horizon_s": self.scheduler.horizon(now),
                    "dropped_stale_actions": self.scheduler.dropped_stale,
                    "dropped_chunks": self.scheduler.dropped_chunks, "rejected_chunks": self.rejected_chunks,
                    "last_reject": self.last_reject, "missing_streams": self.buffers.missing(),
