@@ -205,6 +205,23 @@ def test_interrupted_episode_is_recovered_up_to_its_last_flush(tmp_path):
     assert ep.streams["joint_states"]["t"].shape[0] == 500  # the unflushed sample is gone, the rest is there
 
 
+def test_episode_killed_while_being_created_is_dropped_by_repair(tmp_path):
+    """The recorder killed between creating an episode's group and writing its attributes
+    leaves a group with no status: the store reads it as interrupted, and repair drops it."""
+    path = tmp_path / "c.zarr"
+    w = DatasetWriter(path, RECIPE)
+    ep = w.start_episode({"task": "t"})
+    record_episode(ep, seconds=0.5)
+    ep.finish(success=True)
+    w.root["episodes"].create_group("000001")   # then the process died
+    w.close()
+    with pytest.warns(UserWarning, match="interrupted"):
+        assert Dataset(path).incomplete == [1]
+    assert repair_path(path) == {1: "dropped"}
+    ds, problems = validate_store(path)
+    assert problems == [] and ds.indices == [0]
+
+
 def test_permission_error_is_clear_and_loses_nothing(tmp_path, store):
     ro = tmp_path / "readonly"
     ro.mkdir()

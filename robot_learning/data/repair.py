@@ -69,7 +69,13 @@ def repair_store(path: Path, root: zarr.Group, recipe: Recipe | None = None) -> 
             actions[int(d.name) if d.name.isdigit() else -1] = "dropped"
             continue
         g = root["episodes"][d.name]
-        if g.attrs.get("status") != "recording":
+        if "status" not in g.attrs:
+            # killed between creating the group and writing its attributes (one write that also
+            # stores the recipe): nothing was recorded into it
+            shutil.rmtree(d)
+            actions[int(d.name) if d.name.isdigit() else -1] = "dropped"
+            continue
+        if g.attrs["status"] != "recording":
             continue
         raw = g.attrs.get("recipe")
         rec = parse_recipe(raw, f"episode {d.name}") if raw else recipe
