@@ -47,11 +47,6 @@ def track_pose(target: np.ndarray, pose: np.ndarray, horizon: float) -> np.ndarr
     return np.concatenate([v, w])
 
 
-def to_command(kind: str, action: np.ndarray, tcp_pose: np.ndarray | None, dt: float) -> np.ndarray | None:
-    """The ``[twist(6), extra...]`` command for a due action; None (hold) when a ``tcp_pose``
-    action has no TCP pose to be tracked against."""
-    if kind == "twist":
-        return action
-    if tcp_pose is None:
-        return None
+def pose_command(action: np.ndarray, tcp_pose: np.ndarray, dt: float) -> np.ndarray:
+    """The ``[twist(6), extra...]`` command for a due ``tcp_pose`` action, from the TCP pose now."""
     return np.concatenate([track_pose(action[:7], np.asarray(tcp_pose, np.float64), dt), action[7:]])

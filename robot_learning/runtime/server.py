@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robot_learning.runtime.actions import ACTION_KINDS, TCP_POSE_KEY, to_command
+from robot_learning.runtime.actions import TCP_POSE_KEY, check_action_kind, pose_command
 from robot_learning.runtime.buffers import ObsBuffers
 from robot_learning.runtime.policy import Policy
 from robot_learning.runtime.scheduler import ChunkScheduler, SchedulerConfig
@@ -65,13 +65,11 @@ class PolicyServerCore:
     # --- policy and state ---
     def set_policy(self, policy: Policy) -> None:
         s = policy.spec
-        if s.action_kind not in ACTION_KINDS:
-            raise ValueError(f"the policy's actions are '{s.action_kind}'; this server runs {', '.join(ACTION_KINDS)}")
+        check_action_kind(s.action_kind)
         if s.action_kind == "tcp_pose" and TCP_POSE_KEY not in s.obs_keys:
             raise ValueError(f"a tcp_pose policy must observe {TCP_POSE_KEY}: the server tracks its plan against it")
         with self.lock:
             self.policy = policy
-            s = policy.spec
             self.buffers = ObsBuffers(s.obs_keys, s.image_keys, s.obs_horizon, s.dt, s.image_size)
             self.scheduler = ChunkScheduler(SchedulerConfig(s.dt, self.cfg.blend, self.cfg.ensemble_k,
                                                             self.cfg.crossfade_s, self.cfg.interpolate))
@@ -115,7 +113,7 @@ class PolicyServerCore:
             if a is not None and s.action_kind != "twist":
                 tcp = self.buffers.newest(TCP_POSE_KEY)
                 fresh = tcp is not None and now - tcp[0] <= self.cfg.max_obs_age
-                a = to_command(s.action_kind, a, tcp[1] if fresh else None, s.dt)
+                a = pose_command(a, tcp[1], s.dt) if fresh else None   # no TCP pose to track against: hold
         self.stats["tick"].append(time.perf_counter() - t0)
         return a
 
@@ -124,7 +122,9 @@ class PolicyServerCore:
         self.stats["tick_interval"].clear()
 
     # --- inference ---
-    def _should_infer(self, now: float) -> tuple[float, dict] | None:
+    def inference_due(self, now: float) -> tuple[float, dict] | None:
+        """The observation window to infer from now, or None (paused, no fresh observations, or
+        the current plan still runs and the next replanning time has not come)."""
         with self.lock:
             if self.paused:
                 return None
@@ -147,11 +147,6 @@ class PolicyServerCore:
             return False
         self.deliver(*self.run_policy(win))
         return True
-
-    def inference_due(self, now: float) -> tuple[float, dict] | None:
-        """The observation window to infer from now, or None (paused, no fresh observations, or
-        the current plan still runs and the next replanning time has not come)."""
-        return self._should_infer(now)
 
     def run_policy(self, win: tuple[float, dict]) -> tuple[float, np.ndarray, Policy]:
         """(observation time, chunk, the policy that made it): the slow part, outside the lock."""

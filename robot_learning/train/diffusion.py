@@ -241,9 +241,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     train_set = WindowSampler(ds, spec, train_eps, progress=progress and rank == 0)
     val_set = WindowSampler(ds, spec, val_eps) if val_eps else None
     if cfg.action == "tcp_pose":
-        for s in (train_set, val_set):
-            for ep in s.episodes if s is not None else []:
-                ep["action"] = pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"])
+        for ep in train_set.episodes + (val_set.episodes if val_set else []):
+            ep["action"] = pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"])
     if len(train_set) == 0:
         raise SystemExit(f"train: the episodes of {cfg.dataset} have no steps")
 
