@@ -142,7 +142,9 @@ def test_takeover_from_a_policy_is_logged_as_intervention(tmp_path):
             time.sleep(0.02)
         res = client.call(SetBool, "/recorder/stop_episode", timeout=60, data=True)
         assert res.success, res.message
-        assert json.loads(res.message)["n_steps"] > 40
+        info = json.loads(res.message)
+        # 6 s of wall time; the sim clock may run slower on a loaded machine: 10 Hz of what it ran
+        assert info["duration"] > 2.0 and info["n_steps"] >= 10.0 * info["duration"] - 2, info
     client.close()
     assert "Traceback" not in g.log_path.read_text()
     ds, problems = validate_store(path)

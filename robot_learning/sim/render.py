@@ -38,6 +38,10 @@ def depth_to_mm(buffer: np.ndarray, model: mujoco.MjModel, depth_range: tuple[fl
 class AsyncCameras:
     """Frames rendered on a worker thread and handed to ``on_frame(name, stamp, rgb, depth_mm)``.
 
+    ``rgb`` is an upright view of the render buffer, valid only during the call: a consumer
+    copies it once, where it needs it (into a message), instead of every frame being copied
+    here first.
+
     Up to ``pending`` captures per camera are in flight; ``capture`` waits for the oldest to
     finish when that many are queued, so every frame is rendered (the camera rate holds in
     simulated time) and physics slows down only when rendering is the bottleneck."""
@@ -105,7 +109,7 @@ class AsyncCameras:
                     mujoco.mjr_readPixels(rgb, depth if spec.depth_range else None, rect, ctx)
                     self.free.put(scene)
                     depth_mm = depth_to_mm(depth[::-1], self.model, spec.depth_range) if spec.depth_range else None
-                    self.on_frame(spec.name, stamp, rgb[::-1].copy(), depth_mm)
+                    self.on_frame(spec.name, stamp, rgb[::-1], depth_mm)
         except BaseException as e:  # noqa: BLE001 - surfaced by the owner through .error
             self.error = e
         finally:

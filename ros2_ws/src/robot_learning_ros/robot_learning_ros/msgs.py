@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import importlib
+import math
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -16,7 +18,7 @@ from rclpy.qos import (
 )
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
-from robot_learning.transforms import wxyz_to_xyzw, xyzw_to_wxyz
+from robot_learning.transforms import xyzw_to_wxyz
 
 SENSOR_QOS = qos_profile_sensor_data  # BEST_EFFORT, depth 5
 # Reliable with a deep history: a KEEP_LAST writer drops samples a busy reader has not yet
@@ -35,8 +37,11 @@ def message_class(full_type: str):
 
 
 def to_stamp(t: float) -> Time:
-    sec = int(np.floor(t))
-    return Time(sec=sec, nanosec=int(round((t - sec) * 1e9)) % 1_000_000_000)
+    sec = math.floor(t)
+    ns = round((t - sec) * 1e9)
+    if ns >= 1_000_000_000:  # t a hair below a whole second rounds up to it
+        sec, ns = sec + 1, ns - 1_000_000_000
+    return Time(sec=sec, nanosec=ns)
 
 
 def from_stamp(stamp: Time) -> float:
@@ -47,9 +52,10 @@ def pose_msg(pos: np.ndarray, quat_wxyz: np.ndarray, t: float, frame: str) -> Po
     m = PoseStamped()
     m.header.stamp = to_stamp(t)
     m.header.frame_id = frame
-    m.pose.position.x, m.pose.position.y, m.pose.position.z = (float(v) for v in pos)
-    q = wxyz_to_xyzw(quat_wxyz)
-    m.pose.orientation.x, m.pose.orientation.y, m.pose.orientation.z, m.pose.orientation.w = (float(v) for v in q)
+    # tolist(): plain floats in one call (published at the control rate, so it is worth it)
+    m.pose.position.x, m.pose.position.y, m.pose.position.z = np.asarray(pos, float).tolist()
+    o = m.pose.orientation
+    o.w, o.x, o.y, o.z = np.asarray(quat_wxyz, float).tolist()
     return m
 
 
@@ -67,8 +73,7 @@ def _stamped_pair(m, first, second, v, t: float, frame: str):
     """Fill a stamped message made of two 3-vectors (twist: linear/angular, wrench: force/torque)."""
     m.header.stamp = to_stamp(t)
     m.header.frame_id = frame
-    first.x, first.y, first.z = (float(x) for x in v[:3])
-    second.x, second.y, second.z = (float(x) for x in v[3:6])
+    first.x, first.y, first.z, second.x, second.y, second.z = np.asarray(v[:6], float).tolist()
     return m
 
 
@@ -86,9 +91,9 @@ def joint_state_msg(names: list[str], q, qd, effort, t: float) -> JointState:
     m = JointState()
     m.header.stamp = to_stamp(t)
     m.name = list(names)
-    m.position = [float(x) for x in q]
-    m.velocity = [float(x) for x in qd]
-    m.effort = [float(x) for x in effort]
+    m.position = np.asarray(q, float).tolist()
+    m.velocity = np.asarray(qd, float).tolist()
+    m.effort = np.asarray(effort, float).tolist()
     return m
 
 
@@ -96,17 +101,24 @@ _ENCODINGS = {"rgb8": (np.uint8, 3), "16UC1": (np.uint16, 1), "32FC3": (np.float
               "32FC1": (np.float32, 1)}
 
 
-def image_msg(arr: np.ndarray, encoding: str, t: float, frame: str) -> Image:
+def image_msg(arr: np.ndarray, encoding: str, t: float, frame: str, reuse: Image | None = None) -> Image:
+    """An Image holding ``arr`` (any strides: a flipped view is copied upright in the same pass).
+
+    With ``reuse``, that message is refilled in place: its data buffer is kept when the size
+    matches, so a camera's frames cost one copy each and no allocation (rclpy serializes during
+    ``publish``, so a message may be refilled as soon as ``publish`` returns)."""
     dtype, ch = _ENCODINGS[encoding]
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    m = Image()
+    m = reuse if reuse is not None else Image()
     m.header.stamp = to_stamp(t)
     m.header.frame_id = frame
     m.height, m.width = int(arr.shape[0]), int(arr.shape[1])
     m.encoding = encoding
     m.is_bigendian = 0
-    m.step = m.width * ch * arr.itemsize
-    m.data = arr.tobytes()
+    m.step = m.width * ch * np.dtype(dtype).itemsize
+    shape = (m.height, m.width, ch) if ch > 1 else (m.height, m.width)
+    if len(m.data) != m.step * m.height:
+        m.data = array.array("B", bytes(m.step * m.height))
+    np.frombuffer(m.data, dtype=dtype).reshape(shape)[...] = arr
     return m
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -22,11 +23,11 @@ from robot_learning.data.schema import load_recipe
 from robot_learning.data.store import DatasetError
 from robot_learning.paths import resolve
 from robot_learning_ros.msgs import LATCHED_QOS, message_class
-from robot_learning_ros.runtime import clean_stale_shared_memory, lenient_params, spin_main
+from robot_learning_ros.runtime import join_with_fresh_participant_id, lenient_params, spin_main
 
 # deep queues: the recorder must not drop what arrives in bursts while it writes
 RECORD_SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
-RECORD_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+RECORD_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
 class RecorderNode(Node):
@@ -48,9 +49,13 @@ class RecorderNode(Node):
                                      lambda m, n=name: self.rec.on_message(n, m, self._now()),
                                      RECORD_SENSOR_QOS if spec.sensor else RECORD_QOS)
         self.create_subscription(String, "/recorder/episode_meta", self._on_meta, LATCHED_QOS)
-        self.create_service(Trigger, "/recorder/start_episode", self._on_start)
-        self.create_service(SetBool, "/recorder/stop_episode", self._on_stop)
-        self.create_service(Trigger, "/recorder/discard_episode", self._on_discard)
+        # finishing an episode waits for its last chunk to reach the disk (seconds on a busy
+        # machine): the services get their own callback group and executor thread, so messages
+        # keep being taken meanwhile instead of overflowing the subscriptions' queues
+        services = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, "/recorder/start_episode", self._on_start, callback_group=services)
+        self.create_service(SetBool, "/recorder/stop_episode", self._on_stop, callback_group=services)
+        self.create_service(Trigger, "/recorder/discard_episode", self._on_discard, callback_group=services)
         self._status()
         self.get_logger().info(f"recording '{recipe.name}' ({len(recipe.streams)} streams) into {resolve(path)}")
 
@@ -112,7 +117,7 @@ class RecorderNode(Node):
 
 
 def main(args=None) -> None:
-    clean_stale_shared_memory()  # a recorder restarted after a crash must not inherit a dead port
+    join_with_fresh_participant_id()  # a recorder restarted after a crash must not reuse the dead one's port
     rclpy.init(args=args)
     try:
         node = RecorderNode()
@@ -129,7 +134,7 @@ def main(args=None) -> None:
                 node.get_logger().error(f"{e}; the flushed part is recovered on the next open")
         node.rec.close()
 
-    spin_main(node, shutdown)
+    spin_main(node, shutdown, threads=2)
 
 
 if __name__ == "__main__":

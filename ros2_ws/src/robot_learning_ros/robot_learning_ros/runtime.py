@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
+import re
+import tempfile
 import threading
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 
@@ -47,10 +47,16 @@ class BackgroundSpin:
         self.node.destroy_node()
 
 
-def spin_main(node: Node, on_shutdown=None) -> None:
-    """Spin ``node`` on the main thread until Ctrl-C or SIGTERM, then clean up in the safe order."""
+def spin_main(node: Node, on_shutdown=None, threads: int = 1) -> None:
+    """Spin ``node`` on the main thread until Ctrl-C or SIGTERM, then clean up in the safe order.
+
+    ``threads`` > 1 spins a multi-threaded executor: callbacks in different callback groups then
+    run side by side (a service that waits for slow work does not stop subscriptions)."""
     try:
-        rclpy.spin(node)
+        if threads > 1:
+            rclpy.spin(node, MultiThreadedExecutor(num_threads=threads))
+        else:
+            rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RuntimeError:
@@ -72,19 +78,67 @@ def run_node(factory, args=None) -> None:
     spin_main(factory())
 
 
-def clean_stale_shared_memory() -> None:
-    """Remove Fast DDS shared-memory ports and segments left by processes that died (SIGKILL,
-    power cut), with Fast DDS's own ``fastdds shm clean``: it deletes only files whose lock no
-    live process holds. A node restarted after a crash may otherwise fail to open its port and
-    stay deaf. Does nothing when the tool is not installed or another RMW is in use."""
-    if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
-        return
-    script = Path(sys.prefix) / "tools" / "fastdds" / "fastdds.py"  # the ros-fastdds wheel
-    cmd = [sys.executable, str(script), "shm", "clean"] if script.is_file() else None
-    if cmd is None and shutil.which("fastdds"):
-        cmd = ["fastdds", "shm", "clean"]
-    if cmd is not None:
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
+SHM_DIR = Path("/dev/shm")
+MAX_PARTICIPANT_ID = 119  # RTPS port mapping: 250 ports per domain, 2 per participant
+
+
+def unused_participant_id(domain: int, shm_dir: Path = SHM_DIR) -> int | None:
+    """A participant id above every id that has a Fast DDS shared-memory port in ``domain``,
+    live or left by a process that died (None when the range is used up).
+
+    Fast DDS names a participant's port after its id (``fastdds_port<7411 + 250 domain + 2 id>``),
+    and a process started after a crash gets the lowest free id: the dead one's. Peers that
+    have not yet noticed the death still hold the old port's memory and keep writing there, so
+    nothing they send reaches the new process (eProsima/Fast-DDS#5053, #5469; seen here as a
+    restarted recorder that never answered a service call). A name no process has used cannot
+    be held by anyone."""
+    base = 7411 + 250 * domain
+    used = []
+    for f in shm_dir.glob("fast*_port*"):
+        m = re.fullmatch(r"fast(?:dds|rtps)_port(\d+)", f.name)
+        if m and base <= int(m.group(1)) <= base + 2 * MAX_PARTICIPANT_ID:
+            used.append((int(m.group(1)) - base) // 2)
+    pid = max(used, default=-1) + 1
+    return pid if pid <= MAX_PARTICIPANT_ID else None
+
+
+def join_with_fresh_participant_id(log=print) -> int | None:
+    """Call before ``rclpy.init`` in a node that may be restarted after a crash (SIGKILL, power
+    cut): pins this process's participant id to one no process has used (see
+    ``unused_participant_id``), through a copy of the Fast DDS profile in use. Only with
+    Fast DDS and a profile file (the project's set-up always has one); otherwise a no-op."""
+    profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
+    if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp" or not profile:
+        return None
+    try:
+        tree = ElementTree.parse(profile)
+    except (OSError, ElementTree.ParseError) as e:
+        log(f"not pinning the DDS participant id: cannot read {profile} ({e})")
+        return None
+    ns = tree.getroot().tag[:tree.getroot().tag.index("}") + 1] if tree.getroot().tag.startswith("{") else ""
+    default = next((p for p in tree.getroot().iter(f"{ns}participant") if p.get("is_default_profile") == "true"),
+                   None)
+    domain = int(os.environ.get("ROS_DOMAIN_ID", "0") or 0)
+    pid = unused_participant_id(domain)
+    if default is None or pid is None:
+        return None
+    rtps = default.find(f"{ns}rtps")
+    if rtps is None:
+        rtps = ElementTree.SubElement(default, f"{ns}rtps")
+    el = rtps.find(f"{ns}participantID")
+    if el is None:
+        el = ElementTree.Element(f"{ns}participantID")
+        rtps.insert(0, el)
+    el.text = str(pid)
+    if ns:
+        ElementTree.register_namespace("", ns[1:-1])
+    # one file per domain and id (bounded, overwritten on reuse; a killed node leaves nothing else)
+    out = Path(tempfile.gettempdir()) / f"robot_learning_fastdds_{os.getuid()}_d{domain}_p{pid}.xml"
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    tree.write(tmp, encoding="UTF-8", xml_declaration=True)
+    os.replace(tmp, out)
+    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(out)
+    return pid
 
 
 class _Value:

@@ -1,0 +1,95 @@
+"""The message and process plumbing every node relies on: images built in one copy, stamps
+that never step back, and a node restarted after SIGKILL that its peers can still reach."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from graph_client import GraphClient
+from robot_learning_ros.msgs import image_from_msg, image_msg, to_stamp
+from robot_learning_ros.runtime import unused_participant_id
+from std_srvs.srv import Trigger
+
+
+def test_image_msg_copies_flipped_views_upright_and_refills_its_buffer():
+    rng = np.random.default_rng(0)
+    gl = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)  # as read back from OpenGL: bottom row first
+    m = image_msg(gl[::-1], "rgb8", 10.25, "cam")
+    assert np.array_equal(image_from_msg(m), gl[::-1]) and m.step == 64 * 3
+    buf = m.data
+    gl2 = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    assert image_msg(gl2[::-1], "rgb8", 10.5, "cam", reuse=m) is m
+    assert m.data is buf  # same size: refilled in place, no new buffer
+    assert np.array_equal(image_from_msg(m), gl2[::-1]) and m.header.stamp.nanosec == 500_000_000
+    depth = rng.integers(0, 4000, (24, 32), dtype=np.uint16)
+    image_msg(depth, "16UC1", 11.0, "cam", reuse=m)  # another size and encoding: a new buffer
+    assert np.array_equal(image_from_msg(m), depth) and m.step == 64
+
+
+def test_stamps_never_step_back_a_second():
+    for t in (1.9999999999, 1795307318.9999999999, 5.0, 0.1234567891):
+        s = to_stamp(t)
+        assert 0 <= s.nanosec < 1_000_000_000
+        assert abs(s.sec + s.nanosec * 1e-9 - t) < 1e-6
+
+
+def test_participant_id_above_every_port_live_or_dead(tmp_path):
+    base = 7411 + 250 * 3
+    for name in (f"fastdds_port{base}", f"fastdds_port{base + 2}", f"fastdds_port{base + 10}",
+                 f"fastdds_port{base + 10}_el", f"fastdds_port{base + 250}", "fastdds_3f2a"):
+        (tmp_path / name).touch()
+    assert unused_participant_id(3, tmp_path) == 6  # ids 0, 1 and 5 in domain 3; the next domain's ignored
+    assert unused_participant_id(4, tmp_path) == 1
+    (tmp_path / f"fastdds_port{base + 238}").touch()
+    assert unused_participant_id(3, tmp_path) is None  # range used up: Fast DDS picks
+
+
+SERVER = textwrap.dedent("""
+    import os, rclpy
+    from std_srvs.srv import Trigger
+    from robot_learning_ros.runtime import join_with_fresh_participant_id
+    print(join_with_fresh_participant_id(), flush=True)
+    rclpy.init()
+    node = rclpy.create_node("restarted_server")
+    def answer(req, res):
+        res.success, res.message = True, str(os.getpid())
+        return res
+    node.create_service(Trigger, "/plumbing/whoami", answer)
+    rclpy.spin(node)
+""")
+
+
+@pytest.mark.graph
+def test_a_node_restarted_after_sigkill_is_reached_by_a_long_lived_peer():
+    """The peer keeps running across the crash, as an operator console does; each restart is
+    immediate, while the peer still counts the dead server as alive."""
+    client = GraphClient("plumbing_peer")
+    cli = client.node.create_client(Trigger, "/plumbing/whoami")
+    ids = []
+    try:
+        for _ in range(4):
+            proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+            ids.append(proc.stdout.readline().strip())
+            answered, end = None, time.monotonic() + 30
+            while answered is None and time.monotonic() < end:
+                if not cli.wait_for_service(timeout_sec=1.0):
+                    continue
+                fut = cli.call_async(Trigger.Request())
+                sent = time.monotonic()
+                while not fut.done() and time.monotonic() - sent < 1.5:
+                    time.sleep(0.01)
+                if fut.done() and fut.result().message == str(proc.pid):
+                    answered = fut.result()
+                else:
+                    cli.remove_pending_request(fut)
+            proc.kill()
+            proc.wait()
+            assert answered is not None, f"the restarted server (participant id {ids[-1]}) was never reached"
+    finally:
+        client.close()
+    assert len(set(ids)) == len(ids) and "None" not in ids, ids  # every restart joined under a new id
