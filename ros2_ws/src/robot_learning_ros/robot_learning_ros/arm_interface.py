@@ -59,6 +59,8 @@ class ArmInterface:
         self.pub_gripper = node.create_publisher(JointState, "/gripper/state", STATE_QOS)
         self.pub_estop_state = node.create_publisher(Bool, "/arm/emergency_stop_active", LATCHED_QOS)
         self.pub_estop_state.publish(Bool(data=False))
+        self._msg_js, self._msg_pose, self._msg_gripper = JointState(), PoseStamped(), JointState()
+        self._msg_wrench = WrenchStamped()
 
     def _run(self, what: str, fn) -> None:
         with self.lock:
@@ -115,14 +117,15 @@ class ArmInterface:
             return self.ctl.step(state, now)
 
     def publish_state(self, state: ArmState, tcp: tuple[np.ndarray, np.ndarray], t: float) -> None:
+        """Called from the control loop only: its messages are refilled, not rebuilt, every period."""
         joints, gripper = arm_state_arrays(state)
         n = len(state.q)
         self.pub_js.publish(joint_state_msg(self.joint_names, joints["position"], joints["velocity"],
-                                            joints["effort"], t))
-        self.pub_pose.publish(pose_msg(tcp[0], tcp[1], t, self.base_frame))
+                                            joints["effort"], t, reuse=self._msg_js))
+        self.pub_pose.publish(pose_msg(tcp[0], tcp[1], t, self.base_frame, reuse=self._msg_pose))
         self.pub_gripper.publish(joint_state_msg(self.joint_names[n:], gripper["position"], gripper["velocity"],
-                                                 gripper["effort"], t))
+                                                 gripper["effort"], t, reuse=self._msg_gripper))
 
     def publish_wrench(self, wrench: np.ndarray, t: float, frame: str) -> None:
-        self.pub_wrench.publish(wrench_msg(wrench, t, frame))
+        self.pub_wrench.publish(wrench_msg(wrench, t, frame, reuse=self._msg_wrench))
 

@@ -36,23 +36,37 @@ def message_class(full_type: str):
     return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
-def to_stamp(t: float) -> Time:
+def to_sec_ns(t: float) -> tuple[int, int]:
     sec = math.floor(t)
     ns = round((t - sec) * 1e9)
     if ns >= 1_000_000_000:  # t a hair below a whole second rounds up to it
         sec, ns = sec + 1, ns - 1_000_000_000
+    return sec, ns
+
+
+def to_stamp(t: float) -> Time:
+    sec, ns = to_sec_ns(t)
     return Time(sec=sec, nanosec=ns)
+
+
+def _header(m, t: float, frame: str):
+    """Stamp and frame set in place (no new Time object: these run at the control rate)."""
+    m.header.stamp.sec, m.header.stamp.nanosec = to_sec_ns(t)
+    m.header.frame_id = frame
+    return m
 
 
 def from_stamp(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-def pose_msg(pos: np.ndarray, quat_wxyz: np.ndarray, t: float, frame: str) -> PoseStamped:
-    m = PoseStamped()
-    m.header.stamp = to_stamp(t)
-    m.header.frame_id = frame
-    # tolist(): plain floats in one call (published at the control rate, so it is worth it)
+def pose_msg(pos: np.ndarray, quat_wxyz: np.ndarray, t: float, frame: str,
+             reuse: PoseStamped | None = None) -> PoseStamped:
+    """``reuse`` (here and in the other builders): refill that message instead of making one.
+    A publisher at the control rate keeps one message per topic; rclpy serializes during
+    ``publish``, so the same thread may refill it as soon as ``publish`` returns."""
+    m = _header(reuse if reuse is not None else PoseStamped(), t, frame)
+    # tolist(): plain floats in one call
     m.pose.position.x, m.pose.position.y, m.pose.position.z = np.asarray(pos, float).tolist()
     o = m.pose.orientation
     o.w, o.x, o.y, o.z = np.asarray(quat_wxyz, float).tolist()
@@ -71,8 +85,7 @@ def twist_from_msg(m: TwistStamped) -> np.ndarray:
 
 def _stamped_pair(m, first, second, v, t: float, frame: str):
     """Fill a stamped message made of two 3-vectors (twist: linear/angular, wrench: force/torque)."""
-    m.header.stamp = to_stamp(t)
-    m.header.frame_id = frame
+    _header(m, t, frame)
     first.x, first.y, first.z, second.x, second.y, second.z = np.asarray(v[:6], float).tolist()
     return m
 
@@ -82,15 +95,15 @@ def twist_msg(v: np.ndarray, t: float, frame: str) -> TwistStamped:
     return _stamped_pair(m, m.twist.linear, m.twist.angular, v, t, frame)
 
 
-def wrench_msg(w: np.ndarray, t: float, frame: str) -> WrenchStamped:
-    m = WrenchStamped()
+def wrench_msg(w: np.ndarray, t: float, frame: str, reuse: WrenchStamped | None = None) -> WrenchStamped:
+    m = reuse if reuse is not None else WrenchStamped()
     return _stamped_pair(m, m.wrench.force, m.wrench.torque, w, t, frame)
 
 
-def joint_state_msg(names: list[str], q, qd, effort, t: float) -> JointState:
-    m = JointState()
-    m.header.stamp = to_stamp(t)
-    m.name = list(names)
+def joint_state_msg(names: list[str], q, qd, effort, t: float, reuse: JointState | None = None) -> JointState:
+    m = _header(reuse if reuse is not None else JointState(), t, "")
+    if list(m.name) != list(names):
+        m.name = list(names)
     m.position = np.asarray(q, float).tolist()
     m.velocity = np.asarray(qd, float).tolist()
     m.effort = np.asarray(effort, float).tolist()
@@ -108,9 +121,7 @@ def image_msg(arr: np.ndarray, encoding: str, t: float, frame: str, reuse: Image
     matches, so a camera's frames cost one copy each and no allocation (rclpy serializes during
     ``publish``, so a message may be refilled as soon as ``publish`` returns)."""
     dtype, ch = _ENCODINGS[encoding]
-    m = reuse if reuse is not None else Image()
-    m.header.stamp = to_stamp(t)
-    m.header.frame_id = frame
+    m = _header(reuse if reuse is not None else Image(), t, frame)
     m.height, m.width = int(arr.shape[0]), int(arr.shape[1])
     m.encoding = encoding
     m.is_bigendian = 0

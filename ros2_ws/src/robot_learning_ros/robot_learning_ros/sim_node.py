@@ -9,6 +9,7 @@ takes the arm controller's command topics. Sim-only extras live under /sim: obje
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
@@ -31,7 +32,7 @@ from robot_learning_ros.msgs import (
     camera_info_msg,
     image_msg,
     pose_msg,
-    to_stamp,
+    to_sec_ns,
     wrench_msg,
 )
 from robot_learning_ros.runtime import BackgroundSpin, lenient_params
@@ -95,7 +96,8 @@ class SimNode(Node):
                 if self.depth else None,
             )
         self.async_cams = None
-        self._frame_msgs: dict[str, tuple[Image, CameraInfo, Image]] = {}
+        self._frame_msgs: dict[str, tuple[Image, CameraInfo, Image]] = {}  # render thread's
+        self._loop_msgs: dict[str, object] = {}  # control loop's
         if self.cameras:  # rendered on their own thread, overlapping the physics
             cal = self.cell.calib.cameras
             self.async_cams = AsyncCameras(self.cell.model, [
@@ -152,18 +154,24 @@ class SimNode(Node):
 
     def _publish(self, t: float) -> None:
         cell = self.cell
+        # messages are refilled in place (see msgs.pose_msg): this loop publishes ~1900 per sim second
+        reuse = self._loop_msg
         if self.state_rate.due(cell.time):
-            self.pub_clock.publish(Clock(clock=to_stamp(t)))
+            clock = reuse("/clock", Clock)
+            clock.clock.sec, clock.clock.nanosec = to_sec_ns(t)
+            self.pub_clock.publish(clock)
             self.arm.publish_state(cell.backend.read_state(), cell.tcp_pose(), t)
         if self.tac_rate.due(cell.time):
             self.arm.publish_wrench(cell.wrist_wrench(), t, "ft_sensor")
             grids = cell.tactile_grids()
             for n, g in grids.items():
-                self.pub_taxels[n].publish(image_msg(g, "32FC3", t, f"{n}_pad"))
-                net = np.r_[g.reshape(-1, 3).sum(0), 0.0, 0.0, 0.0]
-                self.pub_tac_wrench[n].publish(wrench_msg(net, t, f"{n}_pad"))
+                self.pub_taxels[n].publish(image_msg(g, "32FC3", t, f"{n}_pad", reuse=reuse(n, Image)))
+                net = np.concatenate((g.reshape(-1, 3).sum(0), np.zeros(3)))
+                self.pub_tac_wrench[n].publish(wrench_msg(net, t, f"{n}_pad",
+                                                          reuse=reuse(f"{n}/wrench", WrenchStamped)))
             for b, (pos, quat) in cell.object_poses().items():
-                self.pub_obj[b].publish(pose_msg(pos, quat, t, cell.robot.base_frame))
+                self.pub_obj[b].publish(pose_msg(pos, quat, t, cell.robot.base_frame,
+                                                 reuse=reuse(b, PoseStamped)))
             success = cell.success()
             if success != self._last_success:
                 self.pub_success.publish(Bool(data=success))
@@ -172,6 +180,13 @@ class SimNode(Node):
             if self.async_cams.error is not None:
                 raise RuntimeError(f"camera rendering failed: {self.async_cams.error}")
             self.async_cams.capture(cell.data, t)
+
+    def _loop_msg(self, key: str, cls):
+        """The control loop's message for ``key``, made on first use and refilled after."""
+        m = self._loop_msgs.get(key)
+        if m is None:
+            m = self._loop_msgs[key] = cls()
+        return m
 
     def _publish_frame(self, cam: str, t: float, rgb: np.ndarray, depth_mm: np.ndarray | None) -> None:
         """Runs on the render thread: the frame shows the world at ``t``, its capture time.
@@ -193,6 +208,10 @@ class SimNode(Node):
 
 
 def main(args=None) -> None:
+    # Physics, rendering and publishing share the GIL. A thread coming back from MuJoCo (which
+    # releases the GIL while it steps or renders) otherwise waits up to the default 5 ms switch
+    # interval for it, twice per rendered frame: at 1 ms the render thread is no longer starved.
+    sys.setswitchinterval(0.001)
     rclpy.init(args=args)
     node = SimNode()
     spin = BackgroundSpin(node)
