@@ -35,8 +35,10 @@ class DemoPlan:
     episodes: int = 40
     train_steps: int = 20000         # an upper bound: training stops when its share of the time is spent
     budget_min: float = 14.0         # the whole demo; training gets what collection and evaluation leave
-    batch_size: int = 256
-    eval_every: int = 500
+    batch_size: int = 128
+    down_dims: tuple[int, ...] = (32, 64, 128)  # half the default widths: 4000 steps fit the budget on 2 cores
+    lr: float = 1e-3
+    eval_every: int = 1000
     train_eval_episodes: int = 5
     eval_episodes: int = 10
     episode_timeout: float = 25.0
@@ -179,7 +181,8 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
         # what is left, minus evaluation (~20 s per episode measured, failures run to the timeout) and the report
         minutes = max(2.0, plan.budget_min - spent - plan.eval_episodes * 0.35 - 1.0) if plan.budget_min else 0.0
         train_run = train(TrainConfig(dataset=str(ds_path), out=str(run_dir / "train"), obs=list(LOWDIM_OBS),
-                                      relative=list(RELATIVE), action=plan.action, lr=5e-4, val_fraction=0.05,
+                                      relative=list(RELATIVE), action=plan.action, lr=plan.lr, val_fraction=0.05,
+                                      down_dims=list(plan.down_dims),
                                       steps=plan.train_steps, batch_size=plan.batch_size, eval_every=plan.eval_every,
                                       eval_episodes=plan.train_eval_episodes,
                                       warmup_steps=min(200, plan.train_steps // 5), max_minutes=minutes))

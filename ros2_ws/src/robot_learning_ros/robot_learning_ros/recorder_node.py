@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -23,7 +22,7 @@ from robot_learning.data.schema import load_recipe
 from robot_learning.data.store import DatasetError
 from robot_learning.paths import resolve
 from robot_learning_ros.msgs import LATCHED_QOS, message_class
-from robot_learning_ros.runtime import join_with_fresh_participant_id, lenient_params, spin_main
+from robot_learning_ros.runtime import BackgroundSpin, join_with_fresh_participant_id, lenient_params, spin_main
 
 # deep queues: the recorder must not drop what arrives in bursts while it writes
 RECORD_SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
@@ -50,12 +49,14 @@ class RecorderNode(Node):
                                      RECORD_SENSOR_QOS if spec.sensor else RECORD_QOS)
         self.create_subscription(String, "/recorder/episode_meta", self._on_meta, LATCHED_QOS)
         # finishing an episode waits for its last chunk to reach the disk (seconds on a busy
-        # machine): the services get their own callback group and executor thread, so messages
-        # keep being taken meanwhile instead of overflowing the subscriptions' queues
-        services = MutuallyExclusiveCallbackGroup()
-        self.create_service(Trigger, "/recorder/start_episode", self._on_start, callback_group=services)
-        self.create_service(SetBool, "/recorder/stop_episode", self._on_stop, callback_group=services)
-        self.create_service(Trigger, "/recorder/discard_episode", self._on_discard, callback_group=services)
+        # machine): the services live on a companion node spun by its own thread, so messages
+        # keep being taken meanwhile instead of overflowing the subscriptions' queues (rclpy's
+        # multi-threaded executor would do the same at several times the CPU)
+        self.service_node = Node("recorder_services")
+        self.service_node.create_service(Trigger, "/recorder/start_episode", self._on_start)
+        self.service_node.create_service(SetBool, "/recorder/stop_episode", self._on_stop)
+        self.service_node.create_service(Trigger, "/recorder/discard_episode", self._on_discard)
+        self.service_spin = BackgroundSpin(self.service_node)
         self._status()
         self.get_logger().info(f"recording '{recipe.name}' ({len(recipe.streams)} streams) into {resolve(path)}")
 
@@ -133,8 +134,9 @@ def main(args=None) -> None:
             except DatasetError as e:
                 node.get_logger().error(f"{e}; the flushed part is recovered on the next open")
         node.rec.close()
+        node.service_spin.close()
 
-    spin_main(node, shutdown, threads=2)
+    spin_main(node, shutdown)
 
 
 if __name__ == "__main__":

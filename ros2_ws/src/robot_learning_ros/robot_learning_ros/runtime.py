@@ -11,7 +11,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 
@@ -47,16 +47,10 @@ class BackgroundSpin:
         self.node.destroy_node()
 
 
-def spin_main(node: Node, on_shutdown=None, threads: int = 1) -> None:
-    """Spin ``node`` on the main thread until Ctrl-C or SIGTERM, then clean up in the safe order.
-
-    ``threads`` > 1 spins a multi-threaded executor: callbacks in different callback groups then
-    run side by side (a service that waits for slow work does not stop subscriptions)."""
+def spin_main(node: Node, on_shutdown=None) -> None:
+    """Spin ``node`` on the main thread until Ctrl-C or SIGTERM, then clean up in the safe order."""
     try:
-        if threads > 1:
-            rclpy.spin(node, MultiThreadedExecutor(num_threads=threads))
-        else:
-            rclpy.spin(node)
+        rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RuntimeError:
