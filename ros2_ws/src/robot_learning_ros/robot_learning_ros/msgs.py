@@ -102,7 +102,7 @@ def wrench_msg(w: np.ndarray, t: float, frame: str, reuse: WrenchStamped | None 
 
 def joint_state_msg(names: list[str], q, qd, effort, t: float, reuse: JointState | None = None) -> JointState:
     m = _header(reuse if reuse is not None else JointState(), t, "")
-    if list(m.name) != list(names):
+    if m.name != names:
         m.name = list(names)
     m.position = np.asarray(q, float).tolist()
     m.velocity = np.asarray(qd, float).tolist()

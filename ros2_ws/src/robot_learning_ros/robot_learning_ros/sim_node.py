@@ -9,7 +9,6 @@ takes the arm controller's command topics. Sim-only extras live under /sim: obje
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 
@@ -97,7 +96,6 @@ class SimNode(Node):
             )
         self.async_cams = None
         self._frame_msgs: dict[str, tuple[Image, CameraInfo, Image]] = {}  # render thread's
-        self._loop_msgs: dict[str, object] = {}  # control loop's
         if self.cameras:  # rendered on their own thread, overlapping the physics
             cal = self.cell.calib.cameras
             self.async_cams = AsyncCameras(self.cell.model, [
@@ -110,6 +108,11 @@ class SimNode(Node):
         self.pub_obj = {b: self.create_publisher(PoseStamped, f"/sim/objects/{b}/pose", STATE_QOS)
                         for b in self.cell.task.object_bodies}
         self.pub_success = self.create_publisher(Bool, "/sim/task/success", LATCHED_QOS)
+        # the control loop's messages, refilled in place (see msgs.pose_msg): it publishes ~1900 per sim second
+        self._msg_clock = Clock()
+        self._msg_taxels = {n: Image() for n in self.cell.tactile.names}
+        self._msg_tac_wrench = {n: WrenchStamped() for n in self.cell.tactile.names}
+        self._msg_obj = {b: PoseStamped() for b in self.cell.task.object_bodies}
         self.create_service(Trigger, "/sim/reset", self._on_reset)
         self._reset_request = threading.Event()
         self._reset_done = threading.Event()
@@ -154,24 +157,21 @@ class SimNode(Node):
 
     def _publish(self, t: float) -> None:
         cell = self.cell
-        # messages are refilled in place (see msgs.pose_msg): this loop publishes ~1900 per sim second
-        reuse = self._loop_msg
         if self.state_rate.due(cell.time):
-            clock = reuse("/clock", Clock)
-            clock.clock.sec, clock.clock.nanosec = to_sec_ns(t)
-            self.pub_clock.publish(clock)
+            self._msg_clock.clock.sec, self._msg_clock.clock.nanosec = to_sec_ns(t)
+            self.pub_clock.publish(self._msg_clock)
             self.arm.publish_state(cell.backend.read_state(), cell.tcp_pose(), t)
         if self.tac_rate.due(cell.time):
             self.arm.publish_wrench(cell.wrist_wrench(), t, "ft_sensor")
             grids = cell.tactile_grids()
             for n, g in grids.items():
-                self.pub_taxels[n].publish(image_msg(g, "32FC3", t, f"{n}_pad", reuse=reuse(n, Image)))
+                self.pub_taxels[n].publish(image_msg(g, "32FC3", t, f"{n}_pad", reuse=self._msg_taxels[n]))
                 net = np.concatenate((g.reshape(-1, 3).sum(0), np.zeros(3)))
                 self.pub_tac_wrench[n].publish(wrench_msg(net, t, f"{n}_pad",
-                                                          reuse=reuse(f"{n}/wrench", WrenchStamped)))
+                                                          reuse=self._msg_tac_wrench[n]))
             for b, (pos, quat) in cell.object_poses().items():
                 self.pub_obj[b].publish(pose_msg(pos, quat, t, cell.robot.base_frame,
-                                                 reuse=reuse(b, PoseStamped)))
+                                                 reuse=self._msg_obj[b]))
             success = cell.success()
             if success != self._last_success:
                 self.pub_success.publish(Bool(data=success))
@@ -180,13 +180,6 @@ class SimNode(Node):
             if self.async_cams.error is not None:
                 raise RuntimeError(f"camera rendering failed: {self.async_cams.error}")
             self.async_cams.capture(cell.data, t)
-
-    def _loop_msg(self, key: str, cls):
-        """The control loop's message for ``key``, made on first use and refilled after."""
-        m = self._loop_msgs.get(key)
-        if m is None:
-            m = self._loop_msgs[key] = cls()
-        return m
 
     def _publish_frame(self, cam: str, t: float, rgb: np.ndarray, depth_mm: np.ndarray | None) -> None:
         """Runs on the render thread: the frame shows the world at ``t``, its capture time.
@@ -208,10 +201,6 @@ class SimNode(Node):
 
 
 def main(args=None) -> None:
-    # Physics, rendering and publishing share the GIL. A thread coming back from MuJoCo (which
-    # releases the GIL while it steps or renders) otherwise waits up to the default 5 ms switch
-    # interval for it, twice per rendered frame: at 1 ms the render thread is no longer starved.
-    sys.setswitchinterval(0.001)
     rclpy.init(args=args)
     node = SimNode()
     spin = BackgroundSpin(node)
