@@ -79,6 +79,30 @@ def test_twist_into_the_table_stops_at_the_workspace_floor(ctl):
     assert any("workspace" in r.reason for r in ctl.safety.rejections)
 
 
+def test_repeated_refusals_are_logged_once_per_second_with_a_count(monkeypatch):
+    """A twist held into the table is refused at every control step: the log gets the first
+    refusal of each kind at once, then a line per second saying how many it left out."""
+    import robot_learning.control.safety as safety
+
+    clock = [100.0]
+    monkeypatch.setattr(safety.time, "monotonic", lambda: clock[0])
+    r = load_robot()
+    lines: list[str] = []
+    c = ArmController(r, DT, log=lines.append)
+    c.sync(ArmState(0.0, r.home.copy(), np.zeros(7), np.zeros(7), 0.08))
+
+    def feed(t):
+        clock[0] += DT  # wall time passes with the steps
+        c.command_twist([0, 0, -0.3, 0, 0, 0], t)
+
+    run(c, 0.0, 4.0, feed)
+    workspace = [ln for ln in lines if "workspace" in ln]
+    refused = [x for x in c.safety.rejections if "workspace" in x.reason]
+    assert len(refused) > 100  # refused at the control rate once at the floor ...
+    assert 2 <= len(workspace) <= 8  # ... logged about once a second per kind of reason
+    assert any("more like it not logged" in ln for ln in workspace)
+
+
 def test_velocity_and_acceleration_limits_hold_for_a_big_jump(ctl):
     lim = ctl.robot.limits
     target = ctl.robot.home + np.array([0.3, 0.2, 0, 0, 0, 0, 0])

@@ -99,6 +99,36 @@ def test_round_trip_with_plain_zarr(store):
     assert ep.attrs["stream_counts"]["joint_states"] == 1000
 
 
+def test_step_table_from_memory_equals_the_one_read_back_from_disk(store, monkeypatch):
+    """Finishing builds the step table from what the writer still holds; a rebuild (repair,
+    recovery) reads the stored streams: both must give the same table, and a stream too long
+    to hold is read back."""
+    import robot_learning.data.store as store_mod
+    from robot_learning.data.steps import write_steps
+
+    def steps_of(group):
+        return {k: a[:] for k, a in group["steps"].members(max_depth=None) if isinstance(a, zarr.Array)}
+
+    monkeypatch.setattr(store_mod, "HOLD_BYTES", 20_000)  # joint states exceed it: read back
+    w = DatasetWriter(store.parent / "e.zarr", RECIPE)
+    ep = w.start_episode({"task": "pick_place"})
+    record_episode(ep)
+    meta = ep.finish(success=True)
+    w.close()
+    assert ep.streams["joint_states"].held is None and ep.streams["ee_pose"].held is not None
+    for path in (store / "episodes" / "000001", store.parent / "e.zarr" / "episodes" / "000000"):
+        group = zarr.open_group(str(path), mode="r+")
+        held = steps_of(group)
+        again = write_steps(group, RECIPE, success=True, t_end=group.attrs["t_end"] + 1e-9)
+        disk = steps_of(group)
+        assert held.keys() == disk.keys() and len(held) > 20
+        for k in held:
+            assert np.array_equal(held[k], disk[k]), k
+        assert again["n_steps"] == group.attrs["n_steps"]
+        assert again["stream_counts"] == group.attrs["stream_counts"]
+    assert meta["n_steps"] == 20
+
+
 def test_steps_hold_the_newest_sample_and_never_look_ahead(store):
     ep = Dataset(store).episode(0)
     t = ep.steps["t"][:]

@@ -9,6 +9,8 @@ workspace box is not sent. Each refusal is reported with its reason.
 
 from __future__ import annotations
 
+import re
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,9 @@ import numpy as np
 
 from robot_learning.config import SafetyLimits
 from robot_learning.control.kinematics import Kinematics
+
+LOG_EVERY_S = 1.0
+_NUMBERS = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")
 
 
 class CommandRejected(ValueError):
@@ -51,7 +56,7 @@ class SafetyFilter:
         self._q_des = self.q.copy()
         self.rejections: deque[Rejection] = deque(maxlen=256)
         self._log = log or (lambda msg: None)
-        self._last_reason = ""
+        self._logged: dict[str, tuple[float, int]] = {}  # kind of reason -> (last logged, suppressed since)
         self._outside = 0.0
 
     def reset(self, q: np.ndarray) -> None:
@@ -62,11 +67,19 @@ class SafetyFilter:
         self._outside = self.outside_distance(self.kin.fk(self.q)[0])
 
     def reject(self, stamp: float, reason: str) -> None:
-        """Record a refusal; repeated identical reasons are logged once until a new one comes."""
+        """Record a refusal and log it: at once the first time, then at most once per
+        ``LOG_EVERY_S`` per kind of reason (numbers aside), with how many were not logged.
+        A command that keeps pushing into a limit is refused at the control rate; logging
+        each one buried everything else in the log."""
         self.rejections.append(Rejection(stamp, reason))
-        if reason != self._last_reason:
-            self._log(reason)
-            self._last_reason = reason
+        kind = _NUMBERS.sub("#", reason)
+        now = time.monotonic()
+        last, suppressed = self._logged.get(kind, (-np.inf, 0))
+        if now - last < LOG_EVERY_S:
+            self._logged[kind] = (last, suppressed + 1)
+            return
+        self._log(reason if not suppressed else f"{reason} ({suppressed} more like it not logged)")
+        self._logged[kind] = (now, 0)
 
     def in_workspace(self, pos: np.ndarray) -> bool:
         return self.outside_distance(pos) == 0.0

@@ -22,35 +22,60 @@ def _held(t: np.ndarray, at: np.ndarray) -> np.ndarray:
     return np.searchsorted(t, at, side="right") - 1
 
 
-def _load(group: zarr.Group, stream: str, array: str, cache: dict | None = None):
-    """(t, values) of a stream's array, or None; ``cache`` keeps one read per array per build."""
-    key = (stream, array)
-    if cache is not None and key in cache:
-        return cache[key]
-    out = None
-    if "streams" in group and stream in group["streams"]:
-        g = group["streams"][stream]
-        if "t" in g and array in g and g["t"].shape[0] > 0:
-            out = g["t"][:], g[array][:]
-    if cache is not None:
-        cache[key] = out
-    return out
+class StreamTables:
+    """An episode's stream arrays as the step table needs them, each read from disk at most once.
+
+    ``held`` is what the recorder still has in memory (stream -> {"t": ..., array: ...}, a
+    stream listed for every stream with samples): finishing an episode then reads nothing
+    back, which on a loaded machine was most of the pause between two recorded episodes.
+    A stream whose values were not kept (too long to hold) is read from the store.
+    """
+
+    def __init__(self, group: zarr.Group, held: dict[str, dict[str, np.ndarray]] | None = None):
+        self.group = group
+        self.held = held
+        self._cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray] | None] = {}
+        self._times: dict[str, np.ndarray] | None = None
+
+    def times(self) -> dict[str, np.ndarray]:
+        """Stamps of every stream with at least one sample."""
+        if self._times is None:
+            if self.held is not None:
+                self._times = {n: h["t"] for n, h in self.held.items() if len(h["t"])}
+            else:
+                groups = self.group["streams"].groups() if "streams" in self.group else []
+                self._times = {n: t for n, g in groups if "t" in g and len(t := g["t"][:])}
+        return self._times
+
+    def load(self, stream: str, array: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(t, values) of a stream's array, or None when the stream has no samples or no such array."""
+        key = (stream, array)
+        if key not in self._cache:
+            t = self.times().get(stream)
+            out = None
+            if t is not None:
+                held = (self.held or {}).get(stream, {})
+                if array in held:
+                    out = t, held[array]
+                elif array in (g := self.group["streams"][stream]):
+                    out = t, g[array][:]
+            self._cache[key] = out
+        return self._cache[key]
 
 
-def step_times(group: zarr.Group, recipe: Recipe, t_end: float | None, cache: dict | None = None) -> np.ndarray:
+def step_times(tables: StreamTables, recipe: Recipe, t_end: float | None) -> np.ndarray:
     """From the moment every observed stream has a sample to the last moment they all cover."""
     starts, ends = [], []
     for ref in recipe.steps.observations:
-        loaded = _load(group, *ref.split(".", 1), cache)
+        loaded = tables.load(*ref.split(".", 1))
         if loaded is not None:
             starts.append(loaded[0][0])
             ends.append(loaded[0][-1])
     if not starts:
         return np.zeros(0)
-    if "streams" in group:  # and no step before the first frame of every camera
-        for name, g in group["streams"].groups():
-            if name in recipe.streams and recipe.streams[name].kind == "image" and "t" in g and g["t"].shape[0]:
-                starts.append(g["t"][0])
+    for name, ts in tables.times().items():  # and no step before the first frame of every camera
+        if name in recipe.streams and recipe.streams[name].kind == "image":
+            starts.append(ts[0])
     t0, t1 = max(starts), min(ends)
     if t_end is not None:
         t1 = min(t1, t_end)
@@ -58,22 +83,21 @@ def step_times(group: zarr.Group, recipe: Recipe, t_end: float | None, cache: di
     return t0 + dt * np.arange(max(0, int(np.floor((t1 - t0) / dt + 1e-9)) + 1)) if t1 >= t0 else np.zeros(0)
 
 
-def build_steps(group: zarr.Group, recipe: Recipe, success: bool | None,
-                t_end: float | None = None, cache: dict | None = None) -> dict[str, np.ndarray]:
+def build_steps(tables: StreamTables, recipe: Recipe, success: bool | None,
+                t_end: float | None = None) -> dict[str, np.ndarray]:
     st = recipe.steps
-    cache = {} if cache is None else cache
-    t = step_times(group, recipe, t_end, cache)
+    t = step_times(tables, recipe, t_end)
     n, dt = len(t), 1.0 / st.rate
     out: dict[str, np.ndarray] = {"t": t}
     for ref in st.observations:
-        loaded = _load(group, *ref.split(".", 1), cache)
+        loaded = tables.load(*ref.split(".", 1))
         if loaded is not None:
             ts, arr = loaded
             out[f"obs/{ref}"] = arr[np.clip(_held(ts, t), 0, None)]
     parts = []
     for part in st.action:
         default = np.asarray(part.default, np.float64)
-        loaded = _load(group, *part.array.split(".", 1), cache)
+        loaded = tables.load(*part.array.split(".", 1))
         col = np.broadcast_to(default, (n, default.size)).copy()
         if loaded is not None:
             ts, arr = loaded
@@ -86,14 +110,14 @@ def build_steps(group: zarr.Group, recipe: Recipe, success: bool | None,
         parts.append(col)
     out["action"] = np.concatenate(parts, axis=1) if parts else np.zeros((n, 0))
     source = np.full(n, -1, np.int8)  # -1: nothing said who was in control
-    if st.source and (loaded := _load(group, *st.source.split(".", 1), cache)) is not None:
+    if st.source and (loaded := tables.load(*st.source.split(".", 1))) is not None:
         ts, names = loaded
         codes = np.array([SOURCES.index(s) if s in SOURCES else -1 for s in names], np.int8)
         idx = _held(ts, t + dt - 1e-9)
         source[idx >= 0] = codes[idx[idx >= 0]]
     out["source"] = source
     inter = np.zeros(n, bool)
-    if st.intervention and (loaded := _load(group, *st.intervention.split(".", 1), cache)) is not None:
+    if st.intervention and (loaded := tables.load(*st.intervention.split(".", 1))) is not None:
         ts, flags = loaded
         idx = _held(ts, t + dt - 1e-9)
         inter[idx >= 0] = flags[idx[idx >= 0]].astype(bool)
@@ -103,18 +127,16 @@ def build_steps(group: zarr.Group, recipe: Recipe, success: bool | None,
     if n:
         out["done"][-1] = True
         out["reward"][-1] = 1.0 if success else 0.0
-    for name, g in (group["streams"].groups() if "streams" in group else []):
-        if "t" in g and g["t"].shape[0]:
-            out[f"index/{name}"] = _held(g["t"][:], t).astype(np.int64)
+    for name, ts in tables.times().items():
+        out[f"index/{name}"] = _held(ts, t).astype(np.int64)
     return out
 
 
-def intervention_segments(group: zarr.Group, recipe: Recipe, t_end: float,
-                          cache: dict | None = None) -> list[list[float]]:
+def intervention_segments(tables: StreamTables, recipe: Recipe, t_end: float) -> list[list[float]]:
     """[start, end] stamps of each stretch where the intervention flag was on."""
     if not recipe.steps.intervention:
         return []
-    loaded = _load(group, *recipe.steps.intervention.split(".", 1), cache)
+    loaded = tables.load(*recipe.steps.intervention.split(".", 1))
     if loaded is None:
         return []
     segs, on = [], None
@@ -129,24 +151,25 @@ def intervention_segments(group: zarr.Group, recipe: Recipe, t_end: float,
     return segs
 
 
-def write_steps(group: zarr.Group, recipe: Recipe, success: bool | None, t_end: float | None = None) -> dict:
-    """(Re)write ``steps/`` and return the episode metadata that describes it."""
+def write_steps(group: zarr.Group, recipe: Recipe, success: bool | None, t_end: float | None = None,
+                held: dict[str, dict[str, np.ndarray]] | None = None) -> dict:
+    """(Re)write ``steps/`` and return the episode metadata that describes it (``held``: see StreamTables)."""
     if "steps" in group:
         del group["steps"]
-    cache: dict = {}  # each stream array is read from disk once for the whole table
-    steps = build_steps(group, recipe, success, t_end, cache)
+    tables = StreamTables(group, held)
+    steps = build_steps(tables, recipe, success, t_end)
     g = group.create_group("steps")
     for k, v in steps.items():
         parent, _, leaf = k.rpartition("/")
         sub = g.require_group(parent) if parent else g
         sub.create_array(leaf, data=v, chunks=(max(1, min(len(v), 4096)), *v.shape[1:]))
     t = steps["t"]
-    counts = {n: int(s["t"].shape[0]) for n, s in group["streams"].groups() if "t" in s}
+    counts = {n: int(len(ts)) for n, ts in tables.times().items()}
     end = float(t[-1]) if len(t) else (t_end or 0.0)
     return {
         "n_steps": int(len(t)), "t_start": float(t[0]) if len(t) else None, "t_end": end,
         "duration": float(t[-1] - t[0]) if len(t) else 0.0, "success": success,
         "control_rate": recipe.steps.rate, "stream_counts": counts,
-        "interventions": intervention_segments(group, recipe, end, cache),
+        "interventions": intervention_segments(tables, recipe, end),
         "action_dim": int(steps["action"].shape[1]),
     }

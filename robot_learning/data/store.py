@@ -16,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import sys
 import time
 import warnings
 from collections import Counter
@@ -37,6 +38,8 @@ warnings.filterwarnings("ignore", message=".*not part of the Zarr format 3 speci
 LOWDIM_CHUNK = 1024
 IMAGE_CHUNK = 8     # frames per chunk: a sample decompresses 8 frames (~2 ms), writing costs 8x fewer files
 IMAGE_GROW = 64
+HOLD_BYTES = 64 << 20        # a stream's values kept in memory for the step table, at most
+HOLD_SAMPLE_BYTES = 16 << 10  # and only for samples this small (not camera frames)
 
 
 class DatasetError(RuntimeError):
@@ -67,8 +70,38 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _syncfs(path: Path) -> bool:
+    """syncfs(2) on the filesystem holding ``path``; False where the call does not exist."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOSYS:
+                return False
+            raise OSError(err, os.strerror(err), str(path))  # a failed write-back (Linux >= 5.8 reports it)
+    finally:
+        os.close(fd)
+    return True
+
+
 def fsync_tree(path: Path) -> None:
-    """fsync every file and directory under ``path`` (and ``path`` itself)."""
+    """Make every file and directory under ``path`` (and ``path`` itself) durable.
+
+    On Linux one syncfs(2) does it for the whole filesystem: an episode has hundreds of
+    files, and one fsync each took 150 ms here against 7 ms for the one call, time the
+    operator waits between two recorded episodes. Elsewhere each entry is fsynced.
+    """
+    if _syncfs(path):
+        return
     for root, _dirs, files in os.walk(path):
         for f in files:
             fsync_file(Path(root) / f)
@@ -133,6 +166,11 @@ class StreamWriter:
         self.last_t = -np.inf
         self.rejected: Counter[str] = Counter()
         self.attrs: dict = {}
+        # what was written, kept for the step table (stamps always; values of small samples, such
+        # as states and tactile grids but not camera frames, up to HOLD_BYTES per stream)
+        self.held_t: list[np.ndarray] = []
+        self.held: dict[str, list[np.ndarray]] | None = {}
+        self.held_bytes = 0
 
     def add(self, t: float, t_recv: float, arrays: dict[str, np.ndarray], attrs: dict | None = None) -> None:
         if not np.isfinite(t):
@@ -188,11 +226,32 @@ class StreamWriter:
             for arr in self.arrays.values():
                 arr.resize((self.capacity, *arr.shape[1:]))
         sl = slice(self.n, self.n + k)
-        for name in self.shapes:
-            self.arrays[name][sl] = np.stack([b[2][name] for b in buf])
+        values = {name: np.stack([b[2][name] for b in buf]) for name in self.shapes}
+        for name, v in values.items():
+            self.arrays[name][sl] = v
+        t = np.array([b[0] for b in buf])
         self.arrays["t_recv"][sl] = np.array([b[1] for b in buf])
-        self.arrays["t"][sl] = np.array([b[0] for b in buf])
+        self.arrays["t"][sl] = t
         self.n += k
+        self._hold(t, values)
+
+    def _hold(self, t: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        self.held_t.append(t)
+        if self.held is None:
+            return
+        size = sum(v.nbytes for v in values.values())
+        self.held_bytes += size
+        if self.held_bytes > HOLD_BYTES or size > HOLD_SAMPLE_BYTES * len(t):  # the step table reads it back
+            self.held = None
+            return
+        for name, v in values.items():
+            self.held.setdefault(name, []).append(v)
+
+    def held_arrays(self) -> dict[str, np.ndarray]:
+        """The stamps, and the values still held, of everything written (see steps.StreamTables)."""
+        out = {"t": np.concatenate(self.held_t) if self.held_t else np.zeros(0)}
+        out.update({k: np.concatenate(v) for k, v in (self.held or {}).items()})
+        return out
 
     def trim(self) -> None:
         for arr in self.arrays.values():
@@ -242,7 +301,8 @@ class EpisodeWriter:
         try:
             for s in self.streams.values():
                 s.trim()
-            meta = write_steps(self.group, self.recipe, success, t_end)
+            held = {n: s.held_arrays() for n, s in self.streams.items() if s.n}
+            meta = write_steps(self.group, self.recipe, success, t_end, held)
             meta.update(extra or {})
             meta["rejected_samples"] = {n: dict(s.rejected) for n, s in self.streams.items() if s.rejected}
             missing = [n for n, s in self.streams.items() if s.n == 0 and s.spec.required]
