@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
 from graph_client import GraphClient
 from rosgraph_msgs.msg import Clock
@@ -46,6 +47,7 @@ def graph(tmp_path_factory):
     for topic, (_, typ, _, sensor) in TOPICS.items():
         client.subscribe(topic, typ, sensor=sensor)
     client.subscribe("/arm/emergency_stop_active", Bool, latched=True)
+    client.subscribe("/sim/diagnostics", DiagnosticArray)
     client.wait_for("/front/color/image_raw", 3, timeout=60)
     yield g, client
     client.close()
@@ -110,6 +112,21 @@ def test_topics_types_and_rates_are_as_documented(graph):
     assert js.name[:7] == [f"panda_joint{i}" for i in range(1, 8)]
     # Stamps follow the sim clock, which starts at the wall time of launch.
     assert abs(stamp(js) - time.time()) < 60
+
+
+def test_sim_reports_its_real_time_factor_on_diagnostics(graph):
+    """Once a wall second: the real-time factor reached, the one asked for, and camera frames per s."""
+    g, client = graph
+    reports = client.wait_for("/sim/diagnostics", 3, timeout=10)
+    st = reports[-1].status[0]
+    values = {kv.key: kv.value for kv in st.values}
+    assert st.name == "sim" and values["real_time_factor_target"] == "1"
+    # paced to real time: never faster than asked (a loaded machine may be slower, and then it says so)
+    assert 0.2 < float(values["real_time_factor"]) < 1.1
+    assert (st.level == DiagnosticStatus.OK) == (float(values["real_time_factor"]) >= 0.9)
+    assert float(values["camera_frames_per_s"]) > 0
+    walls = [float({kv.key: kv.value for kv in r.status[0].values}["wall_time"]) for r in reports]
+    assert np.diff(walls) == pytest.approx(1.0, abs=0.3)
 
 
 def test_twist_moves_the_end_effector_the_commanded_way(graph):

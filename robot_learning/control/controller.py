@@ -17,7 +17,7 @@ import numpy as np
 
 from robot_learning.config import RobotConfig
 from robot_learning.control.backend import ArmState
-from robot_learning.control.kinematics import Kinematics, damped_pinv_step, nullspace_projector
+from robot_learning.control.kinematics import Kinematics, damped_pinv_step
 from robot_learning.control.safety import CommandRejected, SafetyFilter, require_finite
 from robot_learning.transforms import orientation_error, quat_to_mat
 
@@ -204,8 +204,7 @@ class ArmController:
                 twist[ax] = 0.0
                 self.safety.reject(self.last_command, f"twist: motion along {'xyz'[ax]} stopped at the workspace box")
         jac = self.kin.jacobian(q)
-        qd = damped_pinv_step(jac, twist)
-        qd += nullspace_projector(jac) @ (self.NULLSPACE_GAIN * (self.robot.home - q))
+        qd = damped_pinv_step(jac, twist, self.NULLSPACE_GAIN * (self.robot.home - q))
         return q + qd * self.dt
 
     def _pose_twist(self) -> np.ndarray:

@@ -31,10 +31,18 @@ class Kinematics:
         ])
         self._jp = np.zeros((3, self.model.nv))
         self._jr = np.zeros((3, self.model.nv))
+        self._q: np.ndarray | None = None  # the joints the data's kinematics are for
+        self._com = False                  # and whether mj_comPos ran for them
 
     def _set(self, q: np.ndarray) -> None:
+        """Kinematics at ``q``, recomputed only when ``q`` changed: a control period asks for the
+        same joints up to three times (twist target, Jacobian, the safety filter's check)."""
+        if self._q is not None and np.array_equal(q, self._q):
+            return
         self.data.qpos[self.qadr] = q
         mujoco.mj_kinematics(self.model, self.data)
+        self._q = np.array(q, dtype=float)
+        self._com = False
 
     def fk(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """TCP position and quaternion (w, x, y, z) in the base frame."""
@@ -47,17 +55,22 @@ class Kinematics:
     def jacobian(self, q: np.ndarray) -> np.ndarray:
         """6 x dof Jacobian (linear rows first) of the TCP, base frame."""
         self._set(q)
-        mujoco.mj_comPos(self.model, self.data)
+        if not self._com:
+            mujoco.mj_comPos(self.model, self.data)
+            self._com = True
         mujoco.mj_jacSite(self.model, self.data, self._jp, self._jr, self.site)
-        return np.vstack([self._jp[:, self.dofadr], self._jr[:, self.dofadr]])
+        return np.concatenate((self._jp[:, self.dofadr], self._jr[:, self.dofadr]))
 
 
-def damped_pinv_step(jac: np.ndarray, twist: np.ndarray, damping: float = 0.05) -> np.ndarray:
-    """Joint velocity for a TCP twist by damped least squares, well behaved near singularities."""
-    jjt = jac @ jac.T + (damping**2) * np.eye(jac.shape[0])
-    return jac.T @ np.linalg.solve(jjt, twist)
+def damped_pinv_step(jac: np.ndarray, twist: np.ndarray, v_null: np.ndarray | None = None,
+                     damping: float = 0.05) -> np.ndarray:
+    """Joint velocity for a TCP twist by damped least squares, well behaved near singularities.
 
-
-def nullspace_projector(jac: np.ndarray, damping: float = 0.05) -> np.ndarray:
-    jjt = jac @ jac.T + (damping**2) * np.eye(jac.shape[0])
-    return np.eye(jac.shape[1]) - jac.T @ np.linalg.solve(jjt, jac)
+    ``v_null``: a joint velocity also pursued where it does not disturb the twist, i.e.
+    projected through the damped nullspace projector I - J^T (J J^T + d^2 I)^-1 J. Written as
+    v + J^T (J J^T + d^2 I)^-1 (twist - J v): the same result with one 6x6 solve per period."""
+    jjt = jac @ jac.T
+    jjt.flat[::jjt.shape[0] + 1] += damping**2
+    if v_null is None:
+        return jac.T @ np.linalg.solve(jjt, twist)
+    return v_null + jac.T @ np.linalg.solve(jjt, twist - jac @ v_null)

@@ -3,7 +3,9 @@
 Publishes what the arm, camera and tactile drivers publish (stamped with the simulated
 clock, which starts at the wall-clock time of launch and is also published on /clock) and
 takes the arm controller's command topics. Sim-only extras live under /sim: object poses
-(ground truth), the task's success flag and a reset service.
+(ground truth), the task's success flag, a reset service, and once a wall second
+/sim/diagnostics (diagnostic_msgs/DiagnosticArray): the real-time factor reached, with a
+warning when the machine cannot keep up with the one asked for.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, WrenchStamped
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
@@ -108,6 +111,9 @@ class SimNode(Node):
         self.pub_obj = {b: self.create_publisher(PoseStamped, f"/sim/objects/{b}/pose", STATE_QOS)
                         for b in self.cell.task.object_bodies}
         self.pub_success = self.create_publisher(Bool, "/sim/task/success", LATCHED_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/sim/diagnostics", 10)
+        self._diag_last: tuple[float, float, int] | None = None  # (wall, sim time, frames) at the last report
+        self._frames = 0
         # the control loop's messages, refilled in place (see msgs.pose_msg): it publishes ~1900 per sim second
         self._msg_clock = Clock()
         self._msg_taxels = {n: Image() for n in self.cell.tactile.names}
@@ -148,6 +154,9 @@ class SimNode(Node):
                 self._reset_done.set()
             cell.step_control(self.arm.step, self.origin)
             self._publish(self.now())
+            wall = time.monotonic()
+            if self._diag_last is None or wall - self._diag_last[0] >= 1.0:
+                self._diagnostics(wall)
             if self.rtf > 0:
                 ahead = (cell.time - sim0) / self.rtf - (time.monotonic() - wall0)
                 if ahead > 0:
@@ -181,6 +190,28 @@ class SimNode(Node):
                 raise RuntimeError(f"camera rendering failed: {self.async_cams.error}")
             self.async_cams.capture(cell.data, t)
 
+    def _diagnostics(self, wall: float) -> None:
+        """Real-time factor and camera frame rate over the last wall second."""
+        last, self._diag_last = self._diag_last, (wall, self.cell.time, self._frames)
+        if last is None:
+            return
+        rtf = (self.cell.time - last[1]) / (wall - last[0])
+        st = DiagnosticStatus(name="sim", hardware_id=self.get_name(), level=DiagnosticStatus.OK, message="running")
+        if self.rtf > 0 and rtf < 0.9 * self.rtf:
+            st.level = DiagnosticStatus.WARN
+            st.message = (f"running at {rtf:.2f}x real time, below the {self.rtf:g}x asked for: this machine "
+                          "cannot keep up (fewer or smaller cameras, or cameras:=none, make it faster)")
+        st.values = [KeyValue(key=k, value=v) for k, v in (
+            ("real_time_factor", f"{rtf:.3f}"),
+            ("real_time_factor_target", "max" if self.rtf <= 0 else f"{self.rtf:g}"),
+            ("sim_time", f"{self.cell.time:.3f}"), ("wall_time", f"{wall:.3f}"),
+            ("camera_frames_per_s", f"{(self._frames - last[2]) / (wall - last[0]):.1f}"))]
+        if st.level == DiagnosticStatus.WARN:
+            self.get_logger().warning(st.message, throttle_duration_sec=30.0)
+        msg = DiagnosticArray(status=[st])
+        msg.header.stamp.sec, msg.header.stamp.nanosec = to_sec_ns(self.now())
+        self.pub_diag.publish(msg)
+
     def _publish_frame(self, cam: str, t: float, rgb: np.ndarray, depth_mm: np.ndarray | None) -> None:
         """Runs on the render thread: the frame shows the world at ``t``, its capture time.
 
@@ -193,6 +224,7 @@ class SimNode(Node):
             self._frame_msgs[cam] = (Image(), camera_info_msg(cal.width, cal.height, cal.fovy_deg, t, optical),
                                      Image())
         img_msg, info_msg, depth_msg = self._frame_msgs[cam]
+        self._frames += 1
         img.publish(image_msg(rgb, "rgb8", t, optical, reuse=img_msg))
         info_msg.header.stamp = img_msg.header.stamp
         info.publish(info_msg)
