@@ -173,7 +173,8 @@ def section(quick: bool, workdir: Path, client) -> list[str]:
     n = 10 if quick else 50
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = ["## Policy inference latency (one `act()`: observation window to action chunk)\n",
-            "Untrained networks of the demo's size (U-Net 64/128/256, horizon 16); latency does not "
+            "Untrained networks of the size that reached 94% in docs/learning.md (U-Net 64/128/256, "
+            "horizon 16; the demo trains a half-width one); latency does not "
             f"depend on the weights. {n} calls each, torch threads: {torch.get_num_threads()}.\n",
             "| device | observations | sampler, steps | p50 (ms) | p99 (ms) |", "|---|---|---|---|---|"]
     for dev in devices:
