@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import sys
 import time
@@ -70,17 +71,26 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _syncfs(path: Path) -> bool:
-    """syncfs(2) on the filesystem holding ``path``; False where the call does not exist."""
+@functools.cache
+def _libc_syncfs():
+    """libc's syncfs(2), or None where there is none (not Linux, or an old libc)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     import ctypes
 
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        syncfs = libc.syncfs
+        return ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
+        return None
+
+
+def _syncfs(path: Path) -> bool:
+    """syncfs(2) on the filesystem holding ``path``; False where the call does not exist."""
+    syncfs = _libc_syncfs()
+    if syncfs is None:
         return False
+    import ctypes
+
     fd = os.open(path, os.O_RDONLY)
     try:
         if syncfs(fd) != 0:

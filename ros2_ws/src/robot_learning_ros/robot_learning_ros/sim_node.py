@@ -112,7 +112,7 @@ class SimNode(Node):
                         for b in self.cell.task.object_bodies}
         self.pub_success = self.create_publisher(Bool, "/sim/task/success", LATCHED_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/sim/diagnostics", 10)
-        self._diag_last: tuple[float, float, int] | None = None  # (wall, sim time, frames) at the last report
+        self._diag_last = (0.0, 0.0, 0)  # (wall, sim time, frames) at the last report; set as the loop starts
         self._frames = 0
         # the control loop's messages, refilled in place (see msgs.pose_msg): it publishes ~1900 per sim second
         self._msg_clock = Clock()
@@ -144,6 +144,7 @@ class SimNode(Node):
         """Step physics at the control period, publish on the sensors' own rates, pace to rtf."""
         cell = self.cell
         wall0, sim0 = time.monotonic(), cell.time
+        self._diag_last = (wall0, sim0, self._frames)
         while rclpy.ok():
             if self._reset_request.is_set():
                 self.episode += 1
@@ -155,14 +156,14 @@ class SimNode(Node):
             cell.step_control(self.arm.step, self.origin)
             self._publish(self.now())
             wall = time.monotonic()
-            if self._diag_last is None or wall - self._diag_last[0] >= 1.0:
+            if wall - self._diag_last[0] >= 1.0:
                 self._diagnostics(wall)
             if self.rtf > 0:
-                ahead = (cell.time - sim0) / self.rtf - (time.monotonic() - wall0)
+                ahead = (cell.time - sim0) / self.rtf - (wall - wall0)
                 if ahead > 0:
                     time.sleep(ahead)
                 elif ahead < -0.5:  # far behind (slow machine): do not try to catch up in a burst
-                    wall0, sim0 = time.monotonic(), cell.time
+                    wall0, sim0 = wall, cell.time
 
     def _publish(self, t: float) -> None:
         cell = self.cell
@@ -193,8 +194,6 @@ class SimNode(Node):
     def _diagnostics(self, wall: float) -> None:
         """Real-time factor and camera frame rate over the last wall second."""
         last, self._diag_last = self._diag_last, (wall, self.cell.time, self._frames)
-        if last is None:
-            return
         rtf = (self.cell.time - last[1]) / (wall - last[0])
         st = DiagnosticStatus(name="sim", hardware_id=self.get_name(), level=DiagnosticStatus.OK, message="running")
         if self.rtf > 0 and rtf < 0.9 * self.rtf:
