@@ -29,11 +29,11 @@ pytestmark = pytest.mark.graph
 
 
 def make_checkpoint(path: Path, down_dims=(16, 32), steps: int = 4, nan: bool = False,
-                    narrow: bool = False, horizon: int = 8) -> Path:
+                    narrow: bool = False, horizon: int = 8, action_horizon: int = 4) -> Path:
     """An untrained low-dim policy on the workcell's topics. ``nan``: NaN weights; ``narrow``:
     it declares an action range of ~0 but samples across [0, 1]."""
     policy = untrained_policy({"ee_pose.data": 7, "gripper_state.position": 2}, lo=[0.0] * 7 if narrow else None,
-                              hi=[0.0] * 7 if narrow else None, pred_horizon=horizon, action_horizon=4,
+                              hi=[0.0] * 7 if narrow else None, pred_horizon=horizon, action_horizon=action_horizon,
                               down_dims=list(down_dims), inference_steps=steps)
     if nan:
         with torch.no_grad():
@@ -46,7 +46,10 @@ def make_checkpoint(path: Path, down_dims=(16, 32), steps: int = 4, nan: bool = 
 @pytest.fixture(scope="module")
 def deploy(tmp_path_factory):
     d = tmp_path_factory.mktemp("deploy")
-    ckpts = {"slow": make_checkpoint(d / "slow", down_dims=(128, 256, 512), steps=30, horizon=32),
+    # slow: each inference takes hundreds of ms (seconds on a loaded machine); its chunks run
+    # 1.6 s, so the arm keeps getting fresh actions while the next one is computed
+    ckpts = {"slow": make_checkpoint(d / "slow", down_dims=(128, 256, 512), steps=30, horizon=32,
+                                     action_horizon=16),
              "nan": make_checkpoint(d / "nan", nan=True), "narrow": make_checkpoint(d / "narrow", narrow=True)}
     g = SimGraph(d / "deploy.log", "deploy_policy.launch.yaml", checkpoint=ckpts["slow"], cameras="none",
                  control_rate=50.0, replan_every=2)
