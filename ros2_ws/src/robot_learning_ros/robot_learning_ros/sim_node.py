@@ -98,8 +98,8 @@ class SimNode(Node):
                 if self.depth else None,
             )
         self.async_cams = None
-        self._frame_msgs: dict[str, tuple[Image, CameraInfo, Image]] = {}  # render thread's
-        if self.cameras:  # rendered on their own thread, overlapping the physics
+        self._frame_msgs: dict[str, tuple[Image, CameraInfo, Image]] = {}  # the camera-publish thread's
+        if self.cameras:  # each camera drawn on its own render thread, overlapping the physics
             cal = self.cell.calib.cameras
             self.async_cams = AsyncCameras(self.cell.model, [
                 CameraSpec(c, cal[c].width, cal[c].height, tuple(cal[c].depth_range) if self.depth else None)
@@ -212,7 +212,7 @@ class SimNode(Node):
         self.pub_diag.publish(msg)
 
     def _publish_frame(self, cam: str, t: float, rgb: np.ndarray, depth_mm: np.ndarray | None) -> None:
-        """Runs on the render thread: the frame shows the world at ``t``, its capture time.
+        """Runs on the camera-publish thread: the frame shows the world at ``t``, its capture time.
 
         Each camera's three messages are built once and refilled: a 640x480 frame costs one
         copy into its message, not a fresh megabyte buffer per frame."""
