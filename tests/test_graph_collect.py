@@ -45,12 +45,18 @@ def test_scripted_collection_stores_what_was_published(tmp_path):
     client.close()
     log = (tmp_path / "collect.log").read_text()
     assert "Traceback" not in log, log[-3000:]
-    assert res["success_rate"] == 1.0 and [e["dataset_episode"] for e in res["episodes"]] == [0, 1]
+    assert [e["dataset_episode"] for e in res["episodes"]] == [0, 1]
+    # Both episodes are stored with the outcome the operator saw. On a loaded 2-core machine
+    # the expert can miss a grasp (commands then arrive late), so one success is required and
+    # the checks below use it; the expert's success rate has its own 20-episode test.
+    outcomes = [e["success"] for e in res["episodes"]]
+    assert any(outcomes), "the scripted expert failed both episodes: see collect.log"
     ds, problems = validate_store(path)
     assert problems == []
-    assert len(ds) == 2 and ds.summary()["success_rate"] == 1.0
-    ep = ds.episode(1)
-    assert ep.meta["operator"] == "scripted_teleop" and ep.meta["task"] == "pick_place" and ep.meta["seed"] == 5
+    assert len(ds) == 2 and [ds.episode(i).meta["success"] for i in range(2)] == outcomes
+    k = max(i for i, ok in enumerate(outcomes) if ok)
+    ep = ds.episode(k)
+    assert ep.meta["operator"] == "scripted_teleop" and ep.meta["task"] == "pick_place" and ep.meta["seed"] == 4 + k
     assert ep.meta["robot"]["name"] and "cameras" in ep.meta["calibration"]
     assert ep.meta["missing_streams"] == ["wrist_color"]  # the wrist camera was left off: reported
     assert ep.meta["rejected_samples"] == {}
