@@ -19,39 +19,42 @@ import numpy as np
 
 from robot_learning.graph import SimGraph
 from robot_learning.sim.env import WorkcellEnv
-from robot_learning.sim.render import AsyncCameras, CameraSpec
+from robot_learning.sim.render import AsyncCameras, camera_specs, depth_to_mm
 from robot_learning.sim.workcell import Workcell
+
+BENCH_CAMERAS = ("front", "wrist")  # as the sim node publishes by default
 
 
 def raw_mujoco_rtf(sim_seconds: float) -> float:
-    """Bare MuJoCo on one thread: mj_step, and at 30 Hz both cameras rendered at 640x480 with
-    colour and depth read from one pass each (flipped upright, depth in mm: what the node publishes)."""
-    from robot_learning.sim.render import depth_to_mm
-
+    """Bare MuJoCo on one thread: mj_step, and at 30 Hz both cameras rendered as calibrated
+    (640x480) with colour and depth read from one pass each (flipped upright, depth in mm:
+    what the node publishes)."""
     cell = Workcell("pick_place")
     cell.reset(0)
     m, d = cell.model, cell.data
-    gl = mujoco.GLContext(640, 480)
+    specs = camera_specs(cell.calib, list(BENCH_CAMERAS))
+    w, h = max(s.width for s in specs), max(s.height for s in specs)
+    gl = mujoco.GLContext(w, h)
     gl.make_current()
     ctx = mujoco.MjrContext(m, mujoco.mjtFontScale.mjFONTSCALE_150)
     mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, ctx)
     scene, opt, cam = mujoco.MjvScene(m, maxgeom=10_000), mujoco.MjvOption(), mujoco.MjvCamera()
     cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
-    rect = mujoco.MjrRect(0, 0, 640, 480)
-    rgb, depth = np.empty((480, 640, 3), np.uint8), np.empty((480, 640), np.float32)
-    cams = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in ("front", "wrist")]
+    views = [(mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, s.name), mujoco.MjrRect(0, 0, s.width, s.height),
+              np.empty((s.height, s.width, 3), np.uint8), np.empty((s.height, s.width), np.float32), s.depth_range)
+             for s in specs]
     steps_per_frame = round(1 / 30 / m.opt.timestep)
     n_frames = int(sim_seconds * 30)
     t0 = time.perf_counter()
     for _ in range(n_frames):
         mujoco.mj_step(m, d, nstep=steps_per_frame)
-        for cid in cams:
+        for cid, rect, rgb, depth, depth_range in views:
             cam.fixedcamid = cid
             mujoco.mjv_updateScene(m, d, opt, None, cam, mujoco.mjtCatBit.mjCAT_ALL, scene)
             mujoco.mjr_render(rect, scene, ctx)
             mujoco.mjr_readPixels(rgb, depth, rect, ctx)
             rgb[::-1].copy()
-            depth_to_mm(depth[::-1], m, (0.07, 3.0))
+            depth_to_mm(depth[::-1], m, depth_range)
     wall = time.perf_counter() - t0
     ctx.free()
     gl.free()
@@ -66,8 +69,9 @@ def pipeline_rtf(sim_seconds: float) -> float:
     the pipeline's layout gains and what ROS itself costs."""
     cell = Workcell("pick_place")
     cell.reset(0)
-    specs = [CameraSpec(c, 640, 480, (0.07, 3.0)) for c in ("front", "wrist")]
-    sink = {c.name: (np.empty((480, 640, 3), np.uint8), np.empty((480, 640), np.uint16)) for c in specs}
+    specs = camera_specs(cell.calib, list(BENCH_CAMERAS))
+    sink = {s.name: (np.empty((s.height, s.width, 3), np.uint8), np.empty((s.height, s.width), np.uint16))
+            for s in specs}
 
     def on_frame(name: str, stamp: float, rgb: np.ndarray, depth_mm: np.ndarray | None) -> None:
         sink[name][0][...] = rgb
@@ -254,7 +258,7 @@ def sim_section(quick: bool, tmp: Path, GraphClient) -> list[str]:
     # state: a shared machine's speed drifts by 10-20% over minutes, more than the difference
     # being measured, and a node started afresh per pair added its start-up to the drift.
     raws, pipes, nodes = [], [], []
-    with SimGraph(tmp / "sim_fast.log", cameras="front,wrist", real_time_factor=0.0) as graph:
+    with SimGraph(tmp / "sim_fast.log", cameras=",".join(BENCH_CAMERAS), real_time_factor=0.0) as graph:
         client = GraphClient("bench_rtf")
         try:
             rate = NodeRate(client)

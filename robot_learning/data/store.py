@@ -13,6 +13,7 @@ One writer at a time holds ``writer.lock`` (an flock, released by the kernel if 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import functools
@@ -76,8 +77,6 @@ def _libc_syncfs():
     """libc's syncfs(2), or None where there is none (not Linux, or an old libc)."""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
-
     try:
         return ctypes.CDLL(None, use_errno=True).syncfs
     except (OSError, AttributeError):
@@ -89,8 +88,6 @@ def _syncfs(path: Path) -> bool:
     syncfs = _libc_syncfs()
     if syncfs is None:
         return False
-    import ctypes
-
     fd = os.open(path, os.O_RDONLY)
     try:
         if syncfs(fd) != 0:

@@ -31,6 +31,12 @@ class CameraSpec:
     depth_range: tuple[float, float] | None  # metres; None: colour only
 
 
+def camera_specs(calib, names: list[str], depth: bool = True) -> list[CameraSpec]:
+    """Specs of calibrated cameras (``config`` calibration's ``cameras``), as the sim node renders them."""
+    cal = calib.cameras
+    return [CameraSpec(n, cal[n].width, cal[n].height, tuple(cal[n].depth_range) if depth else None) for n in names]
+
+
 def depth_to_mm(buffer: np.ndarray, model: mujoco.MjModel, depth_range: tuple[float, float]) -> np.ndarray:
     """OpenGL depth buffer (0..1, non-linear) to metric depth in mm, 0 outside the sensor's range.
 
@@ -46,7 +52,7 @@ def depth_to_mm(buffer: np.ndarray, model: mujoco.MjModel, depth_range: tuple[fl
 
 class _Lane:
     """One camera's share of the pipeline: its scene snapshots, its read-back buffers and the
-    thread (with its own GL context) that draws them."""
+    queue its render thread (with its own GL context) draws from."""
 
     def __init__(self, model: mujoco.MjModel, spec: CameraSpec, pending: int):
         self.spec = spec
@@ -62,7 +68,6 @@ class _Lane:
             self.buffers.put((np.empty((spec.height, spec.width, 3), np.uint8),
                               np.empty((spec.height, spec.width), np.float32)))
         self.todo: queue.Queue = queue.Queue()
-        self.thread: threading.Thread | None = None
 
 
 class AsyncCameras:
@@ -89,10 +94,10 @@ class AsyncCameras:
         self.drawn: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         started = threading.Barrier(len(self.lanes) + 1)
-        for lane in self.lanes:
-            lane.thread = threading.Thread(target=self._run, args=(lane, started), daemon=True,
-                                           name=f"render-{lane.spec.name}")
-            lane.thread.start()
+        self.threads = [threading.Thread(target=self._run, args=(lane, started), daemon=True,
+                                         name=f"render-{lane.spec.name}") for lane in self.lanes]
+        for t in self.threads:
+            t.start()
         self.post = threading.Thread(target=self._post, daemon=True, name="camera-publish")
         self.post.start()
         try:
@@ -168,6 +173,6 @@ class AsyncCameras:
     def close(self) -> None:
         for lane in self.lanes:
             lane.todo.put(None)
-        for lane in self.lanes:
-            lane.thread.join(timeout=10.0)
+        for t in self.threads:
+            t.join(timeout=10.0)
         self.post.join(timeout=10.0)

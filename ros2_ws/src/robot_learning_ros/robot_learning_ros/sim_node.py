@@ -24,7 +24,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
-from robot_learning.sim.render import AsyncCameras, CameraSpec
+from robot_learning.sim.render import AsyncCameras, camera_specs
 from robot_learning.sim.workcell import Workcell
 from robot_learning_ros.arm_interface import ArmInterface
 from robot_learning_ros.msgs import (
@@ -100,10 +100,8 @@ class SimNode(Node):
         self.async_cams = None
         self._frame_msgs: dict[str, tuple[Image, CameraInfo, Image]] = {}  # the camera-publish thread's
         if self.cameras:  # each camera drawn on its own render thread, overlapping the physics
-            cal = self.cell.calib.cameras
-            self.async_cams = AsyncCameras(self.cell.model, [
-                CameraSpec(c, cal[c].width, cal[c].height, tuple(cal[c].depth_range) if self.depth else None)
-                for c in self.cameras], self._publish_frame)
+            self.async_cams = AsyncCameras(self.cell.model, camera_specs(self.cell.calib, self.cameras, self.depth),
+                                           self._publish_frame)
         self.pub_taxels = {n: self.create_publisher(Image, f"/tactile/{n}/taxels", SENSOR_QOS)
                            for n in self.cell.tactile.names}
         self.pub_tac_wrench = {n: self.create_publisher(WrenchStamped, f"/tactile/{n}/wrench", SENSOR_QOS)
