@@ -64,6 +64,10 @@ class SafetyLimits:
     max_linear_speed: float
     max_angular_speed: float
     command_timeout: float
+    # monitors on what the joints actually do (robot_learning.control.monitor)
+    velocity_margin: float = 0.1   # measured |qd| may exceed qd_max by this fraction
+    tracking_error: float = 0.25   # rad between the last command and the measured position
+    state_timeout: float = 0.05    # s: an older joint state is stale
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,20 @@ class RobotConfig:
         return len(self.joint_names)
 
 
+def _monitor_limits(mon: dict[str, Any], src: str) -> dict[str, float]:
+    """The measured-state monitors' thresholds (optional keys; defaults from SafetyLimits)."""
+    if not isinstance(mon, dict):
+        raise ConfigError(f"{src}: 'safety.monitor' must be a mapping")
+    known = {"velocity_margin", "tracking_error", "state_timeout"}
+    unknown = sorted(set(mon) - known)
+    if unknown:
+        raise ConfigError(f"{src}: unknown key(s) {unknown} in safety.monitor (known: {sorted(known)})")
+    out = {k: float(v) for k, v in mon.items()}
+    if any(v <= 0 for v in out.values()):
+        raise ConfigError(f"{src}: safety.monitor values must be positive")
+    return out
+
+
 def load_robot(path: str | Path = DEFAULT_ROBOT) -> RobotConfig:
     """Load an arm description such as hardware/robots/panda.yaml."""
     d = load_yaml(path)
@@ -127,6 +145,7 @@ def load_robot(path: str | Path = DEFAULT_ROBOT) -> RobotConfig:
         max_linear_speed=float(_get(saf, "max_linear_speed", src)),
         max_angular_speed=float(_get(saf, "max_angular_speed", src)),
         command_timeout=float(_get(saf, "command_timeout", src)),
+        **_monitor_limits(saf.get("monitor", {}), src),
     )
     if np.any(limits.q_lower >= limits.q_upper):
         raise ConfigError(f"{src}: every position_lower must be below position_upper")

@@ -43,7 +43,7 @@ def test_twist_moves_tcp_the_commanded_way(ctl):
 def test_tool_frame_twist_is_rotated_into_the_base_frame(ctl):
     p0, _ = ctl.tcp_pose()
     # TCP z points down at home: +z in the tool frame is -z in the base frame.
-    run(ctl, 0.0, 0.5, lambda t: ctl.command_twist([0, 0, 0.04, 0, 0, 0], t, tool_frame=True))
+    run(ctl, 0.0, 0.5, lambda t: ctl.command_twist([0, 0, 0.04, 0, 0, 0], t, frame=ctl.robot.ee_frame))
     assert ctl.tcp_pose()[0][2] - p0[2] == pytest.approx(-0.02, abs=0.003)
 
 

@@ -4,7 +4,16 @@ and that target always passes the safety filter before the backend sees it.
 Modes: twist (streamed TCP velocity), pose (streamed or one-shot TCP target), joint
 trajectory (points with time_from_start), hold. Streaming modes are watched: without a
 fresh command within ``command_timeout`` the arm holds. The e-stop latches until
-``reset_estop`` is called explicitly.
+``reset_estop`` is called explicitly. What the joints actually do is watched too
+(``monitor.JointMonitor``): a trip holds where the arm is and latches a protective stop until
+``reset_protective_stop``.
+
+Trajectory timing follows ros2_control's joint_trajectory_controller: ``start`` (the
+message's ``header.stamp``) of zero means now; a start in the future waits, the running
+motion carrying on until then; a start in the past drops the points already due and
+reaches the next one at its own due time from where the arm is; a trajectory that has
+already ended is refused. The target always lies on a segment between the commanded
+position the trajectory began from and its points, never beyond them.
 """
 
 from __future__ import annotations
@@ -18,8 +27,13 @@ import numpy as np
 from robot_learning.config import RobotConfig
 from robot_learning.control.backend import ArmState
 from robot_learning.control.kinematics import Kinematics, damped_pinv_step
+from robot_learning.control.monitor import JointMonitor
 from robot_learning.control.safety import CommandRejected, SafetyFilter, require_finite
 from robot_learning.transforms import orientation_error, quat_to_mat
+
+# A Cartesian command this many times over its speed limit is a bug (units, a bad scale, an
+# uninitialized value), not a request to move at the limit: refused rather than clipped.
+IMPLAUSIBLE_SPEED = 10.0
 
 
 class Mode(enum.Enum):
@@ -28,14 +42,16 @@ class Mode(enum.Enum):
     POSE = "pose"
     TRAJECTORY = "trajectory"
     ESTOP = "estop"
+    PROTECTIVE_STOP = "protective_stop"
 
 
 @dataclass
 class Trajectory:
-    start: float
+    start: float           # controller time that ``times`` count from
     times: np.ndarray      # (k,) seconds from start, increasing, first > 0
     points: np.ndarray     # (k, dof)
-    q0: np.ndarray         # where the arm was when it started
+    t_begin: float = 0.0   # seconds from start at which the arm left ``q0``
+    q0: np.ndarray | None = None  # the commanded position it began from (set when it begins)
 
 
 class ArmController:
@@ -50,49 +66,93 @@ class ArmController:
         self.kin = Kinematics(robot)
         self._log = log or (lambda msg: None)
         self.safety = SafetyFilter(robot.limits, self.kin, dt, log=self._log)
+        self.monitor = JointMonitor(robot.limits)
+        self.base_frames = {"", robot.base_frame, "world"}
+        self.tool_frames = {robot.ee_frame, "tool", "tcp"}
         self.mode = Mode.HOLD
         self.twist = np.zeros(6)
         self.pose_target: tuple[np.ndarray, np.ndarray] | None = None
         self.traj: Trajectory | None = None
+        self.pending: Trajectory | None = None  # a trajectory whose start lies in the future
         self.last_command = -np.inf
         self.gripper = 0.0  # 0 open .. 1 closed
         self.estopped = False
+        self.fault: str | None = None  # why the protective stop is latched
         self.timed_out = False
+        self._q_sent: np.ndarray | None = None  # last joint target sent to the backend
 
     # ---- start-up -------------------------------------------------------------------
-    def sync(self, state: ArmState) -> None:
-        """Adopt the measured position as the held one (start-up, e-stop reset)."""
+    def sync(self, state: ArmState, clear_fault: bool = False) -> None:
+        """Adopt the measured position as the held one (start-up, e-stop reset, a sim reset;
+        ``clear_fault`` only where the arm was put somewhere new, as a sim reset does)."""
         self.safety.reset(state.q)
-        self.mode = Mode.ESTOP if self.estopped else Mode.HOLD
+        self._q_sent = None
+        self.traj = self.pending = None
+        if clear_fault:
+            self.fault = None
+        self.hold()
 
     # ---- commands (each validated, then stored; ``step`` acts on them) --------------
     def _accept(self, now: float) -> None:
         if self.estopped:
             raise CommandRejected("e-stop is latched: call reset_estop before commanding the arm")
+        if self.fault:
+            raise CommandRejected(f"protective stop is latched ({self.fault}): "
+                                  "call reset_protective_stop before commanding the arm")
         self.last_command = now
         self.timed_out = False
+        self.pending = None  # the newest command wins over a trajectory still waiting to start
+
+    def refuse(self, now: float, reason: str) -> None:
+        """Record and log (rate-limited) a command refused before it reached the controller."""
+        self.safety.reject(now, reason)
 
     def _refuse(self, now: float, err: CommandRejected) -> None:
-        self.safety.reject(now, str(err))
+        self.refuse(now, str(err))
         raise err
 
-    def command_twist(self, twist: np.ndarray, now: float, tool_frame: bool = False) -> None:
-        """TCP velocity [vx vy vz wx wy wz], base frame unless ``tool_frame``."""
+    def _check_stamp(self, what: str, stamp: float, now: float) -> None:
+        """A streamed command older than the watchdog's timeout is stale: executing it late
+        would move the arm on information the sender has long replaced. Zero means unstamped."""
+        age = now - stamp
+        if stamp > 0 and age > self.robot.limits.command_timeout:
+            raise CommandRejected(
+                f"{what}: stamped {age:.3f} s ago, older than the command timeout "
+                f"({self.robot.limits.command_timeout:.2f} s); is the sender on this clock (use_sim_time)?")
+
+    def command_twist(self, twist: np.ndarray, now: float, frame: str = "", stamp: float = 0.0) -> None:
+        """TCP velocity [vx vy vz wx wy wz] in ``frame``: the base frame ('' or its name) or
+        the TCP frame (``ee_frame``); any other frame is refused, never guessed."""
         try:
             twist = np.asarray(twist, dtype=float).reshape(6)
             require_finite("twist", twist)
+            if frame not in self.base_frames and frame not in self.tool_frames:
+                raise CommandRejected(
+                    f"twist: unknown frame_id '{frame}': use '{self.robot.base_frame}' (or '') for the "
+                    f"base frame or '{self.robot.ee_frame}' for the tool frame")
+            lim = self.robot.limits
+            for part, limit, unit in ((twist[:3], lim.max_linear_speed, "m/s"),
+                                      (twist[3:], lim.max_angular_speed, "rad/s")):
+                if np.max(np.abs(part)) > IMPLAUSIBLE_SPEED * limit:
+                    raise CommandRejected(
+                        f"twist: component of {np.max(np.abs(part)):.3g} {unit} is over {IMPLAUSIBLE_SPEED:g}x "
+                        f"the speed limit ({limit:g} {unit}): refused, not clipped (check units and scaling)")
+            self._check_stamp("twist", stamp, now)
             self._accept(now)
         except CommandRejected as e:
             self._refuse(now, e)
-        if tool_frame:
+        if frame in self.tool_frames:
             rot = quat_to_mat(self.kin.fk(self.safety.q)[1])
             twist = np.concatenate([rot @ twist[:3], rot @ twist[3:]])
         self.twist = self._clip_speed(twist)
         self.mode = Mode.TWIST
 
-    def command_pose(self, pos: np.ndarray, quat: np.ndarray, now: float) -> None:
+    def command_pose(self, pos: np.ndarray, quat: np.ndarray, now: float, frame: str = "",
+                     stamp: float = 0.0) -> None:
         """TCP target (base frame, quaternion w x y z), approached at bounded speed."""
         try:
+            if frame not in self.base_frames:
+                raise CommandRejected(f"pose: frame_id '{frame}' is not the base frame '{self.robot.base_frame}'")
             pos = np.asarray(pos, dtype=float).reshape(3)
             quat = np.asarray(quat, dtype=float).reshape(4)
             require_finite("pose", pos, quat)
@@ -100,37 +160,67 @@ class ArmController:
                 raise CommandRejected("pose: orientation is not a unit quaternion")
             if not self.safety.in_workspace(pos):
                 raise CommandRejected(f"pose: target {np.round(pos, 3).tolist()} is outside the workspace box")
+            self._check_stamp("pose", stamp, now)
             self._accept(now)
         except CommandRejected as e:
             self._refuse(now, e)
         self.pose_target = (pos, quat / np.linalg.norm(quat))
         self.mode = Mode.POSE
 
-    def command_trajectory(self, joint_names: list[str], times: np.ndarray,
-                           points: np.ndarray, now: float, start: float | None = None) -> None:
-        """Joint trajectory; points are checked whole before any of it runs."""
+    def check_trajectory(self, joint_names: list[str], times: np.ndarray,
+                         points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Times and points (in this arm's joint order) of a trajectory that may run, or
+        CommandRejected. Reads only the limits, so a node can run it before taking the lock
+        the control loop needs: a long trajectory never stalls the loop."""
+        times = np.asarray(times, dtype=float).reshape(-1)
+        points = np.asarray(points, dtype=float)
+        require_finite("trajectory", times, points)
+        if points.ndim != 2 or points.shape[0] != times.size or times.size == 0:
+            raise CommandRejected("trajectory: need one time_from_start per point and at least one point")
+        if sorted(joint_names) != sorted(self.robot.joint_names) or points.shape[1] != self.robot.dof:
+            raise CommandRejected(
+                f"trajectory: joint_names must be exactly {self.robot.joint_names}, got {joint_names}")
+        order = [joint_names.index(j) for j in self.robot.joint_names]
+        points = points[:, order]
+        if times[0] <= 0 or np.any(np.diff(times) <= 0):
+            raise CommandRejected("trajectory: time_from_start must be positive and increasing")
+        why = self.safety.check_joint_targets(points)
+        if why:
+            raise CommandRejected(f"trajectory {why}")
+        return times, points
+
+    def command_trajectory(self, joint_names: list[str], times: np.ndarray, points: np.ndarray,
+                           now: float, start: float | None = None, checked: bool = False) -> None:
+        """Joint trajectory; points are checked whole before any of it runs (``checked``: the
+        caller already ran ``check_trajectory``). ``start``: the message's header.stamp."""
         try:
-            times = np.asarray(times, dtype=float).reshape(-1)
-            points = np.asarray(points, dtype=float)
-            require_finite("trajectory", times, points)
-            if points.ndim != 2 or points.shape[0] != times.size or times.size == 0:
-                raise CommandRejected("trajectory: need one time_from_start per point and at least one point")
-            if sorted(joint_names) != sorted(self.robot.joint_names) or points.shape[1] != self.robot.dof:
+            if not checked:
+                times, points = self.check_trajectory(joint_names, times, points)
+            start = now if start is None or start <= 0 else float(start)
+            if start + times[-1] <= now:
                 raise CommandRejected(
-                    f"trajectory: joint_names must be exactly {self.robot.joint_names}, got {joint_names}")
-            order = [joint_names.index(j) for j in self.robot.joint_names]
-            points = points[:, order]
-            if times[0] <= 0 or np.any(np.diff(times) <= 0):
-                raise CommandRejected("trajectory: time_from_start must be positive and increasing")
-            for i, p in enumerate(points):
-                why = self.safety.check_joint_target(p)
-                if why:
-                    raise CommandRejected(f"trajectory point {i}: {why}")
+                    f"trajectory: it ended {now - start - times[-1]:.3f} s ago (header.stamp plus the last "
+                    "time_from_start lies in the past); stamp it now or with zero")
             self._accept(now)
         except CommandRejected as e:
             self._refuse(now, e)
-        t0 = now if start is None or start <= 0 else max(start, now - times[-1])
-        self.traj = Trajectory(t0, times, points, self.safety.q.copy())
+        traj = Trajectory(start, times, points)
+        if start > now:
+            self.pending = traj  # the running motion carries on until the start
+        else:
+            self._begin(traj, now)
+
+    def _begin(self, traj: Trajectory, now: float) -> None:
+        """Start a trajectory from the commanded position: points already due are dropped and the
+        next one is reached at its own due time (the last one, if a late start left none)."""
+        elapsed = now - traj.start
+        due = traj.times <= elapsed
+        if due.all():
+            due[-1] = False
+        traj.times, traj.points = traj.times[~due], traj.points[~due]
+        traj.t_begin = min(elapsed, traj.times[0])
+        traj.q0 = self.safety.q.copy()
+        self.traj, self.pending = traj, None
         self.mode = Mode.TRAJECTORY
 
     def command_gripper(self, closure: float, now: float) -> None:
@@ -139,6 +229,8 @@ class ArmController:
             require_finite("gripper", [closure])
             if self.estopped:
                 raise CommandRejected("e-stop is latched: gripper command ignored")
+            if self.fault:
+                raise CommandRejected(f"protective stop is latched ({self.fault}): gripper command ignored")
         except CommandRejected as e:
             self._refuse(now, e)
         self.gripper = float(np.clip(closure, 0.0, 1.0))
@@ -147,6 +239,7 @@ class ArmController:
         if not self.estopped:
             self._log("EMERGENCY STOP latched: holding position until reset")
         self.estopped = True
+        self.pending = None
         self.mode = Mode.ESTOP
 
     def reset_estop(self, state: ArmState) -> None:
@@ -154,16 +247,41 @@ class ArmController:
         self._log("e-stop reset: holding the current position")
         self.sync(state)
 
+    def reset_protective_stop(self, state: ArmState) -> None:
+        """Release a protective stop once someone has looked at why it tripped."""
+        if self.fault:
+            self._log(f"protective stop released (it was: {self.fault}); holding the current position")
+        self.fault = None
+        self.sync(state)
+
     def hold(self) -> None:
-        self.mode = Mode.ESTOP if self.estopped else Mode.HOLD
+        self.mode = Mode.ESTOP if self.estopped else Mode.PROTECTIVE_STOP if self.fault else Mode.HOLD
+
+    def _protective_stop(self, why: str, state: ArmState | None) -> None:
+        """Hold where the arm is (releasing whatever it was pushing against) and latch."""
+        self.fault = why
+        self._log(f"PROTECTIVE STOP: {why}; holding where the arm is until reset_protective_stop")
+        if state is not None and np.all(np.isfinite(state.q)):
+            self.safety.reset(state.q)
+        else:  # no trustworthy measurement: stop the command where it is
+            self.safety.reset(self.safety.q)
+        self.traj = self.pending = None
+        self.hold()
 
     # ---- control period ------------------------------------------------------------
-    def step(self, state: ArmState, now: float) -> tuple[np.ndarray, float]:
-        """Joint target and gripper opening (metres) for this period."""
+    def step(self, state: ArmState | None, now: float) -> tuple[np.ndarray, float]:
+        """Joint target and gripper opening (metres) for this period. ``state`` is what the
+        backend measured (None only where no backend exists, in unit tests of the commands)."""
+        if state is not None and self.fault is None:
+            why = self.monitor.check(state, self._q_sent, now)
+            if why:
+                self._protective_stop(why, state)
         if self.mode in (Mode.TWIST, Mode.POSE) and now - self.last_command > self.robot.limits.command_timeout:
             self._log(f"command timeout ({self.robot.limits.command_timeout:.2f} s without a command): holding")
             self.timed_out = True
             self.hold()
+        if self.pending is not None and now >= self.pending.start:
+            self._begin(self.pending, now)
         if self.mode == Mode.TWIST:
             q_des = self._twist_target(self.twist)
         elif self.mode == Mode.POSE:
@@ -174,6 +292,7 @@ class ArmController:
             # Hold: ask for no motion; the filter brakes within the acceleration limits.
             q_des = self.safety.q
         q = self.safety.filter(q_des, now)
+        self._q_sent = q
         opening = (1.0 - self.gripper) * self.robot.gripper.max_opening
         return q, opening
 
@@ -214,15 +333,19 @@ class ArmController:
         return self._clip_speed(twist)
 
     def _trajectory_target(self, now: float) -> np.ndarray:
+        """Where the trajectory is due now: on the segment between two of its knots (the start
+        position and its points), with a smooth start and stop at each; never beyond them."""
         tr = self.traj
         t = now - tr.start
         if t >= tr.times[-1]:
-            if np.max(np.abs(self.safety.q - tr.points[-1])) < 1e-4:
+            # done once there and at rest: holding earlier, while still braking, would hold
+            # wherever the braking ended, a hair beyond the last point
+            if np.max(np.abs(self.safety.q - tr.points[-1])) < 1e-9 and np.max(np.abs(self.safety.v)) < 1e-9:
                 self.mode = Mode.HOLD
             return tr.points[-1]
-        times = np.concatenate([[0.0], tr.times])
+        times = np.concatenate([[tr.t_begin], tr.times])
         pts = np.vstack([tr.q0, tr.points])
-        k = int(np.searchsorted(times, max(t, 0.0), side="right")) - 1
-        s = (t - times[k]) / (times[k + 1] - times[k])
+        k = min(max(int(np.searchsorted(times, t, side="right")) - 1, 0), len(tr.times) - 1)
+        s = min(max((t - times[k]) / (times[k + 1] - times[k]), 0.0), 1.0)
         s = 3 * s**2 - 2 * s**3  # smooth start and stop at each point
         return pts[k] + s * (pts[k + 1] - pts[k])

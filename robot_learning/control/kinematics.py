@@ -74,3 +74,26 @@ def damped_pinv_step(jac: np.ndarray, twist: np.ndarray, v_null: np.ndarray | No
     if v_null is None:
         return jac.T @ np.linalg.solve(jjt, twist)
     return v_null + jac.T @ np.linalg.solve(jjt, twist - jac @ v_null)
+
+
+def tcp_positions(robot: RobotConfig, qs: np.ndarray) -> np.ndarray:
+    """TCP positions (n, 3) for many joint vectors (n, dof) at once, from the DH table.
+
+    The same chain the MJCF is built from (modified DH, flange, TCP on the hand's z axis),
+    evaluated in numpy for all rows together: a long trajectory is checked point by point
+    against the workspace box in milliseconds, where one MuJoCo call per point took 30 us
+    each and a 20,000-point plan held the control loop for over half a second."""
+    qs = np.atleast_2d(np.asarray(qs, dtype=float))
+    n = qs.shape[0]
+    # the rotation's columns (the link frame's axes in the base frame), one row per point
+    x, y, z = (np.tile(e, (n, 1)) for e in np.eye(3))
+    pos = np.zeros((n, 3))
+    for i, (a, d, alpha) in enumerate(robot.dh):
+        ca, sa = np.cos(alpha), np.sin(alpha)
+        # link frame i in frame i-1: along x by a, about x by alpha, along z by d, about z by q_i
+        y, z = ca * y + sa * z, ca * z - sa * y
+        pos = pos + a * x + d * z
+        c, s = np.cos(qs[:, i:i + 1]), np.sin(qs[:, i:i + 1])
+        x, y = c * x + s * y, c * y - s * x
+    # flange and TCP lie on the last joint's z axis (the hand's yaw does not move them)
+    return pos + z * (robot.flange_offset + robot.tcp_offset)

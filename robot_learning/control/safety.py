@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from robot_learning.config import SafetyLimits
-from robot_learning.control.kinematics import Kinematics
+from robot_learning.control.kinematics import Kinematics, tcp_positions
 
 LOG_EVERY_S = 1.0
 _NUMBERS = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")
@@ -90,16 +90,24 @@ class SafetyFilter:
         off = np.maximum(self.limits.workspace_min - pos, 0.0) + np.maximum(pos - self.limits.workspace_max, 0.0)
         return math.sqrt(float(off @ off))
 
-    def check_joint_target(self, q: np.ndarray) -> str | None:
-        """Why a joint target may not be commanded at all, or None if it may."""
-        if not np.all(np.isfinite(q)):
+    def check_joint_targets(self, qs: np.ndarray) -> str | None:
+        """Why a list of joint targets (n, dof) may not be commanded at all, or None if it may.
+
+        Every point is checked at once (limits, then the TCP of each point against the box),
+        so a plan of thousands of points is judged in milliseconds."""
+        qs = np.atleast_2d(np.asarray(qs, dtype=float))
+        if not np.all(np.isfinite(qs)):
             return "non-finite joint target"
-        bad = np.nonzero((q < self.limits.q_lower) | (q > self.limits.q_upper))[0]
-        if bad.size:
-            return f"joint target outside the position limits at joint(s) {', '.join(str(i + 1) for i in bad)}"
-        pos, _ = self.kin.fk(q)
-        if not self.in_workspace(pos):
-            return f"joint target puts the TCP at {np.round(pos, 3).tolist()}, outside the workspace box"
+        bad = (qs < self.limits.q_lower) | (qs > self.limits.q_upper)
+        if bad.any():
+            i = int(np.nonzero(bad.any(axis=1))[0][0])
+            joints = ", ".join(str(j + 1) for j in np.nonzero(bad[i])[0])
+            return f"point {i}: joint target outside the position limits at joint(s) {joints}"
+        pos = tcp_positions(self.kin.robot, qs)
+        off = np.any((pos < self.limits.workspace_min) | (pos > self.limits.workspace_max), axis=1)
+        if off.any():
+            i = int(np.nonzero(off)[0][0])
+            return f"point {i}: joint target puts the TCP at {np.round(pos[i], 3).tolist()}, outside the workspace box"
         return None
 
     def filter(self, q_des: np.ndarray, stamp: float) -> np.ndarray:

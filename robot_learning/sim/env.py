@@ -90,13 +90,18 @@ class WorkcellEnv(gym.Env):
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action contains NaN or Inf: {action.tolist()} (nothing was sent to the arm)")
         a = np.clip(action, self.action_space.low, self.action_space.high)
-        c.controller.command_twist(a[:6], c.time)
-        c.controller.command_gripper(float(a[6]), c.time)
+        if c.controller.fault is None:  # a protective stop refuses commands until the next reset
+            c.controller.command_twist(a[:6], c.time)
+            c.controller.command_gripper(float(a[6]), c.time)
         c.advance(1.0 / self.control_hz)
         self._steps += 1
         success = c.success()
-        truncated = self._steps >= c.task.max_steps
-        return self._obs(), float(success), success, truncated, {"success": success}
+        info = {"success": success}
+        if c.controller.fault is not None:
+            info["protective_stop"] = c.controller.fault
+        # a protective stop ends the episode like a time limit does: nothing more can happen in it
+        truncated = self._steps >= c.task.max_steps or c.controller.fault is not None
+        return self._obs(), float(success), success, truncated, info
 
     def render(self):
         return self.cell.render("front", depth=False).rgb

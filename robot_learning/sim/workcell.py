@@ -118,7 +118,7 @@ class Workcell:
         self.backend.set_joints(self.robot.home, self.robot.gripper.max_opening)
         mujoco.mj_forward(self.model, self.data)
         self.controller.gripper = 0.0
-        self.controller.sync(self.backend.read_state())
+        self.controller.sync(self.backend.read_state(), clear_fault=True)
 
     @property
     def time(self) -> float:
@@ -133,7 +133,9 @@ class Workcell:
         lock; ``clock_origin`` shifts the time it sees (the ROS node's stamps are wall-based).
         """
         step = step_fn or self.controller.step
-        q, opening = step(self.backend.read_state(), clock_origin + self.time)
+        state = self.backend.read_state()
+        state.stamp += clock_origin  # measured now, on the clock the controller is given
+        q, opening = step(state, state.stamp)
         self.backend.write_command(q, opening)
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
 

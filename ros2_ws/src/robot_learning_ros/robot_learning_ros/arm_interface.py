@@ -15,7 +15,7 @@ import numpy as np
 from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64
+from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -28,6 +28,7 @@ from robot_learning_ros.msgs import (
     LATCHED_QOS,
     SENSOR_QOS,
     STATE_QOS,
+    from_stamp,
     joint_state_msg,
     pose_from_msg,
     pose_msg,
@@ -45,7 +46,6 @@ class ArmInterface:
         self.lock = threading.Lock()
         robot = controller.robot
         self.base_frame = robot.base_frame
-        self.tool_frames = {robot.ee_frame, "tool", "tcp"}
         self.joint_names = robot.joint_names + robot.gripper.joint_names
         node.create_subscription(TwistStamped, "/arm/command/twist", self._on_twist, COMMAND_QOS)
         node.create_subscription(PoseStamped, "/arm/command/pose", self._on_pose, COMMAND_QOS)
@@ -53,50 +53,56 @@ class ArmInterface:
         node.create_subscription(Float64, "/gripper/command", self._on_gripper, COMMAND_QOS)
         node.create_subscription(Bool, "/emergency_stop", self._on_estop, LATCHED_QOS)
         node.create_service(Trigger, "/arm/reset_emergency_stop", self._on_reset_estop)
+        node.create_service(Trigger, "/arm/reset_protective_stop", self._on_reset_protective_stop)
         self.pub_js = node.create_publisher(JointState, "/joint_states", STATE_QOS)
         self.pub_pose = node.create_publisher(PoseStamped, "/arm/ee_pose", STATE_QOS)
         self.pub_wrench = node.create_publisher(WrenchStamped, "/arm/wrench", SENSOR_QOS)
         self.pub_gripper = node.create_publisher(JointState, "/gripper/state", STATE_QOS)
         self.pub_estop_state = node.create_publisher(Bool, "/arm/emergency_stop_active", LATCHED_QOS)
         self.pub_estop_state.publish(Bool(data=False))
+        # the protective stop's reason while latched, "" when clear (latched for late joiners)
+        self.pub_fault = node.create_publisher(String, "/arm/protective_stop", LATCHED_QOS)
+        self._fault_published: str | None = None
         self._msg_js, self._msg_pose, self._msg_gripper = JointState(), PoseStamped(), JointState()
         self._msg_wrench = WrenchStamped()
 
-    def _run(self, what: str, fn) -> None:
+    def _run(self, fn) -> None:
+        """Hand a command to the controller under the lock. A refusal is already recorded and
+        logged (rate-limited, with its reason) by the controller: not logged a second time."""
         with self.lock:
             try:
                 fn()
-            except CommandRejected as e:
-                self.node.get_logger().warning(f"rejected {what}: {e}")
+            except CommandRejected:
+                pass
 
     def _on_twist(self, m: TwistStamped) -> None:
-        tool = m.header.frame_id in self.tool_frames
-        self._run("twist", lambda: self.ctl.command_twist(twist_from_msg(m), self.clock(), tool_frame=tool))
+        frame, stamp = m.header.frame_id, from_stamp(m.header.stamp)
+        self._run(lambda: self.ctl.command_twist(twist_from_msg(m), self.clock(), frame, stamp))
 
     def _on_pose(self, m: PoseStamped) -> None:
-        if m.header.frame_id not in ("", self.base_frame, "world"):
-            self.node.get_logger().warning(
-                f"rejected pose: frame_id '{m.header.frame_id}' is not the base frame '{self.base_frame}'")
-            return
         pos, quat = pose_from_msg(m)
-        self._run("pose", lambda: self.ctl.command_pose(pos, quat, self.clock()))
+        frame, stamp = m.header.frame_id, from_stamp(m.header.stamp)
+        self._run(lambda: self.ctl.command_pose(pos, quat, self.clock(), frame, stamp))
 
     def _on_traj(self, m: JointTrajectory) -> None:
-        if not m.points:
-            self.node.get_logger().warning("rejected joint_trajectory: no points")
-            return
+        """Checked whole before the lock is taken: a plan of thousands of points is judged here,
+        on the executor thread, while the control loop keeps its period."""
         try:
             times = np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in m.points])
-            pts = np.array([list(p.positions) for p in m.points], dtype=float)
-        except ValueError:
-            self.node.get_logger().warning("rejected joint_trajectory: points have different lengths")
+            try:
+                pts = np.array([list(p.positions) for p in m.points], dtype=float)
+            except ValueError:
+                raise CommandRejected("trajectory: points have different numbers of positions") from None
+            times, pts = self.ctl.check_trajectory(list(m.joint_names), times, pts)
+        except CommandRejected as e:
+            self.ctl.refuse(self.clock(), str(e))
             return
-        start = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
-        self._run("joint_trajectory",
-                  lambda: self.ctl.command_trajectory(list(m.joint_names), times, pts, self.clock(), start))
+        start = from_stamp(m.header.stamp)
+        self._run(lambda: self.ctl.command_trajectory(list(m.joint_names), times, pts, self.clock(), start,
+                                                      checked=True))
 
     def _on_gripper(self, m: Float64) -> None:
-        self._run("gripper command", lambda: self.ctl.command_gripper(m.data, self.clock()))
+        self._run(lambda: self.ctl.command_gripper(m.data, self.clock()))
 
     def _on_estop(self, m: Bool) -> None:
         if m.data:
@@ -112,9 +118,23 @@ class ArmInterface:
         res.success, res.message = True, "e-stop released; the arm holds its current position"
         return res
 
+    def _on_reset_protective_stop(self, req, res):
+        with self.lock:
+            was = self.ctl.fault
+            self.ctl.reset_protective_stop(self.read_state())
+        res.success = True
+        res.message = (f"protective stop released (it was: {was}); the arm holds its current position"
+                       if was else "no protective stop was latched")
+        return res
+
     def step(self, state: ArmState, now: float) -> tuple[np.ndarray, float]:
         with self.lock:
-            return self.ctl.step(state, now)
+            out = self.ctl.step(state, now)
+            fault = self.ctl.fault or ""
+        if fault != self._fault_published:  # tripped or released: say so once, latched
+            self._fault_published = fault
+            self.pub_fault.publish(String(data=fault))
+        return out
 
     def publish_state(self, state: ArmState, tcp: tuple[np.ndarray, np.ndarray], t: float) -> None:
         """Called from the control loop only: its messages are refilled, not rebuilt, every period."""

@@ -1,0 +1,54 @@
+"""Monitors on what the joints actually do, not on what was commanded.
+
+The safety filter bounds the commands it sends, but a command within every limit can still
+end in a joint moving faster than its limit: an arm dragged along a table sticks and slips,
+a jammed peg winds the position command up against the contact until it lets go. A real
+arm's firmware watches its measured state and stops (Franka's reflexes, UR's protective
+stop); this monitor does the same for any backend, so the sim and a real arm both stop on
+the same evidence:
+
+- measured joint speed above ``(1 + velocity_margin)`` times its limit;
+- tracking error: the measured position further than ``tracking_error`` from the command
+  sent the period before;
+- a stale or missing joint state (older than ``state_timeout``), or a non-finite one.
+
+A trip is reported once with the joint and the numbers; the controller then holds where
+the arm is and latches a protective stop until it is released explicitly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robot_learning.config import SafetyLimits
+from robot_learning.control.backend import ArmState
+
+
+class JointMonitor:
+    """Checks each period's measured state against the last command sent."""
+
+    def __init__(self, limits: SafetyLimits):
+        self.limits = limits
+        self.qd_trip = limits.qd_max * (1.0 + limits.velocity_margin)
+
+    def check(self, state: ArmState, q_sent: np.ndarray | None, now: float) -> str | None:
+        """Why the arm must stop now, or None while what the joints do is within bounds."""
+        age = now - state.stamp
+        if not np.isfinite(age) or age > self.limits.state_timeout:
+            return (f"joint state is stale: the newest is {age:.3f} s old "
+                    f"(limit {self.limits.state_timeout:.3f} s)")
+        q, qd = np.asarray(state.q, dtype=float), np.asarray(state.qd, dtype=float)
+        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
+            return "joint state holds NaN or Inf"
+        over = np.abs(qd) / self.qd_trip
+        j = int(np.argmax(over))
+        if over[j] > 1.0:
+            return (f"joint {j + 1} measured at {abs(qd[j]):.2f} rad/s, over its limit "
+                    f"{self.limits.qd_max[j]:.2f} rad/s (+{self.limits.velocity_margin:.0%})")
+        if q_sent is not None:
+            err = np.abs(q - q_sent)
+            j = int(np.argmax(err))
+            if err[j] > self.limits.tracking_error:
+                return (f"joint {j + 1} is {err[j]:.3f} rad from where it was commanded "
+                        f"(tracking limit {self.limits.tracking_error:.3f} rad): blocked or collided?")
+        return None

@@ -1,0 +1,285 @@
+"""What an outside tester found wrong in the arm controller, each pinned by a test.
+
+Trajectory timing as ros2_control's joint_trajectory_controller has it, a monitor on what
+the joints actually do (on real MuJoCo physics), refusals for twists in unknown frames,
+absurd magnitudes and stale stamps, and long trajectories checked without the control loop.
+"""
+
+import dataclasses
+
+import mujoco
+import numpy as np
+import pytest
+
+from robot_learning.config import load_robot
+from robot_learning.control.backend import ArmState
+from robot_learning.control.controller import ArmController, Mode
+from robot_learning.control.kinematics import Kinematics, tcp_positions
+from robot_learning.control.safety import CommandRejected
+from robot_learning.sim.workcell import Workcell
+
+DT = 0.004
+
+
+@pytest.fixture
+def robot():
+    return load_robot()
+
+
+@pytest.fixture
+def ctl(robot):
+    c = ArmController(robot, DT)
+    c.sync(at_rest(robot.home, 0.0))
+    return c
+
+
+def at_rest(q, t):
+    return ArmState(t, np.array(q, dtype=float), np.zeros(7), np.zeros(7), 0.08)
+
+
+def run(ctl, t0, seconds, feed=None):
+    """Step a controller whose arm follows its commands exactly; returns (t, sent q's)."""
+    qs, t, q = [], t0, ctl.safety.q.copy()
+    for _ in range(int(round(seconds / DT))):
+        if feed:
+            feed(t)
+        q_prev = q
+        q, _ = ctl.step(ArmState(t, q_prev, np.zeros(7), np.zeros(7), 0.08), t)
+        qs.append(q)
+        t += DT
+    return t, np.array(qs)
+
+
+# ---- trajectory timing -------------------------------------------------------------------------
+
+def test_future_start_waits_and_never_extrapolates(ctl, robot):
+    """The tester's case: stamped 2 s ahead, joint 1 to 0.1 rad. Before, joint 1 moved 1.15 rad
+    in under a second (extrapolated before the first point); now it waits, then moves only
+    between where it was and the target."""
+    goal = robot.home.copy()
+    goal[0] = 0.1
+    t0 = 100.0
+    ctl.command_trajectory(robot.joint_names, [1.0], [goal], t0, start=t0 + 2.0)
+    t, waiting = run(ctl, t0, 1.99)
+    assert np.allclose(waiting, robot.home, atol=1e-12)  # not a hair of motion before the start
+    t, moving = run(ctl, t, 1.5)
+    j1 = moving[:, 0]
+    assert j1.min() >= robot.home[0] - 1e-9 and j1.max() <= 0.1 + 1e-9
+    assert j1[-1] == pytest.approx(0.1, abs=1e-4)
+
+
+def test_running_motion_carries_on_until_a_future_start(ctl, robot):
+    a, b = robot.home.copy(), robot.home.copy()
+    a[0], b[0] = 0.2, -0.1
+    ctl.command_trajectory(robot.joint_names, [1.0], [a], 0.0)
+    ctl.command_trajectory(robot.joint_names, [0.5], [b], 0.0, start=0.6)  # replaces it at 0.6 s
+    _, qs = run(ctl, 0.0, 1.6)
+    j1 = qs[:, 0]
+    assert j1[int(0.55 / DT)] > 0.1      # still on its way to a at 0.55 s
+    assert j1[-1] == pytest.approx(-0.1, abs=1e-3)  # and then b
+
+
+def test_past_start_drops_due_points_and_keeps_the_next_due_time(ctl, robot):
+    p1, p2 = robot.home.copy(), robot.home.copy()
+    p1[0], p2[0] = 0.3, 0.1
+    now = 10.0
+    # started 1.5 s ago: the point due at 1.0 s is dropped, the one due at 2.0 s is reached 0.5 s from now
+    ctl.command_trajectory(robot.joint_names, [1.0, 2.0], [p1, p2], now, start=now - 1.5)
+    _, qs = run(ctl, now, 0.8)
+    j1 = qs[:, 0]
+    assert j1.max() <= 0.1 + 1e-9           # never went to the dropped point
+    assert j1[int(0.52 / DT)] == pytest.approx(0.1, abs=0.01)
+
+
+def test_a_trajectory_that_already_ended_is_refused(ctl, robot):
+    with pytest.raises(CommandRejected, match="ended .* ago"):
+        ctl.command_trajectory(robot.joint_names, [1.0], [robot.home], 50.0, start=40.0)
+    assert ctl.mode == Mode.HOLD
+
+
+# ---- measured-state monitor -------------------------------------------------------------------
+
+def test_overspeed_trips_a_latched_protective_stop_that_holds_where_the_arm_is(ctl, robot):
+    lines = []
+    ctl._log = lines.append
+    run(ctl, 0.0, 0.2, lambda t: ctl.command_twist([0.05, 0, 0, 0, 0, 0], t))
+    q_meas = ctl.safety.q + 0.01
+    qd = np.zeros(7)
+    qd[1] = 1.2 * robot.limits.qd_max[1]
+    q, _ = ctl.step(ArmState(0.2, q_meas, qd, np.zeros(7), 0.08), 0.2)
+    assert ctl.mode == Mode.PROTECTIVE_STOP and "joint 2 measured at" in ctl.fault
+    assert np.allclose(q, q_meas)  # holds where the arm is, not where it was told to be
+    assert any("PROTECTIVE STOP" in ln for ln in lines)
+    with pytest.raises(CommandRejected, match="protective stop is latched"):
+        ctl.command_twist([0.05, 0, 0, 0, 0, 0], 0.21)
+    ctl.reset_protective_stop(at_rest(q_meas, 0.3))
+    ctl.command_twist([0.05, 0, 0, 0, 0, 0], 0.3)
+    assert ctl.mode == Mode.TWIST
+
+
+def test_tracking_error_and_stale_state_trip_the_monitor(robot):
+    for state_of, expect in (
+        (lambda q, t: ArmState(t, q + np.r_[0, 0, 0.3, 0, 0, 0, 0], np.zeros(7), np.zeros(7), 0.08),
+         "joint 3 is 0.300 rad from where it was commanded"),
+        (lambda q, t: ArmState(t - 0.2, q, np.zeros(7), np.zeros(7), 0.08), "joint state is stale"),
+        (lambda q, t: ArmState(t, q * np.nan, np.zeros(7), np.zeros(7), 0.08), "NaN or Inf"),
+    ):
+        c = ArmController(robot, DT)
+        c.sync(at_rest(robot.home, 0.0))
+        q, _ = c.step(at_rest(robot.home, 0.0), 0.0)
+        c.step(state_of(q, DT), DT)
+        assert c.fault is not None and expect in c.fault
+
+
+def _push_along_the_table(cell: Workcell, seconds: float = 8.0) -> float:
+    """Valid twists (every one within the speed limits) that press the hand into the table
+    while circling and turning it: the worst measured joint speed as a fraction of its limit."""
+    lim = cell.robot.limits
+    worst = 0.0
+    for _ in range(int(seconds / cell.control_dt)):
+        t = cell.time
+        twist = [0.5 * np.cos(3 * t), 0.5 * np.sin(3 * t), -0.5, 1.5 * np.sin(5 * t), 1.5 * np.cos(5 * t), 1.5]
+        try:
+            cell.controller.command_twist(twist, t)
+        except CommandRejected:
+            pass  # refused during a protective stop: the test looks at what the joints do
+        worst = max(worst, float(np.max(np.abs(cell.backend.read_state().qd) / lim.qd_max)))
+        cell.step_control()
+    return worst
+
+
+def test_pushing_along_the_table_stops_before_the_joints_overspeed():
+    """On MuJoCo physics: without the monitor the joints reach about twice their velocity limit
+    (stick-slip against the table), with it the arm stops on the tracking error first."""
+    cell = Workcell("pick_place")
+    try:
+        cell.reset(0)
+        off = dataclasses.replace(cell.robot.limits, tracking_error=1e9, velocity_margin=1e9)
+        monitor = cell.controller.monitor
+        cell.controller.monitor = type(monitor)(off)
+        unwatched = _push_along_the_table(cell)
+        assert unwatched > 1.5  # the tester's finding, reproduced
+
+        cell.controller.monitor = monitor
+        cell.reset(0)
+        watched = _push_along_the_table(cell)
+        assert cell.controller.fault is not None
+        assert watched <= 1.0 + cell.robot.limits.velocity_margin
+        # stopped and at rest where it stopped
+        assert np.max(np.abs(cell.backend.read_state().qd)) < 0.05
+        cell.reset(1)  # a sim reset puts the arm somewhere new: the latch is cleared
+        assert cell.controller.fault is None and cell.controller.mode == Mode.HOLD
+    finally:
+        cell.close()
+
+
+def test_the_scripted_expert_never_trips_the_monitor_in_free_motion():
+    """The thresholds leave the expert's normal motion alone (worst seen: 0.47 of the speed
+    limit, 0.12 rad tracking error), so a trip means something is wrong."""
+    from robot_learning.sim.expert import ExpertObs, ScriptedExpert
+
+    cell = Workcell("pick_place")
+    try:
+        for seed in range(2):
+            cell.reset(seed)
+            expert = ScriptedExpert("pick_place", np.random.default_rng(seed))
+            for i in range(int(12.0 / cell.control_dt)):
+                if i % 5 == 0:
+                    pos, quat = cell.tcp_pose()
+                    obs = ExpertObs(cell.time, pos, quat, cell.backend.read_state().gripper_opening,
+                                    cell.object_poses())
+                    twist, grip = expert.act(obs)
+                    cell.controller.command_twist(twist, cell.time)
+                    cell.controller.command_gripper(grip, cell.time)
+                cell.step_control()
+                if expert.done:
+                    break
+            assert cell.controller.fault is None
+            assert cell.success()
+    finally:
+        cell.close()
+
+
+# ---- refusals -----------------------------------------------------------------------------------
+
+def test_twist_in_an_unknown_frame_is_refused_and_the_tool_frame_is_honoured(ctl, robot):
+    with pytest.raises(CommandRejected, match="unknown frame_id 'camera_link'"):
+        ctl.command_twist([0.05, 0, 0, 0, 0, 0], 0.0, frame="camera_link")
+    assert ctl.mode == Mode.HOLD
+    p0 = ctl.tcp_pose()[0]
+    run(ctl, 0.0, 0.5, lambda t: ctl.command_twist([0, 0, 0.04, 0, 0, 0], t, frame=robot.ee_frame))
+    assert ctl.tcp_pose()[0][2] - p0[2] == pytest.approx(-0.02, abs=0.003)  # tool z points down at home
+
+
+@pytest.mark.parametrize("value", [1e308, -1e308, 6.0, 1e20])
+def test_an_absurd_twist_is_refused_not_turned_into_zero_motion(ctl, value):
+    with pytest.raises(CommandRejected, match="refused, not clipped"):
+        ctl.command_twist([value, value, 0, 0, 0, 0], 0.0)
+    assert ctl.mode == Mode.HOLD
+
+
+def test_a_twist_just_over_the_limit_is_clipped_in_its_direction(ctl):
+    p0 = ctl.tcp_pose()[0]
+    run(ctl, 0.0, 0.4, lambda t: ctl.command_twist([0, 2.0, 0, 0, 0, 0], t))
+    d = ctl.tcp_pose()[0] - p0
+    assert d[1] > 0.05 and abs(d[0]) < 0.01
+
+
+def test_stale_streamed_commands_are_refused_fresh_and_unstamped_ones_run(ctl):
+    now = 1000.0
+    with pytest.raises(CommandRejected, match="stamped 1.000 s ago"):
+        ctl.command_twist([0.05, 0, 0, 0, 0, 0], now, stamp=now - 1.0)
+    with pytest.raises(CommandRejected, match="stamped .* ago"):
+        ctl.command_pose([0.5, 0, 0.3], [0, 1, 0, 0], now, stamp=now - 0.5)
+    ctl.command_twist([0.05, 0, 0, 0, 0, 0], now, stamp=now - 0.01)
+    ctl.command_twist([0.05, 0, 0, 0, 0, 0], now, stamp=0.0)
+    assert ctl.mode == Mode.TWIST
+
+
+def test_pose_in_a_foreign_frame_is_refused(ctl):
+    with pytest.raises(CommandRejected, match="not the base frame"):
+        ctl.command_pose([0.5, 0, 0.3], [0, 1, 0, 0], 0.0, frame="camera_link")
+
+
+def test_a_20000_point_trajectory_is_checked_whole_and_names_its_bad_point(ctl, robot):
+    n = 20_000
+    times = np.arange(1, n + 1) * 0.01
+    pts = np.tile(robot.home, (n, 1))
+    pts[:, 0] = 0.2 * np.sin(np.linspace(0, 6, n))
+    checked_times, checked = ctl.check_trajectory(robot.joint_names, times, pts)
+    assert checked.shape == (n, 7)
+    bad = pts.copy()
+    bad[12_345, 1] = 1.7  # leans the arm into the table: inside the joint limits, outside the box
+    with pytest.raises(CommandRejected, match="point 12345: .* outside the workspace box"):
+        ctl.check_trajectory(robot.joint_names, times, bad)
+
+
+def test_batch_tcp_positions_match_the_mujoco_kinematics(robot):
+    kin = Kinematics(robot)
+    qs = np.random.default_rng(3).uniform(robot.limits.q_lower, robot.limits.q_upper, (200, 7))
+    ref = np.array([kin.fk(q)[0] for q in qs])
+    assert np.allclose(tcp_positions(robot, qs), ref, atol=1e-12)
+
+
+def test_every_refusal_is_logged_once(robot):
+    lines = []
+    c = ArmController(robot, DT, log=lines.append)
+    c.sync(at_rest(robot.home, 0.0))
+    with pytest.raises(CommandRejected):
+        c.command_twist([0.1, 0, 0, 0, 0, 0], 0.0, frame="nowhere")
+    assert len(lines) == 1 and "unknown frame_id" in lines[0]
+
+
+def test_simulated_arm_state_is_stamped_on_the_controller_clock():
+    """The sim node's controller runs on wall-based stamps; the state it is handed must be
+    on that clock too, or the stale-state monitor would trip at once."""
+    cell = Workcell("pick_place")
+    try:
+        cell.reset(0)
+        seen = []
+        cell.step_control(lambda s, now: (seen.append((s.stamp, now)), cell.controller.step(s, now))[1],
+                          clock_origin=1.7e9)
+        assert seen[0][0] == seen[0][1] and cell.controller.fault is None
+        mujoco.mj_forward(cell.model, cell.data)
+    finally:
+        cell.close()
