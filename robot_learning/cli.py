@@ -48,8 +48,18 @@ def main(argv: list[str] | None = None) -> int:
 
     a = ap.parse_args(argv)
     from robot_learning.paths import use_local_dds_profile
+    from robot_learning.policies.checkpoint import PolicyError
 
     use_local_dds_profile()
+    try:
+        return _dispatch(a)
+    except PolicyError as e:  # a damaged or unfitting checkpoint: its one sentence, not a traceback
+        print(f"robot-learning {a.cmd}: {e}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(a: argparse.Namespace) -> int:
+    """Runs the chosen command; its exit status."""
     if a.cmd == "dataset":
         from robot_learning.data.cli import run as dataset_run
 

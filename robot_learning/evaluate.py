@@ -9,6 +9,7 @@ through the same server engine, without ROS (fast; what training reports).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -68,12 +69,16 @@ def run_evaluate(a) -> int:
                              sampler=a.sampler, inference_steps=a.inference_steps, latency=a.latency)
             r.pop("frames", None)
         else:
-            task = a.task or json.loads((resolve(a.checkpoint) / "config.json").read_text())["config"]["task"]
+            from robot_learning.runtime.policy import load_policy
+
+            # a damaged checkpoint is refused here, in one sentence, not after the graph has started
+            policy = load_policy(resolve(a.checkpoint), sampler=a.sampler, inference_steps=a.inference_steps)
+            task = a.task or policy.spec.task
             r = evaluate_graph(a.checkpoint, task, a.episodes, out, out / "graph.log", a.real_time_factor,
                                a.cameras, a.seed, a.blend, record=a.record, dataset=a.dataset,
                                sampler=a.sampler, inference_steps=a.inference_steps)
     except (PolicyError, RuntimeError, FileNotFoundError) as e:
-        print(f"evaluate: {e}")
+        print(f"evaluate: {e}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(r, indent=1))

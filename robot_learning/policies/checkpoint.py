@@ -1,12 +1,26 @@
 """Checkpoints: weights as safetensors (tensors only, so loading never runs code) and a JSON
-file with the policy's configuration, its input/output spec and the normalization statistics."""
+file with the policy's configuration, its input/output spec and the normalization statistics.
+
+A checkpoint is checked before anything is built from it: config.json against the explicit
+schema below (required keys, types, allowed values; unknown keys refused by name), the
+normalizer against the configuration, and the weights' safetensors header against the file's
+size. Checkpoints get copied between machines and cut short, hand-edited, or swapped for a
+``torch.save`` pickle; each such file must end in one ``PolicyError`` sentence that names the
+file, what is wrong and what to do, never in a traceback from deep inside json, safetensors or
+torch that the person on the robot cannot act on.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 FORMAT, VERSION = "robot_learning.policy", 1
+REEXPORT = "re-export the checkpoint (save it again, or copy an intact one)"
 
 
 class PolicyError(RuntimeError):
@@ -29,34 +43,226 @@ def save_checkpoint(policy, path: str | Path, extra: dict | None = None) -> Path
     return path
 
 
+# ---- config.json schema: key -> (required, what the value must be, test). Explicit rather than derived
+# from DiffusionConfig so that a type error is refused here, with its key, before torch sees it.
+
+Rule = tuple[bool, str, Callable[[Any], bool]]
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _list_of(item: Callable[[Any], bool], length: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and (length is None or len(v) == length) and all(item(x) for x in v)
+
+
+def _names_to(item: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, dict) and all(item(x) for x in v.values())
+
+
+def _object(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+SAMPLERS = ("ddim", "dpmsolver", "ddpm")     # what policies.diffusion.make_scheduler builds
+ACTION_KINDS = ("twist", "tcp_pose")         # runtime.actions.ACTION_KINDS (kept torch-free here)
+COUNT = "an integer >= 1"
+
+META_SCHEMA: dict[str, Rule] = {
+    "format": (True, f"'{FORMAT}'", lambda v: v == FORMAT),
+    "version": (True, str(VERSION), lambda v: v == VERSION and not isinstance(v, bool)),
+    "policy": (True, "'diffusion'", lambda v: v == "diffusion"),
+    "config": (True, "an object", _object),
+    "spec": (True, "an object", _object),
+    "normalizer": (True, "an object of key -> {min, max}", _names_to(_object)),
+    "recipe": (False, "an object", _object),
+    "train": (False, "an object", _object),
+}
+
+CONFIG_SCHEMA: dict[str, Rule] = {
+    "obs_dims": (True, "an object of observation key -> size >= 1", _names_to(_count)),
+    "action_dim": (True, COUNT, _count),
+    "image_shapes": (False, "an object of camera key -> [H, W, C], each >= 1", _names_to(_list_of(_count, 3))),
+    "obs_horizon": (False, COUNT, _count),
+    "pred_horizon": (False, COUNT, _count),
+    "action_horizon": (False, COUNT, _count),
+    "down_dims": (False, "a non-empty list of integers >= 1", lambda v: _list_of(_count)(v) and len(v) > 0),
+    "image_feature_dim": (False, COUNT, _count),
+    "crop_fraction": (False, "a number in (0, 1]", lambda v: _real(v) and 0 < v <= 1),
+    "train_timesteps": (False, COUNT, _count),
+    "sampler": (False, "one of " + ", ".join(SAMPLERS), lambda v: isinstance(v, str) and v in SAMPLERS),
+    "inference_steps": (False, COUNT, _count),
+    "relative": (False, "a list of [a, b] observation key pairs",
+                 _list_of(_list_of(lambda x: isinstance(x, str), 2))),
+    "dt": (False, "a number > 0", lambda v: _real(v) and v > 0),
+    "task": (False, "a string", lambda v: isinstance(v, str)),
+    "action_kind": (False, "one of " + ", ".join(ACTION_KINDS), lambda v: isinstance(v, str) and v in ACTION_KINDS),
+}
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _schema_problems(section: dict, schema: dict[str, Rule], prefix: str = "") -> list[str]:
+    """What in ``section`` breaks ``schema``: unknown keys by name, missing required keys, bad values."""
+    problems = []
+    unknown = [prefix + k for k in section if k not in schema]
+    if unknown:
+        problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    for key, (required, want, ok) in schema.items():
+        if key not in section:
+            if required:
+                problems.append(f"{prefix}{key} is missing")
+        elif not ok(section[key]):
+            problems.append(f"{prefix}{key} must be {want}, not {_short(section[key])}")
+    return problems
+
+
+def _consistency_problems(cfg: dict, stats: dict) -> list[str]:
+    """What the schema cannot see: every input the policy normalizes needs min and max of the size
+    the configuration gives it, and the configuration must agree with itself. Each would otherwise
+    surface as a broadcasting or key error at the first inference, on the robot."""
+    problems = [f"config.relative pairs '{a}' with '{b}', but only {', '.join(cfg['obs_dims'])} are observed"
+                for a, b in cfg.get("relative", []) if a not in cfg["obs_dims"] or b not in cfg["obs_dims"]]
+    if cfg.get("inference_steps", 1) > cfg.get("train_timesteps", math.inf):
+        problems.append(f"config.inference_steps {cfg['inference_steps']} exceeds config.train_timesteps "
+                        f"{cfg['train_timesteps']}")
+    sizes = dict(cfg["obs_dims"])
+    sizes.update({f"{a}-{b}": 3 for a, b in cfg.get("relative", [])})   # policies.diffusion.relative_key
+    sizes["action"] = cfg["action_dim"]
+    for key in sizes:
+        if key not in stats:
+            problems.append(f"normalizer has no min/max stats for '{key}'")
+    for key, s in stats.items():
+        for side in ("min", "max"):
+            v = s.get(side)
+            if not _list_of(_real)(v):
+                problems.append(f"normalizer.{key}.{side} must be a list of finite numbers, not {_short(v)}")
+            elif key in sizes and len(v) != sizes[key]:
+                problems.append(f"normalizer.{key}.{side} has {len(v)} values, the config needs {sizes[key]}")
+    return problems
+
+
+def read_json(file: Path, fix: str = REEXPORT) -> dict:
+    """The JSON object in ``file``; a missing, cut-short or non-object file is a PolicyError."""
+    if not file.is_file():
+        raise PolicyError(f"{file} is missing; {fix}")
+    try:
+        data = json.loads(file.read_text())
+    except UnicodeDecodeError:
+        raise PolicyError(f"{file} is not a JSON text file (it holds binary data); {fix}") from None
+    except json.JSONDecodeError as e:
+        raise PolicyError(f"{file} is not valid JSON ({e.msg}, line {e.lineno} column {e.colno}), "
+                          f"so it is damaged or cut short; {fix}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{file} must hold a JSON object, not a {type(data).__name__}; {fix}")
+    return data
+
+
+def read_meta(path: str | Path) -> dict:
+    """config.json of the checkpoint at ``path``, checked against the schema and its normalizer
+    against the configuration; nothing is built, so a bad file costs no model construction."""
+    cfg_file = Path(path) / "config.json"
+    meta = read_json(cfg_file)
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise PolicyError(f"{cfg_file}: format {meta.get('format')} v{meta.get('version')}, this robot-learning "
+                          f"reads {FORMAT} v{VERSION}")
+    if meta.get("policy") != "diffusion":
+        raise PolicyError(f"{cfg_file}: policy type '{meta.get('policy')}' is not supported")
+    problems = _schema_problems(meta, META_SCHEMA)
+    if not problems:
+        problems = _schema_problems(meta["config"], CONFIG_SCHEMA, "config.")
+    if not problems:
+        problems = _consistency_problems(meta["config"], meta["normalizer"])
+    if problems:
+        raise PolicyError(f"{cfg_file} is not a valid checkpoint configuration: {'; '.join(problems)}; {REEXPORT}")
+    return meta
+
+
+_PICKLE_STARTS = (b"\x80", b"PK\x03\x04")   # pickle protocol >= 2; torch.save's zip archive
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why ``file`` is no safetensors file, from its 8-byte header length, JSON header and size,
+    before safetensors reads it (whose own errors, e.g. 'HeaderTooLarge', say nothing useful)."""
+    size = file.stat().st_size
+    with file.open("rb") as f:
+        start = f.read(9)   # u64 little-endian header length, then the JSON header's "{"
+        if len(start) < 9 or start[8:9] != b"{":
+            if start.startswith(_PICKLE_STARTS):
+                return ("is a Python pickle (as torch.save writes), not a safetensors file; pickles can run "
+                        "code when loaded, so it is never read")
+            if len(start) < 9:
+                return f"is cut short: {size} bytes, not even a safetensors header"
+            return "is not a safetensors file (it does not start with a safetensors header)"
+        (n,) = struct.unpack("<Q", start[:8])
+        if n > size - 8:
+            return f"is cut short: {size} bytes, its header alone needs {n + 8}"
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "is not a safetensors file (its header is not a safetensors tensor table)"
+    if size < 8 + n + end:
+        return f"is cut short: {size} of {8 + n + end} bytes"
+    if size > 8 + n + end:
+        return f"has {size - 8 - n - end} bytes more than its header describes"
+    return None
+
+
+def load_weights(module, file: Path, device: str = "cpu", fix: str = REEXPORT) -> None:
+    """Copies the tensors of the safetensors ``file`` into ``module`` (safetensors only: reading it
+    runs no code). A damaged file, or tensors that do not fit ``module`` (a config.json edited
+    apart from its weights), is a PolicyError naming the file and ``fix``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise PolicyError(f"{file} is missing; {fix}")
+    problem = _safetensors_problem(file)
+    if problem:
+        raise PolicyError(f"{file} {problem}; {fix}")
+    try:
+        state = load_file(str(file), device=device)
+    except (SafetensorError, OSError) as e:
+        raise PolicyError(f"{file} could not be read as safetensors ({e}); {fix}") from None
+    want = module.state_dict()
+    wrong = [f"missing {k}" for k in want if k not in state][:3]
+    wrong += [f"unexpected {k}" for k in state if k not in want][:3]
+    wrong += [f"{k} is {list(v.shape)}, expected {list(want[k].shape)}" for k, v in state.items()
+              if k in want and v.shape != want[k].shape][:3]
+    if wrong:
+        raise PolicyError(f"{file}: the weights do not fit the configuration in config.json "
+                          f"({', '.join(wrong)}); {fix}")
+    module.load_state_dict(state)
+
+
 def _spec_diff(want: dict, have: dict) -> list[str]:
     return [f"{k}: the checkpoint has {have.get(k)!r}, expected {want[k]!r}" for k in want if have.get(k) != want[k]]
 
 
 def load_checkpoint(path: str | Path, expect_spec: dict | None = None, device: str = "cpu"):
-    """The policy saved at ``path``; ``expect_spec`` (what the caller will feed it) must match."""
-    from safetensors.torch import load_file
-
+    """The policy saved at ``path``; ``expect_spec`` (what the caller will feed it) must match.
+    config.json is validated in full before the model is built, the weights before they are copied."""
     from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
     from robot_learning.policies.normalizer import Normalizer
 
     path = Path(path)
-    cfg_file, weights = path / "config.json", path / "model.safetensors"
-    if not cfg_file.is_file() or not weights.is_file():
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise PolicyError(f"{path} is not a checkpoint: it needs config.json and model.safetensors")
-    meta = json.loads(cfg_file.read_text())
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise PolicyError(f"{path}: format {meta.get('format')} v{meta.get('version')}, this robot-learning "
-                          f"reads {FORMAT} v{VERSION}")
-    if meta.get("policy") != "diffusion":
-        raise PolicyError(f"{path}: policy type '{meta.get('policy')}' is not supported")
+    meta = read_meta(path)
     if expect_spec is not None:
         diff = _spec_diff(expect_spec, meta["spec"])
         if diff:
             raise PolicyError(f"{path} does not fit these observations/actions: " + "; ".join(diff))
     policy = DiffusionPolicy(DiffusionConfig(**meta["config"]), Normalizer(meta["normalizer"]))
-    missing, unexpected = policy.load_state_dict(load_file(str(weights), device=device), strict=False)
-    if missing or unexpected:
-        raise PolicyError(f"{path}: weights do not match the configuration (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]})")
+    load_weights(policy, path / "model.safetensors", device)
     return policy.to(device).eval(), meta

@@ -6,7 +6,6 @@ unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,16 +54,17 @@ def register_policy(kind: str):
 def load_policy(path: str | Path, device: str = "cpu", **options) -> Policy:
     """The checkpoint at ``path`` as a server-ready policy. ``options`` are deploy-time settings
     of its kind (diffusion: ``sampler``, ``inference_steps``); None or empty values keep the
-    checkpoint's own."""
-    from robot_learning.policies.checkpoint import PolicyError
+    checkpoint's own. A damaged config.json is a PolicyError naming it, like everything the
+    loaders find wrong, so the server and the CLI report one sentence."""
+    from robot_learning.policies.checkpoint import PolicyError, read_json
 
     path = Path(path)
     cfg = path / "config.json"
     if not cfg.is_file():
         raise PolicyError(f"{path} is not a checkpoint: there is no config.json (train one with "
                           "`robot-learning train diffusion --dataset ...`)")
-    kind = json.loads(cfg.read_text()).get("policy")
-    if kind not in LOADERS:
+    kind = read_json(cfg).get("policy")
+    if not isinstance(kind, str) or kind not in LOADERS:
         raise PolicyError(f"{path}: policy type '{kind}' has no loader (known: {', '.join(sorted(LOADERS))})")
     return LOADERS[kind](path, device, **{k: v for k, v in options.items() if v not in (None, "", 0)})
 

@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,10 @@ from tqdm import tqdm
 
 from robot_learning.data.schema import parse_recipe
 from robot_learning.data.store import Dataset
+from robot_learning.policies.checkpoint import PolicyError, load_weights, read_json, read_meta
 from robot_learning.runtime.actions import TCP_POSE_KEY, TWIST_DIMS, check_action_kind, pose_actions
+
+RESUME_FIX = "resume from an intact copy of the run, or train afresh"
 
 
 @dataclass
@@ -165,6 +168,30 @@ def _save_state(run: Path, model, ema, opt, sched, step: int, rng_state: dict) -
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _load_state(st: Path, model, ema, opt, sched, device: str) -> int:
+    """Restores what ``_save_state`` wrote into ``st`` and returns its step. The weights are read
+    as safetensors and optim.pt with ``weights_only`` (neither runs code); a missing, damaged or
+    mismatched file is a PolicyError naming it, as a damaged checkpoint is, not a traceback."""
+    import pickle
+
+    import torch
+
+    load_weights(model, st / "model.safetensors", device, RESUME_FIX)
+    load_weights(ema.module, st / "ema.safetensors", device, RESUME_FIX)
+    optim = st / "optim.pt"
+    if not optim.is_file():
+        raise PolicyError(f"{optim} is missing; {RESUME_FIX}")
+    try:
+        saved = torch.load(optim, map_location=device, weights_only=True)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        ema.n_averaged.fill_(saved["n_averaged"])
+        return int(saved["step"])
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PolicyError(f"{optim} cannot be restored ({reason[:120]}); {RESUME_FIX}") from None
+
+
 def _plot_curves(run: Path) -> Path | None:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     if not rows:
@@ -211,7 +238,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         torch.set_num_threads(cfg.threads)
     resume = Path(cfg.resume) if cfg.resume else None
     if resume is not None:
-        saved = json.loads((resume / "train_config.json").read_text())
+        saved = read_json(resume / "train_config.json", RESUME_FIX)
+        unknown = sorted(set(saved) - {f.name for f in fields(TrainConfig)})
+        if unknown:
+            raise PolicyError(f"{resume / 'train_config.json'} has unknown keys {', '.join(unknown)}; {RESUME_FIX}")
         keep = {"steps": cfg.steps, "eval_every": cfg.eval_every, "device": cfg.device, "resume": cfg.resume,
                 "out": str(resume), "dataset": cfg.dataset or saved["dataset"]}
         cfg = TrainConfig(**{**saved, **keep})
@@ -247,7 +277,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         raise SystemExit(f"train: the episodes of {cfg.dataset} have no steps")
 
     if resume is not None:
-        normalizer = Normalizer(json.loads((run / "checkpoints" / "last" / "config.json").read_text())["normalizer"])
+        normalizer = Normalizer(read_meta(run / "checkpoints" / "last")["normalizer"])
     else:
         normalizer = Normalizer()
         for k in obs_keys:
@@ -284,16 +314,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     start, rng_seed = 0, cfg.seed * 1000 + rank
     if resume is not None:
-        from safetensors.torch import load_file
-
-        st = run / "train_state"
-        model.load_state_dict(load_file(str(st / "model.safetensors"), device=device))
-        ema.module.load_state_dict(load_file(str(st / "ema.safetensors"), device=device))
-        saved = torch.load(st / "optim.pt", map_location=device, weights_only=True)
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        ema.n_averaged.fill_(saved["n_averaged"])
-        start = int(saved["step"])
+        start = _load_state(run / "train_state", model, ema, opt, sched, device)
         rng_seed += start
     net = model
     if world > 1:
