@@ -66,7 +66,8 @@ class SafetyLimits:
     command_timeout: float
     # monitors on what the joints actually do (robot_learning.control.monitor)
     velocity_margin: float = 0.1   # measured |qd| may exceed qd_max by this fraction
-    tracking_error: float = 0.25   # rad between the last command and the measured position
+    tracking_error: float = 0.25   # rad between the last command and the measured position ...
+    tracking_lag: float = 0.15     # ... plus this many seconds' worth of the commanded joint speed
     state_timeout: float = 0.05    # s: an older joint state is stale
 
 
@@ -111,13 +112,13 @@ def _monitor_limits(mon: dict[str, Any], src: str) -> dict[str, float]:
     """The measured-state monitors' thresholds (optional keys; defaults from SafetyLimits)."""
     if not isinstance(mon, dict):
         raise ConfigError(f"{src}: 'safety.monitor' must be a mapping")
-    known = {"velocity_margin", "tracking_error", "state_timeout"}
+    known = {"velocity_margin", "tracking_error", "tracking_lag", "state_timeout"}
     unknown = sorted(set(mon) - known)
     if unknown:
         raise ConfigError(f"{src}: unknown key(s) {unknown} in safety.monitor (known: {sorted(known)})")
     out = {k: float(v) for k, v in mon.items()}
-    if any(v <= 0 for v in out.values()):
-        raise ConfigError(f"{src}: safety.monitor values must be positive")
+    if any(v < 0 for v in out.values()):
+        raise ConfigError(f"{src}: safety.monitor values must not be negative")
     return out
 
 

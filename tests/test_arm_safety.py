@@ -121,7 +121,7 @@ def test_tracking_error_and_stale_state_trip_the_monitor(robot):
     for state_of, expect in (
         (lambda q, t: ArmState(t, q + np.r_[0, 0, 0.3, 0, 0, 0, 0], np.zeros(7), np.zeros(7), 0.08),
          "joint 3 is 0.300 rad from where it was commanded"),
-        (lambda q, t: ArmState(t - 0.2, q, np.zeros(7), np.zeros(7), 0.08), "joint state is stale"),
+        (lambda q, t: ArmState(t - 0.5, q, np.zeros(7), np.zeros(7), 0.08), "joint state is stale"),
         (lambda q, t: ArmState(t, q * np.nan, np.zeros(7), np.zeros(7), 0.08), "NaN or Inf"),
     ):
         c = ArmController(robot, DT)
@@ -149,7 +149,7 @@ def _push_along_the_table(cell: Workcell, seconds: float = 8.0) -> float:
 
 
 def test_pushing_along_the_table_stops_before_the_joints_overspeed():
-    """On MuJoCo physics: without the monitor the joints reach about twice their velocity limit
+    """On MuJoCo physics: without the monitor the joints reach about 1.5x their velocity limit
     (stick-slip against the table), with it the arm stops on the tracking error first."""
     cell = Workcell("pick_place")
     try:
@@ -158,7 +158,7 @@ def test_pushing_along_the_table_stops_before_the_joints_overspeed():
         monitor = cell.controller.monitor
         cell.controller.monitor = type(monitor)(off)
         unwatched = _push_along_the_table(cell)
-        assert unwatched > 1.5  # the tester's finding, reproduced
+        assert unwatched > 1.3  # the tester's finding (2.2-2.4x before the filter brakes for the box), reproduced
 
         cell.controller.monitor = monitor
         cell.reset(0)

@@ -15,7 +15,8 @@ from robot_learning.control.safety import CommandRejected
 ROBOT = load_robot()
 DT = 0.004
 LIM = ROBOT.limits
-PROPS = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+# how many examples: the profile conftest.py loads (HYPOTHESIS_PROFILE=thorough for a long search)
+PROPS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
 joint_vectors = arrays(np.float64, 7, elements=any_float)

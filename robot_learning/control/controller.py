@@ -257,14 +257,14 @@ class ArmController:
     def hold(self) -> None:
         self.mode = Mode.ESTOP if self.estopped else Mode.PROTECTIVE_STOP if self.fault else Mode.HOLD
 
-    def _protective_stop(self, why: str, state: ArmState | None) -> None:
-        """Hold where the arm is (releasing whatever it was pushing against) and latch."""
+    def _protective_stop(self, why: str, state: ArmState | None, now: float) -> None:
+        """Latch and hold. With a fresh measurement: where the arm is (releasing whatever it was
+        pushing against). Without one (stale, NaN): brake the command within the acceleration
+        limits; jumping to a position measured long ago would be a motion of its own."""
         self.fault = why
-        self._log(f"PROTECTIVE STOP: {why}; holding where the arm is until reset_protective_stop")
-        if state is not None and np.all(np.isfinite(state.q)):
+        self._log(f"PROTECTIVE STOP: {why}; holding until reset_protective_stop")
+        if state is not None and self.monitor.trustworthy(state, now):
             self.safety.reset(state.q)
-        else:  # no trustworthy measurement: stop the command where it is
-            self.safety.reset(self.safety.q)
         self.traj = self.pending = None
         self.hold()
 
@@ -273,9 +273,9 @@ class ArmController:
         """Joint target and gripper opening (metres) for this period. ``state`` is what the
         backend measured (None only where no backend exists, in unit tests of the commands)."""
         if state is not None and self.fault is None:
-            why = self.monitor.check(state, self._q_sent, now)
+            why = self.monitor.check(state, self._q_sent, now, self.safety.v)
             if why:
-                self._protective_stop(why, state)
+                self._protective_stop(why, state, now)
         if self.mode in (Mode.TWIST, Mode.POSE) and now - self.last_command > self.robot.limits.command_timeout:
             self._log(f"command timeout ({self.robot.limits.command_timeout:.2f} s without a command): holding")
             self.timed_out = True

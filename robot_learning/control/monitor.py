@@ -8,12 +8,12 @@ stop); this monitor does the same for any backend, so the sim and a real arm bot
 the same evidence:
 
 - measured joint speed above ``(1 + velocity_margin)`` times its limit;
-- tracking error: the measured position further than ``tracking_error`` from the command
-  sent the period before;
+- tracking error: the measured position further from the command sent the period before
+  than ``tracking_error`` plus ``tracking_lag`` times the commanded speed;
 - a stale or missing joint state (older than ``state_timeout``), or a non-finite one.
 
-A trip is reported once with the joint and the numbers; the controller then holds where
-the arm is and latches a protective stop until it is released explicitly.
+A trip is reported once with the joint and the numbers; the controller then holds (where
+the arm is, when the measurement can be trusted) and latches a protective stop until it is released explicitly.
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ class JointMonitor:
         self.limits = limits
         self.qd_trip = limits.qd_max * (1.0 + limits.velocity_margin)
 
-    def check(self, state: ArmState, q_sent: np.ndarray | None, now: float) -> str | None:
+    def trustworthy(self, state: ArmState, now: float) -> bool:
+        """A measurement recent and finite enough to hold the arm where it says the arm is."""
+        return now - state.stamp <= self.limits.state_timeout and bool(np.all(np.isfinite(state.q)))
+
+    def check(self, state: ArmState, q_sent: np.ndarray | None, now: float,
+              v_sent: np.ndarray | None = None) -> str | None:
         """Why the arm must stop now, or None while what the joints do is within bounds."""
         age = now - state.stamp
         if not np.isfinite(age) or age > self.limits.state_timeout:
@@ -46,9 +51,14 @@ class JointMonitor:
             return (f"joint {j + 1} measured at {abs(qd[j]):.2f} rad/s, over its limit "
                     f"{self.limits.qd_max[j]:.2f} rad/s (+{self.limits.velocity_margin:.0%})")
         if q_sent is not None:
-            err = np.abs(q - q_sent)
-            j = int(np.argmax(err))
-            if err[j] > self.limits.tracking_error:
-                return (f"joint {j + 1} is {err[j]:.3f} rad from where it was commanded "
-                        f"(tracking limit {self.limits.tracking_error:.3f} rad): blocked or collided?")
+            # a joint following a moving command lags it by its speed times the servo's and the
+            # loop's delay; a blocked joint falls behind without bound
+            allowed = self.limits.tracking_error + self.limits.tracking_lag * (
+                np.abs(v_sent) if v_sent is not None else 0.0)
+            over = np.abs(q - q_sent) - allowed
+            j = int(np.argmax(over))
+            if over[j] > 0:
+                return (f"joint {j + 1} is {abs(q[j] - q_sent[j]):.3f} rad from where it was commanded "
+                        f"(allowed {np.broadcast_to(allowed, q.shape)[j]:.3f} rad at its speed): "
+                        "blocked or collided?")
         return None

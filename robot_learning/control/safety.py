@@ -3,8 +3,8 @@
 Every mode of the controller (twist, pose, trajectory, hold) produces a joint target and
 this filter turns it into what the arm is actually sent: non-finite targets are refused,
 positions clamped inside the joint limits, velocity and acceleration limited (braking in time
-to stop at a target that jumped ahead), and a target whose TCP would leave the
-workspace box is not sent. Each refusal is reported with its reason.
+to stop at a target that jumped ahead, and in time to stop inside the workspace box), and a
+target whose TCP would leave the workspace box is not sent. Each refusal is reported with its reason.
 """
 
 from __future__ import annotations
@@ -90,6 +90,15 @@ class SafetyFilter:
         off = np.maximum(self.limits.workspace_min - pos, 0.0) + np.maximum(pos - self.limits.workspace_max, 0.0)
         return math.sqrt(float(off @ off))
 
+    def _stops_inside(self, q: np.ndarray, v: np.ndarray) -> bool:
+        """Whether braking every joint at its acceleration limit from ``q`` at ``v`` ends with the
+        TCP no further outside the box than now (discrete braking runs about v*dt further)."""
+        if not np.any(v):
+            return True
+        reach = np.abs(v) * (np.abs(v) / (2.0 * self.limits.qdd_max) + self.dt)
+        q_stop = np.minimum(np.maximum(q + np.sign(v) * reach, self.lower), self.upper)
+        return self.outside_distance(tcp_positions(self.kin.robot, q_stop)[0]) <= self._outside + 1e-9
+
     def check_joint_targets(self, qs: np.ndarray) -> str | None:
         """Why a list of joint targets (n, dof) may not be commanded at all, or None if it may.
 
@@ -132,8 +141,14 @@ class SafetyFilter:
         v = np.minimum(np.maximum(v, self.v - dv), self.v + dv)
         v = np.minimum(np.maximum(v, -self.limits.qd_max), self.limits.qd_max)
         q_new = np.minimum(np.maximum(self.q + v * self.dt, self.lower), self.upper)
+        if not self._stops_inside(q_new, v):
+            # Going on, the arm could no longer stop inside the box: brake at the acceleration
+            # limit instead, so the box never has to be enforced by an instant stop.
+            v = self.v - np.sign(self.v) * np.minimum(np.abs(self.v), dv)
+            q_new = np.minimum(np.maximum(self.q + v * self.dt, self.lower), self.upper)
         pos, _ = self.kin.fk(q_new)
-        # Outside the box only motion back towards it is allowed (an arm started outside can leave).
+        # Outside the box only motion back towards it is allowed (an arm started outside can
+        # leave). The braking above makes this last resort rare: it stops at once.
         outside = self.outside_distance(pos)
         if outside > self._outside + 1e-9:
             self.reject(stamp, f"safety: TCP would leave the workspace box at {np.round(pos, 3).tolist()}, holding")

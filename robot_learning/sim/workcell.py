@@ -24,6 +24,7 @@ from robot_learning.config import (
 )
 from robot_learning.control.backend import ArmState
 from robot_learning.control.controller import ArmController
+from robot_learning.control.loop import control_step
 from robot_learning.sim.model import FT_SITE, TCP_SITE, workcell_xml
 from robot_learning.sim.tactile import TactilePads
 from robot_learning.sim.tasks import make_task
@@ -132,11 +133,11 @@ class Workcell:
         ``step_fn`` replaces ``controller.step`` for callers that guard the controller with a
         lock; ``clock_origin`` shifts the time it sees (the ROS node's stamps are wall-based).
         """
-        step = step_fn or self.controller.step
-        state = self.backend.read_state()
-        state.stamp += clock_origin  # measured now, on the clock the controller is given
-        q, opening = step(state, state.stamp)
-        self.backend.write_command(q, opening)
+        control_step(self.backend, step_fn or self.controller.step, clock_origin)
+        self.physics_step()
+
+    def physics_step(self) -> None:
+        """The physics substeps of one control period, servos at whatever targets were written."""
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
 
     def advance(self, duration: float) -> None:

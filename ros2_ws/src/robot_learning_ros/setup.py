@@ -24,6 +24,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sim_node = robot_learning_ros.sim_node:main",
+            "arm_node = robot_learning_ros.arm_node:main",
             "scripted_operator = robot_learning_ros.scripted_operator:main",
             "teleop_node = robot_learning_ros.teleop_node:main",
             "command_mux = robot_learning_ros.command_mux:main",

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
-from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, String
@@ -26,14 +26,12 @@ from robot_learning.sim.topics import arm_state_arrays
 from robot_learning_ros.msgs import (
     COMMAND_QOS,
     LATCHED_QOS,
-    SENSOR_QOS,
     STATE_QOS,
     from_stamp,
     joint_state_msg,
     pose_from_msg,
     pose_msg,
     twist_from_msg,
-    wrench_msg,
 )
 
 
@@ -41,7 +39,8 @@ class ArmInterface:
     """Wires an ArmController to the standard arm topics on ``node``."""
 
     def __init__(self, node: Node, controller: ArmController, clock: Callable[[], float],
-                 read_state: Callable[[], ArmState]):
+                 read_state: Callable[[], ArmState], joint_states: bool = True):
+        """``joint_states``: publish /joint_states too (False where a joint_state_broadcaster does)."""
         self.node, self.ctl, self.clock, self.read_state = node, controller, clock, read_state
         self.lock = threading.Lock()
         robot = controller.robot
@@ -54,9 +53,8 @@ class ArmInterface:
         node.create_subscription(Bool, "/emergency_stop", self._on_estop, LATCHED_QOS)
         node.create_service(Trigger, "/arm/reset_emergency_stop", self._on_reset_estop)
         node.create_service(Trigger, "/arm/reset_protective_stop", self._on_reset_protective_stop)
-        self.pub_js = node.create_publisher(JointState, "/joint_states", STATE_QOS)
+        self.pub_js = node.create_publisher(JointState, "/joint_states", STATE_QOS) if joint_states else None
         self.pub_pose = node.create_publisher(PoseStamped, "/arm/ee_pose", STATE_QOS)
-        self.pub_wrench = node.create_publisher(WrenchStamped, "/arm/wrench", SENSOR_QOS)
         self.pub_gripper = node.create_publisher(JointState, "/gripper/state", STATE_QOS)
         self.pub_estop_state = node.create_publisher(Bool, "/arm/emergency_stop_active", LATCHED_QOS)
         self.pub_estop_state.publish(Bool(data=False))
@@ -64,7 +62,6 @@ class ArmInterface:
         self.pub_fault = node.create_publisher(String, "/arm/protective_stop", LATCHED_QOS)
         self._fault_published: str | None = None
         self._msg_js, self._msg_pose, self._msg_gripper = JointState(), PoseStamped(), JointState()
-        self._msg_wrench = WrenchStamped()
 
     def _run(self, fn) -> None:
         """Hand a command to the controller under the lock. A refusal is already recorded and
@@ -140,12 +137,9 @@ class ArmInterface:
         """Called from the control loop only: its messages are refilled, not rebuilt, every period."""
         joints, gripper = arm_state_arrays(state)
         n = len(state.q)
-        self.pub_js.publish(joint_state_msg(self.joint_names, joints["position"], joints["velocity"],
-                                            joints["effort"], t, reuse=self._msg_js))
+        if self.pub_js is not None:
+            self.pub_js.publish(joint_state_msg(self.joint_names, joints["position"], joints["velocity"],
+                                                joints["effort"], t, reuse=self._msg_js))
         self.pub_pose.publish(pose_msg(tcp[0], tcp[1], t, self.base_frame, reuse=self._msg_pose))
         self.pub_gripper.publish(joint_state_msg(self.joint_names[n:], gripper["position"], gripper["velocity"],
                                                  gripper["effort"], t, reuse=self._msg_gripper))
-
-    def publish_wrench(self, wrench: np.ndarray, t: float, frame: str) -> None:
-        self.pub_wrench.publish(wrench_msg(wrench, t, frame, reuse=self._msg_wrench))
-

@@ -6,6 +6,12 @@ takes the arm controller's command topics. Sim-only extras live under /sim: obje
 (ground truth), the task's success flag, a reset service, and once a wall second
 /sim/diagnostics (diagnostic_msgs/DiagnosticArray): the real-time factor reached, with a
 warning when the machine cannot keep up with the one asked for.
+
+With ``hardware:=true`` it stands in for a robot behind ros2_control instead: no controller
+of ours inside, ``/joint_states`` as joint_state_broadcaster publishes it, and the command
+topic of the controller named in the robot file's ``ros2_control`` section
+(``robot_learning.sim.hardware``); the arm node (``backend:=ros2_control``) then drives it
+exactly as it would drive a real arm.
 """
 
 from __future__ import annotations
@@ -20,19 +26,26 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, WrenchStamped
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Bool
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
 
+from robot_learning.control.ros2_control import load_ros2_control
+from robot_learning.sim.hardware import ControllerRejected, SimControllers
 from robot_learning.sim.render import AsyncCameras, camera_specs
+from robot_learning.sim.topics import arm_state_arrays
 from robot_learning.sim.workcell import Workcell
 from robot_learning_ros.arm_interface import ArmInterface
 from robot_learning_ros.msgs import (
+    COMMAND_QOS,
     LATCHED_QOS,
     SENSOR_QOS,
     STATE_QOS,
     camera_info_msg,
+    from_stamp,
     image_msg,
+    joint_state_msg,
     pose_msg,
     to_sec_ns,
     wrench_msg,
@@ -86,9 +99,15 @@ class SimNode(Node):
         self.episode = 0
         self.cell.reset(self.seed)
         self.origin = time.time()  # sim time 0 is the wall-clock time of launch
-        self.arm = ArmInterface(self, self.cell.controller, self.now, self.cell.backend.read_state)
+        self.hardware = bool(p("hardware", False).value)
+        self.arm = None if self.hardware else ArmInterface(self, self.cell.controller, self.now,
+                                                           self.cell.backend.read_state)
+        if self.hardware:
+            self._hardware_interfaces()
 
         self.pub_clock = self.create_publisher(Clock, "/clock", 10)
+        self.pub_wrench = self.create_publisher(WrenchStamped, "/arm/wrench", SENSOR_QOS)  # the wrist F/T
+        self._msg_wrench = WrenchStamped()
         self.pub_cam = {}
         for c in self.cameras:
             self.pub_cam[c] = (
@@ -126,6 +145,52 @@ class SimNode(Node):
             f"at {1 / self.cam_rate.period:.0f} Hz, tactile {1 / self.tac_rate.period:.0f} Hz, "
             f"real-time factor {'max' if self.rtf <= 0 else self.rtf}")
 
+    def _hardware_interfaces(self) -> None:
+        """What a ros2_control robot offers: the broadcaster's joint states and a controller's topic."""
+        cell = self.cell
+        rc = load_ros2_control(cell.robot)
+        st = cell.backend.read_state()
+        self.controllers = SimControllers(cell.robot, rc, st.q, st.gripper_opening)
+        self.hw_lock = threading.Lock()
+        self.hw_joint_names = cell.robot.joint_names + cell.robot.gripper.joint_names
+        self.pub_hw_js = self.create_publisher(JointState, rc.joint_states, STATE_QOS)
+        self._msg_hw_js = JointState()
+        if rc.arm.interface == "joint_trajectory":
+            self.create_subscription(JointTrajectory, rc.arm.topic, self._on_hw_trajectory, COMMAND_QOS)
+        else:
+            self.create_subscription(Float64MultiArray, rc.arm.topic,
+                                     lambda m: self._hw(lambda: self.controllers.command_arm(m.data, self.now())),
+                                     COMMAND_QOS)
+        if rc.gripper is not None:
+            self.create_subscription(Float64MultiArray, rc.gripper.topic,
+                                     lambda m: self._hw(lambda: self.controllers.command_gripper(m.data)),
+                                     COMMAND_QOS)
+        self.get_logger().info(f"hardware mode: {rc.joint_states} out, {rc.arm.interface} commands on "
+                               f"{rc.arm.topic} in; no controller or safety filter of ours runs here")
+
+    def _hw(self, fn) -> None:
+        with self.hw_lock:
+            try:
+                fn()
+            except ControllerRejected as e:
+                self.get_logger().warning(f"controller refused a command: {e}", throttle_duration_sec=1.0)
+
+    def _on_hw_trajectory(self, m: JointTrajectory) -> None:
+        try:
+            times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in m.points]
+            pts = [list(p.positions) for p in m.points]
+        except ValueError:
+            return
+        self._hw(lambda: self.controllers.command_trajectory(list(m.joint_names), times, pts,
+                                                             from_stamp(m.header.stamp), self.now()))
+
+    def _step_hardware(self) -> None:
+        """One control period of the robot itself: its controllers' targets to the servos."""
+        with self.hw_lock:
+            q, opening = self.controllers.targets(self.now(), self.cell.control_dt)
+        self.cell.backend.write_command(q, opening)
+        self.cell.physics_step()
+
     def now(self) -> float:
         return self.origin + self.cell.time
 
@@ -146,12 +211,18 @@ class SimNode(Node):
         while rclpy.ok():
             if self._reset_request.is_set():
                 self.episode += 1
-                with self.arm.lock:
+                with self.hw_lock if self.hardware else self.arm.lock:
                     cell.reset(self.seed + self.episode)
+                    if self.hardware:
+                        st = cell.backend.read_state()
+                        self.controllers.reset(st.q, st.gripper_opening)
                 self._last_success = None
                 self._reset_request.clear()
                 self._reset_done.set()
-            cell.step_control(self.arm.step, self.origin)
+            if self.hardware:
+                self._step_hardware()
+            else:
+                cell.step_control(self.arm.step, self.origin)
             self._publish(self.now())
             wall = time.monotonic()
             if wall - self._diag_last[0] >= 1.0:
@@ -168,9 +239,15 @@ class SimNode(Node):
         if self.state_rate.due(cell.time):
             self._msg_clock.clock.sec, self._msg_clock.clock.nanosec = to_sec_ns(t)
             self.pub_clock.publish(self._msg_clock)
-            self.arm.publish_state(cell.backend.read_state(), cell.tcp_pose(), t)
+            if self.hardware:  # joint_state_broadcaster: every joint, arm and gripper, in one message
+                joints, _ = arm_state_arrays(cell.backend.read_state())
+                self.pub_hw_js.publish(joint_state_msg(self.hw_joint_names, joints["position"],
+                                                       joints["velocity"], joints["effort"], t,
+                                                       reuse=self._msg_hw_js))
+            else:
+                self.arm.publish_state(cell.backend.read_state(), cell.tcp_pose(), t)
         if self.tac_rate.due(cell.time):
-            self.arm.publish_wrench(cell.wrist_wrench(), t, "ft_sensor")
+            self.pub_wrench.publish(wrench_msg(cell.wrist_wrench(), t, "ft_sensor", reuse=self._msg_wrench))
             grids = cell.tactile_grids()
             for n, g in grids.items():
                 self.pub_taxels[n].publish(image_msg(g, "32FC3", t, f"{n}_pad", reuse=self._msg_taxels[n]))
@@ -230,6 +307,12 @@ class SimNode(Node):
 
 
 def main(args=None) -> None:
+    """Run the workcell until Ctrl-C or SIGTERM; any further signal cannot interrupt the clean-up
+    (camera threads must free their GL contexts before the interpreter exits, or it aborts)."""
+    from robot_learning_ros.runtime import stop_on_first_signal, use_headless_gl
+
+    use_headless_gl()  # no display: EGL or OSMesa instead of GLFW, which would hang the cameras
+    stop_on_first_signal()
     rclpy.init(args=args)
     node = SimNode()
     spin = BackgroundSpin(node)

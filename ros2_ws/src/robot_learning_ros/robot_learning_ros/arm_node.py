@@ -1,0 +1,169 @@
+"""arm_node: the arm controller, safety filter and monitors in front of a real arm.
+
+``backend:=ros2_control``: reads the robot's ``/joint_states`` (joint_state_broadcaster) and
+writes each period's safe joint target to the ros2_control controller the robot file names
+(forward position/velocity controller or joint_trajectory_controller). It serves the same
+command topics, e-stop and services as the sim (``ArmInterface``) and publishes
+``/arm/ee_pose`` and ``/gripper/state`` from the measured joints; ``/joint_states`` stays the
+broadcaster's. The loop (read -> step -> write) runs on its own thread at the robot file's
+``ros2_control.rate``; before the first joint state nothing is written, and a stale one trips
+the monitor: hold and say why. (The in-process sim backend lives inside ``sim_node``.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from robot_learning.config import load_robot
+from robot_learning.control.backend import ArmState
+from robot_learning.control.controller import ArmController
+from robot_learning.control.loop import PacedLoop
+from robot_learning.control.ros2_control import CommandOutput, JointStateInput, load_ros2_control
+from robot_learning_ros.arm_interface import ArmInterface
+from robot_learning_ros.msgs import COMMAND_QOS, STATE_QOS, to_sec_ns
+from robot_learning_ros.runtime import BackgroundSpin, lenient_params
+
+BACKENDS = ("ros2_control",)
+
+
+class Ros2ControlBackend:
+    """ArmBackend over a ros2_control robot's topics (the ``ArmBackend`` protocol)."""
+
+    def __init__(self, node: Node, robot, clock):
+        self.node, self.robot = node, robot
+        self.cfg = load_ros2_control(robot)
+        self.input = JointStateInput(robot, self.cfg, clock)
+        self.output = CommandOutput(robot, self.cfg)
+        self.clock = clock
+        node.create_subscription(JointState, self.cfg.joint_states, self._on_joint_state, STATE_QOS)
+        arm = self.cfg.arm
+        typ = JointTrajectory if arm.interface == "joint_trajectory" else Float64MultiArray
+        self.pub_arm = node.create_publisher(typ, arm.topic, COMMAND_QOS)
+        self.pub_gripper = (node.create_publisher(Float64MultiArray, self.cfg.gripper.topic, COMMAND_QOS)
+                            if self.cfg.gripper else None)
+        self._msg_arm = typ()
+        if arm.interface == "joint_trajectory":
+            self._msg_arm.joint_names = list(arm.joints)
+            self._msg_arm.points = [JointTrajectoryPoint()]
+            ahead = 2.0 / self.cfg.rate  # due two periods ahead: a late period never runs it dry
+            sec, ns = to_sec_ns(ahead)
+            self._msg_arm.points[0].time_from_start.sec, self._msg_arm.points[0].time_from_start.nanosec = sec, ns
+        self._msg_gripper = Float64MultiArray()
+        self._last_opening: float | None = None
+
+    def _on_joint_state(self, m: JointState) -> None:
+        self.input.update(list(m.name), m.position, m.velocity, m.effort)
+
+    def now(self) -> float:
+        return self.clock()
+
+    def read_state(self) -> ArmState:
+        return self.input.read()
+
+    def write_command(self, q: np.ndarray, gripper_opening: float) -> None:
+        values = self.output.arm(q).tolist()  # plain floats: ints serialize to garbage in these wheels
+        if self.cfg.arm.interface == "joint_trajectory":
+            self._msg_arm.points[0].positions = values
+        else:
+            self._msg_arm.data = values
+        self.pub_arm.publish(self._msg_arm)
+        if self.pub_gripper is not None and gripper_opening != self._last_opening:
+            self._msg_gripper.data = self.output.gripper(gripper_opening).tolist()
+            self.pub_gripper.publish(self._msg_gripper)
+            self._last_opening = gripper_opening
+
+
+class ArmNode(Node):
+    def __init__(self):
+        super().__init__("arm")
+        p = lenient_params(self)
+        backend = str(p("backend", "ros2_control").value)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend '{backend}' is not one of {', '.join(BACKENDS)} "
+                             "(the simulated arm runs inside sim_node; start that instead)")
+        self.robot = load_robot(p("robot", "hardware/robots/panda.yaml").value)
+        self.backend = Ros2ControlBackend(self, self.robot, self.now)
+        rate = self.backend.cfg.rate
+        self.ctl = ArmController(self.robot, 1.0 / rate, log=lambda msg: self.get_logger().warning(msg))
+        self.arm = ArmInterface(self, self.ctl, self.now, self._state_for_reset, joint_states=False)
+        self.loop = PacedLoop(rate)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_due = time.monotonic() + 1.0  # from the loop, on the wall clock: /clock may stop
+        self._synced = False
+        self.get_logger().info(
+            f"arm '{self.robot.name}' via ros2_control: {self.backend.cfg.joint_states} in, "
+            f"{self.backend.cfg.arm.interface} on {self.backend.cfg.arm.topic} out at {rate:.0f} Hz")
+
+    def now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _state_for_reset(self) -> ArmState:
+        return self.backend.read_state()
+
+    def tick(self) -> None:
+        """One period: read -> step -> write, then the arm's state topics."""
+        inp = self.backend.input
+        if time.monotonic() >= self._diag_due:
+            self._diag_due += 1.0
+            self._diagnostics()
+        if not inp.has_state():
+            self.get_logger().warning(f"waiting for {self.backend.cfg.joint_states}: nothing is sent to the arm "
+                                      "until its state is known", throttle_duration_sec=5.0)
+            return
+        state = self.backend.read_state()
+        if not self._synced:
+            with self.arm.lock:
+                self.ctl.sync(state)
+            self._synced = True
+            self.get_logger().info("joint state received: holding the measured position")
+        q, opening = self.arm.step(state, self.now())
+        self.backend.write_command(q, opening)
+        self.arm.publish_state(state, self.ctl.kin.fk(state.q), state.stamp)
+
+    def _diagnostics(self) -> None:
+        inp = self.backend.input
+        st = DiagnosticStatus(name="arm", hardware_id=self.robot.name, level=DiagnosticStatus.OK, message="running")
+        fault = self.ctl.fault
+        if not inp.has_state():
+            st.level, st.message = DiagnosticStatus.WARN, f"no joint state on {self.backend.cfg.joint_states} yet"
+        elif fault:
+            st.level, st.message = DiagnosticStatus.ERROR, f"protective stop: {fault}"
+        jit = self.loop.jitter()
+        st.values = [KeyValue(key=k, value=v) for k, v in (
+            ("mode", self.ctl.mode.value),
+            ("state_age_s", f"{inp.age():.4f}" if inp.has_state() else "inf"),
+            ("period_jitter_p99_ms", f"{jit['p99_ms']:.3f}"), ("period_jitter_max_ms", f"{jit['max_ms']:.3f}"),
+            ("overruns", str(self.loop.overruns)), ("malformed_joint_states", str(inp.malformed)))]
+        msg = DiagnosticArray(status=[st])
+        msg.header.stamp.sec, msg.header.stamp.nanosec = to_sec_ns(self.now())
+        self.pub_diag.publish(msg)
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = ArmNode()
+    spin = BackgroundSpin(node)
+    stop = threading.Event()
+    try:
+        node.loop.run(node.tick, lambda: rclpy.ok() and not stop.is_set())
+    except KeyboardInterrupt:
+        pass
+    except Exception:
+        if rclpy.ok():  # a publish racing the shutdown of a signalled process is not an error
+            raise
+    finally:
+        stop.set()
+        spin.close()
+
+
+if __name__ == "__main__":
+    main()
