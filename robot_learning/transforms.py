@@ -70,6 +70,15 @@ def orientation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
     return quat_to_rotvec(quat_mul(target, quat_conj(current)))
 
 
+def quat_slerp(a: np.ndarray, b: np.ndarray, s: float) -> np.ndarray:
+    """The rotation a fraction ``s`` of the way from ``a`` to ``b`` (w x y z), the short way round."""
+    rv = orientation_error(b, a) * s
+    angle = np.linalg.norm(rv)
+    step = np.r_[1.0, 0.5 * rv] if angle < 1e-12 else np.r_[np.cos(angle / 2), np.sin(angle / 2) * rv / angle]
+    out = quat_mul(step, np.asarray(a, dtype=float))
+    return out / np.linalg.norm(out)
+
+
 def yaw_of(q: np.ndarray) -> float:
     """Heading of the frame's x axis in the world xy plane."""
     m = quat_to_mat(q)

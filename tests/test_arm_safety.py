@@ -283,3 +283,58 @@ def test_simulated_arm_state_is_stamped_on_the_controller_clock():
         mujoco.mj_forward(cell.model, cell.data)
     finally:
         cell.close()
+
+
+# ---- TCP plans: how a policy's chunk reaches the arm ----------------------------------------------
+
+def _plan(ctl, offsets, times, now, start=None):
+    p0, q0 = ctl.tcp_pose()
+    pos = np.array([p0 + d for d in offsets])
+    ctl.command_tcp_plan(times, pos, np.tile(q0, (len(times), 1)), now, start)
+    return pos
+
+
+def test_a_tcp_plan_is_followed_on_time_and_held_at_its_end(ctl):
+    pos = _plan(ctl, [[0.02, 0, 0], [0.04, 0, 0], [0.06, 0, 0]], [0.2, 0.4, 0.6], 0.0)
+    track = []
+    run(ctl, 0.0, 1.2, lambda t: track.append((t, ctl.tcp_pose()[0][0])))
+    track = np.array(track)
+    x_at = lambda t: track[np.searchsorted(track[:, 0], t), 1]  # noqa: E731
+    x0 = pos[0][0] - 0.02
+    assert x_at(0.3) - x0 == pytest.approx(0.03, abs=0.006)   # between the first two knots, on time
+    assert ctl.tcp_pose()[0] == pytest.approx(pos[-1], abs=1e-4)
+    assert ctl.mode == Mode.HOLD
+
+
+def test_replanning_blends_without_a_jump(ctl, robot):
+    _plan(ctl, [[0.05, 0, 0], [0.10, 0, 0]], [0.3, 0.6], 0.0)
+    qs = []
+    t, a = run(ctl, 0.0, 0.25)
+    qs.append(a)
+    _plan(ctl, [[0.0, 0.05, 0], [0.0, 0.10, 0]], [0.3, 0.6], t)  # a new chunk, a different direction
+    t, b = run(ctl, t, 0.8)
+    qs = np.vstack([a, b])
+    v = np.diff(qs, axis=0) / DT
+    acc = np.diff(v, axis=0) / DT
+    assert np.all(np.abs(acc) <= robot.limits.qdd_max + 1e-3)
+    assert np.all(np.abs(v) <= robot.limits.qd_max + 1e-6)
+
+
+def test_a_tcp_plan_outside_the_box_or_past_is_refused_whole(ctl):
+    p0, q0 = ctl.tcp_pose()
+    with pytest.raises(CommandRejected, match="point 1: .* outside the workspace box"):
+        ctl.command_tcp_plan([0.1, 0.2], [p0, p0 - [0, 0, 1.0]], [q0, q0], 0.0)
+    with pytest.raises(CommandRejected, match="not a unit quaternion"):
+        ctl.command_tcp_plan([0.1], [p0], [q0 * 2], 0.0)
+    with pytest.raises(CommandRejected, match="ended"):
+        ctl.command_tcp_plan([0.1], [p0], [q0], 10.0, start=5.0)
+    assert ctl.mode == Mode.HOLD
+
+
+def test_a_future_tcp_plan_waits_for_its_start(ctl):
+    p0 = ctl.tcp_pose()[0].copy()
+    _plan(ctl, [[0.03, 0, 0]], [0.3], 0.0, start=1.0)
+    run(ctl, 0.0, 0.95)
+    assert np.allclose(ctl.tcp_pose()[0], p0, atol=1e-9)
+    run(ctl, 0.95, 1.0)
+    assert ctl.tcp_pose()[0][0] == pytest.approx(p0[0] + 0.03, abs=1e-4)

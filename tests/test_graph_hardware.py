@@ -13,11 +13,16 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped, TwistStamped
+from geometry_msgs.msg import PoseStamped, Transform, TwistStamped
 from graph_client import GraphClient
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import (
+    JointTrajectory,
+    JointTrajectoryPoint,
+    MultiDOFJointTrajectory,
+    MultiDOFJointTrajectoryPoint,
+)
 
 from robot_learning.config import load_robot
 from robot_learning.control.ros2_control import load_ros2_control
@@ -81,6 +86,28 @@ def test_a_twist_moves_the_arm_through_arm_node_and_ros2_control(graph):
     time.sleep(0.3)
     p1 = client.latest("/arm/ee_pose")
     assert p1[0] > p0[0] + 0.02 and abs(p1[1] - p0[1]) < 0.01
+    assert_commands_safe(sent(client))
+
+
+def test_a_tcp_plan_runs_at_the_arms_rate_through_ros2_control(graph):
+    """A policy's chunk as the arm receives it: TCP poses with due times, one message."""
+    _, client = graph
+    p0 = client.latest("/arm/ee_pose")
+    plan = MultiDOFJointTrajectory(joint_names=[ROBOT.ee_frame])
+    plan.header.frame_id = ROBOT.base_frame
+    for k in range(1, 11):
+        tf = Transform()
+        tf.translation.x, tf.translation.y, tf.translation.z = float(p0[0]), float(p0[1] + 0.004 * k), float(p0[2])
+        tf.rotation.x, tf.rotation.w = 1.0, 0.0  # TCP pointing down, as at home
+        pt = MultiDOFJointTrajectoryPoint(transforms=[tf])
+        pt.time_from_start.nanosec = 100_000_000 * k
+        plan.points.append(pt)
+    client.clear(COMMANDS)
+    client.publisher("/arm/command/tcp_trajectory", MultiDOFJointTrajectory).publish(plan)
+    time.sleep(2.5)
+    p1 = client.latest("/arm/ee_pose")
+    assert p1[1] - p0[1] == pytest.approx(0.04, abs=0.004)
+    assert abs(p1[0] - p0[0]) < 0.005 and abs(p1[2] - p0[2]) < 0.005
     assert_commands_safe(sent(client))
 
 

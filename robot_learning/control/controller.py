@@ -2,7 +2,8 @@
 and that target always passes the safety filter before the backend sees it.
 
 Modes: twist (streamed TCP velocity), pose (streamed or one-shot TCP target), joint
-trajectory (points with time_from_start), hold. Streaming modes are watched: without a
+trajectory (points with time_from_start), TCP plan (poses with time_from_start: how a
+policy's chunk reaches the arm, executed at the arm's own rate), hold. Streaming modes are watched: without a
 fresh command within ``command_timeout`` the arm holds. The e-stop latches until
 ``reset_estop`` is called explicitly. What the joints actually do is watched too
 (``monitor.JointMonitor``): a trip holds where the arm is and latches a protective stop until
@@ -13,7 +14,9 @@ message's ``header.stamp``) of zero means now; a start in the future waits, the 
 motion carrying on until then; a start in the past drops the points already due and
 reaches the next one at its own due time from where the arm is; a trajectory that has
 already ended is refused. The target always lies on a segment between the commanded
-position the trajectory began from and its points, never beyond them.
+position the trajectory began from and its points, never beyond them. A TCP plan keeps the
+same timing; a new plan starts from where the running one has the TCP now, so replanning
+blends without a jump.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from robot_learning.control.backend import ArmState
 from robot_learning.control.kinematics import Kinematics, damped_pinv_step
 from robot_learning.control.monitor import JointMonitor
 from robot_learning.control.safety import CommandRejected, SafetyFilter, require_finite
-from robot_learning.transforms import orientation_error, quat_to_mat
+from robot_learning.transforms import orientation_error, quat_slerp, quat_to_mat
 
 # A Cartesian command this many times over its speed limit is a bug (units, a bad scale, an
 # uninitialized value), not a request to move at the limit: refused rather than clipped.
@@ -41,6 +44,7 @@ class Mode(enum.Enum):
     TWIST = "twist"
     POSE = "pose"
     TRAJECTORY = "trajectory"
+    TCP_PLAN = "tcp_plan"
     ESTOP = "estop"
     PROTECTIVE_STOP = "protective_stop"
 
@@ -49,9 +53,10 @@ class Mode(enum.Enum):
 class Trajectory:
     start: float           # controller time that ``times`` count from
     times: np.ndarray      # (k,) seconds from start, increasing, first > 0
-    points: np.ndarray     # (k, dof)
+    points: np.ndarray     # (k, dof) joint positions, or (k, 7) TCP poses [x y z qw qx qy qz]
     t_begin: float = 0.0   # seconds from start at which the arm left ``q0``
-    q0: np.ndarray | None = None  # the commanded position it began from (set when it begins)
+    q0: np.ndarray | None = None  # the commanded position (or TCP pose) it began from, set when it begins
+    tcp: bool = False      # a TCP plan rather than a joint trajectory
 
 
 class ArmController:
@@ -210,6 +215,44 @@ class ArmController:
         else:
             self._begin(traj, now)
 
+    def command_tcp_plan(self, times: np.ndarray, positions: np.ndarray, quats: np.ndarray, now: float,
+                         start: float | None = None, frame: str = "") -> None:
+        """TCP poses (base frame, quaternions w x y z) due at ``start`` + ``times``, with the joint
+        trajectory's timing; every pose is checked against the workspace box before any runs."""
+        try:
+            if frame not in self.base_frames:
+                raise CommandRejected(f"tcp plan: frame_id '{frame}' is not the base frame '{self.robot.base_frame}'")
+            times = np.asarray(times, dtype=float).reshape(-1)
+            pos = np.asarray(positions, dtype=float)
+            quat = np.asarray(quats, dtype=float)
+            require_finite("tcp plan", times, pos, quat)
+            if times.size == 0 or pos.shape != (times.size, 3) or quat.shape != (times.size, 4):
+                raise CommandRejected("tcp plan: need one time_from_start, position and orientation per point")
+            if times[0] <= 0 or np.any(np.diff(times) <= 0):
+                raise CommandRejected("tcp plan: time_from_start must be positive and increasing")
+            norms = np.linalg.norm(quat, axis=1)
+            if np.any(np.abs(norms - 1.0) > 0.05):
+                raise CommandRejected(f"tcp plan point {int(np.argmax(np.abs(norms - 1.0)))}: "
+                                      "orientation is not a unit quaternion")
+            lim = self.robot.limits
+            off = np.any((pos < lim.workspace_min) | (pos > lim.workspace_max), axis=1)
+            if off.any():
+                i = int(np.argmax(off))
+                raise CommandRejected(
+                    f"tcp plan point {i}: {np.round(pos[i], 3).tolist()} is outside the workspace box")
+            start = now if start is None or start <= 0 else float(start)
+            if start + times[-1] <= now:
+                raise CommandRejected(
+                    f"tcp plan: it ended {now - start - times[-1]:.3f} s ago; stamp it now or with zero")
+            self._accept(now)
+        except CommandRejected as e:
+            self._refuse(now, e)
+        plan = Trajectory(start, times, np.hstack([pos, quat / norms[:, None]]), tcp=True)
+        if start > now:
+            self.pending = plan
+        else:
+            self._begin(plan, now)
+
     def _begin(self, traj: Trajectory, now: float) -> None:
         """Start a trajectory from the commanded position: points already due are dropped and the
         next one is reached at its own due time (the last one, if a late start left none)."""
@@ -219,9 +262,13 @@ class ArmController:
             due[-1] = False
         traj.times, traj.points = traj.times[~due], traj.points[~due]
         traj.t_begin = min(elapsed, traj.times[0])
-        traj.q0 = self.safety.q.copy()
+        if traj.tcp:
+            # from where the running motion has the TCP now: a replan blends in without a jump
+            traj.q0 = np.concatenate(self.kin.fk(self.safety.q))
+        else:
+            traj.q0 = self.safety.q.copy()
         self.traj, self.pending = traj, None
-        self.mode = Mode.TRAJECTORY
+        self.mode = Mode.TCP_PLAN if traj.tcp else Mode.TRAJECTORY
 
     def command_gripper(self, closure: float, now: float) -> None:
         """0 = fully open, 1 = fully closed."""
@@ -288,6 +335,8 @@ class ArmController:
             q_des = self._twist_target(self._pose_twist())
         elif self.mode == Mode.TRAJECTORY:
             q_des = self._trajectory_target(now)
+        elif self.mode == Mode.TCP_PLAN:
+            q_des = self._tcp_plan_target(now)
         else:
             # Hold: ask for no motion; the filter brakes within the acceleration limits.
             q_des = self.safety.q
@@ -349,3 +398,24 @@ class ArmController:
         s = min(max((t - times[k]) / (times[k + 1] - times[k]), 0.0), 1.0)
         s = 3 * s**2 - 2 * s**3  # smooth start and stop at each point
         return pts[k] + s * (pts[k + 1] - pts[k])
+
+    def _tcp_plan_target(self, now: float) -> np.ndarray:
+        """Track the plan's pose due one period from now (linear in position, slerp in rotation
+        between its knots), as a TCP velocity through the same IK and limits as a twist."""
+        tr = self.traj
+        t = now + self.dt - tr.start
+        if t >= tr.times[-1]:
+            target = tr.points[-1]
+        else:
+            times = np.concatenate([[tr.t_begin], tr.times])
+            knots = np.vstack([tr.q0, tr.points])
+            k = min(max(int(np.searchsorted(times, t, side="right")) - 1, 0), len(tr.times) - 1)
+            s = min(max((t - times[k]) / (times[k + 1] - times[k]), 0.0), 1.0)
+            target = np.concatenate([knots[k, :3] + s * (knots[k + 1, :3] - knots[k, :3]),
+                                     quat_slerp(knots[k, 3:], knots[k + 1, 3:], s)])
+        pos, quat = self.kin.fk(self.safety.q)
+        twist = self._clip_speed(np.concatenate([target[:3] - pos, orientation_error(target[3:], quat)]) / self.dt)
+        if t >= tr.times[-1] and np.linalg.norm(target[:3] - pos) < 1e-4 \
+                and np.linalg.norm(orientation_error(target[3:], quat)) < 1e-3 and np.max(np.abs(self.safety.v)) < 1e-3:
+            self.mode = Mode.HOLD  # there, and all but at rest (the nullspace pull settles for ever)
+        return self._twist_target(twist)

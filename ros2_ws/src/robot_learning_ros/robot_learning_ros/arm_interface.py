@@ -17,7 +17,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
+from trajectory_msgs.msg import JointTrajectory, MultiDOFJointTrajectory
 
 from robot_learning.control.backend import ArmState
 from robot_learning.control.controller import ArmController
@@ -49,6 +49,8 @@ class ArmInterface:
         node.create_subscription(TwistStamped, "/arm/command/twist", self._on_twist, COMMAND_QOS)
         node.create_subscription(PoseStamped, "/arm/command/pose", self._on_pose, COMMAND_QOS)
         node.create_subscription(JointTrajectory, "/arm/command/joint_trajectory", self._on_traj, COMMAND_QOS)
+        node.create_subscription(MultiDOFJointTrajectory, "/arm/command/tcp_trajectory", self._on_tcp_plan,
+                                 COMMAND_QOS)
         node.create_subscription(Float64, "/gripper/command", self._on_gripper, COMMAND_QOS)
         node.create_subscription(Bool, "/emergency_stop", self._on_estop, LATCHED_QOS)
         node.create_service(Trigger, "/arm/reset_emergency_stop", self._on_reset_estop)
@@ -97,6 +99,21 @@ class ArmInterface:
         start = from_stamp(m.header.stamp)
         self._run(lambda: self.ctl.command_trajectory(list(m.joint_names), times, pts, self.clock(), start,
                                                       checked=True))
+
+    def _on_tcp_plan(self, m: MultiDOFJointTrajectory) -> None:
+        """A TCP plan: one multi-DOF joint (the TCP), a transform per point, in the base frame."""
+        try:
+            if len(m.joint_names) != 1 or any(len(p.transforms) != 1 for p in m.points):
+                raise CommandRejected("tcp plan: exactly one joint (the TCP) with one transform per point")
+            times = np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in m.points])
+            tf = [p.transforms[0] for p in m.points]
+            pos = np.array([[t.translation.x, t.translation.y, t.translation.z] for t in tf]).reshape(-1, 3)
+            quat = np.array([[t.rotation.w, t.rotation.x, t.rotation.y, t.rotation.z] for t in tf]).reshape(-1, 4)
+        except CommandRejected as e:
+            self.ctl.refuse(self.clock(), str(e))
+            return
+        start, frame = from_stamp(m.header.stamp), m.header.frame_id
+        self._run(lambda: self.ctl.command_tcp_plan(times, pos, quat, self.clock(), start, frame))
 
     def _on_gripper(self, m: Float64) -> None:
         self._run(lambda: self.ctl.command_gripper(m.data, self.clock()))

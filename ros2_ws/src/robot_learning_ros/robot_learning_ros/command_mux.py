@@ -3,8 +3,9 @@
 The operator wins while /teleop/engaged is true; handovers are smoothed by
 ``robot_learning.teleop.mux.CommandMux``. Publishes what went to the arm on /arm/command/twist
 and /gripper/command, who sent it on /control_source (policy, teleop, hold) and whether the
-operator is overriding a running policy on /intervention. Pose and joint-trajectory commands
-from the policy pass through while the policy is in control.
+operator is overriding a running policy on /intervention. Pose, joint-trajectory and TCP-plan
+(/policy/command/tcp_trajectory) commands from the policy pass through while the operator is
+not engaged.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.node import Node
 from std_msgs.msg import Bool, Float64, String
-from trajectory_msgs.msg import JointTrajectory
+from trajectory_msgs.msg import JointTrajectory, MultiDOFJointTrajectory
 
 from robot_learning.teleop.mux import CommandMux, MuxConfig
 from robot_learning_ros.msgs import COMMAND_QOS, LATCHED_QOS, twist_from_msg, twist_msg
@@ -34,6 +35,7 @@ class CommandMuxNode(Node):
         self.pub_grip = self.create_publisher(Float64, "/gripper/command", COMMAND_QOS)
         self.pub_pose = self.create_publisher(PoseStamped, "/arm/command/pose", COMMAND_QOS)
         self.pub_traj = self.create_publisher(JointTrajectory, "/arm/command/joint_trajectory", COMMAND_QOS)
+        self.pub_plan = self.create_publisher(MultiDOFJointTrajectory, "/arm/command/tcp_trajectory", COMMAND_QOS)
         self.pub_source = self.create_publisher(String, "/control_source", LATCHED_QOS)
         self.pub_inter = self.create_publisher(Bool, "/intervention", LATCHED_QOS)
         sub = self.create_subscription
@@ -45,6 +47,8 @@ class CommandMuxNode(Node):
         sub(Bool, "/teleop/engaged", lambda m: self.mux.set_engaged(m.data), LATCHED_QOS)
         sub(PoseStamped, "/policy/command/pose", lambda m: self._pass(self.pub_pose, m), COMMAND_QOS)
         sub(JointTrajectory, "/policy/command/joint_trajectory", lambda m: self._pass(self.pub_traj, m), COMMAND_QOS)
+        sub(MultiDOFJointTrajectory, "/policy/command/tcp_trajectory", lambda m: self._pass(self.pub_plan, m),
+            COMMAND_QOS)
         self.last: tuple[str, bool] | None = None
         self.t_last_pub = 0.0
         self.create_timer(1.0 / float(p("rate", 100.0).value), self._tick)
