@@ -150,3 +150,57 @@ def test_sampling_is_set_at_deploy_time_and_bad_settings_are_refused(deploy):
     fresh_diagnostics(client)
     assert diag(client)["sampling"] == "dpmsolver 5"
     assert set_param(client, "sampler", "")[0] and set_param(client, "inference_steps", 0)[0]
+
+
+def make_pose_checkpoint(path: Path, center: np.ndarray, half_width: float = 0.01) -> Path:
+    """An untrained ``tcp_pose`` policy whose actions all land within ``half_width`` of
+    ``center`` (x y z qx qy qz qw), gripper open: its plans are valid wherever it samples."""
+    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
+    from robot_learning.policies.normalizer import Normalizer
+
+    torch.manual_seed(0)
+    obs = {"ee_pose.data": 7, "gripper_state.position": 2}
+    stats = {k: {"min": [-1.0] * d, "max": [1.0] * d} for k, d in obs.items()}
+    stats["action"] = {"min": [*(center - half_width), 0.0], "max": [*(center + half_width), 0.01]}
+    cfg = DiffusionConfig(obs_dims=obs, action_dim=8, action_kind="tcp_pose", pred_horizon=16, action_horizon=8,
+                          down_dims=[16, 32], inference_steps=4, task="pick_place")
+    recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
+    return save_checkpoint(DiffusionPolicy(cfg, Normalizer(stats)), path, {"recipe": recipe.raw})
+
+
+def test_a_pose_policy_reaches_the_arm_as_timed_plans(deploy, tmp_path):
+    """A tcp_pose policy's chunks go out as one MultiDOFJointTrajectory per chunk, not as a
+    twist stream; the mux reports the policy in control and the arm follows the plans."""
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import MultiDOFJointTrajectory
+
+    from robot_learning.config import load_robot
+    from robot_learning.control.kinematics import Kinematics
+    from robot_learning.transforms import wxyz_to_xyzw
+
+    g, client, _ = deploy
+    robot = load_robot()
+    pos, quat = Kinematics(robot).fk(robot.home)
+    center = np.r_[pos + [0.03, 0.0, 0.0], wxyz_to_xyzw(quat)]
+    client.subscribe("/policy/command/tcp_trajectory", MultiDOFJointTrajectory, depth=100)
+    client.subscribe("/control_source", String, latched=True, transform=lambda m: m.data)
+    ok, reason = set_checkpoint(client, make_pose_checkpoint(tmp_path / "pose", center))
+    assert ok, reason
+    wait_still(client)
+    client.clear("/policy/command/twist")
+    assert client.call(Trigger, "/policy/resume").success
+    plans = client.wait_for("/policy/command/tcp_trajectory", 3, timeout=60)
+    time.sleep(3.0)
+    assert client.call(Trigger, "/policy/pause").success
+    assert not client.msgs["/policy/command/twist"]           # no twist stream alongside the plans
+    assert "policy" in client.msgs["/control_source"]
+    for m in plans:
+        assert m.header.frame_id == robot.base_frame and len(m.points) >= 2
+        knots = np.array([[p.transforms[0].translation.x, p.transforms[0].translation.y,
+                           p.transforms[0].translation.z] for p in m.points])
+        assert np.all(np.abs(knots - center[:3]) <= 0.01 + 1e-6)
+        t = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in m.points]
+        assert t[0] > 0 and np.all(np.diff(t) > 0)
+    assert np.linalg.norm(tcp(client) - center[:3]) < 0.02    # the arm went where the plans said
+    ok, reason = set_checkpoint(client, deploy[2]["slow"])
+    assert ok, reason

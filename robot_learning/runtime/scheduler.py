@@ -67,6 +67,7 @@ class ChunkScheduler:
         self.chunks: list[Chunk] = []
         self.dropped_stale = 0       # actions that arrived too late to be sent
         self.dropped_chunks = 0      # chunks that were entirely stale on arrival
+        self.version = 0             # counts the chunks added: a new one means a new plan
 
     def clear(self) -> None:
         self.chunks.clear()
@@ -81,6 +82,7 @@ class ChunkScheduler:
             self.dropped_chunks += 1
             return stale
         self.chunks.append(Chunk(t0 + stale * dt, actions[stale:], now))
+        self.version += 1
         self._prune(now)
         return stale
 
@@ -100,6 +102,21 @@ class ChunkScheduler:
 
     def due(self, now: float) -> np.ndarray | None:
         self._prune(now)
+        return self.sample(now)
+
+    def plan(self, now: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The blended actions due from now on, one per policy step: (seconds after now [K],
+        starting at 0; actions [K, A]), up to the first time nothing is due; None when nothing
+        is. What ``due`` would give at each of those times, as one plan for the arm to execute."""
+        self._prune(now)
+        offsets, acts = [], []
+        while (a := self.sample(now + len(acts) * self.cfg.dt)) is not None:
+            offsets.append(len(acts) * self.cfg.dt)
+            acts.append(a)
+        return (np.array(offsets), np.stack(acts)) if acts else None
+
+    def sample(self, now: float) -> np.ndarray | None:
+        """The blended action at ``now`` from the chunks held (no pruning: ``now`` may lie ahead)."""
         cfg = self.cfg
         live = [c for c in self.chunks if c.t0 <= now < c.end(cfg.dt)]
         if not live:

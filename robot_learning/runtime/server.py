@@ -117,6 +117,26 @@ class PolicyServerCore:
         self.stats["tick"].append(time.perf_counter() - t0)
         return a
 
+    def plan(self, now: float, since: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """A ``tcp_pose`` policy's plan, when a chunk has arrived since version ``since``:
+        (version, seconds after now each pose is to be reached [K], actions [K, A]). A pose
+        action is where the TCP should be one policy step after the action is due, so each
+        knot lies one step after its action's due time. None: no new chunk (or paused)."""
+        with self.lock:
+            if self.paused or self.policy.spec.action_kind != "tcp_pose" or self.scheduler.version == since:
+                return None
+            version = self.scheduler.version
+            plan = self.scheduler.plan(now)
+        if plan is None:
+            return None
+        offsets, actions = plan
+        return version, offsets + self.policy.spec.dt, actions
+
+    def due_action(self, now: float) -> np.ndarray | None:
+        """The blended action due now, as the policy wrote it (a plan's gripper comes from it)."""
+        with self.lock:
+            return None if self.paused else self.scheduler.due(now)
+
     def reset_jitter(self) -> None:
         self._last_tick = None
         self.stats["tick_interval"].clear()

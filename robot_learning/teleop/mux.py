@@ -5,6 +5,11 @@ rate limited (a bounded acceleration), so handing over in either direction never
 commanded motion jump; the gripper target is rate limited the same way. With no fresh
 command from anyone the output ramps to zero and the source reads ``hold``. An intervention
 is the operator engaged while a policy is running (it published within ``policy_alive``).
+
+A policy may also drive the arm with timed plans (TCP trajectories the arm executes itself).
+While its newest plan is fresh and the operator is not engaged, the source is ``policy`` and
+the mux sends no twist at all: a twist would preempt the plan at the arm, and the arm blends
+a new plan into its motion on its own.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class CommandMux:
         self.policy_twist: Stamped | None = None
         self.teleop_twist: Stamped | None = None
         self.policy_gripper: Stamped | None = None
+        self.policy_plan: float | None = None   # when the policy's newest plan arrived
         self.teleop_gripper: Stamped | None = None
         self.engaged = False
         self.out_twist = np.zeros(6)
@@ -55,6 +61,13 @@ class CommandMux:
             self.policy_twist = Stamped(np.asarray(twist, float), t)
         if gripper is not None and np.isfinite(gripper):
             self.policy_gripper = Stamped(float(np.clip(gripper, 0, 1)), t)
+
+    def set_policy_plan(self, t: float) -> None:
+        """The policy sent a timed plan (passed to the arm as it is, while not overridden)."""
+        self.policy_plan = t
+
+    def _plan_fresh(self, now: float) -> bool:
+        return self.policy_plan is not None and now - self.policy_plan <= self.cfg.policy_alive
 
     def set_teleop(self, twist: np.ndarray | None, gripper: float | None, t: float) -> None:
         if twist is not None and np.all(np.isfinite(twist)):
@@ -71,7 +84,7 @@ class CommandMux:
     def source(self, now: float) -> str:
         if self.engaged:
             return "teleop"
-        if self._fresh(self.policy_twist, now, self.cfg.command_timeout):
+        if self._fresh(self.policy_twist, now, self.cfg.command_timeout) or self._plan_fresh(now):
             return "policy"
         return "hold"
 
@@ -80,6 +93,12 @@ class CommandMux:
         dt = 0.0 if self.t_last is None else max(0.0, now - self.t_last)
         self.t_last = now
         src = self.source(now)
+        if src == "policy" and not self._fresh(self.policy_twist, now, cfg.command_timeout):
+            self.out_twist = np.zeros(6)  # the plan drives the arm: no twist to slew, none to send
+            grip = self.policy_gripper
+            if grip is not None:
+                self.out_gripper = self._slew_gripper(float(grip.value), dt)
+            return MuxOutput(self.out_twist.copy(), self.out_gripper, src, False, False)
         if src == "teleop":
             cmd, grip = self.teleop_twist, self.teleop_gripper
         elif src == "policy":
@@ -90,16 +109,17 @@ class CommandMux:
         self.out_twist = np.r_[_slew(self.out_twist[:3], target[:3], cfg.max_linear_acc * dt),
                                _slew(self.out_twist[3:], target[3:], cfg.max_angular_acc * dt)]
         if grip is not None:
-            g = float(grip.value)
-            if self.out_gripper is None:
-                self.out_gripper = g
-            else:
-                step = cfg.gripper_rate * dt
-                self.out_gripper += float(np.clip(g - self.out_gripper, -step, step))
+            self.out_gripper = self._slew_gripper(float(grip.value), dt)
         running = self._fresh(self.policy_twist, now, cfg.policy_alive) or self._fresh(
-            self.policy_gripper, now, cfg.policy_alive)
+            self.policy_gripper, now, cfg.policy_alive) or self._plan_fresh(now)
         moving = src != "hold" or bool(np.any(self.out_twist != 0.0))
         return MuxOutput(self.out_twist.copy(), self.out_gripper, src, self.engaged and running, moving)
+
+    def _slew_gripper(self, g: float, dt: float) -> float:
+        if self.out_gripper is None:
+            return g
+        step = self.cfg.gripper_rate * dt
+        return self.out_gripper + float(np.clip(g - self.out_gripper, -step, step))
 
 
 def _slew(current: np.ndarray, target: np.ndarray, max_step: float) -> np.ndarray:

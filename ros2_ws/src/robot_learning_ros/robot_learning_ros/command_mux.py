@@ -47,8 +47,7 @@ class CommandMuxNode(Node):
         sub(Bool, "/teleop/engaged", lambda m: self.mux.set_engaged(m.data), LATCHED_QOS)
         sub(PoseStamped, "/policy/command/pose", lambda m: self._pass(self.pub_pose, m), COMMAND_QOS)
         sub(JointTrajectory, "/policy/command/joint_trajectory", lambda m: self._pass(self.pub_traj, m), COMMAND_QOS)
-        sub(MultiDOFJointTrajectory, "/policy/command/tcp_trajectory", lambda m: self._pass(self.pub_plan, m),
-            COMMAND_QOS)
+        sub(MultiDOFJointTrajectory, "/policy/command/tcp_trajectory", self._on_policy_plan, COMMAND_QOS)
         self.last: tuple[str, bool] | None = None
         self.t_last_pub = 0.0
         self.create_timer(1.0 / float(p("rate", 100.0).value), self._tick)
@@ -62,6 +61,10 @@ class CommandMuxNode(Node):
                                       f"the mux takes base-frame ({self.base_frame}) twists")
             return
         self.mux.set_teleop(twist_from_msg(m), None, self._now())
+
+    def _on_policy_plan(self, m: MultiDOFJointTrajectory) -> None:
+        self.mux.set_policy_plan(self._now())
+        self._pass(self.pub_plan, m)
 
     def _pass(self, pub, m) -> None:
         if self.mux.engaged:

@@ -3,8 +3,12 @@
 Subscribes to the observation topics the checkpoint was trained on (its recipe says which),
 publishes the due action at ``control_rate`` on /policy/command/twist and
 /policy/command/gripper (the command mux passes them to the arm unless the operator takes
-over) and, once a second, /policy/diagnostics (diagnostic_msgs/DiagnosticArray: latency of
-each stage, command jitter, dropped and refused chunks).
+over). A ``tcp_pose`` policy's chunks go out instead as timed plans, one message per new
+chunk on /policy/command/tcp_trajectory (trajectory_msgs/MultiDOFJointTrajectory), which the
+arm executes at its own rate, so neither inference time nor this node's timer jitter reaches
+the joints (``plans:=false`` streams twists tracked against /arm/ee_pose as before). Once a
+second: /policy/diagnostics (diagnostic_msgs/DiagnosticArray: latency of each stage, command
+jitter, dropped and refused chunks).
 
 Services (std_srvs/Trigger): /policy/pause, /policy/resume, /policy/load (loads the
 ``checkpoint`` parameter; setting that parameter loads it too). It starts paused unless
@@ -21,11 +25,12 @@ import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import Transform, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from std_msgs.msg import Float64
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import MultiDOFJointTrajectory, MultiDOFJointTrajectoryPoint
 
 from robot_learning.data.convert import BadSample, to_sample
 from robot_learning.data.schema import parse_recipe
@@ -33,7 +38,7 @@ from robot_learning.paths import resolve
 from robot_learning.policies.checkpoint import PolicyError
 from robot_learning.runtime.policy import load_policy
 from robot_learning.runtime.server import HOLD_TWIST_S, PolicyServerCore, ServerConfig
-from robot_learning_ros.msgs import COMMAND_QOS, SENSOR_QOS, STATE_QOS, message_class, twist_msg
+from robot_learning_ros.msgs import COMMAND_QOS, SENSOR_QOS, STATE_QOS, message_class, to_sec_ns, twist_msg
 from robot_learning_ros.runtime import lenient_params, spin_main
 
 
@@ -66,6 +71,9 @@ class PolicyServerNode(Node):
         self.bad_samples = 0
         self.pub_twist = self.create_publisher(TwistStamped, "/policy/command/twist", COMMAND_QOS)
         self.pub_grip = self.create_publisher(Float64, "/policy/command/gripper", COMMAND_QOS)
+        self.plans = bool(p("plans", True).value)
+        self.pub_plan = self.create_publisher(MultiDOFJointTrajectory, "/policy/command/tcp_trajectory", COMMAND_QOS)
+        self._plan_version = 0
         self.pub_diag = self.create_publisher(DiagnosticArray, "/policy/diagnostics", 10)
         self.create_service(Trigger, "/policy/pause", self._on_pause)
         self.create_service(Trigger, "/policy/resume", self._on_resume)
@@ -128,6 +136,9 @@ class PolicyServerNode(Node):
         now = self._now()
         if now <= 0.0:
             return  # sim time and no /clock yet
+        if self.plans and core.policy.spec.action_kind == "tcp_pose":
+            self._tick_plan(core, now)
+            return
         a = core.tick(now)
         if a is None:
             # starved: a zero twist for a moment (the mux ramps the arm to rest at once, no stale
@@ -139,6 +150,28 @@ class PolicyServerNode(Node):
         self.pub_twist.publish(twist_msg(a[:6], now, self.base_frame))
         if len(a) > 6:
             self.pub_grip.publish(Float64(data=float(a[6])))
+
+    def _tick_plan(self, core: PolicyServerCore, now: float) -> None:
+        """A new chunk: the plan it makes with those still running, as one message. Every tick:
+        the gripper's due value (a plain stream: it has no motion of its own to time)."""
+        plan = core.plan(now, self._plan_version)
+        if plan is not None:
+            self._plan_version, offsets, actions = plan
+            msg = MultiDOFJointTrajectory(joint_names=["tcp"])
+            msg.header.stamp.sec, msg.header.stamp.nanosec = to_sec_ns(now)
+            msg.header.frame_id = self.base_frame
+            for off, a in zip(offsets, actions):
+                tf = Transform()
+                tf.translation.x, tf.translation.y, tf.translation.z = (float(v) for v in a[:3])
+                tf.rotation.x, tf.rotation.y, tf.rotation.z, tf.rotation.w = (float(v) for v in a[3:7])
+                pt = MultiDOFJointTrajectoryPoint(transforms=[tf])
+                pt.time_from_start.sec, pt.time_from_start.nanosec = to_sec_ns(float(off))
+                msg.points.append(pt)
+            self.pub_plan.publish(msg)
+        a = core.due_action(now)
+        if a is not None and len(a) > 7:
+            self.t_last_action = now
+            self.pub_grip.publish(Float64(data=float(a[7])))
 
     def _diagnostics(self) -> None:
         st = DiagnosticStatus(name="policy_server", hardware_id=self.get_name())
