@@ -150,3 +150,26 @@ def test_teleop_alone_is_not_an_intervention():
     mux.set_teleop(np.array([0.05, 0, 0, 0, 0, 0]), 0.5, 0.0)
     out = mux.step(0.0)
     assert out.source == "teleop" and not out.intervention
+
+
+def test_mux_with_a_plan_driven_policy_sends_no_twist_and_counts_the_takeover():
+    """A policy that sends timed plans is in control while its newest plan is fresh; no twist
+    goes out then (it would preempt the plan at the arm); the operator still wins, and that is
+    an intervention."""
+    mux = CommandMux()
+    outs = []
+    for k in range(300):
+        t = k * 0.01
+        if k % 40 == 0:
+            mux.set_policy_plan(t)
+        mux.set_policy(None, 0.0, t)
+        mux.set_teleop(np.array([0.05, 0, 0, 0, 0, 0]), 1.0, t)
+        mux.set_engaged(100 <= k < 200)
+        outs.append(mux.step(t))
+    assert all(o.source == "policy" and not o.moving for o in outs[:100])
+    assert all(o.source == "teleop" and o.intervention and o.moving for o in outs[100:200])
+    # released: the next plan takes the arm (the arm blends it in from its current motion)
+    assert outs[299].source == "policy" and not outs[299].moving
+    mux2 = CommandMux()
+    mux2.set_policy_plan(0.0)
+    assert mux2.step(0.5).source == "policy" and mux2.step(2.0).source == "hold"  # a plan ages out
