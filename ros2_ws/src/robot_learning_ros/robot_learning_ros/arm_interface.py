@@ -1,6 +1,6 @@
 """The arm controller's ROS 2 interface, shared by every backend (sim now, ros2_control next).
 
-Subscribes the command topics of ARCHITECTURE.md, hands each command to
+Subscribes the standard arm command topics (README: What runs), hands each command to
 ``robot_learning.control.ArmController`` (which validates it and refuses it with a reason)
 and publishes the arm's state. Command callbacks run on the executor thread; the control
 loop runs elsewhere, so every controller call goes through one lock.
