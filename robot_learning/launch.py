@@ -4,11 +4,14 @@ Hands over to ``ros2 launch`` where it is installed. Otherwise it runs the file 
 the subset of the YAML launch format this project's files use (``arg``, ``let``, ``node``,
 ``include``, ``group`` with ``push-ros-namespace``, ``if``/``unless``, and the
 substitutions ``$(var)``, ``$(env)``, ``$(find-pkg-share)``), each node as its own
-process, a report when one dies, and a clean shutdown of all on Ctrl-C or SIGTERM.
+process, found where ``ros2 launch`` finds it (``<prefix>/lib/<package>/``), a report
+when one dies, a clean shutdown of all on Ctrl-C, SIGTERM or SIGHUP, and no node left
+behind when the launcher itself is killed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -17,11 +20,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off", ""}
@@ -46,29 +53,35 @@ class Context:
     nodes: list[NodeSpec] = field(default_factory=list)
 
 
-def find_pkg_share(pkg: str) -> Path:
-    """The package's share directory, looked up in AMENT_PREFIX_PATH like ament_index does."""
+def find_pkg_prefix(pkg: str) -> Path:
+    """The install prefix of ``pkg``: the first AMENT_PREFIX_PATH entry whose ament index lists
+    it, as ament_index_python's ``get_package_prefix`` finds it."""
     for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
         marker = Path(prefix) / "share" / "ament_index" / "resource_index" / "packages" / pkg
         if marker.exists():
-            return Path(prefix) / "share" / pkg
+            return Path(prefix)
     raise LaunchError(f"package '{pkg}' not found: is AMENT_PREFIX_PATH set (run `make setup`, "
                       "or source your ROS 2 workspace's install/setup.bash)?")
 
 
+def find_pkg_share(pkg: str) -> Path:
+    """The package's share directory, looked up in AMENT_PREFIX_PATH like ament_index does."""
+    return find_pkg_prefix(pkg) / "share" / pkg
+
+
 def find_executable(pkg: str, exe: str) -> str:
-    """``lib/<pkg>/<exe>`` under an ament prefix (colcon), else the venv's bin/ (pip)."""
-    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        cand = Path(prefix) / "lib" / pkg / exe
-        if cand.is_file() and os.access(cand, os.X_OK):
-            return str(cand)
-    cand = Path(sys.executable).parent / exe
-    if cand.is_file():
-        return str(cand)
-    found = shutil.which(exe)
-    if found:
-        return found
-    raise LaunchError(f"executable '{exe}' of package '{pkg}' not found (is the package installed?)")
+    """``<prefix>/lib/<pkg>/<exe>`` under the package's own prefix, and nowhere else: the rule of
+    ``ros2 launch`` (launch_ros's ExecutableInPackage), so a launch file that runs here runs
+    there too. colcon installs a package's nodes there; `make setup` links pip's into it."""
+    libexec = find_pkg_prefix(pkg) / "lib" / pkg
+    if not libexec.is_dir():
+        raise LaunchError(f"package '{pkg}' found at '{libexec.parent.parent}', but libexec directory "
+                          f"'{libexec}' does not exist (run `make setup`, or build it with colcon)")
+    cand = libexec / exe
+    if not (cand.is_file() and os.access(cand, os.X_OK)):
+        raise LaunchError(f"executable '{exe}' of package '{pkg}' not found in '{libexec}' (a new entry "
+                          "point? run `make setup`, or colcon build)")
+    return str(cand)
 
 
 _SUBST = re.compile(r"\$\(([a-z-]+)((?:\s+[^()\s]+)*)\s*\)")
@@ -242,8 +255,34 @@ def parse_launch_args(items: list[str]) -> dict[str, str]:
     return out
 
 
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for ``Popen``: the child is SIGKILLed when the process that started it
+    dies, however it dies (Linux's PR_SET_PDEATHSIG; a no-op elsewhere).
+
+    Nodes run in their own process groups, so nothing else takes them down with the launcher:
+    a SIGKILLed launcher left its nodes running at full speed, a node hung on start-up among
+    them. SIGKILL rather than SIGTERM because a hung node ignores SIGTERM and, with the launcher
+    gone, nobody is left to escalate; every other way the launcher stops (Ctrl-C, SIGTERM,
+    SIGHUP, a node's ``on_exit: shutdown``) shuts the nodes down in order first. The signal
+    comes when the *thread* that called ``Popen`` ends, so call it from the main thread."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if _LIBC is None:
+            return
+        _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
 class Launcher:
-    """Starts the planned processes and supervises them until they end or we are stopped."""
+    """Starts the planned processes and supervises them until they end or we are stopped.
+
+    Each node runs in its own session (a terminal's Ctrl-C reaches only the launcher, which
+    then stops the nodes in order) and dies with the launcher if it is killed (``die_with_parent``).
+    """
 
     def __init__(self, nodes: list[NodeSpec], grace: float = 10.0):
         self.nodes = nodes
@@ -259,7 +298,7 @@ class Launcher:
     def start(self) -> None:
         for spec in self.nodes:
             proc = subprocess.Popen(spec.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=die_with_parent())
             print(f"[launch] started {spec.name} (pid {proc.pid})", flush=True)
             threading.Thread(target=self._pump, args=(spec.name, proc.stdout), daemon=True).start()
             self.procs.append((spec, proc))
@@ -271,7 +310,15 @@ class Launcher:
         """Supervise; returns 0 when every node ended cleanly."""
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
-        self.start()
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # a closed terminal (unless under nohup)
+            signal.signal(signal.SIGHUP, self.request_stop)
+        try:
+            self.start()
+            return self._supervise()
+        finally:
+            self.shutdown()
+
+    def _supervise(self) -> int:
         failed, reported = False, set()
         while not self._stop.is_set():
             alive = 0
@@ -293,7 +340,6 @@ class Launcher:
             if alive == 0:
                 break
             self._stop.wait(0.1)
-        self.shutdown()
         return 1 if failed else 0
 
     def shutdown(self) -> None:

@@ -26,4 +26,17 @@ $VENV/bin/python -c "import torch" 2>/dev/null || $PIP install torch==2.13.0
 $PIP install -r requirements-ros.txt
 $PIP install -e ".[learning,devices,dev]"
 $PIP install ./ros2_ws/src/robot_learning_ros
+
+# --- the ament layout ros2 launch expects: a package's nodes in <prefix>/lib/<package>/ ---
+# colcon installs them there (setup.cfg); pip puts console scripts in bin/ only, and ros2 launch
+# then refuses with "libexec directory ... does not exist". Link every console-script entry point
+# of the installed package there; links of entry points that are gone are removed first.
+LIBEXEC="$VENV/lib/robot_learning_ros"
+NODES=$("$VENV/bin/python" -c 'from importlib.metadata import distribution
+print(*sorted(e.name for e in distribution("robot_learning_ros").entry_points if e.group == "console_scripts"))')
+mkdir -p "$LIBEXEC"
+find "$LIBEXEC" -maxdepth 1 -type l -delete
+for exe in $NODES; do
+    ln -s "../../bin/$exe" "$LIBEXEC/$exe"
+done
 echo "setup: done ($VENV)"

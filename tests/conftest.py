@@ -1,10 +1,15 @@
-"""Test-wide environment: ROS 2 from the venv, DDS kept on loopback, one domain per run."""
+"""Test-wide environment: ROS 2 from the venv, DDS kept on loopback, one domain per run; and
+nothing a test started outlives the run, even one stopped with SIGTERM."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
+
+import psutil
+import pytest
 
 VENV = Path(sys.executable).parent.parent
 os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(
@@ -24,3 +29,40 @@ try:  # property tests: a quick search in the suite, a long one on request
     _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 except ImportError:
     pass
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """pytest has no SIGTERM handler: the default action ended it on the spot, with no teardown,
+    and the graph processes it had started (each launcher in a session of its own) ran on at full
+    speed. As a KeyboardInterrupt, pytest stops as on Ctrl-C: fixtures are torn down, stopping
+    their graphs, and ``pytest_sessionfinish`` ends whatever is left. Later SIGTERMs do nothing,
+    so the clean-up finishes (a no-op handler rather than SIG_IGN, which children would inherit)."""
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    raise KeyboardInterrupt("SIGTERM")
+
+
+signal.signal(signal.SIGTERM, _stop_on_sigterm)  # conftest is imported in pytest's main thread
+
+
+@pytest.hookimpl(trylast=True)  # after the fixtures' teardown
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After an interrupted run (SIGTERM, Ctrl-C), end every process the tests started that the
+    teardown did not: a fixture interrupted before its ``yield`` is never torn down, and a test
+    interrupted between starting a process and handing it to a ``with`` leaks it."""
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        stop_processes(psutil.Process().children(recursive=True))
+
+
+def stop_processes(procs: list[psutil.Process], grace: float = 15.0) -> None:
+    """SIGTERM (nodes and launchers shut down cleanly on it), then SIGKILL after ``grace`` s."""
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass

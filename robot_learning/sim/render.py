@@ -171,8 +171,20 @@ class AsyncCameras:
                 lane.buffers.put((rgb, depth))
 
     def close(self) -> None:
+        """Stop the threads and wait (10 s at most per thread) until they have freed their GL contexts.
+
+        A KeyboardInterrupt meanwhile (a second Ctrl-C) does not cut the wait short: leaving
+        with render threads still inside OpenGL made the interpreter abort at exit. It is
+        raised again once the threads are gone."""
         for lane in self.lanes:
             lane.todo.put(None)
-        for t in self.threads:
-            t.join(timeout=10.0)
-        self.post.join(timeout=10.0)
+        interrupted = False
+        for t in (*self.threads, self.post):
+            while True:
+                try:
+                    t.join(timeout=10.0)
+                    break
+                except KeyboardInterrupt:
+                    interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt

@@ -1,0 +1,148 @@
+"""Nothing outlives what started it: a launcher's nodes die with the launcher, even when it is
+SIGKILLed, and a test run stopped with SIGTERM ends every process its tests started."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.graph
+
+TESTS = Path(__file__).resolve().parent
+
+
+def still_running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those not yet dead (a zombie waiting for init to reap it counts as dead)."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    end = time.monotonic() + timeout
+    while (alive := still_running(procs)) and time.monotonic() < end:
+        time.sleep(0.1)
+    return alive
+
+
+def cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for p in still_running(procs):
+        p.kill()
+
+
+def test_nodes_die_with_a_sigkilled_launcher(tmp_path):
+    """Each node runs in its own session, so nothing took it down with a SIGKILLed launcher: the
+    sim node ran on at full speed, and a node hung on start-up (here one that ignores SIGINT and
+    SIGTERM) would never have stopped."""
+    prefix = tmp_path / "prefix"  # an ament package with that hung node
+    index = prefix / "share/ament_index/resource_index/packages"
+    index.mkdir(parents=True)
+    (index / "hang_pkg").touch()
+    hang = prefix / "lib/hang_pkg/hang_node"
+    hang.parent.mkdir(parents=True)
+    hang.write_text("#!/bin/sh\ntrap '' INT TERM\nexec sleep 600\n")
+    hang.chmod(0o755)
+    launch = tmp_path / "two.launch.yaml"
+    launch.write_text("launch:\n- node: {pkg: robot_learning_ros, exec: sim_node, name: sim,\n"
+                      "          param: [{name: cameras, value: none}]}\n"
+                      "- node: {pkg: hang_pkg, exec: hang_node}\n")
+    env = {**os.environ, "AMENT_PREFIX_PATH": f"{prefix}{os.pathsep}{os.environ['AMENT_PREFIX_PATH']}"}
+    launcher = subprocess.Popen([sys.executable, "-m", "robot_learning.cli", "launch", "--builtin", str(launch)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    nodes: list[psutil.Process] = []
+    try:
+        out, end = [], time.monotonic() + 90
+        while not any("workcell 'pick_place' up" in line for line in out):  # the sim node is running
+            assert time.monotonic() < end and launcher.poll() is None, "".join(out)[-3000:]
+            out.append(launcher.stdout.readline())
+        pids = [m.group(1) for line in out if (m := re.search(r"started \S+ \(pid (\d+)\)", line))]
+        nodes = [psutil.Process(int(pid)) for pid in pids]
+        assert len(nodes) == 2
+        launcher.kill()
+        launcher.wait()
+        alive = wait_gone(nodes, 5.0)
+        assert not alive, f"outlived the launcher: {[cmdline(p) for p in alive]}"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        kill_all(nodes)
+
+
+INNER_TEST = '''
+import os, subprocess, time
+from pathlib import Path
+
+import pytest
+
+from robot_learning.graph import SimGraph
+from robot_learning.launch import find_executable
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    with SimGraph(tmp_path_factory.mktemp("graph") / "sim.log", cameras="none") as g:
+        yield g
+
+
+def test_until_stopped(graph):
+    # a node started by the test itself, in a session of its own, never handed to a fixture
+    subprocess.Popen([find_executable("robot_learning_ros", "command_mux"), "--ros-args", "-r", "__node:=stray"],
+                     start_new_session=True)
+    Path(os.environ["READY_FILE"]).touch()
+    time.sleep(600)
+'''
+
+
+def test_a_test_run_stopped_with_sigterm_leaves_no_process_behind(tmp_path):
+    """A pytest run (with this directory's conftest) holding a launched sim graph and a node of
+    its own is sent SIGTERM, as a CI job's timeout does: it must end, and all it started with it."""
+    inner = tmp_path / "test_inner.py"
+    inner.write_text(INNER_TEST)
+    ready, log = tmp_path / "ready", tmp_path / "pytest.log"
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "READY_FILE": str(ready)}
+    with log.open("wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                                str(inner)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    started: list[psutil.Process] = []
+    try:
+        end = time.monotonic() + 120
+        while True:  # the launcher, its sim node and the test's own node are all up
+            assert run.poll() is None and time.monotonic() < end, log.read_text()[-3000:]
+            started = psutil.Process(run.pid).children(recursive=True)
+            names = " ".join(cmdline(p) for p in started)
+            if ready.exists() and "robot_learning.cli launch" in names and "sim_node" in names \
+                    and "command_mux" in names:
+                break
+            time.sleep(0.2)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(90) != 0
+        alive = wait_gone(started, 10.0)
+        assert not alive, f"outlived the test run: {[cmdline(p) for p in alive]}\n{log.read_text()[-3000:]}"
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        kill_all(started)
