@@ -32,6 +32,7 @@ setup(
             "bench_publisher = robot_learning_ros.bench_publisher:main",
             "policy_server = robot_learning_ros.policy_server:main",
             "policy_evaluator = robot_learning_ros.policy_evaluator:main",
+            "camera_node = robot_learning_ros.camera_node:main",
         ],
     },
 )
