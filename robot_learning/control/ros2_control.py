@@ -83,17 +83,28 @@ def load_ros2_control(robot: RobotConfig) -> Ros2ControlConfig:
     )
 
 
+SILENT_S = 2.0  # sim time: a hardware side whose clock and state both stop this long is gone
+
+
 class JointStateInput:
     """The newest measured state of the arm, from /joint_states messages, thread-safe.
 
-    ``update`` runs on the subscription's thread; ``read`` in the control loop. A state's age is
-    measured on the monotonic clock from when it arrived, and handed to the controller as a
-    stamp on its own clock: when the hardware side dies its clock (``/clock`` in the sim) may
-    die with it, and only a wall-clock age still grows."""
+    ``update`` runs on the subscription's thread; ``read`` in the control loop. How old a state
+    is, is handed to the controller as its stamp:
 
-    def __init__(self, robot: RobotConfig, cfg: Ros2ControlConfig, clock: Callable[[], float]):
-        self.robot, self.cfg, self.clock = robot, cfg, clock
+    - on a real robot (wall clock), the age since it arrived, measured on the monotonic clock:
+      a driver's header stamps come from another computer's clock, arrival does not;
+    - with ``sim_time`` (the sim standing in as hardware), its header stamp: a sim that stalls on
+      a busy machine stalls its clock too and is not stale; one that died stops both, so a state
+      not renewed for ``SILENT_S`` wall seconds is reported as stale all the same."""
+
+    def __init__(self, robot: RobotConfig, cfg: Ros2ControlConfig, clock: Callable[[], float],
+                 sim_time: bool = False):
+        self.robot, self.cfg, self.clock, self.sim_time = robot, cfg, clock, sim_time
+        self._stamp = -np.inf
+        self.seq = 0  # counts the arm states received
         self.lock = threading.Lock()
+        self._new = threading.Condition(self.lock)
         self._q: np.ndarray | None = None
         self._qd = np.zeros(robot.dof)
         self._effort = np.zeros(robot.dof)
@@ -112,7 +123,7 @@ class JointStateInput:
             self._index = (list(names), arm, pos.get(g))
         return self._index[1], self._index[2]
 
-    def update(self, names: list[str], position, velocity, effort) -> bool:
+    def update(self, names: list[str], position, velocity, effort, stamp: float = 0.0) -> bool:
         """One JointState message; False (and counted) when it does not describe the arm."""
         arm, grip = self._indices(names)
         position = np.asarray(position, dtype=float)
@@ -133,6 +144,9 @@ class JointStateInput:
             if grip is not None:
                 self._gripper = self._opening(float(position[grip]))
             self._arrived = time.monotonic()
+            self._stamp = stamp
+            self.seq += 1
+            self._new.notify_all()
         return True
 
     def _opening(self, position: float) -> float:
@@ -149,8 +163,16 @@ class JointStateInput:
             if self._q is None:
                 raise RuntimeError("no joint state received yet")
             age = time.monotonic() - self._arrived
-            return ArmState(self.clock() - age, self._q.copy(), self._qd.copy(), self._effort.copy(),
-                            self._gripper)
+            if not self.sim_time:
+                stamp = self.clock() - age
+            else:
+                stamp = self._stamp if age < SILENT_S else -np.inf
+            return ArmState(stamp, self._q.copy(), self._qd.copy(), self._effort.copy(), self._gripper)
+
+    def wait_newer(self, seq: int, timeout: float) -> bool:
+        """Wait until a state newer than ``seq`` has arrived; False on timeout."""
+        with self._new:
+            return self._new.wait_for(lambda: self.seq > seq, timeout)
 
 
 class CommandOutput:

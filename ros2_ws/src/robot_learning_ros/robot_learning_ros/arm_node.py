@@ -5,9 +5,10 @@ writes each period's safe joint target to the ros2_control controller the robot 
 (forward position/velocity controller or joint_trajectory_controller). It serves the same
 command topics, e-stop and services as the sim (``ArmInterface``) and publishes
 ``/arm/ee_pose`` and ``/gripper/state`` from the measured joints; ``/joint_states`` stays the
-broadcaster's. The loop (read -> step -> write) runs on its own thread at the robot file's
-``ros2_control.rate``; before the first joint state nothing is written, and a stale one trips
-the monitor: hold and say why. (The in-process sim backend lives inside ``sim_node``.)
+broadcaster's. The loop (read -> step -> write) runs on the main thread at the robot file's
+``ros2_control.rate`` (with ``use_sim_time``: once per joint state, as the sim steps); before
+the first joint state nothing is written, and a stale one trips the monitor: hold and say
+why. (The in-process sim backend lives inside ``sim_node``.)
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from robot_learning.config import load_robot
 from robot_learning.control.backend import ArmState
 from robot_learning.control.controller import ArmController
+from robot_learning.control.kinematics import Kinematics
 from robot_learning.control.loop import PacedLoop
-from robot_learning.control.ros2_control import CommandOutput, JointStateInput, load_ros2_control
+from robot_learning.control.ros2_control import SILENT_S, CommandOutput, JointStateInput, load_ros2_control
 from robot_learning_ros.arm_interface import ArmInterface
-from robot_learning_ros.msgs import COMMAND_QOS, STATE_QOS, to_sec_ns
+from robot_learning_ros.msgs import COMMAND_QOS, STATE_QOS, from_stamp, to_sec_ns
 from robot_learning_ros.runtime import BackgroundSpin, lenient_params
 
 BACKENDS = ("ros2_control",)
@@ -41,7 +43,8 @@ class Ros2ControlBackend:
     def __init__(self, node: Node, robot, clock):
         self.node, self.robot = node, robot
         self.cfg = load_ros2_control(robot)
-        self.input = JointStateInput(robot, self.cfg, clock)
+        sim_time = bool(node.get_parameter("use_sim_time").value)
+        self.input = JointStateInput(robot, self.cfg, clock, sim_time=sim_time)
         self.output = CommandOutput(robot, self.cfg)
         self.clock = clock
         node.create_subscription(JointState, self.cfg.joint_states, self._on_joint_state, STATE_QOS)
@@ -59,9 +62,12 @@ class Ros2ControlBackend:
             self._msg_arm.points[0].time_from_start.sec, self._msg_arm.points[0].time_from_start.nanosec = sec, ns
         self._msg_gripper = Float64MultiArray()
         self._last_opening: float | None = None
+        self.on_state = None  # called with the stamp of each arm state, on the executor thread
 
     def _on_joint_state(self, m: JointState) -> None:
-        self.input.update(list(m.name), m.position, m.velocity, m.effort)
+        t = from_stamp(m.header.stamp)
+        if self.input.update(list(m.name), m.position, m.velocity, m.effort, t) and self.on_state is not None:
+            self.on_state(t)
 
     def now(self) -> float:
         return self.clock()
@@ -99,6 +105,10 @@ class ArmNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_due = time.monotonic() + 1.0  # from the loop, on the wall clock: /clock may stop
         self._synced = False
+        # /arm/ee_pose and /gripper/state for every joint state, as it arrives (the rate of the
+        # robot's state, whatever the loop's timing), with their own kinematics: not thread-safe
+        self._kin_pub = Kinematics(self.robot)
+        self.backend.on_state = self._publish_measured
         self.get_logger().info(
             f"arm '{self.robot.name}' via ros2_control: {self.backend.cfg.joint_states} in, "
             f"{self.backend.cfg.arm.interface} on {self.backend.cfg.arm.topic} out at {rate:.0f} Hz")
@@ -125,9 +135,35 @@ class ArmNode(Node):
                 self.ctl.sync(state)
             self._synced = True
             self.get_logger().info("joint state received: holding the measured position")
-        q, opening = self.arm.step(state, self.now())
+        # on sim time the joint states are the robot's clock (a backlog of them on a busy host
+        # must not read as stale); on a real robot, the node's clock
+        now = state.stamp if inp.sim_time and np.isfinite(state.stamp) else self.now()
+        q, opening = self.arm.step(state, now)
         self.backend.write_command(q, opening)
-        self.arm.publish_state(state, self.ctl.kin.fk(state.q), state.stamp)
+
+    def _publish_measured(self, stamp: float) -> None:
+        state = self.backend.input.read()
+        self.arm.publish_state(state, self._kin_pub.fk(state.q), stamp)
+
+    def run_on_states(self, running) -> None:
+        """The loop on sim time: one period per joint state, as the sim steps. A wall-clock loop
+        would command a sim running below real time faster than it moves (and trip the tracking
+        monitor); the robot's own clock sets the period, as ros2_control's update loop does."""
+        inp = self.backend.input
+        seq, last = 0, -np.inf
+        period = 1.0 / self.backend.cfg.rate
+        while running():
+            if inp.wait_newer(seq, timeout=0.05):
+                seq = inp.seq
+                # at most one period per period of the sim's time: states that queued up on a
+                # busy host and arrive in a burst must not become a burst of commands (the sim
+                # would take several periods' motion in one step: over the speed limit)
+                now = max(self.now(), inp.read().stamp)
+                if now >= last + 0.9 * period:
+                    last = now
+                    self.tick()
+            elif inp.has_state() and inp.age() >= SILENT_S:
+                self.tick()  # the hardware side went silent: the monitor trips, the arm holds
 
     def _diagnostics(self) -> None:
         inp = self.backend.input
@@ -153,8 +189,12 @@ def main(args=None) -> None:
     node = ArmNode()
     spin = BackgroundSpin(node)
     stop = threading.Event()
+    running = lambda: rclpy.ok() and not stop.is_set()  # noqa: E731
     try:
-        node.loop.run(node.tick, lambda: rclpy.ok() and not stop.is_set())
+        if node.backend.input.sim_time:
+            node.run_on_states(running)
+        else:
+            node.loop.run(node.tick, running)
     except KeyboardInterrupt:
         pass
     except Exception:
