@@ -64,6 +64,7 @@ class SafetyLimits:
     max_linear_speed: float
     max_angular_speed: float
     command_timeout: float
+    command_max_age: float = 1.0   # s: a streamed command stamped longer ago is refused as stale
     # monitors on what the joints actually do (robot_learning.control.monitor)
     velocity_margin: float = 0.1   # measured |qd| may exceed qd_max by this fraction
     tracking_error: float = 0.25   # rad between the last command and the measured position ...
@@ -146,6 +147,7 @@ def load_robot(path: str | Path = DEFAULT_ROBOT) -> RobotConfig:
         max_linear_speed=float(_get(saf, "max_linear_speed", src)),
         max_angular_speed=float(_get(saf, "max_angular_speed", src)),
         command_timeout=float(_get(saf, "command_timeout", src)),
+        command_max_age=float(saf.get("command_max_age", 1.0)),
         **_monitor_limits(saf.get("monitor", {}), src),
     )
     if np.any(limits.q_lower >= limits.q_upper):

@@ -71,7 +71,7 @@ class Fuzzer:
         set_vec(m.twist.angular, "xyz", v[3:])
         m.header.frame_id = {"frame": self.pick(["camera_link", "map", "ÿ" * 40, "panda_link3"]),
                              "valid": self.pick(["", ROBOT.base_frame, ROBOT.ee_frame])}.get(kind, ROBOT.base_frame)
-        stamp_of(m, {"stale": self.now() - self.rng.uniform(0.3, 1e6),
+        stamp_of(m, {"stale": self.now() - self.rng.uniform(1.1, 1e6),
                      "future": self.now() + self.rng.uniform(0.5, 1e6)}.get(kind, self.now()))
         self.twist.publish(m)
 

@@ -117,13 +117,15 @@ class ArmController:
         raise err
 
     def _check_stamp(self, what: str, stamp: float, now: float) -> None:
-        """A streamed command older than the watchdog's timeout is stale: executing it late
-        would move the arm on information the sender has long replaced. Zero means unstamped."""
+        """A streamed command stamped longer ago than ``command_max_age`` is stale: executing it
+        would move the arm on information the sender has long replaced. Zero means unstamped.
+        (Not the watchdog's 0.25 s: a sender on sim time stamps with the newest /clock it has
+        processed, which on a busy host lags the sim by a few tenths of a second.)"""
         age = now - stamp
-        if stamp > 0 and age > self.robot.limits.command_timeout:
+        if stamp > 0 and age > self.robot.limits.command_max_age:
             raise CommandRejected(
-                f"{what}: stamped {age:.3f} s ago, older than the command timeout "
-                f"({self.robot.limits.command_timeout:.2f} s); is the sender on this clock (use_sim_time)?")
+                f"{what}: stamped {age:.3f} s ago, older than {self.robot.limits.command_max_age:.2f} s: "
+                "a stale command is not executed (is the sender on this clock? use_sim_time)")
 
     def command_twist(self, twist: np.ndarray, now: float, frame: str = "", stamp: float = 0.0) -> None:
         """TCP velocity [vx vy vz wx wy wz] in ``frame``: the base frame ('' or its name) or
