@@ -58,6 +58,7 @@ def test_recorder_killed_at_random_keeps_every_finished_episode(tmp_path):
     path = tmp_path / "durable.zarr"
     rng = np.random.default_rng(2026)
     saved: dict[int, dict] = {}
+    validated: set[int] = set()  # episodes whose every chunk was read after a kill
     log = (tmp_path / "recorder.log").open("wb")
     client = GraphClient("durability")
     exe = find_executable("robot_learning_ros", "recorder_node")
@@ -124,7 +125,11 @@ def test_recorder_killed_at_random_keeps_every_finished_episode(tmp_path):
                 ep = ds.episode(idx)
                 assert ep.meta["status"] == "complete", (trial, idx)
                 assert ep.n_steps == info["n_steps"] and ep.meta["success"] == info["success"], (trial, idx)
-                assert validate_episode(ep) == [], (trial, idx)
+                # every chunk is read once, after the first kill that follows the save: a finished
+                # episode is never written again, and the final validate_store reads them all again
+                if idx not in validated:
+                    assert validate_episode(ep) == [], (trial, idx)
+                    validated.add(idx)
             assert g.alive(), g.log_path.read_text()[-2000:]
     client.close()
     log.close()

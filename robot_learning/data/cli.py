@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from robot_learning.data.layout import explain_os_error
 from robot_learning.data.store import Dataset, DatasetError
+
+if TYPE_CHECKING:
+    from robot_learning.data.repair import StoreCheck
 
 
 def add_parser(sub) -> None:
@@ -14,9 +20,9 @@ def add_parser(sub) -> None:
     dsub = ds.add_subparsers(dest="dataset_cmd", required=True)
     p = dsub.add_parser("info", help="summary table of a dataset's episodes")
     p.add_argument("path")
-    p = dsub.add_parser("validate", help="check the schema and every episode; exit 1 on problems")
+    p = dsub.add_parser("validate", help="check the schema and every episode, reading every chunk; exit 1 on problems")
     p.add_argument("path")
-    p = dsub.add_parser("repair", help="recover (or drop) episodes a crash cut off")
+    p = dsub.add_parser("repair", help="recover episodes a crash cut off; rebuild or drop damaged ones")
     p.add_argument("path")
     p = dsub.add_parser("view", help="render an episode to a contact sheet (.png) or video (.mp4)")
     p.add_argument("path")
@@ -47,10 +53,42 @@ def print_info(ds: Dataset) -> None:
         print(f"{i.index:>4} {i.status:<10} {str(m.get('task', ''))[:12]:<12} {str(m.get('operator', ''))[:16]:<16} "
               f"{m.get('n_steps', 0):>6} {m.get('duration', 0.0):>7.1f} {ok:<8} {len(m.get('interventions', [])):>7} "
               f"{rej:>8}")
+    for index, faults in sorted(ds.damaged.items()):
+        print(f"{index:>4} {'damaged':<10} {'; '.join(map(str, faults))}")
     rate = f"{s['success_rate']:.0%}" if s["success_rate"] is not None else "-"
     print(f"total: {s['episodes']} episodes, {s['steps']} steps, {s['duration_s'] / 60:.1f} min, success {rate}, "
           f"{s['interventions']} interventions" + (f", {s['interrupted']} interrupted (run `robot-learning "
                                                    f"dataset repair {ds.path}`)" if s["interrupted"] else ""))
+    if ds.damaged:
+        from robot_learning.data.repair import remedy
+
+        for index, faults in sorted(ds.damaged.items()):
+            print(f"episode {index} is damaged and skipped: {remedy(ds.path, index, faults)}")
+    print(f"(metadata checked; `robot-learning dataset validate {ds.path}` reads every chunk)")
+
+
+def print_check(report: StoreCheck) -> bool:
+    """``validate``'s report: each damaged episode with its faults and what to do. True when sound."""
+    from robot_learning.data.repair import remedy
+
+    if report.error:
+        print(f"dataset: {report.error}", file=sys.stderr)
+        return False
+    problems = report.problems()
+    if report.dataset.incomplete:
+        print(f"problem: {problems[0]}")
+    for ep in report.damaged:
+        for f in ep.faults:
+            print(f"problem: episode {ep.index}: {f}")
+        print(f"  what to do: {remedy(report.path, ep.index, ep.faults)}")
+    arrays = sum(e.arrays for e in report.episodes)
+    plain = sum(e.unchecksummed for e in report.episodes)
+    verdict = "OK" if not problems else f"{len(problems)} problem(s) in {len(report.damaged)} episode(s)"
+    print(f"{len(report.episodes)} episodes checked, every chunk of {arrays} arrays read: {verdict}")
+    if plain:
+        print(f"note: {plain} of {arrays} arrays were written without chunk checksums (before robot-learning "
+              "added them): in those only chunks that fail to decode are found, not altered values")
+    return not problems
 
 
 def run(a: argparse.Namespace) -> int:
@@ -59,30 +97,34 @@ def run(a: argparse.Namespace) -> int:
     except DatasetError as e:
         print(f"dataset: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # what no check foresaw still gets the path and a plain reason
+        print(f"dataset: {e.filename or a.path}: {explain_os_error(e)}: check the path and its permissions",
+              file=sys.stderr)
+        return 1
 
 
 def _run(a: argparse.Namespace) -> int:
     cmd = a.dataset_cmd
     if cmd == "info":
-        print_info(Dataset(a.path))
-        return 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # interrupted and damaged episodes are in the table
+            ds = Dataset(a.path)
+        print_info(ds)
+        return 1 if ds.damaged else 0
     if cmd == "validate":
-        from robot_learning.data.repair import validate_store
+        from robot_learning.data.repair import check_store
 
-        ds, problems = validate_store(a.path)
-        for p in problems:
-            print(f"problem: {p}")
-        if ds is not None:
-            print(f"{len(ds)} episodes checked: {'OK' if not problems else f'{len(problems)} problem(s)'}")
-        return 1 if problems else 0
+        return 0 if print_check(check_store(a.path)) else 1
     if cmd == "repair":
-        from robot_learning.data.repair import repair_path
+        from robot_learning.data.repair import LEFT, repair_path
 
-        done = repair_path(a.path)
+        done = repair_path(a.path, report=print)
         for idx, action in sorted(done.items()):
             print(f"episode {idx}: {action}")
-        print("nothing to repair" if not done else f"{len(done)} episode(s) handled")
-        return 0
+        left = [i for i, action in done.items() if action.startswith(LEFT)]
+        print("nothing to repair" if not done else f"{len(done)} episode(s) handled"
+              + (f"; {len(left)} left as they are: fix what is named and run repair again" if left else ""))
+        return 1 if left else 0
     if cmd == "view":
         from robot_learning.data.view import contact_sheet, video
 

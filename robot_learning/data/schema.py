@@ -22,6 +22,7 @@ from robot_learning.config import ConfigError, load_yaml
 SCHEMA = "robot_learning.dataset"
 SCHEMA_VERSION = 1
 SOURCES = ("policy", "teleop", "hold")  # steps/source codes index this tuple
+STEP_KEYS = ("t", "action", "source", "intervention", "reward", "done")  # arrays every step table has
 
 # message type -> how its content is stored; the names are ROS 2's full type names
 MESSAGE_KINDS = {
@@ -34,6 +35,8 @@ MESSAGE_KINDS = {
     "std_msgs/msg/Bool": "flag",
     "std_msgs/msg/String": "text",
 }
+# kind -> the arrays a stream of that kind stores besides t and t_recv (see convert.to_sample)
+STREAM_ARRAYS = {"joint_state": ("position", "velocity", "effort")}  # every other kind: ("data",)
 
 
 @dataclass

@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
+from robot_learning.data.layout import compressors
 from robot_learning.data.schema import SOURCES, Recipe
-
-STEP_KEYS = ("t", "action", "source", "intervention", "reward", "done")
 
 
 def _held(t: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -162,7 +161,8 @@ def write_steps(group: zarr.Group, recipe: Recipe, success: bool | None, t_end: 
     for k, v in steps.items():
         parent, _, leaf = k.rpartition("/")
         sub = g.require_group(parent) if parent else g
-        sub.create_array(leaf, data=v, chunks=(max(1, min(len(v), 4096)), *v.shape[1:]))
+        sub.create_array(leaf, data=v, chunks=(max(1, min(len(v), 4096)), *v.shape[1:]),
+                         compressors=compressors(v.dtype, image=False))
     t = steps["t"]
     counts = {n: int(len(ts)) for n, ts in tables.times().items()}
     end = float(t[-1]) if len(t) else (t_end or 0.0)

@@ -6,8 +6,11 @@ Durability comes from three rules, so that no crash can break what was already f
 2. an episode lives in its own group and is never touched again once finished, and it is
    marked finished only after all its files are fsynced (a power cut cannot undo it);
 3. a stream's timestamps are written after its data and are NaN where nothing was flushed,
-   so an interrupted episode is readable up to its last flushed chunk (see ``repair``).
+   so an interrupted episode is readable up to its last flushed chunk, where any writer
+   opening the store cuts it back to (``repair_store``).
 One writer at a time holds ``writer.lock`` (an flock, released by the kernel if it dies).
+Every chunk carries a CRC32C (see ``layout.compressors``), so damage on disk fails a read
+instead of returning wrong numbers; ``repair`` checks and fixes whole stores.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import errno
 import fcntl
 import functools
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -28,10 +32,21 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 
 from robot_learning.data.convert import BadSample, has_header, stream_attrs, to_sample
+from robot_learning.data.layout import (
+    DamagedError,
+    DatasetError,
+    Fault,
+    compressors,
+    episode_attrs,
+    episode_dirs,
+    episode_recipe,
+    read_metadata,
+    structure_faults,
+)
 from robot_learning.data.schema import SCHEMA, SCHEMA_VERSION, Recipe, StreamSpec
+from robot_learning.data.steps import write_steps
 
 warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component", module="zarr")
 warnings.filterwarnings("ignore", message=".*StringDType.*", module="zarr")
@@ -42,16 +57,6 @@ IMAGE_CHUNK = 8     # frames per chunk: a sample decompresses 8 frames (~2 ms), 
 IMAGE_GROW = 64
 HOLD_BYTES = 64 << 20        # a stream's values kept in memory for the step table, at most
 HOLD_SAMPLE_BYTES = 16 << 10  # and only for samples this small (not camera frames)
-
-
-class DatasetError(RuntimeError):
-    """A store that cannot be used as asked; the message says what to do."""
-
-
-def _codec(dtype: np.dtype, image: bool) -> BloscCodec:
-    if image and dtype.itemsize == 1:
-        return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle" if dtype.itemsize > 1 else "noshuffle")
 
 
 def _storage_error(e: OSError, path: Path, what: str) -> DatasetError:
@@ -119,16 +124,44 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def damaged_root_message(path: Path, e: DamagedError) -> str:
+    """What to say, and what to do, when the root's or the episodes group's metadata is broken."""
+    if e.access:
+        return f"cannot read the dataset {path}: {e}: fix its permissions (chmod/chown) and run again"
+    if e.path == path:
+        return f"no dataset at {path}: {e.what}"
+    if e.path.name != "zarr.json":
+        return f"cannot read the dataset {path}: {e}: restore the store from a backup"
+    what = "the dataset's root metadata" if e.path.parent == path else "the episodes group's metadata"
+    return (f"{e.path} ({what}) is {e.what}. `robot-learning dataset repair {path}` rewrites it "
+            "(the dataset's name is lost), or restore it from a backup")
+
+
+def _root_metadata(path: Path, meta: Path) -> dict | None:
+    try:
+        return read_metadata(meta, top=path.parent)
+    except FileNotFoundError:
+        return None
+    except DamagedError as e:
+        raise DatasetError(damaged_root_message(path, e)) from e
+
+
 def open_root(path: Path, create: bool, name: str = "") -> zarr.Group:
-    """The store's root group, checking that it is one of ours and of a version we read."""
-    if (path / "zarr.json").exists():
-        root = zarr.open_group(str(path), mode="r+" if create else "r")
-        schema, version = root.attrs.get("schema"), root.attrs.get("schema_version")
+    """The store's root group, checking that it is one of ours and of a version we read.
+
+    Its metadata is read here first, so that a damaged or unreadable root is reported by
+    name with what to do, instead of as an error from deep inside zarr's JSON parsing."""
+    meta = _root_metadata(path, path / "zarr.json")
+    if meta is not None:
+        _root_metadata(path, path / "episodes" / "zarr.json")  # absent when killed right after the root
+        attrs = meta.get("attributes", {})
+        schema, version = attrs.get("schema"), attrs.get("schema_version")
         if schema != SCHEMA:
             raise DatasetError(f"{path} is a zarr store but not a robot-learning dataset (schema '{schema}')")
         if version != SCHEMA_VERSION:
             raise DatasetError(f"{path} has dataset schema version {version}; this robot-learning reads "
                                f"version {SCHEMA_VERSION}: upgrade robot-learning or convert the dataset")
+        root = zarr.open_group(str(path), mode="r+" if create else "r")
         if create and "episodes" not in root:  # killed right after creating the root
             root.require_group("episodes")
         return root
@@ -207,12 +240,12 @@ class StreamWriter:
         self.group.attrs.update({"topic": self.spec.topic, "type": self.spec.type, **self.attrs})
         for k, (shape, dtype) in self.shapes.items():
             chunks = (IMAGE_CHUNK, *shape) if image else (LOWDIM_CHUNK, *shape)
-            kw = {} if dtype.kind in "UTO" else {"compressors": _codec(dtype, image)}
             self.arrays[k] = self.group.create_array(
-                k, shape=(0, *shape), dtype=str if dtype.kind == "U" else dtype, chunks=chunks, **kw)
+                k, shape=(0, *shape), dtype=str if dtype.kind == "U" else dtype, chunks=chunks,
+                compressors=compressors(dtype, image))
         for k in ("t_recv", "t"):  # NaN past the flushed rows: the crash-recovery marker
             self.arrays[k] = self.group.create_array(k, shape=(0,), dtype="float64", chunks=(LOWDIM_CHUNK,),
-                                                     fill_value=np.nan, compressors=_codec(np.dtype("f8"), False))
+                                                     fill_value=np.nan, compressors=compressors(np.dtype("f8"), False))
 
     def flush(self, final: bool = False) -> None:
         """Append what is buffered. Image streams write whole chunks only (the rest waits for
@@ -266,6 +299,85 @@ class StreamWriter:
                 arr.resize((self.n, *arr.shape[1:]))
 
 
+def _flushed_rows(stream: zarr.Group) -> int:
+    if "t" not in stream:
+        return 0
+    t = stream["t"][:]
+    bad = np.flatnonzero(~np.isfinite(t))
+    n = int(bad[0]) if bad.size else len(t)
+    return min([n] + [a.shape[0] for _, a in stream.arrays()])
+
+
+def recover_episode(group: zarr.Group, recipe: Recipe) -> str:
+    """Cut an interrupted episode back to what was flushed. Returns 'recovered' or 'dropped'."""
+    path = Path(group.store.root) / group.path
+    for p in path.rglob("*.partial"):
+        p.unlink(missing_ok=True)
+    if "streams" in group:
+        for _, s in group["streams"].groups():
+            n = _flushed_rows(s)
+            for _, a in s.arrays():
+                if a.shape[0] != n:
+                    a.resize((n, *a.shape[1:]))
+    else:
+        group.require_group("streams")
+    meta = write_steps(group, recipe, success=None)
+    if meta["n_steps"] < recipe.min_steps:
+        shutil.rmtree(path)
+        return "dropped"
+    fsync_tree(path)
+    group.attrs.update({**meta, "status": "recovered", "finished": now_iso(),
+                        "note": "recording was interrupted; recovered up to the last flushed chunk"})
+    fsync_file(path / "zarr.json")
+    return "recovered"
+
+
+def repair_store(path: Path, root: zarr.Group, recipe: Recipe | None = None,
+                 drop_damaged: bool = False) -> dict[int, str]:
+    """Recover or drop every interrupted episode; remove debris a crash left. Needs the writer lock.
+
+    Finished episodes are never touched. An episode whose metadata or data cannot be read
+    was not cut off by a crash (every file is replaced whole), it was damaged: a writer
+    opening the store leaves it, with a warning, to ``dataset repair``, which passes
+    ``drop_damaged`` and then drops an interrupted one it cannot read."""
+    for p in path.glob("*.partial"):
+        p.unlink(missing_ok=True)
+    actions: dict[int, str] = {}
+    if not (path / "episodes").exists():
+        root.require_group("episodes")
+        return actions
+    for index, d in episode_dirs(path):
+        if not d.is_dir():
+            continue
+        try:
+            attrs = episode_attrs(d)
+        except DamagedError:
+            continue
+        if attrs is None or "status" not in attrs:
+            # killed while the episode was being created, or between creating its group and
+            # writing its attributes (one write that also stores the recipe): nothing was recorded
+            shutil.rmtree(d)
+            actions[index] = "dropped"
+            continue
+        if attrs["status"] != "recording":
+            continue
+        rec = episode_recipe(attrs) or recipe
+        if rec is None:
+            raise DatasetError(f"episode {d.name} has no recipe stored and none was given")
+        try:
+            actions[index] = recover_episode(root["episodes"][d.name], rec)
+        except OSError:
+            raise  # the disk, not the episode (full, read-only): the caller says so
+        except Exception as e:  # a chunk or metadata that does not decode (zarr raises many kinds)
+            if not drop_damaged:
+                warnings.warn(f"{d}: interrupted and damaged ({type(e).__name__}: {e}); "
+                              f"`robot-learning dataset repair {path}` drops it", stacklevel=2)
+                continue
+            shutil.rmtree(d)
+            actions[index] = f"dropped: interrupted, and its data cannot be read ({type(e).__name__}: {e})"
+    return actions
+
+
 class EpisodeWriter:
     """One episode being recorded. ``finish`` makes it permanent; ``discard`` removes it."""
 
@@ -302,8 +414,6 @@ class EpisodeWriter:
 
     def finish(self, success: bool | None, t_end: float | None = None, extra: dict | None = None) -> dict:
         """Flush, build the step table, fsync, then mark the episode complete (in that order)."""
-        from robot_learning.data.steps import write_steps
-
         self.flush(final=True)
         try:
             for s in self.streams.values():
@@ -324,8 +434,6 @@ class EpisodeWriter:
         return dict(self.group.attrs)
 
     def discard(self) -> None:
-        import shutil
-
         shutil.rmtree(self.path, ignore_errors=True)
         self.closed = True
 
@@ -344,8 +452,6 @@ class DatasetWriter:
             raise _storage_error(e, self.path, "opening the dataset for writing") from e
         try:
             self.root = open_root(self.path, create=True, name=name)
-            from robot_learning.data.repair import repair_store
-
             self.recovered = repair_store(self.path, self.root, recipe)
         except OSError as e:
             self._stack.close()
@@ -411,7 +517,10 @@ class Episode:
 
 
 class Dataset:
-    """A store opened read-only. Episodes a crash cut off are listed in ``incomplete`` and skipped."""
+    """A store opened read-only. Episodes a crash cut off are listed in ``incomplete``, and
+    finished ones with metadata missing, damaged or unreadable in ``damaged`` (index -> its
+    faults); both are skipped, so a reader never trips over them. Opening reads metadata
+    only; ``robot-learning dataset validate`` reads every chunk."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -419,18 +528,29 @@ class Dataset:
         self.meta = dict(self.root.attrs)
         self.infos: list[EpisodeInfo] = []
         self.incomplete: list[int] = []
-        eps = self.root["episodes"] if "episodes" in self.root else None
-        for name, g in sorted(eps.groups()) if eps is not None else []:
-            attrs = dict(g.attrs)
-            status = attrs.get("status", "recording")
-            if status in ("complete", "recovered"):
-                self.infos.append(EpisodeInfo(int(attrs.get("index", name)), status, attrs))
+        self.damaged: dict[int, list[Fault]] = {}
+        for index, d in episode_dirs(self.path):
+            try:
+                attrs = episode_attrs(d)
+            except DamagedError as e:
+                where = str(e.path.relative_to(d)) if e.path != d else ""
+                self.damaged[index] = [Fault(where, e.what, "access" if e.access else "data")]
+                continue
+            status = (attrs or {}).get("status", "recording")
+            if status not in ("complete", "recovered"):
+                self.incomplete.append(index)
+            elif faults := structure_faults(d, attrs):
+                self.damaged[index] = faults
             else:
-                self.incomplete.append(int(name) if name.isdigit() else -1)
+                self.infos.append(EpisodeInfo(int(attrs.get("index", index)), status, attrs))
         if self.incomplete:
             warnings.warn(f"{self.path}: {len(self.incomplete)} interrupted episode(s) skipped "
                           f"({self.incomplete}); `robot-learning dataset repair {self.path}` recovers them",
                           stacklevel=2)
+        if self.damaged:
+            said = {i: "; ".join(map(str, f)) for i, f in self.damaged.items()}
+            warnings.warn(f"{self.path}: {len(self.damaged)} damaged episode(s) skipped ({said}); "
+                          f"`robot-learning dataset validate {self.path}` says what to do", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -440,6 +560,10 @@ class Dataset:
         return [i.index for i in self.infos]
 
     def episode(self, index: int) -> Episode:
+        if index in self.damaged:
+            faults = "; ".join(map(str, self.damaged[index]))
+            raise DatasetError(f"episode {index} of {self.path} is damaged ({faults}): "
+                               f"`robot-learning dataset validate {self.path}` says what to do")
         if index not in self.indices:
             raise DatasetError(f"{self.path} has no finished episode {index} (episodes: {self.indices})")
         return Episode(self.root["episodes"][f"{index:06d}"])
@@ -454,5 +578,5 @@ class Dataset:
         labelled = [i.meta.get("success") for i in self.infos if i.meta.get("success") is not None]
         return {"episodes": len(self.infos), "steps": steps, "duration_s": dur,
                 "success_rate": float(np.mean(labelled)) if labelled else None,
-                "interrupted": len(self.incomplete),
+                "interrupted": len(self.incomplete), "damaged": len(self.damaged),
                 "interventions": sum(len(i.meta.get("interventions", [])) for i in self.infos)}
