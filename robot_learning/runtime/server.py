@@ -130,6 +130,12 @@ class PolicyServerCore:
         if plan is None:
             return None
         offsets, actions = plan
+        actions = actions.copy()
+        # a diffusion policy predicts each quaternion component on its own: the plan carries
+        # the rotation it means, unit length (the arm refuses anything else)
+        q = actions[:, 3:7]
+        n = np.linalg.norm(q, axis=1, keepdims=True)
+        actions[:, 3:7] = np.where(n > 1e-6, q / np.maximum(n, 1e-12), [0.0, 0.0, 0.0, 1.0])
         return version, offsets + self.policy.spec.dt, actions
 
     def due_action(self, now: float) -> np.ndarray | None:
