@@ -218,3 +218,21 @@ def test_a_pose_plan_needs_the_tcp_pose_among_its_observations():
     with pytest.raises(ValueError, match=TCP_POSE_KEY):
         PolicyServerCore(PosePlan(_yaw_pose(0.4, 0.0), obs_key="joint_states.position"), ServerConfig(),
                          lambda: 0.0, log=lambda m: None)
+
+
+def test_a_pose_chunk_becomes_one_plan_of_unit_poses_one_step_after_each_action():
+    """What the node sends the arm for a tcp_pose policy: the chunk's poses (quaternions made
+    unit: a diffusion policy predicts each component on its own), each knot one policy step
+    after its action is due; a plan only when a new chunk has come in."""
+    clock = {"t": 0.0}
+    target = _yaw_pose(0.45, 0.0)
+    target[3:7] *= 1.3                                    # as a policy may predict it
+    core = PolicyServerCore(PosePlan(target), ServerConfig(), lambda: clock["t"], log=lambda m: None)
+    core.resume()
+    core.add_sample("ee_pose", 0.0, {"data": _yaw_pose(0.40, 0.0)})
+    assert core.infer_once()
+    version, offsets, actions = core.plan(0.0, since=0)
+    np.testing.assert_allclose(offsets, DT * np.arange(1, 9))
+    np.testing.assert_allclose(np.linalg.norm(actions[:, 3:7], axis=1), 1.0)
+    np.testing.assert_allclose(actions[:, :3], np.tile(target[:3], (8, 1)))
+    assert core.plan(0.05, since=version) is None         # nothing new: no plan
