@@ -22,9 +22,9 @@ from robot_learning.transforms import xyzw_to_wxyz
 
 SENSOR_QOS = qos_profile_sensor_data  # BEST_EFFORT, depth 5
 # Reliable with a deep history: a KEEP_LAST writer drops samples a busy reader has not yet
-# acknowledged once its history is full, so 100 samples (0.4 s of joint states at 250 Hz)
-# let a recorder on a loaded machine keep every message.
-STATE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# acknowledged once its history is full. 100 samples (0.4 s of joint states at 250 Hz) lost a
+# quarter of them to a recorder starved for seconds on a loaded host; 1000 hold 4 s.
+STATE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 COMMAND_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
