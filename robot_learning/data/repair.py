@@ -141,23 +141,6 @@ def _walk_arrays(ep_dir: Path) -> tuple[list[str], list[Fault]]:
     return arrays, faults
 
 
-def _chunk_name(arr: zarr.Array, coords: tuple[int, ...]) -> str:
-    key = arr.metadata.encode_chunk_key(coords)
-    if coords and not any(coords[1:]):
-        lo = coords[0] * arr.chunks[0]
-        hi = min(lo + arr.chunks[0], arr.shape[0]) - 1
-        return f"chunk {coords[0]} (rows {lo}-{hi}, file {key})"
-    return f"chunk {coords} (file {key})"
-
-
-def _read_error(e: Exception, checksummed: bool) -> str:
-    if "checksum" in str(e).lower():
-        return "checksum mismatch: its bytes changed on disk (a flipped bit, a cut-off write or a bad copy)"
-    if isinstance(e, OSError):
-        return explain_os_error(e)
-    return f"cannot be decoded ({type(e).__name__}: {e})" + ("" if checksummed else "; it has no checksum")
-
-
 BATCH_BYTES = 64 << 20  # read this much of an array per call: zarr's per-call overhead dominates small reads
 
 
