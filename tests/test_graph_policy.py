@@ -46,9 +46,10 @@ def make_checkpoint(path: Path, down_dims=(16, 32), steps: int = 4, nan: bool = 
 @pytest.fixture(scope="module")
 def deploy(tmp_path_factory):
     d = tmp_path_factory.mktemp("deploy")
-    # slow: each inference takes hundreds of ms (seconds on a loaded machine); its chunks run
-    # 1.6 s, so the arm keeps getting fresh actions while the next one is computed
-    ckpts = {"slow": make_checkpoint(d / "slow", down_dims=(128, 256, 512), steps=30, horizon=32,
+    # slow: each inference takes many control periods (0.3 s alone on a 2-core EPYC without
+    # AMX, about 1 s beside the sim); its chunks run 1.6 s, so the arm keeps getting fresh
+    # actions while the next one is computed. Bigger nets took 4.4 s here: every chunk came stale.
+    ckpts = {"slow": make_checkpoint(d / "slow", down_dims=(64, 128, 256), steps=16, horizon=32,
                                      action_horizon=16),
              "nan": make_checkpoint(d / "nan", nan=True), "narrow": make_checkpoint(d / "narrow", narrow=True)}
     g = SimGraph(d / "deploy.log", "deploy_policy.launch.yaml", checkpoint=ckpts["slow"], cameras="none",
@@ -98,11 +99,12 @@ def test_commands_keep_the_control_rate_while_inference_is_slow(deploy):
     msgs = list(client.msgs["/policy/command/twist"])
     assert client.call(Trigger, "/policy/pause").success
     d = diag(client)
-    assert float(d.get("infer.p50_ms", 0)) > 200.0, str(d)                   # each inference is slow ...
-    # ... the 50 Hz control timer is not: its ticks stay regular while the inference thread works
-    assert float(d["tick_interval.p99_ms"]) < 60.0 and float(d["tick_interval.n"]) > 150, str(d)
+    assert float(d.get("infer.p50_ms", 0)) > 100.0, str(d)                   # each inference is slow ...
+    # ... the 50 Hz control timer is not: it keeps ticking while the inference thread works (a
+    # tick held up by one inference would wait ~1 s; beside the sim on 2 cores p99 is 40-70 ms)
+    assert float(d["tick_interval.p99_ms"]) < 100.0 and float(d["tick_interval.n"]) > 150, str(d)
     t = np.array([stamp(m) for m in msgs])
-    assert len(t) > 100 and np.all(np.diff(t) > 0)
+    assert len(t) > 100 and np.all(np.diff(t) > 0), str(d)
     assert np.linalg.norm(tcp(client) - p0) > 2e-3                # and the policy's actions moved the arm
 
 
@@ -137,7 +139,7 @@ def test_a_bad_checkpoint_is_refused_with_a_reason(deploy, tmp_path):
 def test_sampling_is_set_at_deploy_time_and_bad_settings_are_refused(deploy):
     g, client, ckpts = deploy
     fresh_diagnostics(client)
-    assert diag(client)["sampling"] == "ddim 30"  # the checkpoint's own
+    assert diag(client)["sampling"] == "ddim 16"  # the checkpoint's own
     ok, reason = set_param(client, "sampler", "euler")
     assert not ok and "ddim" in reason
     ok, reason = set_param(client, "inference_steps", -3)

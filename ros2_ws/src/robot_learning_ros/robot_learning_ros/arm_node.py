@@ -31,7 +31,7 @@ from robot_learning.control.kinematics import Kinematics
 from robot_learning.control.loop import PacedLoop
 from robot_learning.control.ros2_control import SILENT_S, CommandOutput, JointStateInput, load_ros2_control
 from robot_learning_ros.arm_interface import ArmInterface
-from robot_learning_ros.msgs import COMMAND_QOS, STATE_QOS, from_stamp, to_sec_ns
+from robot_learning_ros.msgs import COMMAND_QOS, LATEST_QOS, from_stamp, to_sec_ns
 from robot_learning_ros.runtime import BackgroundSpin, lenient_params
 
 BACKENDS = ("ros2_control",)
@@ -47,7 +47,7 @@ class Ros2ControlBackend:
         self.input = JointStateInput(robot, self.cfg, clock, sim_time=sim_time)
         self.output = CommandOutput(robot, self.cfg)
         self.clock = clock
-        node.create_subscription(JointState, self.cfg.joint_states, self._on_joint_state, STATE_QOS)
+        node.create_subscription(JointState, self.cfg.joint_states, self._on_joint_state, LATEST_QOS)
         arm = self.cfg.arm
         typ = JointTrajectory if arm.interface == "joint_trajectory" else Float64MultiArray
         self.pub_arm = node.create_publisher(typ, arm.topic, COMMAND_QOS)

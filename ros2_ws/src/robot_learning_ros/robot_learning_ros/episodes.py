@@ -22,7 +22,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
-from robot_learning_ros.msgs import LATCHED_QOS, SENSOR_QOS, STATE_QOS, from_stamp, image_from_msg, pose_from_msg
+from robot_learning_ros.msgs import LATCHED_QOS, LATEST_QOS, SENSOR_QOS, from_stamp, image_from_msg, pose_from_msg
 from robot_learning_ros.runtime import BackgroundSpin, lenient_params
 
 
@@ -51,8 +51,8 @@ class EpisodeNode(Node):
         self.rec_start = self.create_client(Trigger, "/recorder/start_episode")
         self.rec_stop = self.create_client(SetBool, "/recorder/stop_episode")
         self.reset_client = self.create_client(Trigger, "/sim/reset")
-        self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose_msg, STATE_QOS)
-        self.create_subscription(JointState, "/gripper/state", self._on_gripper, STATE_QOS)
+        self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose_msg, LATEST_QOS)
+        self.create_subscription(JointState, "/gripper/state", self._on_gripper, LATEST_QOS)
         self.create_subscription(Bool, "/sim/task/success", self._on_success, LATCHED_QOS)
         if self.report_dir:
             for cam in ("front", "wrist"):

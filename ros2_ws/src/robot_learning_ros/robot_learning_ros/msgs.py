@@ -25,6 +25,10 @@ SENSOR_QOS = qos_profile_sensor_data  # BEST_EFFORT, depth 5
 # acknowledged once its history is full. 100 samples (0.4 s of joint states at 250 Hz) lost a
 # quarter of them to a recorder starved for seconds on a loaded host; 1000 hold 4 s.
 STATE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# A node that acts on the newest state (the arm, the policy, the operator) reads with a short
+# queue: after a stall it sees the present, not a second of the past replayed callback by
+# callback (a policy server reading 1000-deep queues took 4x longer per inference).
+LATEST_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 COMMAND_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)

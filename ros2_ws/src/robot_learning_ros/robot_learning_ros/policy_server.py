@@ -38,7 +38,7 @@ from robot_learning.paths import resolve
 from robot_learning.policies.checkpoint import PolicyError
 from robot_learning.runtime.policy import load_policy
 from robot_learning.runtime.server import HOLD_TWIST_S, PolicyServerCore, ServerConfig
-from robot_learning_ros.msgs import COMMAND_QOS, SENSOR_QOS, STATE_QOS, message_class, to_sec_ns, twist_msg
+from robot_learning_ros.msgs import COMMAND_QOS, LATEST_QOS, SENSOR_QOS, message_class, to_sec_ns, twist_msg
 from robot_learning_ros.runtime import lenient_params, spin_main
 
 
@@ -113,7 +113,7 @@ class PolicyServerNode(Node):
         self.subs = []
         for name in self.core.streams:
             spec = recipe.streams[name]
-            qos = SENSOR_QOS if spec.sensor else STATE_QOS
+            qos = SENSOR_QOS if spec.sensor else LATEST_QOS
             self.subs.append(self.create_subscription(message_class(spec.type), spec.topic,
                                                       lambda m, n=name, s=spec: self._on_obs(n, s, m), qos))
         topics = ", ".join(recipe.streams[n].topic for n in self.core.streams)

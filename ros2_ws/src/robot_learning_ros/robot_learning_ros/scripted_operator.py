@@ -21,7 +21,7 @@ from std_msgs.msg import Bool, Float64
 from robot_learning.sim.expert import ExpertObs, HandNoise, ScriptedExpert
 from robot_learning.sim.tasks import make_task
 from robot_learning_ros.episodes import EpisodeNode, run_episodes
-from robot_learning_ros.msgs import COMMAND_QOS, LATCHED_QOS, STATE_QOS, pose_from_msg, twist_msg
+from robot_learning_ros.msgs import COMMAND_QOS, LATCHED_QOS, LATEST_QOS, pose_from_msg, twist_msg
 from robot_learning_ros.runtime import lenient_params
 
 
@@ -50,7 +50,7 @@ class ScriptedOperator(EpisodeNode):
         self.pub_engaged = self.create_publisher(Bool, "/teleop/engaged", LATCHED_QOS)
         for b in make_task(self.task).object_bodies:
             self.create_subscription(PoseStamped, f"/sim/objects/{b}/pose",
-                                     lambda m, b=b: self.objects.__setitem__(b, pose_from_msg(m)), STATE_QOS)
+                                     lambda m, b=b: self.objects.__setitem__(b, pose_from_msg(m)), LATEST_QOS)
 
     def on_pose(self, t: float, pos: np.ndarray, quat: np.ndarray) -> None:
         with self.lock:

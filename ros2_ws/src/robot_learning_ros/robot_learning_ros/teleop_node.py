@@ -24,7 +24,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from robot_learning.teleop.devices import JoyTeleop, KeyboardAxes, load_teleop_config, spacemouse_hid_report
 from robot_learning.transforms import quat_to_mat
-from robot_learning_ros.msgs import COMMAND_QOS, LATCHED_QOS, STATE_QOS, pose_from_msg, twist_msg
+from robot_learning_ros.msgs import COMMAND_QOS, LATCHED_QOS, LATEST_QOS, pose_from_msg, twist_msg
 from robot_learning_ros.runtime import lenient_params, run_node
 
 CONFIGS = {"spacemouse": "hardware/teleop/spacemouse.yaml", "spacemouse_hid": "hardware/teleop/spacemouse.yaml",
@@ -49,7 +49,7 @@ class TeleopNode(Node):
         self.pub_grip = self.create_publisher(Float64, "/teleop/gripper", COMMAND_QOS)
         self.pub_engaged = self.create_publisher(Bool, "/teleop/engaged", LATCHED_QOS)
         self.pub_estop = self.create_publisher(Bool, "/emergency_stop", LATCHED_QOS)
-        self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose, STATE_QOS)
+        self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose, LATEST_QOS)
         self.recorder_clients = {"start_episode": self.create_client(Trigger, "/recorder/start_episode"),
                         "stop_success": self.create_client(SetBool, "/recorder/stop_episode"),
                         "stop_failure": self.create_client(SetBool, "/recorder/stop_episode"),
