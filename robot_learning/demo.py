@@ -40,6 +40,7 @@ class DemoPlan:
     lr: float = 1e-3
     eval_every: int = 1000
     train_eval_episodes: int = 5
+    train_eval_max_steps: int = 0    # policy steps per training-time rollout (0: the task's limit)
     eval_episodes: int = 10
     episode_timeout: float = 20.0    # the expert takes about 9 s
     real_time_factor: float = 2.0    # collection (faster and the expert's own loop lags: it overshoots)
@@ -51,7 +52,7 @@ class DemoPlan:
     @classmethod
     def quick(cls) -> DemoPlan:
         return cls(episodes=3, train_steps=60, batch_size=64, eval_every=60, train_eval_episodes=1, eval_episodes=2,
-                   episode_timeout=8.0, budget_min=0.0, eval_real_time_factor=2.0)
+                   train_eval_max_steps=30, episode_timeout=8.0, budget_min=0.0, eval_real_time_factor=2.0)
 
 
 def plot_trajectories(episode_dir: Path, out: Path, title: str) -> Path | None:
@@ -186,7 +187,7 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
                                       relative=list(RELATIVE), action=plan.action, lr=plan.lr, val_fraction=0.05,
                                       down_dims=list(plan.down_dims),
                                       steps=plan.train_steps, batch_size=plan.batch_size, eval_every=plan.eval_every,
-                                      eval_episodes=plan.train_eval_episodes,
+                                      eval_episodes=plan.train_eval_episodes, eval_max_steps=plan.train_eval_max_steps,
                                       warmup_steps=min(200, plan.train_steps // 5), max_minutes=minutes))
         timings["train"] = time.monotonic() - t0
         print(f"demo [3/4] deploy + evaluate: launch/deploy_policy.launch.yaml (sim, mux, policy server, "

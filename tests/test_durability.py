@@ -26,7 +26,7 @@ from robot_learning.launch import find_executable
 
 pytestmark = pytest.mark.graph
 
-TRIALS = int(os.environ.get("DURABILITY_TRIALS", "50"))
+TRIALS = int(os.environ.get("DURABILITY_TRIALS", "20"))  # `make bench`-sized runs: 50 or more
 
 
 def call(cli, proc: subprocess.Popen, timeout: float = 30.0, resend: float = 0.0, **fields):

@@ -53,6 +53,7 @@ class TrainConfig:
     eval_every: int = 500
     eval_episodes: int = 10
     eval_seed: int = 100_000
+    eval_max_steps: int = 0                               # policy steps per eval rollout (0: the task's own limit)
     sampler: str = "ddim"
     inference_steps: int = 10
     device: str = "auto"
@@ -381,8 +382,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
                 res = rollout(DiffusionRunner(policy, device), recipe, task,
                               [cfg.eval_seed + i for i in range(cfg.eval_episodes)],
-                              progress=progress)
+                              progress=progress, max_steps=cfg.eval_max_steps)
                 row["success_rate"] = float(np.mean([r.success for r in res]))
+                row["eval_steps"] = float(np.mean([r.steps for r in res]))  # how long the rollouts ran
                 writer.add_scalar("eval/success_rate", row["success_rate"], done)
             extra = {"recipe": recipe_raw, "train": {"step": done, "dataset": str(cfg.dataset), **row}}
             ckpt = save_checkpoint(policy, run / "checkpoints" / f"step_{done:07d}", extra)

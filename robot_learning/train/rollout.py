@@ -30,8 +30,10 @@ class RolloutResult:
 
 def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: str = "ensemble",
             replan_every: int = 4, record_video: int = 0, progress: bool = False,
-            control_hz: float = 100.0, latency: float = 0.0) -> list[RolloutResult]:
+            control_hz: float = 100.0, latency: float = 0.0, max_steps: int = 0) -> list[RolloutResult]:
     """One episode per seed; the first ``record_video`` episodes keep front-camera frames.
+    ``max_steps``: policy steps before an episode counts as failed (0: the task's limit; a
+    smaller one gives a quick look during training).
 
     As on the graph: observations arrive and the server's timer ticks at ``control_hz``, the
     due action (a zero twist when starved) goes through the command mux (bounded acceleration)
@@ -55,6 +57,7 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
         sub -= 1
     tick_s = per_step // sub * cell.control_dt
     results = []
+    limit = max_steps or cell.task.max_steps
     import torch
 
     threads = torch.get_num_threads()
@@ -67,7 +70,7 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
             frames, success, steps, t_action, t_ok = [], False, 0, -np.inf, None
             pending = None  # (due time, chunk) of the inference in flight
             t0 = cell.time
-            while steps < cell.task.max_steps or t_ok is not None:  # as the graph's evaluator:
+            while steps < limit or t_ok is not None:  # as the graph's evaluator:
                 # success first seen, then judged again SUCCESS_SETTLE_S later
                 steps += 1
                 for _ in range(sub):
