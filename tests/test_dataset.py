@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -75,14 +77,22 @@ def record_episode(ep, t0=10.0, seconds=2.0, intervene=(0.8, 1.2)):
             ep.flush()
 
 
+_PRISTINE: list[Path] = []  # written once per test run; each test gets its own copy
+
+
 @pytest.fixture
-def store(tmp_path):
-    w = DatasetWriter(tmp_path / "d.zarr", RECIPE)
-    for i in range(2):
-        ep = w.start_episode({"task": "pick_place", "operator": "test"})
-        record_episode(ep, t0=10.0 + 10 * i)
-        ep.finish(success=bool(i))
-    w.close()
+def store(tmp_path, tmp_path_factory):
+    """Two recorded episodes (a failure, then a success) on real zarr, the test's own copy."""
+    if not _PRISTINE:
+        path = tmp_path_factory.mktemp("pristine") / "d.zarr"
+        w = DatasetWriter(path, RECIPE)
+        for i in range(2):
+            ep = w.start_episode({"task": "pick_place", "operator": "test"})
+            record_episode(ep, t0=10.0 + 10 * i)
+            ep.finish(success=bool(i))
+        w.close()
+        _PRISTINE.append(path)
+    shutil.copytree(_PRISTINE[0], tmp_path / "d.zarr")
     return tmp_path / "d.zarr"
 
 
