@@ -51,14 +51,16 @@ def pose(t, x):
                                                 orientation=SimpleNamespace(x=1.0, y=0.0, z=0.0, w=0.0)))
 
 
-def record_episode(ep, t0=10.0, seconds=2.0, intervene=(0.8, 1.2)):
-    """500 Hz joints, 100 Hz pose/wrench/tactile, 30 Hz camera, 50 Hz commands (written as the recorder would)."""
+def record_episode(ep, t0=10.0, seconds=2.0, intervene=(0.8, 1.2), lose_joints=(0, 0)):
+    """500 Hz joints, 100 Hz pose/wrench/tactile, 30 Hz camera, 50 Hz commands (written as the
+    recorder would); joint states number ``lose_joints[0]`` up to ``lose_joints[1]`` are lost."""
     add = ep.add_message
 
     n = int(seconds * 500)
     for k in range(n):
         t = t0 + k / 500
-        add("joint_states", joints(t, np.full(9, k, float)), t)
+        if not lose_joints[0] <= k < lose_joints[1]:
+            add("joint_states", joints(t, np.full(9, k, float)), t)
         if k % 5 == 0:
             add("ee_pose", pose(t, k / 1000), t)
             add("wrench", vec6(t, [0, 0, k, 0, 0, 0], "wrench"), t)
@@ -328,3 +330,17 @@ def test_to_sample_refuses_mismatched_joint_arrays():
     m.velocity = [0.0]
     with pytest.raises(BadSample, match="2 joint names but 2 positions, 1 velocities"):
         to_sample(RECIPE.streams["joint_states"], m, 1.0)
+
+
+def test_gaps_in_a_steady_stream_are_counted_in_the_episode(tmp_path):
+    """A recorder that fell behind (or a publisher that stalled) leaves a hole: the episode's
+    metadata says which stream, how many messages and how long, judged from the stream's own rate."""
+    w = DatasetWriter(tmp_path / "g.zarr", RECIPE)
+    ep = w.start_episode({"task": "pick_place"})
+    record_episode(ep, lose_joints=(400, 500))  # 0.2 s of 500 Hz joint states
+    meta = ep.finish(success=True)
+    w.close()
+    assert set(meta["gaps"]) == {"joint_states"}, meta["gaps"]
+    g = meta["gaps"]["joint_states"]
+    assert g["gaps"] == 1 and g["missing"] == 100 and g["rate_hz"] == 500.0 and abs(g["longest_s"] - 0.202) < 1e-6
+    assert Dataset(tmp_path / "g.zarr").episode(0).meta["gaps"] == meta["gaps"]

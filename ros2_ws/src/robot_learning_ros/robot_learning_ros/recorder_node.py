@@ -102,6 +102,10 @@ class RecorderNode(Node):
                                                                "missing_streams", "discarded") if k in meta})
             if meta.get("missing_streams"):
                 self.get_logger().warning(f"episode {meta.get('index')} has no data from {meta['missing_streams']}")
+            for name, g in (meta.get("gaps") or {}).items():
+                self.get_logger().warning(
+                    f"episode {meta.get('index')}: {self.rec.recipe.streams[name].topic} has {g['gaps']} gap(s) in its "
+                    f"{g['rate_hz']:g} Hz stream, about {g['missing']} message(s) missing (longest {g['longest_s']} s)")
             self.get_logger().info(f"episode {'discarded' if kw.get('discard') else 'saved'}: {res.message}")
         except DatasetError as e:
             res.success, res.message = False, str(e)
