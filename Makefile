@@ -29,10 +29,10 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) -m robot_learning.cli bench
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check robot_learning ros2_ws tests
+	$(VENV)/bin/ruff check robot_learning ros2_ws tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -33,10 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     co.add_argument("--cameras", default="front,wrist")
     co.add_argument("launch_args", nargs="*", help="more name:=value launch arguments (sim:=false on a robot)")
 
-    be = sub.add_parser("bench", help="measure the sim, env and graph; writes docs/benchmarks.md")
-    be.add_argument("--out", default="docs/benchmarks.md")
-    be.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
-    be.add_argument("--only", default="", help="comma-separated sections to re-run: sim, ingest, policy")
 
     from robot_learning.data.cli import add_parser as add_dataset
     from robot_learning.evaluate import add_parser as add_evaluate
@@ -89,10 +85,6 @@ def _dispatch(a: argparse.Namespace) -> int:
         from robot_learning.collect import run_collect
 
         return run_collect(a.device, a.task, a.episodes, a.dataset, a.real_time_factor, a.cameras, a.launch_args)
-    if a.cmd == "bench":
-        from robot_learning.bench import run_bench
-
-        return run_bench(a.out, quick=a.quick, only=[x for x in a.only.split(",") if x] or None)
     return 2
 
 

@@ -22,10 +22,10 @@ import pytest
 import rclpy
 from camera_rig import CALIBRATED, CALIBRATION, SoftwareRealSense, wait_until, wrist_renders, write_video
 from diagnostic_msgs.msg import DiagnosticArray
-from graph_client import GraphClient
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from robot_learning_ros.camera_node import CameraNode
+from robot_learning_ros.client import GraphClient
 from robot_learning_ros.msgs import from_stamp, image_from_msg
 from sensor_msgs.msg import CameraInfo, Image
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from robot_learning.bench_policy import untrained_policy
 from robot_learning.policies.checkpoint import PolicyError, save_checkpoint
+from robot_learning.policies.untrained import untrained_policy
 from robot_learning.runtime.policy import load_policy
 
 OBS = "joint_states.position"

@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 import pytest
-from graph_client import GraphClient
+from robot_learning_ros.client import GraphClient
 from std_srvs.srv import SetBool, Trigger
 
 from robot_learning.data.repair import repair_path, validate_episode, validate_store

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 from geometry_msgs.msg import TwistStamped
-from graph_client import GraphClient
+from robot_learning_ros.client import GraphClient
 from robot_learning_ros.msgs import twist_msg
 from sensor_msgs.msg import Image, Joy
 from std_msgs.msg import Bool, String

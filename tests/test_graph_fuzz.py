@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from graph_client import GraphClient
+from robot_learning_ros.client import GraphClient
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger

@@ -13,17 +13,17 @@ import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from graph_client import GraphClient
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
+from robot_learning_ros.client import GraphClient
 from std_srvs.srv import Trigger
 from test_graph import stamp, tcp, wait_still
 
-from robot_learning.bench_policy import untrained_policy
 from robot_learning.data.schema import load_recipe
 from robot_learning.graph import SimGraph
 from robot_learning.paths import project_root
 from robot_learning.policies.checkpoint import save_checkpoint
+from robot_learning.policies.untrained import untrained_policy
 
 pytestmark = pytest.mark.graph
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from graph_client import GraphClient
+from robot_learning_ros.client import GraphClient
 
 from robot_learning.graph import SimGraph
 

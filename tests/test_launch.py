@@ -141,7 +141,7 @@ def test_every_node_executable_starts_and_stops_cleanly(tmp_path):
     """Each ``lib/robot_learning_ros/<exec>`` runs its node: it joins the ROS graph, builds its
     interfaces, and exits with 0 on SIGINT (what ros2 launch sends on Ctrl-C). One at a time, so
     that none finds another to work with (an evaluator would start episodes with a sim)."""
-    from graph_client import GraphClient
+    from robot_learning_ros.client import GraphClient
 
     args = {**START_ARGS, "recorder_node": ["-p", f"dataset:={tmp_path / 'probe.zarr'}"]}
     client = GraphClient("exec_probe")

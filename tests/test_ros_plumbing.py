@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from graph_client import GraphClient
+from robot_learning_ros.client import GraphClient
 from robot_learning_ros.msgs import image_from_msg, image_msg, to_stamp
 from robot_learning_ros.runtime import unused_participant_id
 from std_srvs.srv import Trigger

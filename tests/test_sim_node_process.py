@@ -65,7 +65,7 @@ def test_cameras_render_without_a_display(tmp_path):
     """No DISPLAY and no MUJOCO_GL: MuJoCo's default, GLFW, cannot start; the node used to print two
     GLFW warnings and hang, publishing nothing. It now renders with EGL (or OSMesa) by itself,
     or, where neither works, stops at once saying what to set."""
-    from graph_client import GraphClient
+    from robot_learning_ros.client import GraphClient
     from robot_learning_ros.runtime import HEADLESS_GL, headless_gl_works
     from sensor_msgs.msg import Image
 

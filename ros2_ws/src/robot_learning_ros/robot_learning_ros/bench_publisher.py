@@ -17,7 +17,7 @@ import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
-from robot_learning.bench_ingest import render_frames
+from robot_learning.sim.footage import render_frames
 from robot_learning_ros.msgs import SENSOR_QOS, STATE_QOS, image_msg, joint_state_msg
 from robot_learning_ros.runtime import lenient_params
 

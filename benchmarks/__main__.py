@@ -1,5 +1,8 @@
-"""``make bench``: the sim node against raw MuJoCo, the gym env's speed, and command-to-state
-latency through the graph. Results go to docs/benchmarks.md with the machine and date."""
+"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy] [--quick]``): the sim node
+against raw MuJoCo, the gym env's speed, command-to-state latency through the graph, the
+recorder's ingest, and policy latency and command jitter. Results go to docs/benchmarks.md
+with the machine and date. Benchmarks live outside the library: nothing in robot_learning
+imports them, and they use only its public modules."""
 
 from __future__ import annotations
 
@@ -220,8 +223,7 @@ def _previous_sections(path: Path) -> dict[str, str]:
 
 
 def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from graph_client import GraphClient
+    from robot_learning_ros.client import GraphClient
 
     todo = only or list(SECTIONS)
     sections = _previous_sections(Path(out))
@@ -232,14 +234,15 @@ def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> i
     if "ingest" in todo:
         sections["ingest"] = f"_Measured {stamp}._\n\n" + "\n".join(ingest_section(quick, tmp, GraphClient)) + "\n"
     if "policy" in todo:
-        from robot_learning.bench_policy import section
+        from benchmarks.policy import section
 
         client = GraphClient("bench_policy")
         try:
             sections["policy"] = f"_Measured {stamp}._\n\n" + "\n".join(section(quick, tmp, client)) + "\n"
         finally:
             client.close()
-    text = [f"# Benchmarks\n\nWritten by `make bench` (`robot-learning bench [--only {','.join(SECTIONS)}]`); "
+    text = [f"# Benchmarks\n\nWritten by `make bench` (`make bench BENCH_ARGS=\"--only {','.join(SECTIONS)}\"`, "
+            "or `python -m benchmarks --help`); "
             f"each section says when and where it was measured.\n"]
     for name in SECTIONS:
         if name in sections:
@@ -323,7 +326,7 @@ def sim_section(quick: bool, tmp: Path, GraphClient) -> list[str]:
 
 
 def ingest_section(quick: bool, tmp: Path, GraphClient) -> list[str]:
-    from robot_learning.bench_ingest import offline_write, open_and_sample, recorder_ingest
+    from benchmarks.ingest import offline_write, open_and_sample, recorder_ingest
 
     ingest_s = 20.0 if quick else 300.0
     print(f"bench: recorder ingest, {ingest_s:.0f} s of 2 RGB + 1 depth 640x480@30 Hz, tactile 60 Hz, "
@@ -350,3 +353,18 @@ def ingest_section(quick: bool, tmp: Path, GraphClient) -> list[str]:
         f"{samp['batch']} (low-dim observation and three 640x480 frames each) in "
         f"{samp['batch_p50_s'] * 1000:.0f} ms p50, {samp['batch_p90_s'] * 1000:.0f} ms p90.",
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="docs/benchmarks.md")
+    ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
+    ap.add_argument("--only", default="", help="comma-separated sections to re-run: " + ", ".join(SECTIONS))
+    a = ap.parse_args(argv)
+    return run_bench(a.out, quick=a.quick, only=[x for x in a.only.split(",") if x] or None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,6 @@
-"""A ROS 2 client in the test process, talking to the launched nodes over real DDS with
-standard messages only."""
+"""GraphClient: a ROS 2 client inside a script, a test or a benchmark, talking to the launched
+nodes over real DDS with standard messages only. It runs its own context and spinning thread,
+keeps what it subscribes to in memory (``msgs``), and calls services with a timeout."""
 
 from __future__ import annotations
 

@@ -10,37 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from robot_learning.paths import project_root
+from robot_learning.policies.untrained import save_untrained, untrained_policy
 
 LOWDIM = {"ee_pose.data": 7, "gripper_state.position": 2, "cube_pose.data": 7, "target_pose.data": 7}
 TACTILE = {"tactile_left.data": 48, "tactile_right.data": 48}
-
-
-def untrained_policy(obs_dims: dict[str, int], image_shapes: dict | None = None, lo=None, hi=None, **cfg):
-    """A diffusion policy with the workcell's action layout and made-up normalization (benchmarks
-    and tests: latency and safety do not depend on training)."""
-    import torch
-
-    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
-    from robot_learning.policies.normalizer import Normalizer
-
-    torch.manual_seed(0)
-    lo = [-0.04] * 6 + [0.0] if lo is None else lo
-    hi = [0.04] * 6 + [1.0] if hi is None else hi
-    stats = {k: {"min": [-1.0] * d, "max": [1.0] * d} for k, d in obs_dims.items()}
-    stats["action"] = {"min": list(lo), "max": list(hi)}
-    config = dict(pred_horizon=16, action_horizon=8, down_dims=[64, 128, 256], task="pick_place")
-    config.update(cfg)
-    dcfg = DiffusionConfig(obs_dims=dict(obs_dims), action_dim=7, image_shapes=dict(image_shapes or {}), **config)
-    return DiffusionPolicy(dcfg, Normalizer(stats))
-
-
-def save_untrained(path: Path, **kw) -> Path:
-    from robot_learning.data.schema import load_recipe
-    from robot_learning.policies.checkpoint import save_checkpoint
-
-    recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
-    return save_checkpoint(untrained_policy(**kw), path, {"recipe": recipe.raw})
 
 
 def _window(runner) -> dict[str, np.ndarray]:
@@ -150,7 +123,7 @@ def graph_jitter(seconds: float, workdir: Path, client) -> dict:
 
 def train_throughput(workdir: Path) -> dict[str, float]:
     """Samples per second of ``train`` (sampler + forward/backward + EMA) on a recorded store."""
-    from robot_learning.bench_ingest import offline_write
+    from benchmarks.ingest import offline_write
     from robot_learning.train.diffusion import TrainConfig, train
 
     offline_write(60.0, workdir)

@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from robot_learning.launch import find_executable
+from robot_learning.sim.footage import render_frames
 
 BENCH_RECIPE = {
     "name": "bench_ingest",
@@ -27,28 +28,6 @@ BENCH_RECIPE = {
     "steps": {"rate": 10.0, "observations": ["joint_states.position", "tactile_left.data"],
               "action": [{"array": "joint_states.velocity", "default": [0.0] * 9}]},
 }
-
-
-def render_frames(n: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Front RGB, wrist RGB and front depth along a scripted pick, from the real workcell."""
-    from robot_learning.sim.env import WorkcellEnv, expert_obs_from_env
-    from robot_learning.sim.expert import ScriptedExpert
-
-    env = WorkcellEnv("pick_place")
-    env.reset(seed=0)
-    ex = ScriptedExpert("pick_place")
-    front, wrist, depth = [], [], []
-    for _ in range(n):
-        for _ in range(3):
-            twist, grip = ex.act(expert_obs_from_env(env, env.cell.time))
-            env.step(np.r_[twist, grip])
-        cell = env.cell
-        f = cell.render("front", depth=True)
-        front.append(f.rgb)
-        depth.append(f.depth_mm)
-        wrist.append(cell.render("wrist").rgb)
-    env.close()
-    return front, wrist, depth
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -1,0 +1,1 @@
+"""Benchmarks for `make bench`: run as `python -m benchmarks`; results in docs/benchmarks.md."""
