@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from robot_learning.launch import find_executable
+from robot_learning.launch import die_with_parent, find_executable
 from robot_learning.sim.footage import render_frames
 
 BENCH_RECIPE = {
@@ -64,7 +64,8 @@ def recorder_ingest(seconds: float, workdir: Path, client) -> dict:
     store = workdir / "ingest.zarr"
     log = (workdir / "ingest.log").open("wb")
     rec = subprocess.Popen([find_executable("robot_learning_ros", "recorder_node"), "--ros-args",
-                            "-p", f"dataset:={store}", "-p", f"recipe:={recipe}"], stdout=log, stderr=subprocess.STDOUT)
+                            "-p", f"dataset:={store}", "-p", f"recipe:={recipe}"], stdout=log, stderr=subprocess.STDOUT,
+                           preexec_fn=die_with_parent())
     cpu: list[tuple[float, float]] = []
     try:
         start = _wait_service(client, "/recorder/start_episode")
@@ -75,7 +76,7 @@ def recorder_ingest(seconds: float, workdir: Path, client) -> dict:
         stats = workdir / "sent.json"
         pub = subprocess.Popen([find_executable("robot_learning_ros", "bench_publisher"), "--ros-args",
                                 "-p", f"duration:={float(seconds)}", "-p", f"stats_file:={stats}"],
-                               stdout=log, stderr=subprocess.STDOUT)
+                               stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
         while pub.poll() is None:
             cpu.append((time.time(), _cpu_seconds(rec.pid)))
             time.sleep(0.5)

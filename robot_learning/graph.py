@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from robot_learning.launch import die_with_parent
 from robot_learning.paths import project_root
 
 
@@ -26,7 +27,8 @@ class SimGraph:
         self._log = self.log_path.open("wb")
         cmd = [sys.executable, "-m", "robot_learning.cli", "launch", "--builtin",
                str(project_root() / "launch" / self.launch_file), *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=die_with_parent())
         return self
 
     def wait(self, timeout: float) -> int | None:

@@ -22,7 +22,7 @@ from std_srvs.srv import SetBool, Trigger
 from robot_learning.data.repair import repair_path, validate_episode, validate_store
 from robot_learning.data.store import Dataset
 from robot_learning.graph import SimGraph
-from robot_learning.launch import find_executable
+from robot_learning.launch import die_with_parent, find_executable
 
 pytestmark = pytest.mark.graph
 
@@ -70,7 +70,7 @@ def test_recorder_killed_at_random_keeps_every_finished_episode(tmp_path):
         for trial in range(TRIALS):
             proc = subprocess.Popen([exe, "--ros-args", "-r", "__node:=recorder", "-p", f"dataset:={path}",
                                      "-p", "use_sim_time:=true", "-p", "flush_interval:=0.3"],
-                                    stdout=log, stderr=subprocess.STDOUT)
+                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
             # every 10th trial: killed while starting up (opening and repairing the store); every
             # 3rd: at a random moment after its first episode was saved, so finished episodes
             # pile up however slow the machine is; the others: 0.3..4 s after its first start

@@ -130,12 +130,6 @@ START_ARGS = {
     "teleop_node": ["-p", "device:=gamepad"],
     "bench_publisher": ["-p", "frames:=1"],
 }
-# Known exits with an error on SIGINT, by the line that shows it; each one is a bug to fix (then
-# remove it here). policy_evaluator's finish() asks whether /policy/pause is ready after SIGINT
-# may already have shut rclpy's context down (a race: about one start in two on two busy cores).
-KNOWN_UNCLEAN_EXIT = {"policy_evaluator": "failed to check service availability: rcl node's context is invalid"}
-
-
 @pytest.mark.graph
 def test_every_node_executable_starts_and_stops_cleanly(tmp_path):
     """Each ``lib/robot_learning_ros/<exec>`` runs its node: it joins the ROS graph, builds its
@@ -160,9 +154,6 @@ def test_every_node_executable_starts_and_stops_cleanly(tmp_path):
                 time.sleep(1.0)  # past the rest of its constructor
                 proc.send_signal(signal.SIGINT)
                 rc = proc.wait(30)
-                known = KNOWN_UNCLEAN_EXIT.get(name)
-                if rc != 0 and known and known in log.read_text():
-                    continue
                 assert rc == 0, f"{name} exited with {rc} on SIGINT:\n{log.read_text()[-2000:]}"
             finally:
                 if proc.poll() is None:

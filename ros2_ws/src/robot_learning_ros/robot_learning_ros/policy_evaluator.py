@@ -56,8 +56,13 @@ class PolicyEvaluator(EpisodeNode):
         return {"diagnostics": self.diagnostics}
 
     def finish(self) -> None:
-        if self.pause_client.service_is_ready():
-            self.pause_client.call_async(Trigger.Request())
+        """Leave the policy paused, best effort: on Ctrl-C, rclpy's signal handler may have shut
+        the context down already (the whole graph is stopping then; nothing to pause)."""
+        try:
+            if self.context.ok() and self.pause_client.service_is_ready():
+                self.pause_client.call_async(Trigger.Request())
+        except RuntimeError:  # rclpy's RCLError: the context went invalid between the check and the call
+            pass
 
 
 def main(args=None) -> None:
