@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     co.add_argument("--cameras", default="front,wrist")
     co.add_argument("launch_args", nargs="*", help="more name:=value launch arguments (sim:=false on a robot)")
 
+    ur = sub.add_parser("urdf", help="print the robot's URDF (rviz, MoveIt, robot_state_publisher)")
+    ur.add_argument("--robot", default="hardware/robots/panda.yaml")
+    ur.add_argument("--calibration", default="calibration/workcell.yaml", help="cameras and base ('' for none)")
+
 
     from robot_learning.data.cli import add_parser as add_dataset
     from robot_learning.evaluate import add_parser as add_evaluate
@@ -85,6 +89,12 @@ def _dispatch(a: argparse.Namespace) -> int:
         from robot_learning.collect import run_collect
 
         return run_collect(a.device, a.task, a.episodes, a.dataset, a.real_time_factor, a.cameras, a.launch_args)
+    if a.cmd == "urdf":
+        from robot_learning.config import load_calibration, load_robot
+        from robot_learning.description import urdf
+
+        print(urdf(load_robot(a.robot), load_calibration(a.calibration) if a.calibration else None), end="")
+        return 0
     return 2
 
 

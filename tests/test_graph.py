@@ -112,6 +112,18 @@ def test_topics_types_and_rates_are_as_documented(graph):
     assert js.name[:7] == [f"panda_joint{i}" for i in range(1, 8)]
     # Stamps follow the sim clock, which starts at the wall time of launch.
     assert abs(stamp(js) - time.time()) < 60
+    # every frame id the messages carry is a link of the latched /robot_description
+    from xml.etree import ElementTree
+
+    from std_msgs.msg import String
+
+    client.subscribe("/robot_description", String, latched=True)
+    links = {x.get("name") for x in ElementTree.fromstring(client.wait_for("/robot_description", 1)[0].data)
+             .findall("link")}
+    frames = {m.header.frame_id for t in ("/arm/ee_pose", "/arm/wrench", "/front/color/image_raw",
+                                          "/wrist/color/image_raw", "/tactile/left_finger/taxels",
+                                          "/tactile/right_finger/wrench") for m in client.msgs[t]}
+    assert frames and frames <= links, frames - links
 
 
 def test_sim_reports_its_real_time_factor_on_diagnostics(graph):

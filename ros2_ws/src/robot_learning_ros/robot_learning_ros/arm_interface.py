@@ -39,8 +39,10 @@ class ArmInterface:
     """Wires an ArmController to the standard arm topics on ``node``."""
 
     def __init__(self, node: Node, controller: ArmController, clock: Callable[[], float],
-                 read_state: Callable[[], ArmState], joint_states: bool = True):
-        """``joint_states``: publish /joint_states too (False where a joint_state_broadcaster does)."""
+                 read_state: Callable[[], ArmState], joint_states: bool = True, description: str = ""):
+        """``joint_states``: publish /joint_states too (False where a joint_state_broadcaster does).
+        ``description``: the robot's URDF, latched on /robot_description for rviz, MoveIt and
+        robot_state_publisher (which turns it and /joint_states into /tf where tf2 is installed)."""
         self.node, self.ctl, self.clock, self.read_state = node, controller, clock, read_state
         self.lock = threading.Lock()
         robot = controller.robot
@@ -64,6 +66,9 @@ class ArmInterface:
         self.pub_fault = node.create_publisher(String, "/arm/protective_stop", LATCHED_QOS)
         self._fault_published: str | None = None
         self._msg_js, self._msg_pose, self._msg_gripper = JointState(), PoseStamped(), JointState()
+        if description:
+            self.pub_description = node.create_publisher(String, "/robot_description", LATCHED_QOS)
+            self.pub_description.publish(String(data=description))
 
     def _run(self, fn) -> None:
         """Hand a command to the controller under the lock. A refusal is already recorded and

@@ -24,12 +24,13 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from robot_learning.config import load_robot
+from robot_learning.config import load_calibration, load_robot
 from robot_learning.control.backend import ArmState
 from robot_learning.control.controller import ArmController
 from robot_learning.control.kinematics import Kinematics
 from robot_learning.control.loop import PacedLoop
 from robot_learning.control.ros2_control import SILENT_S, CommandOutput, JointStateInput, load_ros2_control
+from robot_learning.description import urdf
 from robot_learning_ros.arm_interface import ArmInterface
 from robot_learning_ros.msgs import COMMAND_QOS, LATEST_QOS, from_stamp, to_sec_ns
 from robot_learning_ros.runtime import BackgroundSpin, lenient_params
@@ -100,7 +101,9 @@ class ArmNode(Node):
         self.backend = Ros2ControlBackend(self, self.robot, self.now)
         rate = self.backend.cfg.rate
         self.ctl = ArmController(self.robot, 1.0 / rate, log=lambda msg: self.get_logger().warning(msg))
-        self.arm = ArmInterface(self, self.ctl, self.now, self._state_for_reset, joint_states=False)
+        calibration = str(p("calibration", "calibration/workcell.yaml").value)
+        self.arm = ArmInterface(self, self.ctl, self.now, self._state_for_reset, joint_states=False,
+                                description=urdf(self.robot, load_calibration(calibration) if calibration else None))
         self.loop = PacedLoop(rate)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_due = time.monotonic() + 1.0  # from the loop, on the wall clock: /clock may stop

@@ -32,6 +32,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from robot_learning.control.ros2_control import load_ros2_control
+from robot_learning.description import FT_FRAME, urdf
 from robot_learning.sim.hardware import ControllerRejected, SimControllers
 from robot_learning.sim.render import AsyncCameras, camera_specs
 from robot_learning.sim.topics import arm_state_arrays
@@ -101,7 +102,8 @@ class SimNode(Node):
         self.origin = time.time()  # sim time 0 is the wall-clock time of launch
         self.hardware = bool(p("hardware", False).value)
         self.arm = None if self.hardware else ArmInterface(self, self.cell.controller, self.now,
-                                                           self.cell.backend.read_state)
+                                                           self.cell.backend.read_state,
+                                                           description=urdf(self.cell.robot, self.cell.calib))
         if self.hardware:
             self._hardware_interfaces()
 
@@ -247,7 +249,7 @@ class SimNode(Node):
             else:
                 self.arm.publish_state(cell.backend.read_state(), cell.tcp_pose(), t)
         if self.tac_rate.due(cell.time):
-            self.pub_wrench.publish(wrench_msg(cell.wrist_wrench(), t, "ft_sensor", reuse=self._msg_wrench))
+            self.pub_wrench.publish(wrench_msg(cell.wrist_wrench(), t, FT_FRAME, reuse=self._msg_wrench))
             grids = cell.tactile_grids()
             for n, g in grids.items():
                 self.pub_taxels[n].publish(image_msg(g, "32FC3", t, f"{n}_pad", reuse=self._msg_taxels[n]))
