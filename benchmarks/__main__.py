@@ -211,7 +211,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, MuJoCo {mujoco.__version__}"
 
 
-SECTIONS = ("sim", "ingest", "policy")
+SECTIONS = ("sim", "ingest", "policy", "arm")
 
 
 def _previous_sections(path: Path) -> dict[str, str]:
@@ -239,6 +239,14 @@ def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> i
         client = GraphClient("bench_policy")
         try:
             sections["policy"] = f"_Measured {stamp}._\n\n" + "\n".join(section(quick, tmp, client)) + "\n"
+        finally:
+            client.close()
+    if "arm" in todo:
+        from benchmarks.policy import arm_section
+
+        client = GraphClient("bench_arm")
+        try:
+            sections["arm"] = f"_Measured {stamp}._\n\n" + "\n".join(arm_section(quick, tmp, client)) + "\n"
         finally:
             client.close()
     text = [f"# Benchmarks\n\nWritten by `make bench` (`make bench BENCH_ARGS=\"--only {','.join(SECTIONS)}\"`, "

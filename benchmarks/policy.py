@@ -121,6 +121,66 @@ def graph_jitter(seconds: float, workdir: Path, client) -> dict:
             "late_20ms": int((iv > 20.0).sum()), "recorded_steps": int(saved.get("n_steps", 0))}
 
 
+def _intervals(times: list[float]) -> dict:
+    iv = np.diff(times) * 1e3
+    if iv.size == 0:
+        return {"n": 0}
+    return {"n": int(iv.size + 1), "p50_ms": float(np.percentile(iv, 50)), "p99_ms": float(np.percentile(iv, 99)),
+            "max_ms": float(iv.max()), "std_ms": float(iv.std())}
+
+
+def joint_jitter(seconds: float, workdir: Path, client) -> dict:
+    """What the joints are sent: intervals between arm_node's writes to the robot's position
+    controller (as a separate client receives them), while a pose policy's plans drive the arm
+    and the recorder records. The sim stands in for the robot behind ros2_control
+    (``sim:=false sim_hardware:=true``); arm_node's own loop jitter comes from /diagnostics."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_msgs.msg import Float64MultiArray
+    from std_srvs.srv import SetBool, Trigger
+
+    from robot_learning.config import load_robot
+    from robot_learning.control.kinematics import Kinematics
+    from robot_learning.control.ros2_control import load_ros2_control
+    from robot_learning.graph import SimGraph
+    from robot_learning.policies.untrained import untrained_pose_policy
+    from robot_learning.transforms import wxyz_to_xyzw
+
+    robot = load_robot()
+    rc = load_ros2_control(robot)
+    pos, quat = Kinematics(robot).fk(robot.home)
+    ckpt = save_untrained(workdir / "joint_jitter_ckpt",
+                          untrained_pose_policy(np.r_[pos + [0.03, 0.0, 0.0], wxyz_to_xyzw(quat)], 0.02))
+    times: list[float] = []
+    diag: dict[str, str] = {}
+
+    def on_diag(m: DiagnosticArray) -> None:
+        for st in m.status:
+            if st.name.startswith("arm"):
+                diag.update({kv.key: kv.value for kv in st.values})
+
+    client.node.create_subscription(Float64MultiArray, rc.arm.topic,
+                                    lambda m: times.append(time.perf_counter()), 1000)
+    client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    args = dict(checkpoint=ckpt, cameras="none", record="true", dataset=workdir / "joint_jitter.zarr",
+                autostart="true", sim="false", sim_hardware="true", use_sim_time="true")
+    with SimGraph(workdir / "joint_jitter.log", "deploy_policy.launch.yaml", **args) as g:
+        t_end = time.monotonic() + 120
+        while not times and time.monotonic() < t_end and g.alive():
+            time.sleep(0.1)
+        res = client.call(Trigger, "/recorder/start_episode", timeout=60.0)
+        if res is None or not res.success:
+            raise RuntimeError(f"bench: the recorder did not start an episode; see {g.log_path}")
+        times.clear()
+        time.sleep(seconds)
+        got, loop = list(times), dict(diag)
+        res = client.call(SetBool, "/recorder/stop_episode", timeout=60.0, data=True)
+        if res is None:
+            raise RuntimeError(f"bench: the recorder did not finish its episode; see {g.log_path}")
+        saved = json.loads(res.message)
+    return {**_intervals(got), "seconds": seconds, "rate_hz": rc.rate, "loop": loop,
+            "recorded_steps": int(saved.get("n_steps", 0))}
+
+
 def train_throughput(workdir: Path) -> dict[str, float]:
     """Samples per second of ``train`` (sampler + forward/backward + EMA) on a recorded store."""
     from benchmarks.ingest import offline_write
@@ -178,4 +238,26 @@ def section(quick: bool, workdir: Path, client) -> list[str]:
     tp = train_throughput(workdir)
     rows += ["## Training throughput (`robot-learning train diffusion`, CPU)\n", "| batch | samples/s |",
              "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in tp.items()]]
+    return rows
+
+
+def arm_section(quick: bool, workdir: Path, client) -> list[str]:
+    """``--only arm``: the joint command jitter of the real-robot path (issue 12's goal)."""
+    secs = 30.0 if quick else 600.0
+    rows: list[str] = []
+    print(f"bench: joint command jitter for {secs:.0f} s (arm_node, plans, recording) ...", flush=True)
+    jj = joint_jitter(secs, workdir, client)
+    loop = jj.get("loop", {})
+    rows += ["## Joint command jitter at the arm (live graph, `sim:=false`)\n",
+             "deploy_policy.launch.yaml with `sim:=false sim_hardware:=true`: the sim behind ros2_control "
+             f"interfaces at real time, arm_node at {jj.get('rate_hz', 0):.0f} Hz (one step per joint state), "
+             "the policy server sending a pose policy's chunks as timed plans, the mux, and the recorder "
+             f"recording ({jj.get('recorded_steps', 0)} steps). Intervals between the position commands "
+             f"arm_node writes, as a separate client receives them, over {jj.get('seconds', secs):.0f} s "
+             "(goal: p99 within 2 ms of the period, whatever the inference time); arm_node's own loop "
+             f"jitter p99 {loop.get('period_jitter_p99_ms', '?')} ms, "
+             f"max {loop.get('period_jitter_max_ms', '?')} ms.\n",
+             "| messages | p50 (ms) | p99 (ms) | max (ms) | std (ms) |", "|---|---|---|---|---|",
+             f"| {jj['n']} | {jj.get('p50_ms', 0):.2f} | {jj.get('p99_ms', 0):.2f} | {jj.get('max_ms', 0):.1f} | "
+             f"{jj.get('std_ms', 0):.2f} |\n"]
     return rows

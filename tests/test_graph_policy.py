@@ -155,19 +155,10 @@ def test_sampling_is_set_at_deploy_time_and_bad_settings_are_refused(deploy):
 
 
 def make_pose_checkpoint(path: Path, center: np.ndarray, half_width: float = 0.01) -> Path:
-    """An untrained ``tcp_pose`` policy whose actions all land within ``half_width`` of
-    ``center`` (x y z qx qy qz qw), gripper open: its plans are valid wherever it samples."""
-    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
-    from robot_learning.policies.normalizer import Normalizer
+    """An untrained ``tcp_pose`` policy whose actions all land within ``half_width`` of ``center``."""
+    from robot_learning.policies.untrained import save_untrained, untrained_pose_policy
 
-    torch.manual_seed(0)
-    obs = {"ee_pose.data": 7, "gripper_state.position": 2}
-    stats = {k: {"min": [-1.0] * d, "max": [1.0] * d} for k, d in obs.items()}
-    stats["action"] = {"min": [*(center - half_width), 0.0], "max": [*(center + half_width), 0.01]}
-    cfg = DiffusionConfig(obs_dims=obs, action_dim=8, action_kind="tcp_pose", pred_horizon=16, action_horizon=8,
-                          down_dims=[16, 32], inference_steps=4, task="pick_place")
-    recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
-    return save_checkpoint(DiffusionPolicy(cfg, Normalizer(stats)), path, {"recipe": recipe.raw})
+    return save_untrained(path, untrained_pose_policy(center, half_width))
 
 
 def test_a_pose_policy_reaches_the_arm_as_timed_plans(deploy, tmp_path):

@@ -130,6 +130,8 @@ START_ARGS = {
     "teleop_node": ["-p", "device:=gamepad"],
     "bench_publisher": ["-p", "frames:=1"],
 }
+
+
 @pytest.mark.graph
 def test_every_node_executable_starts_and_stops_cleanly(tmp_path):
     """Each ``lib/robot_learning_ros/<exec>`` runs its node: it joins the ROS graph, builds its

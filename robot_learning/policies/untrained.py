@@ -30,9 +30,30 @@ def untrained_policy(obs_dims: dict[str, int], image_shapes: dict | None = None,
     return DiffusionPolicy(dcfg, Normalizer(stats))
 
 
-def save_untrained(path: Path, **kw) -> Path:
+def untrained_pose_policy(center, half_width: float = 0.01, **cfg):
+    """An untrained ``tcp_pose`` policy: every action lands within ``half_width`` of ``center``
+    (x y z qx qy qz qw, base frame), gripper open, so its plans are valid wherever it samples."""
+    import numpy as np
+    import torch
+
+    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
+    from robot_learning.policies.normalizer import Normalizer
+
+    torch.manual_seed(0)
+    center = np.asarray(center, float)
+    obs = {"ee_pose.data": 7, "gripper_state.position": 2}
+    stats = {k: {"min": [-1.0] * d, "max": [1.0] * d} for k, d in obs.items()}
+    stats["action"] = {"min": [*(center - half_width), 0.0], "max": [*(center + half_width), 0.01]}
+    config = dict(pred_horizon=16, action_horizon=8, down_dims=[16, 32], inference_steps=4, task="pick_place")
+    config.update(cfg)
+    return DiffusionPolicy(DiffusionConfig(obs_dims=obs, action_dim=8, action_kind="tcp_pose", **config),
+                           Normalizer(stats))
+
+
+def save_untrained(path: Path, policy=None, **kw) -> Path:
+    """``policy`` (or ``untrained_policy(**kw)``) saved as a checkpoint on the workcell recipe."""
     from robot_learning.data.schema import load_recipe
     from robot_learning.policies.checkpoint import save_checkpoint
 
     recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
-    return save_checkpoint(untrained_policy(**kw), path, {"recipe": recipe.raw})
+    return save_checkpoint(policy if policy is not None else untrained_policy(**kw), path, {"recipe": recipe.raw})

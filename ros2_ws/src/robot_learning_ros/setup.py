@@ -33,6 +33,7 @@ setup(
             "policy_server = robot_learning_ros.policy_server:main",
             "policy_evaluator = robot_learning_ros.policy_evaluator:main",
             "camera_node = robot_learning_ros.camera_node:main",
+            "tactile_node = robot_learning_ros.tactile_node:main",
         ],
     },
 )
