@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -344,3 +345,35 @@ def test_gaps_in_a_steady_stream_are_counted_in_the_episode(tmp_path):
     g = meta["gaps"]["joint_states"]
     assert g["gaps"] == 1 and g["missing"] == 100 and g["rate_hz"] == 500.0 and abs(g["longest_s"] - 0.202) < 1e-6
     assert Dataset(tmp_path / "g.zarr").episode(0).meta["gaps"] == meta["gaps"]
+
+
+def test_stop_waits_for_what_was_published_before_it(tmp_path):
+    """A recorder seconds behind its publishers (a busy machine) still ends each steady stream
+    at the stop time; a stream that went silent costs at most the drain time, and is named."""
+    import threading
+
+    logs: list[str] = []
+    rec = Recorder(tmp_path / "late.zarr", RECIPE, log=lambda lvl, m: logs.append(m), flush_interval=0.05)
+    rec.start({"task": "pick_place", "t_start_clock": 100.0})
+    for k in range(250):  # 1 s of joint states and poses that arrived in time
+        t = 100.0 + k / 250
+        rec.on_message("joint_states", joints(t, np.zeros(9)), t)
+        rec.on_message("ee_pose", pose(t, 0.1), t)
+
+    def late():  # the second up to the stop time comes in while stop() waits; poses stopped
+        for k in range(250, 500):
+            t = 100.0 + k / 250
+            rec.on_message("joint_states", joints(t, np.zeros(9)), t)
+            time.sleep(0.001)
+
+    feeder = threading.Thread(target=late)
+    feeder.start()
+    t0 = time.monotonic()
+    meta = rec.stop(success=True, t_end=101.99, drain=1.0)
+    waited = time.monotonic() - t0
+    feeder.join()
+    rec.close()
+    ep = Dataset(tmp_path / "late.zarr").episode(meta["index"])
+    assert ep.streams["joint_states"]["t"][-1] >= 101.99       # nothing cut off the end
+    assert ep.streams["ee_pose"]["t"][-1] < 101.0 and waited < 3.0
+    assert any("/arm/ee_pose" in m and "without the last" in m for m in logs), logs

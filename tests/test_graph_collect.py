@@ -158,9 +158,11 @@ def test_takeover_from_a_policy_is_logged_as_intervention(tmp_path):
     ep = ds.episode(0)
     segs = ep.meta["interventions"]
     assert len(segs) == 2, segs
+    # sim time against the wall clock of the held button: on a loaded 2-core machine the teleop
+    # node sees a press or release up to ~0.5 s late and the sim clock may lag, hence the margin
     durations = [b - a for a, b in segs]
-    assert durations == pytest.approx([w[1] - w[0] for w in engaged_windows], abs=0.25)
-    assert segs[1][0] - segs[0][0] == pytest.approx(engaged_windows[1][0] - engaged_windows[0][0], abs=0.25)
+    assert durations == pytest.approx([w[1] - w[0] for w in engaged_windows], abs=0.6)
+    assert segs[1][0] - segs[0][0] == pytest.approx(engaged_windows[1][0] - engaged_windows[0][0], abs=0.6)
     src, inter = ep.steps["source"][:], ep.steps["intervention"][:]
     assert set(src[inter].tolist()) == {1} and {0, 1} <= set(src.tolist())
     # what went to the arm: smooth through every handover (bounded acceleration, 1.5 m/s^2 default)

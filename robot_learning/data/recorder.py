@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from robot_learning.data.convert import BadSample, has_header
 from robot_learning.data.schema import Recipe
 from robot_learning.data.store import DatasetError, DatasetWriter, EpisodeWriter
@@ -43,6 +45,9 @@ class Recorder:
         self.episode: EpisodeWriter | None = None
         self.lock = threading.Lock()
         self.last_seen: dict[str, float] = {}
+        self.last_stamp: dict[str, float] = {}  # newest header stamp per stamped stream
+        self._stamped = {n: has_header(spec) for n, spec in recipe.streams.items()}
+        self._t_start: float | None = None
         self.t_created = time.monotonic()
         self.state: dict[str, object] = {}  # newest headerless message per stream (a state, e.g. who controls)
         self.rejected_logged: dict[tuple[str, str], float] = {}
@@ -59,7 +64,12 @@ class Recorder:
     def on_message(self, stream: str, msg, t_recv: float) -> None:
         """Called from the subscription callback; cheap, never blocks."""
         self.last_seen[stream] = time.monotonic()
-        if not has_header(self.recipe.streams[stream]):
+        if self._stamped[stream]:
+            try:
+                self.last_stamp[stream] = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            except AttributeError:
+                pass  # not the recipe's type: the writer refuses it with a reason
+        else:
             self.state[stream] = msg
         if self.episode is not None:
             self.queue.put((stream, msg, t_recv))
@@ -76,16 +86,23 @@ class Recorder:
             if self.error:
                 raise DatasetError(f"the recorder stopped after a storage error: {self.error}")
             self.episode = self.writer.start_episode(meta)
-            t0 = meta.get("t_start_clock")
+            t0 = self._t_start = meta.get("t_start_clock")
             for stream, msg in list(self.state.items()):  # states in force when the episode starts
                 self.queue.put((stream, msg, t0 if t0 is not None else time.time()))
             return self.episode.index
 
     def stop(self, success: bool | None, t_end: float | None = None, discard: bool = False,
-             timeout: float = 600.0) -> dict:
-        """Finish (or discard) the current episode once everything received before now is written."""
+             timeout: float = 600.0, drain: float = 3.0) -> dict:
+        """Finish (or discard) the current episode once everything stamped before ``t_end`` has
+        arrived (up to ``drain`` seconds) and is written.
+
+        A busy machine leaves the subscriptions seconds behind the publishers: finishing with
+        what had been taken when the stop came cut 2-4 s off the end of the steady streams (and
+        made them end at different times). Messages keep being taken while this waits."""
         if self.episode is None:
             raise DatasetError("no episode is recording")
+        if t_end is not None and not discard:
+            self._drain(t_end, drain)
         req = _Stop(success, t_end, discard, threading.Event())
         self.queue.put(req)
         if not req.done.wait(timeout):
@@ -93,6 +110,23 @@ class Recorder:
         if req.error:
             raise DatasetError(req.error)
         return req.result or {}
+
+    def _drain(self, t_end: float, limit: float) -> None:
+        """Wait until every steady stamped stream that published during the episode has
+        delivered a message stamped at or after ``t_end``, or ``limit`` seconds pass."""
+        t_start = self._t_start
+        active = [n for n, st in self.last_stamp.items() if self.recipe.streams[n].continuous
+                  and (t_start is None or st >= t_start)]
+        deadline = time.monotonic() + limit
+        behind = active
+        while time.monotonic() < deadline:
+            behind = [n for n in active if self.last_stamp.get(n, -np.inf) < t_end]
+            if not behind:
+                return
+            time.sleep(0.01)
+        topics = ", ".join(self.recipe.streams[n].topic for n in behind)
+        self.log("warn", f"finishing the episode without the last {limit:.0f} s of {topics}: nothing stamped "
+                         "at the stop time arrived (a publisher stopped, or this machine is overloaded)")
 
     def _reject(self, stream: str, reason: str, message: str) -> None:
         key = (stream, reason)
