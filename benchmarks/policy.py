@@ -254,9 +254,10 @@ def arm_section(quick: bool, workdir: Path, client) -> list[str]:
              "the policy server sending a pose policy's chunks as timed plans, the mux, and the recorder "
              f"recording ({jj.get('recorded_steps', 0)} steps). Intervals between the position commands "
              f"arm_node writes, as a separate client receives them, over {jj.get('seconds', secs):.0f} s "
-             "(goal: p99 within 2 ms of the period, whatever the inference time); arm_node's own loop "
-             f"jitter p99 {loop.get('period_jitter_p99_ms', '?')} ms, "
-             f"max {loop.get('period_jitter_max_ms', '?')} ms.\n",
+             "(goal: p99 within 2 ms of the period, whatever the inference time). On sim time arm_node "
+             "steps once per joint state, so the sim's pace is part of the figure (its own wall-clock "
+             f"loop jitter, /diagnostics: p99 {loop.get('period_jitter_p99_ms', 'n/a')} ms, applies to a "
+             "real arm).\n",
              "| messages | p50 (ms) | p99 (ms) | max (ms) | std (ms) |", "|---|---|---|---|---|",
              f"| {jj['n']} | {jj.get('p50_ms', 0):.2f} | {jj.get('p99_ms', 0):.2f} | {jj.get('max_ms', 0):.1f} | "
              f"{jj.get('std_ms', 0):.2f} |\n"]
