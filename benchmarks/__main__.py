@@ -233,22 +233,15 @@ def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> i
         sections["sim"] = f"_Measured {stamp}._\n\n" + "\n".join(sim_section(quick, tmp, GraphClient)) + "\n"
     if "ingest" in todo:
         sections["ingest"] = f"_Measured {stamp}._\n\n" + "\n".join(ingest_section(quick, tmp, GraphClient)) + "\n"
-    if "policy" in todo:
-        from benchmarks.policy import section
+    from benchmarks.policy import arm_section, section
 
-        client = GraphClient("bench_policy")
-        try:
-            sections["policy"] = f"_Measured {stamp}._\n\n" + "\n".join(section(quick, tmp, client)) + "\n"
-        finally:
-            client.close()
-    if "arm" in todo:
-        from benchmarks.policy import arm_section
-
-        client = GraphClient("bench_arm")
-        try:
-            sections["arm"] = f"_Measured {stamp}._\n\n" + "\n".join(arm_section(quick, tmp, client)) + "\n"
-        finally:
-            client.close()
+    for name, fn in (("policy", section), ("arm", arm_section)):
+        if name in todo:
+            client = GraphClient(f"bench_{name}")
+            try:
+                sections[name] = f"_Measured {stamp}._\n\n" + "\n".join(fn(quick, tmp, client)) + "\n"
+            finally:
+                client.close()
     text = [f"# Benchmarks\n\nWritten by `make bench` (`make bench BENCH_ARGS=\"--only {','.join(SECTIONS)}\"`, "
             "or `python -m benchmarks --help`); "
             f"each section says when and where it was measured.\n"]

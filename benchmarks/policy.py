@@ -85,11 +85,30 @@ def server_overhead(n: int) -> dict:
     return {"bare_ms": b, "server_ms": s, "overhead": s / b - 1.0}
 
 
+def _record_while(client, g, times: list, seconds: float, snapshot=lambda: None) -> tuple[list, object, dict]:
+    """Waits for the first message in ``times``, then measures for ``seconds`` inside one
+    recorder episode; returns (the times, ``snapshot()`` at the end, the saved episode)."""
+    from std_srvs.srv import SetBool, Trigger
+
+    t_end = time.monotonic() + 120
+    while not times and time.monotonic() < t_end and g.alive():
+        time.sleep(0.1)
+    res = client.call(Trigger, "/recorder/start_episode", timeout=60.0)
+    if res is None or not res.success:
+        raise RuntimeError(f"bench: the recorder did not start an episode; see {g.log_path}")
+    times.clear()
+    time.sleep(seconds)
+    got, snap = list(times), snapshot()
+    res = client.call(SetBool, "/recorder/stop_episode", timeout=60.0, data=True)
+    if res is None:
+        raise RuntimeError(f"bench: the recorder did not finish its episode; see {g.log_path}")
+    return got, snap, json.loads(res.message)
+
+
 def graph_jitter(seconds: float, workdir: Path, client) -> dict:
     """Command intervals at 100 Hz seen by a client, while the server infers and the recorder
     records one long episode (no resets or pauses, so every interval is a running one)."""
     from geometry_msgs.msg import TwistStamped
-    from std_srvs.srv import SetBool, Trigger
 
     from robot_learning.graph import SimGraph
 
@@ -100,19 +119,7 @@ def graph_jitter(seconds: float, workdir: Path, client) -> dict:
     client.node.create_subscription(TwistStamped, "/policy/command/twist",
                                     lambda m: times.append(time.perf_counter()), 1000)
     with SimGraph(workdir / "jitter.log", "deploy_policy.launch.yaml", **args) as g:
-        t_end = time.monotonic() + 120
-        while not times and time.monotonic() < t_end and g.alive():
-            time.sleep(0.1)
-        res = client.call(Trigger, "/recorder/start_episode", timeout=60.0)
-        if res is None or not res.success:
-            raise RuntimeError(f"bench: the recorder did not start an episode; see {g.log_path}")
-        times.clear()
-        time.sleep(seconds)
-        got = list(times)
-        res = client.call(SetBool, "/recorder/stop_episode", timeout=60.0, data=True)
-        if res is None:
-            raise RuntimeError(f"bench: the recorder did not finish its episode; see {g.log_path}")
-        saved = json.loads(res.message)
+        got, _, saved = _record_while(client, g, times, seconds)
     iv = np.diff(got) * 1e3
     if iv.size == 0:
         return {"n": 0}
@@ -136,7 +143,6 @@ def joint_jitter(seconds: float, workdir: Path, client) -> dict:
     (``sim:=false sim_hardware:=true``); arm_node's own loop jitter comes from /diagnostics."""
     from diagnostic_msgs.msg import DiagnosticArray
     from std_msgs.msg import Float64MultiArray
-    from std_srvs.srv import SetBool, Trigger
 
     from robot_learning.config import load_robot
     from robot_learning.control.kinematics import Kinematics
@@ -164,19 +170,7 @@ def joint_jitter(seconds: float, workdir: Path, client) -> dict:
     args = dict(checkpoint=ckpt, cameras="none", record="true", dataset=workdir / "joint_jitter.zarr",
                 autostart="true", sim="false", sim_hardware="true", use_sim_time="true")
     with SimGraph(workdir / "joint_jitter.log", "deploy_policy.launch.yaml", **args) as g:
-        t_end = time.monotonic() + 120
-        while not times and time.monotonic() < t_end and g.alive():
-            time.sleep(0.1)
-        res = client.call(Trigger, "/recorder/start_episode", timeout=60.0)
-        if res is None or not res.success:
-            raise RuntimeError(f"bench: the recorder did not start an episode; see {g.log_path}")
-        times.clear()
-        time.sleep(seconds)
-        got, loop = list(times), dict(diag)
-        res = client.call(SetBool, "/recorder/stop_episode", timeout=60.0, data=True)
-        if res is None:
-            raise RuntimeError(f"bench: the recorder did not finish its episode; see {g.log_path}")
-        saved = json.loads(res.message)
+        got, loop, saved = _record_while(client, g, times, seconds, lambda: dict(diag))
     return {**_intervals(got), "seconds": seconds, "rate_hz": rc.rate, "loop": loop,
             "recorded_steps": int(saved.get("n_steps", 0))}
 
