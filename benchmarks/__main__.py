@@ -1,4 +1,4 @@
-"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy] [--quick]``): the sim node
+"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm] [--quick]``): the sim node
 against raw MuJoCo, the gym env's speed, command-to-state latency through the graph, the
 recorder's ingest, and policy latency and command jitter. Results go to docs/benchmarks.md
 with the machine and date. Benchmarks live outside the library: nothing in robot_learning
