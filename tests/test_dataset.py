@@ -52,9 +52,10 @@ def pose(t, x):
                                                 orientation=SimpleNamespace(x=1.0, y=0.0, z=0.0, w=0.0)))
 
 
-def record_episode(ep, t0=10.0, seconds=2.0, intervene=(0.8, 1.2), lose_joints=(0, 0)):
-    """500 Hz joints, 100 Hz pose/wrench/tactile, 30 Hz camera, 50 Hz commands (written as the
-    recorder would); joint states number ``lose_joints[0]`` up to ``lose_joints[1]`` are lost."""
+def record_episode(ep, t0=10.0, seconds=2.0, intervene=(0.8, 1.2), lose_joints=(0, 0), depth=False):
+    """500 Hz joints, 100 Hz pose/wrench/tactile, 30 Hz camera (``depth``: with its aligned
+    16-bit depth), 50 Hz commands (written as the recorder would); joint states number
+    ``lose_joints[0]`` up to ``lose_joints[1]`` are lost."""
     add = ep.add_message
 
     n = int(seconds * 500)
@@ -70,6 +71,8 @@ def record_episode(ep, t0=10.0, seconds=2.0, intervene=(0.8, 1.2), lose_joints=(
             add("tactile_right", image(t, 4, 4, "32FC3"), t)
         if k % 17 == 0:
             add("front_color", image(t, value=k % 256), t)
+            if depth:
+                add("front_depth", image(t, enc="16UC1", value=300 + 37 * k), t)
         if k % 10 == 0:
             add("cmd_twist", vec6(t, [k / 1000, 0, 0, 0, 0, 0]), t)
             add("cmd_gripper", SimpleNamespace(data=0.5), t)

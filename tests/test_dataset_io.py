@@ -7,6 +7,7 @@ import json
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from test_dataset import store  # noqa: F401  (fixture)
 
 from robot_learning.data.cli import print_info
@@ -18,33 +19,58 @@ from robot_learning.data.store import Dataset
 from robot_learning.data.view import contact_sheet, video
 
 
-def test_lerobot_export_follows_its_v21_layout(store, tmp_path):  # noqa: F811
-    out = export_lerobot(store, tmp_path / "lr", progress=False)
+def test_lerobot_export_follows_its_v30_layout(tmp_path):
+    """The v3.0 layout read back with pyarrow and OpenCV alone: every frame's row, its episode's
+    span in the shared data file and in each camera's shared video, the task index, stats, and
+    depth bit-exact."""
+    from test_dataset import RECIPE, record_episode
+
+    from robot_learning.data.store import DatasetWriter
+
+    path = tmp_path / "depth.zarr"
+    w = DatasetWriter(path, RECIPE)
+    for i in range(2):
+        ep = w.start_episode({"task": "pick_place", "operator": "test"})
+        record_episode(ep, t0=10.0 + 10 * i, depth=True)
+        ep.finish(success=bool(i))
+    w.close()
+    out = export_lerobot(path, tmp_path / "lr", progress=False)
     info = json.loads((out / "meta" / "info.json").read_text())
-    assert info["codebase_version"] == "v2.1" and info["total_episodes"] == 2 and info["fps"] == 10.0
-    eps = [json.loads(x) for x in (out / "meta" / "episodes.jsonl").read_text().splitlines()]
-    tasks = [json.loads(x) for x in (out / "meta" / "tasks.jsonl").read_text().splitlines()]
-    assert tasks == [{"task_index": 0, "task": "pick_place"}]
-    ds = Dataset(store)
-    total = 0
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 2 and info["fps"] == 10.0
+    eps = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
+    tasks = pq.read_table(out / "meta" / "tasks.parquet")
+    assert tasks.column("task").to_pylist() == ["pick_place"] and tasks.column("task_index").to_pylist() == [0]
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
+    data = pq.read_table(out / info["data_path"].format(chunk_index=0, file_index=0)).to_pydict()
+    assert data["index"] == list(range(info["total_frames"]))
+    ds = Dataset(path)
+    key, depth_key = "observation.images.front_color", "observation.images.front_depth"
+    cap = cv2.VideoCapture(str(out / info["video_path"].format(video_key=key, chunk_index=0, file_index=0)))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == info["total_frames"]
     for e in eps:
-        i = e["episode_index"]
+        i, a, b = e["episode_index"], e["dataset_from_index"], e["dataset_to_index"]
         src = ds.episode(ds.indices[i])
-        pq_path = out / info["data_path"].format(episode_chunk=0, episode_index=i)
-        table = pq.read_table(pq_path).to_pydict()
-        assert len(table["action"]) == e["length"] == src.n_steps
-        assert np.allclose(np.array(table["action"]), src.steps["action"][:], atol=1e-6)
-        state = np.array(table["observation.state"])
-        assert state.shape[1] == info["features"]["observation.state"]["shape"][0]
-        assert table["index"][0] == total and table["frame_index"][-1] == e["length"] - 1
-        total += e["length"]
-        key = "observation.images.front_color"
-        vid = out / info["video_path"].format(episode_chunk=0, episode_index=i, video_key=key)
-        cap = cv2.VideoCapture(str(vid))
-        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == e["length"]
+        assert b - a == e["length"] == src.n_steps and e["tasks"] == ["pick_place"]
+        assert np.allclose(np.array(data["action"][a:b]), src.steps["action"][:], atol=1e-6)
+        assert data["episode_index"][a:b] == [i] * e["length"] and data["frame_index"][a:b] == list(range(b - a))
+        assert np.allclose(data["timestamp"][a:b], np.arange(b - a) / 10.0, atol=1e-5)
+        # the episode's frames sit at from_timestamp + k / fps in the camera's shared video
+        assert e[f"videos/{key}/to_timestamp"] - e[f"videos/{key}/from_timestamp"] == pytest.approx((b - a) / 10.0)
+        assert round(e[f"videos/{key}/from_timestamp"] * 10) == a
+        idx = src.steps["index"]["front_color"][:]
+        cap.set(cv2.CAP_PROP_POS_FRAMES, a + 5)
         ok, frame = cap.read()
-        assert ok and frame.shape == (48, 64, 3)
-    assert info["total_frames"] == total
+        want = src.streams["front_color"]["data"][int(idx[5])]
+        assert ok and np.abs(frame[..., ::-1].astype(int) - want).mean() < 8.0   # lossy MPEG-4, same picture
+        # depth: lossless, 16-bit PNG in the parquet
+        didx = src.steps["index"]["front_depth"][:]
+        png = data[depth_key][a + 3]["bytes"]
+        depth = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert depth.dtype == np.uint16 and np.array_equal(depth, src.streams["front_depth"]["data"][int(didx[3])])
+    stats = json.loads((out / "meta" / "stats.json").read_text())
+    assert {"min", "max", "mean", "std", "count", "q01", "q50", "q99"} <= set(stats["action"])
+    assert np.array(stats[key]["mean"]).shape == (3, 1, 1)
+    assert info["features"][depth_key]["dtype"] == "image" and info["features"][key]["dtype"] == "video"
 
 
 def test_mcap_export_reads_back_with_mcap_ros2(store, tmp_path):  # noqa: F811
