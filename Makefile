@@ -14,7 +14,7 @@ export MUJOCO_GL ?= egl
 export FASTDDS_DEFAULT_PROFILES_FILE ?= $(abspath ros2_ws/src/robot_learning_ros/config/fastdds_localhost.xml)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test test-lerobot bench lint clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# our LeRobot export loaded by LeRobot's own reader, in an environment of its own (6 GB: torch + torchvision)
+test-lerobot: setup
+	bash scripts/lerobot_env.sh .venv-lerobot
+	LEROBOT_ENV=$(abspath .venv-lerobot) $(PY) -m pytest -q tests/test_lerobot_reader.py
+
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
@@ -35,4 +40,4 @@ lint: setup
 	$(VENV)/bin/ruff check robot_learning ros2_ws tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) .venv-lerobot runs build *.egg-info
