@@ -50,6 +50,8 @@ class EpisodeNode(Node):
         self.pub_meta = self.create_publisher(String, "/recorder/episode_meta", LATCHED_QOS)
         self.rec_start = self.create_client(Trigger, "/recorder/start_episode")
         self.rec_stop = self.create_client(SetBool, "/recorder/stop_episode")
+        self.recorder_status: dict = {}
+        self.create_subscription(String, "/recorder/status", self._on_recorder_status, LATCHED_QOS)
         self.reset_client = self.create_client(Trigger, "/sim/reset")
         self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose_msg, LATEST_QOS)
         self.create_subscription(JointState, "/gripper/state", self._on_gripper, LATEST_QOS)
@@ -60,6 +62,12 @@ class EpisodeNode(Node):
                                          lambda m, c=cam: self._on_image(c, m), SENSOR_QOS)
 
     # --- what the graph says ---
+    def _on_recorder_status(self, m: String) -> None:
+        try:
+            self.recorder_status = dict(json.loads(m.data))
+        except (ValueError, TypeError):
+            pass
+
     def _on_gripper(self, m: JointState) -> None:
         self.gripper_opening = float(sum(m.position))
 
@@ -136,9 +144,13 @@ class EpisodeNode(Node):
         info = json.loads(self.call(self.reset_client, Trigger.Request(), "sim node").message)
         self.wait_sim(0.1)  # fresh poses (and success: false) from the new episode
         if self.record:
-            self.pub_meta.publish(String(data=json.dumps(
-                {"task": self.task, "operator": self.operator, "seed": info["seed"]})))
-            self.wait_sim(0.05)
+            meta = {"task": self.task, "operator": self.operator, "seed": info["seed"]}
+            self.pub_meta.publish(String(data=json.dumps(meta)))
+            end = time.monotonic() + 10.0  # the recorder confirms it holds this episode's metadata
+            while self.recorder_status.get("next_meta") != meta and time.monotonic() < end:
+                time.sleep(0.01)
+            if self.recorder_status.get("next_meta") != meta:
+                self.get_logger().warning("the recorder did not confirm this episode's metadata within 10 s")
             self.call(self.rec_start, Trigger.Request(), "recorder")
         self.start_clock()
         self.drive(index, info)

@@ -3,7 +3,9 @@
 Services (std_srvs): /recorder/start_episode (Trigger), /recorder/stop_episode (SetBool: data is
 the success label), /recorder/discard_episode (Trigger). /recorder/episode_meta (String, JSON)
 adds fields to the next episode's metadata (task, operator, seed...). /recorder/status
-(String, JSON, latched) says whether it records and how many episodes it wrote.
+(String, JSON, latched) says whether it records, how many episodes it wrote and the metadata
+the next episode will get (``next_meta``: wait for yours there before starting an episode; the
+topic and the service are separate channels, and on a busy machine the service can win).
 """
 
 from __future__ import annotations
@@ -70,13 +72,15 @@ class RecorderNode(Node):
         ep = self.rec.episode
         self.pub_status.publish(String(data=json.dumps(
             {"recording": ep is not None, "episode": ep.index if ep else None, "finished": self.rec.finished,
-             "error": self.rec.error})))
+             "error": self.rec.error, "next_meta": self.next_meta})))
 
     def _on_meta(self, m: String) -> None:
         try:
             self.next_meta = dict(json.loads(m.data))
         except (ValueError, TypeError) as e:
             self.get_logger().warning(f"ignored /recorder/episode_meta: not a JSON object ({e})")
+            return
+        self._status()  # says which metadata the next episode gets: a client waits for it before starting one
 
     def _on_start(self, req, res):
         silent = self.rec.silent_streams()
