@@ -120,12 +120,11 @@ def graph_jitter(seconds: float, workdir: Path, client) -> dict:
                                     lambda m: times.append(time.perf_counter()), 1000)
     with SimGraph(workdir / "jitter.log", "deploy_policy.launch.yaml", **args) as g:
         got, _, saved = _record_while(client, g, times, seconds)
-    iv = np.diff(got) * 1e3
-    if iv.size == 0:
-        return {"n": 0}
-    return {"n": int(iv.size + 1), "seconds": seconds, "p50_ms": float(np.percentile(iv, 50)),
-            "p99_ms": float(np.percentile(iv, 99)), "max_ms": float(iv.max()), "std_ms": float(iv.std()),
-            "late_20ms": int((iv > 20.0).sum()), "recorded_steps": int(saved.get("n_steps", 0))}
+    out = _intervals(got)
+    if out["n"] == 0:
+        return out
+    return {**out, "seconds": seconds, "late_20ms": int((np.diff(got) * 1e3 > 20.0).sum()),
+            "recorded_steps": int(saved.get("n_steps", 0))}
 
 
 def _intervals(times: list[float]) -> dict:

@@ -428,8 +428,8 @@ class EpisodeWriter:
             meta["rejected_samples"] = {n: dict(s.rejected) for n, s in self.streams.items() if s.rejected}
             missing = [n for n, s in self.streams.items() if s.n == 0 and s.spec.required]
             meta["missing_streams"] = missing
-            meta["gaps"] = {n: g for n, s in self.streams.items()
-                            if s.n and s.spec.continuous and (g := stream_gaps(s.arrays["t"][:])) is not None}
+            meta["gaps"] = {n: g for n, h in held.items()   # every stamp is held: no read-back
+                            if self.streams[n].spec.continuous and (g := stream_gaps(h["t"])) is not None}
             fsync_tree(self.path)
             self.group.attrs.update({**meta, "status": "complete", "finished": now_iso()})
             fsync_file(self.path / "zarr.json")
