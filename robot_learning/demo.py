@@ -107,6 +107,18 @@ def _latency_rows(diag: dict) -> list[str]:
     return rows
 
 
+def _outcome(ep: dict) -> str:
+    if ep.get("protective_stop"):
+        return f"failure: protective stop ({ep['protective_stop']})"
+    return "success" if ep["success"] else "failure"
+
+
+def _stops(episodes: list[dict]) -> str:
+    """Episodes the arm ended itself (blocked or collided) are worth a look, not only a count."""
+    n = sum(bool(e.get("protective_stop")) for e in episodes)
+    return f" ({n} ended by a protective stop)" if n else ""
+
+
 def write_report(run_dir: Path, dataset: Path, collected: dict, train_run: Path, evaluated: dict,
                  plan: DemoPlan, timings: dict[str, float]) -> Path:
     from robot_learning.data.store import Dataset
@@ -128,7 +140,8 @@ def write_report(run_dir: Path, dataset: Path, collected: dict, train_run: Path,
              f"env success {best.get('success_rate') if best.get('success_rate') is not None else 'n/a'} | "
              f"{timings['train'] / 60:.1f} min |",
              f"| deploy + evaluate through the ROS graph | **{evaluated['success_rate']:.0%}** over "
-             f"{len(evaluated['episodes'])} seeded episodes | {timings['evaluate'] / 60:.1f} min |", "",
+             f"{len(evaluated['episodes'])} seeded episodes{_stops(evaluated['episodes'])} | "
+             f"{timings['evaluate'] / 60:.1f} min |", "",
              f"Observations: {', '.join(LOWDIM_OBS)}; relative positions {', '.join(RELATIVE)}; "
              f"actions: {plan.action}. "
              f"Checkpoint: `{ckpt}`.", "",
@@ -143,7 +156,7 @@ def write_report(run_dir: Path, dataset: Path, collected: dict, train_run: Path,
     if env["frames"]:
         frames_sheet(env["frames"], run_dir / "rollout_sheet.png")
         lines += ["## A rollout (gymnasium env, same server engine)", "",
-                  f"Seed 2000: {'success' if env['success_rate'] else 'failure'}. Video: `rollout.mp4`.", "",
+                  f"Seed 2000: {_outcome(env['episodes'][0])}. Video: `rollout.mp4`.", "",
                   "![rollout](rollout_sheet.png)", ""]
     report = run_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")

@@ -52,7 +52,8 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
         from robot_learning.data.view import write_video
 
         write_video(res[0].frames, video, 1.0 / policy.spec.dt)
-    eps = [{"seed": r.seed, "success": r.success, "steps": r.steps} for r in res]
+    eps = [{"seed": r.seed, "success": r.success, "steps": r.steps}
+           | ({"protective_stop": r.fault} if r.fault else {}) for r in res]
     out = {"task": task, "success_rate": sum(r.success for r in res) / max(len(res), 1), "episodes": eps}
     if video:
         out["frames"] = res[0].frames if res else []

@@ -338,3 +338,22 @@ def test_a_future_tcp_plan_waits_for_its_start(ctl):
     assert np.allclose(ctl.tcp_pose()[0], p0, atol=1e-9)
     run(ctl, 0.95, 1.0)
     assert ctl.tcp_pose()[0][0] == pytest.approx(p0[0] + 0.03, abs=1e-4)
+
+
+def test_a_protective_stop_ends_a_rollout_as_a_failure_that_names_it():
+    """A policy that drives the hand into the table (what an undertrained one does) trips the
+    monitor in an evaluation rollout: the episode ends there as a failure with the reason, and
+    the evaluation goes on (it used to raise out of the demo's report)."""
+    from robot_learning.data.schema import load_recipe
+    from robot_learning.paths import project_root
+    from robot_learning.runtime.policy import ReplayPolicy
+    from robot_learning.train.rollout import rollout
+
+    t = np.arange(0.0, 8.0, 0.1)
+    push = np.stack([0.5 * np.cos(3 * t), 0.5 * np.sin(3 * t), -0.5 + 0 * t, 1.5 * np.sin(5 * t),
+                     1.5 * np.cos(5 * t), 1.5 + 0 * t, 0 * t], axis=1)
+    recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
+    res = rollout(ReplayPolicy(push, 0.1, "ee_pose.data"), recipe, "pick_place", [0, 1])
+    for r in res:
+        assert not r.success and r.fault and "blocked or collided" in r.fault, r
+        assert r.steps < 80  # ended at the stop, not run to the task's time limit

@@ -26,7 +26,8 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     results = json.loads((run / "evaluate" / "results.json").read_text())
     eps = results["episodes"]
     assert summary["eval_episodes"] == len(eps) == 2 and len({e["seed"] for e in eps}) == 2
-    assert all(e["success"] or e["duration"] >= 7.9 for e in eps), eps
+    # (or ended early by the arm's protective stop, which the results name)
+    assert all(e["success"] or e["duration"] >= 7.9 or e.get("protective_stop") for e in eps), eps
     assert summary["eval_success_rate"] == sum(e["success"] for e in eps) / 2
     assert float(results["diagnostics"]["infer.n"]) > 0
     assert len(Dataset(tmp_path / "demo.zarr")) == 3

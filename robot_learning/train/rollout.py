@@ -26,6 +26,7 @@ class RolloutResult:
     success: bool
     steps: int
     frames: list[np.ndarray]
+    fault: str | None = None  # the protective stop that ended the episode, if one did
 
 
 def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: str = "ensemble",
@@ -72,8 +73,14 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
             t0 = cell.time
             while steps < limit or t_ok is not None:  # as the graph's evaluator:
                 # success first seen, then judged again SUCCESS_SETTLE_S later
+                if cell.controller.fault is not None:
+                    # a protective stop (the arm blocked or collided) ends the episode as a
+                    # failure, as it does on the robot: the arm refuses commands until reset
+                    break
                 steps += 1
                 for _ in range(sub):
+                    if cell.controller.fault is not None:
+                        break
                     t = clock["t"] = cell.time - t0 + tick_s
                     for name, topic in streams.items():
                         core.add_sample(name, t, topic_sample(cell, topic))
@@ -102,7 +109,7 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
                 if t_ok is not None and cell.time - t_ok >= SUCCESS_SETTLE_S - 1e-9:
                     success = ok
                     break
-            results.append(RolloutResult(seed, bool(success), steps, frames))
+            results.append(RolloutResult(seed, bool(success), steps, frames, cell.controller.fault))
     finally:
         torch.set_num_threads(threads)
         env.close()

@@ -41,6 +41,7 @@ class EpisodeNode(Node):
         self.lock = threading.Lock()
         self.t_now = 0.0
         self.success = False
+        self.fault = ""  # the arm's protective stop, "" when clear
         self.gripper_opening = 0.08
         self.t_start: float | None = None
         self.t_end: float | None = None          # the episode is over: stop the trajectory there
@@ -56,6 +57,7 @@ class EpisodeNode(Node):
         self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose_msg, LATEST_QOS)
         self.create_subscription(JointState, "/gripper/state", self._on_gripper, LATEST_QOS)
         self.create_subscription(Bool, "/sim/task/success", self._on_success, LATCHED_QOS)
+        self.create_subscription(String, "/arm/protective_stop", self._on_fault, LATCHED_QOS)
         if self.report_dir:
             for cam in ("front", "wrist"):
                 self.create_subscription(Image, f"/{cam}/color/image_raw",
@@ -73,6 +75,9 @@ class EpisodeNode(Node):
 
     def _on_success(self, m: Bool) -> None:
         self.success = bool(m.data)
+
+    def _on_fault(self, m: String) -> None:
+        self.fault = m.data
 
     def _on_image(self, cam: str, m: Image) -> None:
         """Keep a thumbnail every 0.2 s of sim time; snapshots are picked by stamp afterwards."""
@@ -157,6 +162,8 @@ class EpisodeNode(Node):
         self.stop_clock()
         result = {"episode": index, "seed": info["seed"], "success": self.success,
                   "duration": self.trajectory[-1][0] if self.trajectory else 0.0}
+        if self.fault:  # the arm stopped itself (blocked or collided): say why the episode failed
+            result["protective_stop"] = self.fault
         if self.record:
             self.wait_sim(0.2)
             req = SetBool.Request()
@@ -193,8 +200,9 @@ def run_episodes(factory, args=None) -> None:
         for i in range(node.episodes):
             r = node.run_episode(i)
             results.append(r)
-            node.get_logger().info(f"episode {i} (seed {r['seed']}): {'success' if r['success'] else 'FAILED'} "
-                                   f"in {r['duration']:.1f} s")
+            why = f" (protective stop: {r['protective_stop']})" if "protective_stop" in r else ""
+            node.get_logger().info(f"episode {i} (seed {r['seed']}): {'success' if r['success'] else 'FAILED'}"
+                                   f"{why} in {r['duration']:.1f} s")
         rate = float(np.mean([r["success"] for r in results])) if results else 0.0
         node.get_logger().info(f"success rate {rate:.0%} over {len(results)} episodes of {node.task}")
         if node.report_dir:

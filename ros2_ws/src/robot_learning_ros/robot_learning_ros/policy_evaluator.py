@@ -38,7 +38,8 @@ class PolicyEvaluator(EpisodeNode):
         self.call(self.resume_client, Trigger.Request(), "policy server")
         self.start_clock()  # the first resume waits for the server to load and warm its policy up
         t0, wall0 = self.t_now, time.monotonic()
-        while not self.success and self.t_now - t0 < self.timeout:
+        # a protective stop ends the episode: the arm refuses commands until the next reset
+        while not self.success and not self.fault and self.t_now - t0 < self.timeout:
             if time.monotonic() - wall0 > self.timeout * 20 + 60:
                 raise RuntimeError("the sim clock stopped: no /arm/ee_pose")
             time.sleep(0.01)
