@@ -1,4 +1,5 @@
-"""``robot-learning train diffusion --dataset ...`` (and, under torchrun, on several GPUs)."""
+"""``robot-learning train diffusion --dataset ...`` (and, under torchrun, on several GPUs);
+``robot-learning train sac --env ...`` (off-policy RL on a gymnasium env or the workcell)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,18 @@ def add_parser(sub) -> None:
             d.add_argument(name, default=value, action=argparse.BooleanOptionalAction)
         else:
             d.add_argument(name, type=type(value), default=value)
+    from robot_learning.train.sac import add_arguments
+
+    add_arguments(kinds.add_parser("sac", help="SAC (RLPD choices) on a gymnasium env or workcell/<task>, "
+                                   "optionally from demonstrations",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter))
 
 
 def run(a) -> int:
+    if a.kind == "sac":
+        from robot_learning.train.sac import run_cli
+
+        return run_cli(a)
     values = {}
     for f in fields(TrainConfig):
         v = getattr(a, f.name)

@@ -1,0 +1,202 @@
+"""Replay buffers for off-policy RL, filled online or rebuilt from recorded datasets.
+
+A transition is (observation, action, reward, next observation, terminal) plus what
+human-in-the-loop RL needs beside it: whether the operator was in control (``intervention``),
+the gripper's previous command (what "stay" means for a discrete gripper critic) and a
+sequence number (who sent it, in which order: the actor/learner link counts on it).
+
+Observations are a flat float32 ``state`` (the recipe's observation keys, concatenated in
+order, as the step table stores them) and uint8 images per camera. Arrays are allocated once
+(a ring: the oldest transitions go first when full), so sampling is a fancy index, never a copy
+of the whole buffer, and the memory a run needs is known when it starts.
+
+``from_dataset`` turns every recorded episode into its transitions: step k's observation,
+action and reward, step k + 1's observation; the last step is terminal (its episode ended
+there: success, or given up). So demonstrations, and every online episode the recorder
+wrote, become buffers again after a restart: a dead learner loses no data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class ObsSpec:
+    """Which recorded keys make an observation: state keys (``stream.array``) and camera streams."""
+    state_keys: tuple[str, ...]
+    state_dims: tuple[int, ...]
+    image_keys: tuple[str, ...] = ()
+    image_shape: tuple[int, int, int] = (64, 64, 3)
+
+    @property
+    def state_dim(self) -> int:
+        return int(sum(self.state_dims))
+
+    def flatten(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The flat state of one observation keyed like the step table."""
+        if not self.state_keys:
+            return np.zeros(0, np.float32)
+        return np.concatenate([np.asarray(obs[k], np.float32).reshape(-1) for k in self.state_keys])
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int, spec: ObsSpec, act_dim: int):
+        self.capacity, self.spec, self.act_dim = int(capacity), spec, act_dim
+        n = self.capacity
+        self.arrays: dict[str, np.ndarray] = {
+            "state": np.zeros((n, spec.state_dim), np.float32),
+            "next_state": np.zeros((n, spec.state_dim), np.float32),
+            "action": np.zeros((n, act_dim), np.float32),
+            "reward": np.zeros(n, np.float32),
+            "terminal": np.zeros(n, bool),
+            "intervention": np.zeros(n, bool),
+            "grip_before": np.zeros(n, np.float32),
+            "seq": np.full(n, -1, np.int64),
+        }
+        for k in spec.image_keys:
+            self.arrays[f"image/{k}"] = np.zeros((n, *spec.image_shape), np.uint8)
+            self.arrays[f"next_image/{k}"] = np.zeros((n, *spec.image_shape), np.uint8)
+        self.size = 0
+        self.pos = 0
+        self.added = 0  # every transition ever added (the ring forgets, this does not)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs: dict[str, np.ndarray], action: np.ndarray, reward: float, next_obs: dict[str, np.ndarray],
+            terminal: bool, intervention: bool = False, grip_before: float = 0.0, seq: int = -1) -> None:
+        """One transition; observations keyed like the step table (state keys and camera streams)."""
+        self.add_batch({"state": self.spec.flatten(obs)[None], "next_state": self.spec.flatten(next_obs)[None],
+                        "action": np.asarray(action, np.float32)[None], "reward": np.float32([reward]),
+                        "terminal": np.array([terminal]), "intervention": np.array([intervention]),
+                        "grip_before": np.float32([grip_before]), "seq": np.int64([seq]),
+                        **{f"image/{k}": np.asarray(obs[k])[None] for k in self.spec.image_keys},
+                        **{f"next_image/{k}": np.asarray(next_obs[k])[None] for k in self.spec.image_keys}})
+
+    def add_batch(self, batch: dict[str, np.ndarray]) -> None:
+        """Transitions as arrays with a leading batch dimension, one per key of ``arrays``."""
+        n = len(batch["reward"])
+        if n > self.capacity:  # only the newest fit
+            batch = {k: v[-self.capacity:] for k, v in batch.items()}
+            self.added += n - self.capacity
+            n = self.capacity
+        rows = (self.pos + np.arange(n)) % self.capacity
+        for k, arr in self.arrays.items():
+            if k in batch:
+                arr[rows] = batch[k]
+            else:
+                arr[rows] = -1 if k == "seq" else 0
+        self.pos = int((self.pos + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+        self.added += n
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` transitions drawn uniformly, keyed as ``SAC.update`` reads them."""
+        if self.size == 0:
+            raise ValueError("the replay buffer is empty: nothing to sample")
+        rows = rng.integers(0, self.size, n)
+        return self.rows(rows)
+
+    def rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        a = self.arrays
+        out = {"obs/state": a["state"][rows], "next_obs/state": a["next_state"][rows], "action": a["action"][rows],
+               "reward": a["reward"][rows], "terminal": a["terminal"][rows], "grip_before": a["grip_before"][rows]}
+        for k in self.spec.image_keys:
+            out[f"obs/{k}"] = a[f"image/{k}"][rows]
+            out[f"next_obs/{k}"] = a[f"next_image/{k}"][rows]
+        return out
+
+    def in_order(self) -> dict[str, np.ndarray]:
+        """Every stored transition, oldest first."""
+        start = self.pos if self.size == self.capacity else 0
+        rows = (start + np.arange(self.size)) % self.capacity
+        return {k: v[rows] for k, v in self.arrays.items()}
+
+    # ---- persistence: a resumed run continues with the very buffer it had ----------------
+    def save(self, path: str | Path) -> Path:
+        """The stored transitions (oldest first) as one .npz, written whole or not at all."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".partial.npz")
+        np.savez(tmp, added=np.int64(self.added), **self.in_order())
+        tmp.replace(path)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        with np.load(path) as z:
+            batch = {k: z[k] for k in self.arrays if k in z.files}
+            added = int(z["added"])
+        self.size = self.pos = 0
+        self.add_batch(batch)
+        self.added = added
+
+
+def sample_mixed(buffers: list[tuple[ReplayBuffer, float]], n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``n`` transitions, a fixed share from each buffer (RLPD: half demonstrations, half online);
+    an empty buffer's share goes to the others."""
+    live = [(b, w) for b, w in buffers if len(b)]
+    if not live:
+        raise ValueError("every replay buffer is empty: nothing to sample")
+    total = sum(w for _, w in live)
+    counts = [int(round(n * w / total)) for _, w in live]
+    counts[-1] = n - sum(counts[:-1])
+    parts = [b.sample(c, rng) for (b, _), c in zip(live, counts) if c > 0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def obs_spec_from_dataset(dataset, state_keys: list[str], image_keys: list[str] = (),
+                          image_size: tuple[int, int] = (64, 64)) -> ObsSpec:
+    """The observation layout of ``dataset``'s step tables for these keys (sizes read from the first episode)."""
+    ep = next((dataset.episode(i) for i in dataset.indices if dataset.episode(i).n_steps), None)
+    if ep is None:
+        raise ValueError(f"{dataset.path}: no episode with steps to take the observation layout from")
+    missing = [k for k in state_keys if k not in ep.steps["obs"]]
+    if missing:
+        raise ValueError(f"{dataset.path}: the step table has no {', '.join(missing)} "
+                         f"(it has {', '.join(sorted(ep.steps['obs'].array_keys()))})")
+    dims = tuple(int(np.prod(ep.steps["obs"][k].shape[1:])) for k in state_keys)
+    return ObsSpec(tuple(state_keys), dims, tuple(image_keys), (*image_size, 3))
+
+
+def from_dataset(dataset, spec: ObsSpec, buffer: ReplayBuffer | None = None, episodes: list[int] | None = None,
+                 capacity: int | None = None, progress: bool = False) -> ReplayBuffer:
+    """Every transition of the dataset's episodes (or ``episodes``), in order, into ``buffer``
+    (a new one sized to fit when None). Interventions keep their flag; rewards and ends are the
+    step table's (reward 1 on the last step of a successful episode)."""
+    from tqdm import tqdm
+
+    from robot_learning.data.sampler import resize_frame
+
+    chosen = episodes if episodes is not None else dataset.indices
+    eps = [dataset.episode(i) for i in chosen]
+    eps = [e for e in eps if e.n_steps]
+    if buffer is None:
+        total = sum(e.n_steps for e in eps)
+        buffer = ReplayBuffer(max(capacity or total, 1), spec, _action_dim(eps))
+    for ep in tqdm(eps, desc="buffer from dataset", unit="ep", disable=not progress):
+        n = ep.n_steps
+        state = np.concatenate([ep.steps["obs"][k][:].reshape(n, -1).astype(np.float32) for k in spec.state_keys],
+                               axis=1) if spec.state_keys else np.zeros((n, 0), np.float32)
+        action = ep.steps["action"][:].astype(np.float32)
+        nxt = np.r_[np.arange(1, n), n - 1]
+        batch = {"state": state, "next_state": state[nxt], "action": action,
+                 "reward": ep.steps["reward"][:].astype(np.float32),
+                 "terminal": np.arange(n) == n - 1,
+                 "intervention": ep.steps["intervention"][:].astype(bool),
+                 "grip_before": np.r_[0.0, action[:-1, -1]].astype(np.float32)}
+        for cam in spec.image_keys:
+            rows = ep.steps["index"][cam][:]
+            data = ep.streams[cam]["data"]
+            cache = {int(r): resize_frame(data[int(r)], spec.image_shape[:2]) for r in np.unique(rows[rows >= 0])}
+            blank = np.zeros(spec.image_shape, np.uint8)
+            frames = np.stack([cache.get(int(r), blank) for r in rows])
+            batch[f"image/{cam}"], batch[f"next_image/{cam}"] = frames, frames[nxt]
+        buffer.add_batch(batch)
+    return buffer
+
+
+def _action_dim(eps) -> int:
+    return int(eps[0].steps["action"].shape[1]) if eps else 1

@@ -1,0 +1,365 @@
+"""``robot-learning train sac``: the SAC learner on a gymnasium env, without ROS.
+
+Two kinds of env:
+- any gymnasium env with a Box action space and an array or dict observation
+  (``--env Pendulum-v1``; dict keys chosen with ``--obs``), so the learner can be compared with
+  other projects on their own envs;
+- the workcell (``--env workcell/peg_in_hole``), observed through the *recipe's keys*
+  (``ee_pose.data``, ``peg_pose.data``, ... from ``sim.topics``, the values the sim node
+  publishes), so demonstrations from a recorded zarr dataset (``--demos``) and an online
+  buffer from the env share one layout, and a policy trained here reads what the robot sends.
+
+Demonstrations and online data are sampled half and half (RLPD); the online buffer and the
+optimizers are saved with every checkpoint, so ``--resume RUN_DIR`` goes on where a killed run
+stopped. Progress: a tqdm bar, TensorBoard scalars, ``metrics.jsonl``, ``curves.png`` and a
+rollout video per evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, obs_spec_from_dataset, sample_mixed
+
+WORKCELL_OBS = {  # state keys per task: the arm, the gripper and the objects it works with
+    "peg_in_hole": ["ee_pose.data", "gripper_state.position", "peg_pose.data", "hole_pose.data"],
+    "pick_place": ["ee_pose.data", "gripper_state.position", "cube_pose.data", "target_pose.data"],
+}
+
+
+@dataclass
+class SACTrainConfig:
+    env: str = "Pendulum-v1"          # a gymnasium id, or workcell/<task>
+    steps: int = 20000                # env steps (robot time = steps x the env's period)
+    demos: str = ""                   # zarr dataset of demonstrations (workcell envs)
+    demo_ratio: float = 0.5           # share of each batch drawn from the demonstrations
+    obs: list[str] = field(default_factory=list)   # state keys (default: the task's, or every Box of a dict env)
+    start_steps: int = 1000           # uniform random actions first (without demonstrations)
+    learning_starts: int = 500
+    batch_size: int = 256
+    utd: int = 1
+    n_critics: int = 2                # 10 (RLPD) on a GPU
+    target_subsample: int = 2
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    lr: float = 3e-4
+    gamma: float = 0.99
+    init_temperature: float = 0.1
+    buffer_size: int = 200_000
+    eval_every: int = 5000
+    eval_episodes: int = 10
+    video: bool = True
+    seed: int = 0
+    out: str = "runs"
+    resume: str = ""
+    threads: int = 0
+
+
+class GymAdapter:
+    """A gymnasium env with observations keyed for the buffer: array envs as ``obs``, dict envs by their keys."""
+
+    def __init__(self, env_id: str, keys: list[str], render: bool):
+        import gymnasium as gym
+
+        self.env = gym.make(env_id, render_mode="rgb_array" if render else None)
+        space = self.env.observation_space
+        if isinstance(space, gym.spaces.Dict):
+            keys = keys or [k for k, s in space.spaces.items() if isinstance(s, gym.spaces.Box) and s.dtype != np.uint8]
+            dims = tuple(int(np.prod(space[k].shape)) for k in keys)
+            self.keyed = lambda o: {k: o[k] for k in keys}
+        else:
+            keys, dims = ["obs"], (int(np.prod(space.shape)),)
+            self.keyed = lambda o: {"obs": o}
+        self.spec = ObsSpec(tuple(keys), dims)
+        box = self.env.action_space
+        if not isinstance(box, gym.spaces.Box):
+            raise SystemExit(f"train sac: {env_id} has a {type(box).__name__} action space; SAC needs a Box")
+        self.low, self.high = box.low.astype(float).tolist(), box.high.astype(float).tolist()
+        self.dt = 1.0 / float(self.env.metadata.get("render_fps") or 1)
+        self.task = env_id
+
+    def reset(self, seed: int):
+        o, info = self.env.reset(seed=seed)
+        return self.keyed(o), info
+
+    def step(self, a):
+        o, r, term, trunc, info = self.env.step(a)
+        return self.keyed(o), float(r), bool(term), bool(trunc), info
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        self.env.close()
+
+
+class WorkcellAdapter:
+    """The workcell env observed through the recipe's keys (what a recorded dataset holds)."""
+
+    def __init__(self, task: str, keys: list[str], render: bool):
+        from robot_learning.data.schema import load_recipe
+        from robot_learning.paths import project_root
+        from robot_learning.sim.env import WorkcellEnv
+
+        self.recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
+        keys = keys or WORKCELL_OBS.get(task) or ["ee_pose.data", "gripper_state.position"]
+        for k in keys:
+            if k.split(".", 1)[0] not in self.recipe.streams:
+                raise SystemExit(f"train sac: '{k}' is not a stream of the workcell recipe "
+                                 f"({', '.join(sorted(self.recipe.streams))})")
+        self.keys = keys
+        self.env = WorkcellEnv(task)
+        self.task = task
+        self._dims = None
+        o, _ = self.reset(0)
+        self.spec = ObsSpec(tuple(keys), tuple(int(np.size(o[k])) for k in keys))
+        self.low = self.env.action_space.low.astype(float).tolist()
+        self.high = self.env.action_space.high.astype(float).tolist()
+        self.dt = 1.0 / self.env.control_hz
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        from robot_learning.sim.topics import topic_sample
+
+        out = {}
+        for k in self.keys:
+            stream, array = k.split(".", 1)
+            out[k] = np.asarray(topic_sample(self.env.cell, self.recipe.streams[stream].topic)[array], np.float32)
+        return out
+
+    def reset(self, seed: int):
+        _, info = self.env.reset(seed=seed)
+        return self._obs(), info
+
+    def step(self, a):
+        _, r, term, trunc, info = self.env.step(np.asarray(a, float))
+        return self._obs(), float(r), bool(term), bool(trunc), info
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        self.env.close()
+
+
+def make_env(cfg: SACTrainConfig, render: bool = False):
+    if cfg.env.startswith("workcell/"):
+        return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render)
+    return GymAdapter(cfg.env, cfg.obs, render)
+
+
+def evaluate(agent, env, episodes: int, seed: int, video: Path | None = None) -> dict:
+    """Deterministic episodes (the actor's mean action): success rate, return, length; the first one on video."""
+    returns, successes, lengths, frames = [], [], [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed + i)
+        total, done, n, info, grip = 0.0, False, 0, {}, env.low[-1]
+        while not done:
+            a = agent.act(_state(agent, env, obs), deterministic=True, gripper_now=grip)
+            grip = float(a[-1])
+            obs, r, term, trunc, info = env.step(a)
+            total, n, done = total + r, n + 1, term or trunc
+            if video is not None and i == 0:
+                frames.append(env.render())
+        returns.append(total)
+        successes.append(bool(info.get("success", False)))
+        lengths.append(n)
+    if video is not None and frames and frames[0] is not None:
+        from robot_learning.data.view import write_video
+
+        write_video(frames, video, max(1.0, 1.0 / env.dt))
+    return {"eval_return": float(np.mean(returns)), "eval_success": float(np.mean(successes)),
+            "eval_length": float(np.mean(lengths))}
+
+
+def _state(agent, env, obs: dict) -> dict:
+    return {"state": env.spec.flatten(obs)}
+
+
+def _plot(run: Path) -> Path | None:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    ev = [r for r in rows if "eval_return" in r]
+    if not ev:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    t = [r["robot_time_s"] / 60 for r in ev]
+    ax[0].plot(t, [r["eval_success"] for r in ev], "o-", color="tab:green")
+    ax[0].set(xlabel="robot time (min)", ylabel="success rate", ylim=(-0.05, 1.05), title="evaluation")
+    ax[1].plot(t, [r["eval_return"] for r in ev], "o-")
+    ax[1].set(xlabel="robot time (min)", ylabel="return", title="evaluation return")
+    tr = [r for r in rows if "q_mean" in r]
+    ax[2].plot([r["robot_time_s"] / 60 for r in tr], [r["q_mean"] for r in tr], alpha=0.8)
+    ax[2].set(xlabel="robot time (min)", ylabel="Q", title="mean Q of sampled transitions")
+    fig.tight_layout()
+    out = run / "curves.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def _to_torch(batch: dict[str, np.ndarray], device: str):
+    import torch
+
+    return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
+
+
+def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
+    """Trains and returns the run directory (``checkpoints/last``, ``best``, curves, videos)."""
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    from robot_learning.policies.sac import SAC, SACConfig, load_sac
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    resume = Path(cfg.resume) if cfg.resume else None
+    if resume:
+        saved = json.loads((resume / "train_config.json").read_text())
+        cfg = SACTrainConfig(**{**saved, "resume": str(resume), "steps": max(cfg.steps, saved["steps"])})
+        run = resume
+    else:
+        run = Path(cfg.out) / f"sac-{time.strftime('%Y%m%d-%H%M%S')}"
+    env = make_env(cfg, render=cfg.video)
+    eval_env = make_env(cfg, render=cfg.video)
+    spec = env.spec
+    demo = None
+    if cfg.demos:
+        from robot_learning.data.store import Dataset
+
+        ds = Dataset(cfg.demos)
+        want = obs_spec_from_dataset(ds, list(spec.state_keys))
+        if want.state_dims != spec.state_dims:
+            raise SystemExit(f"train sac: {cfg.demos} has observation sizes {want.state_dims} for "
+                             f"{', '.join(spec.state_keys)}, the env {spec.state_dims}")
+        demo = from_dataset(ds, spec, progress=progress)
+    online = ReplayBuffer(cfg.buffer_size, spec, len(env.low))
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    start, episode, best = 0, 0, {"eval_success": -1.0, "eval_return": -np.inf}
+    if resume:
+        agent, meta = load_sac(resume / "checkpoints" / "last", optimizers=True)
+        online.load(resume / "checkpoints" / "last" / "online.npz")
+        start, episode = int(meta["env_steps"]), int(meta["episodes"])
+        best = meta.get("best", best)
+        rng = np.random.default_rng(cfg.seed + start)
+    else:
+        scfg = SACConfig(obs_dim=spec.state_dim, action_low=env.low, action_high=env.high, hidden=list(cfg.hidden),
+                         n_critics=cfg.n_critics, target_subsample=cfg.target_subsample, gamma=cfg.gamma, lr=cfg.lr,
+                         init_temperature=cfg.init_temperature, utd=cfg.utd)
+        agent = SAC(scfg)
+        if demo is not None:  # normalize by what the demonstrations span
+            st = demo.in_order()["state"]
+            agent.set_obs_normalization(st.mean(0), st.std(0))
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    writer = SummaryWriter(str(run / "tb"))
+    metrics = (run / "metrics.jsonl").open("a")
+    print(f"train sac: {cfg.env}, obs {', '.join(spec.state_keys)} ({spec.state_dim}), action {len(env.low)}; "
+          f"{'demos ' + cfg.demos + f' ({len(demo)} transitions); ' if demo is not None else ''}"
+          f"utd {cfg.utd}, {cfg.n_critics} critics; run dir {run}", flush=True)
+
+    def log(row: dict, step: int) -> None:
+        row = {"env_steps": step, "robot_time_s": step * env.dt, **row}
+        for k, v in row.items():
+            if k not in ("env_steps",) and isinstance(v, (int, float)):
+                writer.add_scalar(k, v, step)
+        metrics.write(json.dumps(row) + "\n")
+        metrics.flush()
+
+    def checkpoint(step: int, name: str = "last") -> None:
+        d = agent.save(run / "checkpoints" / name, extra={"env": cfg.env, "obs_keys": list(spec.state_keys),
+                                                          "env_steps": step, "episodes": episode, "best": best,
+                                                          "dt": env.dt}, optimizers=name == "last")
+        if name == "last":
+            online.save(d / "online.npz")
+
+    obs, _ = env.reset(cfg.seed * 100_000 + episode)
+    ep_return, ep_len, grip = 0.0, 0, env.low[-1]
+    upd: dict = {}
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train sac", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for step in bar:
+            if demo is None and step < cfg.start_steps:
+                a = rng.uniform(env.low, env.high).astype(np.float32)
+            else:
+                a = agent.act(_state(agent, env, obs), gripper_now=grip)
+            nobs, r, term, trunc, info = env.step(a)
+            online.add(obs, a, r, nobs, term, grip_before=grip, seq=step)
+            grip = float(a[-1])
+            obs, ep_return, ep_len = nobs, ep_return + r, ep_len + 1
+            if term or trunc:
+                episode += 1
+                log({"episode_return": ep_return, "episode_length": ep_len,
+                     "episode_success": float(bool(info.get("success", False)))}, step + 1)
+                bar.set_postfix(ret=f"{ep_return:.1f}", ep=episode)
+                obs, _ = env.reset(cfg.seed * 100_000 + episode)
+                ep_return, ep_len, grip = 0.0, 0, env.low[-1]
+            if step + 1 >= cfg.learning_starts and len(online) + (len(demo) if demo else 0) >= cfg.batch_size:
+                if demo is None and step + 1 == cfg.learning_starts:  # normalize by the first data
+                    st = online.in_order()["state"]
+                    agent.set_obs_normalization(st.mean(0), st.std(0))
+                parts = [(online, 1.0)]
+                if demo is not None:
+                    parts = [(online, 1.0 - cfg.demo_ratio), (demo, cfg.demo_ratio)]
+                upd = agent.update(_to_torch(sample_mixed(parts, cfg.batch_size * cfg.utd, rng), "cpu"))
+                if (step + 1) % 250 == 0:
+                    log(upd, step + 1)
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                video = run / "videos" / f"step_{step + 1:07d}.mp4" if cfg.video else None
+                ev = evaluate(agent, eval_env, cfg.eval_episodes, 1_000_000, video)
+                log(ev, step + 1)
+                tqdm.write(f"train sac: step {step + 1} ({(step + 1) * env.dt / 60:.1f} min of robot time): "
+                           f"success {ev['eval_success']:.0%}, return {ev['eval_return']:.2f}")
+                if (ev["eval_success"], ev["eval_return"]) > (best["eval_success"], best["eval_return"]):
+                    best = {**ev, "env_steps": step + 1}
+                    checkpoint(step + 1, "best")
+                checkpoint(step + 1)
+                _plot(run)
+    finally:
+        bar.close()
+        metrics.close()
+        writer.close()
+        env.close()
+        eval_env.close()
+    (run / "best.json").write_text(json.dumps(best, indent=1))
+    print(f"train sac: done; best {best}; curves {run / 'curves.png'}", flush=True)
+    return run
+
+
+# ---- CLI -------------------------------------------------------------------------------
+_LISTS = {"obs": str, "hidden": int}
+
+
+def add_arguments(p) -> None:
+    import argparse
+
+    defaults = SACTrainConfig()
+    for f in fields(SACTrainConfig):
+        name, value = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        if f.name in _LISTS:
+            p.add_argument(name, default=",".join(str(v) for v in value), help="comma-separated")
+        elif isinstance(value, bool):
+            p.add_argument(name, default=value, action=argparse.BooleanOptionalAction)
+        else:
+            p.add_argument(name, type=type(value), default=value)
+
+
+def run_cli(a) -> int:
+    values = {}
+    for f in fields(SACTrainConfig):
+        v = getattr(a, f.name)
+        if f.name in _LISTS:
+            v = [_LISTS[f.name](x.strip()) for x in str(v).split(",") if x.strip()]
+        values[f.name] = v
+    train_sac(SACTrainConfig(**values))
+    return 0
