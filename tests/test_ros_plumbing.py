@@ -93,3 +93,30 @@ def test_a_node_restarted_after_sigkill_is_reached_by_a_long_lived_peer():
     finally:
         client.close()
     assert len(set(ids)) == len(ids) and "None" not in ids, ids  # every restart joined under a new id
+
+
+def test_a_callback_that_raises_stops_the_node_with_an_error_instead_of_a_silent_hang():
+    """A node whose main thread waits for its callbacks (the scripted operator, the arm node)
+    must not wait forever once a callback has died: it logs the traceback and exits non-zero."""
+    script = textwrap.dedent("""
+        import time
+        import rclpy
+        from rclpy.node import Node
+        from robot_learning_ros.runtime import BackgroundSpin
+
+        rclpy.init()
+        node = Node("doomed")
+        node.create_timer(0.1, lambda: {}["peg"])
+        spin = BackgroundSpin(node)
+        try:
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            spin.close()
+        raise SystemExit(1 if spin.failed else 0)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "a callback failed" in r.stderr and "KeyError: 'peg'" in r.stderr

@@ -206,6 +206,8 @@ def main(args=None) -> None:
     finally:
         stop.set()
         spin.close()
+    if spin.failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

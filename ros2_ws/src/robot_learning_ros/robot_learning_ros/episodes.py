@@ -218,4 +218,4 @@ def run_episodes(factory, args=None) -> None:
     finally:
         node.finish()
         spin.close()
-    raise SystemExit(code)
+    raise SystemExit(1 if spin.failed else code)

@@ -24,10 +24,16 @@ class BackgroundSpin:
 
     ``close`` shuts the context down first, so the spinning thread wakes and leaves before the
     node and its C++ handles are destroyed (the other order aborts the process at exit).
+
+    A callback that raises ends the spinning; the main thread would then wait forever on
+    messages that no longer arrive (an operator node did, silently, for 14 minutes). So the
+    error is logged, kept in ``failed``, and the main thread is interrupted, which runs its
+    usual shutdown path; ``main`` exits non-zero when ``failed`` is set.
     """
 
     def __init__(self, node: Node):
         self.node = node
+        self.failed: BaseException | None = None
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(node)
         self.thread = threading.Thread(target=self._spin, daemon=True, name=f"{node.get_name()}-spin")
@@ -38,11 +44,16 @@ class BackgroundSpin:
             self.executor.spin()
         except (ExternalShutdownException, KeyboardInterrupt):
             pass
-        except Exception:
+        except Exception as e:
             # closing shuts the context down under the spinning thread; only a failure while
             # rclpy is still up is an error
             if rclpy.ok():
-                raise
+                import _thread
+                import traceback
+
+                self.failed = e
+                self.node.get_logger().error("a callback failed, the node stops:\n" + traceback.format_exc())
+                _thread.interrupt_main()
 
     def close(self) -> None:
         rclpy.try_shutdown()

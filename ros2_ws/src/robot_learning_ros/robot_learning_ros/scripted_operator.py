@@ -48,15 +48,18 @@ class ScriptedOperator(EpisodeNode):
         self.pub_twist = self.create_publisher(TwistStamped, prefix[0], COMMAND_QOS)
         self.pub_grip = self.create_publisher(Float64, prefix[1], COMMAND_QOS)
         self.pub_engaged = self.create_publisher(Bool, "/teleop/engaged", LATCHED_QOS)
-        for b in make_task(self.task).object_bodies:
+        self.bodies = make_task(self.task).object_bodies
+        for b in self.bodies:
             self.create_subscription(PoseStamped, f"/sim/objects/{b}/pose",
                                      lambda m, b=b: self.objects.__setitem__(b, pose_from_msg(m)), LATEST_QOS)
 
     def on_pose(self, t: float, pos: np.ndarray, quat: np.ndarray) -> None:
         with self.lock:
             ex = self.expert
-            if ex is None or ex.done or t - self.t_last < 1.0 / self.rate or not self.objects:
+            if ex is None or ex.done or t - self.t_last < 1.0 / self.rate:
                 return
+            if any(b not in self.objects for b in self.bodies):  # every object's pose first (they
+                return                                            # arrive one topic at a time)
             if self.t_first is None:
                 self.t_first = t
             self.t_last = t

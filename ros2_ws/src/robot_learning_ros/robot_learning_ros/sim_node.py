@@ -327,6 +327,8 @@ def main(args=None) -> None:
             node.async_cams.close()
         spin.close()
         node.cell.close()
+    if spin.failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
