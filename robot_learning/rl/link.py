@@ -56,6 +56,12 @@ def encode(tr: Transition) -> bytes:
 _HEAD = struct.Struct("<IQQ")
 
 
+def peek(data: bytes) -> tuple[str, int, int]:
+    """(actor, seq, floor) of an encoded transition, without reading its arrays."""
+    n, seq, floor = _HEAD.unpack_from(data)
+    return bytes(data[_HEAD.size:_HEAD.size + n]).decode(), int(seq), int(floor)
+
+
 def decode(data: bytes) -> Transition:
     n, seq, floor = _HEAD.unpack_from(data)
     start = _HEAD.size
@@ -68,11 +74,12 @@ def decode(data: bytes) -> Transition:
 class Outbox:
     """The actor's side: transitions kept on disk until the learner has stored them."""
 
-    def __init__(self, folder: str | Path, actor: str, resend_s: float = 2.0):
+    def __init__(self, folder: str | Path, actor: str, resend_s: float = 3.0, resend_batch: int = 200):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.actor = actor
         self.resend_s = resend_s
+        self.resend_batch = resend_batch  # at most this many per call: a returning learner is not flooded
         self.next_seq = 0
         self.pending: dict[tuple[str, int], tuple[bytes, float]] = {}  # id -> (payload, last sent)
         for f in sorted(self.folder.glob("*.tr")):  # an earlier run's unacknowledged transitions
@@ -109,7 +116,8 @@ class Outbox:
         return len(done)
 
     def due(self, now: float | None = None) -> list[bytes]:
-        """Payloads not acknowledged ``resend_s`` after they were last sent (marked sent now), oldest first."""
+        """Payloads not acknowledged ``resend_s`` after they were last sent (marked sent now),
+        oldest first, at most ``resend_batch``."""
         now = time.monotonic() if now is None else now
         out = []
         for key in sorted(self.pending):
@@ -117,6 +125,8 @@ class Outbox:
             if now - sent >= self.resend_s:
                 out.append(data)
                 self.pending[key] = (data, now)
+                if len(out) >= self.resend_batch:
+                    break
         return out
 
 
@@ -133,26 +143,14 @@ class Inbox:
 
     def replay(self) -> list[Transition]:
         """Every journaled transition, in order (a restarted learner's online buffer); a record
-        cut short by a crash is dropped from the journal (it was never acknowledged)."""
+        cut short by a crash is cut from the journal (it was never acknowledged)."""
         out = []
         for f in sorted(self.folder.glob("*.journal")):
-            good = 0
-            with f.open("rb") as fh:
-                data = fh.read()
-            pos = 0
-            while pos + 4 <= len(data):
-                (n,) = struct.unpack_from("<I", data, pos)
-                if pos + 4 + n > len(data):
-                    break
-                try:
-                    tr = decode(data[pos + 4:pos + 4 + n])
-                except (ValueError, struct.error, EOFError, OSError):
-                    break
-                out.append(tr)
+            records, good = read_journal(f)
+            for tr in records:
                 self.stored[tr.actor] = tr.seq
-                pos += 4 + n
-                good = pos
-            if good < len(data):
+            out += records
+            if good < f.stat().st_size:
                 with f.open("r+b") as fh:
                     fh.truncate(good)
         return out
@@ -160,11 +158,12 @@ class Inbox:
     def offer(self, data: bytes) -> list[Transition]:
         """A received payload; returns the transitions it makes storable, in order (none for a
         duplicate or one that waits for a gap to fill). Call ``commit`` before acknowledging."""
-        tr = decode(data)
-        last = max(self.stored.get(tr.actor, -1), tr.floor - 1)
-        if tr.seq <= last or tr.seq in self.waiting.get(tr.actor, {}):
+        actor, seq, floor = peek(data)  # a duplicate is dropped before its arrays are read
+        last = max(self.stored.get(actor, -1), floor - 1)
+        if seq <= last or seq in self.waiting.get(actor, {}):
             self.duplicates += 1
             return []
+        tr = decode(data)
         wait = self.waiting.setdefault(tr.actor, {})
         wait[tr.seq] = tr
         out = []
@@ -193,6 +192,22 @@ class Inbox:
         for fh in self._files.values():
             fh.close()
         self._files.clear()
+
+
+def read_journal(path: str | Path) -> tuple[list[Transition], int]:
+    """The whole records of a journal file and the byte length they span (a torn tail is left out)."""
+    data = Path(path).read_bytes()
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        (n,) = struct.unpack_from("<I", data, pos)
+        if pos + 4 + n > len(data):
+            break
+        try:
+            out.append(decode(data[pos + 4:pos + 4 + n]))
+        except (ValueError, struct.error, EOFError, OSError):
+            break
+        pos += 4 + n
+    return out, pos
 
 
 def _safe(name: str) -> str:

@@ -34,6 +34,8 @@ setup(
             "policy_evaluator = robot_learning_ros.policy_evaluator:main",
             "camera_node = robot_learning_ros.camera_node:main",
             "tactile_node = robot_learning_ros.tactile_node:main",
+            "rl_learner = robot_learning_ros.rl_learner:main",
+            "rl_actor = robot_learning_ros.rl_actor:main",
         ],
     },
 )

@@ -91,6 +91,26 @@ def stop_on_first_signal() -> None:
         signal.signal(sig, first)
 
 
+def init_with_graceful_stop(args=None) -> threading.Event:
+    """``rclpy.init`` without rclpy's signal handlers: the first SIGINT or SIGTERM only sets the
+    returned event, so the node can still talk over DDS while it stops (the RL actor hands its
+    last transitions to the learner); a second one raises KeyboardInterrupt at once."""
+    from rclpy.signals import SignalHandlerOptions
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            ignore_stop_signals()
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        stop.set()
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    return stop
+
+
 HEADLESS_GL = ("egl", "osmesa")  # MUJOCO_GL values that need no display, in order of preference
 _GL_PROBE = ("import mujoco; m = mujoco.MjModel.from_xml_string('<mujoco/>'); gl = mujoco.GLContext(64, 64); "
              "gl.make_current(); mujoco.MjrContext(m, mujoco.mjtFontScale.mjFONTSCALE_100).free(); gl.free()")

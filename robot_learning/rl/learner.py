@@ -1,0 +1,157 @@
+"""The learner process's work, without ROS: take transitions in, train, hand weights out.
+
+The learner meets its actor through the actor's *spec* (observation keys and sizes, action
+bounds: JSON the actor publishes, latched), so it needs neither the robot's nor the sim's
+code. Its run directory holds everything a restart needs: ``spec.json``, the journal of every
+transition received (``journal/``, see ``rl.link``), the agent with its optimizers
+(``checkpoints/last``) and ``metrics.jsonl``. Demonstrations come from a zarr dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from robot_learning.rl.link import Inbox, Transition
+from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, sample_mixed
+
+
+def spec_json(spec: ObsSpec, low: list[float], high: list[float], dt: float, name: str) -> str:
+    """What a learner needs to know of an actor, as the actor publishes it."""
+    return json.dumps({"state_keys": list(spec.state_keys), "state_dims": list(spec.state_dims),
+                       "action_low": [float(x) for x in low], "action_high": [float(x) for x in high],
+                       "dt": float(dt), "env": name})
+
+
+def transition_arrays(obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminal: bool,
+                      intervention: bool, grip_before: float) -> dict[str, np.ndarray]:
+    """One executed step as the link carries it (flat states; the action that reached the arm)."""
+    return {"state": np.asarray(obs, np.float32), "next_state": np.asarray(next_obs, np.float32),
+            "action": np.asarray(action, np.float32), "reward": np.float32(reward), "terminal": np.bool_(terminal),
+            "intervention": np.bool_(intervention), "grip_before": np.float32(grip_before)}
+
+
+class Learner:
+    def __init__(self, run: str | Path, spec: dict, demos: str = "", batch_size: int = 256, utd: int = 1,
+                 hidden: tuple[int, ...] = (256, 256), demo_ratio: float = 0.5, learning_starts: int = 200,
+                 buffer_size: int = 200_000, seed: int = 0):
+        import torch
+
+        from robot_learning.policies.sac import SAC, SACConfig, load_sac
+
+        self.run = Path(run)
+        self.run.mkdir(parents=True, exist_ok=True)
+        saved = self.run / "spec.json"
+        if saved.exists():
+            old = json.loads(saved.read_text())
+            if old != spec:
+                raise ValueError(f"{self.run} was started for another actor ({old['env']}, keys "
+                                 f"{old['state_keys']}): use a new run directory for {spec['env']}")
+        saved.write_text(json.dumps(spec, indent=1))
+        self.spec = ObsSpec(tuple(spec["state_keys"]), tuple(spec["state_dims"]))
+        self.batch_size, self.demo_ratio, self.learning_starts = batch_size, demo_ratio, learning_starts
+        self.rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        act_dim = len(spec["action_low"])
+        self.online = ReplayBuffer(buffer_size, self.spec, act_dim)
+        self.demo = None
+        if demos:
+            from robot_learning.data.store import Dataset
+
+            self.demo = from_dataset(Dataset(demos), self.spec)
+        self.inbox = Inbox(self.run / "journal")
+        self.received = 0
+        for tr in self.inbox.replay():  # a restart: the online buffer is what the actors sent
+            self._store(tr)
+        last = self.run / "checkpoints" / "last"
+        if (last / "config.json").exists():
+            self.agent, meta = load_sac(last, optimizers=True)
+            self.version = int(meta.get("version", 0))
+        else:
+            cfg = SACConfig(obs_dim=self.spec.state_dim, action_low=spec["action_low"],
+                            action_high=spec["action_high"], hidden=list(hidden), utd=utd)
+            self.agent = SAC(cfg)
+            if self.demo is not None:
+                st = self.demo.in_order()["state"]
+                self.agent.set_obs_normalization(st.mean(0), st.std(0))
+            self.version = 0
+        self.metrics = (self.run / "metrics.jsonl").open("a")
+        self.last_update: dict = {}
+
+    def _store(self, tr: Transition) -> None:
+        a = tr.arrays
+        self.online.add_batch({k: np.asarray(a[k])[None] for k in ("state", "next_state", "action", "reward",
+                                                                    "terminal", "intervention", "grip_before")}
+                              | {"seq": np.int64([tr.seq])})
+        self.received += 1
+
+    def receive(self, payload: bytes) -> int:
+        """A transition from the link; returns how many became storable (0: a duplicate, or waiting for a gap)."""
+        new = self.inbox.offer(payload)
+        for tr in new:
+            self._store(tr)
+        return len(new)
+
+    def acks(self) -> dict[str, int]:
+        """Durable now: what the actors may forget."""
+        return self.inbox.commit()
+
+    def ready(self) -> bool:
+        return len(self.online) >= self.learning_starts
+
+    def update(self) -> dict:
+        import torch
+
+        parts = [(self.online, 1.0)]
+        if self.demo is not None:
+            parts = [(self.online, 1.0 - self.demo_ratio), (self.demo, self.demo_ratio)]
+        batch = sample_mixed(parts, self.batch_size * self.agent.cfg.utd, self.rng)
+        self.last_update = self.agent.update({k: torch.as_tensor(v) for k, v in batch.items()})
+        return self.last_update
+
+    def weights(self) -> tuple[int, str, bytes]:
+        """(version, the agent's config as JSON, the weights the actor needs as safetensors bytes)."""
+        from safetensors.torch import save
+
+        self.version += 1
+        keep = ("encoder.", "actor.", "grip.")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.agent.state_dict().items() if k.startswith(keep)}
+        return self.version, json.dumps(self.agent.cfg.to_json()), save(tensors)
+
+    def checkpoint(self) -> None:
+        self.agent.save(self.run / "checkpoints" / "last", optimizers=True,
+                        extra={"version": self.version, "received": self.received})
+        row = {"time": time.time(), "updates": self.agent.updates, "received": self.received,
+               "version": self.version, **self.last_update}
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+
+    def close(self) -> None:
+        self.inbox.close()
+        self.metrics.close()
+
+
+class ActorPolicy:
+    """The actor's copy of the policy, rebuilt from the weights the learner publishes."""
+
+    def __init__(self):
+        self.agent = None
+        self.version = 0
+
+    def load(self, version: int, config: str, weights: bytes) -> None:
+        from safetensors.torch import load
+
+        from robot_learning.policies.sac import SAC, SACConfig
+
+        if self.agent is None or json.loads(config) != self.agent.cfg.to_json():
+            self.agent = SAC(SACConfig(**json.loads(config)))
+        state = load(bytes(weights))
+        self.agent.load_state_dict(state, strict=False)
+        self.version = version
+
+    def act(self, state: np.ndarray, deterministic: bool = False, gripper_now: float | None = None) -> np.ndarray:
+        return self.agent.act({"state": state}, deterministic, gripper_now)
+

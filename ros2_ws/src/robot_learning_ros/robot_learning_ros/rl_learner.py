@@ -1,0 +1,138 @@
+"""rl_learner: the off-policy learner of human-in-the-loop RL, in its own process (or machine).
+
+Waits for an actor's spec (``/rl/actor_spec``, latched), then takes every transition on
+``/rl/transitions`` exactly once (``robot_learning.rl.link``), trains SAC on them (and on the
+demonstrations of ``demos``, half and half), acknowledges what it has stored on ``/rl/acks``
+(with its version, a few times a second: the actor's sign that a learner is alive) and
+publishes the actor's weights, versioned, on ``/rl/policy_weights`` (latched: a late or
+restarted actor gets the newest at once). Everything lives in ``run_dir``; started again on
+the same one, it goes on where it stopped. Updates are paced to the data
+(``updates_per_transition``), so a fast learner does not overfit the first few transitions.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+import uuid
+
+import rclpy
+import torch  # noqa: F401  (imported before the actor's spec arrives: learning starts at once)
+from rclpy.node import Node
+from std_msgs.msg import MultiArrayDimension, String, UInt8MultiArray
+
+from robot_learning.rl.learner import Learner
+from robot_learning_ros.msgs import LATCHED_QOS, STATE_QOS
+from robot_learning_ros.runtime import BackgroundSpin, init_with_graceful_stop, lenient_params
+
+
+class LearnerNode(Node):
+    def __init__(self):
+        super().__init__("rl_learner")
+        p = lenient_params(self)
+        self.run_dir = str(p("run_dir", "runs/learner").value)
+        self.demos = str(p("demos", "").value)
+        self.batch_size = int(p("batch_size", 256).value)
+        self.utd = int(p("utd", 1).value)
+        self.hidden = tuple(int(x) for x in str(p("hidden", "256,256").value).split(","))
+        self.learning_starts = int(p("learning_starts", 200).value)
+        self.ratio = float(p("updates_per_transition", 1.0).value)
+        self.publish_every = int(p("publish_every", 50).value)
+        self.checkpoint_every = int(p("checkpoint_every", 500).value)
+        self.session = uuid.uuid4().hex[:8]
+        self.spec: dict | None = None
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.lock = threading.Lock()
+        self.create_subscription(String, "/rl/actor_spec", self._on_spec, LATCHED_QOS)
+        self.create_subscription(UInt8MultiArray, "/rl/transitions", self._on_transition, STATE_QOS)
+        self.pub_acks = self.create_publisher(String, "/rl/acks", LATCHED_QOS)
+        self.pub_weights = self.create_publisher(UInt8MultiArray, "/rl/policy_weights", LATCHED_QOS)
+        # the heartbeat runs on the executor, apart from the learning loop: a slow fsync or a long
+        # update delays what is acknowledged, never the sign of life
+        self.acked: dict[str, int] = {}
+        self.version = 0
+        self.create_timer(0.2, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        self.pub_acks.publish(String(data=json.dumps({"learner": self.session, "stored": self.acked,
+                                                      "version": self.version})))
+
+    def _on_spec(self, m: String) -> None:
+        self.spec = json.loads(m.data)
+
+    def _on_transition(self, m: UInt8MultiArray) -> None:
+        self.queue.append(bytes(m.data))
+
+    def commit(self, learner: Learner) -> None:
+        self.acked = learner.acks()  # durable now: what the actors may forget
+        self._heartbeat()
+
+    def publish_weights(self, learner: Learner) -> None:
+        version, config, data = learner.weights()
+        self.version = version
+        msg = UInt8MultiArray()
+        msg.layout.dim = [MultiArrayDimension(label=json.dumps({"version": version, "config": json.loads(config)}),
+                                              size=len(data), stride=len(data))]
+        msg.data = data
+        self.pub_weights.publish(msg)
+
+    def run(self, running) -> None:
+        log = self.get_logger()
+        log.info(f"waiting for an actor's spec on /rl/actor_spec (run dir {self.run_dir})")
+        while running() and self.spec is None:
+            time.sleep(0.1)
+        if not running():
+            return
+        learner = Learner(self.run_dir, self.spec, self.demos, self.batch_size, self.utd, self.hidden,
+                          learning_starts=self.learning_starts)
+        log.info(f"learning for {self.spec['env']}: {learner.received} transitions from the journal, "
+                 f"{len(learner.demo) if learner.demo else 0} from demonstrations, version {learner.version}")
+        self.publish_weights(learner)
+        next_ack, published_at = 0.0, learner.agent.updates
+        try:
+            while running():
+                for _ in range(min(len(self.queue), 500)):  # bounded: acks and updates go on under a flood
+                    learner.receive(self.queue.popleft())
+                now = time.monotonic()
+                if now >= next_ack:
+                    self.commit(learner)
+                    next_ack = now + 0.2
+                if learner.ready() and learner.agent.updates < self.ratio * learner.received:
+                    learner.update()
+                    u = learner.agent.updates
+                    if u - published_at >= self.publish_every:
+                        self.publish_weights(learner)
+                        published_at = u
+                    if u % self.checkpoint_every == 0:
+                        learner.checkpoint()
+                else:
+                    time.sleep(0.005)
+        finally:
+            while self.queue:
+                learner.receive(self.queue.popleft())
+            learner.checkpoint()
+            if rclpy.ok():
+                self.commit(learner)
+            learner.close()
+            log.info(f"stopped: {learner.received} transitions stored, {learner.agent.updates} updates, "
+                     f"version {learner.version}")
+
+
+def main(args=None) -> None:
+    stop = init_with_graceful_stop(args)  # Ctrl-C: finish over DDS first (acks, last transitions)
+    node = LearnerNode()
+    spin = BackgroundSpin(node)
+    try:
+        node.run(lambda: not stop.is_set() and rclpy.ok() and spin.failed is None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        spin.close()
+    if spin.failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
