@@ -1,5 +1,7 @@
 """``robot-learning train diffusion --dataset ...`` (and, under torchrun, on several GPUs);
-``robot-learning train sac --env ...`` (off-policy RL on a gymnasium env or the workcell)."""
+``robot-learning train sac --env ...`` (off-policy RL on a gymnasium env or the workcell).
+
+Each kind's flags are its config dataclass's fields, so a field added there is a flag here."""
 
 from __future__ import annotations
 
@@ -8,47 +10,60 @@ from dataclasses import fields
 
 from robot_learning.train.diffusion import TrainConfig
 
-_LISTS = {"obs", "images", "image_size", "down_dims", "relative"}
+# fields given as comma-separated lists, with the type of their items
+_DIFFUSION_LISTS = {"obs": str, "images": str, "image_size": int, "down_dims": int, "relative": str}
+_SAC_LISTS = {"obs": str, "hidden": int}
+
+
+def add_config_arguments(p, defaults, lists: dict[str, type], helps: dict[str, str] | None = None) -> None:
+    """One flag per field of the dataclass instance ``defaults`` (``lists`` comma-separated)."""
+    cls = type(defaults)
+    for f in fields(cls):
+        name, value = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        if helps and f.name in helps:
+            p.add_argument(name, default=value, help=helps[f.name])
+        elif f.name in lists:
+            p.add_argument(name, default=",".join(str(v) for v in value), help="comma-separated")
+        elif isinstance(value, bool):
+            p.add_argument(name, default=value, action=argparse.BooleanOptionalAction)
+        else:
+            p.add_argument(name, type=type(value), default=value)
+
+
+def config_from_args(a, cls, lists: dict[str, type]):
+    values = {}
+    for f in fields(cls):
+        v = getattr(a, f.name)
+        if f.name in lists:
+            v = [lists[f.name](x.strip()) for x in str(v).split(",") if x.strip()]
+        values[f.name] = v
+    return cls(**values)
 
 
 def add_parser(sub) -> None:
+    from robot_learning.train.sac import SACTrainConfig
+
     tr = sub.add_parser("train", help="train a policy on a dataset (torchrun for several GPUs)")
     kinds = tr.add_subparsers(dest="kind", required=True)
-    d = kinds.add_parser("diffusion", help="diffusion policy", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    defaults = TrainConfig(dataset="")
-    for f in fields(TrainConfig):
-        name = "--" + f.name.replace("_", "-")
-        value = getattr(defaults, f.name)
-        if f.name == "dataset":
-            d.add_argument(name, default="", help="zarr dataset to train on (with --resume: the run's own)")
-        elif f.name in _LISTS:
-            d.add_argument(name, default=",".join(str(v) for v in value), help="comma-separated")
-        elif isinstance(value, bool):
-            d.add_argument(name, default=value, action=argparse.BooleanOptionalAction)
-        else:
-            d.add_argument(name, type=type(value), default=value)
-    from robot_learning.train.sac import add_arguments
-
-    add_arguments(kinds.add_parser("sac", help="SAC (RLPD choices) on a gymnasium env or workcell/<task>, "
-                                   "optionally from demonstrations",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    add_config_arguments(kinds.add_parser("diffusion", help="diffusion policy", formatter_class=fmt),
+                         TrainConfig(dataset=""), _DIFFUSION_LISTS,
+                         {"dataset": "zarr dataset to train on (with --resume: the run's own)"})
+    add_config_arguments(kinds.add_parser("sac", help="SAC (RLPD choices) on a gymnasium env or workcell/<task>, "
+                                          "optionally from demonstrations", formatter_class=fmt),
+                         SACTrainConfig(), _SAC_LISTS)
 
 
 def run(a) -> int:
     if a.kind == "sac":
-        from robot_learning.train.sac import run_cli
+        from robot_learning.train.sac import SACTrainConfig, train_sac
 
-        return run_cli(a)
-    values = {}
-    for f in fields(TrainConfig):
-        v = getattr(a, f.name)
-        if f.name in _LISTS:
-            items = [x.strip() for x in str(v).split(",") if x.strip()]
-            v = [int(x) for x in items] if f.name in ("image_size", "down_dims") else items
-        values[f.name] = v
-    if not values["dataset"] and not values["resume"]:
+        train_sac(config_from_args(a, SACTrainConfig, _SAC_LISTS))
+        return 0
+    cfg = config_from_args(a, TrainConfig, _DIFFUSION_LISTS)
+    if not cfg.dataset and not cfg.resume:
         raise SystemExit("train: --dataset is required (or --resume RUN_DIR to continue a run)")
     from robot_learning.train.diffusion import train
 
-    train(TrainConfig(**values))
+    train(cfg)
     return 0

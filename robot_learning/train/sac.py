@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -335,31 +335,3 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
     print(f"train sac: done; best {best}; curves {run / 'curves.png'}", flush=True)
     return run
 
-
-# ---- CLI -------------------------------------------------------------------------------
-_LISTS = {"obs": str, "hidden": int}
-
-
-def add_arguments(p) -> None:
-    import argparse
-
-    defaults = SACTrainConfig()
-    for f in fields(SACTrainConfig):
-        name, value = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
-        if f.name in _LISTS:
-            p.add_argument(name, default=",".join(str(v) for v in value), help="comma-separated")
-        elif isinstance(value, bool):
-            p.add_argument(name, default=value, action=argparse.BooleanOptionalAction)
-        else:
-            p.add_argument(name, type=type(value), default=value)
-
-
-def run_cli(a) -> int:
-    values = {}
-    for f in fields(SACTrainConfig):
-        v = getattr(a, f.name)
-        if f.name in _LISTS:
-            v = [_LISTS[f.name](x.strip()) for x in str(v).split(",") if x.strip()]
-        values[f.name] = v
-    train_sac(SACTrainConfig(**values))
-    return 0

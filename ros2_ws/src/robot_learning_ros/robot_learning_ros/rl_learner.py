@@ -25,7 +25,7 @@ from std_msgs.msg import MultiArrayDimension, String, UInt8MultiArray
 
 from robot_learning.rl.learner import Learner
 from robot_learning_ros.msgs import LATCHED_QOS, STATE_QOS
-from robot_learning_ros.runtime import BackgroundSpin, init_with_graceful_stop, lenient_params
+from robot_learning_ros.runtime import lenient_params, run_until_stopped
 
 
 class LearnerNode(Node):
@@ -121,17 +121,7 @@ class LearnerNode(Node):
 
 
 def main(args=None) -> None:
-    stop = init_with_graceful_stop(args)  # Ctrl-C: finish over DDS first (acks, last transitions)
-    node = LearnerNode()
-    spin = BackgroundSpin(node)
-    try:
-        node.run(lambda: not stop.is_set() and rclpy.ok() and spin.failed is None)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        spin.close()
-    if spin.failed:
-        raise SystemExit(1)
+    run_until_stopped(LearnerNode, args)  # Ctrl-C: finish over DDS first (acks, last transitions)
 
 
 if __name__ == "__main__":

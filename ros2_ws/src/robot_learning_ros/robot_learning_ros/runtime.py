@@ -111,6 +111,22 @@ def init_with_graceful_stop(args=None) -> threading.Event:
     return stop
 
 
+def run_until_stopped(factory, args=None) -> None:
+    """``main`` of a node whose ``run(running)`` loop owns the main thread and finishes its work
+    over DDS when asked to stop (``init_with_graceful_stop``); exits 1 when a callback failed."""
+    stop = init_with_graceful_stop(args)
+    node = factory()
+    spin = BackgroundSpin(node)
+    try:
+        node.run(lambda: not stop.is_set() and rclpy.ok() and spin.failed is None)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        spin.close()
+    if spin.failed:
+        raise SystemExit(1)
+
+
 HEADLESS_GL = ("egl", "osmesa")  # MUJOCO_GL values that need no display, in order of preference
 _GL_PROBE = ("import mujoco; m = mujoco.MjModel.from_xml_string('<mujoco/>'); gl = mujoco.GLContext(64, 64); "
              "gl.make_current(); mujoco.MjrContext(m, mujoco.mjtFontScale.mjFONTSCALE_100).free(); gl.free()")
