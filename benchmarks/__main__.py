@@ -1,8 +1,8 @@
-"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm] [--quick]``): the sim node
+"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm,learner] [--quick]``): the sim node
 against raw MuJoCo, the gym env's speed, command-to-state latency through the graph, the
-recorder's ingest, and policy latency and command jitter. Results go to docs/benchmarks.md
-with the machine and date. Benchmarks live outside the library: nothing in robot_learning
-imports them, and they use only its public modules."""
+recorder's ingest, policy latency and command jitter, and the SAC learner's update rate.
+Results go to docs/benchmarks.md with the machine and date. Benchmarks live outside the
+library: nothing in robot_learning imports them, and they use only its public modules."""
 
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, MuJoCo {mujoco.__version__}"
 
 
-SECTIONS = ("sim", "ingest", "policy", "arm")
+SECTIONS = ("sim", "ingest", "policy", "arm", "learner")
 
 
 def _previous_sections(path: Path) -> dict[str, str]:
@@ -242,6 +242,10 @@ def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> i
                 sections[name] = f"_Measured {stamp}._\n\n" + "\n".join(fn(quick, tmp, client)) + "\n"
             finally:
                 client.close()
+    if "learner" in todo:
+        from benchmarks.learner import section as learner_section
+
+        sections["learner"] = f"_Measured {stamp}._\n\n" + "\n".join(learner_section(quick)) + "\n"
     text = [f"# Benchmarks\n\nWritten by `make bench` (`make bench BENCH_ARGS=\"--only {','.join(SECTIONS)}\"`, "
             "or `python -m benchmarks --help`); "
             f"each section says when and where it was measured.\n"]

@@ -39,6 +39,7 @@ class SACTrainConfig:
     steps: int = 20000                # env steps (robot time = steps x the env's period)
     demos: str = ""                   # zarr dataset of demonstrations (workcell envs)
     demo_ratio: float = 0.5           # share of each batch drawn from the demonstrations
+    demo_successes_only: bool = True  # leave out demonstrations that failed
     obs: list[str] = field(default_factory=list)   # state keys (default: the task's, or every Box of a dict env)
     start_steps: int = 1000           # uniform random actions first (without demonstrations)
     learning_starts: int = 500
@@ -240,7 +241,10 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         if want.state_dims != spec.state_dims:
             raise SystemExit(f"train sac: {cfg.demos} has observation sizes {want.state_dims} for "
                              f"{', '.join(spec.state_keys)}, the env {spec.state_dims}")
-        demo = from_dataset(ds, spec, progress=progress)
+        chosen = [i for i in ds.indices if ds.episode(i).meta.get("success")] if cfg.demo_successes_only else None
+        if chosen == []:
+            raise SystemExit(f"train sac: {cfg.demos} has no successful episode (--no-demo-successes-only uses all)")
+        demo = from_dataset(ds, spec, episodes=chosen, progress=progress)
     online = ReplayBuffer(cfg.buffer_size, spec, len(env.low))
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
