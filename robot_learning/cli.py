@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     from robot_learning.policies.checkpoint import PolicyError
 
     use_local_dds_profile()
+    if a.cmd in ("train", "evaluate", "demo"):  # they render rollouts: no display needed
+        from robot_learning.headless import use_headless_gl
+
+        use_headless_gl()
     try:
         return _dispatch(a)
     except PolicyError as e:  # a damaged or unfitting checkpoint: its one sentence, not a traceback

@@ -53,7 +53,9 @@ def test_collecting_through_arm_node_records_what_the_sim_records(tmp_path):
     ra, rb = _rates(a), _rates(b)
     assert sorted(ra) == sorted(rb)
     for name in ra:
-        if ra[name] >= 10.0:  # sensor and state streams (not the mux's on-change control_source)
+        # sensor and state streams: not the commands (their rate is the sender's: the scripted
+        # operator's, which a busy host slows) nor the mux's on-change control_source
+        if ra[name] >= 10.0 and not name.startswith("cmd_"):
             assert rb[name] == pytest.approx(ra[name], rel=0.2), name
     assert sorted(a.steps) == sorted(b.steps)
     # the arm moved on the real path, driven through arm_node: the TCP went somewhere

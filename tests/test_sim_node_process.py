@@ -66,8 +66,9 @@ def test_cameras_render_without_a_display(tmp_path):
     GLFW warnings and hang, publishing nothing. It now renders with EGL (or OSMesa) by itself,
     or, where neither works, stops at once saying what to set."""
     from robot_learning_ros.client import GraphClient
-    from robot_learning_ros.runtime import HEADLESS_GL, headless_gl_works
     from sensor_msgs.msg import Image
+
+    from robot_learning.headless import HEADLESS_GL, headless_gl_works
 
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MUJOCO_GL", "PYOPENGL_PLATFORM")}
     log = tmp_path / "sim.log"
@@ -111,7 +112,7 @@ def no_display(monkeypatch):
 
 
 def test_headless_picks_egl_then_osmesa_and_reexecutes(no_display, monkeypatch):
-    from robot_learning_ros import runtime
+    from robot_learning import headless as runtime
 
     monkeypatch.setattr(runtime, "headless_gl_works", lambda backend: backend == "osmesa")
     with pytest.raises(_Exec) as e:
@@ -121,7 +122,7 @@ def test_headless_picks_egl_then_osmesa_and_reexecutes(no_display, monkeypatch):
 
 
 def test_headless_without_a_backend_stops_with_what_to_set(no_display, monkeypatch):
-    from robot_learning_ros import runtime
+    from robot_learning import headless as runtime
 
     monkeypatch.setattr(runtime, "headless_gl_works", lambda backend: False)
     with pytest.raises(SystemExit, match="set MUJOCO_GL=egl or MUJOCO_GL=osmesa"):
@@ -129,7 +130,7 @@ def test_headless_without_a_backend_stops_with_what_to_set(no_display, monkeypat
 
 
 def test_a_display_or_a_headless_backend_is_left_alone(no_display, monkeypatch):
-    from robot_learning_ros import runtime
+    from robot_learning import headless as runtime
 
     monkeypatch.setattr(runtime, "headless_gl_works", lambda backend: pytest.fail("probed"))
     monkeypatch.setenv("DISPLAY", ":0")

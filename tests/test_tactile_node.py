@@ -87,7 +87,8 @@ def test_serial_board_on_a_pty_reaches_the_pad_topics(tmp_path):
 
 def test_visuotactile_gel_from_a_video_file_gives_the_shear_it_shows(tmp_path):
     """The first frames show the untouched gel (the reference); then the markers shift 2 px to
-    the right and 1 px down: every taxel's shear says so, in newtons, and contact stays off."""
+    the right and 1 px down: every taxel's shear says so, in newtons (zero on untouched frames),
+    and contact stays off."""
     video = tmp_path / "gel.avi"
     w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 15.0, (320, 240))
     assert w.isOpened()
@@ -101,13 +102,15 @@ def test_visuotactile_gel_from_a_video_file_gives_the_shear_it_shows(tmp_path):
     proc = start(tmp_path / "gel.log", "-p", "driver:=visuotactile", "-p", f"video_device:={video}",
                  "-p", "config:=hardware/tactile/gelsight_mini.yaml")
     try:
-        msgs = client.wait_for("/tactile/left_finger/taxels", 40, timeout=60)
-        shears = np.array([grid_of(m)[:, :, :2] for m in msgs[:40]])
+        # 80 grids: the file (60 frames at 15 fps) plays more than once; a subscriber that matched
+        # late on a busy host may miss the first untouched frames, so each grid is classified
+        msgs = client.wait_for("/tactile/left_finger/taxels", 80, timeout=90)
+        shears = np.array([grid_of(m)[:, :, :2] for m in msgs[:80]])
         k_shear = 0.05  # newtons per pixel, hardware/tactile/gelsight_mini.yaml
-        assert np.allclose(shears[0], 0.0, atol=0.01)
-        moved = shears[25:40]  # well after the shift, before the file plays again from its start
-        assert np.allclose(moved[..., 0], 2.0 * k_shear, atol=0.015), moved[..., 0]
-        assert np.allclose(moved[..., 1], 1.0 * k_shear, atol=0.015), moved[..., 1]
+        still = np.all(np.abs(shears) < 0.01, axis=(1, 2, 3))
+        moved = np.all(np.abs(shears - np.array([2.0, 1.0]) * k_shear) < 0.015, axis=(1, 2, 3))
+        assert still.any() and moved.any(), shears.reshape(len(shears), -1)[:, :2]
+        assert np.all(still | moved), shears[~(still | moved)].reshape(-1, 2)[:10]  # nothing in between
         assert client.latest("/tactile/left_finger/contact").encoding == "mono8"
     finally:
         stop(proc, tmp_path / "gel.log")

@@ -7,6 +7,7 @@ trains against headless is the robot the ROS graph exposes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from robot_learning.control.loop import control_step
 from robot_learning.sim.model import FT_SITE, TCP_SITE, workcell_xml
 from robot_learning.sim.tactile import TactilePads
 from robot_learning.sim.tasks import make_task
+
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 class SimBackend:
