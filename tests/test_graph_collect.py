@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 
 import numpy as np
@@ -44,7 +45,10 @@ def test_scripted_collection_stores_what_was_published(tmp_path):
                            seed=3, progress=False)
     client.close()
     log = (tmp_path / "collect.log").read_text()
-    assert "Traceback" not in log, log[-3000:]
+    # rclpy's Future.__del__ can print an "Exception ignored" traceback while an interpreter is
+    # torn down (a half-built Task at exit); that is rclpy's, after the node's work: not a failure
+    ignored = re.findall(r"Exception ignored in: <function Future.__del__[^\n]*\n(?:.*Traceback.*\n)?", log)
+    assert log.count("Traceback") == len(ignored), log[-3000:]
     assert [e["dataset_episode"] for e in res["episodes"]] == [0, 1]
     # Both episodes are stored with the outcome the operator saw. On a loaded 2-core machine
     # the expert can miss a grasp (commands then arrive late), so one success is required and

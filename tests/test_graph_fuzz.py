@@ -57,7 +57,10 @@ def test_the_arm_holds_every_limit_under_a_command_fuzzer(tmp_path):
             qd = np.array([s[2] for s in states])
 
             # joint limits and the workspace box hold at every sample
-            assert np.all(q >= lim.q_lower) and np.all(q <= lim.q_upper)
+            over = np.maximum(lim.q_lower - q, q - lim.q_upper)  # > 0: past a limit
+            worst = np.unravel_index(np.argmax(over), over.shape)
+            assert over.max() <= 0, (f"joint {worst[1] + 1} at {q[worst]:.4f} rad, {over[worst]:.5f} past its "
+                                     f"limit, t = {t[worst[0]]:.3f} s (sample {worst[0]} of {len(q)})")
             margin = 0.005  # the measured TCP may sit a hair outside while pressed into a face of the box
             assert np.all(poses >= lim.workspace_min - margin) and np.all(poses <= lim.workspace_max + margin)
             # measured joint speed: never far over the limit (the monitor stops the arm at 1 + margin)
