@@ -98,7 +98,8 @@ class Outbox:
         """Numbers and stores a new transition; returns (seq, payload to send now)."""
         seq = self.next_seq
         self.next_seq += 1
-        floor = min((k[1] for k in self.pending if k[0] == self.actor), default=seq)
+        # pending keeps insertion order and acks remove a prefix: this run's first key is its floor
+        floor = next((s for a, s in self.pending if a == self.actor), seq)
         data = encode(Transition(self.actor, seq, arrays, floor))
         f = self._file(self.actor, seq)
         tmp = f.with_suffix(".partial")
@@ -115,13 +116,17 @@ class Outbox:
             self._file(actor, seq).unlink(missing_ok=True)
         return len(done)
 
+    def resend_all(self) -> None:
+        """Make every unacknowledged transition due now (a new learner appeared, or the actor stops)."""
+        for key, (data, _) in self.pending.items():
+            self.pending[key] = (data, -np.inf)
+
     def due(self, now: float | None = None) -> list[bytes]:
         """Payloads not acknowledged ``resend_s`` after they were last sent (marked sent now),
         oldest first, at most ``resend_batch``."""
         now = time.monotonic() if now is None else now
         out = []
-        for key in sorted(self.pending):
-            data, sent = self.pending[key]
+        for key, (data, sent) in list(self.pending.items()):  # oldest first: insertion order
             if now - sent >= self.resend_s:
                 out.append(data)
                 self.pending[key] = (data, now)

@@ -116,7 +116,6 @@ class WorkcellAdapter:
         self.keys = keys
         self.env = WorkcellEnv(task)
         self.task = task
-        self._dims = None
         o, _ = self.reset(0)
         self.spec = ObsSpec(tuple(keys), tuple(int(np.size(o[k])) for k in keys))
         self.low = self.env.action_space.low.astype(float).tolist()
@@ -160,7 +159,7 @@ def evaluate(agent, env, episodes: int, seed: int, video: Path | None = None) ->
         obs, _ = env.reset(seed + i)
         total, done, n, info, grip = 0.0, False, 0, {}, env.low[-1]
         while not done:
-            a = agent.act(_state(agent, env, obs), deterministic=True, gripper_now=grip)
+            a = agent.act(_state(env, obs), deterministic=True, gripper_now=grip)
             grip = float(a[-1])
             obs, r, term, trunc, info = env.step(a)
             total, n, done = total + r, n + 1, term or trunc
@@ -177,7 +176,7 @@ def evaluate(agent, env, episodes: int, seed: int, video: Path | None = None) ->
             "eval_length": float(np.mean(lengths))}
 
 
-def _state(agent, env, obs: dict) -> dict:
+def _state(env, obs: dict) -> dict:
     return {"state": env.spec.flatten(obs)}
 
 
@@ -296,7 +295,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
             if demo is None and step < cfg.start_steps:
                 a = rng.uniform(env.low, env.high).astype(np.float32)
             else:
-                a = agent.act(_state(agent, env, obs), gripper_now=grip)
+                a = agent.act(_state(env, obs), gripper_now=grip)
             nobs, r, term, trunc, info = env.step(a)
             online.add(obs, a, r, nobs, term, grip_before=grip, seq=step)
             grip = float(a[-1])

@@ -80,8 +80,7 @@ class ActorNode(Node):
             if acks["learner"] != self.learner:
                 self.learner = acks["learner"]
                 self.get_logger().info(f"learner {self.learner} is up (version {acks['version']})")
-                for key in out.pending:  # a new learner: send everything unacknowledged now
-                    out.pending[key] = (out.pending[key][0], -np.inf)
+                out.resend_all()  # a new learner: send everything unacknowledged now
             out.ack(acks["stored"])
         if weights is not None and weights[0] != self.policy.version:
             self.policy.load(*weights)
@@ -138,8 +137,7 @@ class ActorNode(Node):
             # is still pending; what it does not store stays in the outbox for the next run
             end = time.monotonic() + 5.0
             while rclpy.ok() and out.pending and self.learner_alive() and time.monotonic() < end:
-                for key in out.pending:  # everything now, not at the resend pace
-                    out.pending[key] = (out.pending[key][0], -np.inf)
+                out.resend_all()  # everything now, not at the resend pace
                 self._sync(out)
                 time.sleep(0.2)
         finally:

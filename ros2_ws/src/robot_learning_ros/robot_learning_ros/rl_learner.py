@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import json
-import threading
 import time
 import uuid
 
@@ -44,7 +43,6 @@ class LearnerNode(Node):
         self.session = uuid.uuid4().hex[:8]
         self.spec: dict | None = None
         self.queue: collections.deque[bytes] = collections.deque()
-        self.lock = threading.Lock()
         self.create_subscription(String, "/rl/actor_spec", self._on_spec, LATCHED_QOS)
         self.create_subscription(UInt8MultiArray, "/rl/transitions", self._on_transition, STATE_QOS)
         self.pub_acks = self.create_publisher(String, "/rl/acks", LATCHED_QOS)

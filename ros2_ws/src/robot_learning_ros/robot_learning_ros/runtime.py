@@ -15,6 +15,9 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+# rendering without a display: the library's, for the nodes that render (sim, bench publisher)
+from robot_learning.headless import HEADLESS_GL, headless_gl_works, use_headless_gl  # noqa: F401
+
 
 class BackgroundSpin:
     """Spins a node's callbacks on a daemon thread while the main thread runs the node's loop.
@@ -122,10 +125,6 @@ def run_until_stopped(factory, args=None) -> None:
         spin.close()
     if spin.failed:
         raise SystemExit(1)
-
-
-# rendering without a display: the library's, for the nodes that render (sim, bench publisher)
-from robot_learning.headless import HEADLESS_GL, headless_gl_works, use_headless_gl  # noqa: E402,F401
 
 
 def spin_main(node: Node, on_shutdown=None) -> None:
