@@ -139,7 +139,13 @@ def test_every_node_executable_starts_and_stops_cleanly(tmp_path):
     that none finds another to work with (an evaluator would start episodes with a sim)."""
     from robot_learning_ros.client import GraphClient
 
-    args = {**START_ARGS, "recorder_node": ["-p", f"dataset:={tmp_path / 'probe.zarr'}"]}
+    from robot_learning.config import load_yaml
+    from robot_learning.rl.classifier import ClassifierConfig, SuccessClassifier
+
+    classifier = SuccessClassifier(ClassifierConfig(obs_keys=["ee_pose.data"], obs_dim=7)).save(
+        tmp_path / "classifier", {"recipe": load_yaml("datasets/recipes/workcell.yaml")})
+    args = {**START_ARGS, "recorder_node": ["-p", f"dataset:={tmp_path / 'probe.zarr'}"],
+            "reward_node": ["-p", f"classifier:={classifier}"]}
     client = GraphClient("exec_probe")
     try:
         for name in node_executables():

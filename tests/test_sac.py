@@ -15,7 +15,14 @@ from test_dataset import store  # noqa: F401  (fixture: 2 recorded episodes on r
 from robot_learning.data.store import Dataset
 from robot_learning.policies.checkpoint import PolicyError
 from robot_learning.policies.sac import SAC, SACConfig, load_sac
-from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, obs_spec_from_dataset, sample_mixed
+from robot_learning.rl.replay import (
+    ObsSpec,
+    ReplayBuffer,
+    from_dataset,
+    obs_spec_from_dataset,
+    rlpd_batch,
+    sample_mixed,
+)
 
 
 def _batch(n: int, state: np.ndarray, action: np.ndarray, reward: np.ndarray, terminal: bool) -> dict:
@@ -57,6 +64,50 @@ def test_actor_finds_the_best_action_of_a_bandit():
         agent.update(_batch(n, np.zeros((n, 1)), a, -((a[:, 0] - 0.5) ** 2), True))
     best = agent.act({"state": np.zeros(1, np.float32)}, deterministic=True)
     assert abs(float(best[0]) - 0.5) < 0.1, best
+
+
+def test_pretraining_clones_the_demonstrations_and_bc_keeps_the_actor_near_them():
+    """Demonstrations say a = 0.6 * s. Offline pretraining (WSRL's warm start) makes the
+    deterministic actor follow them; online, a critic that prefers a = -1 everywhere pulls the
+    actor away unless the behaviour-cloning term on the demo rows holds it."""
+    rng = np.random.default_rng(2)
+    n = 256
+    s = rng.uniform(-1, 1, (n, 1)).astype(np.float32)
+
+    def demo_batch():
+        return {**_batch(n, s, 0.6 * s, np.zeros(n), True), "demo": torch.ones(n, dtype=torch.bool)}
+
+    finals = {}
+    for bc in (0.0, 2.5):
+        torch.manual_seed(0)
+        agent = SAC(SACConfig(obs_dim=1, action_low=[-1.0], action_high=[1.0], hidden=[32, 32], lr=3e-3,
+                              init_temperature=0.01, bc_weight=bc))
+        first = agent.pretrain(demo_batch())
+        for _ in range(300):
+            info = agent.pretrain(demo_batch())
+        assert info["bc_loss"] < 0.1 * first["bc_loss"]
+        probe = {"state": np.array([0.5], np.float32)}
+        assert abs(float(agent.act(probe, deterministic=True)[0]) - 0.3) < 0.05
+        for _ in range(300):  # online: reward -(a + 1)^2 wants -1; the demonstrations say 0.6 s
+            a = rng.uniform(-1, 1, (n, 1)).astype(np.float32)
+            b = demo_batch()
+            b.update(_batch(n, s, a, -((a[:, 0] + 1) ** 2), True))
+            agent.update(b)
+        finals[bc] = float(agent.act(probe, deterministic=True)[0])
+    assert finals[0.0] < -0.5 and finals[2.5] > finals[0.0] + 0.3, finals
+
+
+def test_rlpd_batch_shuffles_demonstrations_into_every_slice():
+    spec = ObsSpec(("x",), (1,))
+    online, demo = ReplayBuffer(50, spec, 1), ReplayBuffer(50, spec, 1)
+    for _ in range(50):
+        online.add({"x": [0.0]}, [0.0], 0.0, {"x": [0.0]}, False)
+        demo.add({"x": [1.0]}, [0.0], 0.0, {"x": [1.0]}, False)
+    b = rlpd_batch(online, demo, 0.5, 512, np.random.default_rng(0))
+    assert np.array_equal(b["demo"], b["obs/state"][:, 0] == 1.0) and b["demo"].sum() == 256
+    for part in np.split(b["demo"], 4):  # utd 4: each critic update sees both kinds
+        assert 0.3 < part.mean() < 0.7
+    assert not rlpd_batch(online, None, 0.5, 64, np.random.default_rng(0))["demo"].any()
 
 
 def test_buffer_rebuilds_exactly_the_recorded_transitions(store):  # noqa: F811

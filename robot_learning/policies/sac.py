@@ -9,6 +9,11 @@
 - Images go through the diffusion policy's encoder (``nets.vision.ImageEncoder``) with a
   random-shift augmentation (DrQ); the critic's gradient trains the encoder, the actor reads
   its features detached (as in DrQ and HIL-SERL: the actor's loss would drag it around).
+- Demonstrations can also shape the actor directly: ``bc_weight`` adds a behaviour-cloning
+  term on the batch's demonstration rows (the actor's mean pulled toward the demonstrated
+  action), and ``pretrain`` fits a behaviour-cloned actor and its critic on the demonstrations
+  alone before any robot time is spent (WSRL's warm start). A sparse reward gives the critic
+  nothing to say until the first success; the demonstrations' actions fill that gap.
 - Optionally, the last action dimension is a gripper driven by a separate *discrete* critic
   (three choices: open, stay, close; a double DQN as HIL-SERL's grasp critic), because a
   gripper is a decision, not a velocity, and a Gaussian over it dithers.
@@ -54,6 +59,7 @@ class SACConfig:
     init_temperature: float = 0.1
     target_entropy: float | None = None   # None: -(continuous action dims) / 2, as HIL-SERL
     backup_entropy: bool = True
+    bc_weight: float = 0.0                # behaviour cloning on the demonstration rows of a batch
     utd: int = 1
     discrete_gripper: bool = False        # last action dim in [low, high]: open .. closed
     shift_pad: int = 4
@@ -171,6 +177,13 @@ class Actor(nn.Module):
         logp = logp - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1) - torch.log(self.scale).sum()
         return self.centre + self.scale * a, logp
 
+    def bc_loss(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Squared distance of the mean action to the demonstrated one, per row, in the
+        box's [-1, 1] units (so a gripper and a velocity weigh alike)."""
+        mean, _ = self.net(feat).chunk(2, dim=-1)
+        target = ((action[:, :mean.shape[-1]] - self.centre) / self.scale).clamp(-1, 1)
+        return ((torch.tanh(mean) - target) ** 2).mean(-1)
+
 
 class SAC(nn.Module):
     """The agent: encoder, actor, critic ensemble (+ target), temperature, optional gripper critic."""
@@ -266,6 +279,18 @@ class SAC(nn.Module):
         self.updates += 1
         return info
 
+    def pretrain(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One offline step on demonstrations: the critic by TD on them (bootstrapping with
+        the actor), the actor by behaviour cloning only (the critic is not yet worth following)."""
+        info = self._update_critic(batch)
+        with torch.no_grad():
+            feat = self.encoder(self._split(batch, "obs/"), augment=bool(self.cfg.image_keys))
+        loss = self.actor.bc_loss(feat, batch["action"]).mean()
+        self.opt_actor.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_actor.step()
+        return {**info, "bc_loss": float(loss.detach())}
+
     def _split(self, part: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in part.items() if k.startswith(prefix)}
 
@@ -312,6 +337,13 @@ class SAC(nn.Module):
         a, logp = self.actor(feat)
         q = self.critics(torch.cat([feat, a], -1)).mean(0)
         loss = (self.alpha.detach() * logp - q).mean()
+        info = {}
+        demo = part.get("demo")
+        if self.cfg.bc_weight > 0 and demo is not None and bool(demo.any()):
+            # scaled by |Q| as TD3+BC does, so the weight means the same at any reward scale
+            bc = self.actor.bc_loss(feat[demo], part["action"][demo]).mean()
+            loss = loss + self.cfg.bc_weight * q.abs().mean().detach().clamp(min=1.0) * bc
+            info["bc_loss"] = float(bc.detach())
         self.opt_actor.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_actor.step()
@@ -320,7 +352,7 @@ class SAC(nn.Module):
         a_loss.backward()
         self.opt_alpha.step()
         return {"actor_loss": float(loss.detach()), "alpha": float(self.alpha.detach()),
-                "entropy": float(-logp.detach().mean())}
+                "entropy": float(-logp.detach().mean()), **info}
 
     # ---- checkpoints -----------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None, optimizers: bool = False) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from robot_learning.rl.link import Inbox, Transition
-from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, sample_mixed
+from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, rlpd_batch
 
 
 def spec_json(spec: ObsSpec, low: list[float], high: list[float], dt: float, name: str) -> str:
@@ -105,10 +105,7 @@ class Learner:
     def update(self) -> dict:
         import torch
 
-        parts = [(self.online, 1.0)]
-        if self.demo is not None:
-            parts = [(self.online, 1.0 - self.demo_ratio), (self.demo, self.demo_ratio)]
-        batch = sample_mixed(parts, self.batch_size * self.agent.cfg.utd, self.rng)
+        batch = rlpd_batch(self.online, self.demo, self.demo_ratio, self.batch_size * self.agent.cfg.utd, self.rng)
         self.last_update = self.agent.update({k: torch.as_tensor(v) for k, v in batch.items()})
         return self.last_update
 

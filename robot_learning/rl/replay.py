@@ -135,16 +135,31 @@ class ReplayBuffer:
 
 
 def sample_mixed(buffers: list[tuple[ReplayBuffer, float]], n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``n`` transitions, a fixed share from each buffer (RLPD: half demonstrations, half online);
-    an empty buffer's share goes to the others."""
-    live = [(b, w) for b, w in buffers if len(b)]
+    """``n`` transitions, a fixed share from each buffer (RLPD: half demonstrations, half online),
+    shuffled together, so any slice of the batch (one of ``utd`` critic updates) holds both
+    kinds; ``source`` says which buffer (its index in ``buffers``) each row came from. An empty
+    buffer's share goes to the others."""
+    live = [(i, b, w) for i, (b, w) in enumerate(buffers) if len(b)]
     if not live:
         raise ValueError("every replay buffer is empty: nothing to sample")
-    total = sum(w for _, w in live)
-    counts = [int(round(n * w / total)) for _, w in live]
+    total = sum(w for _, _, w in live)
+    counts = [int(round(n * w / total)) for _, _, w in live]
     counts[-1] = n - sum(counts[:-1])
-    parts = [b.sample(c, rng) for (b, _), c in zip(live, counts) if c > 0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    parts = [b.sample(c, rng) for (_, b, _), c in zip(live, counts) if c > 0]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out["source"] = np.concatenate([np.full(c, i, np.int64) for (i, _, _), c in zip(live, counts) if c > 0])
+    order = rng.permutation(n)
+    return {k: v[order] for k, v in out.items()}
+
+
+def rlpd_batch(online: ReplayBuffer, demo: ReplayBuffer | None, demo_ratio: float, n: int,
+               rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """RLPD's batch: ``demo_ratio`` of it from the demonstrations, the rest online, with a
+    ``demo`` flag per row (what a behaviour-cloning term on the demonstrations reads)."""
+    parts = [(online, 1.0)] if demo is None else [(online, 1.0 - demo_ratio), (demo, demo_ratio)]
+    batch = sample_mixed(parts, n, rng)
+    batch["demo"] = batch.pop("source") == 1
+    return batch
 
 
 def obs_spec_from_dataset(dataset, state_keys: list[str], image_keys: list[str] = (),
@@ -162,13 +177,13 @@ def obs_spec_from_dataset(dataset, state_keys: list[str], image_keys: list[str] 
 
 
 def from_dataset(dataset, spec: ObsSpec, buffer: ReplayBuffer | None = None, episodes: list[int] | None = None,
-                 capacity: int | None = None, progress: bool = False) -> ReplayBuffer:
+                 capacity: int | None = None, progress: bool = False, drop_idle: bool = False) -> ReplayBuffer:
     """Every transition of the dataset's episodes (or ``episodes``), in order, into ``buffer``
     (a new one sized to fit when None). Interventions keep their flag; rewards and ends are the
-    step table's (reward 1 on the last step of a successful episode)."""
+    step table's (reward 1 on the last step of a successful episode). ``drop_idle`` leaves out
+    steps where the operator commanded nothing (no motion, the gripper command unchanged, not
+    the last step): a person's pauses teach a cloned actor to stop where the task goes on."""
     from tqdm import tqdm
-
-    from robot_learning.data.sampler import resize_frame
 
     chosen = episodes if episodes is not None else dataset.indices
     eps = [dataset.episode(i) for i in chosen]
@@ -178,24 +193,40 @@ def from_dataset(dataset, spec: ObsSpec, buffer: ReplayBuffer | None = None, epi
         buffer = ReplayBuffer(max(capacity or total, 1), spec, _action_dim(eps))
     for ep in tqdm(eps, desc="buffer from dataset", unit="ep", disable=not progress):
         n = ep.n_steps
-        state = np.concatenate([ep.steps["obs"][k][:].reshape(n, -1).astype(np.float32) for k in spec.state_keys],
-                               axis=1) if spec.state_keys else np.zeros((n, 0), np.float32)
+        obs = episode_observations(ep, spec)
         action = ep.steps["action"][:].astype(np.float32)
         nxt = np.r_[np.arange(1, n), n - 1]
-        batch = {"state": state, "next_state": state[nxt], "action": action,
+        batch = {"state": obs["state"], "next_state": obs["state"][nxt], "action": action,
                  "reward": ep.steps["reward"][:].astype(np.float32),
                  "terminal": np.arange(n) == n - 1,
                  "intervention": ep.steps["intervention"][:].astype(bool),
                  "grip_before": np.r_[0.0, action[:-1, -1]].astype(np.float32)}
         for cam in spec.image_keys:
-            rows = ep.steps["index"][cam][:]
-            data = ep.streams[cam]["data"]
-            cache = {int(r): resize_frame(data[int(r)], spec.image_shape[:2]) for r in np.unique(rows[rows >= 0])}
-            blank = np.zeros(spec.image_shape, np.uint8)
-            frames = np.stack([cache.get(int(r), blank) for r in rows])
-            batch[f"image/{cam}"], batch[f"next_image/{cam}"] = frames, frames[nxt]
+            batch[f"image/{cam}"], batch[f"next_image/{cam}"] = obs[cam], obs[cam][nxt]
+        if drop_idle:
+            idle = (np.abs(action[:, :-1]).max(1) < 1e-9) & (action[:, -1] == batch["grip_before"])
+            idle[-1] = False
+            batch = {k: v[~idle] for k, v in batch.items()}
         buffer.add_batch(batch)
     return buffer
+
+
+def episode_observations(ep, spec: ObsSpec) -> dict[str, np.ndarray]:
+    """One episode's observation per step, as ``spec`` lays them out: ``state`` [n, state_dim]
+    and each camera's frames [n, H, W, 3] uint8 (resized; black where the camera had sent nothing yet)."""
+    from robot_learning.data.sampler import resize_frame
+
+    n = ep.n_steps
+    out = {"state": np.concatenate([ep.steps["obs"][k][:].reshape(n, -1).astype(np.float32)
+                                    for k in spec.state_keys], axis=1)
+           if spec.state_keys else np.zeros((n, 0), np.float32)}
+    for cam in spec.image_keys:
+        rows = ep.steps["index"][cam][:]
+        data = ep.streams[cam]["data"]
+        cache = {int(r): resize_frame(data[int(r)], spec.image_shape[:2]) for r in np.unique(rows[rows >= 0])}
+        blank = np.zeros(spec.image_shape, np.uint8)
+        out[cam] = np.stack([cache.get(int(r), blank) for r in rows])
+    return out
 
 
 def _action_dim(eps) -> int:

@@ -27,14 +27,16 @@ class ExpertObs:
 
 @dataclass
 class Waypoint:
-    pos: np.ndarray
-    yaw: float
+    pos: np.ndarray | None      # None: stay where the hand is (letting go of a peg stuck in the walls)
+    yaw: float | None           # None: do not turn the hand at all (a peg in the hole cannot be turned)
     grip: float                 # gripper command while moving there
     tol: float = 0.006          # metres
     dwell: float = 0.0          # seconds to wait once there
     speed: float = 0.3          # m/s cap
     carry: str | None = None    # pos/yaw are for this held object, not for the TCP
     timeout: float = np.inf     # seconds before moving on regardless (a jammed insertion)
+    retry: int | None = None    # on a timeout with the carried object still above the goal by
+                                # more than 2 cm (not in the hole), go back to this waypoint
 
 
 def _fold_quarter(a: float) -> float:
@@ -54,6 +56,7 @@ class ScriptedExpert:
         self._arrived: float | None = None
         self._started: float | None = None
         self.done = False
+        self.retries = 2
 
     def _down(self, yaw: float) -> np.ndarray:
         return quat_mul(axis_angle_quat([0, 0, 1], yaw), DOWN)
@@ -90,15 +93,24 @@ class ScriptedExpert:
                 Waypoint(np.r_[hole[:2], half_len + 0.09], hole_yaw, 1.0, tol=0.006, carry="peg"),
                 Waypoint(np.r_[hole[:2], half_len + 0.045], hole_yaw, 1.0, tol=0.0015, speed=0.05,
                          dwell=0.2, carry="peg", timeout=4.0),
+                # Down into the hole (a jam: back up and try again), then let go where the hand
+                # is and leave without turning: pushing or turning the hand while the peg is in
+                # the walls strains the wrist against them (a protective stop).
                 Waypoint(np.r_[hole[:2], half_len + 0.002], hole_yaw, 1.0, tol=0.004, speed=0.04,
-                         carry="peg", timeout=4.0),
-                Waypoint(np.r_[hole[:2], half_len + 0.002], hole_yaw, 0.0, dwell=0.4, carry="peg"),
-                Waypoint(np.r_[hole[:2], half_len + 0.12], hole_yaw, 0.0, tol=0.01),
+                         carry="peg", timeout=4.0, retry=4),
+                Waypoint(None, None, 0.0, dwell=0.4),
+                Waypoint(np.r_[hole[:2], half_len + 0.12], None, 0.0, tol=0.01),
             ]
         raise ValueError(f"no scripted expert for task '{self.task}'")
 
+    @property
+    def turning(self) -> bool:
+        """Whether the hand may turn now (False once the peg is in the hole: rotation locked)."""
+        return not self.plan or self.plan[min(self.k, len(self.plan) - 1)].yaw is not None
+
     def reset(self) -> None:
         self.plan, self.k, self._arrived, self._started, self.done = [], 0, None, None, False
+        self.retries = 2
 
     def act(self, obs: ExpertObs) -> tuple[np.ndarray, float]:
         """TCP twist (base frame, m/s and rad/s) and gripper closure (0 open .. 1 closed)."""
@@ -107,21 +119,27 @@ class ScriptedExpert:
         wp = self.plan[min(self.k, len(self.plan) - 1)]
         if self._started is None:
             self._started = obs.t
-        target, yaw = wp.pos, wp.yaw
-        if wp.carry:
+        target, yaw = (obs.tcp_pos if wp.pos is None else wp.pos), wp.yaw
+        if wp.carry and wp.pos is not None:
             obj_pos, obj_quat = obs.objects[wp.carry]
             target = wp.pos + (obs.tcp_pos - obj_pos)
-            tcp_yaw = yaw_of(obs.tcp_quat)
-            yaw = tcp_yaw + _fold_quarter(wp.yaw - yaw_of(obj_quat))
+            if wp.yaw is not None:
+                yaw = yaw_of(obs.tcp_quat) + _fold_quarter(wp.yaw - yaw_of(obj_quat))
         err = target - obs.tcp_pos
-        rot_err = orientation_error(self._down(yaw), obs.tcp_quat)
+        rot_err = np.zeros(3) if yaw is None else orientation_error(self._down(yaw), obs.tcp_quat)
         v = self.GAIN * err
         n = np.linalg.norm(v)
         if n > wp.speed:
             v *= wp.speed / n
         w = np.clip(4.0 * rot_err, -1.0, 1.0)
         there = np.linalg.norm(err) < wp.tol and np.linalg.norm(rot_err) < 0.05
-        if self.k < len(self.plan) and (there or obs.t - self._started > wp.timeout):
+        timed_out = obs.t - self._started > wp.timeout
+        stuck_out = wp.carry is not None and wp.pos is not None and obs.objects[wp.carry][0][2] - wp.pos[2] > 0.02
+        if timed_out and not there and stuck_out and wp.retry is not None and self.retries > 0:
+            self.retries -= 1  # jammed: back up to the approach above and try once more
+            self.k, self._arrived, self._started = wp.retry, None, None
+            return np.zeros(6), wp.grip
+        if self.k < len(self.plan) and (there or timed_out):
             if self._arrived is None:
                 self._arrived = obs.t
             if obs.t - self._arrived >= wp.dwell:
@@ -146,7 +164,15 @@ class HandNoise:
         self.t_prev: float | None = None
         self.paused_until = -np.inf
 
-    def apply(self, twist: np.ndarray, t: float) -> np.ndarray:
+    def apply(self, twist: np.ndarray, t: float, lock_rotation: bool = False) -> np.ndarray:
+        """``lock_rotation``: the operator has locked the device's rotation axes (SpaceMouse
+        devices have a button for it), as one does to push a peg straight into a hole."""
+        twist = self.apply_noise(twist, t)
+        if lock_rotation:
+            twist = np.r_[twist[:3], 0.0, 0.0, 0.0]
+        return twist
+
+    def apply_noise(self, twist: np.ndarray, t: float) -> np.ndarray:
         dt = 0.0 if self.t_prev is None else max(0.0, t - self.t_prev)
         self.t_prev = t
         a = np.exp(-dt / self.tau)

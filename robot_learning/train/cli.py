@@ -1,5 +1,6 @@
 """``robot-learning train diffusion --dataset ...`` (and, under torchrun, on several GPUs);
-``robot-learning train sac --env ...`` (off-policy RL on a gymnasium env or the workcell).
+``robot-learning train sac --env ...`` (off-policy RL on a gymnasium env or the workcell);
+``robot-learning train classifier --dataset ...`` (a success detector, served as a reward).
 
 Each kind's flags are its config dataclass's fields, so a field added there is a flag here."""
 
@@ -13,6 +14,7 @@ from robot_learning.train.diffusion import TrainConfig
 # fields given as comma-separated lists, with the type of their items
 _DIFFUSION_LISTS = {"obs": str, "images": str, "image_size": int, "down_dims": int, "relative": str}
 _SAC_LISTS = {"obs": str, "hidden": int}
+_CLASSIFIER_LISTS = {"dataset": str, "obs": str, "images": str, "image_size": int, "hidden": int}
 
 
 def add_config_arguments(p, defaults, lists: dict[str, type], helps: dict[str, str] | None = None) -> None:
@@ -41,6 +43,7 @@ def config_from_args(a, cls, lists: dict[str, type]):
 
 
 def add_parser(sub) -> None:
+    from robot_learning.train.classifier import ClassifierTrainConfig
     from robot_learning.train.sac import SACTrainConfig
 
     tr = sub.add_parser("train", help="train a policy on a dataset (torchrun for several GPUs)")
@@ -52,9 +55,16 @@ def add_parser(sub) -> None:
     add_config_arguments(kinds.add_parser("sac", help="SAC (RLPD choices) on a gymnasium env or workcell/<task>, "
                                           "optionally from demonstrations", formatter_class=fmt),
                          SACTrainConfig(), _SAC_LISTS)
+    add_config_arguments(kinds.add_parser("classifier", help="success classifier (a reward) on labelled datasets",
+                                          formatter_class=fmt), ClassifierTrainConfig(), _CLASSIFIER_LISTS)
 
 
 def run(a) -> int:
+    if a.kind == "classifier":
+        from robot_learning.train.classifier import ClassifierTrainConfig, train_classifier
+
+        train_classifier(config_from_args(a, ClassifierTrainConfig, _CLASSIFIER_LISTS))
+        return 0
     if a.kind == "sac":
         from robot_learning.train.sac import SACTrainConfig, train_sac
 

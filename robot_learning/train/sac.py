@@ -9,6 +9,10 @@ Two kinds of env:
   publishes), so demonstrations from a recorded zarr dataset (``--demos``) and an online
   buffer from the env share one layout, and a policy trained here reads what the robot sends.
 
+On the workcell, ``--intervene`` adds a scripted operator who takes over when the policy
+strays (``rl.intervene``; its corrections join both buffers), ``--rlif`` makes each takeover
+the reward, and ``--reward classifier:PATH`` a trained success classifier.
+
 Demonstrations and online data are sampled half and half (RLPD); the online buffer and the
 optimizers are saved with every checkpoint, so ``--resume RUN_DIR`` goes on where a killed run
 stopped. Progress: a tqdm bar, TensorBoard scalars, ``metrics.jsonl``, ``curves.png`` and a
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, obs_spec_from_dataset, sample_mixed
+from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, obs_spec_from_dataset, rlpd_batch
 
 WORKCELL_OBS = {  # state keys per task: the arm, the gripper and the objects it works with
     "peg_in_hole": ["ee_pose.data", "gripper_state.position", "peg_pose.data", "hole_pose.data"],
@@ -40,6 +44,14 @@ class SACTrainConfig:
     demos: str = ""                   # zarr dataset of demonstrations (workcell envs)
     demo_ratio: float = 0.5           # share of each batch drawn from the demonstrations
     demo_successes_only: bool = True  # leave out demonstrations that failed
+    demo_drop_idle: bool = True       # leave out the demonstrations' idle steps (the operator's pauses)
+    pretrain_steps: int = 0           # offline steps on the demos first: a BC actor and its critic (WSRL)
+    bc_weight: float = 0.0            # behaviour cloning on the demo rows during online learning
+    backup_entropy: bool = True       # the entropy bonus in the critic's target (SAC's default)
+    intervene: bool = False           # workcell: a scripted operator takes over when the policy strays
+    rlif: bool = False                # with intervene: the reward is -1 when a takeover starts, else 0 (RLIF)
+    max_episode_steps: int = 0        # the env's time limit (0: the task's own); long enough for the demos' pace
+    reward: str = "sim"               # workcell: "sim" (the sim's success), or "classifier:PATH" (as on a robot)
     obs: list[str] = field(default_factory=list)   # state keys (default: the task's, or every Box of a dict env)
     start_steps: int = 1000           # uniform random actions first (without demonstrations)
     learning_starts: int = 500
@@ -64,10 +76,10 @@ class SACTrainConfig:
 class GymAdapter:
     """A gymnasium env with observations keyed for the buffer: array envs as ``obs``, dict envs by their keys."""
 
-    def __init__(self, env_id: str, keys: list[str], render: bool):
+    def __init__(self, env_id: str, keys: list[str], render: bool, max_steps: int = 0):
         import gymnasium as gym
 
-        self.env = gym.make(env_id, render_mode="rgb_array" if render else None)
+        self.env = gym.make(env_id, render_mode="rgb_array" if render else None, max_episode_steps=max_steps or None)
         space = self.env.observation_space
         if isinstance(space, gym.spaces.Dict):
             keys = keys or [k for k, s in space.spaces.items() if isinstance(s, gym.spaces.Box) and s.dtype != np.uint8]
@@ -102,7 +114,7 @@ class GymAdapter:
 class WorkcellAdapter:
     """The workcell env observed through the recipe's keys (what a recorded dataset holds)."""
 
-    def __init__(self, task: str, keys: list[str], render: bool):
+    def __init__(self, task: str, keys: list[str], render: bool, max_steps: int = 0, reward: str = "sim"):
         from robot_learning.data.schema import load_recipe
         from robot_learning.paths import project_root
         from robot_learning.sim.env import WorkcellEnv
@@ -114,7 +126,24 @@ class WorkcellAdapter:
                 raise SystemExit(f"train sac: '{k}' is not a stream of the workcell recipe "
                                  f"({', '.join(sorted(self.recipe.streams))})")
         self.keys = keys
+        self.classifier = None
+        if reward.startswith("classifier:"):
+            from robot_learning.policies.checkpoint import PolicyError
+            from robot_learning.rl.classifier import LiveReward, load_classifier
+
+            try:
+                model, _ = load_classifier(reward.split(":", 1)[1])
+            except PolicyError as e:
+                raise SystemExit(f"train sac: --reward: {e}") from None
+            if model.cfg.image_keys:
+                raise SystemExit("train sac: in the env, --reward classifier takes a state classifier "
+                                 "(an image one runs on the graph, in reward_node)")
+            self.classifier = LiveReward(model)
+        elif reward != "sim":
+            raise SystemExit(f"train sac: --reward is 'sim' or 'classifier:PATH', not '{reward}'")
         self.env = WorkcellEnv(task)
+        if max_steps:
+            self.env.cell.task.max_steps = max_steps
         self.task = task
         o, _ = self.reset(0)
         self.spec = ObsSpec(tuple(keys), tuple(int(np.size(o[k])) for k in keys))
@@ -133,11 +162,28 @@ class WorkcellAdapter:
 
     def reset(self, seed: int):
         _, info = self.env.reset(seed=seed)
+        if self.classifier is not None:
+            self.classifier.reset()
         return self._obs(), info
 
     def step(self, a):
         _, r, term, trunc, info = self.env.step(np.asarray(a, float))
-        return self._obs(), float(r), bool(term), bool(trunc), info
+        obs = self._obs()
+        if self.classifier is not None:
+            # the classifier's verdict is the reward and ends the episode, as on a robot;
+            # info["success"] stays the sim's truth, which evaluation counts
+            r = self._classify()
+            term = r > 0
+        return obs, float(r), bool(term), bool(trunc), info
+
+    def _classify(self) -> float:
+        from robot_learning.sim.topics import topic_sample
+
+        c = self.classifier
+        for stream in c.streams:
+            c.add(stream, self.env.cell.time, topic_sample(self.env.cell, self.recipe.streams[stream].topic))
+        _, success = c.tick()
+        return float(success)
 
     def render(self):
         return self.env.render()
@@ -148,8 +194,8 @@ class WorkcellAdapter:
 
 def make_env(cfg: SACTrainConfig, render: bool = False):
     if cfg.env.startswith("workcell/"):
-        return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render)
-    return GymAdapter(cfg.env, cfg.obs, render)
+        return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render, cfg.max_episode_steps, cfg.reward)
+    return GymAdapter(cfg.env, cfg.obs, render, cfg.max_episode_steps)
 
 
 def evaluate(agent, env, episodes: int, seed: int, video: Path | None = None) -> dict:
@@ -190,7 +236,7 @@ def _plot(run: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.6))
     t = [r["robot_time_s"] / 60 for r in ev]
     ax[0].plot(t, [r["eval_success"] for r in ev], "o-", color="tab:green")
     ax[0].set(xlabel="robot time (min)", ylabel="success rate", ylim=(-0.05, 1.05), title="evaluation")
@@ -199,6 +245,16 @@ def _plot(run: Path) -> Path | None:
     tr = [r for r in rows if "q_mean" in r]
     ax[2].plot([r["robot_time_s"] / 60 for r in tr], [r["q_mean"] for r in tr], alpha=0.8)
     ax[2].set(xlabel="robot time (min)", ylabel="Q", title="mean Q of sampled transitions")
+    eps = [r for r in rows if "episode_success" in r]
+    key, label = ("intervention_rate", "share of steps intervened") if any("intervention_rate" in r for r in eps) \
+        else ("episode_success", "training episode success")
+    te = [r["robot_time_s"] / 60 for r in eps]
+    vals = np.array([r.get(key, 0.0) for r in eps])
+    if len(vals):  # a moving average over 10 episodes: single episodes are 0 or 1
+        smooth = np.convolve(vals, np.ones(10), mode="full")[:len(vals)] / np.minimum(np.arange(1, len(vals) + 1), 10)
+        ax[3].plot(te, vals, ".", alpha=0.3)
+        ax[3].plot(te, smooth, "-")
+    ax[3].set(xlabel="robot time (min)", ylabel=label, ylim=(-0.05, 1.05), title="training episodes")
     fig.tight_layout()
     out = run / "curves.png"
     fig.savefig(out, dpi=90)
@@ -243,7 +299,10 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         chosen = [i for i in ds.indices if ds.episode(i).meta.get("success")] if cfg.demo_successes_only else None
         if chosen == []:
             raise SystemExit(f"train sac: {cfg.demos} has no successful episode (--no-demo-successes-only uses all)")
-        demo = from_dataset(ds, spec, episodes=chosen, progress=progress)
+        room = sum(ds.episode(i).n_steps for i in (chosen if chosen is not None else ds.indices))
+        # interventions join the demonstrations (HIL-SERL), so leave them room
+        demo = from_dataset(ds, spec, episodes=chosen, progress=progress, drop_idle=cfg.demo_drop_idle,
+                            capacity=room + (cfg.steps if cfg.intervene else 0))
     online = ReplayBuffer(cfg.buffer_size, spec, len(env.low))
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -251,13 +310,17 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
     if resume:
         agent, meta = load_sac(resume / "checkpoints" / "last", optimizers=True)
         online.load(resume / "checkpoints" / "last" / "online.npz")
+        if demo is not None:  # the operator's corrections belong with the demonstrations again
+            kept = online.in_order()
+            demo.add_batch({k: v[kept["intervention"]] for k, v in kept.items()})
         start, episode = int(meta["env_steps"]), int(meta["episodes"])
         best = meta.get("best", best)
         rng = np.random.default_rng(cfg.seed + start)
     else:
         scfg = SACConfig(obs_dim=spec.state_dim, action_low=env.low, action_high=env.high, hidden=list(cfg.hidden),
                          n_critics=cfg.n_critics, target_subsample=cfg.target_subsample, gamma=cfg.gamma, lr=cfg.lr,
-                         init_temperature=cfg.init_temperature, utd=cfg.utd)
+                         init_temperature=cfg.init_temperature, utd=cfg.utd, bc_weight=cfg.bc_weight,
+                         backup_entropy=cfg.backup_entropy)
         agent = SAC(scfg)
         if demo is not None:  # normalize by what the demonstrations span
             st = demo.in_order()["state"]
@@ -285,8 +348,30 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         if name == "last":
             online.save(d / "online.npz")
 
+    if cfg.pretrain_steps and start == 0 and not resume:
+        if demo is None:
+            raise SystemExit("train sac: --pretrain-steps needs --demos (it learns from them before any robot time)")
+        for _ in tqdm(range(cfg.pretrain_steps), desc="pretrain on demos", unit="step", disable=not progress,
+                      dynamic_ncols=True):
+            upd = agent.pretrain(_to_torch(demo.sample(cfg.batch_size, rng), "cpu"))
+        video = run / "videos" / "pretrained.mp4" if cfg.video else None
+        ev = evaluate(agent, eval_env, cfg.eval_episodes, 1_000_000, video)
+        log({**upd, **ev}, 0)
+        tqdm.write(f"train sac: after {cfg.pretrain_steps} offline steps on the demos (no robot time): "
+                   f"success {ev['eval_success']:.0%}, return {ev['eval_return']:.2f}")
+        checkpoint(0, "pretrained")
+    operator = None
+    if cfg.intervene or cfg.rlif:
+        if not isinstance(env, WorkcellAdapter):
+            raise SystemExit("train sac: --intervene needs a workcell env (its operator is the workcell's expert)")
+        if cfg.rlif and not cfg.intervene:
+            raise SystemExit("train sac: --rlif rewards interventions; add --intervene")
+        from robot_learning.rl.intervene import InterveningOperator
+        from robot_learning.sim.env import expert_obs_from_env
+
+        operator = InterveningOperator(env.task)
     obs, _ = env.reset(cfg.seed * 100_000 + episode)
-    ep_return, ep_len, grip = 0.0, 0, env.low[-1]
+    ep_return, ep_len, grip, ep_takeovers, ep_intervened = 0.0, 0, env.low[-1], 0, 0
     upd: dict = {}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train sac", unit="step",
                disable=not progress, dynamic_ncols=True)
@@ -296,25 +381,35 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
                 a = rng.uniform(env.low, env.high).astype(np.float32)
             else:
                 a = agent.act(_state(env, obs), gripper_now=grip)
+            intervening = started = False
+            if operator is not None:
+                a, intervening, started = operator.step(expert_obs_from_env(env.env, ep_len * env.dt), a)
             nobs, r, term, trunc, info = env.step(a)
-            online.add(obs, a, r, nobs, term, grip_before=grip, seq=step)
+            if cfg.rlif:
+                r = -1.0 if started else 0.0
+            online.add(obs, a, r, nobs, term, intervention=intervening, grip_before=grip, seq=step)
+            if intervening and demo is not None:
+                demo.add(obs, a, r, nobs, term, intervention=True, grip_before=grip, seq=step)
             grip = float(a[-1])
             obs, ep_return, ep_len = nobs, ep_return + r, ep_len + 1
+            ep_takeovers, ep_intervened = ep_takeovers + started, ep_intervened + intervening
             if term or trunc:
                 episode += 1
-                log({"episode_return": ep_return, "episode_length": ep_len,
-                     "episode_success": float(bool(info.get("success", False)))}, step + 1)
+                row = {"episode_return": ep_return, "episode_length": ep_len,
+                       "episode_success": float(bool(info.get("success", False)))}
+                if operator is not None:
+                    row.update(intervention_rate=ep_intervened / ep_len, takeovers=ep_takeovers)
+                    operator.reset()
+                log(row, step + 1)
                 bar.set_postfix(ret=f"{ep_return:.1f}", ep=episode)
                 obs, _ = env.reset(cfg.seed * 100_000 + episode)
-                ep_return, ep_len, grip = 0.0, 0, env.low[-1]
+                ep_return, ep_len, grip, ep_takeovers, ep_intervened = 0.0, 0, env.low[-1], 0, 0
             if step + 1 >= cfg.learning_starts and len(online) + (len(demo) if demo else 0) >= cfg.batch_size:
                 if demo is None and step + 1 == cfg.learning_starts:  # normalize by the first data
                     st = online.in_order()["state"]
                     agent.set_obs_normalization(st.mean(0), st.std(0))
-                parts = [(online, 1.0)]
-                if demo is not None:
-                    parts = [(online, 1.0 - cfg.demo_ratio), (demo, cfg.demo_ratio)]
-                upd = agent.update(_to_torch(sample_mixed(parts, cfg.batch_size * cfg.utd, rng), "cpu"))
+                upd = agent.update(_to_torch(rlpd_batch(online, demo, cfg.demo_ratio, cfg.batch_size * cfg.utd, rng),
+                                             "cpu"))
                 if (step + 1) % 250 == 0:
                     log(upd, step + 1)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:

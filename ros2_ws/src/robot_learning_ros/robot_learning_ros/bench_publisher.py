@@ -47,7 +47,8 @@ class BenchPublisher(Node):
 
     def run(self) -> None:
         end = time.monotonic() + 30.0  # the recorder must have matched every topic before the clock starts
-        while any(p.get_subscription_count() == 0 for p in self.pubs.values()) and time.monotonic() < end:
+        while rclpy.ok() and any(p.get_subscription_count() == 0 for p in self.pubs.values()) \
+                and time.monotonic() < end:
             time.sleep(0.05)
         time.sleep(0.5)
         rng = np.random.default_rng(0)
@@ -87,6 +88,11 @@ def main(args=None) -> None:
         node.run()
     except KeyboardInterrupt:
         pass
+    except RuntimeError:
+        # a stop signal shuts the context down under a call in flight (RCLError: "context is
+        # invalid"); that is a normal stop. Anything else is a real error.
+        if rclpy.ok():
+            raise
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

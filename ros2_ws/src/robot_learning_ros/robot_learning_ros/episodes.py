@@ -213,8 +213,11 @@ def run_episodes(factory, args=None) -> None:
     except KeyboardInterrupt:
         pass
     except RuntimeError as e:
-        node.get_logger().error(str(e))
-        code = 1
+        # a stop signal shuts the context down under a call in flight ("context is invalid"):
+        # a normal stop, not an error
+        if rclpy.ok():
+            node.get_logger().error(str(e))
+            code = 1
     finally:
         node.finish()
         spin.close()

@@ -65,7 +65,7 @@ class ScriptedOperator(EpisodeNode):
             self.t_last = t
             twist, grip = ex.act(ExpertObs(t, pos, quat, self.gripper_opening, dict(self.objects)))
             if self.noise is not None:
-                twist = self.noise.apply(twist, t)
+                twist = self.noise.apply(twist, t, lock_rotation=not ex.turning)
             if ex.k == 3 and self.t_marker is None:
                 self.t_marker = t
             if ex.done or t - self.t_first > self.timeout:

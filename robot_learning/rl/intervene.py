@@ -1,0 +1,59 @@
+"""A scripted person who watches the policy and takes over when it strays (RLIF's setting).
+
+HIL-SERL learns fast because a person corrects the robot as it learns; in the sim that person
+is the workcell's scripted expert, run alongside the policy on the same observations. Each
+step it compares what the policy commands with what it would command itself: a step is
+*astray* when the expert wants to move and the policy goes the other way (the two linear
+velocities point more than ~70 degrees apart), barely moves, or commands the gripper the
+other way. ``patience`` astray steps in a row and it takes over for ``takeover_steps``, then
+hands back. Its corrections are the executed actions, flagged as interventions, so they go
+to both buffers as HIL-SERL's do, and under RLIF the moment of each takeover is the (negative)
+reward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robot_learning.sim.expert import ExpertObs, ScriptedExpert
+
+
+class InterveningOperator:
+    def __init__(self, task: str, patience: int = 5, takeover_steps: int = 15, min_speed: float = 0.01,
+                 agreement: float = 0.35):
+        self.expert = ScriptedExpert(task)
+        self.patience, self.takeover_steps = patience, takeover_steps
+        self.min_speed, self.agreement = min_speed, agreement
+        self.reset()
+
+    def reset(self) -> None:
+        """A new episode: the expert plans afresh from its first observation."""
+        self.expert.reset()
+        self.astray = 0
+        self.left = 0          # steps of the current takeover still to go
+
+    @property
+    def intervening(self) -> bool:
+        return self.left > 0
+
+    def _astray(self, policy: np.ndarray, expert: np.ndarray) -> bool:
+        ve, vp = expert[:3], policy[:3]
+        se, sp = float(np.linalg.norm(ve)), float(np.linalg.norm(vp))
+        if abs(float(policy[-1]) - float(expert[-1])) > 0.5:
+            return True                         # the gripper the wrong way: a dropped or missed peg
+        if se < self.min_speed:
+            return False                        # the expert would hold here; anything slow is fine
+        return sp < 0.25 * se or float(ve @ vp) / (se * sp) < self.agreement
+
+    def step(self, obs: ExpertObs, policy_action: np.ndarray) -> tuple[np.ndarray, bool, bool]:
+        """(the action to execute, whether it is the operator's, whether a takeover starts now)."""
+        twist, grip = self.expert.act(obs)
+        expert_action = np.r_[twist, grip].astype(np.float32)
+        if self.left > 0:
+            self.left -= 1
+            return expert_action, True, False
+        self.astray = self.astray + 1 if self._astray(np.asarray(policy_action), expert_action) else 0
+        if self.astray >= self.patience:
+            self.astray, self.left = 0, self.takeover_steps - 1
+            return expert_action, True, True
+        return np.asarray(policy_action, np.float32), False, False

@@ -1,0 +1,66 @@
+"""The scripted intervening operator (RLIF's setting) and ``train sac --intervene --rlif``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from robot_learning.rl.intervene import InterveningOperator
+from robot_learning.sim.env import WorkcellEnv, expert_obs_from_env
+from robot_learning.sim.expert import ScriptedExpert
+
+
+def _episode(policy, seed: int = 3, steps: int = 250) -> tuple[list[bool], list[bool], bool]:
+    env = WorkcellEnv("peg_in_hole")
+    try:
+        env.cell.task.max_steps = steps
+        env.reset(seed=seed)
+        op = InterveningOperator("peg_in_hole")
+        flags, starts, info, a = [], [], {"success": False}, np.zeros(7)
+        for k in range(steps):
+            obs = expert_obs_from_env(env, k / env.control_hz)
+            a, intervening, started = op.step(obs, policy(obs, a))
+            _, _, term, trunc, info = env.step(a)
+            flags.append(intervening)
+            starts.append(started)
+            if term or trunc:
+                break
+        return flags, starts, bool(info["success"])
+    finally:
+        env.close()
+
+
+def test_an_operator_never_takes_over_from_a_policy_that_does_what_it_would():
+    twin = ScriptedExpert("peg_in_hole")
+    flags, _, success = _episode(lambda obs, _: np.r_[twin.act(obs)])
+    assert success and not any(flags)
+
+
+def test_an_operator_takes_over_from_a_policy_that_stands_still_and_finishes_the_task():
+    """The policy holds still (the gripper as it was); the operator moves the arm in turns."""
+    flags, starts, success = _episode(lambda obs, last: np.r_[np.zeros(6), last[6]], steps=400)
+    assert starts.index(True) == 4                     # patience: the 5th astray step in a row
+    assert flags[4:19] == [True] * 15                  # then 15 steps of the operator's own
+    assert sum(starts) >= 3 and 0.5 < np.mean(flags) < 1.0
+    assert success                                     # in turns, the operator gets the peg in
+
+
+def test_train_sac_with_interventions_and_rlif_rewards(tmp_path):
+    from robot_learning.rl.replay import ObsSpec, ReplayBuffer
+    from robot_learning.train.sac import SACTrainConfig, train_sac
+
+    cfg = SACTrainConfig(env="workcell/peg_in_hole", steps=300, max_episode_steps=100, learning_starts=100,
+                         batch_size=32, hidden=[32, 32], eval_every=1000, eval_episodes=1, video=False,
+                         out=str(tmp_path), intervene=True, rlif=True)
+    run = train_sac(cfg, progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    eps = [r for r in rows if "intervention_rate" in r]
+    assert len(eps) == 3 and all(0 < r["intervention_rate"] < 1 for r in eps)
+    online = ReplayBuffer(1000, ObsSpec(("x",), (23,)), 7)
+    online.load(run / "checkpoints" / "last" / "online.npz")
+    got = online.in_order()
+    starts = got["intervention"] & ~np.r_[False, got["intervention"][:-1]]
+    # RLIF: -1 exactly where a takeover starts (a takeover running on from the step before is not a start)
+    assert np.array_equal(got["reward"] == -1.0, starts) and starts.sum() == sum(r["takeovers"] for r in eps)
+    assert (run / "curves.png").stat().st_size > 0
