@@ -143,6 +143,12 @@ class Encoder(nn.Module):
                                      for k in cfg.image_keys})
         self.out_dim = cfg.obs_dim + cfg.encoder_dim * len(cfg.image_keys)
 
+    def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Fixed state normalization, kept with the weights (a constant dimension is left unscaled)."""
+        std = np.where(np.asarray(std) > 1e-6, std, 1.0)
+        self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.obs_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
     def forward(self, obs: dict[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
         parts = []
         if self.cfg.obs_dim:
@@ -230,10 +236,8 @@ class SAC(nn.Module):
 
     def set_obs_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
         """Fixed state normalization (from the demonstrations, or the first data), kept in the checkpoint."""
-        std = np.where(np.asarray(std) > 1e-6, std, 1.0)
         for enc in (self.encoder, self.target_encoder):
-            enc.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-            enc.obs_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+            enc.set_normalization(mean, std)
 
     # ---- acting ----------------------------------------------------------------------
     @torch.no_grad()

@@ -125,9 +125,7 @@ def train_classifier(cfg: ClassifierTrainConfig, progress: bool = True) -> Path:
                             image_size=list(cfg.image_size), hidden=list(cfg.hidden), threshold=cfg.threshold)
     model = SuccessClassifier(mcfg)
     if spec.state_dim:
-        st = train["state"]
-        model.encoder.obs_mean.copy_(torch.as_tensor(st.mean(0)))
-        model.encoder.obs_std.copy_(torch.as_tensor(np.where(st.std(0) > 1e-6, st.std(0), 1.0)))
+        model.encoder.set_normalization(train["state"].mean(0), train["state"].std(0))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     pos, neg = np.flatnonzero(train["label"] == 1), np.flatnonzero(train["label"] == 0)
     half = cfg.batch_size // 2
