@@ -66,3 +66,25 @@ def stop_processes(procs: list[psutil.Process], grace: float = 15.0) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def _ignored_signals() -> set[int]:
+    """Signals this process ignores at the OS level (children inherit exactly these)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            mask = int(line.split()[1], 16)
+            return {s for s in (signal.SIGINT, signal.SIGTERM) if mask >> (s - 1) & 1}
+    return set()
+
+
+@pytest.fixture(autouse=True)
+def _no_ignored_stop_signals():
+    """A test that leaves SIGINT or SIGTERM ignored in pytest's process hands that to every
+    process started after it (ignored signals survive exec): a node in a later test then never
+    hears its Ctrl-C. Name the test that does it and undo it, so the rest of the run is sound."""
+    before = _ignored_signals()
+    yield
+    leaked = _ignored_signals() - before
+    for s in leaked:
+        signal.signal(s, signal.default_int_handler if s == signal.SIGINT else _stop_on_sigterm)
+    assert not leaked, f"this test left {sorted(signal.Signals(s).name for s in leaked)} ignored in pytest's process"

@@ -117,12 +117,15 @@ def test_overspeed_trips_a_latched_protective_stop_that_holds_where_the_arm_is(c
     assert ctl.mode == Mode.TWIST
 
 
-def test_tracking_error_and_stale_state_trip_the_monitor(robot):
+def test_tracking_error_stale_state_and_a_pushed_joint_trip_the_monitor(robot):
     for state_of, expect in (
         (lambda q, t: ArmState(t, q + np.r_[0, 0, 0.3, 0, 0, 0, 0], np.zeros(7), np.zeros(7), 0.08),
          "joint 3 is 0.300 rad from where it was commanded"),
         (lambda q, t: ArmState(t - 0.5, q, np.zeros(7), np.zeros(7), 0.08), "joint state is stale"),
         (lambda q, t: ArmState(t, q * np.nan, np.zeros(7), np.zeros(7), 0.08), "NaN or Inf"),
+        # pushed into the margin the filter keeps from the hard limit (the fuzzer's hand on the table)
+        (lambda q, t: ArmState(t, np.r_[q[:5], robot.limits.q_upper[5] - 0.005, q[6]], np.zeros(7),
+                               np.zeros(7), 0.08), "joint 6 measured at 3.7475 rad, pushed past its soft limit"),
     ):
         c = ArmController(robot, DT)
         c.sync(at_rest(robot.home, 0.0))

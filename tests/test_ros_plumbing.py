@@ -3,6 +3,7 @@ that never step back, and a node restarted after SIGKILL that its peers can stil
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -117,6 +118,8 @@ def test_a_callback_that_raises_stops_the_node_with_an_error_instead_of_a_silent
             spin.close()
         raise SystemExit(1 if spin.failed else 0)
     """)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1, r.stderr[-2000:]
-    assert "a callback failed" in r.stderr and "KeyError: 'peg'" in r.stderr
+    for inherited in (signal.SIG_DFL, signal.SIG_IGN):  # SIG_IGN: started by nohup, or with `&` in a script
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                           preexec_fn=lambda h=inherited: signal.signal(signal.SIGINT, h))
+        assert r.returncode == 1, r.stderr[-2000:]
+        assert "a callback failed" in r.stderr and "KeyError: 'peg'" in r.stderr

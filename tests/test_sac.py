@@ -195,3 +195,27 @@ def test_train_sac_on_a_gym_env_checkpoints_and_resumes(tmp_path):
     online.load(last / "online.npz")
     assert online.in_order()["seq"].tolist() == list(range(400))
     assert load_sac(last)[0].updates == 301
+
+
+def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_restart(store, tmp_path):  # noqa: F811
+    """HIL-SERL's rule: the operator's corrections are demonstrations too. A restarted learner
+    reads its journal back into both buffers, so nothing an operator showed it is lost."""
+    from robot_learning.rl.learner import Learner, transition_arrays
+    from robot_learning.rl.link import Outbox
+
+    keys = ["ee_pose.data", "gripper_state.position"]
+    spec = {"state_keys": keys, "state_dims": [7, 2], "action_low": [-1.0] * 7, "action_high": [1.0] * 7,
+            "dt": 0.1, "env": "test"}
+    demos = len(from_dataset(Dataset(store), obs_spec_from_dataset(Dataset(store), keys)))
+    out = Outbox(tmp_path / "outbox", "actor-1")
+    learner = Learner(tmp_path / "run", spec, demos=str(store), hidden=(16, 16))
+    for i in range(10):
+        s = np.full(9, i, np.float32)
+        learner.receive(out.push(transition_arrays(s, np.zeros(7), 0.0, s + 1, False, i % 3 == 0, 0.0))[1])
+    learner.acks()
+    assert len(learner.online) == 10 and len(learner.demo) == demos + 4  # steps 0, 3, 6, 9
+    assert np.array_equal(learner.demo.in_order()["state"][demos:, 0], [0, 3, 6, 9])
+    learner.close()
+    again = Learner(tmp_path / "run", spec, demos=str(store), hidden=(16, 16))
+    assert len(again.online) == 10 and len(again.demo) == demos + 4
+    again.close()

@@ -10,6 +10,9 @@ the same evidence:
 - measured joint speed above ``(1 + velocity_margin)`` times its limit;
 - tracking error: the measured position further from the command sent the period before
   than ``tracking_error`` plus ``tracking_lag`` times the commanded speed;
+- measured position past the filter's soft limits (``position_margin`` inside the hard ones)
+  by more than half the margin: the filter never commands there, so something pushes the
+  joint (a hand pressed on the table backdrives a 12 Nm wrist) toward its hard stop;
 - a stale or missing joint state (older than ``state_timeout``), or a non-finite one.
 
 A trip is reported once with the joint and the numbers; the controller then holds (where
@@ -30,6 +33,9 @@ class JointMonitor:
     def __init__(self, limits: SafetyLimits):
         self.limits = limits
         self.qd_trip = limits.qd_max * (1.0 + limits.velocity_margin)
+        self.soft_lower = limits.q_lower + limits.position_margin
+        self.soft_upper = limits.q_upper - limits.position_margin
+        self.q_tolerance = 0.5 * limits.position_margin
 
     def trustworthy(self, state: ArmState, now: float) -> bool:
         """A measurement recent and finite enough to hold the arm where it says the arm is."""
@@ -50,6 +56,12 @@ class JointMonitor:
         if over[j] > 1.0:
             return (f"joint {j + 1} measured at {abs(qd[j]):.2f} rad/s, over its limit "
                     f"{self.limits.qd_max[j]:.2f} rad/s (+{self.limits.velocity_margin:.0%})")
+        past = np.maximum(self.soft_lower - q, q - self.soft_upper) - self.q_tolerance
+        j = int(np.argmax(past))
+        if past[j] > 0:
+            hard = self.limits.q_lower[j] if q[j] < self.soft_lower[j] else self.limits.q_upper[j]
+            return (f"joint {j + 1} measured at {q[j]:.4f} rad, pushed past its soft limit toward its "
+                    f"hard limit {hard:.4f} rad (nothing commanded it there): pressing on something?")
         if q_sent is not None:
             # a joint following a moving command lags it by its speed times the servo's and the
             # loop's delay; a blocked joint falls behind without bound

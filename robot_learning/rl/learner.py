@@ -61,10 +61,13 @@ class Learner:
         if demos:
             from robot_learning.data.store import Dataset
 
-            self.demo = from_dataset(Dataset(demos), self.spec)
+            ds = Dataset(demos)
+            # room for the operator's corrections, which join the demonstrations (HIL-SERL)
+            room = sum(ds.episode(i).n_steps for i in ds.indices) + buffer_size
+            self.demo = from_dataset(ds, self.spec, capacity=room)
         self.inbox = Inbox(self.run / "journal")
         self.received = 0
-        for tr in self.inbox.replay():  # a restart: the online buffer is what the actors sent
+        for tr in self.inbox.replay():  # a restart: the buffers are what the actors sent
             self._store(tr)
         last = self.run / "checkpoints" / "last"
         if (last / "config.json").exists():
@@ -82,10 +85,14 @@ class Learner:
         self.last_update: dict = {}
 
     def _store(self, tr: Transition) -> None:
+        """Into the online buffer; an intervention (the operator's action) into the
+        demonstrations' too, as HIL-SERL does."""
         a = tr.arrays
-        self.online.add_batch({k: np.asarray(a[k])[None] for k in ("state", "next_state", "action", "reward",
-                                                                    "terminal", "intervention", "grip_before")}
-                              | {"seq": np.int64([tr.seq])})
+        row = {k: np.asarray(a[k])[None] for k in ("state", "next_state", "action", "reward", "terminal",
+                                                   "intervention", "grip_before")} | {"seq": np.int64([tr.seq])}
+        self.online.add_batch(row)
+        if self.demo is not None and bool(a["intervention"]):
+            self.demo.add_batch(row)
         self.received += 1
 
     def receive(self, payload: bytes) -> int:

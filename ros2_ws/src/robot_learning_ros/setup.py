@@ -36,6 +36,8 @@ setup(
             "tactile_node = robot_learning_ros.tactile_node:main",
             "rl_learner = robot_learning_ros.rl_learner:main",
             "rl_actor = robot_learning_ros.rl_actor:main",
+            "rl_graph_actor = robot_learning_ros.rl_graph_actor:main",
+            "intervening_operator = robot_learning_ros.intervening_operator:main",
             "reward_node = robot_learning_ros.reward_node:main",
         ],
     },

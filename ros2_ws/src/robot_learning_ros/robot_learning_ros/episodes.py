@@ -28,12 +28,13 @@ from robot_learning_ros.runtime import BackgroundSpin, lenient_params
 
 class EpisodeNode(Node):
     operator = "episodes"
+    default_episodes = 10
 
     def __init__(self, name: str, default_record: bool = False):
         super().__init__(name)
         p = lenient_params(self)
         self.task = p("task", "pick_place").value
-        self.episodes = int(p("episodes", 10).value)
+        self.episodes = int(p("episodes", self.default_episodes).value)
         self.timeout = float(p("episode_timeout", 40.0).value)
         self.record = bool(p("record", default_record).value)
         report = str(p("report_dir", "").value)
@@ -145,8 +146,12 @@ class EpisodeNode(Node):
         """Runs the episode until it is over (success, give-up or timeout)."""
         raise NotImplementedError
 
+    def reset_world(self, index: int) -> dict:
+        """Puts the scene back for episode ``index``: the sim's /sim/reset ({"episode", "seed"})."""
+        return json.loads(self.call(self.reset_client, Trigger.Request(), "sim node").message)
+
     def run_episode(self, index: int) -> dict:
-        info = json.loads(self.call(self.reset_client, Trigger.Request(), "sim node").message)
+        info = self.reset_world(index)
         self.wait_sim(0.1)  # fresh poses (and success: false) from the new episode
         if self.record:
             meta = {"task": self.task, "operator": self.operator, "seed": info["seed"]}

@@ -34,6 +34,10 @@ class BackgroundSpin:
     def __init__(self, node: Node):
         self.node = node
         self.failed: BaseException | None = None
+        if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGINT)):
+            # SIGINT ignored since start-up (``nohup``, ``&`` in a script, a parent that ignored
+            # it): interrupt_main would do nothing and the main thread would wait forever
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(node)
         self.thread = threading.Thread(target=self._spin, daemon=True, name=f"{node.get_name()}-spin")

@@ -1,0 +1,337 @@
+"""rl_graph_actor: on-robot RL through the ROS graph, the operator able to take over at any moment.
+
+The actor runs the learner's newest policy on what the graph observes (the recipe's topics: the
+same arrays the recorder stores and the learner's demonstrations hold) and commands the arm
+where a policy server does, on ``/policy/command/twist`` and ``/policy/command/gripper``: the
+command mux passes them on unless the operator is engaged (a teleop device, or the scripted
+``intervening_operator`` in the sim). Each step lasts ``1 / step_rate`` s of the graph's clock
+(sim time in the sim). Its transition holds the action that reached the arm (the policy's, or
+while the mux reports ``/intervention`` the operator's, averaged from what the mux sent) with
+the intervention flag, and goes to the learner through ``learner_link.LearnerLink``.
+
+Episodes (``episodes.EpisodeNode``): a reset, then steps until success (``reward_topic``: the
+sim's ``/sim/task/success``, or ``/reward/success`` from ``reward_node``'s classifier), the
+step limit, or a protective stop. ``reset:=sim`` calls ``/sim/reset``; ``reset:=home`` is the
+robot's: a joint trajectory to the home pose through the mux, then the operator's go
+(``/rl/go``; ``auto_go:=true`` skips it). ``/rl/pause`` and ``/rl/resume`` hold the actor
+between steps (the mux and the arm hold the arm); a paused or holding actor sends nothing.
+``rlif:=true`` makes the reward -1 at each takeover and 0 otherwise. ``record:=true`` has the
+recorder keep every episode, interventions included (``/intervention`` is in the recipe).
+Each episode's return, length, success and intervention rate go to ``report_dir/episodes.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+from geometry_msgs.msg import TwistStamped
+from std_msgs.msg import Bool, Float64, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from robot_learning.config import load_robot
+from robot_learning.data.convert import BadSample, to_sample
+from robot_learning.data.schema import load_recipe
+from robot_learning.paths import project_root, resolve
+from robot_learning.rl.learner import spec_json, transition_arrays
+from robot_learning.rl.replay import ObsSpec
+from robot_learning.sim.tasks import make_task
+from robot_learning_ros.episodes import EpisodeNode
+from robot_learning_ros.learner_link import LearnerLink
+from robot_learning_ros.msgs import (
+    COMMAND_QOS,
+    LATCHED_QOS,
+    LATEST_QOS,
+    SENSOR_QOS,
+    message_class,
+    to_sec_ns,
+    twist_from_msg,
+    twist_msg,
+)
+from robot_learning_ros.runtime import lenient_params, run_until_stopped
+
+
+class GraphActor(EpisodeNode):
+    operator = "rl_policy"
+    default_episodes = 0  # until stopped
+
+    def __init__(self):
+        super().__init__("rl_graph_actor")
+        p = lenient_params(self)
+        from robot_learning.train.sac import WORKCELL_OBS
+
+        obs = str(p("obs", "").value)
+        self.keys = [k.strip() for k in obs.split(",") if k.strip()] or WORKCELL_OBS.get(self.task) or [
+            "ee_pose.data", "gripper_state.position"]
+        recipe = str(p("recipe", str(project_root() / "datasets/recipes/workcell.yaml")).value)
+        self.recipe = load_recipe(resolve(recipe))
+        for k in self.keys:
+            if k.split(".", 1)[0] not in self.recipe.streams:
+                raise ValueError(f"obs key '{k}' is not a stream of {recipe} "
+                                 f"({', '.join(sorted(self.recipe.streams))})")
+        self.robot = load_robot(str(p("robot", "hardware/robots/panda.yaml").value))
+        self.base_frame = self.robot.base_frame
+        self.step_hz = float(p("step_rate", 10.0).value)
+        self.command_hz = float(p("command_rate", 50.0).value)
+        self.max_steps = int(p("max_episode_steps", 0).value) or make_task(self.task).max_steps
+        self.total_steps = int(p("max_steps", 0).value)  # 0: until stopped (or ``episodes`` run out)
+        self.on_lost = str(p("on_learner_lost", "keep").value)
+        if self.on_lost not in ("keep", "hold"):
+            raise ValueError(f"on_learner_lost must be 'keep' or 'hold', not '{self.on_lost}'")
+        self.reset_mode = str(p("reset", "sim").value)
+        if self.reset_mode not in ("sim", "home"):
+            raise ValueError("reset must be 'sim' (the sim's /sim/reset) or 'home' (a move home, then /rl/go)")
+        self.auto_go = bool(p("auto_go", False).value)
+        self.rlif = bool(p("rlif", False).value)
+        self.seed = int(p("seed", 0).value)
+        self.running = lambda: True
+        import robot_learning.policies.sac  # noqa: F401  torch now, not in the middle of an episode
+        # (importing it when the first weights arrive held the arm still for seconds)
+        self.link = LearnerLink(self, str(p("outbox", "runs/actor_outbox").value),
+                                float(p("learner_timeout", 3.0).value))
+        # what the graph says, kept by the callbacks (under self.lock)
+        self.latest: dict[str, tuple[float, dict[str, np.ndarray]]] = {}
+        self.reward_success = False
+        self.intervening = False
+        self.seen_intervention = False
+        self.mux_twists: list[np.ndarray] = []
+        self.mux_grip: float | None = None
+        self.q: np.ndarray | None = None
+        self.paused = threading.Event()
+        self.go = threading.Event()
+        for stream in sorted({k.split(".", 1)[0] for k in self.keys}):
+            spec = self.recipe.streams[stream]
+            self.create_subscription(message_class(spec.type), spec.topic,
+                                     lambda m, n=stream, s=spec: self._on_obs(n, s, m),
+                                     SENSOR_QOS if spec.sensor else LATEST_QOS)
+        reward_topic = str(p("reward_topic", "/sim/task/success").value)
+        self.create_subscription(Bool, reward_topic, self._on_reward, LATCHED_QOS)
+        self.create_subscription(Bool, "/intervention", self._on_intervention, LATCHED_QOS)
+        self.create_subscription(TwistStamped, "/arm/command/twist", self._on_mux_twist, COMMAND_QOS)
+        self.create_subscription(Float64, "/gripper/command", self._on_mux_grip, COMMAND_QOS)
+        self.pub_twist = self.create_publisher(TwistStamped, "/policy/command/twist", COMMAND_QOS)
+        self.pub_grip = self.create_publisher(Float64, "/policy/command/gripper", COMMAND_QOS)
+        self.pub_traj = self.create_publisher(JointTrajectory, "/policy/command/joint_trajectory", COMMAND_QOS)
+        self.pub_episode = self.create_publisher(String, "/rl/episode", LATCHED_QOS)
+        self.create_service(Trigger, "/rl/pause", self._on_pause)
+        self.create_service(Trigger, "/rl/resume", self._on_resume)
+        self.create_service(Trigger, "/rl/go", self._on_go)
+        self.rows = None
+        if self.report_dir:
+            self.report_dir.mkdir(parents=True, exist_ok=True)
+            self.rows = (self.report_dir / "episodes.jsonl").open("a")
+
+    # --- callbacks ---
+    def _on_obs(self, name: str, spec, msg) -> None:
+        try:
+            t, arrays = to_sample(spec, msg, self.t_now)
+        except BadSample as e:
+            self.get_logger().warning(f"{spec.topic}: {e}", throttle_duration_sec=5.0)
+            return
+        with self.lock:
+            self.latest[name] = (t, arrays)
+            if spec.kind == "joint_state":
+                self.q = np.asarray(arrays["position"])[: self.robot.dof]
+
+    def _on_reward(self, m: Bool) -> None:
+        self.reward_success = bool(m.data)
+
+    def _on_intervention(self, m: Bool) -> None:
+        with self.lock:
+            self.intervening = bool(m.data)
+            self.seen_intervention |= self.intervening
+
+    def _on_mux_twist(self, m: TwistStamped) -> None:
+        with self.lock:
+            self.mux_twists.append(twist_from_msg(m))
+
+    def _on_mux_grip(self, m: Float64) -> None:
+        with self.lock:
+            self.mux_grip = float(m.data)
+
+    def _on_pause(self, req, res):
+        self.paused.set()
+        res.success, res.message = True, "paused: the actor holds between steps"
+        return res
+
+    def _on_resume(self, req, res):
+        self.paused.clear()
+        res.success, res.message = True, "running"
+        return res
+
+    def _on_go(self, req, res):
+        if self.fault:
+            res.success, res.message = False, (f"protective stop is latched ({self.fault}): release it with "
+                                               "/arm/reset_protective_stop first")
+        else:
+            self.go.set()
+            res.success, res.message = True, "go"
+        return res
+
+    # --- observations and actions ---
+    def observe(self, newer_than: float = -np.inf, timeout: float = 10.0) -> dict[str, np.ndarray]:
+        """The newest value of every observed key, each stamped after ``newer_than``."""
+        streams = {k.split(".", 1)[0] for k in self.keys}
+        end = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if all(s in self.latest and self.latest[s][0] > newer_than for s in streams):
+                    return {k: np.asarray(self.latest[k.split(".", 1)[0]][1][k.split(".", 1)[1]], np.float32).ravel()
+                            for k in self.keys}
+            if not self.running():
+                raise KeyboardInterrupt  # asked to stop while waiting
+            if time.monotonic() > end:
+                missing = [self.recipe.streams[s].topic for s in streams if s not in self.latest]
+                raise RuntimeError(f"no fresh observation within {timeout:.0f} s"
+                                   + (f" (nothing yet on {', '.join(missing)})" if missing else ""))
+            time.sleep(0.002)
+
+    def apply(self, a: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Command ``a`` for one step of the graph's clock; (the action that reached the arm,
+        whether the operator had it at any moment of the step)."""
+        with self.lock:
+            self.mux_twists, self.seen_intervention = [], self.intervening
+        end = self.t_now + 1.0 / self.step_hz
+        deadline = time.monotonic() + 30.0
+        while self.t_now < end and time.monotonic() < deadline and self.running():
+            self.pub_twist.publish(twist_msg(a[:6], self.t_now, self.base_frame))
+            self.pub_grip.publish(Float64(data=float(a[6])))
+            time.sleep(1.0 / self.command_hz)
+        with self.lock:
+            if not self.seen_intervention:
+                return a, False
+            twist = np.mean(self.mux_twists, axis=0) if self.mux_twists else np.zeros(6)
+            grip = self.mux_grip if self.mux_grip is not None else float(a[6])
+        low, high = self.bounds
+        return np.clip(np.r_[twist, grip], low, high).astype(np.float32), True
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lim = self.robot.limits
+        high = np.r_[[lim.max_linear_speed] * 3, [lim.max_angular_speed] * 3, 1.0].astype(np.float32)
+        return np.r_[-high[:6], 0.0].astype(np.float32), high
+
+    def announce(self) -> ObsSpec:
+        obs = self.observe(timeout=60.0)
+        spec = ObsSpec(tuple(self.keys), tuple(int(obs[k].size) for k in self.keys))
+        low, high = self.bounds
+        self.link.announce(spec_json(spec, low.tolist(), high.tolist(), 1.0 / self.step_hz, f"graph/{self.task}"))
+        return spec
+
+    # --- episodes ---
+    def reset_world(self, index: int) -> dict:
+        if self.reset_mode == "sim":
+            try:
+                return super().reset_world(index)
+            except RuntimeError as e:
+                raise RuntimeError(f"{e} (on a robot, start the actor with reset:=home)") from None
+        self._move_home()
+        if not self.auto_go:
+            self.get_logger().info(f"episode {index}: at the reset pose; set the scene, then call /rl/go")
+            self.go.clear()
+            while not self.go.wait(0.2):
+                if not self.running():
+                    raise KeyboardInterrupt
+        return {"episode": index, "seed": -1}
+
+    def _move_home(self) -> None:
+        """A joint trajectory to the home pose at a fifth of the joints' speed limits (the arm
+        checks every point against its limits and the workspace box), then wait until there."""
+        q = self.observe_q()
+        home = self.robot.home
+        duration = float(np.max(np.abs(home - q) / (0.2 * self.robot.limits.qd_max))) + 1.0
+        msg = JointTrajectory(joint_names=list(self.robot.joint_names))
+        pt = JointTrajectoryPoint(positions=[float(x) for x in home], velocities=[0.0] * len(home))
+        pt.time_from_start.sec, pt.time_from_start.nanosec = to_sec_ns(duration)
+        msg.points.append(pt)
+        self.pub_traj.publish(msg)
+        end = time.monotonic() + 3 * duration + 30.0
+        while np.max(np.abs(self.observe_q() - home)) > 0.02:
+            if time.monotonic() > end:
+                raise RuntimeError("the arm did not reach the reset pose (refused? see the arm node's log)")
+            if not self.running():
+                raise KeyboardInterrupt
+            time.sleep(0.05)
+
+    def observe_q(self) -> np.ndarray:
+        end = time.monotonic() + 10.0
+        while self.q is None:
+            if time.monotonic() > end:
+                raise RuntimeError("no /joint_states: the reset pose needs the arm's joint positions")
+            time.sleep(0.01)
+        with self.lock:
+            return self.q.copy()
+
+    def drive(self, index: int, info: dict) -> None:
+        link, spec = self.link, self.spec
+        rng = np.random.default_rng(self.seed * 100_003 + index)
+        low, high = self.bounds
+        self.pub_episode.publish(String(data=json.dumps({"episode": index, "seed": info.get("seed"),
+                                                         "actor": link.outbox.actor})))
+        obs = self.observe(newer_than=self.t_now)
+        self.reward_success = False  # (a reward topic that still says success says it again)
+        grip, total, n, inter, takeovers, was = float(low[-1]), 0.0, 0, 0, 0, False
+        while self.running() and n < self.max_steps and not (self.total_steps and self.steps >= self.total_steps):
+            link.sync()
+            if self.paused.is_set() or link.holding(self.on_lost):
+                time.sleep(0.05)  # nothing is sent: the mux and the arm hold
+                continue
+            state = spec.flatten(obs)
+            a = (rng.uniform(low, high).astype(np.float32) if link.policy.agent is None
+                 else link.policy.act(state, gripper_now=grip))
+            executed, intervened = self.apply(a)
+            nobs = self.observe()
+            success = self.reward_success
+            began = intervened and not was
+            r = (-1.0 if began else 0.0) if self.rlif else float(success)
+            link.send(transition_arrays(state, executed, r, spec.flatten(nobs), success, intervened, grip))
+            grip, obs, was = float(executed[-1]), nobs, intervened
+            n, total, self.steps = n + 1, total + r, self.steps + 1
+            inter, takeovers = inter + intervened, takeovers + began
+            if success or self.fault:
+                break
+        # leave the arm at rest until the next episode's reset
+        self.pub_twist.publish(twist_msg(np.zeros(6), self.t_now, self.base_frame))
+        row = {"episode": index, "seed": info.get("seed"), "steps": n, "return": total, "success": self.success
+               if self.reset_mode == "sim" else self.reward_success, "intervention_rate": inter / max(n, 1),
+               "takeovers": takeovers, "policy_version": link.policy.version, "total_steps": self.steps}
+        if self.fault:
+            row["protective_stop"] = self.fault
+        self.get_logger().info(json.dumps(row))
+        if self.rows is not None:
+            self.rows.write(json.dumps(row) + "\n")
+            self.rows.flush()
+
+    def run(self, running) -> None:
+        self.running = running
+        self.steps, index = 0, 0
+        try:
+            self.spec = self.announce()
+            while running() and (self.episodes <= 0 or index < self.episodes) and not (
+                    self.total_steps and self.steps >= self.total_steps):
+                self.run_episode(index)
+                index += 1
+        except KeyboardInterrupt:
+            pass  # stopped while waiting (for observations, the reset pose, the go)
+        except RuntimeError as e:
+            if not running():
+                return  # a stop signal took the context down under a call in flight
+            self.get_logger().error(str(e))  # one sentence: what is missing and where
+            raise SystemExit(1) from None
+        finally:
+            self.link.drain()
+            self.get_logger().info(f"stopped after {self.steps} steps ({index} episodes); "
+                                   f"{len(self.link.outbox.pending)} transitions kept for the next run")
+            if self.rows is not None:
+                self.rows.close()
+
+
+def main(args=None) -> None:
+    run_until_stopped(GraphActor, args)  # Ctrl-C: finish over DDS first (acks, last transitions)
+
+
+if __name__ == "__main__":
+    main()

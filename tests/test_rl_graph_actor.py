@@ -1,0 +1,82 @@
+"""On-robot RL through the ROS graph (issue 13): hil_rl.launch.yaml runs the sim, the command mux,
+the scripted intervening operator and the RL actor; the learner runs in a process of its own.
+The actor's transitions reach the learner numbered without a gap, the operator's takeovers are
+flagged and carry the operator's command (what the mux sent the arm, not the policy's), the
+learner's weights come back to the actor, and /rl/pause stops the stepping until /rl/resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+from std_srvs.srv import Trigger
+from test_rl_actor_learner import start, wait_until
+
+from robot_learning.graph import SimGraph
+from robot_learning.rl.link import read_journal
+
+pytestmark = pytest.mark.graph
+
+
+def transitions(run) -> list:
+    out = []
+    for f in sorted((run / "journal").glob("*.journal")) if (run / "journal").exists() else []:
+        out += read_journal(f)[0]
+    return out
+
+
+def test_the_graph_actor_sends_the_operators_takeovers_and_pauses(tmp_path):
+    from robot_learning_ros.client import GraphClient
+
+    run, report = tmp_path / "learner", tmp_path / "report"
+    llog = (tmp_path / "learner.log").open("w")
+    learner = None
+    with SimGraph(tmp_path / "graph.log", "hil_rl.launch.yaml", task="peg_in_hole", operator="scripted",
+                  outbox=tmp_path / "outbox", report_dir=report, max_episode_steps=60) as g:
+        client = GraphClient("hil_watcher")
+        try:
+            # the actor explores (uniform random actions) before any learner is up; the
+            # operator sees a policy going astray and takes over
+            wait_until(lambda: "takeover 1" in g.log_path.read_text(), "the operator's first takeover", 120)
+            learner = start("rl_learner", llog, run_dir=str(run), batch_size=32, hidden="32,32",
+                            learning_starts=50, publish_every=10, updates_per_transition=0.2, checkpoint_every=50)
+            wait_until(lambda: len(transitions(run)) >= 120 and "policy version" in g.log_path.read_text(),
+                       "120 stored transitions and a policy at the actor", 180)
+
+            assert client.call(Trigger, "/rl/pause").success
+            time.sleep(1.5)  # the step in progress ends and its transition is stored
+            paused_at = len(transitions(run))
+            time.sleep(3.0)
+            assert len(transitions(run)) == paused_at  # nothing stepped while paused
+            assert client.call(Trigger, "/rl/resume").success
+            wait_until(lambda: len(transitions(run)) >= paused_at + 10, "steps after /rl/resume", 60)
+        finally:
+            client.close()
+        log = g.log_path.read_text()
+    learner.send_signal(signal.SIGINT)
+    assert learner.wait(timeout=30) == 0
+    llog.close()
+    assert g.proc.returncode == 0, log[-3000:]
+    assert "Traceback" not in log + (tmp_path / "learner.log").read_text(), log[-3000:]
+
+    trs = transitions(run)
+    assert len({t.actor for t in trs}) == 1
+    assert [t.seq for t in trs] == list(range(len(trs)))  # in order, none missing, none twice
+    a = np.array([t.arrays["action"] for t in trs])
+    inter = np.array([bool(t.arrays["intervention"]) for t in trs])
+    assert 0 < inter.sum() < len(trs)
+    # the operator's gripper command is open or closed (0 or 1: the workcell's expert), the
+    # exploring policy's anything in between: what was recorded is whose command reached the arm
+    # (the first steps of a takeover hold the mux's ramp from the policy's value; the first 40
+    # steps are all the exploring policy's: the learner publishes weights once it stored 50)
+    binary = (a[:, 6] == 0.0) | (a[:, 6] == 1.0)
+    explore = ~inter[:40]
+    assert explore.sum() >= 3 and binary[:40][explore].mean() < 0.1
+    assert binary[inter].mean() > 0.6, binary[inter].mean()
+    assert np.all(a >= [-0.5] * 3 + [-1.5] * 3 + [0.0]) and np.all(a <= [0.5] * 3 + [1.5] * 3 + [1.0])
+    rows = [json.loads(x) for x in (report / "episodes.jsonl").read_text().splitlines()]
+    assert rows and all(0.0 <= r["intervention_rate"] <= 1.0 for r in rows)
+    assert rows[0]["takeovers"] >= 1
