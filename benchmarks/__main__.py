@@ -1,6 +1,7 @@
-"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm,learner] [--quick]``): the sim node
+"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm,learner,soak] [--quick]``): the sim node
 against raw MuJoCo, the gym env's speed, command-to-state latency through the graph, the
-recorder's ingest, policy latency and command jitter, and the SAC learner's update rate.
+recorder's ingest, policy latency and command jitter, the SAC learner's update rate, and (on
+request: ``--only soak``, ``SOAK_MINUTES``) an hour's soak of the deployed graph.
 Results go to docs/benchmarks.md with the machine and date. Benchmarks live outside the
 library: nothing in robot_learning imports them, and they use only its public modules."""
 
@@ -211,7 +212,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, MuJoCo {mujoco.__version__}"
 
 
-SECTIONS = ("sim", "ingest", "policy", "arm", "learner")
+SECTIONS = ("sim", "ingest", "policy", "arm", "learner", "soak")
+ON_REQUEST = ("soak",)  # an hour long: only with --only soak (SOAK_MINUTES sets its length)
 
 
 def _previous_sections(path: Path) -> dict[str, str]:
@@ -225,7 +227,7 @@ def _previous_sections(path: Path) -> dict[str, str]:
 def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> int:
     from robot_learning_ros.client import GraphClient
 
-    todo = only or list(SECTIONS)
+    todo = only or [s for s in SECTIONS if s not in ON_REQUEST]
     sections = _previous_sections(Path(out))
     tmp = Path(tempfile.mkdtemp())
     stamp = f"{datetime.now():%Y-%m-%d %H:%M}, {machine()}{', --quick' if quick else ''}"
@@ -246,6 +248,15 @@ def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> i
         from benchmarks.learner import section as learner_section
 
         sections["learner"] = f"_Measured {stamp}._\n\n" + "\n".join(learner_section(quick)) + "\n"
+    if "soak" in todo:
+        from benchmarks.soak import section as soak_section
+
+        client = GraphClient("bench_soak")
+        try:
+            minutes = 2.0 if quick else float(os.environ.get("SOAK_MINUTES", "60"))
+            sections["soak"] = f"_Measured {stamp}._\n\n" + "\n".join(soak_section(minutes, tmp, client)) + "\n"
+        finally:
+            client.close()
     text = [f"# Benchmarks\n\nWritten by `make bench` (`make bench BENCH_ARGS=\"--only {','.join(SECTIONS)}\"`, "
             "or `python -m benchmarks --help`); "
             f"each section says when and where it was measured.\n"]
