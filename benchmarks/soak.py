@@ -74,6 +74,7 @@ def _operator(client, stop: threading.Event) -> None:
 def soak(minutes: float, workdir: Path, client) -> dict:
     from geometry_msgs.msg import TwistStamped
     from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
     from std_srvs.srv import SetBool, Trigger
     from tqdm import tqdm
 
@@ -82,13 +83,15 @@ def soak(minutes: float, workdir: Path, client) -> dict:
 
     ckpt = save_untrained(workdir / "soak_ckpt", obs_dims=LOWDIM)
     store = workdir / "soak.zarr"
-    args = dict(checkpoint=ckpt, cameras="front,wrist", record="true", dataset=store, autostart="true",
-                use_sim_time="false")
+    # on the sim's clock, as deployed in the sim: with both cameras rendered this machine runs the
+    # sim below real time, and on the wall clock the policy would find every observation stale
+    args = dict(checkpoint=ckpt, cameras="front,wrist", record="true", dataset=store, autostart="true")
     js_stamps: list[float] = []
     cmd_times: list[float] = []
     client.node.create_subscription(JointState, "/joint_states", lambda m: js_stamps.append(_stamp(m)), 1000)
-    client.node.create_subscription(TwistStamped, "/arm/command/twist",
-                                    lambda m: cmd_times.append(time.perf_counter()), 1000)
+    client.node.create_subscription(TwistStamped, "/arm/command/twist", lambda m: cmd_times.append(_stamp(m)), 1000)
+    sources: list[str] = []
+    client.node.create_subscription(String, "/control_source", lambda m: sources.append(m.data), 10)
     seconds = minutes * 60.0
     stop = threading.Event()
     memory: list[tuple[float, dict[str, float]]] = []
@@ -126,6 +129,8 @@ def soak(minutes: float, workdir: Path, client) -> dict:
         op.join(timeout=5.0)
         alive = g.alive()
         memory.append((time.monotonic() - t0, _rss(pids)))
+        wall = time.monotonic() - t0
+    sim_s = js_stamps[-1] - js_stamps[0] if len(js_stamps) > 1 else 0.0
     # memory: from the first sample after 5 minutes (or the first) to the last, per process
     warm = next((m for t, m in memory if t >= min(300.0, seconds / 4)), memory[0][1])
     last = memory[-1][1]
@@ -143,7 +148,9 @@ def soak(minutes: float, workdir: Path, client) -> dict:
         recorded += len(t)
         for name, gp in (ep.meta.get("gaps") or {}).items():
             gaps[name] = gaps.get(name, 0) + int(gp["missing"])
-    return {"minutes": minutes, "alive": alive, "memory_warm": warm, "memory_last": last, "growth": growth,
+    return {"minutes": minutes, "alive": alive, "rtf": sim_s / wall if wall else 0.0,
+            "policy_ran": "policy" in sources, "switches": sum(a != b for a, b in zip(sources, sources[1:])),
+            "memory_warm": warm, "memory_last": last, "growth": growth,
             "js_recorded": recorded, "js_lost": lost, "gaps": gaps, "episodes": len(saved),
             "commands": _intervals(cmd_times)}
 
@@ -161,13 +168,15 @@ def section(minutes: float, workdir: Path, client) -> list[str]:
         f"{r['minutes']:g} minutes of `deploy_policy.launch.yaml`: the sim with front and wrist cameras "
         f"(640x480, colour and depth), the policy server running a policy at 50 Hz, the recorder recording "
         f"{r['episodes']} episodes back to back, and an operator taking over and handing back every "
-        f"{SWITCH_S:g} s through the command mux. Every node was {'still running' if r['alive'] else 'NOT running'} "
+        f"{SWITCH_S:g} s through the command mux ({r['switches']} changes of control"
+        f"{'' if r['policy_ran'] else '; the policy never had the arm'}). The sim ran at {r['rtf']:.2f}x real "
+        f"time (rendering two cameras); every node was {'still running' if r['alive'] else 'NOT running'} "
         "at the end.\n",
         "| process | RSS after warm-up (MiB) | RSS at the end (MiB) | growth |", "|---|---|---|---|", *rows,
         f"\n`/joint_states` messages a subscriber in the same run received inside the recorded episodes: "
         f"**{r['js_lost']}** missing from the {r['js_recorded']} the recorder stored. Gaps the recorder found "
         f"in its own streams (messages missing by their stream's rate): {gaps}.\n",
-        f"Commands the mux sent the arm (`/arm/command/twist`, as a subscriber received them): period "
+        f"Commands the mux sent the arm (`/arm/command/twist`, by their stamps on the graph's clock): period "
         f"p50 {c.get('p50_ms', float('nan')):.1f} ms, **p99 {c.get('p99_ms', float('nan')):.1f} ms**, "
         f"max {c.get('max_ms', float('nan')):.1f} ms over {c.get('n', 0)} commands.",
     ]
