@@ -196,7 +196,9 @@ class GraphActor(EpisodeNode):
             self.mux_twists, self.seen_intervention = [], self.intervening
         end = self.t_now + 1.0 / self.step_hz
         deadline = time.monotonic() + 30.0
-        while self.t_now < end and time.monotonic() < deadline and self.running():
+        while self.t_now < end and self.running():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the graph's clock stopped: no /arm/ee_pose for 30 s (is the arm node up?)")
             self.pub_twist.publish(twist_msg(a[:6], self.t_now, self.base_frame))
             self.pub_grip.publish(Float64(data=float(a[6])))
             time.sleep(1.0 / self.command_hz)
