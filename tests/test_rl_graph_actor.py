@@ -47,8 +47,10 @@ def test_the_graph_actor_sends_the_operators_takeovers_and_pauses(tmp_path):
                        "120 stored transitions and a policy at the actor", 180)
 
             assert client.call(Trigger, "/rl/pause").success
-            time.sleep(1.5)  # the step in progress ends and its transition is stored
-            paused_at = len(transitions(run))
+            paused_at = -1
+            while len(transitions(run)) != paused_at:  # the step in progress ends and is stored
+                paused_at = len(transitions(run))
+                time.sleep(2.0)
             time.sleep(3.0)
             assert len(transitions(run)) == paused_at  # nothing stepped while paused
             assert client.call(Trigger, "/rl/resume").success

@@ -275,15 +275,24 @@ class GraphActor(EpisodeNode):
                                                          "actor": link.outbox.actor})))
         obs = self.observe(newer_than=self.t_now)
         self.reward_success = False  # (a reward topic that still says success says it again)
-        grip, total, n, inter, takeovers, was = float(low[-1]), 0.0, 0, 0, 0, False
+        grip, total, n, inter, takeovers, was, stale = float(low[-1]), 0.0, 0, 0, 0, False, False
         while self.running() and n < self.max_steps and not (self.total_steps and self.steps >= self.total_steps):
             link.sync()
             if self.paused.is_set() or link.holding(self.on_lost):
                 time.sleep(0.05)  # nothing is sent: the mux and the arm hold
+                stale = True
                 continue
+            if stale:  # the arm may have been moved while the actor held
+                obs, stale = self.observe(newer_than=self.t_now), False
             state = spec.flatten(obs)
             a = (rng.uniform(low, high).astype(np.float32) if link.policy.agent is None
                  else link.policy.act(state, gripper_now=grip))
+            if not np.all(np.isfinite(a)):
+                # nothing is sent (the mux and the arm hold) and nothing is stored
+                self.get_logger().error(f"the policy (version {link.policy.version}) gave a non-finite action: "
+                                        "holding until new weights arrive", throttle_duration_sec=5.0)
+                time.sleep(0.1)
+                continue
             executed, intervened = self.apply(a)
             nobs = self.observe()
             success = self.reward_success
