@@ -71,6 +71,15 @@ class SafetyLimits:
     tracking_lag: float = 0.15     # ... plus this many seconds' worth of the commanded joint speed
     state_timeout: float = 0.05    # s: an older joint state is stale
 
+    @property
+    def soft_lower(self) -> np.ndarray:
+        """Where the filter keeps commands: ``position_margin`` inside the hard limits."""
+        return self.q_lower + self.position_margin
+
+    @property
+    def soft_upper(self) -> np.ndarray:
+        return self.q_upper - self.position_margin
+
 
 @dataclass(frozen=True)
 class GripperConfig:

@@ -33,8 +33,7 @@ class JointMonitor:
     def __init__(self, limits: SafetyLimits):
         self.limits = limits
         self.qd_trip = limits.qd_max * (1.0 + limits.velocity_margin)
-        self.soft_lower = limits.q_lower + limits.position_margin
-        self.soft_upper = limits.q_upper - limits.position_margin
+        self.soft_lower, self.soft_upper = limits.soft_lower, limits.soft_upper
         self.q_tolerance = 0.5 * limits.position_margin
 
     def trustworthy(self, state: ArmState, now: float) -> bool:

@@ -50,8 +50,7 @@ class SafetyFilter:
         self.limits = limits
         self.kin = kin
         self.dt = dt
-        self.lower = limits.q_lower + limits.position_margin
-        self.upper = limits.q_upper - limits.position_margin
+        self.lower, self.upper = limits.soft_lower, limits.soft_upper
         self.q = np.zeros(len(limits.q_lower))
         self.v = np.zeros_like(self.q)
         self._q_des = self.q.copy()
