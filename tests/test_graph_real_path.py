@@ -1,6 +1,7 @@
 """Collecting on the real-robot path: teleop_collect.launch.yaml with ``sim:=false``, so arm_node
 (ros2_control backend) stands in front of the robot and the sim only plays the robot behind
-ros2_control (``sim_hardware:=true``). The dataset must look like one recorded from the sim
+ros2_control (``sim_hardware:=true``), and the camera images reach the recorder through a
+camera_node streaming the sim's renders as a RealSense (librealsense's software_device). The dataset must look like one recorded from the sim
 directly: the same streams and arrays, at the same rates."""
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def test_collecting_through_arm_node_records_what_the_sim_records(tmp_path):
     assert "Traceback" not in log, log[-3000:]
     assert "[arm]" in log and "hardware mode" in log       # arm_node drove a sim in hardware mode
     assert "PROTECTIVE STOP" not in log
+    # the images came through camera_node's librealsense pipeline, not from the sim directly
+    assert "[front]" in log and "RealSense sim-front streaming" in log
     assert len(real["episodes"]) == 1 and len(direct["episodes"]) == 1
     ds_direct, problems = validate_store(tmp_path / "direct.zarr")
     assert problems == []
@@ -60,6 +63,9 @@ def test_collecting_through_arm_node_records_what_the_sim_records(tmp_path):
         if ra[name] >= 10.0 and not name.startswith("cmd_"):
             assert rb[name] == pytest.approx(ra[name], rel=0.2), name
     assert sorted(a.steps) == sorted(b.steps)
+    # the same scene in both: the first frames (seed 3, arm at rest) differ by little
+    first_a, first_b = (e.streams["front_color"]["data"][0].astype(float) for e in (a, b))
+    assert first_b.std() > 10.0 and np.abs(first_a - first_b).mean() < 1.0  # 3.5 a second apart
     # the arm moved on the real path, driven through arm_node: the TCP went somewhere
     pose = b.streams["ee_pose"]["data"][:]
     assert np.linalg.norm(pose[-1, :3] - pose[0, :3]) > 0.05

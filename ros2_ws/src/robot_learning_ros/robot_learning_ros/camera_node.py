@@ -14,6 +14,13 @@ Parameters: ``driver`` (realsense | uvc), ``camera_name``; RealSense: ``serial_n
 ``video_device`` (path, index or video file), ``fourcc``, ``camera_info_url``; both:
 ``frame_timeout`` (s without frames before reopening) and ``reconnect_timeout`` (longest
 wait between attempts).
+
+``software_source`` (RealSense only): a namespace such as ``/sim`` whose
+``<camera_name>/color/image_raw``, ``.../color/camera_info`` and
+``.../aligned_depth_to_color/image_raw`` are fed
+into a librealsense ``software_device`` (serial ``sim-<camera_name>`` unless ``serial_no``
+says otherwise) that this node then streams like a USB camera: the real-robot launch files
+run on the sim with the very driver code a RealSense gets. Frames keep the source's stamps.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from robot_learning.devices.camera import Frame, Intrinsics, parse_profile
 from robot_learning.devices.capture import CaptureLoop
-from robot_learning_ros.msgs import SENSOR_QOS, image_msg, to_sec_ns
+from robot_learning_ros.msgs import SENSOR_QOS, image_from_msg, image_msg, to_sec_ns
 from robot_learning_ros.runtime import lenient_params, spin_main
 
 _LEVEL = {"streaming": DiagnosticStatus.OK, "starting": DiagnosticStatus.WARN, "stalled": DiagnosticStatus.WARN,
@@ -63,6 +70,69 @@ class _Stream:
         self.info_pub.publish(self.info)
 
 
+def intrinsics_from_info(m: CameraInfo) -> Intrinsics:
+    coeffs = tuple(float(c) for c in m.d) or (0.0,) * 5
+    return Intrinsics(int(m.width), int(m.height), float(m.k[0]), float(m.k[4]), float(m.k[2]), float(m.k[5]),
+                      m.distortion_model or "plumb_bob", coeffs)
+
+
+class _SoftwareSource:
+    """Images of a ROS camera namespace into a software RealSense in ``self.ctx``. The device
+    is made and plugged in when the first ``camera_info`` gives its intrinsics; until then
+    the capture loop finds no camera and keeps looking, as it does for an unplugged one."""
+
+    def __init__(self, node: Node, source: str, serial: str, depth: bool, fps: int):
+        import pyrealsense2 as rs  # after rclpy (see devices.realsense)
+
+        self.ctx = rs.context('{"dds": {"enabled": false}}')
+        self.node, self.serial, self.depth, self.fps = node, serial, depth, fps or 30
+        self.device = None
+        self._numbers: dict[int, int] = {}  # stamp (ns) -> frame number, for the last few renders
+        self._next = 0
+        self.sub_info = node.create_subscription(CameraInfo, f"{source}/color/camera_info", self._on_info,
+                                                 SENSOR_QOS)
+        node.create_subscription(Image, f"{source}/color/image_raw", self._on_color, SENSOR_QOS)
+        if depth:
+            node.create_subscription(Image, f"{source}/aligned_depth_to_color/image_raw", self._on_depth,
+                                     SENSOR_QOS)
+
+    def _on_info(self, m: CameraInfo) -> None:
+        if self.device is not None:
+            return
+        from robot_learning.devices.realsense_software import SoftwareRealSense
+
+        intr = intrinsics_from_info(m)
+        self.device = SoftwareRealSense(self.serial, intr, intr if self.depth else None, fps=self.fps, ctx=self.ctx,
+                                        name=f"Software RealSense ({self.serial})")
+        self.device.plug()
+        self.node.destroy_subscription(self.sub_info)
+        self.node.get_logger().info(f"software RealSense {self.serial} plugged in: {intr.width}x{intr.height}")
+
+    def _number(self, m: Image) -> tuple[int, float]:
+        """Frame number and stamp (ms): colour and depth of one render (one stamp) share a
+        number, and numbers count renders one by one, as a camera's frame counter does."""
+        ns = m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+        number = self._numbers.get(ns)
+        if number is None:
+            self._next += 1
+            number = self._numbers[ns] = self._next
+            if len(self._numbers) > 8:
+                self._numbers.pop(next(iter(self._numbers)))
+        return number, ns * 1e-6
+
+    def _on_color(self, m: Image) -> None:
+        if self.device is not None:
+            self.device.inject_color(*self._number(m), image_from_msg(m))
+
+    def _on_depth(self, m: Image) -> None:
+        if self.device is not None:
+            self.device.inject_depth(*self._number(m), image_from_msg(m))
+
+    def close(self) -> None:
+        if self.device is not None:
+            self.device.close()
+
+
 class CameraNode(Node):
     """``rs_context``: the librealsense context to find the camera in (default: the USB
     devices). A test passes one holding a ``software_device``; nothing else differs."""
@@ -75,6 +145,8 @@ class CameraNode(Node):
         color_profile = str(p("rgb_camera.color_profile", "0,0,0").value)
         frame_timeout = float(p("frame_timeout", 1.0).value)
         reconnect_timeout = float(p("reconnect_timeout", 6.0).value)
+        source = str(p("software_source", "").value).rstrip("/")
+        self.software = None
         if driver == "realsense":
             # imported here, after rclpy has loaded ROS's DDS (see devices.realsense on why)
             from robot_learning.devices.realsense import RealSenseCamera, RealSenseConfig
@@ -83,6 +155,12 @@ class CameraNode(Node):
                                   depth_profile=str(p("depth_module.depth_profile", "0,0,0").value),
                                   enable_depth=bool(p("enable_depth", True).value),
                                   align_depth=bool(p("align_depth.enable", False).value))
+            if source:  # the source's image size, whatever the profile asks for
+                fps = parse_profile(color_profile)[2]
+                cfg.serial_no = cfg.serial or f"sim-{cam}"
+                cfg.color_profile = cfg.depth_profile = f"0,0,{fps}"
+                self.software = _SoftwareSource(self, f"{source}/{cam}", cfg.serial, cfg.enable_depth, fps)
+                rs_context = self.software.ctx
             device, depth, align = RealSenseCamera(cfg, context=rs_context), cfg.enable_depth, cfg.align_depth
         elif driver == "uvc":
             from robot_learning.devices.uvc import UvcCamera, UvcConfig
@@ -94,6 +172,8 @@ class CameraNode(Node):
             depth = align = False
         else:
             raise ValueError(f"driver '{driver}': choose realsense or uvc")
+        if source and driver != "realsense":
+            raise ValueError(f"software_source '{source}' needs driver:=realsense (a software RealSense)")
         self.camera_name = cam
         self.color = _Stream(self, f"{cam}/color/image_raw", f"{cam}/color/camera_info", "rgb8",
                              f"{cam}_color_optical_frame")
@@ -121,9 +201,13 @@ class CameraNode(Node):
 
     def _publish(self, f: Frame) -> None:
         """Runs on the capture thread, once per frame, stamped with the frame's capture time."""
-        self.color.publish(f.rgb, f.color_intrinsics, f.stamp)
-        if self.depth is not None and f.depth_mm is not None:
-            self.depth.publish(f.depth_mm, f.depth_intrinsics, f.stamp)
+        try:
+            self.color.publish(f.rgb, f.color_intrinsics, f.stamp)
+            if self.depth is not None and f.depth_mm is not None:
+                self.depth.publish(f.depth_mm, f.depth_intrinsics, f.stamp)
+        except Exception:
+            if rclpy.ok():
+                raise  # else: a frame that arrived while Ctrl-C shut ROS down; nothing to say
 
     def _diagnostics(self) -> None:
         s = self.loop.status()
@@ -138,6 +222,8 @@ class CameraNode(Node):
 
     def close(self) -> None:
         self.loop.close()
+        if self.software is not None:
+            self.software.close()
 
 
 def main(args=None) -> None:

@@ -11,7 +11,10 @@ With ``hardware:=true`` it stands in for a robot behind ros2_control instead: no
 of ours inside, ``/joint_states`` as joint_state_broadcaster publishes it, and the command
 topic of the controller named in the robot file's ``ros2_control`` section
 (``robot_learning.sim.hardware``); the arm node (``backend:=ros2_control``) then drives it
-exactly as it would drive a real arm.
+exactly as it would drive a real arm. ``camera_namespace:=sim`` moves the renders to
+``/sim/<camera>/...``, where camera nodes stream them through librealsense as a real
+RealSense's frames (``camera_node``'s ``software_source``) and publish them at the driver's
+names.
 """
 
 from __future__ import annotations
@@ -111,11 +114,13 @@ class SimNode(Node):
         self.pub_wrench = self.create_publisher(WrenchStamped, "/arm/wrench", SENSOR_QOS)  # the wrist F/T
         self._msg_wrench = WrenchStamped()
         self.pub_cam = {}
+        cam_ns = str(p("camera_namespace", "").value).strip("/")
+        cam_ns = f"/{cam_ns}" if cam_ns else ""
         for c in self.cameras:
             self.pub_cam[c] = (
-                self.create_publisher(Image, f"/{c}/color/image_raw", SENSOR_QOS),
-                self.create_publisher(CameraInfo, f"/{c}/color/camera_info", SENSOR_QOS),
-                self.create_publisher(Image, f"/{c}/aligned_depth_to_color/image_raw", SENSOR_QOS)
+                self.create_publisher(Image, f"{cam_ns}/{c}/color/image_raw", SENSOR_QOS),
+                self.create_publisher(CameraInfo, f"{cam_ns}/{c}/color/camera_info", SENSOR_QOS),
+                self.create_publisher(Image, f"{cam_ns}/{c}/aligned_depth_to_color/image_raw", SENSOR_QOS)
                 if self.depth else None,
             )
         self.async_cams = None
