@@ -1,8 +1,9 @@
 """Collecting on the real-robot path: teleop_collect.launch.yaml with ``sim:=false``, so arm_node
 (ros2_control backend) stands in front of the robot and the sim only plays the robot behind
 ros2_control (``sim_hardware:=true``), and the camera images reach the recorder through a
-camera_node streaming the sim's renders as a RealSense (librealsense's software_device). The dataset must look like one recorded from the sim
-directly: the same streams and arrays, at the same rates."""
+camera_node streaming the sim's renders as a RealSense (librealsense's software_device). The
+dataset must look like one recorded from the sim directly: the same streams and arrays, at
+the same rates."""
 
 from __future__ import annotations
 

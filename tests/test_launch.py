@@ -47,6 +47,37 @@ def test_include_group_namespace_and_remap(tmp_path):
     assert "__ns:=/cell1" in node.cmd and "/joint_states:=/robot/joint_states" in node.cmd
 
 
+def _by_name(nodes) -> dict:
+    return {n.name: n.cmd for n in nodes}
+
+
+@pytest.mark.parametrize("launch_file", ["teleop_collect", "deploy_policy", "hil_rl"])
+def test_on_a_robot_the_cells_cameras_and_tactile_sensors_start_with_its_parameters_file(launch_file, tmp_path):
+    cell = tmp_path / "my_cell.yaml"
+    cell.write_text("front:\n  ros__parameters: {serial_no: '_128422271347'}\n")
+    args = {"sim": "false", "sensors": str(cell), "tactile": "serial", "checkpoint": "x", "cameras": "front,wrist"}
+    nodes = _by_name(plan(project_root() / "launch" / f"{launch_file}.launch.yaml", args))
+    assert "sim" not in nodes and "arm" in nodes
+    for name in ("front", "wrist", "left_finger", "right_finger"):
+        cmd = nodes[name]
+        assert cmd[cmd.index("--params-file") + 1] == str(cell)
+    assert nodes["front"][0].endswith("camera_node") and "camera_name:=front" in nodes["front"]
+    assert "software_source:=''" in nodes["front"]                        # a USB RealSense
+    assert nodes["left_finger"][0].endswith("tactile_node") and "driver:=serial" in nodes["left_finger"]
+    only_wrist = _by_name(plan(project_root() / "launch" / f"{launch_file}.launch.yaml",
+                               {**args, "cameras": "wrist", "tactile": "none"}))
+    assert "wrist" in only_wrist and not {"front", "left_finger", "right_finger"} & set(only_wrist)
+
+
+def test_the_sim_as_hardware_streams_its_renders_through_camera_nodes():
+    nodes = _by_name(plan(project_root() / "launch" / "teleop_collect.launch.yaml",
+                          {"sim": "false", "sim_hardware": "true", "use_sim_time": "true", "cameras": "front,wrist"}))
+    assert "hardware:=true" in nodes["sim"] and "camera_namespace:=sim" in nodes["sim"]
+    for cam in ("front", "wrist"):
+        assert "software_source:=/sim" in nodes[cam] and "use_sim_time:=true" in nodes[cam]
+    assert "left_finger" not in nodes  # the sim's own tactile pads
+
+
 def test_errors_are_clear(tmp_path):
     with pytest.raises(LaunchError, match="not found"):
         plan(tmp_path / "missing.launch.yaml", {})
