@@ -30,14 +30,17 @@ def run_collect(device: str, task: str, episodes: int, dataset: str, real_time_f
                 extra: list[str]) -> int:
     from robot_learning.data.cli import print_info
     from robot_learning.data.store import Dataset, DatasetError
+    from robot_learning.launch import LaunchError, parse_launch_args
 
     if device == "scripted":
         run_dir = Path("runs") / f"collect-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
-            more = dict(x.split(":=", 1) for x in extra if ":=" in x)
+            more = parse_launch_args(extra)
+            for k in more.keys() & {"task", "episodes", "dataset", "real_time_factor", "cameras", "device"}:
+                raise LaunchError(f"{k}:= has its own option: pass --{k.replace('_', '-')} instead")
             s = collect_scripted(task, episodes, dataset, run_dir, run_dir / "graph.log", real_time_factor, cameras,
                                  **more)
-        except RuntimeError as e:
+        except (RuntimeError, LaunchError) as e:
             print(f"collect: {e}")
             return 1
         print(f"collect: {task}: operator success {s['success_rate']:.0%} over {len(s['episodes'])} episodes")

@@ -21,14 +21,17 @@ def evaluate_graph(checkpoint: str | Path, task: str, episodes: int, report_dir:
                    real_time_factor: float = 1.0, cameras: str = "none", seed: int = 1000, blend: str = "ensemble",
                    state_rate: float = 0.0, episode_timeout: float = 30.0, record: bool = False,
                    dataset: str = "datasets/deployments.zarr", progress: bool = True, sampler: str = "",
-                   inference_steps: int = 0) -> dict:
-    """Seeded episodes through the ROS graph; returns the evaluator's results.json."""
+                   inference_steps: int = 0, **launch_args: object) -> dict:
+    """Seeded episodes through the ROS graph; returns the evaluator's results.json.
+    ``launch_args``: more deploy_policy.launch.yaml arguments (``sim="false", sim_hardware="true"``:
+    the real-robot path, arm_node and camera nodes, on the sim as hardware)."""
     return run_graph_episodes("deploy_policy.launch.yaml", episodes, report_dir, log_path, f"evaluate {task}",
                               progress, timeout=episodes * (episode_timeout * 10 + 30) + 120,
                               checkpoint=resolve(checkpoint), task=task, real_time_factor=real_time_factor,
                               cameras=cameras, seed=seed, blend=blend, state_rate=state_rate,
                               episode_timeout=episode_timeout, record=str(record).lower(),
-                              dataset=resolve(dataset), sampler=sampler, inference_steps=inference_steps)
+                              dataset=resolve(dataset), sampler=sampler, inference_steps=inference_steps,
+                              **launch_args)
 
 
 def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: str = "",
@@ -61,6 +64,7 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
 
 
 def run_evaluate(a) -> int:
+    from robot_learning.launch import LaunchError, parse_launch_args
     from robot_learning.policies.checkpoint import PolicyError
 
     out = Path(a.out) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -75,10 +79,13 @@ def run_evaluate(a) -> int:
             # a damaged checkpoint is refused here, in one sentence, not after the graph has started
             policy = load_policy(resolve(a.checkpoint), sampler=a.sampler, inference_steps=a.inference_steps)
             task = a.task or policy.spec.task
+            more = parse_launch_args(a.launch_args)
+            for k in more.keys() & vars(a).keys():
+                raise LaunchError(f"{k}:= has its own option: pass --{k.replace('_', '-')} instead")
             r = evaluate_graph(a.checkpoint, task, a.episodes, out, out / "graph.log", a.real_time_factor,
                                a.cameras, a.seed, a.blend, record=a.record, dataset=a.dataset,
-                               sampler=a.sampler, inference_steps=a.inference_steps)
-    except (PolicyError, RuntimeError, FileNotFoundError) as e:
+                               sampler=a.sampler, inference_steps=a.inference_steps, **more)
+    except (PolicyError, RuntimeError, FileNotFoundError, LaunchError) as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
@@ -106,3 +113,6 @@ def add_parser(sub) -> None:
     ev.add_argument("--record", action="store_true", help="graph: record the episodes into --dataset")
     ev.add_argument("--dataset", default="datasets/deployments.zarr")
     ev.add_argument("--out", default="runs")
+    ev.add_argument("launch_args", nargs="*",
+                    help="graph: more name:=value launch arguments (sim:=false sim_hardware:=true use_sim_time:=true: "
+                         "the real-robot path on the sim)")

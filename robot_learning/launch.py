@@ -116,7 +116,8 @@ def substitute(value: Any, ctx: Context) -> str:
 
 
 def _safe_eval(expr: str, ctx: Context) -> str:
-    """``$(eval ...)`` for what launch conditions need: literals, comparisons, in, and/or/not.
+    """``$(eval ...)`` for what launch conditions need: literals, comparisons, in, and/or/not,
+    ``a if cond else b``.
     Real ``ros2 launch`` evaluates any Python; this runner refuses anything more."""
     import ast
 
@@ -135,10 +136,12 @@ def _safe_eval(expr: str, ctx: Context) -> str:
                    ast.Gt: lambda: a > b, ast.GtE: lambda: a >= b}
             if type(n.ops[0]) in ops:
                 return ops[type(n.ops[0])]()
+        if isinstance(n, ast.IfExp):
+            return ev(n.body) if ev(n.test) else ev(n.orelse)
         if isinstance(n, (ast.Tuple, ast.List)):
             return [ev(e) for e in n.elts]
         raise LaunchError(f"{ctx.file}: $(eval {expr}) is beyond this runner (literals, comparisons, in, and, or, "
-                          "not); use `ros2 launch`")
+                          "not, if-else); use `ros2 launch`")
 
     try:
         tree = ast.parse(expr, mode="eval")

@@ -70,3 +70,34 @@ def test_collecting_through_arm_node_records_what_the_sim_records(tmp_path):
     # the arm moved on the real path, driven through arm_node: the TCP went somewhere
     pose = b.streams["ee_pose"]["data"][:]
     assert np.linalg.norm(pose[-1, :3] - pose[0, :3]) > 0.05
+
+
+def test_evaluating_through_arm_node_starts_each_episode_from_home(tmp_path):
+    """deploy_policy.launch.yaml's evaluation on the real-robot path: between episodes the
+    evaluator moves the arm home through arm_node (a real robot is never teleported), then
+    the sim puts the scene back around it."""
+    from test_graph_policy import make_pose_checkpoint
+
+    from robot_learning.config import load_robot
+    from robot_learning.control.kinematics import Kinematics
+    from robot_learning.evaluate import evaluate_graph
+    from robot_learning.transforms import wxyz_to_xyzw
+
+    robot = load_robot()
+    home, quat = Kinematics(robot).fk(robot.home)
+    # a policy that takes the TCP 8 cm forward: episode 0 ends away from home
+    ckpt = make_pose_checkpoint(tmp_path / "ckpt", np.r_[home + [0.08, 0.0, 0.0], wxyz_to_xyzw(quat)])
+    r = evaluate_graph(ckpt, "pick_place", 2, tmp_path / "eval", tmp_path / "eval.log", episode_timeout=4.0,
+                       progress=False, sim="false", sim_hardware="true", use_sim_time="true")
+    log = (tmp_path / "eval.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert "[arm]" in log and "hardware mode" in log and "PROTECTIVE STOP" not in log
+    assert [e["seed"] for e in r["episodes"]] == [1001, 1002]
+    starts, moved = [], []
+    for i in range(2):
+        traj = np.load(tmp_path / "eval" / f"episode_{i:03d}" / "episode.npz")["trajectory"]
+        starts.append(traj[0, 1:4])
+        moved.append(np.linalg.norm(traj[:, 1:4] - traj[0, 1:4], axis=1).max())
+    assert moved[0] > 0.05                                       # the policy moved the arm in episode 0
+    for start in starts:                                          # and each episode began at home
+        assert np.linalg.norm(start - home) < 0.01, (start, home)

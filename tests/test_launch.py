@@ -76,6 +76,9 @@ def test_the_sim_as_hardware_streams_its_renders_through_camera_nodes():
     for cam in ("front", "wrist"):
         assert "software_source:=/sim" in nodes[cam] and "use_sim_time:=true" in nodes[cam]
     assert "left_finger" not in nodes  # the sim's own tactile pads
+    assert "reset:=home_sim" in nodes["scripted_operator"]  # never teleports the arm arm_node drives
+    in_sim = _by_name(plan(project_root() / "launch" / "teleop_collect.launch.yaml", {}))
+    assert "reset:=sim" in in_sim["scripted_operator"]
 
 
 def test_errors_are_clear(tmp_path):

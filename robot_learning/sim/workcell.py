@@ -110,13 +110,19 @@ class Workcell:
         self._t0 = 0.0
 
     # ---- episodes -----------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> None:
-        """Arm at home, gripper open, task objects randomized from ``seed``."""
+    def reset(self, seed: int | None = None, keep_arm: bool = False) -> None:
+        """Arm at home, gripper open, task objects randomized from ``seed``. ``keep_arm``: the
+        arm and gripper stay where they are (the sim as hardware, whose arm only its driver
+        moves: a real cell's reset puts the objects back, it does not teleport the robot)."""
+        st = self.backend.read_state() if keep_arm else None
         self._t0 += float(self.data.time)  # keep the clock monotonic across episodes
         mujoco.mj_resetData(self.model, self.data)
         self.episode_seed = seed
         self.task.reset(self.model, self.data, np.random.default_rng(seed))
-        self.backend.set_joints(self.robot.home, self.robot.gripper.max_opening)
+        if st is not None:
+            self.backend.set_joints(st.q, st.gripper_opening)
+        else:
+            self.backend.set_joints(self.robot.home, self.robot.gripper.max_opening)
         mujoco.mj_forward(self.model, self.data)
         self.controller.gripper = 0.0
         self.controller.sync(self.backend.read_state(), clear_fault=True)

@@ -5,6 +5,12 @@ expert at the teleop topics) and the policy evaluator (a policy server's policy)
 episode resets the sim (/sim/reset), optionally records it (the recorder's services,
 labelled with /sim/task/success), and, with ``report_dir``, saves the TCP trajectory and
 camera snapshots; ``results.json`` sums the run up. Subclasses implement ``drive``.
+
+How an episode starts (``reset``): ``sim``, the sim puts everything back, arm included (the
+arm runs inside sim_node); ``home``, a robot's: a joint trajectory to the home pose through
+the mux (and the gripper opened), then the operator sets the scene and calls the go service
+(``auto_go:=true`` skips it); ``home_sim``, the sim as hardware behind arm_node: the same move
+home, then /sim/reset puts the scene back around the arm where it stands.
 """
 
 from __future__ import annotations
@@ -19,16 +25,30 @@ import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from robot_learning_ros.msgs import LATCHED_QOS, LATEST_QOS, SENSOR_QOS, from_stamp, image_from_msg, pose_from_msg
+from robot_learning.config import load_robot
+from robot_learning_ros.msgs import (
+    COMMAND_QOS,
+    LATCHED_QOS,
+    LATEST_QOS,
+    SENSOR_QOS,
+    from_stamp,
+    image_from_msg,
+    pose_from_msg,
+    to_sec_ns,
+)
 from robot_learning_ros.runtime import BackgroundSpin, lenient_params
+
+RESETS = ("sim", "home", "home_sim")
 
 
 class EpisodeNode(Node):
     operator = "episodes"
     default_episodes = 10
+    go_service = "/episodes/go"
 
     def __init__(self, name: str, default_record: bool = False):
         super().__init__(name)
@@ -55,6 +75,21 @@ class EpisodeNode(Node):
         self.recorder_status: dict = {}
         self.create_subscription(String, "/recorder/status", self._on_recorder_status, LATCHED_QOS)
         self.reset_client = self.create_client(Trigger, "/sim/reset")
+        self.reset_mode = str(p("reset", "sim").value)
+        if self.reset_mode not in RESETS:
+            raise ValueError(f"reset '{self.reset_mode}': choose sim (the sim resets everything), home (a robot: "
+                             "move home, then the operator's go) or home_sim (the sim as hardware)")
+        self.auto_go = bool(p("auto_go", False).value)
+        self.robot = load_robot(str(p("robot", "hardware/robots/panda.yaml").value))
+        self.q: np.ndarray | None = None         # the arm's measured joints (home resets)
+        self._joint_index: list[int] | None = None
+        self.go = threading.Event()
+        self.running = self.context.ok            # a subclass's loop may narrow it
+        if self.reset_mode != "sim":
+            self.create_subscription(JointState, "/joint_states", self._on_joint_states, LATEST_QOS)
+            self.pub_home = self.create_publisher(JointTrajectory, "/policy/command/joint_trajectory", COMMAND_QOS)
+            self.pub_home_grip = self.create_publisher(Float64, "/policy/command/gripper", COMMAND_QOS)
+        self.create_service(Trigger, self.go_service, self._on_go)
         self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose_msg, LATEST_QOS)
         self.create_subscription(JointState, "/gripper/state", self._on_gripper, LATEST_QOS)
         self.create_subscription(Bool, "/sim/task/success", self._on_success, LATCHED_QOS)
@@ -70,6 +105,24 @@ class EpisodeNode(Node):
             self.recorder_status = dict(json.loads(m.data))
         except (ValueError, TypeError):
             pass
+
+    def _on_joint_states(self, m: JointState) -> None:
+        names = list(m.name)
+        if self._joint_index is None or len(names) <= max(self._joint_index):
+            if not all(j in names for j in self.robot.joint_names):
+                return
+            self._joint_index = [names.index(j) for j in self.robot.joint_names]
+        with self.lock:
+            self.q = np.array([m.position[i] for i in self._joint_index])
+
+    def _on_go(self, req, res):
+        if self.fault:
+            res.success, res.message = False, (f"protective stop is latched ({self.fault}): release it with "
+                                               "/arm/reset_protective_stop first")
+        else:
+            self.go.set()
+            res.success, res.message = True, "go"
+        return res
 
     def _on_gripper(self, m: JointState) -> None:
         self.gripper_opening = float(sum(m.position))
@@ -147,8 +200,52 @@ class EpisodeNode(Node):
         raise NotImplementedError
 
     def reset_world(self, index: int) -> dict:
-        """Puts the scene back for episode ``index``: the sim's /sim/reset ({"episode", "seed"})."""
-        return json.loads(self.call(self.reset_client, Trigger.Request(), "sim node").message)
+        """Puts the scene back for episode ``index`` (see ``reset`` above): {"episode", "seed"}."""
+        if self.reset_mode != "sim":
+            self.move_home()
+        if self.reset_mode == "home":
+            if not self.auto_go:
+                self.get_logger().info(f"episode {index}: at the reset pose; set the scene, then call "
+                                       f"{self.go_service}")
+                self.go.clear()
+                while not self.go.wait(0.2):
+                    if not self.running():
+                        raise KeyboardInterrupt
+            return {"episode": index, "seed": -1}
+        try:
+            return json.loads(self.call(self.reset_client, Trigger.Request(), "sim node").message)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e} (on a robot, start with reset:=home)") from None
+
+    def move_home(self) -> None:
+        """A joint trajectory to the home pose at a fifth of the joints' speed limits (the arm
+        checks every point against its limits and the workspace box) and the gripper opened,
+        then wait until the arm is there."""
+        q = self.observe_q()
+        home = self.robot.home
+        duration = float(np.max(np.abs(home - q) / (0.2 * self.robot.limits.qd_max))) + 1.0
+        msg = JointTrajectory(joint_names=list(self.robot.joint_names))
+        pt = JointTrajectoryPoint(positions=[float(x) for x in home], velocities=[0.0] * len(home))
+        pt.time_from_start.sec, pt.time_from_start.nanosec = to_sec_ns(duration)
+        msg.points.append(pt)
+        self.pub_home.publish(msg)
+        end = time.monotonic() + 3 * duration + 30.0
+        while np.max(np.abs(self.observe_q() - home)) > 0.02:
+            if time.monotonic() > end:
+                raise RuntimeError("the arm did not reach the reset pose (refused? see the arm node's log)")
+            if not self.running():
+                raise KeyboardInterrupt
+            self.pub_home_grip.publish(Float64(data=0.0))  # open, while the mux keeps the policy's command
+            time.sleep(0.05)
+
+    def observe_q(self) -> np.ndarray:
+        end = time.monotonic() + 10.0
+        while self.q is None:
+            if time.monotonic() > end:
+                raise RuntimeError("no /joint_states: the reset pose needs the arm's joint positions")
+            time.sleep(0.01)
+        with self.lock:
+            return self.q.copy()
 
     def run_episode(self, index: int) -> dict:
         info = self.reset_world(index)

@@ -13,8 +13,9 @@ Episodes (``episodes.EpisodeNode``): a reset, then steps until success (``reward
 sim's ``/sim/task/success``, or ``/reward/success`` from ``reward_node``'s classifier), the
 step limit, or a protective stop. ``reset:=sim`` calls ``/sim/reset``; ``reset:=home`` is the
 robot's: a joint trajectory to the home pose through the mux, then the operator's go
-(``/rl/go``; ``auto_go:=true`` skips it). ``/rl/pause`` and ``/rl/resume`` hold the actor
-between steps (the mux and the arm hold the arm); a paused or holding actor sends nothing.
+(``/rl/go``; ``auto_go:=true`` skips it); ``reset:=home_sim`` is the sim as hardware's.
+``/rl/pause`` and ``/rl/resume`` hold the actor between steps (the mux and the arm hold the
+arm); a paused or holding actor sends nothing.
 ``rlif:=true`` makes the reward -1 at each takeover and 0 otherwise. ``record:=true`` has the
 recorder keep every episode, interventions included (``/intervention`` is in the recipe).
 Each episode's return, length, success and intervention rate go to ``report_dir/episodes.jsonl``.
@@ -30,9 +31,7 @@ import numpy as np
 from geometry_msgs.msg import TwistStamped
 from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from robot_learning.config import load_robot
 from robot_learning.data.convert import BadSample, to_sample
 from robot_learning.data.schema import load_recipe
 from robot_learning.paths import project_root, resolve
@@ -47,7 +46,6 @@ from robot_learning_ros.msgs import (
     LATEST_QOS,
     SENSOR_QOS,
     message_class,
-    to_sec_ns,
     twist_from_msg,
     twist_msg,
 )
@@ -57,6 +55,7 @@ from robot_learning_ros.runtime import lenient_params, run_until_stopped
 class GraphActor(EpisodeNode):
     operator = "rl_policy"
     default_episodes = 0  # until stopped
+    go_service = "/rl/go"
 
     def __init__(self):
         super().__init__("rl_graph_actor")
@@ -72,7 +71,6 @@ class GraphActor(EpisodeNode):
             if k.split(".", 1)[0] not in self.recipe.streams:
                 raise ValueError(f"obs key '{k}' is not a stream of {recipe} "
                                  f"({', '.join(sorted(self.recipe.streams))})")
-        self.robot = load_robot(str(p("robot", "hardware/robots/panda.yaml").value))
         self.base_frame = self.robot.base_frame
         self.step_hz = float(p("step_rate", 10.0).value)
         self.command_hz = float(p("command_rate", 50.0).value)
@@ -81,13 +79,8 @@ class GraphActor(EpisodeNode):
         self.on_lost = str(p("on_learner_lost", "keep").value)
         if self.on_lost not in ("keep", "hold"):
             raise ValueError(f"on_learner_lost must be 'keep' or 'hold', not '{self.on_lost}'")
-        self.reset_mode = str(p("reset", "sim").value)
-        if self.reset_mode not in ("sim", "home"):
-            raise ValueError("reset must be 'sim' (the sim's /sim/reset) or 'home' (a move home, then /rl/go)")
-        self.auto_go = bool(p("auto_go", False).value)
         self.rlif = bool(p("rlif", False).value)
         self.seed = int(p("seed", 0).value)
-        self.running = lambda: True
         import robot_learning.policies.sac  # noqa: F401  torch now, not in the middle of an episode
         # (importing it when the first weights arrive held the arm still for seconds)
         self.link = LearnerLink(self, str(p("outbox", "runs/actor_outbox").value),
@@ -99,9 +92,7 @@ class GraphActor(EpisodeNode):
         self.seen_intervention = False
         self.mux_twists: list[np.ndarray] = []
         self.mux_grip: float | None = None
-        self.q: np.ndarray | None = None
         self.paused = threading.Event()
-        self.go = threading.Event()
         for stream in sorted({k.split(".", 1)[0] for k in self.keys}):
             spec = self.recipe.streams[stream]
             self.create_subscription(message_class(spec.type), spec.topic,
@@ -114,11 +105,9 @@ class GraphActor(EpisodeNode):
         self.create_subscription(Float64, "/gripper/command", self._on_mux_grip, COMMAND_QOS)
         self.pub_twist = self.create_publisher(TwistStamped, "/policy/command/twist", COMMAND_QOS)
         self.pub_grip = self.create_publisher(Float64, "/policy/command/gripper", COMMAND_QOS)
-        self.pub_traj = self.create_publisher(JointTrajectory, "/policy/command/joint_trajectory", COMMAND_QOS)
         self.pub_episode = self.create_publisher(String, "/rl/episode", LATCHED_QOS)
         self.create_service(Trigger, "/rl/pause", self._on_pause)
         self.create_service(Trigger, "/rl/resume", self._on_resume)
-        self.create_service(Trigger, "/rl/go", self._on_go)
         self.rows = None
         if self.report_dir:
             self.report_dir.mkdir(parents=True, exist_ok=True)
@@ -133,8 +122,6 @@ class GraphActor(EpisodeNode):
             return
         with self.lock:
             self.latest[name] = (t, arrays)
-            if spec.kind == "joint_state":
-                self.q = np.asarray(arrays["position"])[: self.robot.dof]
 
     def _on_reward(self, m: Bool) -> None:
         self.reward_success = bool(m.data)
@@ -160,15 +147,6 @@ class GraphActor(EpisodeNode):
     def _on_resume(self, req, res):
         self.paused.clear()
         res.success, res.message = True, "running"
-        return res
-
-    def _on_go(self, req, res):
-        if self.fault:
-            res.success, res.message = False, (f"protective stop is latched ({self.fault}): release it with "
-                                               "/arm/reset_protective_stop first")
-        else:
-            self.go.set()
-            res.success, res.message = True, "go"
         return res
 
     # --- observations and actions ---
@@ -224,49 +202,6 @@ class GraphActor(EpisodeNode):
         return spec
 
     # --- episodes ---
-    def reset_world(self, index: int) -> dict:
-        if self.reset_mode == "sim":
-            try:
-                return super().reset_world(index)
-            except RuntimeError as e:
-                raise RuntimeError(f"{e} (on a robot, start the actor with reset:=home)") from None
-        self._move_home()
-        if not self.auto_go:
-            self.get_logger().info(f"episode {index}: at the reset pose; set the scene, then call /rl/go")
-            self.go.clear()
-            while not self.go.wait(0.2):
-                if not self.running():
-                    raise KeyboardInterrupt
-        return {"episode": index, "seed": -1}
-
-    def _move_home(self) -> None:
-        """A joint trajectory to the home pose at a fifth of the joints' speed limits (the arm
-        checks every point against its limits and the workspace box), then wait until there."""
-        q = self.observe_q()
-        home = self.robot.home
-        duration = float(np.max(np.abs(home - q) / (0.2 * self.robot.limits.qd_max))) + 1.0
-        msg = JointTrajectory(joint_names=list(self.robot.joint_names))
-        pt = JointTrajectoryPoint(positions=[float(x) for x in home], velocities=[0.0] * len(home))
-        pt.time_from_start.sec, pt.time_from_start.nanosec = to_sec_ns(duration)
-        msg.points.append(pt)
-        self.pub_traj.publish(msg)
-        end = time.monotonic() + 3 * duration + 30.0
-        while np.max(np.abs(self.observe_q() - home)) > 0.02:
-            if time.monotonic() > end:
-                raise RuntimeError("the arm did not reach the reset pose (refused? see the arm node's log)")
-            if not self.running():
-                raise KeyboardInterrupt
-            time.sleep(0.05)
-
-    def observe_q(self) -> np.ndarray:
-        end = time.monotonic() + 10.0
-        while self.q is None:
-            if time.monotonic() > end:
-                raise RuntimeError("no /joint_states: the reset pose needs the arm's joint positions")
-            time.sleep(0.01)
-        with self.lock:
-            return self.q.copy()
-
     def drive(self, index: int, info: dict) -> None:
         link, spec = self.link, self.spec
         rng = np.random.default_rng(self.seed * 100_003 + index)
@@ -307,7 +242,7 @@ class GraphActor(EpisodeNode):
         # leave the arm at rest until the next episode's reset
         self.pub_twist.publish(twist_msg(np.zeros(6), self.t_now, self.base_frame))
         row = {"episode": index, "seed": info.get("seed"), "steps": n, "return": total, "success": self.success
-               if self.reset_mode == "sim" else self.reward_success, "intervention_rate": inter / max(n, 1),
+               if self.reset_mode != "home" else self.reward_success, "intervention_rate": inter / max(n, 1),
                "takeovers": takeovers, "policy_version": link.policy.version, "total_steps": self.steps}
         if self.fault:
             row["protective_stop"] = self.fault

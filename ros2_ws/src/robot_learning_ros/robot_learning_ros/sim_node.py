@@ -219,7 +219,7 @@ class SimNode(Node):
             if self._reset_request.is_set():
                 self.episode += 1
                 with self.hw_lock if self.hardware else self.arm.lock:
-                    cell.reset(self.seed + self.episode)
+                    cell.reset(self.seed + self.episode, keep_arm=self.hardware)
                     if self.hardware:
                         st = cell.backend.read_state()
                         self.controllers.reset(st.q, st.gripper_opening)
