@@ -26,6 +26,7 @@ run on the sim with the very driver code a RealSense gets. Frames keep the sourc
 from __future__ import annotations
 
 import logging
+import threading
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -79,7 +80,11 @@ def intrinsics_from_info(m: CameraInfo) -> Intrinsics:
 class _SoftwareSource:
     """Images of a ROS camera namespace into a software RealSense in ``self.ctx``. The device
     is made and plugged in when the first ``camera_info`` gives its intrinsics; until then
-    the capture loop finds no camera and keeps looking, as it does for an unplugged one."""
+    the capture loop finds no camera and keeps looking, as it does for an unplugged one.
+
+    librealsense is not safe with a frame injected while a pipeline starts or stops, nor with
+    a device added during ``query_devices``: ``guard`` wraps the driver so that its open and
+    close and our plug and injections take turns under one lock."""
 
     def __init__(self, node: Node, source: str, serial: str, depth: bool, fps: int):
         import pyrealsense2 as rs  # after rclpy (see devices.realsense)
@@ -87,6 +92,7 @@ class _SoftwareSource:
         self.ctx = rs.context('{"dds": {"enabled": false}}')
         self.node, self.serial, self.depth, self.fps = node, serial, depth, fps or 30
         self.device = None
+        self.lock = threading.Lock()
         self._numbers: dict[int, int] = {}  # stamp (ns) -> frame number, for the last few renders
         self._next = 0
         self.sub_info = node.create_subscription(CameraInfo, f"{source}/color/camera_info", self._on_info,
@@ -102,9 +108,11 @@ class _SoftwareSource:
         from robot_learning.devices.realsense_software import SoftwareRealSense
 
         intr = intrinsics_from_info(m)
-        self.device = SoftwareRealSense(self.serial, intr, intr if self.depth else None, fps=self.fps, ctx=self.ctx,
-                                        name=f"Software RealSense ({self.serial})")
-        self.device.plug()
+        device = SoftwareRealSense(self.serial, intr, intr if self.depth else None, fps=self.fps, ctx=self.ctx,
+                                   name=f"Software RealSense ({self.serial})")
+        with self.lock:
+            device.plug()
+            self.device = device
         self.node.destroy_subscription(self.sub_info)
         self.node.get_logger().info(f"software RealSense {self.serial} plugged in: {intr.width}x{intr.height}")
 
@@ -122,15 +130,38 @@ class _SoftwareSource:
 
     def _on_color(self, m: Image) -> None:
         if self.device is not None:
-            self.device.inject_color(*self._number(m), image_from_msg(m))
+            with self.lock:
+                self.device.inject_color(*self._number(m), image_from_msg(m))
 
     def _on_depth(self, m: Image) -> None:
         if self.device is not None:
-            self.device.inject_depth(*self._number(m), image_from_msg(m))
+            with self.lock:
+                self.device.inject_depth(*self._number(m), image_from_msg(m))
+
+    def guard(self, driver) -> _Guarded:
+        return _Guarded(driver, self.lock)
 
     def close(self) -> None:
         if self.device is not None:
             self.device.close()
+
+
+class _Guarded:
+    """A camera driver whose open and close hold ``lock``; everything else passes through."""
+
+    def __init__(self, driver, lock: threading.Lock):
+        self.driver, self.lock = driver, lock
+
+    def open(self) -> None:
+        with self.lock:
+            self.driver.open()
+
+    def close(self) -> None:
+        with self.lock:
+            self.driver.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self.driver, name)
 
 
 class CameraNode(Node):
@@ -162,6 +193,8 @@ class CameraNode(Node):
                 self.software = _SoftwareSource(self, f"{source}/{cam}", cfg.serial, cfg.enable_depth, fps)
                 rs_context = self.software.ctx
             device, depth, align = RealSenseCamera(cfg, context=rs_context), cfg.enable_depth, cfg.align_depth
+            if self.software is not None:
+                device = self.software.guard(device)
         elif driver == "uvc":
             from robot_learning.devices.uvc import UvcCamera, UvcConfig
 
