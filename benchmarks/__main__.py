@@ -212,7 +212,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, MuJoCo {mujoco.__version__}"
 
 
-SECTIONS = ("sim", "ingest", "policy", "arm", "learner", "soak")
+SECTIONS = ("sim", "ingest", "camera", "policy", "arm", "learner", "soak")
 ON_REQUEST = ("soak",)  # an hour long: only with --only soak (SOAK_MINUTES sets its length)
 
 
@@ -235,6 +235,10 @@ def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> i
         sections["sim"] = f"_Measured {stamp}._\n\n" + "\n".join(sim_section(quick, tmp, GraphClient)) + "\n"
     if "ingest" in todo:
         sections["ingest"] = f"_Measured {stamp}._\n\n" + "\n".join(ingest_section(quick, tmp, GraphClient)) + "\n"
+    if "camera" in todo:
+        from benchmarks.camera import section as camera_section
+
+        sections["camera"] = f"_Measured {stamp}._\n\n" + "\n".join(camera_section(quick, tmp)) + "\n"
     from benchmarks.policy import arm_section, section
 
     for name, fn in (("policy", section), ("arm", arm_section)):

@@ -80,6 +80,12 @@ class SafetyLimits:
     def soft_upper(self) -> np.ndarray:
         return self.q_upper - self.position_margin
 
+    def twist_action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The range of a twist-and-gripper action (vx vy vz wx wy wz, gripper 0 open .. 1
+        closed): what the arm accepts at most, so an RL policy's squashed output spans it."""
+        high = np.r_[[self.max_linear_speed] * 3, [self.max_angular_speed] * 3, 1.0].astype(np.float32)
+        return np.r_[-high[:6], 0.0].astype(np.float32), high
+
 
 @dataclass(frozen=True)
 class GripperConfig:

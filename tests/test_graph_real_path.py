@@ -92,6 +92,8 @@ def test_evaluating_through_arm_node_starts_each_episode_from_home(tmp_path):
     log = (tmp_path / "eval.log").read_text()
     assert "Traceback" not in log, log[-3000:]
     assert "[arm]" in log and "hardware mode" in log and "PROTECTIVE STOP" not in log
+    # arm_node's loop says how it is scheduled (real time where the system allows it)
+    assert "control loop: SCHED_FIFO priority 50" in log or "no real-time priority" in log
     assert [e["seed"] for e in r["episodes"]] == [1001, 1002]
     starts, moved = [], []
     for i in range(2):

@@ -27,10 +27,7 @@ class WorkcellEnv(gym.Env):
         self.image_size = image_size  # (height, width)
         self.depth = depth
         self.render_mode = render_mode
-        lim = self.cell.robot.limits
-        hi = np.r_[[lim.max_linear_speed] * 3, [lim.max_angular_speed] * 3, 1.0].astype(np.float32)
-        lo = np.r_[-hi[:6], 0.0].astype(np.float32)
-        self.action_space = gym.spaces.Box(lo, hi, dtype=np.float32)
+        self.action_space = gym.spaces.Box(*self.cell.robot.limits.twist_action_bounds(), dtype=np.float32)
         dof = self.cell.robot.dof
         t = self.cell.tactile
         n_obj = 7 * len(self.cell.task.object_bodies)

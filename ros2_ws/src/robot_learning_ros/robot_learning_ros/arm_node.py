@@ -9,6 +9,11 @@ broadcaster's. The loop (read -> step -> write) runs on the main thread at the r
 ``ros2_control.rate`` (with ``use_sim_time``: once per joint state, as the sim steps); before
 the first joint state nothing is written, and a stale one trips the monitor: hold and say
 why. (The in-process sim backend lives inside ``sim_node``.)
+
+The loop thread runs under SCHED_FIFO at ``thread_priority`` (50, as ros2_control's
+controller manager; 0 leaves it ordinary), the executor thread one below it (they share the
+GIL), optionally pinned to ``cpu_affinity`` (``robot_learning.control.realtime``), so the
+period holds while the machine is busy.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from robot_learning.control.backend import ArmState
 from robot_learning.control.controller import ArmController
 from robot_learning.control.kinematics import Kinematics
 from robot_learning.control.loop import PacedLoop
+from robot_learning.control.realtime import make_realtime
 from robot_learning.control.ros2_control import SILENT_S, CommandOutput, JointStateInput, load_ros2_control
 from robot_learning.description import urdf
 from robot_learning_ros.arm_interface import ArmInterface
@@ -105,6 +111,9 @@ class ArmNode(Node):
         self.arm = ArmInterface(self, self.ctl, self.now, self._state_for_reset, joint_states=False,
                                 description=urdf(self.robot, load_calibration(calibration) if calibration else None))
         self.loop = PacedLoop(rate)
+        self.thread_priority = int(p("thread_priority", 50).value)
+        self.cpu_affinity = [int(c) for c in p("cpu_affinity", [-1]).value if int(c) >= 0]
+        self.scheduling = "not started"
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_due = time.monotonic() + 1.0  # from the loop, on the wall clock: /clock may stop
         self._synced = False
@@ -181,7 +190,8 @@ class ArmNode(Node):
             ("mode", self.ctl.mode.value),
             ("state_age_s", f"{inp.age():.4f}" if inp.has_state() else "inf"),
             ("period_jitter_p99_ms", f"{jit['p99_ms']:.3f}"), ("period_jitter_max_ms", f"{jit['max_ms']:.3f}"),
-            ("overruns", str(self.loop.overruns)), ("malformed_joint_states", str(inp.malformed)))]
+            ("overruns", str(self.loop.overruns)), ("malformed_joint_states", str(inp.malformed)),
+            ("scheduling", self.scheduling))]
         msg = DiagnosticArray(status=[st])
         msg.header.stamp.sec, msg.header.stamp.nanosec = to_sec_ns(self.now())
         self.pub_diag.publish(msg)
@@ -193,6 +203,12 @@ def main(args=None) -> None:
     spin = BackgroundSpin(node)
     stop = threading.Event()
     running = lambda: rclpy.ok() and not stop.is_set()  # noqa: E731
+    node.scheduling = make_realtime(node.thread_priority, node.cpu_affinity, log=node.get_logger().warning)
+    if node.scheduling.startswith("SCHED_FIFO"):
+        # the executor thread too, one step below: it shares the GIL with the loop, and an
+        # ordinary thread preempted while holding it would hold the loop up (priority inversion)
+        make_realtime(max(node.thread_priority - 1, 1), node.cpu_affinity, tid=spin.thread.native_id)
+    node.get_logger().info(f"control loop: {node.scheduling}")
     try:
         if node.backend.input.sim_time:
             node.run_on_states(running)

@@ -190,9 +190,7 @@ class GraphActor(EpisodeNode):
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        lim = self.robot.limits
-        high = np.r_[[lim.max_linear_speed] * 3, [lim.max_angular_speed] * 3, 1.0].astype(np.float32)
-        return np.r_[-high[:6], 0.0].astype(np.float32), high
+        return self.robot.limits.twist_action_bounds()  # the sim env's action space too
 
     def announce(self) -> ObsSpec:
         obs = self.observe(timeout=60.0)
