@@ -40,14 +40,17 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
     """Seeded episodes in the gymnasium env; with ``video`` the first one is filmed (and its
     frames returned under "frames"). ``latency``: seconds each chunk takes to arrive, as the
     robot's inference would (0: instantaneous, which flatters twist policies)."""
-    from robot_learning.data.schema import parse_recipe
+    from robot_learning.data.schema import load_recipe, parse_recipe
+    from robot_learning.paths import project_root
     from robot_learning.runtime.policy import load_policy
     from robot_learning.train.rollout import rollout
 
     checkpoint = resolve(checkpoint)
     policy = load_policy(checkpoint, sampler=sampler, inference_steps=inference_steps)
     meta = json.loads((checkpoint / "config.json").read_text())
-    recipe = parse_recipe(meta["recipe"], str(checkpoint))
+    # a diffusion checkpoint carries its recipe; a SAC one names its obs_keys in the workcell's
+    recipe = (parse_recipe(meta["recipe"], str(checkpoint)) if "recipe" in meta
+              else load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml"))
     task = task or policy.spec.task
     res = rollout(policy, recipe, task, [seed + i for i in range(episodes)], blend=blend,
                   replan_every=4, record_video=1 if video else 0, progress=True, latency=latency)

@@ -175,6 +175,38 @@ def test_checkpoint_round_trip_and_damage(tmp_path):
         load_sac(bad)
 
 
+def test_a_sac_checkpoint_deploys_through_the_policy_server(tmp_path):
+    """The policy server's plug-in interface runs a SAC checkpoint like a diffusion one: the
+    mean action for the state its obs_keys make, within the arm's twist bounds, one step at a
+    time; rolled out in the env through the server's engine (``evaluate --where env``)."""
+    from robot_learning.config import load_robot
+    from robot_learning.evaluate import evaluate_env
+    from robot_learning.runtime.policy import load_policy
+    from robot_learning.train.sac import WORKCELL_OBS
+
+    low, high = load_robot().limits.twist_action_bounds()
+    keys = WORKCELL_OBS["pick_place"]
+    agent = SAC(SACConfig(obs_dim=23, action_low=low.tolist(), action_high=high.tolist(), hidden=[32],
+                          discrete_gripper=True))
+    path = agent.save(tmp_path / "sac", extra={"obs_keys": keys, "dt": 0.1, "env": "workcell/pick_place"})
+    policy = load_policy(path)
+    s = policy.spec
+    assert (s.obs_keys, s.obs_horizon, s.dt, s.action_dim, s.task, s.action_kind) == (
+        keys, 1, 0.1, 7, "pick_place", "twist")
+    rng = np.random.default_rng(0)
+    window = {f"obs/{k}": rng.normal(size=(1, d)).astype(np.float32) for k, d in zip(keys, (7, 2, 7, 7))}
+    a = policy.act(window)
+    assert a.shape == (1, 7) and np.all(a >= low) and np.all(a <= high)
+    assert np.array_equal(a, policy.act(window))                      # no exploration noise when deployed
+    r = evaluate_env(path, 1, seed=5)
+    assert r["task"] == "pick_place" and len(r["episodes"]) == 1 and r["episodes"][0]["steps"] > 10
+    meta = json.loads((path / "config.json").read_text())
+    del meta["obs_keys"]
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match="obs_keys"):
+        load_policy(path)
+
+
 def test_train_sac_on_a_gym_env_checkpoints_and_resumes(tmp_path):
     from robot_learning.train.sac import SACTrainConfig, train_sac
 

@@ -51,6 +51,7 @@ class Learner:
                 raise ValueError(f"{self.run} was started for another actor ({old['env']}, keys "
                                  f"{old['state_keys']}): use a new run directory for {spec['env']}")
         saved.write_text(json.dumps(spec, indent=1))
+        self.actor_spec = spec
         self.spec = ObsSpec(tuple(spec["state_keys"]), tuple(spec["state_dims"]))
         self.batch_size, self.demo_ratio, self.learning_starts = batch_size, demo_ratio, learning_starts
         self.rng = np.random.default_rng(seed)
@@ -126,8 +127,10 @@ class Learner:
         return self.version, json.dumps(self.agent.cfg.to_json()), save(tensors)
 
     def checkpoint(self) -> None:
+        sp = self.actor_spec  # what the policy server needs to deploy the checkpoint (runtime.policy)
         self.agent.save(self.run / "checkpoints" / "last", optimizers=True,
-                        extra={"version": self.version, "received": self.received})
+                        extra={"version": self.version, "received": self.received, "obs_keys": sp["state_keys"],
+                               "dt": sp["dt"], "env": sp["env"]})
         row = {"time": time.time(), "updates": self.agent.updates, "received": self.received,
                "version": self.version, **self.last_update}
         self.metrics.write(json.dumps(row) + "\n")

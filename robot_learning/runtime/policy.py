@@ -1,7 +1,7 @@
 """What the policy server runs: any policy that turns an observation window into a chunk of
-timed actions. Diffusion policies are one kind; residual and RL policies register their own
-loader under the ``policy`` name in their checkpoint's config.json and the server runs them
-unchanged.
+timed actions. Diffusion policies are one kind, SAC agents (``train sac``, the RL learner)
+another; each kind registers its loader under the ``policy`` name in its checkpoint's
+config.json and the server runs them unchanged.
 """
 
 from __future__ import annotations
@@ -158,3 +158,49 @@ def _load_diffusion(path: Path, device: str, sampler: str | None = None,
 
     policy, _ = load_checkpoint(path, device=device)
     return DiffusionRunner(policy, device, sampler=sampler, inference_steps=inference_steps)
+
+
+class SacRunner:
+    """A SAC agent behind the server's interface: its mean action (no exploration) for the
+    newest observation, a chunk one policy step long, so the server asks again each step as
+    the RL actor does. The state is the checkpoint's ``obs_keys`` concatenated in order, the
+    arrays the recorder stores and the actor observed."""
+
+    def __init__(self, agent, meta: dict, path: Path):
+        from robot_learning.policies.checkpoint import PolicyError
+
+        cfg = agent.cfg
+        keys = [str(k) for k in meta.get("obs_keys") or []]
+        if cfg.obs_dim and not keys:
+            raise PolicyError(f"{path}: a SAC checkpoint without obs_keys cannot be deployed (retrain, or save it "
+                              "with the state keys it was trained on)")
+        env = str(meta.get("env", ""))
+        task = env.split("/", 1)[1] if env.startswith("workcell/") else ""
+        image_size = tuple(cfg.image_size) if cfg.image_keys else None
+        self.agent = agent
+        self.spec = PolicySpec(keys, list(cfg.image_keys), image_size, 1, float(meta.get("dt") or 0.1), cfg.act_dim,
+                               np.asarray(cfg.action_low, np.float64), np.asarray(cfg.action_high, np.float64),
+                               task, "twist")
+        self._gripper: float | None = None
+
+    def reset(self) -> None:
+        self._gripper = None
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        o = {k: np.asarray(obs[f"image/{k}"][-1]) for k in self.spec.image_keys}
+        if self.spec.obs_keys:
+            o["state"] = np.concatenate([np.asarray(obs[f"obs/{k}"][-1], np.float32).ravel()
+                                         for k in self.spec.obs_keys])
+        a = self.agent.act(o, deterministic=True, gripper_now=self._gripper)
+        self._gripper = float(a[-1])
+        # tanh-squashed into the box already; the clip only removes float32 rounding at its edges
+        return np.clip(np.asarray(a, np.float64), self.spec.action_low, self.spec.action_high)[None]
+
+
+@register_policy("sac")
+def _load_sac(path: Path, device: str) -> Policy:
+    from robot_learning.policies.sac import load_sac
+
+    agent, meta = load_sac(path, device=device)
+    agent.eval()
+    return SacRunner(agent, meta, path)
