@@ -103,9 +103,9 @@ def _bare(cam, frames, seconds: float) -> dict:
 
 
 def _node(cam, frames, seconds: float) -> dict:
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from robot_learning_ros.camera_node import CameraNode
+    from robot_learning_ros.runtime import BackgroundSpin
 
     sub = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER], stdout=subprocess.PIPE, text=True)
     assert sub.stdout.readline().strip() == "ready"
@@ -115,17 +115,7 @@ def _node(cam, frames, seconds: float) -> dict:
         Parameter("serial_no", value=cam.serial), Parameter("camera_name", value="bench_cam"),
         Parameter("rgb_camera.color_profile", value="0x0x30"), Parameter("depth_module.depth_profile", value="0x0x30"),
         Parameter("align_depth.enable", value=True)])
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-
-    def spin() -> None:
-        try:
-            ex.spin()
-        except ExternalShutdownException:
-            pass
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
+    spin = BackgroundSpin(node, interrupt_main=False)
     try:
         end = time.monotonic() + 20.0
         while node.color.image_pub.get_subscription_count() == 0 and time.monotonic() < end:
@@ -137,9 +127,7 @@ def _node(cam, frames, seconds: float) -> dict:
             cpu, n, sent = time.process_time() - c0, node.loop.counter.frames - n0, feed.sent - s0
     finally:
         node.close()
-        rclpy.try_shutdown(context=ctx)
-        thread.join(5.0)
-        node.destroy_node()
+        spin.close()
         sub.terminate()
         received = sub.communicate(timeout=20)[0].split()
     return {"cpu_s": cpu, "frames": n, "sent": sent, "received": [int(x) for x in received[:2]]}

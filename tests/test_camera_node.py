@@ -22,11 +22,11 @@ import pytest
 import rclpy
 from camera_rig import CALIBRATED, CALIBRATION, SoftwareRealSense, wait_until, wrist_renders, write_video
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from robot_learning_ros.camera_node import CameraNode
 from robot_learning_ros.client import GraphClient
 from robot_learning_ros.msgs import from_stamp, image_from_msg
+from robot_learning_ros.runtime import BackgroundSpin
 from sensor_msgs.msg import CameraInfo, Image
 
 pytestmark = pytest.mark.graph
@@ -64,17 +64,7 @@ def rig():
         Parameter("serial_no", value="SIM-NODE-1"), Parameter("camera_name", value=CAM),
         Parameter("rgb_camera.color_profile", value="640x480x30"), Parameter("align_depth.enable", value=True),
         Parameter("frame_timeout", value=1.0)])
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-
-    def spin():
-        try:
-            ex.spin()
-        except ExternalShutdownException:
-            pass
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
+    spin = BackgroundSpin(node, interrupt_main=False)
     client = GraphClient("camera_node_test")
     for topic in (IMAGE, DEPTH):
         client.subscribe(topic, Image, sensor=True, transform=image_record)
@@ -87,9 +77,7 @@ def rig():
     yield cam, node, client, intr, frames
     client.close()
     node.close()
-    rclpy.try_shutdown(context=ctx)
-    thread.join(5.0)
-    node.destroy_node()
+    spin.close()
     cam.close()
 
 

@@ -79,6 +79,10 @@ def test_the_sim_as_hardware_streams_its_renders_through_camera_nodes():
     assert "reset:=home_sim" in nodes["scripted_operator"]  # never teleports the arm arm_node drives
     in_sim = _by_name(plan(project_root() / "launch" / "teleop_collect.launch.yaml", {}))
     assert "reset:=sim" in in_sim["scripted_operator"]
+    rl = _by_name(plan(project_root() / "launch" / "hil_rl.launch.yaml",
+                       {"sim": "false", "sim_hardware": "true", "use_sim_time": "true", "cameras": "wrist"}))
+    assert "hardware:=true" in rl["sim"] and "software_source:=/sim" in rl["wrist"] and "arm" in rl
+    assert "reset:=home_sim" in rl["rl_graph_actor"]
 
 
 def test_errors_are_clear(tmp_path):

@@ -29,16 +29,22 @@ class BackgroundSpin:
     messages that no longer arrive (an operator node did, silently, for 14 minutes). So the
     error is logged, kept in ``failed``, and the main thread is interrupted, which runs its
     usual shutdown path; ``main`` exits non-zero when ``failed`` is set.
+
+    It spins in the node's own context, so a test or benchmark can run a node in-process beside
+    its clients (``rclpy.Context()``, as for a software RealSense that exists only there); there
+    ``interrupt_main=False`` leaves a failure in ``failed`` without interrupting the test run.
     """
 
-    def __init__(self, node: Node):
+    def __init__(self, node: Node, interrupt_main: bool = True):
         self.node = node
+        self.ctx = node.context
+        self.interrupt_main = interrupt_main
         self.failed: BaseException | None = None
         if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGINT)):
             # SIGINT ignored since start-up (``nohup``, ``&`` in a script, a parent that ignored
             # it): interrupt_main would do nothing and the main thread would wait forever
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        self.executor = SingleThreadedExecutor()
+        self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(node)
         self.thread = threading.Thread(target=self._spin, daemon=True, name=f"{node.get_name()}-spin")
         self.thread.start()
@@ -51,16 +57,17 @@ class BackgroundSpin:
         except Exception as e:
             # closing shuts the context down under the spinning thread; only a failure while
             # rclpy is still up is an error
-            if rclpy.ok():
+            if rclpy.ok(context=self.ctx):
                 import _thread
                 import traceback
 
                 self.failed = e
                 self.node.get_logger().error("a callback failed, the node stops:\n" + traceback.format_exc())
-                _thread.interrupt_main()
+                if self.interrupt_main:
+                    _thread.interrupt_main()
 
     def close(self) -> None:
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(context=self.ctx)
         self.thread.join(timeout=5.0)
         self.executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
