@@ -189,8 +189,11 @@ def test_every_node_executable_starts_and_stops_cleanly(tmp_path):
         for name in node_executables():
             log = tmp_path / f"{name}.log"
             with log.open("wb") as out:
+                # started with SIGINT ignored, as under nohup or `&` in a script: rclpy still
+                # takes SIGINT (the recorder did not once, and hung in background test runs)
                 proc = subprocess.Popen([str(VENV / "lib" / PKG / name), "--ros-args", "-r", f"__node:=probe_{name}",
-                                         *args.get(name, [])], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+                                         *args.get(name, [])], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
             try:
                 end = time.monotonic() + 90
                 while not _own_endpoints(client.node, f"probe_{name}"):

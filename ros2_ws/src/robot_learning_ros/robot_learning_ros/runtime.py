@@ -19,6 +19,13 @@ from rclpy.node import Node
 from robot_learning.headless import HEADLESS_GL, headless_gl_works, use_headless_gl  # noqa: F401
 
 
+def _raise_in_main_thread(exc: type[BaseException]) -> None:
+    """``exc`` is raised in the main thread at its next Python instruction, whatever its signals."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.main_thread().ident), ctypes.py_object(exc))
+
+
 class BackgroundSpin:
     """Spins a node's callbacks on a daemon thread while the main thread runs the node's loop.
 
@@ -27,8 +34,13 @@ class BackgroundSpin:
 
     A callback that raises ends the spinning; the main thread would then wait forever on
     messages that no longer arrive (an operator node did, silently, for 14 minutes). So the
-    error is logged, kept in ``failed``, and the main thread is interrupted, which runs its
-    usual shutdown path; ``main`` exits non-zero when ``failed`` is set.
+    error is logged, kept in ``failed``, and KeyboardInterrupt is raised in the main thread,
+    which runs its usual shutdown path; ``main`` exits non-zero when ``failed`` is set. The
+    exception is set on the thread directly, not by a signal: a process started with SIGINT
+    ignored (``nohup``, ``&`` in a script) gets no signal, and replacing rclpy's SIGINT handler
+    with Python's to make one work left a main thread blocked in ``rclpy.spin`` deaf to Ctrl-C
+    (the recorder hung on SIGINT in every test run started in the background). A main thread
+    blocked in a wait that runs no Python gets 2 s, then the context is shut down under it.
 
     It spins in the node's own context, so a test or benchmark can run a node in-process beside
     its clients (``rclpy.Context()``, as for a software RealSense that exists only there); there
@@ -40,10 +52,7 @@ class BackgroundSpin:
         self.ctx = node.context
         self.interrupt_main = interrupt_main
         self.failed: BaseException | None = None
-        if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGINT)):
-            # SIGINT ignored since start-up (``nohup``, ``&`` in a script, a parent that ignored
-            # it): interrupt_main would do nothing and the main thread would wait forever
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._closing = threading.Event()
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(node)
         self.thread = threading.Thread(target=self._spin, daemon=True, name=f"{node.get_name()}-spin")
@@ -58,15 +67,17 @@ class BackgroundSpin:
             # closing shuts the context down under the spinning thread; only a failure while
             # rclpy is still up is an error
             if rclpy.ok(context=self.ctx):
-                import _thread
                 import traceback
 
                 self.failed = e
                 self.node.get_logger().error("a callback failed, the node stops:\n" + traceback.format_exc())
                 if self.interrupt_main:
-                    _thread.interrupt_main()
+                    _raise_in_main_thread(KeyboardInterrupt)
+                    if not self._closing.wait(2.0):
+                        rclpy.try_shutdown(context=self.ctx)  # wakes a main thread waiting in rclpy
 
     def close(self) -> None:
+        self._closing.set()
         rclpy.try_shutdown(context=self.ctx)
         self.thread.join(timeout=5.0)
         self.executor.shutdown(timeout_sec=1.0)
