@@ -36,11 +36,9 @@ class BackgroundSpin:
     messages that no longer arrive (an operator node did, silently, for 14 minutes). So the
     error is logged, kept in ``failed``, and KeyboardInterrupt is raised in the main thread,
     which runs its usual shutdown path; ``main`` exits non-zero when ``failed`` is set. The
-    exception is set on the thread directly, not by a signal: a process started with SIGINT
-    ignored (``nohup``, ``&`` in a script) gets no signal, and replacing rclpy's SIGINT handler
-    with Python's to make one work left a main thread blocked in ``rclpy.spin`` deaf to Ctrl-C
-    (the recorder hung on SIGINT in every test run started in the background). A main thread
-    blocked in a wait that runs no Python gets 2 s, then the context is shut down under it.
+    exception is set on the thread directly, not by a signal, so it arrives whatever the
+    process's signals are. A main thread blocked in a wait that runs no Python gets 2 s, then
+    the context is shut down under it.
 
     It spins in the node's own context, so a test or benchmark can run a node in-process beside
     its clients (``rclpy.Context()``, as for a software RealSense that exists only there); there
@@ -53,6 +51,10 @@ class BackgroundSpin:
         self.interrupt_main = interrupt_main
         self.failed: BaseException | None = None
         self._closing = threading.Event()
+        if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGINT)):
+            # SIGINT ignored since start-up (``nohup``, ``&`` in a script): Ctrl-C and the
+            # launcher's SIGINT become KeyboardInterrupt, as in a process started normally
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(node)
         self.thread = threading.Thread(target=self._spin, daemon=True, name=f"{node.get_name()}-spin")
@@ -151,8 +153,14 @@ def run_until_stopped(factory, args=None) -> None:
 
 def spin_main(node: Node, on_shutdown=None) -> None:
     """Spin ``node`` on the main thread until Ctrl-C or SIGTERM, then clean up in the safe order."""
+    # spun in short waits, not one endless one: Python runs a signal handler only between
+    # instructions of the main thread, and a SIGINT that only Python handles (a process started
+    # with SIGINT ignored, see BackgroundSpin) never woke an endless wait: the recorder hung
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
+        while rclpy.ok(context=node.context):
+            executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RuntimeError:
