@@ -82,7 +82,6 @@ class EpisodeNode(Node):
         self.auto_go = bool(p("auto_go", False).value)
         self.robot = load_robot(str(p("robot", "hardware/robots/panda.yaml").value))
         self.q: np.ndarray | None = None         # the arm's measured joints (home resets)
-        self._joint_index: list[int] | None = None
         self.go = threading.Event()
         self.running = self.context.ok            # a subclass's loop may narrow it
         if self.reset_mode != "sim":
@@ -108,12 +107,9 @@ class EpisodeNode(Node):
 
     def _on_joint_states(self, m: JointState) -> None:
         names = list(m.name)
-        if self._joint_index is None or len(names) <= max(self._joint_index):
-            if not all(j in names for j in self.robot.joint_names):
-                return
-            self._joint_index = [names.index(j) for j in self.robot.joint_names]
-        with self.lock:
-            self.q = np.array([m.position[i] for i in self._joint_index])
+        if all(j in names for j in self.robot.joint_names):  # the arm's joints, by name, in its order
+            with self.lock:
+                self.q = np.array([m.position[names.index(j)] for j in self.robot.joint_names])
 
     def _on_go(self, req, res):
         if self.fault:
