@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,17 +53,26 @@ def _call(cli, req, timeout: float = 900.0):
     return fut.result()
 
 
-def recorder_ingest(seconds: float, workdir: Path, client) -> dict:
+def busy_core():
+    """Another process keeping one core busy at normal priority (a build, a training run): the
+    machine a user records on is rarely idle."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=die_with_parent())
+
+
+def recorder_ingest(seconds: float, workdir: Path, client, busy: bool = False) -> dict:
     """The recorder node recording bench_publisher's load for ``seconds``: drops, CPU, disk.
 
     The episode starts before the publisher sends anything and stops after it is done, so
-    every message sent should be in the episode: dropped = sent - recorded, per topic."""
+    every message sent should be in the episode: dropped = sent - recorded, per topic.
+    ``busy``: with one core kept busy by another process the whole time."""
     from std_srvs.srv import SetBool, Trigger
 
     recipe = workdir / "bench_recipe.yaml"
     recipe.write_text(yaml.safe_dump(BENCH_RECIPE))
-    store = workdir / "ingest.zarr"
-    log = (workdir / "ingest.log").open("wb")
+    name = "ingest_busy" if busy else "ingest"
+    store = workdir / f"{name}.zarr"
+    log = (workdir / f"{name}.log").open("wb")
+    hog = busy_core() if busy else None
     rec = subprocess.Popen([find_executable("robot_learning_ros", "recorder_node"), "--ros-args",
                             "-p", f"dataset:={store}", "-p", f"recipe:={recipe}"], stdout=log, stderr=subprocess.STDOUT,
                            preexec_fn=die_with_parent())
@@ -85,6 +95,9 @@ def recorder_ingest(seconds: float, workdir: Path, client) -> dict:
         req.data = True
         meta = json.loads(_call(stop, req).message)
     finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
         rec.send_signal(2)
         rec.wait(60)
         log.close()

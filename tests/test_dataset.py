@@ -380,3 +380,27 @@ def test_stop_waits_for_what_was_published_before_it(tmp_path):
     assert ep.streams["joint_states"]["t"][-1] >= 101.99       # nothing cut off the end
     assert ep.streams["ee_pose"]["t"][-1] < 101.0 and waited < 3.0
     assert any("/arm/ee_pose" in m and "without the last" in m for m in logs), logs
+
+
+def test_the_recorder_reports_its_backlog_and_what_each_stream_took(tmp_path):
+    """What /diagnostics shows: messages taken but not yet written (a writer that falls behind
+    is seen, not silent) and each stream's count in the current episode."""
+    import threading
+
+    rec = Recorder(tmp_path / "s.zarr", RECIPE, log=lambda *a: None, flush_interval=0.05)
+    gate, handle = threading.Event(), rec._handle
+    rec._handle = lambda item: (gate.wait(), handle(item))  # a writer stuck on a slow disk
+    rec.start({})
+    for k in range(50):
+        rec.on_message("joint_states", joints(k * 0.01, np.zeros(9)), k * 0.01)
+    rec.on_message("ee_pose", pose(0.0, 0.1), 0.0)
+    s = rec.stats()
+    assert s["recording"] and s["received"] == {"joint_states": 50, "ee_pose": 1}
+    assert s["backlog"] >= 50 and s["backlog_max"] >= 50
+    gate.set()
+    meta = rec.stop(success=True)
+    assert rec.stats()["backlog_max"] >= 50  # the deepest since the last look
+    s = rec.stats()
+    rec.close()
+    assert meta["stream_counts"]["joint_states"] == 50
+    assert not s["recording"] and s["backlog"] == 0 and s["backlog_max"] == 0

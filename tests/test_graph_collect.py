@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from robot_learning_ros.client import GraphClient
 from robot_learning_ros.msgs import twist_msg
@@ -41,6 +42,8 @@ def test_scripted_collection_stores_what_was_published(tmp_path):
     client.subscribe("/front/color/image_raw", Image, sensor=True,
                      transform=lambda m: (stamp(m), hashlib.md5(bytes(m.data)).hexdigest()))
     client.subscribe("/teleop/engaged", Bool, latched=True, transform=lambda m: (time.monotonic(), m.data))
+    client.subscribe("/diagnostics", DiagnosticArray, depth=100, transform=lambda m: [
+        {kv.key: kv.value for kv in st.values} for st in m.status if st.name == "recorder"])
     res = collect_scripted("pick_place", 2, path, tmp_path / "report", tmp_path / "collect.log", cameras="front",
                            seed=3, progress=False)
     client.close()
@@ -64,6 +67,9 @@ def test_scripted_collection_stores_what_was_published(tmp_path):
     assert ep.meta["robot"]["name"] and "cameras" in ep.meta["calibration"]
     assert ep.meta["missing_streams"] == ["wrist_color"]  # the wrist camera was left off: reported
     assert ep.meta["rejected_samples"] == {}
+    # the recorder's /diagnostics said what it was taking while it recorded
+    recording = [v for m in client.msgs["/diagnostics"] for v in m if v["recording"] == "True"]
+    assert recording and max(int(v.get("received/joint_states", 0)) for v in recording) > 0
 
     def compare(stream, key, topic, exact):
         rec_t = ep.streams[stream]["t"][:]

@@ -83,3 +83,47 @@ def test_the_graph_actor_sends_the_operators_takeovers_and_pauses(tmp_path):
     first = rows[0]["steps"]  # the first episode's rate is its share of flagged transitions
     assert rows[0]["intervention_rate"] == pytest.approx(inter[:first].mean())
     assert rows[0]["takeovers"] >= 1
+
+
+def test_a_policy_that_outputs_nan_never_moves_the_arm(tmp_path):
+    """A learner that diverged hands the actor weights full of NaN: from then on the actor
+    sends the arm nothing (the mux and the arm hold), says why, and the arm stays put."""
+    import torch
+    from geometry_msgs.msg import TwistStamped
+    from robot_learning_ros.client import GraphClient
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import MultiArrayDimension, String, UInt8MultiArray
+
+    from robot_learning.rl.learner import Learner
+
+    with SimGraph(tmp_path / "graph.log", "hil_rl.launch.yaml", task="peg_in_hole", outbox=tmp_path / "outbox",
+                  max_episode_steps=1000) as g:
+        client = GraphClient("diverged_learner")
+        try:
+            client.subscribe("/rl/actor_spec", String, latched=True)
+            client.subscribe("/policy/command/twist", TwistStamped, depth=1000, transform=lambda m: time.monotonic())
+            client.subscribe("/joint_states", JointState, depth=5000,
+                             transform=lambda m: (time.monotonic(), tuple(m.position)))
+            spec = json.loads(client.wait_for("/rl/actor_spec", 1, timeout=120)[-1].data)
+            learner = Learner(tmp_path / "learner", spec, hidden=(32, 32))
+            with torch.no_grad():
+                for p in learner.agent.parameters():
+                    p.fill_(float("nan"))
+            version, config, data = learner.weights()
+            msg = UInt8MultiArray()
+            msg.layout.dim = [MultiArrayDimension(label=json.dumps({"version": version, "config": json.loads(config)}),
+                                                  size=len(data), stride=len(data))]
+            msg.data = data
+            client.publisher("/rl/policy_weights", UInt8MultiArray, latched=True).publish(msg)
+            wait_until(lambda: f"policy version {version}" in g.log_path.read_text(), "the actor loading them", 60)
+            loaded = time.monotonic()
+            time.sleep(6.0)
+        finally:
+            client.close()
+        log = g.log_path.read_text()
+    assert "gave a non-finite action" in log, log[-3000:]
+    assert client.msgs["/policy/command/twist"], "the actor never commanded the arm before the weights came"
+    late = [t - loaded for t in client.msgs["/policy/command/twist"] if t > loaded + 1.0]  # 1 s: a step in flight
+    assert not late, f"{len(late)} commands after the policy went NaN"
+    q = np.array([p for t, p in client.msgs["/joint_states"] if t > loaded + 2.0])
+    assert len(q) > 100 and np.ptp(q[:, :7], axis=0).max() < 1e-3, np.ptp(q[:, :7], axis=0)

@@ -229,6 +229,36 @@ def test_train_sac_on_a_gym_env_checkpoints_and_resumes(tmp_path):
     assert load_sac(last)[0].updates == 301
 
 
+def test_train_sac_from_pixels_on_the_workcell_and_deploy_it(tmp_path):
+    """The image-based variant end to end: the wrist camera's frames (rendered at the camera's
+    resolution, shrunk as recorded frames are) and proprioception only, into the buffer, the
+    update (random shifts) and a checkpoint the policy server rolls out in the env."""
+    from robot_learning.evaluate import evaluate_env
+    from robot_learning.runtime.policy import load_policy
+    from robot_learning.train.sac import SACTrainConfig, train_sac
+
+    keys = ["ee_pose.data", "gripper_state.position"]
+    cfg = SACTrainConfig(env="workcell/pick_place", obs=keys, images=["wrist_color"], image_size=32, steps=60,
+                         start_steps=30, learning_starts=30, batch_size=16, hidden=[32, 32], eval_every=60,
+                         eval_episodes=1, max_episode_steps=25, video=False, out=str(tmp_path))
+    run = train_sac(cfg, progress=False)
+    last = run / "checkpoints" / "last"
+    agent, meta = load_sac(last)
+    assert agent.cfg.image_keys == ["wrist_color"] and agent.cfg.image_size == [32, 32] and agent.updates == 31
+    online = ReplayBuffer(100, ObsSpec(tuple(keys), (7, 2), ("wrist_color",), (32, 32, 3)), 7)
+    online.load(last / "online.npz")
+    rows = online.in_order()
+    img, nxt = rows["image/wrist_color"], rows["next_image/wrist_color"]
+    assert img.shape == (60, 32, 32, 3) and img.std() > 10  # a real view of the cell, not a blank
+    step = ~rows["terminal"][:-1] & (np.arange(59) % 25 != 24)  # within an episode: next frame = frame after
+    assert np.array_equal(nxt[:-1][step], img[1:][step])
+    assert np.abs(img[1:].astype(int) - img[:-1]).mean() > 0.5  # the arm moved: the wrist view changed
+    policy = load_policy(last)
+    assert policy.spec.image_keys == ["wrist_color"] and policy.spec.image_size == (32, 32)
+    r = evaluate_env(last, 1, seed=3)
+    assert len(r["episodes"]) == 1 and r["episodes"][0]["steps"] > 10
+
+
 def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_restart(store, tmp_path):  # noqa: F811
     """HIL-SERL's rule: the operator's corrections are demonstrations too. A restarted learner
     reads its journal back into both buffers, so nothing an operator showed it is lost."""
@@ -242,8 +272,9 @@ def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_rest
     out = Outbox(tmp_path / "outbox", "actor-1")
     learner = Learner(tmp_path / "run", spec, demos=str(store), hidden=(16, 16))
     for i in range(10):
-        s = np.full(9, i, np.float32)
-        learner.receive(out.push(transition_arrays(s, np.zeros(7), 0.0, s + 1, False, i % 3 == 0, 0.0))[1])
+        o = {"ee_pose.data": np.full(7, i, np.float32), "gripper_state.position": np.full(2, i, np.float32)}
+        o2 = {k: v + 1 for k, v in o.items()}
+        learner.receive(out.push(transition_arrays(learner.spec, o, np.zeros(7), 0.0, o2, False, i % 3 == 0, 0.0))[1])
     learner.acks()
     assert len(learner.online) == 10 and len(learner.demo) == demos + 4  # steps 0, 3, 6, 9
     assert np.array_equal(learner.demo.in_order()["state"][demos:, 0], [0, 3, 6, 9])

@@ -8,9 +8,12 @@ refused with a reason, counted per stream, and never reaches the store.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,8 @@ class Recorder:
         self.rejected_logged: dict[tuple[str, str], float] = {}
         self.error: str | None = None
         self.finished = 0
+        self.received: Counter[str] = Counter()  # messages queued in the current episode, per stream
+        self.backlog_max = 0  # the deepest the queue got since ``stats`` last reset it
         self._stop_thread = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="recorder-writer")
         self.thread.start()
@@ -73,6 +78,21 @@ class Recorder:
             self.state[stream] = msg
         if self.episode is not None:
             self.queue.put((stream, msg, t_recv))
+            self.received[stream] += 1
+            backlog = self.queue.qsize()
+            if backlog > self.backlog_max:
+                self.backlog_max = backlog
+
+    def stats(self, reset_max: bool = True) -> dict:
+        """What the writer is behind by (messages queued now, and the most since the last call)
+        and what the current episode has taken, per stream. A backlog that keeps growing means
+        this machine cannot write what it records; it is memory, and a stop waits for it."""
+        out = {"recording": self.recording, "episode": self.episode.index if self.episode else None,
+               "backlog": self.queue.qsize(), "backlog_max": self.backlog_max, "finished": self.finished,
+               "received": dict(self.received), "error": self.error}
+        if reset_max:
+            self.backlog_max = out["backlog"]
+        return out
 
     def silent_streams(self, within: float = 2.0) -> list[str]:
         now = time.monotonic()
@@ -86,6 +106,7 @@ class Recorder:
             if self.error:
                 raise DatasetError(f"the recorder stopped after a storage error: {self.error}")
             self.episode = self.writer.start_episode(meta)
+            self.received.clear()
             t0 = self._t_start = meta.get("t_start_clock")
             for stream, msg in list(self.state.items()):  # states in force when the episode starts
                 self.queue.put((stream, msg, t0 if t0 is not None else time.time()))
@@ -177,6 +198,9 @@ class Recorder:
                 item = None
             if item is not None:
                 self._handle(item)
+                if isinstance(item, _Stop):  # the episode's buffers are garbage now
+                    ep = item = None
+                    _release_free_memory()
             ep = self.episode
             if ep is not None and time.monotonic() - ep.last_flush >= self.flush_interval:
                 try:
@@ -192,3 +216,16 @@ class Recorder:
         self._stop_thread.set()
         self.thread.join(timeout=10)
         self.writer.close()
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
+def _release_free_memory() -> None:
+    """Give the heap an episode freed back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). Frames and stamp tables come and go in small blocks that glibc keeps for reuse,
+    so without it the resident size of a recorder running for hours ratchets up to the largest
+    episode's peak, and a memory watchdog cannot tell that from a leak."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

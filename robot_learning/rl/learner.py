@@ -21,17 +21,21 @@ from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, rlpd_b
 
 def spec_json(spec: ObsSpec, low: list[float], high: list[float], dt: float, name: str) -> str:
     """What a learner needs to know of an actor, as the actor publishes it."""
-    return json.dumps({"state_keys": list(spec.state_keys), "state_dims": list(spec.state_dims),
-                       "action_low": [float(x) for x in low], "action_high": [float(x) for x in high],
-                       "dt": float(dt), "env": name})
+    return json.dumps({**spec.to_json(), "action_low": [float(x) for x in low],
+                       "action_high": [float(x) for x in high], "dt": float(dt), "env": name})
 
 
-def transition_arrays(obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminal: bool,
-                      intervention: bool, grip_before: float) -> dict[str, np.ndarray]:
-    """One executed step as the link carries it (flat states; the action that reached the arm)."""
-    return {"state": np.asarray(obs, np.float32), "next_state": np.asarray(next_obs, np.float32),
-            "action": np.asarray(action, np.float32), "reward": np.float32(reward), "terminal": np.bool_(terminal),
-            "intervention": np.bool_(intervention), "grip_before": np.float32(grip_before)}
+def transition_arrays(spec: ObsSpec, obs: dict[str, np.ndarray], action: np.ndarray, reward: float,
+                      next_obs: dict[str, np.ndarray], terminal: bool, intervention: bool,
+                      grip_before: float) -> dict[str, np.ndarray]:
+    """One executed step as the link carries it: flat states and camera frames laid out by
+    ``spec`` (observations keyed like the step table), the action that reached the arm."""
+    out = {"state": spec.flatten(obs), "next_state": spec.flatten(next_obs),
+           "action": np.asarray(action, np.float32), "reward": np.float32(reward), "terminal": np.bool_(terminal),
+           "intervention": np.bool_(intervention), "grip_before": np.float32(grip_before)}
+    for k in spec.image_keys:
+        out[f"image/{k}"], out[f"next_image/{k}"] = np.asarray(obs[k], np.uint8), np.asarray(next_obs[k], np.uint8)
+    return out
 
 
 class Learner:
@@ -52,7 +56,7 @@ class Learner:
                                  f"{old['state_keys']}): use a new run directory for {spec['env']}")
         saved.write_text(json.dumps(spec, indent=1))
         self.actor_spec = spec
-        self.spec = ObsSpec(tuple(spec["state_keys"]), tuple(spec["state_dims"]))
+        self.spec = ObsSpec.from_json(spec)
         self.batch_size, self.demo_ratio, self.learning_starts = batch_size, demo_ratio, learning_starts
         self.rng = np.random.default_rng(seed)
         torch.manual_seed(seed)
@@ -76,7 +80,8 @@ class Learner:
             self.version = int(meta.get("version", 0))
         else:
             cfg = SACConfig(obs_dim=self.spec.state_dim, action_low=spec["action_low"],
-                            action_high=spec["action_high"], hidden=list(hidden), utd=utd)
+                            action_high=spec["action_high"], hidden=list(hidden), utd=utd,
+                            image_keys=list(self.spec.image_keys), image_size=list(self.spec.image_shape[:2]))
             self.agent = SAC(cfg)
             if self.demo is not None:
                 st = self.demo.in_order()["state"]
@@ -89,8 +94,9 @@ class Learner:
         """Into the online buffer; an intervention (the operator's action) into the
         demonstrations' too, as HIL-SERL does."""
         a = tr.arrays
-        row = {k: np.asarray(a[k])[None] for k in ("state", "next_state", "action", "reward", "terminal",
-                                                   "intervention", "grip_before")} | {"seq": np.int64([tr.seq])}
+        keys = ["state", "next_state", "action", "reward", "terminal", "intervention", "grip_before"]
+        keys += [f"{kind}/{k}" for k in self.spec.image_keys for kind in ("image", "next_image")]
+        row = {k: np.asarray(a[k])[None] for k in keys} | {"seq": np.int64([tr.seq])}
         self.online.add_batch(row)
         if self.demo is not None and bool(a["intervention"]):
             self.demo.add_batch(row)
@@ -159,6 +165,8 @@ class ActorPolicy:
         self.agent.load_state_dict(state, strict=False)
         self.version = version
 
-    def act(self, state: np.ndarray, deterministic: bool = False, gripper_now: float | None = None) -> np.ndarray:
-        return self.agent.act({"state": state}, deterministic, gripper_now)
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool = False,
+            gripper_now: float | None = None) -> np.ndarray:
+        """``obs``: ``ObsSpec.agent_obs`` of an observation (the flat state and camera frames)."""
+        return self.agent.act(obs, deterministic, gripper_now)
 

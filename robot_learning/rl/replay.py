@@ -42,6 +42,19 @@ class ObsSpec:
             return np.zeros(0, np.float32)
         return np.concatenate([np.asarray(obs[k], np.float32).reshape(-1) for k in self.state_keys])
 
+    def agent_obs(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """What the agent acts on: the flat ``state`` and each camera's frame (uint8 H x W x 3)."""
+        return {"state": self.flatten(obs), **{k: np.asarray(obs[k], np.uint8) for k in self.image_keys}}
+
+    def to_json(self) -> dict:
+        return {"state_keys": list(self.state_keys), "state_dims": [int(d) for d in self.state_dims],
+                "image_keys": list(self.image_keys), "image_shape": [int(d) for d in self.image_shape]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> ObsSpec:
+        return cls(tuple(d["state_keys"]), tuple(int(x) for x in d["state_dims"]), tuple(d.get("image_keys", ())),
+                   tuple(int(x) for x in d.get("image_shape", (64, 64, 3))))
+
 
 class ReplayBuffer:
     def __init__(self, capacity: int, spec: ObsSpec, act_dim: int):

@@ -13,7 +13,7 @@ from robot_learning.train.diffusion import TrainConfig
 
 # fields given as comma-separated lists, with the type of their items
 _DIFFUSION_LISTS = {"obs": str, "images": str, "image_size": int, "down_dims": int, "relative": str}
-_SAC_LISTS = {"obs": str, "hidden": int}
+_SAC_LISTS = {"obs": str, "images": str, "hidden": int}
 _CLASSIFIER_LISTS = {"dataset": str, "obs": str, "images": str, "image_size": int, "hidden": int}
 
 

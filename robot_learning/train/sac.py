@@ -8,6 +8,9 @@ Two kinds of env:
   (``ee_pose.data``, ``peg_pose.data``, ... from ``sim.topics``, the values the sim node
   publishes), so demonstrations from a recorded zarr dataset (``--demos``) and an online
   buffer from the env share one layout, and a policy trained here reads what the robot sends.
+  ``--images front_color,wrist_color`` adds cameras (the recipe's image streams, rendered at
+  the camera's resolution and shrunk to ``--image-size`` as the recorded frames are), with
+  random-shift augmentation; ``--obs`` then usually keeps only what a robot knows of itself.
 
 On the workcell, ``--intervene`` adds a scripted operator who takes over when the policy
 strays (``rl.intervene``; its corrections join both buffers), ``--rlif`` makes each takeover
@@ -53,6 +56,8 @@ class SACTrainConfig:
     max_episode_steps: int = 0        # the env's time limit (0: the task's own); long enough for the demos' pace
     reward: str = "sim"               # workcell: "sim" (the sim's success), or "classifier:PATH" (as on a robot)
     obs: list[str] = field(default_factory=list)   # state keys (default: the task's, or every Box of a dict env)
+    images: list[str] = field(default_factory=list)  # workcell: camera streams of the recipe (front_color, ...)
+    image_size: int = 64              # square frames the encoder sees (the recorded ones resized to it)
     start_steps: int = 1000           # uniform random actions first (without demonstrations)
     learning_starts: int = 500
     batch_size: int = 256
@@ -114,7 +119,8 @@ class GymAdapter:
 class WorkcellAdapter:
     """The workcell env observed through the recipe's keys (what a recorded dataset holds)."""
 
-    def __init__(self, task: str, keys: list[str], render: bool, max_steps: int = 0, reward: str = "sim"):
+    def __init__(self, task: str, keys: list[str], render: bool, max_steps: int = 0, reward: str = "sim",
+                 images: list[str] = (), image_size: int = 64):
         from robot_learning.data.schema import load_recipe
         from robot_learning.paths import project_root
         from robot_learning.sim.env import WorkcellEnv
@@ -125,7 +131,12 @@ class WorkcellAdapter:
             if k.split(".", 1)[0] not in self.recipe.streams:
                 raise SystemExit(f"train sac: '{k}' is not a stream of the workcell recipe "
                                  f"({', '.join(sorted(self.recipe.streams))})")
-        self.keys = keys
+        cameras = [n for n, s in self.recipe.streams.items() if s.kind == "image" and s.encoding == "rgb8"]
+        for cam in images:
+            if cam not in cameras:
+                raise SystemExit(f"train sac: --images takes the recipe's colour streams ({', '.join(cameras)}), "
+                                 f"not '{cam}'")
+        self.keys, self.images, self.image_size = keys, list(images), (int(image_size), int(image_size))
         self.classifier = None
         if reward.startswith("classifier:"):
             from robot_learning.policies.checkpoint import PolicyError
@@ -146,18 +157,23 @@ class WorkcellAdapter:
             self.env.cell.task.max_steps = max_steps
         self.task = task
         o, _ = self.reset(0)
-        self.spec = ObsSpec(tuple(keys), tuple(int(np.size(o[k])) for k in keys))
+        self.spec = ObsSpec(tuple(keys), tuple(int(np.size(o[k])) for k in keys), tuple(self.images),
+                            (*self.image_size, 3))
         self.low = self.env.action_space.low.astype(float).tolist()
         self.high = self.env.action_space.high.astype(float).tolist()
         self.dt = 1.0 / self.env.control_hz
 
     def _obs(self) -> dict[str, np.ndarray]:
+        from robot_learning.data.sampler import resize_frame
         from robot_learning.sim.topics import topic_sample
 
         out = {}
         for k in self.keys:
             stream, array = k.split(".", 1)
             out[k] = np.asarray(topic_sample(self.env.cell, self.recipe.streams[stream].topic)[array], np.float32)
+        for cam in self.images:  # what the camera node publishes, shrunk as the recorded frames are
+            frame = topic_sample(self.env.cell, self.recipe.streams[cam].topic)["data"]
+            out[cam] = resize_frame(frame, self.image_size)
         return out
 
     def reset(self, seed: int):
@@ -194,7 +210,11 @@ class WorkcellAdapter:
 
 def make_env(cfg: SACTrainConfig, render: bool = False):
     if cfg.env.startswith("workcell/"):
-        return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render, cfg.max_episode_steps, cfg.reward)
+        return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render, cfg.max_episode_steps, cfg.reward,
+                               cfg.images, cfg.image_size)
+    if cfg.images:
+        raise SystemExit("train sac: --images is for workcell envs (a gymnasium env's image observations "
+                         "are not wired in yet)")
     return GymAdapter(cfg.env, cfg.obs, render, cfg.max_episode_steps)
 
 
@@ -205,7 +225,7 @@ def evaluate(agent, env, episodes: int, seed: int, video: Path | None = None) ->
         obs, _ = env.reset(seed + i)
         total, done, n, info, grip = 0.0, False, 0, {}, env.low[-1]
         while not done:
-            a = agent.act(_state(env, obs), deterministic=True, gripper_now=grip)
+            a = agent.act(env.spec.agent_obs(obs), deterministic=True, gripper_now=grip)
             grip = float(a[-1])
             obs, r, term, trunc, info = env.step(a)
             total, n, done = total + r, n + 1, term or trunc
@@ -222,8 +242,7 @@ def evaluate(agent, env, episodes: int, seed: int, video: Path | None = None) ->
             "eval_length": float(np.mean(lengths))}
 
 
-def _state(env, obs: dict) -> dict:
-    return {"state": env.spec.flatten(obs)}
+
 
 
 def _plot(run: Path) -> Path | None:
@@ -292,7 +311,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         from robot_learning.data.store import Dataset
 
         ds = Dataset(cfg.demos)
-        want = obs_spec_from_dataset(ds, list(spec.state_keys))
+        want = obs_spec_from_dataset(ds, list(spec.state_keys), list(spec.image_keys), spec.image_shape[:2])
         if want.state_dims != spec.state_dims:
             raise SystemExit(f"train sac: {cfg.demos} has observation sizes {want.state_dims} for "
                              f"{', '.join(spec.state_keys)}, the env {spec.state_dims}")
@@ -320,7 +339,8 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         scfg = SACConfig(obs_dim=spec.state_dim, action_low=env.low, action_high=env.high, hidden=list(cfg.hidden),
                          n_critics=cfg.n_critics, target_subsample=cfg.target_subsample, gamma=cfg.gamma, lr=cfg.lr,
                          init_temperature=cfg.init_temperature, utd=cfg.utd, bc_weight=cfg.bc_weight,
-                         backup_entropy=cfg.backup_entropy)
+                         backup_entropy=cfg.backup_entropy, image_keys=list(spec.image_keys),
+                         image_size=list(spec.image_shape[:2]))
         agent = SAC(scfg)
         if demo is not None:  # normalize by what the demonstrations span
             st = demo.in_order()["state"]
@@ -380,7 +400,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
             if demo is None and step < cfg.start_steps:
                 a = rng.uniform(env.low, env.high).astype(np.float32)
             else:
-                a = agent.act(_state(env, obs), gripper_now=grip)
+                a = agent.act(env.spec.agent_obs(obs), gripper_now=grip)
             intervening = started = False
             if operator is not None:
                 a, intervening, started = operator.step(expert_obs_from_env(env.env, ep_len * env.dt), a)

@@ -103,10 +103,22 @@ class LearnerLink:
         return not alive and on_lost == "hold" and bool(self.learner)
 
     def drain(self, seconds: float = 5.0) -> None:
-        """Done stepping: give a live learner a few seconds to store what is pending; what it
-        does not store stays in the outbox for the next run."""
-        end = time.monotonic() + seconds
-        while rclpy.ok() and self.outbox.pending and self.alive() and time.monotonic() < end:
-            self.outbox.resend_all()  # everything now, not at the resend pace
+        """Done stepping: give a live learner time to store what is pending, for as long as it
+        keeps storing (``seconds`` without progress end it); what it does not store stays in
+        the outbox for the next run. Everything goes out once, then again only after a second
+        without progress: resending all of it at every check buried a learner on a busy machine
+        in duplicates, and the actor gave up with transitions the learner had stored unacked."""
+        self.outbox.resend_all()
+        left, progress = len(self.outbox.pending), time.monotonic()
+        sent = progress
+        while rclpy.ok() and self.outbox.pending and self.alive():
+            time.sleep(0.1)
             self.sync()
-            time.sleep(0.2)
+            now = time.monotonic()
+            if len(self.outbox.pending) < left:
+                left, progress = len(self.outbox.pending), now
+            elif now - progress > seconds:
+                break
+            elif now - max(progress, sent) > 1.0:
+                self.outbox.resend_all()
+                sent = now

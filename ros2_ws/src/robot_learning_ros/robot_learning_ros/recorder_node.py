@@ -6,6 +6,9 @@ adds fields to the next episode's metadata (task, operator, seed...). /recorder/
 (String, JSON, latched) says whether it records, how many episodes it wrote and the metadata
 the next episode will get (``next_meta``: wait for yours there before starting an episode; the
 topic and the service are separate channels, and on a busy machine the service can win).
+/diagnostics (1 Hz, status "recorder"): the writer's backlog (messages taken but not yet
+written; WARN while it is deep, a machine that cannot keep up) and each stream's messages in
+the current episode.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -25,6 +29,8 @@ from robot_learning.data.store import DatasetError
 from robot_learning.paths import resolve
 from robot_learning_ros.msgs import LATCHED_QOS, message_class
 from robot_learning_ros.runtime import BackgroundSpin, join_with_fresh_participant_id, lenient_params, spin_main
+
+BACKLOG_WARN = 2000  # queued messages: seconds of every stream; the writer is not keeping up
 
 # deep queues: the recorder must not drop what arrives in bursts while it writes
 RECORD_SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
@@ -50,6 +56,8 @@ class RecorderNode(Node):
                                      lambda m, n=name: self.rec.on_message(n, m, self._now()),
                                      RECORD_SENSOR_QOS if spec.sensor else RECORD_QOS)
         self.create_subscription(String, "/recorder/episode_meta", self._on_meta, LATCHED_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(1.0, self._diagnostics)
         # finishing an episode waits for its last chunk to reach the disk (seconds on a busy
         # machine): the services live on a companion node spun by its own thread, so messages
         # keep being taken meanwhile instead of overflowing the subscriptions' queues (rclpy's
@@ -73,6 +81,22 @@ class RecorderNode(Node):
         self.pub_status.publish(String(data=json.dumps(
             {"recording": ep is not None, "episode": ep.index if ep else None, "finished": self.rec.finished,
              "error": self.rec.error, "next_meta": self.next_meta})))
+
+    def _diagnostics(self) -> None:
+        s = self.rec.stats()
+        st = DiagnosticStatus(name="recorder", hardware_id=str(self.rec.writer.path), level=DiagnosticStatus.OK,
+                              message=f"recording episode {s['episode']}" if s["recording"] else "idle")
+        if s["error"]:
+            st.level, st.message = DiagnosticStatus.ERROR, f"stopped: {s['error']}"
+        elif s["backlog_max"] > BACKLOG_WARN:
+            st.level, st.message = DiagnosticStatus.WARN, (
+                f"{s['backlog_max']} messages waiting to be written: this machine is not keeping up")
+        values = {k: s[k] for k in ("recording", "backlog", "backlog_max", "finished")}
+        values |= {f"received/{n}": v for n, v in sorted(s["received"].items())}
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        msg = DiagnosticArray(status=[st])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(msg)
 
     def _on_meta(self, m: String) -> None:
         try:

@@ -55,13 +55,12 @@ class ActorNode(Node):
                 if link.holding(self.on_lost):
                     time.sleep(0.05)
                     continue
-                state = env.spec.flatten(obs)
                 if link.policy.agent is None:
                     a = rng.uniform(env.low, env.high).astype(np.float32)
                 else:
-                    a = link.policy.act(state, gripper_now=grip)
+                    a = link.policy.act(env.spec.agent_obs(obs), gripper_now=grip)
                 nobs, r, term, trunc, info = env.step(a)
-                link.send(transition_arrays(state, a, r, env.spec.flatten(nobs), term, False, grip))
+                link.send(transition_arrays(env.spec, obs, a, r, nobs, term, False, grip))
                 grip, obs, steps = float(a[-1]), nobs, steps + 1
                 if term or trunc:
                     episode += 1

@@ -16,6 +16,8 @@ robot's: a joint trajectory to the home pose through the mux, then the operator'
 (``/rl/go``; ``auto_go:=true`` skips it); ``reset:=home_sim`` is the sim as hardware's.
 ``/rl/pause`` and ``/rl/resume`` hold the actor between steps (the mux and the arm hold the
 arm); a paused or holding actor sends nothing.
+``images:=front_color,wrist_color`` adds cameras to the observation (the recipe's colour
+streams, shrunk to ``image_size`` as recorded frames are for training), for a policy from pixels.
 ``rlif:=true`` makes the reward -1 at each takeover and 0 otherwise. ``record:=true`` has the
 recorder keep every episode, interventions included (``/intervention`` is in the recipe).
 Each episode's return, length, success and intervention rate go to ``report_dir/episodes.jsonl``.
@@ -33,6 +35,7 @@ from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
 
 from robot_learning.data.convert import BadSample, to_sample
+from robot_learning.data.sampler import resize_frame
 from robot_learning.data.schema import load_recipe
 from robot_learning.paths import project_root, resolve
 from robot_learning.rl.learner import spec_json, transition_arrays
@@ -71,6 +74,13 @@ class GraphActor(EpisodeNode):
             if k.split(".", 1)[0] not in self.recipe.streams:
                 raise ValueError(f"obs key '{k}' is not a stream of {recipe} "
                                  f"({', '.join(sorted(self.recipe.streams))})")
+        self.images = [c.strip() for c in str(p("images", "").value).split(",") if c.strip()]
+        cameras = [n for n, s in self.recipe.streams.items() if s.kind == "image" and s.encoding == "rgb8"]
+        for cam in self.images:
+            if cam not in cameras:
+                raise ValueError(f"images: '{cam}' is not a colour stream of {recipe} ({', '.join(cameras)})")
+        size = int(p("image_size", 64).value)
+        self.image_size = (size, size)
         self.base_frame = self.robot.base_frame
         self.step_hz = float(p("step_rate", 10.0).value)
         self.command_hz = float(p("command_rate", 50.0).value)
@@ -93,7 +103,7 @@ class GraphActor(EpisodeNode):
         self.mux_twists: list[np.ndarray] = []
         self.mux_grip: float | None = None
         self.paused = threading.Event()
-        for stream in sorted({k.split(".", 1)[0] for k in self.keys}):
+        for stream in sorted({k.split(".", 1)[0] for k in self.keys} | set(self.images)):
             spec = self.recipe.streams[stream]
             self.create_subscription(message_class(spec.type), spec.topic,
                                      lambda m, n=stream, s=spec: self._on_obs(n, s, m),
@@ -120,6 +130,8 @@ class GraphActor(EpisodeNode):
         except BadSample as e:
             self.get_logger().warning(f"{spec.topic}: {e}", throttle_duration_sec=5.0)
             return
+        if name in self.images:  # shrunk here, once per frame, as the training frames were
+            arrays = {"data": resize_frame(arrays["data"], self.image_size)}
         with self.lock:
             self.latest[name] = (t, arrays)
 
@@ -151,14 +163,15 @@ class GraphActor(EpisodeNode):
 
     # --- observations and actions ---
     def observe(self, newer_than: float = -np.inf, timeout: float = 10.0) -> dict[str, np.ndarray]:
-        """The newest value of every observed key, each stamped after ``newer_than``."""
-        streams = {k.split(".", 1)[0] for k in self.keys}
+        """The newest value of every observed key and camera, each stamped after ``newer_than``."""
+        streams = {k.split(".", 1)[0] for k in self.keys} | set(self.images)
         end = time.monotonic() + timeout
         while True:
             with self.lock:
                 if all(s in self.latest and self.latest[s][0] > newer_than for s in streams):
-                    return {k: np.asarray(self.latest[k.split(".", 1)[0]][1][k.split(".", 1)[1]], np.float32).ravel()
-                            for k in self.keys}
+                    obs = {k: np.asarray(self.latest[k.split(".", 1)[0]][1][k.split(".", 1)[1]], np.float32).ravel()
+                           for k in self.keys}
+                    return obs | {c: self.latest[c][1]["data"] for c in self.images}
             if not self.running():
                 raise KeyboardInterrupt  # asked to stop while waiting
             if time.monotonic() > end:
@@ -194,7 +207,8 @@ class GraphActor(EpisodeNode):
 
     def announce(self) -> ObsSpec:
         obs = self.observe(timeout=60.0)
-        spec = ObsSpec(tuple(self.keys), tuple(int(obs[k].size) for k in self.keys))
+        spec = ObsSpec(tuple(self.keys), tuple(int(obs[k].size) for k in self.keys), tuple(self.images),
+                       (*self.image_size, 3))
         low, high = self.bounds
         self.link.announce(spec_json(spec, low.tolist(), high.tolist(), 1.0 / self.step_hz, f"graph/{self.task}"))
         return spec
@@ -217,9 +231,8 @@ class GraphActor(EpisodeNode):
                 continue
             if stale:  # the arm may have been moved while the actor held
                 obs, stale = self.observe(newer_than=self.t_now), False
-            state = spec.flatten(obs)
             a = (rng.uniform(low, high).astype(np.float32) if link.policy.agent is None
-                 else link.policy.act(state, gripper_now=grip))
+                 else link.policy.act(spec.agent_obs(obs), gripper_now=grip))
             if not np.all(np.isfinite(a)):
                 # nothing is sent (the mux and the arm hold) and nothing is stored
                 self.get_logger().error(f"the policy (version {link.policy.version}) gave a non-finite action: "
@@ -231,7 +244,7 @@ class GraphActor(EpisodeNode):
             success = self.reward_success
             began = intervened and not was
             r = (-1.0 if began else 0.0) if self.rlif else float(success)
-            link.send(transition_arrays(state, executed, r, spec.flatten(nobs), success, intervened, grip))
+            link.send(transition_arrays(spec, obs, executed, r, nobs, success, intervened, grip))
             grip, obs, was = float(executed[-1]), nobs, intervened
             n, total, self.steps = n + 1, total + r, self.steps + 1
             inter, takeovers = inter + intervened, takeovers + began
