@@ -30,7 +30,9 @@ from robot_learning.paths import resolve
 from robot_learning_ros.msgs import LATCHED_QOS, message_class
 from robot_learning_ros.runtime import BackgroundSpin, join_with_fresh_participant_id, lenient_params, spin_main
 
-BACKLOG_WARN = 2000  # queued messages: seconds of every stream; the writer is not keeping up
+# The writer falls a second or two behind at times (an episode's first chunks, a slow fsync) and
+# catches up; a backlog that grew at each of this many reports in a row is one it does not.
+BACKLOG_GROWING = 5
 
 # deep queues: the recorder must not drop what arrives in bursts while it writes
 RECORD_SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
@@ -57,6 +59,7 @@ class RecorderNode(Node):
                                      RECORD_SENSOR_QOS if spec.sensor else RECORD_QOS)
         self.create_subscription(String, "/recorder/episode_meta", self._on_meta, LATCHED_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.backlogs: list[int] = []
         self.create_timer(1.0, self._diagnostics)
         # finishing an episode waits for its last chunk to reach the disk (seconds on a busy
         # machine): the services live on a companion node spun by its own thread, so messages
@@ -84,13 +87,17 @@ class RecorderNode(Node):
 
     def _diagnostics(self) -> None:
         s = self.rec.stats()
+        self.backlogs = (self.backlogs + [s["backlog"]])[-BACKLOG_GROWING - 1:]
+        growing = len(self.backlogs) > BACKLOG_GROWING and all(
+            a < b for a, b in zip(self.backlogs, self.backlogs[1:]))
         st = DiagnosticStatus(name="recorder", hardware_id=str(self.rec.writer.path), level=DiagnosticStatus.OK,
                               message=f"recording episode {s['episode']}" if s["recording"] else "idle")
         if s["error"]:
             st.level, st.message = DiagnosticStatus.ERROR, f"stopped: {s['error']}"
-        elif s["backlog_max"] > BACKLOG_WARN:
+        elif growing:
             st.level, st.message = DiagnosticStatus.WARN, (
-                f"{s['backlog_max']} messages waiting to be written: this machine is not keeping up")
+                f"{s['backlog']} messages waiting to be written, more every second: this machine is not "
+                "keeping up (record fewer or smaller streams, or a faster disk)")
         values = {k: s[k] for k in ("recording", "backlog", "backlog_max", "finished")}
         values |= {f"received/{n}": v for n, v in sorted(s["received"].items())}
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
