@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ur.add_argument("--calibration", default="calibration/workcell.yaml", help="cameras and base ('' for none)")
 
 
+    from robot_learning.calibrate.cli import add_parser as add_calibrate
     from robot_learning.data.cli import add_parser as add_dataset
     from robot_learning.evaluate import add_parser as add_evaluate
     from robot_learning.train.cli import add_parser as add_train
@@ -45,13 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     add_dataset(sub)
     add_train(sub)
     add_evaluate(sub)
+    add_calibrate(sub)
 
     a = ap.parse_args(argv)
     from robot_learning.paths import use_local_dds_profile
     from robot_learning.policies.checkpoint import PolicyError
 
     use_local_dds_profile()
-    if a.cmd in ("train", "evaluate", "demo"):  # they render rollouts: no display needed
+    if a.cmd in ("train", "evaluate", "demo", "calibrate"):  # they render: no display needed
         from robot_learning.headless import use_headless_gl
 
         use_headless_gl()
@@ -64,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(a: argparse.Namespace) -> int:
     """Runs the chosen command; its exit status."""
+    if a.cmd == "calibrate":
+        from robot_learning.calibrate.cli import run as calibrate_run
+
+        return calibrate_run(a)
     if a.cmd == "dataset":
         from robot_learning.data.cli import run as dataset_run
 

@@ -236,3 +236,16 @@ def test_a_pose_chunk_becomes_one_plan_of_unit_poses_one_step_after_each_action(
     np.testing.assert_allclose(np.linalg.norm(actions[:, 3:7], axis=1), 1.0)
     np.testing.assert_allclose(actions[:, :3], np.tile(target[:3], (8, 1)))
     assert core.plan(0.05, since=version) is None         # nothing new: no plan
+
+
+@pytest.mark.parametrize("action_horizon", [3, 8])
+def test_a_diffusion_policy_executes_action_horizon_actions_of_each_chunk(action_horizon):
+    """``--action-horizon`` at run time: the chunk the server schedules starts at the newest
+    observation and holds that many actions, whatever the prediction horizon."""
+    from robot_learning.policies.untrained import untrained_policy
+    from robot_learning.runtime.policy import DiffusionRunner
+
+    runner = DiffusionRunner(untrained_policy({"joint_states.position": 9}, action_horizon=action_horizon,
+                                              down_dims=[16, 32], inference_steps=2))
+    obs = {"obs/joint_states.position": np.zeros((2, 9), np.float32)}
+    assert runner.act(obs).shape == (action_horizon, 7)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -44,7 +45,7 @@ def test_train_checkpoints_evaluates_and_resumes(store, tmp_path):  # noqa: F811
     policy = load_policy(ck / "last")
     w = WindowSampler(Dataset(store), WindowSpec(2, 8, ("joint_states.position",), ("front_color",), (32, 32)))[5]
     chunk = policy.act({k: v for k, v in w.items() if k.startswith(("obs/", "image/"))})
-    assert chunk.shape == (7, 7) and np.all(np.isfinite(chunk))
+    assert chunk.shape == (4, 7) and np.all(np.isfinite(chunk))  # --action-horizon 4 of the 8 predicted
 
     state = torch.load(run / "train_state" / "optim.pt", weights_only=True)
     assert state["step"] == 20
@@ -54,14 +55,34 @@ def test_train_checkpoints_evaluates_and_resumes(store, tmp_path):  # noqa: F811
     assert torch.load(run / "train_state" / "optim.pt", weights_only=True)["scheduler"]["last_epoch"] == 30
 
 
+def test_each_rank_trains_on_its_own_shard_of_every_epoch():
+    from robot_learning.train.distributed import Ranks, shard_indices
+
+    for n, per in ((103, 8), (64, 4)):
+        epochs = n // 2 // per  # full batches per rank and epoch
+        got = [np.concatenate([next(it) for _ in range(epochs)])
+               for it in (shard_indices(n, per, np.random.default_rng(7), Ranks(r, 2)) for r in (0, 1))]
+        assert not set(got[0]) & set(got[1])                         # disjoint
+        assert len(set(got[0])) == len(got[0]) == epochs * per       # each window once per epoch
+    # fewer windows than one batch of every rank: drawn with replacement, each rank its own
+    tiny = [next(shard_indices(5, 8, np.random.default_rng(7), Ranks(r, 2))) for r in (0, 1)]
+    assert all(len(t) == 8 and t.max() < 5 for t in tiny) and not np.array_equal(*tiny)
+
+
 def test_torchrun_data_parallel_on_cpu(store, tmp_path):  # noqa: F811
+    """Two gloo ranks: they stop at the same step on rank 0's clock (--max-minutes), share the
+    evaluation's rollouts, and end with identical weights."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "robot_learning.cli", "train", "diffusion", "--dataset", str(store), "--out", str(out),
-           "--steps", "6", "--eval-every", "6", "--eval-episodes", "0", "--obs", "joint_states.position",
-           "--images", "", "--pred-horizon", "8", "--down-dims", "16,32", "--batch-size", "8", "--no-only-success",
-           "--threads", "1"]
+           "--steps", "100000", "--max-minutes", "0.03", "--eval-every", "100000", "--eval-episodes", "2",
+           "--eval-max-steps", "10", "--obs", "joint_states.position", "--images", "", "--pred-horizon", "8",
+           "--down-dims", "16,32", "--batch-size", "8", "--no-only-success", "--threads", "1"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "x2" in r.stdout
+    assert "x2" in r.stdout and r.stdout.count("budget is spent") == 1
+    ends = sorted(re.findall(r"rank (\d): stopped after step (\d+), weights checksum (\w+)", r.stdout))
+    assert [e[0] for e in ends] == ["0", "1"] and ends[0][1:] == ends[1][1:], ends  # same step, same weights
     assert (out / "checkpoints" / "last" / "model.safetensors").exists()
+    ev = [x for x in rows(out) if "success_rate" in x]
+    assert len(ev) == 1 and (ev[0]["eval_episodes"], ev[0]["eval_steps"]) == (2, 10.0)  # one rollout per rank

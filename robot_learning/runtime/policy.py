@@ -71,7 +71,8 @@ def load_policy(path: str | Path, device: str = "cpu", **options) -> Policy:
 
 class DiffusionRunner:
     """A diffusion policy behind the server's interface: executes the ``horizon`` actions that
-    follow the newest observation (``action_horizon`` of the config unless told otherwise)."""
+    follow the newest observation (``action_horizon`` of the config unless told otherwise; the
+    rest of the predicted chunk is never executed, and the server replans before it runs out)."""
 
     def __init__(self, policy, device: str = "cpu", horizon: int | None = None, seed: int = 0,
                  sampler: str | None = None, inference_steps: int | None = None):
@@ -80,7 +81,7 @@ class DiffusionRunner:
         self.policy, self.device = policy, device
         cfg = policy.cfg
         self.set_sampling(sampler, inference_steps)
-        self.horizon = horizon or (cfg.pred_horizon - cfg.obs_horizon + 1)
+        self.horizon = min(horizon or cfg.action_horizon, cfg.pred_horizon - cfg.obs_horizon + 1)
         lo = np.asarray(policy.normalizer.stats["action"]["min"], np.float64)
         hi = np.asarray(policy.normalizer.stats["action"]["max"], np.float64)
         margin = 0.1 * np.maximum(hi - lo, 1e-3)   # sampling may overshoot the data a little, not more

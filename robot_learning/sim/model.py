@@ -153,6 +153,7 @@ def workcell_xml(
     calib: Calibration,
     workcell: dict[str, Any],
     task_xml: str = "",
+    extra_assets: str = "",
 ) -> str:
     """The full scene: table, arm with gripper, cameras, lights and the task's objects.
 
@@ -176,6 +177,7 @@ def workcell_xml(
 <material name="floor" texture="floor" texrepeat="8 8"/>
 <texture name="wood" type="2d" builtin="flat" rgb1="0.72 0.6 0.45" width="64" height="64"/>
 <material name="table" texture="wood"/>
+{extra_assets}
 </asset>
 <worldbody>
 <light directional="true" pos="0.5 0 3" dir="0 0 -1" castshadow="false" diffuse="0.6 0.6 0.6"/>

@@ -86,12 +86,13 @@ class Workcell:
 
     def __init__(self, task: str = "pick_place", robot_path: str = DEFAULT_ROBOT,
                  calibration_path: str = DEFAULT_CALIBRATION, workcell_path: str = DEFAULT_WORKCELL,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, extra: tuple[str, str] = ("", "")):
+        """``extra``: (asset XML, body XML) added to the scene, e.g. a calibration board."""
         self.robot = load_robot(robot_path)
         self.calib = load_calibration(calibration_path)
         self.cfg = load_yaml(workcell_path)
         self.task = make_task(task)
-        self.xml = workcell_xml(self.robot, self.calib, self.cfg, self.task.xml())
+        self.xml = workcell_xml(self.robot, self.calib, self.cfg, self.task.xml() + extra[1], extra[0])
         self.model = mujoco.MjModel.from_xml_string(self.xml)
         self.data = mujoco.MjData(self.model)
         self.task.bind(self.model)

@@ -6,7 +6,8 @@ evaluated and saved. Every ``eval_every`` steps: validation loss, rollouts in th
 env (success rate) and a checkpoint (``checkpoints/step_*``, ``last``, and ``best`` by
 success rate, else by validation loss). ``train_state/`` holds what ``--resume`` needs.
 Metrics go to TensorBoard (``tb/``) and ``metrics.jsonl``. Under ``torchrun`` each process
-trains on its share of every batch (DistributedDataParallel); rank 0 evaluates and saves.
+trains on its own shard of every epoch (DistributedDataParallel), all of them evaluate their
+share, rank 0 saves (``train.distributed``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from robot_learning.data.schema import parse_recipe
 from robot_learning.data.store import Dataset
 from robot_learning.policies.checkpoint import PolicyError, load_weights, read_json, read_meta
 from robot_learning.runtime.actions import TCP_POSE_KEY, TWIST_DIMS, check_action_kind, pose_actions
+from robot_learning.train import distributed
 
 RESUME_FIX = "resume from an intact copy of the run, or train afresh"
 
@@ -41,7 +43,7 @@ class TrainConfig:
     image_size: list[int] = field(default_factory=lambda: [96, 96])
     obs_horizon: int = 2
     pred_horizon: int = 16
-    action_horizon: int = 8
+    action_horizon: int = 8                               # actions executed of each chunk, from the newest obs
     down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
     batch_size: int = 256
     lr: float = 1e-3
@@ -62,18 +64,6 @@ class TrainConfig:
     only_success: bool = True                             # train on successful episodes only
     threads: int = 0                                      # torch CPU threads (0: torch's default)
     max_minutes: float = 0.0                              # stop (evaluate, save) after this long; 0: no limit
-
-
-def _dist():
-    """(rank, world size); initializes the process group when started by torchrun."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        import torch
-
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world
 
 
 def _device(cfg: TrainConfig) -> str:
@@ -129,17 +119,6 @@ def _default_obs(ds: Dataset, episode: int) -> list[str]:
 def _collate(sampler, idx) -> dict[str, np.ndarray]:
     items = [sampler[int(i)] for i in idx]
     return {k: np.stack([it[k] for it in items]) for k in items[0]}
-
-
-def _batches(sampler, batch_size: int, rng: np.random.Generator, rank: int, world: int):
-    """Endless shuffled batches; with several processes each takes its own slice of each batch."""
-    while True:
-        order = rng.permutation(len(sampler))
-        per = batch_size // world
-        for b in range(0, len(order) - batch_size + 1, batch_size):
-            yield _collate(sampler, order[b + rank * per: b + (rank + 1) * per])
-        if len(order) < batch_size:  # tiny datasets: sample with replacement
-            yield _collate(sampler, rng.integers(0, len(sampler), per))
 
 
 def _to(batch: dict, device: str):
@@ -233,7 +212,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from robot_learning.policies.normalizer import Normalizer
     from robot_learning.runtime.policy import DiffusionRunner
 
-    rank, world = _dist()
+    ranks = distributed.init()
+    rank, world, lead = ranks.rank, ranks.world, ranks.lead
     device = _device(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -313,7 +293,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    start, rng_seed = 0, cfg.seed * 1000 + rank
+    start, rng_seed = 0, cfg.seed * 1000  # alike on every rank: they deal out one permutation per epoch
     if resume is not None:
         start = _load_state(run / "train_state", model, ema, opt, sched, device)
         rng_seed += start
@@ -321,7 +301,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda")
                                                         else None)
-    lead = rank == 0
     writer = None
     if lead:
         from torch.utils.tensorboard import SummaryWriter
@@ -336,7 +315,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
               flush=True)
     best_path = run / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else {"score": -math.inf}
-    batches = _batches(train_set, cfg.batch_size, np.random.default_rng(rng_seed), rank, world)
+    batches = distributed.batches(lambda idx: _collate(train_set, idx), len(train_set), cfg.batch_size, rng_seed,
+                                  ranks)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train diffusion", unit="step",
                disable=not (progress and lead), dynamic_ncols=True)
     t_window, n_window, losses = time.perf_counter(), 0, []
@@ -353,7 +333,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         losses.append(loss.item())
         n_window += cfg.batch_size
         done = step + 1
-        out_of_time = world == 1 and cfg.max_minutes > 0 and time.monotonic() - t_start > cfg.max_minutes * 60
+        # rank 0's clock for every rank: all stop, evaluate and save at the same step
+        out_of_time = distributed.agree(cfg.max_minutes > 0 and time.monotonic() - t_start > cfg.max_minutes * 60,
+                                        ranks)
         if lead and (done % 50 == 0 or done == cfg.steps):
             sps = n_window / (time.perf_counter() - t_window)
             writer.add_scalar("train/loss", np.mean(losses), done)
@@ -363,29 +345,37 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             with (run / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps({"step": done, "train_loss": float(np.mean(losses)), "samples_per_s": sps}) + "\n")
             losses, n_window, t_window = [], 0, time.perf_counter()
-        if lead and (done % cfg.eval_every == 0 or done == cfg.steps or out_of_time):
+        evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps or out_of_time
+        if evaluate_now:
+            # every rank takes its part of the validation windows and of the rollouts
             row = {"step": done, "val_loss": None, "success_rate": None}
             policy = ema.module.eval()
             if val_set is not None and len(val_set):
                 g = torch.Generator().manual_seed(0)
-                idx = torch.randperm(len(val_set), generator=g)[:512].tolist()
+                idx = distributed.mine(torch.randperm(len(val_set), generator=g)[:512].tolist(), ranks)
                 vals = []
                 torch.manual_seed(1234)
                 with torch.no_grad():
                     for b in range(0, len(idx), cfg.batch_size):
                         chunk = idx[b:b + cfg.batch_size]
-                        vals.append(float(policy.loss(_to(_collate(val_set, chunk), device))) * len(chunk))
-                row["val_loss"] = sum(vals) / len(idx)
-                writer.add_scalar("val/loss", row["val_loss"], done)
+                        loss_b = float(policy.loss(_to(_collate(val_set, chunk), device)))
+                        vals.append((loss_b * len(chunk), len(chunk)))
+                vals = distributed.gather(vals, ranks)
+                row["val_loss"] = sum(v for v, _ in vals) / max(1, sum(n for _, n in vals))
             if cfg.eval_episodes > 0 and task:
                 from robot_learning.train.rollout import rollout
 
-                res = rollout(DiffusionRunner(policy, device), recipe, task,
-                              [cfg.eval_seed + i for i in range(cfg.eval_episodes)],
-                              progress=progress, max_steps=cfg.eval_max_steps)
-                row["success_rate"] = float(np.mean([r.success for r in res]))
-                row["eval_steps"] = float(np.mean([r.steps for r in res]))  # how long the rollouts ran
-                writer.add_scalar("eval/success_rate", row["success_rate"], done)
+                seeds = distributed.mine([cfg.eval_seed + i for i in range(cfg.eval_episodes)], ranks)
+                res = rollout(DiffusionRunner(policy, device), recipe, task, seeds, progress=progress and lead,
+                              max_steps=cfg.eval_max_steps) if seeds else []
+                res = distributed.gather([(r.success, r.steps) for r in res], ranks)
+                row["success_rate"] = float(np.mean([ok for ok, _ in res]))
+                row["eval_steps"] = float(np.mean([n for _, n in res]))  # how long the rollouts ran
+                row["eval_episodes"] = len(res)
+        if lead and evaluate_now:
+            for key, name in (("val_loss", "val/loss"), ("success_rate", "eval/success_rate")):
+                if row[key] is not None:
+                    writer.add_scalar(name, row[key], done)
             extra = {"recipe": recipe_raw, "train": {"step": done, "dataset": str(cfg.dataset), **row}}
             ckpt = save_checkpoint(policy, run / "checkpoints" / f"step_{done:07d}", extra)
             for name in ("last",):
@@ -403,7 +393,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             msg = f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step" and v is not None)
             tqdm.write(f"train: {msg}; saved {ckpt}")
         if out_of_time:
-            tqdm.write(f"train: stopping at step {done}: the {cfg.max_minutes:g} min budget is spent")
+            if lead:
+                tqdm.write(f"train: stopping at step {done}: the {cfg.max_minutes:g} min budget is spent")
             break
     bar.close()
     if lead:
@@ -411,8 +402,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         _plot_curves(run)
         print(f"train: done; best checkpoint {run / 'checkpoints' / 'best'} (step {best.get('step')}); "
               f"TensorBoard: tensorboard --logdir {run / 'tb'}", flush=True)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    if world > 1:  # a rank whose weights drifted from the others' would show here
+        print(f"train: rank {rank}: stopped after step {done}, weights checksum {distributed.checksum(ema.module)}",
+              flush=True)
+    distributed.close(ranks)
     return run

@@ -1,0 +1,1 @@
+"""Calibration: camera intrinsics, hand-eye and latencies, written under ``calibration/``."""

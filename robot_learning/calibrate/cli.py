@@ -1,0 +1,190 @@
+"""``robot-learning calibrate intrinsics``: a camera's intrinsics from views of the ChArUco board
+(``calibration/charuco.yaml``), from an image folder, a live ROS image topic, or the sim's own
+camera (a self-check: the truth is known there). The result is camera_calibration's YAML (the
+``uvc`` driver's ``camera_info`` parameter and camera_info_manager read it) and a picture of
+where the board was seen.
+
+``robot-learning calibrate hand-eye --sim CAMERA``: where a camera sits (on the hand, or fixed
+in the cell), the arm moved through a pose set by its controller; written as the camera's entry
+of ``calibration/workcell.yaml``. In the sim for now: the same solver takes a real arm's poses
+once the arm node drives the pose set (``calibrate.hand_eye``)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from robot_learning.calibrate.board import Board, detect
+from robot_learning.calibrate.intrinsics import (
+    CalibrationError,
+    calibrate_intrinsics,
+    coverage_image,
+    write_camera_info,
+)
+
+
+def add_parser(sub) -> None:
+    ca = sub.add_parser("calibrate", help="calibrate cameras (intrinsics) from views of the ChArUco board")
+    kinds = ca.add_subparsers(dest="kind", required=True)
+    it = kinds.add_parser("intrinsics", help="a camera's intrinsics and distortion",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = it.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="folder of frames (png/jpg) showing the board")
+    src.add_argument("--topic", help="live sensor_msgs/Image topic, e.g. /front/color/image_raw")
+    src.add_argument("--sim", metavar="CAMERA", help="the sim workcell's camera (front, wrist): a self-check")
+    it.add_argument("--camera", default="", help="camera name for the file (default: from the source)")
+    it.add_argument("--views", type=int, default=20, help="topic and sim: frames with the board to collect")
+    it.add_argument("--interval", type=float, default=1.0, help="topic: seconds between frames (move the board)")
+    it.add_argument("--board", default="calibration/charuco.yaml")
+    it.add_argument("--out", default="", help="YAML to write (default: calibration/<camera>_intrinsics.yaml; "
+                                              "runs/calibration/ for --sim)")
+    it.add_argument("--seed", type=int, default=0, help="sim: the board's poses")
+    he = kinds.add_parser("hand-eye", help="where a camera sits: on the hand (wrist) or fixed (front)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    he.add_argument("--sim", metavar="CAMERA", required=True, help="the sim workcell's camera (front, wrist)")
+    he.add_argument("--views", type=int, default=15, help="arm poses where the board is seen")
+    he.add_argument("--intrinsics", default="", help="the camera's calibration YAML (default: its nominal one)")
+    he.add_argument("--board", default="calibration/charuco.yaml")
+    he.add_argument("--out", default="", help="YAML to write (default: runs/calibration/<camera>_hand_eye.yaml)")
+    he.add_argument("--seed", type=int, default=0, help="the pose set")
+
+
+def _image_files(folder: Path) -> list[np.ndarray]:
+    import cv2
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    if not files:
+        raise CalibrationError(f"{folder} has no png or jpg images")
+    return [cv2.imread(str(p))[:, :, ::-1] for p in files]
+
+
+def _topic_frames(topic: str, board: Board, views: int, interval: float) -> list[np.ndarray]:
+    """Frames from a live topic, one per ``interval`` seconds, until ``views`` show the board."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    from tqdm import tqdm
+
+    latest: list = [None]
+    rclpy.init()
+    node = rclpy.create_node("calibrate_intrinsics")
+    node.create_subscription(Image, topic, lambda m: latest.__setitem__(0, m), qos_profile_sensor_data)
+    frames: list[np.ndarray] = []
+    bar = tqdm(total=views, desc=f"views of the board on {topic}", unit="view")
+    try:
+        end = time.monotonic() + 10.0
+        while latest[0] is None:
+            rclpy.spin_once(node, timeout_sec=0.1)
+            if time.monotonic() > end:
+                raise CalibrationError(f"no image on {topic} within 10 s (is the camera node running?)")
+        next_t = time.monotonic()
+        while len(frames) < views:
+            rclpy.spin_once(node, timeout_sec=0.05)
+            if time.monotonic() < next_t:
+                continue
+            next_t += interval
+            frame = _image(latest[0])
+            if detect(board, frame) is not None:
+                frames.append(frame)
+                bar.update()
+    finally:
+        bar.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return frames
+
+
+def _image(m) -> np.ndarray:
+    ch = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(m.encoding)
+    if ch is None:
+        raise CalibrationError(f"images in {m.encoding}: calibrate from an rgb8, bgr8 or mono8 stream")
+    a = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.step)[:, :m.width * ch]
+    a = a.reshape(m.height, m.width, ch) if ch == 3 else a.reshape(m.height, m.width)
+    return a[:, :, ::-1] if m.encoding == "bgr8" else a
+
+
+def run(a: argparse.Namespace) -> int:
+    return _hand_eye(a) if a.kind == "hand-eye" else _intrinsics(a)
+
+
+def _hand_eye(a: argparse.Namespace) -> int:
+    import yaml
+
+    from robot_learning.calibrate.hand_eye import solve_hand_eye
+    from robot_learning.calibrate.sim_views import hand_eye_views
+    from robot_learning.config import load_calibration
+    from robot_learning.devices.uvc import load_camera_info
+    from robot_learning.transforms import quat_to_mat, xyzw_to_wxyz
+
+    try:
+        board = Board.load(a.board)
+        intr = load_camera_info(a.intrinsics) if a.intrinsics else None
+        hands, views, eye_in_hand, intr = hand_eye_views(a.sim, a.views, a.seed, board, intr)
+        res = solve_hand_eye(hands, views, eye_in_hand, intr)
+    except CalibrationError as e:
+        print(f"calibrate hand-eye: {e}")
+        return 1
+    parent = "hand" if eye_in_hand else "world"
+    entry = {"cameras": {a.sim: {"parent": parent, "translation": [round(float(x), 5) for x in res.translation],
+                                 "rotation_xyzw": [round(float(x), 5) for x in res.rotation_xyzw]}}}
+    out = Path(a.out or f"runs/calibration/{a.sim}_hand_eye.yaml")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# {a.sim} in the {parent} frame: `robot-learning calibrate hand-eye`, {res.views} views; the "
+                   f"board's pose agrees across views to {res.residual_mm:.2f} mm and {res.residual_deg:.3f} deg, "
+                   f"corners to {res.reprojection_px:.3f} px\n# copy the entry into calibration/workcell.yaml\n"
+                   + yaml.safe_dump(entry, sort_keys=False))
+    print(f"calibrate hand-eye: {a.sim} in the {parent} frame: translation {entry['cameras'][a.sim]['translation']}, "
+          f"rotation_xyzw {entry['cameras'][a.sim]['rotation_xyzw']}; {res.views} views, residual "
+          f"{res.residual_mm:.2f} mm / {res.residual_deg:.3f} deg, reprojection {res.reprojection_px:.3f} px")
+    cam = load_calibration().cameras[a.sim]
+    r_true = quat_to_mat(xyzw_to_wxyz(cam.rotation_xyzw))
+    ang = np.degrees(np.arccos(np.clip((np.trace(r_true.T @ res.rotation) - 1) / 2, -1.0, 1.0)))
+    off_mm = np.linalg.norm(res.translation - cam.translation) * 1e3
+    print(f"calibrate hand-eye: the sim's true mounting is off by {off_mm:.2f} mm and {ang:.3f} deg")
+    print(f"calibrate hand-eye: wrote {out}")
+    return 0
+
+
+def _intrinsics(a: argparse.Namespace) -> int:
+    import cv2
+
+    try:
+        board = Board.load(a.board)
+        if a.sim:
+            from robot_learning.calibrate.sim_views import board_in_front_views
+
+            frames = [f for f, _, _ in board_in_front_views(a.sim, a.views, a.seed, board)]
+            name = a.camera or a.sim
+        elif a.images:
+            frames = _image_files(Path(a.images))
+            name = a.camera or Path(a.images).name
+        else:
+            frames = _topic_frames(a.topic, board, a.views, a.interval)
+            name = a.camera or a.topic.strip("/").split("/")[0]
+        res = calibrate_intrinsics(board, frames)
+    except CalibrationError as e:
+        print(f"calibrate intrinsics: {e}")
+        return 1
+    out = Path(a.out or (f"runs/calibration/{name}_intrinsics.yaml" if a.sim else
+                         f"calibration/{name}_intrinsics.yaml"))
+    write_camera_info(out, res, name)
+    cov = out.with_name(out.stem + "_coverage.png")
+    cv2.imwrite(str(cov), coverage_image(res)[:, :, ::-1])
+    i = res.intrinsics
+    print(f"calibrate intrinsics: {name}: fx {i.fx:.2f} fy {i.fy:.2f} cx {i.cx:.2f} cy {i.cy:.2f}, distortion "
+          f"{' '.join(f'{c:.4f}' for c in i.coeffs)}; reprojection error {res.rms_px:.3f} px over {res.views} "
+          f"of {res.frames} frames")
+    if a.sim:
+        from robot_learning.config import load_calibration
+        from robot_learning.devices.camera import Intrinsics
+
+        cam = load_calibration().cameras[a.sim]
+        t = Intrinsics.from_fovy(cam.width, cam.height, cam.fovy_deg)
+        err = max(abs(i.fx / t.fx - 1), abs(i.fy / t.fy - 1), abs(i.cx / t.cx - 1), abs(i.cy / t.cy - 1))
+        print(f"calibrate intrinsics: the sim's true fx {t.fx:.2f} cx {t.cx:.2f} cy {t.cy:.2f}: off by {err:.2%} "
+              "at most")
+    print(f"calibrate intrinsics: wrote {out} and {cov}")
+    return 0
