@@ -1,7 +1,8 @@
 """``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm,learner,soak] [--quick]``): the sim node
 against raw MuJoCo, the gym env's speed, command-to-state latency through the graph, the
 recorder's ingest, policy latency and command jitter, the SAC learner's update rate, and (on
-request: ``--only soak``, ``SOAK_MINUTES``) an hour's soak of the deployed graph.
+request: ``--only soak``, ``SOAK_MINUTES``) an hour's soak of the deployed graph. ``ARM_CLOCKS=wall``
+runs only the wall-clock row of the arm section (the goal's).
 Results go to docs/benchmarks.md with the machine and date. Benchmarks live outside the
 library: nothing in robot_learning imports them, and they use only its public modules."""
 

@@ -107,11 +107,14 @@ class LearnerLink:
         keeps storing (``seconds`` without progress end it); what it does not store stays in
         the outbox for the next run. Everything goes out once, then again only after a second
         without progress: resending all of it at every check buried a learner on a busy machine
-        in duplicates, and the actor gave up with transitions the learner had stored unacked."""
+        in duplicates. Whether the learner looks alive does not matter here: an actor stopped
+        seconds after it started may not have heard a learner yet that has stored everything,
+        and on a loaded machine heartbeats come later than ``learner_timeout``; a learner that
+        is really gone costs ``seconds``."""
         self.outbox.resend_all()
         left, progress = len(self.outbox.pending), time.monotonic()
         sent = progress
-        while rclpy.ok() and self.outbox.pending and self.alive():
+        while rclpy.ok() and self.outbox.pending:
             time.sleep(0.1)
             self.sync()
             now = time.monotonic()
