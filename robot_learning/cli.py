@@ -41,19 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     from robot_learning.calibrate.cli import add_parser as add_calibrate
     from robot_learning.data.cli import add_parser as add_dataset
     from robot_learning.evaluate import add_parser as add_evaluate
+    from robot_learning.sim.mirror import add_parser as add_mirror
+    from robot_learning.sim.sysid import add_parser as add_sysid
     from robot_learning.train.cli import add_parser as add_train
 
     add_dataset(sub)
     add_train(sub)
     add_evaluate(sub)
     add_calibrate(sub)
+    add_mirror(sub)
+    add_sysid(sub)
 
     a = ap.parse_args(argv)
     from robot_learning.paths import use_local_dds_profile
     from robot_learning.policies.checkpoint import PolicyError
 
     use_local_dds_profile()
-    if a.cmd in ("train", "evaluate", "demo", "calibrate"):  # they render: no display needed
+    if a.cmd in ("train", "evaluate", "demo", "calibrate", "mirror", "sysid"):  # they render: no display needed
         from robot_learning.headless import use_headless_gl
 
         use_headless_gl()
@@ -66,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(a: argparse.Namespace) -> int:
     """Runs the chosen command; its exit status."""
+    if a.cmd == "sysid":
+        from robot_learning.sim.sysid import run as sysid_run
+
+        return sysid_run(a)
+    if a.cmd == "mirror":
+        from robot_learning.sim.mirror import run as mirror_run
+
+        return mirror_run(a)
     if a.cmd == "calibrate":
         from robot_learning.calibrate.cli import run as calibrate_run
 

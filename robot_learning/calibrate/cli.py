@@ -7,7 +7,11 @@ where the board was seen.
 ``robot-learning calibrate hand-eye --sim CAMERA``: where a camera sits (on the hand, or fixed
 in the cell), the arm moved through a pose set by its controller; written as the camera's entry
 of ``calibration/workcell.yaml``. In the sim for now: the same solver takes a real arm's poses
-once the arm node drives the pose set (``calibrate.hand_eye``)."""
+once the arm node drives the pose set (``calibrate.hand_eye``).
+
+``robot-learning calibrate latency --dataset D``: the arm's command-to-motion latency from a
+recorded teleoperated episode (commanded TCP twists against the reported TCP poses);
+``--sim`` measures the sim arm's, with ``--inject`` seconds of extra latency as a self-check."""
 
 from __future__ import annotations
 
@@ -50,6 +54,15 @@ def add_parser(sub) -> None:
     he.add_argument("--board", default="calibration/charuco.yaml")
     he.add_argument("--out", default="", help="YAML to write (default: runs/calibration/<camera>_hand_eye.yaml)")
     he.add_argument("--seed", type=int, default=0, help="the pose set")
+    la = kinds.add_parser("latency", help="the arm's command-to-motion latency",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    lsrc = la.add_mutually_exclusive_group(required=True)
+    lsrc.add_argument("--dataset", help="zarr dataset with a teleoperated episode")
+    lsrc.add_argument("--sim", action="store_true", help="the sim arm, driven by a varied command")
+    la.add_argument("--episode", type=int, default=-1, help="dataset episode (default: the last)")
+    la.add_argument("--inject", type=float, default=0.0, help="sim: seconds of action latency added")
+    la.add_argument("--out", default="", help="YAML to write (default: calibration/latency.yaml; "
+                                              "runs/calibration/ for --sim)")
 
 
 def _image_files(folder: Path) -> list[np.ndarray]:
@@ -107,7 +120,35 @@ def _image(m) -> np.ndarray:
 
 
 def run(a: argparse.Namespace) -> int:
-    return _hand_eye(a) if a.kind == "hand-eye" else _intrinsics(a)
+    return {"hand-eye": _hand_eye, "latency": _latency}.get(a.kind, _intrinsics)(a)
+
+
+def _latency(a: argparse.Namespace) -> int:
+    import yaml
+
+    from robot_learning.calibrate.latency import from_episode, sim_probe
+
+    try:
+        if a.sim:
+            res, source = sim_probe(a.inject), f"sim arm, {a.inject * 1000:g} ms injected"
+        else:
+            from robot_learning.data.store import Dataset
+
+            ds = Dataset(a.dataset)
+            index = ds.indices[-1] if a.episode < 0 else a.episode
+            res, source = from_episode(ds.episode(index)), f"{a.dataset} episode {index}"
+    except (ValueError, KeyError) as e:
+        print(f"calibrate latency: {e}")
+        return 1
+    out = Path(a.out or ("runs/calibration/latency.yaml" if a.sim else "calibration/latency.yaml"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# `robot-learning calibrate latency` from {source}\n" + yaml.safe_dump(
+        {"command_to_motion_s": round(res.latency_s, 4), "correlation": round(res.correlation, 3)}, sort_keys=False))
+    print(f"calibrate latency: command to motion {res.latency_s * 1000:.1f} ms (correlation {res.correlation:.2f}, "
+          f"{source}); wrote {out}")
+    if res.correlation < 0.5:
+        print("calibrate latency: the motion hardly follows the commands: record a livelier teleoperated episode")
+    return 0
 
 
 def _hand_eye(a: argparse.Namespace) -> int:

@@ -3,15 +3,24 @@
 Action: TCP twist in the base frame (m/s, rad/s) followed by the gripper closure (0 open
 .. 1 closed), applied for one env step (``1 / control_hz``) through the arm controller, so
 a policy trained here sends the same command a ``/arm/command/twist`` client sends.
+
+``randomization`` (``sim/randomization.yaml``): each episode draws its physics, lights,
+colours and camera mountings (``sim.randomize``), and here its sensor noise, latencies and
+step-period jitter: an action takes effect ``action_s`` after it is sent, an observation is
+what the sensors saw ``observation_s`` before the step ended (less than one step), and each
+step lasts its period times 1 +- ``period_jitter``. ``info["randomization"]`` at reset logs
+the draw.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from robot_learning.sim.randomize import add_noise
 from robot_learning.sim.workcell import Workcell
 
 
@@ -20,8 +29,12 @@ class WorkcellEnv(gym.Env):
 
     def __init__(self, task: str = "pick_place", control_hz: float = 10.0,
                  cameras: tuple[str, ...] = (), image_size: tuple[int, int] = (96, 96),
-                 depth: bool = False, render_mode: str | None = None):
-        self.cell = Workcell(task)
+                 depth: bool = False, render_mode: str | None = None, randomization: str | dict | None = None):
+        self.cell = Workcell(task, randomization=randomization)
+        lat = self.cell.randomizer.cfg.get("latency", {}).get("observation_s", [0.0, 0.0])
+        if lat[1] >= 1.0 / control_hz:
+            raise ValueError(f"randomization: latency.observation_s up to {lat[1]} s is a step ({1 / control_hz} s) "
+                             "or more; the env delays observations by less than one step")
         self.control_hz = control_hz
         self.cameras = tuple(cameras)
         self.image_size = image_size  # (height, width)
@@ -48,6 +61,10 @@ class WorkcellEnv(gym.Env):
                 spaces[f"{cam}_depth"] = gym.spaces.Box(0, 65535, (h, w), np.uint16)
         self.observation_space = gym.spaces.Dict(spaces)
         self._steps = 0
+        self._queue: deque[tuple[float, np.ndarray]] = deque()  # actions sent, not yet in effect
+        self._active: np.ndarray | None = None
+        self._noise = np.random.default_rng(0)
+        self.observe = self._obs  # what step() and reset() return (a wrapper may observe otherwise)
 
     def _obs(self) -> dict[str, np.ndarray]:
         c = self.cell
@@ -70,6 +87,16 @@ class WorkcellEnv(gym.Env):
             obs[f"{cam}_rgb"] = fr.rgb
             if self.depth:
                 obs[f"{cam}_depth"] = fr.depth_mm
+        sensors = c.draw.sensors
+        if sensors:
+            n = add_noise(sensors, self._noise, joint_position=obs["joint_pos"], joint_velocity=obs["joint_vel"],
+                          wrench=obs["wrench"], tactile=obs["tactile"],
+                          **{f"pixels_{cam}": obs[f"{cam}_rgb"] for cam in self.cameras})
+            obs.update({k: n[name].astype(np.float32) for k, name in (
+                ("joint_pos", "joint_position"), ("joint_vel", "joint_velocity"), ("wrench", "wrench"),
+                ("tactile", "tactile"))})
+            for cam in self.cameras:
+                obs[f"{cam}_rgb"] = n[f"pixels_{cam}"]
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -77,7 +104,10 @@ class WorkcellEnv(gym.Env):
         episode_seed = seed if seed is not None else int(self.np_random.integers(2**31))
         self.cell.reset(episode_seed)
         self._steps = 0
-        return self._obs(), {"seed": episode_seed}
+        self._queue.clear()
+        self._active = None
+        self._noise = np.random.default_rng([episode_seed, 0x0B5])
+        return self.observe(), {"seed": episode_seed, "randomization": self.cell.draw.values}
 
     def step(self, action: np.ndarray):
         action = np.asarray(action, dtype=float)
@@ -87,10 +117,27 @@ class WorkcellEnv(gym.Env):
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action contains NaN or Inf: {action.tolist()} (nothing was sent to the arm)")
         a = np.clip(action, self.action_space.low, self.action_space.high)
-        if c.controller.fault is None:  # a protective stop refuses commands until the next reset
-            c.controller.command_twist(a[:6], c.time)
-            c.controller.command_gripper(float(a[6]), c.time)
-        c.advance(1.0 / self.control_hz)
+        draw = c.draw
+        period = 1.0 / self.control_hz
+        if draw.period_jitter > 0:
+            period *= 1.0 + self._noise.uniform(-draw.period_jitter, draw.period_jitter)
+        t_end = c.time + period
+        self._queue.append((c.time + draw.action_latency, a))
+        t_obs = t_end - draw.observation_latency  # when the sensors take what this step returns
+        obs = None
+        while c.time < t_end - 0.5 * c.control_dt:
+            while self._queue and self._queue[0][0] <= c.time + 1e-9:  # sent actions whose time has come
+                self._active = self._queue.popleft()[1]
+            if self._active is not None and c.controller.fault is None:  # a protective stop refuses commands
+                c.controller.command_twist(self._active[:6], c.time)
+                c.controller.command_gripper(float(self._active[6]), c.time)
+            # run to the next event: the step's end, the sensors' moment, the next action taking effect
+            events = [t_end] + ([self._queue[0][0]] if self._queue else [])
+            if obs is None and draw.observation_latency > 0 and t_obs > c.time + 1e-9:
+                events.append(t_obs)
+            c.advance(max(min(events) - c.time, c.control_dt))
+            if obs is None and draw.observation_latency > 0 and c.time >= t_obs - 0.5 * c.control_dt:
+                obs = self.observe()
         self._steps += 1
         success = c.success()
         info = {"success": success}
@@ -98,7 +145,7 @@ class WorkcellEnv(gym.Env):
             info["protective_stop"] = c.controller.fault
         # a protective stop ends the episode like a time limit does: nothing more can happen in it
         truncated = self._steps >= c.task.max_steps or c.controller.fault is not None
-        return self._obs(), float(success), success, truncated, info
+        return (obs if obs is not None else self.observe()), float(success), success, truncated, info
 
     def render(self):
         return self.cell.render("front", depth=False).rgb

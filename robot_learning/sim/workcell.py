@@ -26,6 +26,7 @@ from robot_learning.control.backend import ArmState
 from robot_learning.control.controller import ArmController
 from robot_learning.control.loop import control_step
 from robot_learning.sim.model import FT_SITE, TCP_SITE, workcell_xml
+from robot_learning.sim.randomize import Draw, Randomizer, load_randomization
 from robot_learning.sim.tactile import TactilePads
 from robot_learning.sim.tasks import make_task
 
@@ -86,8 +87,11 @@ class Workcell:
 
     def __init__(self, task: str = "pick_place", robot_path: str = DEFAULT_ROBOT,
                  calibration_path: str = DEFAULT_CALIBRATION, workcell_path: str = DEFAULT_WORKCELL,
-                 log: Callable[[str], None] | None = None, extra: tuple[str, str] = ("", "")):
-        """``extra``: (asset XML, body XML) added to the scene, e.g. a calibration board."""
+                 log: Callable[[str], None] | None = None, extra: tuple[str, str] = ("", ""),
+                 randomization: str | dict | None = None):
+        """``extra``: (asset XML, body XML) added to the scene, e.g. a calibration board.
+        ``randomization``: a ``sim/randomization.yaml``-style file or dict; each ``reset``
+        draws that episode's values (``self.draw``) from its seed."""
         self.robot = load_robot(robot_path)
         self.calib = load_calibration(calibration_path)
         self.cfg = load_yaml(workcell_path)
@@ -107,6 +111,10 @@ class Workcell:
         self.tcp_site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, TCP_SITE)
         self.ft_site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, FT_SITE)
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        movable = [i for b, i in self.task.body_ids.items() if b not in self.task.mocap]
+        self.randomizer = Randomizer(load_randomization(randomization), self.model, movable, self.backend.dadr,
+                                     self.backend.act)
+        self.draw = Draw()
         self.episode_seed: int | None = None
         self._t0 = 0.0
 
@@ -119,6 +127,7 @@ class Workcell:
         self._t0 += float(self.data.time)  # keep the clock monotonic across episodes
         mujoco.mj_resetData(self.model, self.data)
         self.episode_seed = seed
+        self.draw = self.randomizer.draw(seed)
         self.task.reset(self.model, self.data, np.random.default_rng(seed))
         if st is not None:
             self.backend.set_joints(st.q, st.gripper_opening)

@@ -354,12 +354,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 g = torch.Generator().manual_seed(0)
                 idx = distributed.mine(torch.randperm(len(val_set), generator=g)[:512].tolist(), ranks)
                 vals = []
+                rng_state = torch.get_rng_state()  # the same noise at every evaluation; training's stream goes on
                 torch.manual_seed(1234)
                 with torch.no_grad():
                     for b in range(0, len(idx), cfg.batch_size):
                         chunk = idx[b:b + cfg.batch_size]
                         loss_b = float(policy.loss(_to(_collate(val_set, chunk), device)))
                         vals.append((loss_b * len(chunk), len(chunk)))
+                torch.set_rng_state(rng_state)
                 vals = distributed.gather(vals, ranks)
                 row["val_loss"] = sum(v for v, _ in vals) / max(1, sum(n for _, n in vals))
             if cfg.eval_episodes > 0 and task:

@@ -58,6 +58,7 @@ class SACTrainConfig:
     obs: list[str] = field(default_factory=list)   # state keys (default: the task's, or every Box of a dict env)
     images: list[str] = field(default_factory=list)  # workcell: camera streams of the recipe (front_color, ...)
     image_size: int = 64              # square frames the encoder sees (the recorded ones resized to it)
+    randomization: str = ""           # workcell: domain randomization file (sim/randomization.yaml), train and eval
     start_steps: int = 1000           # uniform random actions first (without demonstrations)
     learning_starts: int = 500
     batch_size: int = 256
@@ -120,7 +121,7 @@ class WorkcellAdapter:
     """The workcell env observed through the recipe's keys (what a recorded dataset holds)."""
 
     def __init__(self, task: str, keys: list[str], render: bool, max_steps: int = 0, reward: str = "sim",
-                 images: list[str] = (), image_size: int = 64):
+                 images: list[str] = (), image_size: int = 64, randomization: str = ""):
         from robot_learning.data.schema import load_recipe
         from robot_learning.paths import project_root
         from robot_learning.sim.env import WorkcellEnv
@@ -152,7 +153,8 @@ class WorkcellAdapter:
             self.classifier = LiveReward(model)
         elif reward != "sim":
             raise SystemExit(f"train sac: --reward is 'sim' or 'classifier:PATH', not '{reward}'")
-        self.env = WorkcellEnv(task)
+        self.env = WorkcellEnv(task, randomization=randomization or None)
+        self.env.observe = self._obs  # the recipe's keys, at the moment the env's sensors take them
         if max_steps:
             self.env.cell.task.max_steps = max_steps
         self.task = task
@@ -165,6 +167,7 @@ class WorkcellAdapter:
 
     def _obs(self) -> dict[str, np.ndarray]:
         from robot_learning.data.sampler import resize_frame
+        from robot_learning.sim.randomize import add_noise
         from robot_learning.sim.topics import topic_sample
 
         out = {}
@@ -174,17 +177,24 @@ class WorkcellAdapter:
         for cam in self.images:  # what the camera node publishes, shrunk as the recorded frames are
             frame = topic_sample(self.env.cell, self.recipe.streams[cam].topic)["data"]
             out[cam] = resize_frame(frame, self.image_size)
+        sensors = self.env.cell.draw.sensors
+        if sensors:  # the randomization's sensor noise, by what each key measures
+            kinds = {"joint_states.position": "joint_position", "joint_states.velocity": "joint_velocity",
+                     "wrench.data": "wrench", "tactile_left.data": "tactile", "tactile_right.data": "tactile"}
+            noisy = add_noise(sensors, self.env._noise, **{f"{kinds.get(k, k)}|{k}": v for k, v in out.items()
+                                                          if k in kinds or k in self.images})
+            out.update({k.split("|", 1)[1]: (v if v.dtype == np.uint8 else v.astype(np.float32))
+                        for k, v in noisy.items()})
         return out
 
     def reset(self, seed: int):
-        _, info = self.env.reset(seed=seed)
+        obs, info = self.env.reset(seed=seed)  # self._obs, taken by the env (env.observe)
         if self.classifier is not None:
             self.classifier.reset()
-        return self._obs(), info
+        return obs, info
 
     def step(self, a):
-        _, r, term, trunc, info = self.env.step(np.asarray(a, float))
-        obs = self._obs()
+        obs, r, term, trunc, info = self.env.step(np.asarray(a, float))
         if self.classifier is not None:
             # the classifier's verdict is the reward and ends the episode, as on a robot;
             # info["success"] stays the sim's truth, which evaluation counts
@@ -211,10 +221,9 @@ class WorkcellAdapter:
 def make_env(cfg: SACTrainConfig, render: bool = False):
     if cfg.env.startswith("workcell/"):
         return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render, cfg.max_episode_steps, cfg.reward,
-                               cfg.images, cfg.image_size)
-    if cfg.images:
-        raise SystemExit("train sac: --images is for workcell envs (a gymnasium env's image observations "
-                         "are not wired in yet)")
+                               cfg.images, cfg.image_size, cfg.randomization)
+    if cfg.images or cfg.randomization:
+        raise SystemExit("train sac: --images and --randomization are for workcell envs")
     return GymAdapter(cfg.env, cfg.obs, render, cfg.max_episode_steps)
 
 

@@ -39,6 +39,7 @@ setup(
             "rl_graph_actor = robot_learning_ros.rl_graph_actor:main",
             "intervening_operator = robot_learning_ros.intervening_operator:main",
             "reward_node = robot_learning_ros.reward_node:main",
+            "mirror_node = robot_learning_ros.mirror_node:main",
         ],
     },
 )

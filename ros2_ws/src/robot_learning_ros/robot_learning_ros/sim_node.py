@@ -15,6 +15,11 @@ exactly as it would drive a real arm. ``camera_namespace:=sim`` moves the render
 ``/sim/<camera>/...``, where camera nodes stream them through librealsense as a real
 RealSense's frames (``camera_node``'s ``software_source``) and publish them at the driver's
 names.
+
+``randomization:=sim/randomization.yaml`` draws each episode's physics, lights, colours and
+camera mountings from its seed (``robot_learning.sim.randomize``) and says what it drew on the
+latched ``/sim/randomization`` (std_msgs/String, JSON) at every reset; sensor noise and
+latency injection are the gym env's (a node publishes what the simulated sensors measure).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from geometry_msgs.msg import PoseStamped, WrenchStamped
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray
+from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -89,6 +94,8 @@ class SimNode(Node):
             robot_path=p("robot", "hardware/robots/panda.yaml").value,
             calibration_path=p("calibration", "calibration/workcell.yaml").value,
             log=lambda msg: self.get_logger().warning(msg),
+            randomization=None if str(p("randomization", "none").value) in ("", "none") else
+            str(p("randomization", "none").value),
         )
         cfg = self.cell.cfg
         # "none" (or empty) turns cameras off; `ros2 launch` refuses an empty name:=value
@@ -135,6 +142,8 @@ class SimNode(Node):
         self.pub_obj = {b: self.create_publisher(PoseStamped, f"/sim/objects/{b}/pose", STATE_QOS)
                         for b in self.cell.task.object_bodies}
         self.pub_success = self.create_publisher(Bool, "/sim/task/success", LATCHED_QOS)
+        self.pub_draw = self.create_publisher(String, "/sim/randomization", LATCHED_QOS)
+        self._publish_draw()
         self.pub_diag = self.create_publisher(DiagnosticArray, "/sim/diagnostics", 10)
         self._diag_last = (0.0, 0.0, 0)  # (wall, sim time, frames) at the last report; set as the loop starts
         self._frames = 0
@@ -210,6 +219,9 @@ class SimNode(Node):
         res.message = json.dumps({"episode": self.episode, "seed": self.cell.episode_seed})
         return res
 
+    def _publish_draw(self) -> None:
+        self.pub_draw.publish(String(data=json.dumps({"seed": self.cell.episode_seed, **self.cell.draw.values})))
+
     def loop(self) -> None:
         """Step physics at the control period, publish on the sensors' own rates, pace to rtf."""
         cell = self.cell
@@ -224,6 +236,7 @@ class SimNode(Node):
                         st = cell.backend.read_state()
                         self.controllers.reset(st.q, st.gripper_opening)
                 self._last_success = None
+                self._publish_draw()
                 self._reset_request.clear()
                 self._reset_done.set()
             if self.hardware:
