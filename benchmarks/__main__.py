@@ -1,4 +1,4 @@
-"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm,learner,soak] [--quick]``): the sim node
+"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm,learner,rl,soak] [--quick]``): the sim node
 against raw MuJoCo, the gym env's speed, command-to-state latency through the graph, the
 recorder's ingest, policy latency and command jitter, the SAC learner's update rate, and (on
 request: ``--only soak``, ``SOAK_MINUTES``) an hour's soak of the deployed graph. ``ARM_CLOCKS=wall``
@@ -213,7 +213,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, MuJoCo {mujoco.__version__}"
 
 
-SECTIONS = ("sim", "ingest", "camera", "policy", "arm", "learner", "soak")
+SECTIONS = ("sim", "ingest", "camera", "policy", "arm", "learner", "rl", "soak")
 ON_REQUEST = ("soak",)  # an hour long: only with --only soak (SOAK_MINUTES sets its length)
 
 
@@ -249,6 +249,14 @@ def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> i
                 sections[name] = f"_Measured {stamp}._\n\n" + "\n".join(fn(quick, tmp, client)) + "\n"
             finally:
                 client.close()
+    if "rl" in todo:
+        from benchmarks.rl_actor import section as rl_section
+
+        client = GraphClient("bench_rl")
+        try:
+            sections["rl"] = f"_Measured {stamp}._\n\n" + "\n".join(rl_section(quick, tmp, client)) + "\n"
+        finally:
+            client.close()
     if "learner" in todo:
         from benchmarks.learner import section as learner_section
 

@@ -126,6 +126,15 @@ def test_executed_actions_are_the_ones_due_now_whatever_the_latency(latency):
         assert core.scheduler.dropped_stale > 0
 
 
+def test_the_arms_measured_latency_is_sent_ahead():
+    """With the arm's command-to-motion latency known, the action due that much later goes out
+    now: the arm then moves as planned when the plan said."""
+    out, _ = run_server(ClockPolicy(0.0, n=12), seconds=1.5, blend="replace", replan_every=2,
+                        actuation_latency=0.15)
+    err = np.array([a[0] - t for t, a in out if a is not None])
+    assert len(err) > 20 and abs(np.median(err) - 0.15) < 0.05
+
+
 def test_hold_when_inference_is_slower_than_the_chunk():
     out, core = run_server(ClockPolicy(latency=0.5, n=3), seconds=1.5)  # 0.3 s of actions, 0.5 s to compute
     assert all(a is None for _, a in out)

@@ -12,6 +12,7 @@ the servo's tracking, which is what a policy acting on the arm has to live with.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -103,3 +104,14 @@ def sim_probe(inject_s: float = 0.0, seconds: float = 12.0, seed: int = 0) -> La
                                          max_lag=0.3)
     finally:
         env.close()
+
+
+def measured_latency(path: str | Path = "calibration/latency.yaml") -> float:
+    """The command-to-motion latency ``calibrate latency`` wrote, or 0 where it has not been measured."""
+    from robot_learning.config import load_yaml
+    from robot_learning.paths import resolve
+
+    f = resolve(path)
+    if not Path(f).is_file():
+        return 0.0
+    return float(load_yaml(f).get("command_to_motion_s", 0.0))

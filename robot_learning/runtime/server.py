@@ -34,6 +34,9 @@ class ServerConfig:
     interpolate: bool = True
     replan_every: int = 4           # policy steps between the observation times of two inferences
     max_obs_age: float = 0.5        # s: a newest observation older than this is not used (sensor lost)
+    # s: the arm's command-to-motion latency (``robot-learning calibrate latency``): the action due
+    # this much later is sent now, so that the arm moves as planned when the plan said
+    actuation_latency: float = 0.0
 
 
 def _percentiles(xs) -> dict[str, float]:
@@ -108,7 +111,7 @@ class PolicyServerCore:
             self.stats["tick_interval"].append(t0 - self._last_tick)
         self._last_tick = t0
         with self.lock:
-            a = None if self.paused else self.scheduler.due(now)
+            a = None if self.paused else self.scheduler.due(now + self.cfg.actuation_latency)
             s = self.policy.spec
             if a is not None and s.action_kind != "twist":
                 tcp = self.buffers.newest(TCP_POSE_KEY)
@@ -141,7 +144,7 @@ class PolicyServerCore:
     def due_action(self, now: float) -> np.ndarray | None:
         """The blended action due now, as the policy wrote it (a plan's gripper comes from it)."""
         with self.lock:
-            return None if self.paused else self.scheduler.due(now)
+            return None if self.paused else self.scheduler.due(now + self.cfg.actuation_latency)
 
     def reset_jitter(self) -> None:
         self._last_tick = None

@@ -42,6 +42,12 @@ from robot_learning_ros.msgs import COMMAND_QOS, LATEST_QOS, SENSOR_QOS, message
 from robot_learning_ros.runtime import lenient_params, spin_main
 
 
+def _latency(value: float) -> float:
+    from robot_learning.calibrate.latency import measured_latency
+
+    return value if value >= 0 else measured_latency()
+
+
 class PolicyServerNode(Node):
     def __init__(self):
         super().__init__("policy_server")
@@ -54,6 +60,8 @@ class PolicyServerNode(Node):
             interpolate=bool(p("interpolate", ServerConfig.interpolate).value),
             replan_every=int(p("replan_every", ServerConfig.replan_every).value),
             max_obs_age=float(p("max_obs_age", ServerConfig.max_obs_age).value),
+            # -1: the arm's latency as `robot-learning calibrate latency` measured it (calibration/latency.yaml)
+            actuation_latency=_latency(float(p("actuation_latency", -1.0).value)),
         )
         self.device = str(p("device", "cpu").value)
         # deploy-time sampling settings ("" / 0: the checkpoint's own)
