@@ -377,8 +377,8 @@ def ingest_section(quick: bool, tmp: Path, GraphClient) -> list[str]:
         "|---|---|---|---|---|---|---|",
         *[f"| {k} | {ing['sent'][k]} | {ing['counts'].get(k, 0)} | {v} | {busy['sent'][k]} | "
           f"{busy['counts'].get(k, 0)} | **{busy['dropped'][k]}** |" for k, v in sorted(ing["dropped"].items())],
-        "\n*A core busy*: another process spinning at normal priority the whole time (the publisher then "
-        "sends fewer frames: it falls behind too).\n",
+        "\n*A core busy*: another process spinning at normal priority the whole time (the publisher's own "
+        "counts say what it managed to send).\n",
         f"Recorder CPU: **{ing['cpu']:.0%}** of one core. On disk: **{ing['bytes_per_s'] / 1e6:.1f} MB/s** "
         f"(RGB lz4, depth and the rest zstd, all lossless). Offline write speed of the same mix: "
         f"**{write_x:.1f}x** real time.\n",
