@@ -30,6 +30,7 @@ class LearnerLink:
         self.log = node.get_logger()
         self.learner_timeout = learner_timeout
         self.policy = ActorPolicy()
+        self.policy.warm_up()  # before the first step, not when the first weights arrive
         self.outbox = Outbox(outbox_dir, new_actor_id(node.get_name()))
         self.lock = threading.Lock()
         self.pending_weights: tuple[int, str, bytes] | None = None
