@@ -79,16 +79,14 @@ class Recorder:
         if self.episode is not None:
             self.queue.put((stream, msg, t_recv))
             self.received[stream] += 1
-            backlog = self.queue.qsize()
-            if backlog > self.backlog_max:
-                self.backlog_max = backlog
 
     def stats(self, reset_max: bool = True) -> dict:
         """What the writer is behind by (messages queued now, and the most since the last call)
         and what the current episode has taken, per stream. A backlog that keeps growing means
         this machine cannot write what it records; it is memory, and a stop waits for it."""
+        backlog = self.queue.qsize()
         out = {"recording": self.recording, "episode": self.episode.index if self.episode else None,
-               "backlog": self.queue.qsize(), "backlog_max": self.backlog_max, "finished": self.finished,
+               "backlog": backlog, "backlog_max": max(self.backlog_max, backlog), "finished": self.finished,
                "received": dict(self.received), "error": self.error}
         if reset_max:
             self.backlog_max = out["backlog"]
@@ -197,6 +195,8 @@ class Recorder:
             except queue.Empty:
                 item = None
             if item is not None:
+                # the depth is sampled here, on the writer's thread: the callbacks only enqueue
+                self.backlog_max = max(self.backlog_max, self.queue.qsize() + 1)
                 self._handle(item)
                 if isinstance(item, _Stop):  # the episode's buffers are garbage now
                     ep = item = None
