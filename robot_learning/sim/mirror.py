@@ -126,13 +126,23 @@ def replay(episode, task: str = "", randomization: str | dict | None = None, thr
     return div
 
 
+def _finite(episode, name: str) -> dict[str, np.ndarray]:
+    """A stream's samples up to the last flushed one (rows past it hold NaN stamps)."""
+    s = episode.stream(name)
+    ok = np.isfinite(s["t"])
+    return {k: v[ok] for k, v in s.items()}
+
+
+def _at(samples: dict[str, np.ndarray], t: float) -> int:
+    """The newest sample at or before ``t`` (the first one before any)."""
+    return max(0, int(np.searchsorted(samples["t"], t, side="right")) - 1)
+
+
 def _opening_at(episode, t: float, cell) -> float:
     if "gripper_state" not in episode.streams:
         return cell.robot.gripper.max_opening
-    g = episode.stream("gripper_state")
-    ok = np.isfinite(g["t"])
-    i = max(0, int(np.searchsorted(g["t"][ok], t, side="right")) - 1)
-    return float(np.sum(g["position"][ok][i]))  # two fingers, half the opening each
+    g = _finite(episode, "gripper_state")
+    return float(np.sum(g["position"][_at(g, t)]))  # two fingers, half the opening each
 
 
 def _place_objects(cell, episode, t: float) -> None:
@@ -140,12 +150,10 @@ def _place_objects(cell, episode, t: float) -> None:
         body = stream.removesuffix("_pose")
         if stream not in episode.streams or body not in cell.task.body_ids:
             continue
-        s = episode.stream(stream)
-        ok = np.isfinite(s["t"])
-        if not ok.any():
+        s = _finite(episode, stream)
+        if not len(s["t"]):
             continue
-        i = max(0, int(np.searchsorted(s["t"][ok], t, side="right")) - 1)
-        pose = s["data"][ok][i]
+        pose = s["data"][_at(s, t)]
         pos, quat = pose[:3], xyzw_to_wxyz(pose[3:7])
         if body in cell.task.mocap:
             cell.data.mocap_pos[cell.task.mocap[body]] = pos
