@@ -1,6 +1,7 @@
-"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm,learner,rl,soak] [--quick]``): the sim node
-against raw MuJoCo, the gym env's speed, command-to-state latency through the graph, the
-recorder's ingest, policy latency and command jitter, the SAC learner's update rate, and (on
+"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm,learner,rl,residual,soak] [--quick]``):
+the sim node against raw MuJoCo, the gym env's speed, command-to-state latency through the graph, the
+recorder's ingest, policy latency and command jitter, the SAC learner's update rate, a residual's
+per-tick cost and batched envs for RL on a diffusion policy, and (on
 request: ``--only soak``, ``SOAK_MINUTES``) an hour's soak of the deployed graph. ``ARM_CLOCKS=wall``
 runs only the wall-clock row of the arm section (the goal's).
 Results go to docs/benchmarks.md with the machine and date. Benchmarks live outside the
@@ -213,7 +214,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, MuJoCo {mujoco.__version__}"
 
 
-SECTIONS = ("sim", "ingest", "camera", "policy", "arm", "learner", "rl", "soak")
+SECTIONS = ("sim", "ingest", "camera", "policy", "arm", "learner", "rl", "residual", "soak")
 ON_REQUEST = ("soak",)  # an hour long: only with --only soak (SOAK_MINUTES sets its length)
 
 
@@ -261,6 +262,10 @@ def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> i
         from benchmarks.learner import section as learner_section
 
         sections["learner"] = f"_Measured {stamp}._\n\n" + "\n".join(learner_section(quick)) + "\n"
+    if "residual" in todo:
+        from benchmarks.residual import section as residual_section
+
+        sections["residual"] = f"_Measured {stamp}._\n\n" + "\n".join(residual_section(quick, tmp)) + "\n"
     if "soak" in todo:
         from benchmarks.soak import section as soak_section
 

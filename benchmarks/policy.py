@@ -38,7 +38,7 @@ def _times(fn, n: int) -> np.ndarray:
 
 def inference_latency(device: str, n: int) -> list[tuple[str, str, np.ndarray]]:
     """(observation set, sampler, latencies in ms) of one act() call."""
-    from robot_learning.runtime.policy import DiffusionRunner
+    from robot_learning.policies.diffusion import DiffusionRunner
 
     rows = []
     base = DiffusionRunner(untrained_policy(LOWDIM).to(device), device)
@@ -59,7 +59,7 @@ def inference_latency(device: str, n: int) -> list[tuple[str, str, np.ndarray]]:
 def server_overhead(n: int) -> dict:
     """Bare act() against a whole inference cycle of the server engine (window from the buffers,
     act, checks, scheduling), measured in the same run on the same policy."""
-    from robot_learning.runtime.policy import DiffusionRunner
+    from robot_learning.policies.diffusion import DiffusionRunner
     from robot_learning.runtime.server import PolicyServerCore, ServerConfig
 
     runner = DiffusionRunner(untrained_policy(LOWDIM))

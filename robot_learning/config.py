@@ -70,6 +70,7 @@ class SafetyLimits:
     tracking_error: float = 0.25   # rad between the last command and the measured position ...
     tracking_lag: float = 0.15     # ... plus this many seconds' worth of the commanded joint speed
     state_timeout: float = 0.05    # s: an older joint state is stale
+    workspace_tolerance: float = 0.01  # m the measured TCP may lie further outside the box than commanded
 
     @property
     def soft_lower(self) -> np.ndarray:
@@ -128,7 +129,7 @@ def _monitor_limits(mon: dict[str, Any], src: str) -> dict[str, float]:
     """The measured-state monitors' thresholds (optional keys; defaults from SafetyLimits)."""
     if not isinstance(mon, dict):
         raise ConfigError(f"{src}: 'safety.monitor' must be a mapping")
-    known = {"velocity_margin", "tracking_error", "tracking_lag", "state_timeout"}
+    known = {"velocity_margin", "tracking_error", "tracking_lag", "state_timeout", "workspace_tolerance"}
     unknown = sorted(set(mon) - known)
     if unknown:
         raise ConfigError(f"{src}: unknown key(s) {unknown} in safety.monitor (known: {sorted(known)})")

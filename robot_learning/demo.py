@@ -48,6 +48,9 @@ class DemoPlan:
     state_rate: float = 100.0
     noise: float = 0.0               # the operator's hand-like noise (1.0: teleop-like demos, harder to learn)
     action: str = "tcp_pose"         # TCP pose plans: robust to the inference latency a shared CPU adds
+    # sampled from the initial noise's mode, in training's evaluations and when deployed: a policy
+    # trained for minutes is far better there (docs/learning.md, "Sampling from lower noise")
+    noise_scale: float = 0.0
 
     @classmethod
     def quick(cls) -> DemoPlan:
@@ -123,11 +126,12 @@ def write_report(run_dir: Path, dataset: Path, collected: dict, train_run: Path,
                  plan: DemoPlan, timings: dict[str, float]) -> Path:
     from robot_learning.data.store import Dataset
     from robot_learning.evaluate import evaluate_env
+    from robot_learning.policies.registry import read_checkpoint
 
     best = json.loads((train_run / "best.json").read_text()) if (train_run / "best.json").exists() else {}
     ckpt = train_run / "checkpoints" / "best"
-    last_step = json.loads((train_run / "checkpoints" / "last" / "config.json").read_text())["train"]["step"]
-    env = evaluate_env(ckpt, 1, seed=2000, video=run_dir / "rollout.mp4")
+    last_step = read_checkpoint(train_run / "checkpoints" / "last").train["step"]
+    env = evaluate_env(ckpt, 1, seed=2000, video=run_dir / "rollout.mp4", noise_scale=plan.noise_scale)
     ds = Dataset(dataset).summary()
     lines = [f"# Sim workcell demo, {datetime.now():%Y-%m-%d %H:%M}", "",
              "Demonstrations collected through ROS 2, a diffusion policy trained on them, deployed with "
@@ -143,7 +147,7 @@ def write_report(run_dir: Path, dataset: Path, collected: dict, train_run: Path,
              f"{len(evaluated['episodes'])} seeded episodes{_stops(evaluated['episodes'])} | "
              f"{timings['evaluate'] / 60:.1f} min |", "",
              f"Observations: {', '.join(LOWDIM_OBS)}; relative positions {', '.join(RELATIVE)}; "
-             f"actions: {plan.action}. "
+             f"actions: {plan.action}; sampled with noise scale {plan.noise_scale:g} (1: as trained). "
              f"Checkpoint: `{ckpt}`.", "",
              "## Policy server latency (from /policy/diagnostics during the evaluation)", ""]
     lines += _latency_rows(evaluated.get("diagnostics", {})) or ["(no diagnostics received)"]
@@ -201,6 +205,7 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
                                       down_dims=list(plan.down_dims),
                                       steps=plan.train_steps, batch_size=plan.batch_size, eval_every=plan.eval_every,
                                       eval_episodes=plan.train_eval_episodes, eval_max_steps=plan.train_eval_max_steps,
+                                      eval_noise_scale=plan.noise_scale,
                                       warmup_steps=min(200, plan.train_steps // 5), max_minutes=minutes))
         timings["train"] = time.monotonic() - t0
         print(f"demo [3/4] deploy + evaluate: launch/deploy_policy.launch.yaml (sim, mux, policy server, "
@@ -209,7 +214,7 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
         evaluated = evaluate_graph(train_run / "checkpoints" / "best", task, plan.eval_episodes,
                                    run_dir / "evaluate", run_dir / "evaluate.log",
                                    real_time_factor=plan.eval_real_time_factor, state_rate=plan.state_rate,
-                                   episode_timeout=plan.episode_timeout)
+                                   episode_timeout=plan.episode_timeout, noise_scale=plan.noise_scale)
         timings["evaluate"] = time.monotonic() - t0
     except (RuntimeError, SystemExit) as e:
         print(f"demo: {e}", file=sys.stderr)

@@ -21,7 +21,7 @@ def evaluate_graph(checkpoint: str | Path, task: str, episodes: int, report_dir:
                    real_time_factor: float = 1.0, cameras: str = "none", seed: int = 1000, blend: str = "ensemble",
                    state_rate: float = 0.0, episode_timeout: float = 30.0, record: bool = False,
                    dataset: str = "datasets/deployments.zarr", progress: bool = True, sampler: str = "",
-                   inference_steps: int = 0, **launch_args: object) -> dict:
+                   inference_steps: int = 0, noise_scale: float | None = None, **launch_args: object) -> dict:
     """Seeded episodes through the ROS graph; returns the evaluator's results.json.
     ``launch_args``: more deploy_policy.launch.yaml arguments (``sim="false", sim_hardware="true"``:
     the real-robot path, arm_node and camera nodes, on the sim as hardware)."""
@@ -31,29 +31,27 @@ def evaluate_graph(checkpoint: str | Path, task: str, episodes: int, report_dir:
                               cameras=cameras, seed=seed, blend=blend, state_rate=state_rate,
                               episode_timeout=episode_timeout, record=str(record).lower(),
                               dataset=resolve(dataset), sampler=sampler, inference_steps=inference_steps,
-                              **launch_args)
+                              noise_scale=-1.0 if noise_scale is None else noise_scale, **launch_args)
 
 
 def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: str = "",
                  blend: str = "ensemble", video: Path | None = None, sampler: str = "",
-                 inference_steps: int = 0, latency: float = 0.0) -> dict:
+                 inference_steps: int = 0, latency: float = 0.0, max_steps: int = 0,
+                 noise_scale: float | None = None) -> dict:
     """Seeded episodes in the gymnasium env; with ``video`` the first one is filmed (and its
     frames returned under "frames"). ``latency``: seconds each chunk takes to arrive, as the
-    robot's inference would (0: instantaneous, which flatters twist policies)."""
-    from robot_learning.data.schema import load_recipe, parse_recipe
-    from robot_learning.paths import project_root
-    from robot_learning.runtime.policy import load_policy
+    robot's inference would (0: instantaneous, which flatters twist policies). ``max_steps``:
+    policy steps before an episode counts as failed (0: the task's limit)."""
+    from robot_learning.policies.registry import checkpoint_recipe, load_policy, read_checkpoint
     from robot_learning.train.rollout import rollout
 
-    checkpoint = resolve(checkpoint)
-    policy = load_policy(checkpoint, sampler=sampler, inference_steps=inference_steps)
-    meta = json.loads((checkpoint / "config.json").read_text())
-    # a diffusion checkpoint carries its recipe; a SAC one names its obs_keys in the workcell's
-    recipe = (parse_recipe(meta["recipe"], str(checkpoint)) if "recipe" in meta
-              else load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml"))
+    meta = read_checkpoint(resolve(checkpoint))
+    policy = load_policy(meta, sampler=sampler, inference_steps=inference_steps, noise_scale=noise_scale)
+    recipe = checkpoint_recipe(meta)
     task = task or policy.spec.task
     res = rollout(policy, recipe, task, [seed + i for i in range(episodes)], blend=blend,
-                  replan_every=4, record_video=1 if video else 0, progress=True, latency=latency)
+                  replan_every=4, record_video=1 if video else 0, progress=True, latency=latency,
+                  max_steps=max_steps)
     if video and res and res[0].frames:
         from robot_learning.data.view import write_video
 
@@ -74,24 +72,31 @@ def run_evaluate(a) -> int:
     try:
         if a.where == "env":
             r = evaluate_env(a.checkpoint, a.episodes, a.seed, a.task, a.blend, out / "rollout.mp4",
-                             sampler=a.sampler, inference_steps=a.inference_steps, latency=a.latency)
+                             sampler=a.sampler, inference_steps=a.inference_steps, latency=a.latency,
+                             noise_scale=a.noise_scale)
             r.pop("frames", None)
         else:
-            from robot_learning.runtime.policy import load_policy
+            from robot_learning.policies.registry import load_policy
 
             # a damaged checkpoint is refused here, in one sentence, not after the graph has started
-            policy = load_policy(resolve(a.checkpoint), sampler=a.sampler, inference_steps=a.inference_steps)
+            policy = load_policy(resolve(a.checkpoint), sampler=a.sampler, inference_steps=a.inference_steps,
+                                 noise_scale=a.noise_scale)
             task = a.task or policy.spec.task
             more = parse_launch_args(a.launch_args)
             for k in more.keys() & vars(a).keys():
                 raise LaunchError(f"{k}:= has its own option: pass --{k.replace('_', '-')} instead")
             r = evaluate_graph(a.checkpoint, task, a.episodes, out, out / "graph.log", a.real_time_factor,
                                a.cameras, a.seed, a.blend, record=a.record, dataset=a.dataset,
-                               sampler=a.sampler, inference_steps=a.inference_steps, **more)
+                               sampler=a.sampler, inference_steps=a.inference_steps, noise_scale=a.noise_scale,
+                               **more)
     except (PolicyError, RuntimeError, FileNotFoundError, LaunchError) as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
+    # what was evaluated, with the deploy-time settings (defaults: the checkpoint's own)
+    r |= {"checkpoint": str(resolve(a.checkpoint)), "where": a.where,
+          "sampling": {"sampler": a.sampler or None, "inference_steps": a.inference_steps or None,
+                       "noise_scale": a.noise_scale}}
     (out / "results.json").write_text(json.dumps(r, indent=1))
     print(f"evaluate: {r['task']}: success rate {r['success_rate']:.0%} over {len(r['episodes'])} seeded episodes "
           f"({a.where}); results in {out}")
@@ -109,6 +114,9 @@ def add_parser(sub) -> None:
     ev.add_argument("--blend", default="ensemble", choices=("ensemble", "crossfade", "replace"))
     ev.add_argument("--sampler", default="", help="ddim, dpmsolver or ddpm (default: the checkpoint's)")
     ev.add_argument("--inference-steps", type=int, default=0, help="denoising steps (default: the checkpoint's)")
+    ev.add_argument("--noise-scale", type=float, default=None,
+                    help="diffusion: scale of the initial noise, 0..2 (default 1, as trained; 0 with DDIM: the "
+                         "most typical chunk, no sampling diversity)")
     ev.add_argument("--latency", type=float, default=0.0,
                     help="env: seconds of sim time each chunk takes to arrive (inference latency)")
     ev.add_argument("--real-time-factor", type=float, default=1.0)

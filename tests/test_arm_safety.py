@@ -134,6 +134,38 @@ def test_tracking_error_stale_state_and_a_pushed_joint_trip_the_monitor(robot):
         assert c.fault is not None and expect in c.fault
 
 
+def test_a_tcp_dragged_out_of_the_workspace_box_trips_the_monitor(robot):
+    """The filter keeps every command inside the box; what it cannot see is the arm itself
+    leaving it (dragged, or overshooting): the monitor checks the measured TCP too. An arm
+    that starts outside (the box is tighter than where it stands) may still move back in."""
+    home_tcp = Kinematics(robot).fk(robot.home)[0]
+    lim = robot.limits
+    near = dataclasses.replace(robot, limits=dataclasses.replace(
+        lim, workspace_max=np.r_[lim.workspace_max[:2], home_tcp[2] + 0.005]))
+    c = ArmController(near, DT)
+    c.sync(at_rest(robot.home, 0.0))
+    q, _ = c.step(at_rest(robot.home, 0.0), 0.0)
+    dragged = q + np.r_[0, 0, 0, 0.1, 0, 0, 0]  # the elbow opened: the TCP ~5 cm higher
+    assert Kinematics(robot).fk(dragged)[0][2] > home_tcp[2] + 0.005 + lim.workspace_tolerance
+    c.step(at_rest(dragged, DT), DT)
+    assert c.fault is not None and "outside the workspace box" in c.fault and "mm" in c.fault
+
+    outside = dataclasses.replace(robot, limits=dataclasses.replace(
+        lim, workspace_max=np.r_[lim.workspace_max[:2], home_tcp[2] - 0.02]))
+    c = ArmController(outside, DT)
+    c.sync(at_rest(robot.home, 0.0))
+    run(c, 0.0, 0.5, lambda t: c.command_twist([0, 0, -0.05, 0, 0, 0], t))
+    assert c.fault is None
+    assert c.tcp_pose()[0][2] < home_tcp[2] - 0.01  # on its way back in
+    # but not along the face while still outside: held where a protective stop found it, an arm
+    # would otherwise creep a little further out with every release
+    c = ArmController(outside, DT)
+    c.sync(at_rest(robot.home, 0.0))
+    run(c, 0.0, 0.5, lambda t: c.command_twist([0, 0.05, 0, 0, 0, 0], t))
+    assert np.allclose(c.tcp_pose()[0], home_tcp, atol=1e-6)
+    assert "only motion back towards it runs" in c.safety.rejections[-1].reason
+
+
 def _push_along_the_table(cell: Workcell, seconds: float = 8.0) -> float:
     """Valid twists (every one within the speed limits) that press the hand into the table
     while circling and turning it: the worst measured joint speed as a fraction of its limit."""

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from robot_learning.policies.checkpoint import PolicyError, save_checkpoint
+from robot_learning.policies.registry import load_policy
 from robot_learning.policies.untrained import untrained_policy
-from robot_learning.runtime.policy import load_policy
 
 OBS = "joint_states.position"
 REEXPORT = "re-export the checkpoint"

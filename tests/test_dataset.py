@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import zarr
 
+from robot_learning.config import ConfigError
 from robot_learning.data.convert import BadSample, to_sample
 from robot_learning.data.recorder import Recorder
 from robot_learning.data.repair import repair_path, validate_store
-from robot_learning.data.schema import load_recipe
+from robot_learning.data.schema import load_recipe, parse_recipe
 from robot_learning.data.store import Dataset, DatasetError, DatasetWriter
 
 RECIPE = load_recipe("datasets/recipes/workcell.yaml")
@@ -404,3 +405,29 @@ def test_the_recorder_reports_its_backlog_and_what_each_stream_took(tmp_path):
     rec.close()
     assert meta["stream_counts"]["joint_states"] == 50
     assert not s["recording"] and s["backlog"] == 0 and s["backlog_max"] == 0
+
+
+def test_an_action_default_must_have_the_width_the_message_type_gives():
+    raw = {"streams": {"cmd": {"topic": "/c", "type": "TwistStamped"}},
+           "steps": {"rate": 10, "action": [{"array": "cmd.data", "default": [0.0]}]}}
+    with pytest.raises(ConfigError, match="'cmd.data' has 6 values per sample but its default has 1"):
+        parse_recipe(raw)
+    del raw["steps"]["action"][0]["default"]
+    assert parse_recipe(raw).steps.action[0].default == [0.0] * 6  # none given: zeros of the right width
+
+
+def test_a_recipe_that_does_not_fit_the_data_fails_the_stop_with_what_to_change(tmp_path):
+    raw = {"streams": {"joint_states": {"topic": "/joint_states", "type": "JointState"}},
+           "steps": {"rate": 10, "observations": ["joint_states.position"],
+                     "action": [{"array": "joint_states.position", "default": [0.0, 0.0]}]}}
+    logs: list[str] = []
+    rec = Recorder(tmp_path / "w.zarr", parse_recipe(raw, "narrow.yaml"), log=lambda lvl, m: logs.append(m))
+    rec.start({})
+    for k in range(30):
+        rec.on_message("joint_states", joints(k * 0.01, np.zeros(9)), k * 0.01)
+    msg = "narrow.yaml: steps.action 'joint_states.position' has 9 values per sample but its default has 2"
+    with pytest.raises(DatasetError, match=msg):  # not reported saved with a dead writer thread
+        rec.stop(success=True)
+    with pytest.raises(DatasetError, match="give a default of 9 values"):  # every episode would fail alike
+        rec.start({})
+    rec.close()

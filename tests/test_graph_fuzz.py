@@ -65,8 +65,14 @@ def test_the_arm_holds_every_limit_under_a_command_fuzzer(tmp_path):
             worst = np.unravel_index(np.argmax(over), over.shape)
             assert over.max() <= end_stop, (f"joint {worst[1] + 1} at {q[worst]:.4f} rad, {over[worst]:.5f} past its "
                                      f"limit, t = {t[worst[0]]:.3f} s (sample {worst[0]} of {len(q)})")
-            margin = 0.005  # the measured TCP may sit a hair outside while pressed into a face of the box
-            assert np.all(poses >= lim.workspace_min - margin) and np.all(poses <= lim.workspace_max + margin)
+            # the filter keeps every command inside the box, but a hand pressed into the table and
+            # pushed along it is dragged out by its servos' compliance (seen: 10 mm at 3 cm/s with
+            # the command inside): the monitor stops it at workspace_tolerance (+ one period's drift)
+            margin = lim.workspace_tolerance + 0.001
+            out = np.maximum(lim.workspace_min - poses, poses - lim.workspace_max)  # > 0: outside
+            k, axis = np.unravel_index(np.argmax(out), out.shape)
+            assert out.max() <= margin, (f"TCP {'xyz'[axis]} = {poses[k, axis]:.4f} m, {out[k, axis] * 1000:.1f} mm "
+                                         f"outside the workspace box (sample {k} of {len(poses)})")
             # measured joint speed: the monitor stops the arm at 1 + margin. What no monitor can
             # stop is the first samples of a slip: a hand pressed on the table that lets go throws
             # a wrist joint for a few milliseconds (seen: 1.7x for 24 ms) before the trip holds it.
@@ -83,7 +89,9 @@ def test_the_arm_holds_every_limit_under_a_command_fuzzer(tmp_path):
             assert ratio.max() < 2.0 and longest <= 0.04, (ratio.max(), longest)
             # alive throughout: the sim clock kept moving, no long silence on /joint_states
             assert t[-1] - t[0] > 0.3 * FUZZ_SECONDS
-            assert np.max(np.diff(t)) < 0.5
+            k = int(np.argmax(np.diff(t)))
+            assert t[k + 1] - t[k] < 0.5, (f"no /joint_states stamped between {t[k] - t[0]:.2f} s and "
+                                           f"{t[k + 1] - t[0]:.2f} s of the attack")
 
             # the node still obeys a valid command once released (after the last queued attack
             # messages have drained: commands are RELIABLE with a 100-deep queue)

@@ -153,7 +153,13 @@ def test_sampling_is_set_at_deploy_time_and_bad_settings_are_refused(deploy):
     assert ok, reason
     fresh_diagnostics(client)
     assert diag(client)["sampling"] == "dpmsolver 5"
+    ok, reason = set_param(client, "noise_scale", 3.0)
+    assert not ok and "noise_scale must be between 0 and 2" in reason
+    assert set_param(client, "noise_scale", 0.0)[0]
+    fresh_diagnostics(client)
+    assert diag(client)["sampling"] == "dpmsolver 5 noise 0"
     assert set_param(client, "sampler", "")[0] and set_param(client, "inference_steps", 0)[0]
+    assert set_param(client, "noise_scale", -1.0)[0]
 
 
 def make_pose_checkpoint(path: Path, center: np.ndarray, half_width: float = 0.01) -> Path:
@@ -198,4 +204,59 @@ def test_a_pose_policy_reaches_the_arm_as_timed_plans(deploy, tmp_path):
         assert t[0] > 0 and np.all(np.diff(t) > 0)
     assert np.linalg.norm(tcp(client) - center[:3]) < 0.02    # the arm went where the plans said
     ok, reason = set_checkpoint(client, deploy[2]["slow"])
+    assert ok, reason
+
+
+def test_residual_and_dsrl_checkpoints_are_served_with_no_server_change(deploy, tmp_path):
+    """A residual checkpoint's correction reaches the arm at every tick, a DSRL one's chunks are
+    the base's from the agent's noise; the server loads both by parameter like any checkpoint."""
+    from robot_learning.policies.registry import base_ref
+    from robot_learning.policies.residual import ResidualConfig, ResidualPolicy
+    from robot_learning.policies.sac import SAC, SACConfig
+
+    g, client, ckpts = deploy
+    keys = ["ee_pose.data", "gripper_state.position"]
+    # a base that barely moves (its actions span 0.1 mm/s), and a residual adding +1 cm/s along x
+    base = save_checkpoint(untrained_policy(dict(zip(keys, (7, 2))), lo=[0.0] * 7, hi=[1e-4] * 7,
+                                            pred_horizon=8, action_horizon=4, down_dims=[16, 32], inference_steps=4),
+                           tmp_path / "base", {"recipe": load_recipe(project_root() / "datasets" / "recipes" /
+                                                                     "workcell.yaml").raw})
+    model = ResidualPolicy(ResidualConfig(keys, 9, 7, [0.02] * 6 + [0.0], [0.0] * 7, [1e-4] * 7,
+                                          hidden=[16]))
+    with torch.no_grad():
+        model.actor[-1].bias[0] = 0.5
+    ok, reason = set_checkpoint(client, model.save(tmp_path / "residual", base))
+    assert ok, reason
+    p0 = wait_still(client)
+    fresh_diagnostics(client)
+    refused = int(diag(client)["rejected_chunks"])   # the server's count so far (earlier tests' refusals)
+    client.clear("/policy/command/twist")
+    assert client.call(Trigger, "/policy/resume").success
+    time.sleep(4.0)
+    assert client.call(Trigger, "/policy/pause").success
+    vx = np.array([m.twist.linear.x for m in client.msgs["/policy/command/twist"]])
+    assert len(vx) > 50 and np.median(vx) == pytest.approx(0.01, abs=2e-4), vx[:20]
+    moved = tcp(client) - p0
+    assert moved[0] > 0.01 and abs(moved[1]) < 0.005, moved
+    fresh_diagnostics(client)
+    assert int(diag(client)["rejected_chunks"]) == refused
+
+    n = 8 * 7
+    agent = SAC(SACConfig(obs_dim=9, action_low=[-1.5] * n, action_high=[1.5] * n, hidden=[16, 16]))
+    dsrl = agent.save(tmp_path / "dsrl", extra={"policy": "dsrl", "base": base_ref(base), "obs_keys": keys,
+                                                "dt": 0.1, "env": "workcell/pick_place"})
+    ok, reason = set_checkpoint(client, dsrl)
+    assert ok, reason
+    fresh_diagnostics(client)
+    refused = int(diag(client)["rejected_chunks"])
+    client.clear("/policy/command/twist")
+    assert client.call(Trigger, "/policy/resume").success
+    time.sleep(3.0)
+    assert client.call(Trigger, "/policy/pause").success
+    twists = client.msgs["/policy/command/twist"]
+    vx = np.array([m.twist.linear.x for m in twists])
+    assert len(vx) > 50 and vx.min() >= 0.0 and vx.max() <= 1.1e-4, vx   # within the base's range of 0.1 mm/s
+    fresh_diagnostics(client)
+    assert int(diag(client)["rejected_chunks"]) == refused
+    ok, reason = set_checkpoint(client, ckpts["slow"])
     assert ok, reason

@@ -251,8 +251,8 @@ def test_a_pose_chunk_becomes_one_plan_of_unit_poses_one_step_after_each_action(
 def test_a_diffusion_policy_executes_action_horizon_actions_of_each_chunk(action_horizon):
     """``--action-horizon`` at run time: the chunk the server schedules starts at the newest
     observation and holds that many actions, whatever the prediction horizon."""
+    from robot_learning.policies.diffusion import DiffusionRunner
     from robot_learning.policies.untrained import untrained_policy
-    from robot_learning.runtime.policy import DiffusionRunner
 
     runner = DiffusionRunner(untrained_policy({"joint_states.position": 9}, action_horizon=action_horizon,
                                               down_dims=[16, 32], inference_steps=2))

@@ -181,7 +181,7 @@ def test_a_sac_checkpoint_deploys_through_the_policy_server(tmp_path):
     time; rolled out in the env through the server's engine (``evaluate --where env``)."""
     from robot_learning.config import load_robot
     from robot_learning.evaluate import evaluate_env
-    from robot_learning.runtime.policy import load_policy
+    from robot_learning.policies.registry import load_policy
     from robot_learning.train.sac import WORKCELL_OBS
 
     low, high = load_robot().limits.twist_action_bounds()
@@ -234,7 +234,7 @@ def test_train_sac_from_pixels_on_the_workcell_and_deploy_it(tmp_path):
     resolution, shrunk as recorded frames are) and proprioception only, into the buffer, the
     update (random shifts) and a checkpoint the policy server rolls out in the env."""
     from robot_learning.evaluate import evaluate_env
-    from robot_learning.runtime.policy import load_policy
+    from robot_learning.policies.registry import load_policy
     from robot_learning.train.sac import SACTrainConfig, train_sac
 
     keys = ["ee_pose.data", "gripper_state.position"]

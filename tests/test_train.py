@@ -15,7 +15,7 @@ from test_dataset import store  # noqa: F401  (fixture: 2 recorded episodes on r
 
 from robot_learning.data.sampler import WindowSampler, WindowSpec
 from robot_learning.data.store import Dataset
-from robot_learning.runtime.policy import load_policy
+from robot_learning.policies.registry import load_policy
 from robot_learning.train.diffusion import TrainConfig, train
 
 TINY = dict(obs=["joint_states.position"], images=["front_color"], image_size=[32, 32], pred_horizon=8,

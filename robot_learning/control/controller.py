@@ -322,7 +322,8 @@ class ArmController:
         """Joint target and gripper opening (metres) for this period. ``state`` is what the
         backend measured (None only where no backend exists, in unit tests of the commands)."""
         if state is not None and self.fault is None:
-            why = self.monitor.check(state, self._q_sent, now, self.safety.v)
+            tcp = self.kin.fk(state.q)[0] if np.all(np.isfinite(state.q)) else None
+            why = self.monitor.check(state, self._q_sent, now, self.safety.v, tcp, self.safety.allowed_outside)
             if why:
                 self._protective_stop(why, state, now)
         if self.mode in (Mode.TWIST, Mode.POSE) and now - self.last_command > self.robot.limits.command_timeout:

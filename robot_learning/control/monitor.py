@@ -13,6 +13,9 @@ the same evidence:
 - measured position past the filter's soft limits (``position_margin`` inside the hard ones)
   by more than half the margin: the filter never commands there, so something pushes the
   joint (a hand pressed on the table backdrives a 12 Nm wrist) toward its hard stop;
+- the measured TCP further outside the workspace box than the command was, by more than
+  ``workspace_tolerance``: the filter keeps every command inside, so the arm was dragged, or
+  overshot its command, out of the space it may use;
 - a stale or missing joint state (older than ``state_timeout``), or a non-finite one.
 
 A trip is reported once with the joint and the numbers; the controller then holds (where
@@ -25,6 +28,7 @@ import numpy as np
 
 from robot_learning.config import SafetyLimits
 from robot_learning.control.backend import ArmState
+from robot_learning.control.safety import box_distance
 
 
 class JointMonitor:
@@ -41,8 +45,13 @@ class JointMonitor:
         return now - state.stamp <= self.limits.state_timeout and bool(np.all(np.isfinite(state.q)))
 
     def check(self, state: ArmState, q_sent: np.ndarray | None, now: float,
-              v_sent: np.ndarray | None = None) -> str | None:
-        """Why the arm must stop now, or None while what the joints do is within bounds."""
+              v_sent: np.ndarray | None = None, tcp: np.ndarray | None = None,
+              allowed_outside: float = 0.0) -> str | None:
+        """Why the arm must stop now, or None while what the joints do is within bounds.
+
+        ``tcp`` is the TCP position forward kinematics gives for the measured joints, and
+        ``allowed_outside`` how far outside the box the command itself was (an arm started
+        outside is let back in)."""
         age = now - state.stamp
         if not np.isfinite(age) or age > self.limits.state_timeout:
             return (f"joint state is stale: the newest is {age:.3f} s old "
@@ -61,6 +70,11 @@ class JointMonitor:
             hard = self.limits.q_lower[j] if q[j] < self.soft_lower[j] else self.limits.q_upper[j]
             return (f"joint {j + 1} measured at {q[j]:.4f} rad, pushed past its soft limit toward its "
                     f"hard limit {hard:.4f} rad (nothing commanded it there): pressing on something?")
+        if tcp is not None:
+            out = box_distance(tcp, self.limits.workspace_min, self.limits.workspace_max)
+            if out > allowed_outside + self.limits.workspace_tolerance:
+                return (f"the TCP is measured {out * 1000:.1f} mm outside the workspace box at "
+                        f"{np.round(tcp, 3).tolist()} (nothing commanded it there): dragged, or collided?")
         if q_sent is not None:
             # a joint following a moving command lags it by its speed times the servo's and the
             # loop's delay; a blocked joint falls behind without bound

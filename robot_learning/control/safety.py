@@ -25,6 +25,12 @@ LOG_EVERY_S = 1.0
 _NUMBERS = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")
 
 
+def box_distance(pos: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """How far a point lies outside an axis-aligned box (0 inside)."""
+    off = np.maximum(lower - pos, 0.0) + np.maximum(pos - upper, 0.0)
+    return math.sqrt(float(off @ off))
+
+
 class CommandRejected(ValueError):
     """A command was refused before it could move the arm; the message says why."""
 
@@ -58,13 +64,15 @@ class SafetyFilter:
         self._log = log or (lambda msg: None)
         self._logged: dict[str, tuple[float, int]] = {}  # kind of reason -> (last logged, suppressed since)
         self._outside = 0.0
+        self._pos = np.zeros(3)  # the TCP at ``q``
 
     def reset(self, q: np.ndarray) -> None:
         """Start from the measured position at rest (start-up, after an e-stop)."""
         self.q = np.clip(np.asarray(q, dtype=float), self.lower, self.upper)
         self.v = np.zeros_like(self.q)
         self._q_des = self.q.copy()
-        self._outside = self.outside_distance(self.kin.fk(self.q)[0])
+        self._pos = self.kin.fk(self.q)[0]
+        self._outside = self.outside_distance(self._pos)
 
     def reject(self, stamp: float, reason: str) -> None:
         """Record a refusal and log it: at once the first time, then at most once per
@@ -86,8 +94,13 @@ class SafetyFilter:
 
     def outside_distance(self, pos: np.ndarray) -> float:
         """How far a point lies outside the workspace box (0 inside)."""
-        off = np.maximum(self.limits.workspace_min - pos, 0.0) + np.maximum(pos - self.limits.workspace_max, 0.0)
-        return math.sqrt(float(off @ off))
+        return box_distance(pos, self.limits.workspace_min, self.limits.workspace_max)
+
+    @property
+    def allowed_outside(self) -> float:
+        """How far outside the box the commanded TCP may be: 0, or less each period for an arm
+        that started outside and is moving back."""
+        return self._outside
 
     def _stops_inside(self, q: np.ndarray, v: np.ndarray) -> bool:
         """Whether braking every joint at its acceleration limit from ``q`` at ``v`` ends with the
@@ -146,14 +159,23 @@ class SafetyFilter:
             v = self.v - np.sign(self.v) * np.minimum(np.abs(self.v), dv)
             q_new = np.minimum(np.maximum(self.q + v * self.dt, self.lower), self.upper)
         pos, _ = self.kin.fk(q_new)
-        # Outside the box only motion back towards it is allowed (an arm started outside can
-        # leave). The braking above makes this last resort rare: it stops at once.
+        # Outside the box (an arm started there, or one held where a protective stop found it)
+        # only motion that brings the TCP back towards the box runs (mostly: its distance to
+        # the box shrinks by at least half the distance it moves): moving along a face, a
+        # servo's lag and a push against the table would carry the arm a little further out
+        # each time it is released, and the box would creep outwards stop by stop. The braking
+        # above makes this last resort rare: it stops at once.
         outside = self.outside_distance(pos)
-        if outside > self._outside + 1e-9:
-            self.reject(stamp, f"safety: TCP would leave the workspace box at {np.round(pos, 3).tolist()}, holding")
+        moved = float(np.linalg.norm(pos - self._pos))
+        if outside > self._outside + 1e-9 or (outside > 0.0 and self._outside - outside < 0.5 * moved):
+            if self._outside == 0.0:
+                self.reject(stamp, f"safety: TCP would leave the workspace box at {np.round(pos, 3).tolist()}, holding")
+            else:
+                self.reject(stamp, f"safety: the TCP is outside the workspace box; only motion back towards it "
+                                   f"runs (this one ends at {np.round(pos, 3).tolist()}), holding")
             q_new = self.q
         else:
-            self._outside = outside
+            self._outside, self._pos = outside, pos
         self.v = (q_new - self.q) / self.dt
         self.q = q_new
         return q_new.copy()

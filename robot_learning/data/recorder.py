@@ -183,6 +183,10 @@ class Recorder:
             req.error = str(e)
             self.error = str(e)
             self.log("error", str(e))
+        except Exception as e:  # a bug must not kill the writer thread and report the episode saved
+            req.error = (f"finishing episode {ep.index if ep else '?'} failed ({type(e).__name__}: {e}); its "
+                         "flushed part is recovered on the next open; please report this")
+            self.log("error", req.error)
         finally:
             with self.lock:
                 self.episode = None

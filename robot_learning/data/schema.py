@@ -37,6 +37,8 @@ MESSAGE_KINDS = {
 }
 # kind -> the arrays a stream of that kind stores besides t and t_recv (see convert.to_sample)
 STREAM_ARRAYS = {"joint_state": ("position", "velocity", "effort")}  # every other kind: ("data",)
+# kind -> values per sample of its "data", where the message type fixes it
+KIND_WIDTH = {"pose": 7, "vector6": 6, "scalar": 1, "flag": 1}
 
 
 @dataclass
@@ -113,8 +115,7 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         steps = StepSpec(
             rate=float(st["rate"]),
             observations=[_ref(o, streams, f"{source}: steps.observations") for o in st.get("observations", [])],
-            action=[ActionPart(_ref(a["array"], streams, f"{source}: steps.action"),
-                               list(a.get("default", [0.0])), a.get("hold_timeout")) for a in st["action"]],
+            action=[_action_part(a, streams, source) for a in st["action"]],
             source=_ref(st["source"], streams, f"{source}: steps.source") if st.get("source") else None,
             intervention=(_ref(st["intervention"], streams, f"{source}: steps.intervention")
                           if st.get("intervention") else None),
@@ -123,6 +124,18 @@ def parse_recipe(raw: dict, source: str = "<dict>") -> Recipe:
         raise ConfigError(f"{source}: missing key {e}") from e
     return Recipe(name=str(raw.get("name", Path(source).stem)), streams=streams, steps=steps,
                   min_steps=int(raw.get("min_steps", 5)), source=source, raw=raw)
+
+
+def _action_part(a: dict, streams: dict, source: str) -> ActionPart:
+    """An action part whose default has as many values as its array has per sample, where the
+    message type says how many (a mismatch only showed when an episode was finished)."""
+    ref = _ref(a["array"], streams, f"{source}: steps.action")
+    width = KIND_WIDTH.get(streams[ref.split(".", 1)[0]].kind) if ref.endswith(".data") else None
+    default = [float(v) for v in a.get("default", [0.0] * (width or 1))]
+    if width is not None and len(default) != width:
+        raise ConfigError(f"{source}: steps.action '{ref}' has {width} values per sample but its default "
+                          f"has {len(default)}: give a default of {width} values (or none, for zeros)")
+    return ActionPart(ref, default, a.get("hold_timeout"))
 
 
 def _full_type(short: str) -> str:

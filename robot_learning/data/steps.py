@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from robot_learning.data.layout import compressors
+from robot_learning.data.layout import DatasetError, compressors
 from robot_learning.data.schema import SOURCES, Recipe
 
 
@@ -101,6 +101,10 @@ def build_steps(tables: StreamTables, recipe: Recipe, success: bool | None,
         if loaded is not None:
             ts, arr = loaded
             arr = arr.reshape(len(ts), -1).astype(np.float64)
+            if arr.shape[1] != default.size:
+                raise DatasetError(f"{recipe.source}: steps.action '{part.array}' has {arr.shape[1]} values per "
+                                   f"sample but its default has {default.size}: give a default of "
+                                   f"{arr.shape[1]} values")
             idx = _held(ts, t + dt - 1e-9)
             ok = idx >= 0
             if part.hold_timeout is not None:

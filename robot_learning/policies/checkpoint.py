@@ -27,20 +27,25 @@ class PolicyError(RuntimeError):
     """A checkpoint that cannot be used as asked; the message says why and what to do."""
 
 
-def save_checkpoint(policy, path: str | Path, extra: dict | None = None) -> Path:
+def write_checkpoint(module, path: str | Path, meta: dict) -> Path:
+    """``module``'s weights as safetensors and ``meta`` as config.json, each written whole or not
+    at all (a partial file renamed into place): a kill mid-save leaves the previous checkpoint."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    tmp = path / "model.safetensors.partial"
-    save_file(state, str(tmp))
-    tmp.replace(path / "model.safetensors")
-    meta = {"format": FORMAT, "version": VERSION, "policy": "diffusion", "config": policy.cfg.to_json(),
-            "spec": policy.cfg.spec(), "normalizer": policy.normalizer.to_json(), **(extra or {})}
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+              str(path / "model.safetensors.partial"))
+    (path / "model.safetensors.partial").replace(path / "model.safetensors")
     (path / "config.json.partial").write_text(json.dumps(meta, indent=1))
     (path / "config.json.partial").replace(path / "config.json")
     return path
+
+
+def save_checkpoint(policy, path: str | Path, extra: dict | None = None) -> Path:
+    return write_checkpoint(policy, path, {"format": FORMAT, "version": VERSION, "policy": "diffusion",
+                                           "config": policy.cfg.to_json(), "spec": policy.cfg.spec(),
+                                           "normalizer": policy.normalizer.to_json(), **(extra or {})})
 
 
 # ---- config.json schema: key -> (required, what the value must be, test). Explicit rather than derived
@@ -125,6 +130,16 @@ def _schema_problems(section: dict, schema: dict[str, Rule], prefix: str = "") -
     return problems
 
 
+def field_problems(section: Any, cls: type, required: tuple[str, ...], prefix: str = "config.") -> list[str]:
+    """A config section against a dataclass's fields: unknown keys by name, required ones missing."""
+    if not isinstance(section, dict):
+        return [f"'{prefix.rstrip('.')}' must be an object of {cls.__name__}'s fields"]
+    unknown = sorted(set(section) - set(cls.__dataclass_fields__))
+    problems = ([f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(prefix + k for k in unknown)}"]
+                if unknown else [])
+    return problems + [f"{prefix}{k} is missing" for k in required if k not in section]
+
+
 def _consistency_problems(cfg: dict, stats: dict) -> list[str]:
     """What the schema cannot see: every input the policy normalizes needs min and max of the size
     the configuration gives it, and the configuration must agree with itself. Each would otherwise
@@ -166,24 +181,16 @@ def read_json(file: Path, fix: str = REEXPORT) -> dict:
     return data
 
 
-def read_meta(path: str | Path) -> dict:
-    """config.json of the checkpoint at ``path``, checked against the schema and its normalizer
-    against the configuration; nothing is built, so a bad file costs no model construction."""
-    cfg_file = Path(path) / "config.json"
-    meta = read_json(cfg_file)
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise PolicyError(f"{cfg_file}: format {meta.get('format')} v{meta.get('version')}, this robot-learning "
-                          f"reads {FORMAT} v{VERSION}")
-    if meta.get("policy") != "diffusion":
-        raise PolicyError(f"{cfg_file}: policy type '{meta.get('policy')}' is not supported")
+def diffusion_problems(meta: dict) -> list[str]:
+    """What is wrong with a diffusion checkpoint's config.json (the registry's check for the
+    kind): the schema, then the normalizer against the configuration. Nothing is built, so a bad
+    file costs no model construction."""
     problems = _schema_problems(meta, META_SCHEMA)
     if not problems:
         problems = _schema_problems(meta["config"], CONFIG_SCHEMA, "config.")
     if not problems:
         problems = _consistency_problems(meta["config"], meta["normalizer"])
-    if problems:
-        raise PolicyError(f"{cfg_file} is not a valid checkpoint configuration: {'; '.join(problems)}; {REEXPORT}")
-    return meta
+    return problems
 
 
 _PICKLE_STARTS = (b"\x80", b"PK\x03\x04")   # pickle protocol >= 2; torch.save's zip archive
@@ -249,20 +256,27 @@ def _spec_diff(want: dict, have: dict) -> list[str]:
     return [f"{k}: the checkpoint has {have.get(k)!r}, expected {want[k]!r}" for k in want if have.get(k) != want[k]]
 
 
-def load_checkpoint(path: str | Path, expect_spec: dict | None = None, device: str = "cpu"):
-    """The policy saved at ``path``; ``expect_spec`` (what the caller will feed it) must match.
-    config.json is validated in full before the model is built, the weights before they are copied."""
+def load_checkpoint(path, expect_spec: dict | None = None, device: str = "cpu"):
+    """The diffusion policy saved at ``path`` and its config.json; ``expect_spec`` (what the
+    caller will feed it) must match. The metadata is read and validated in full
+    (``registry.read_checkpoint``, unless ``path`` is the metadata already read) before the model
+    is built, the weights before they are copied."""
     from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
     from robot_learning.policies.normalizer import Normalizer
+    from robot_learning.policies.registry import CheckpointMeta, as_meta
 
-    path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise PolicyError(f"{path} is not a checkpoint: it needs config.json and model.safetensors")
-    meta = read_meta(path)
+    if not isinstance(path, CheckpointMeta):
+        path = Path(path)
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            raise PolicyError(f"{path} is not a checkpoint: it needs config.json and model.safetensors")
+    meta = as_meta(path)
+    path = meta.path
+    if meta.kind != "diffusion":
+        raise PolicyError(f"{path} is a {meta.kind} checkpoint, not a diffusion policy")
     if expect_spec is not None:
-        diff = _spec_diff(expect_spec, meta["spec"])
+        diff = _spec_diff(expect_spec, meta.raw["spec"])
         if diff:
             raise PolicyError(f"{path} does not fit these observations/actions: " + "; ".join(diff))
-    policy = DiffusionPolicy(DiffusionConfig(**meta["config"]), Normalizer(meta["normalizer"]))
+    policy = DiffusionPolicy(DiffusionConfig(**meta.config), Normalizer(meta.normalizer))
     load_weights(policy, path / "model.safetensors", device)
-    return policy.to(device).eval(), meta
+    return policy.to(device).eval(), meta.raw

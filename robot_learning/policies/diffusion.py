@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from robot_learning.nets.unet1d import ConditionalUnet1D
 from robot_learning.nets.vision import ImageEncoder, crop
+from robot_learning.policies.checkpoint import diffusion_problems
 from robot_learning.policies.normalizer import Normalizer
+from robot_learning.policies.registry import PolicyKind, register_kind
+from robot_learning.runtime.policy import PolicySpec
 
 
 @dataclass
@@ -115,14 +119,112 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor], steps: int | None = None, sampler: str | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Denoised action chunk [B, pred_horizon, action_dim] in the dataset's units."""
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                noise_scale: float = 1.0) -> torch.Tensor:
+        """Denoised action chunk [B, pred_horizon, action_dim] in the dataset's units, from
+        ``noise`` [B, pred_horizon, action_dim] when given (DSRL chooses it), else from a draw
+        of ``generator`` times ``noise_scale``. DDIM and DPM-Solver++ are deterministic: one
+        noise, one chunk."""
         cond = self.encode(batch, train=False)
         sched = self._sampler(sampler or self.cfg.sampler)
         sched.set_timesteps(steps or self.cfg.inference_steps)   # also resets a multistep solver's state
-        x = torch.randn((cond.shape[0], self.cfg.pred_horizon, self.cfg.action_dim), generator=generator,
-                        device=cond.device)
+        shape = (cond.shape[0], self.cfg.pred_horizon, self.cfg.action_dim)
+        if noise is not None:
+            if tuple(noise.shape) != shape:
+                raise ValueError(f"noise must be {list(shape)}, not {list(noise.shape)}")
+            x = noise.to(cond.device, cond.dtype)
+        else:
+            x = noise_scale * torch.randn(shape, generator=generator, device=cond.device)
         for k in sched.timesteps:
             eps = self.net(x, k.to(cond.device).expand(x.shape[0]), cond)
             x = sched.step(eps, k, x).prev_sample
         return self.normalizer.unnormalize("action", x)
+
+
+class DiffusionRunner:
+    """A diffusion policy behind the server's interface: executes the ``horizon`` actions that
+    follow the newest observation (``action_horizon`` of the config unless told otherwise; the
+    rest of the predicted chunk is never executed, and the server replans before it runs out)."""
+
+    def __init__(self, policy: DiffusionPolicy, device: str = "cpu", horizon: int | None = None, seed: int = 0,
+                 sampler: str | None = None, inference_steps: int | None = None,
+                 noise_scale: float | None = None):
+        self.policy, self.device = policy, device
+        cfg = policy.cfg
+        self.set_sampling(sampler, inference_steps, noise_scale)
+        self.horizon = min(horizon or cfg.action_horizon, cfg.pred_horizon - cfg.obs_horizon + 1)
+        lo = np.asarray(policy.normalizer.stats["action"]["min"], np.float64)
+        hi = np.asarray(policy.normalizer.stats["action"]["max"], np.float64)
+        margin = 0.1 * np.maximum(hi - lo, 1e-3)   # sampling may overshoot the data a little, not more
+        image_size = None
+        if cfg.image_shapes:
+            image_size = tuple(next(iter(cfg.image_shapes.values()))[:2])
+        self.spec = PolicySpec(list(cfg.obs_dims), list(cfg.image_shapes), image_size, cfg.obs_horizon, cfg.dt,
+                               cfg.action_dim, lo - margin, hi + margin, cfg.task, cfg.action_kind)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.seed = seed
+
+    def reset(self) -> None:
+        self.generator.manual_seed(self.seed)
+
+    def set_sampling(self, sampler: str | None = None, inference_steps: int | None = None,
+                     noise_scale: float | None = None) -> None:
+        """Sampler and number of denoising steps (None or empty: the checkpoint's), and the scale
+        of the initial noise (None: 1, as trained). Fewer steps or a faster sampler
+        trade a little accuracy for latency on the robot. A smaller noise scale samples closer to
+        the mode of the action distribution: with a deterministic sampler (DDIM, DPM-Solver++),
+        0 gives the one chunk the policy thinks most typical, no diversity left (a weak policy
+        trained on few demonstrations went from 12% to 48% success with it, ``docs/learning.md``).
+        Takes effect at the next inference."""
+        from robot_learning.policies.checkpoint import PolicyError
+
+        cfg = self.policy.cfg
+        name, steps = sampler or cfg.sampler, int(inference_steps or cfg.inference_steps)
+        try:
+            make_scheduler(name, cfg.train_timesteps)
+        except ValueError as e:
+            raise PolicyError(str(e)) from None
+        if not 1 <= steps <= cfg.train_timesteps:
+            raise PolicyError(f"inference_steps must be 1..{cfg.train_timesteps}, not {steps}")
+        scale = 1.0 if noise_scale is None else float(noise_scale)
+        if not (np.isfinite(scale) and 0.0 <= scale <= 2.0):
+            raise PolicyError(f"noise_scale must be between 0 and 2 (1: as trained), not {noise_scale}")
+        self.sampler, self.steps, self.noise_scale = name, steps, scale
+
+    def warmup(self) -> None:
+        """One call on a blank window, so the first real inference is not slowed by torch's set-up."""
+        cfg = self.policy.cfg
+        obs = {f"obs/{k}": np.zeros((cfg.obs_horizon, d), np.float32) for k, d in cfg.obs_dims.items()}
+        obs.update({f"image/{k}": np.zeros((cfg.obs_horizon, *shape), np.uint8)
+                    for k, shape in cfg.image_shapes.items()})
+        self.act(obs)
+        self.reset()
+
+    def chunks(self, obs: dict[str, np.ndarray], noise: np.ndarray | None = None) -> np.ndarray:
+        """Whole predicted chunks [B, pred_horizon, action_dim] for a batch of windows (each
+        value [B, obs_horizon, ...]), from ``noise`` when given: the batched form the residual
+        and DSRL envs use, one inference for many envs."""
+        batch = {k: torch.as_tensor(np.ascontiguousarray(v), device=self.device) for k, v in obs.items() if k != "t"}
+        x = None if noise is None else torch.as_tensor(np.asarray(noise, np.float32), device=self.device)
+        return self.policy.predict(batch, steps=self.steps, sampler=self.sampler, generator=self.generator,
+                                   noise=x, noise_scale=self.noise_scale).cpu().numpy().astype(np.float64)
+
+    def executed(self, chunks: np.ndarray) -> np.ndarray:
+        """The part of predicted chunks [..., pred_horizon, A] that is executed: the actions
+        from the newest observation on, ``horizon`` of them."""
+        to = self.policy.cfg.obs_horizon
+        return chunks[..., to - 1: to - 1 + self.horizon, :]
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.executed(self.chunks({k: np.asarray(v)[None] for k, v in obs.items() if k != "t"})[0])
+
+
+def _load(meta, device: str, sampler: str | None = None, inference_steps: int | None = None,
+          noise_scale: float | None = None) -> DiffusionRunner:
+    from robot_learning.policies.checkpoint import load_checkpoint
+
+    policy, _ = load_checkpoint(meta, device=device)
+    return DiffusionRunner(policy, device, sampler=sampler, inference_steps=inference_steps, noise_scale=noise_scale)
+
+
+register_kind(PolicyKind("diffusion", diffusion_problems, _load, ("sampler", "inference_steps", "noise_scale")))

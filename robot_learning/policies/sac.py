@@ -23,7 +23,6 @@ Everything is plain PyTorch; a checkpoint is safetensors plus JSON, so loading o
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from robot_learning.nets.vision import ImageEncoder
+from robot_learning.policies.registry import PolicyKind, register_kind
+from robot_learning.runtime.policy import PolicySpec
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 GRIPPER_CHOICES = ("open", "stay", "close")
@@ -365,19 +366,16 @@ class SAC(nn.Module):
         exactly where it stopped."""
         from safetensors.torch import save_file
 
+        from robot_learning.policies.checkpoint import write_checkpoint
+
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path / "model.safetensors.partial"))
-        (path / "model.safetensors.partial").replace(path / "model.safetensors")
-        if optimizers:
+        if optimizers:  # before config.json, which is written last
+            path.mkdir(parents=True, exist_ok=True)
             save_file(_optim_tensors(self), str(path / "optim.safetensors.partial"))
             (path / "optim.safetensors.partial").replace(path / "optim.safetensors")
-        meta = {"format": FORMAT, "version": 1, "policy": "sac", "config": self.cfg.to_json(),
-                "updates": self.updates, **(extra or {})}
-        (path / "config.json.partial").write_text(json.dumps(meta, indent=1))
-        (path / "config.json.partial").replace(path / "config.json")
-        return path
+        return write_checkpoint(self, path, {"format": FORMAT, "version": 1, "policy": "sac",
+                                             "config": self.cfg.to_json(), "updates": self.updates,
+                                             **(extra or {})})
 
 
 def _optim_tensors(agent: SAC) -> dict[str, torch.Tensor]:
@@ -401,28 +399,83 @@ def _load_optim(agent: SAC, tensors: dict[str, torch.Tensor]) -> None:
         opt.load_state_dict(sd)
 
 
-def load_sac(path: str | Path, device: str = "cpu", optimizers: bool = False) -> tuple[SAC, dict]:
-    """A saved agent and its config.json; the JSON and the safetensors header are checked first,
-    so a damaged checkpoint ends in one ``PolicyError`` sentence."""
+def sac_problems(meta: dict) -> list[str]:
+    """What is wrong with config.json of a checkpoint holding a SAC agent (the registry's check)."""
+    from robot_learning.policies.checkpoint import field_problems
+
+    return field_problems(meta.get("config"), SACConfig, ("obs_dim", "action_low", "action_high"))
+
+
+def load_sac(path, device: str = "cpu", optimizers: bool = False) -> tuple[SAC, dict]:
+    """A saved agent (of a ``sac`` checkpoint, or the agent inside a ``dsrl`` one) and its
+    config.json, read and checked by ``registry.read_checkpoint`` first, so a damaged checkpoint
+    ends in one ``PolicyError`` sentence."""
     from safetensors.torch import load_file
 
-    from robot_learning.policies.checkpoint import PolicyError, load_weights, read_json
+    from robot_learning.policies.checkpoint import PolicyError, load_weights
+    from robot_learning.policies.registry import as_meta
 
-    path = Path(path)
-    meta = read_json(path / "config.json")
-    if meta.get("format") != FORMAT:
-        raise PolicyError(f"{path}: not a SAC checkpoint (format {meta.get('format')!r}, want {FORMAT!r})")
-    known = {f for f in SACConfig.__dataclass_fields__}
-    raw = meta.get("config")
-    if not isinstance(raw, dict) or set(raw) - known or {"obs_dim", "action_low", "action_high"} - set(raw):
-        raise PolicyError(f"{path / 'config.json'}: 'config' must hold SACConfig's fields "
-                          f"(unknown: {sorted(set(raw or {}) - known)}); re-export the checkpoint")
+    meta = as_meta(path)   # a path, or the metadata its caller has read already
+    path = meta.path
+    if meta.kind not in SAC_KINDS:
+        raise PolicyError(f"{path}: a {meta.kind} checkpoint holds no SAC agent")
     try:
-        agent = SAC(SACConfig(**raw), device)
+        agent = SAC(SACConfig(**meta.config), device)
     except (TypeError, ValueError) as e:
         raise PolicyError(f"{path / 'config.json'}: {e}; re-export the checkpoint") from None
     load_weights(agent, path / "model.safetensors", device)
-    agent.updates = int(meta.get("updates", 0))
+    agent.updates = int(meta.raw.get("updates", 0))
     if optimizers and (path / "optim.safetensors").exists():
         _load_optim(agent, load_file(str(path / "optim.safetensors"), device=device))
-    return agent, meta
+    return agent, meta.raw
+
+
+class SacRunner:
+    """A SAC agent behind the server's interface: its mean action (no exploration) for the
+    newest observation, a chunk one policy step long, so the server asks again each step as
+    the RL actor does. The state is the checkpoint's ``obs_keys`` concatenated in order, the
+    arrays the recorder stores and the actor observed."""
+
+    def __init__(self, agent: SAC, meta: dict, path: Path):
+        from robot_learning.policies.checkpoint import PolicyError
+
+        cfg = agent.cfg
+        keys = [str(k) for k in meta.get("obs_keys") or []]
+        if cfg.obs_dim and not keys:
+            raise PolicyError(f"{path}: a SAC checkpoint without obs_keys cannot be deployed (retrain, or save it "
+                              "with the state keys it was trained on)")
+        image_size = tuple(cfg.image_size) if cfg.image_keys else None
+        self.agent = agent
+        self.spec = PolicySpec(keys, list(cfg.image_keys), image_size, 1, float(meta.get("dt") or 0.1), cfg.act_dim,
+                               np.asarray(cfg.action_low, np.float64), np.asarray(cfg.action_high, np.float64),
+                               env_task(meta), "twist")
+        self._gripper: float | None = None
+
+    def reset(self) -> None:
+        self._gripper = None
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        o = {k: np.asarray(obs[f"image/{k}"][-1]) for k in self.spec.image_keys}
+        if self.spec.obs_keys:
+            o["state"] = np.concatenate([np.asarray(obs[f"obs/{k}"][-1], np.float32).ravel()
+                                         for k in self.spec.obs_keys])
+        a = self.agent.act(o, deterministic=True, gripper_now=self._gripper)
+        self._gripper = float(a[-1])
+        # tanh-squashed into the box already; the clip only removes float32 rounding at its edges
+        return np.clip(np.asarray(a, np.float64), self.spec.action_low, self.spec.action_high)[None]
+
+
+def env_task(meta: dict) -> str:
+    """The workcell task a checkpoint trained in the env was trained on ("" for other envs)."""
+    env = str(meta.get("env", ""))
+    return env.split("/", 1)[1] if env.startswith("workcell/") else ""
+
+
+def _load(meta, device: str) -> SacRunner:
+    agent, raw = load_sac(meta, device=device)
+    agent.eval()
+    return SacRunner(agent, raw, meta.path)
+
+
+SAC_KINDS = ("sac", "dsrl")   # checkpoint kinds whose weights are a SAC agent
+register_kind(PolicyKind("sac", sac_problems, _load))

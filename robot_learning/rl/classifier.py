@@ -11,7 +11,6 @@ safetensors and JSON, so loading one never runs code.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,17 +59,10 @@ class SuccessClassifier(nn.Module):
         return float(torch.sigmoid(self(batch))[0])
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        from safetensors.torch import save_file
+        from robot_learning.policies.checkpoint import write_checkpoint
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                  str(path / "model.safetensors.partial"))
-        (path / "model.safetensors.partial").replace(path / "model.safetensors")
-        meta = {"format": FORMAT, "version": 1, "config": asdict(self.cfg), **(extra or {})}
-        (path / "config.json.partial").write_text(json.dumps(meta, indent=1))
-        (path / "config.json.partial").replace(path / "config.json")
-        return path
+        return write_checkpoint(self, path, {"format": FORMAT, "version": 1, "config": asdict(self.cfg),
+                                             **(extra or {})})
 
 
 def load_classifier(path: str | Path, device: str = "cpu") -> tuple[SuccessClassifier, dict]:

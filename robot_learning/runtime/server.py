@@ -113,12 +113,33 @@ class PolicyServerCore:
         with self.lock:
             a = None if self.paused else self.scheduler.due(now + self.cfg.actuation_latency)
             s = self.policy.spec
+            if a is not None and hasattr(self.policy, "correct"):
+                a = self._corrected(a, now)
             if a is not None and s.action_kind != "twist":
                 tcp = self.buffers.newest(TCP_POSE_KEY)
                 fresh = tcp is not None and now - tcp[0] <= self.cfg.max_obs_age
                 a = pose_command(a, tcp[1], s.dt) if fresh else None   # no TCP pose to track against: hold
         self.stats["tick"].append(time.perf_counter() - t0)
         return a
+
+    def _corrected(self, a: np.ndarray, now: float) -> np.ndarray | None:
+        """A per-tick policy's correction (a residual) of the action due, from the newest
+        observation; held (None) when that observation is stale or the result is not finite
+        or leaves the policy's bounds, like a refused chunk."""
+        newest = {}
+        for key in self.policy.spec.obs_keys:
+            got = self.buffers.newest(key)
+            if got is None or now - got[0] > self.cfg.max_obs_age:
+                return None
+            newest[key] = got[1]
+        out = np.asarray(self.policy.correct(a, newest), np.float64)
+        s = self.policy.spec
+        if out.shape != a.shape or not np.all(np.isfinite(out)) or np.any(out < s.action_low) \
+                or np.any(out > s.action_high):
+            self.rejected_chunks += 1
+            self.last_reject = f"per-tick correction {np.round(out, 3).tolist()} refused"
+            return None
+        return out
 
     def plan(self, now: float, since: int) -> tuple[int, np.ndarray, np.ndarray] | None:
         """A ``tcp_pose`` policy's plan, when a chunk has arrived since version ``since``:

@@ -1,6 +1,8 @@
 """``robot-learning train diffusion --dataset ...`` (and, under torchrun, on several GPUs);
 ``robot-learning train sac --env ...`` (off-policy RL on a gymnasium env or the workcell);
-``robot-learning train classifier --dataset ...`` (a success detector, served as a reward).
+``robot-learning train residual --base CKPT`` and ``train dsrl --base CKPT`` (RL on top of a
+frozen diffusion policy); ``robot-learning train classifier --dataset ...`` (a success detector,
+served as a reward).
 
 Each kind's flags are its config dataclass's fields, so a field added there is a flag here."""
 
@@ -14,6 +16,7 @@ from robot_learning.train.diffusion import TrainConfig
 # fields given as comma-separated lists, with the type of their items
 _DIFFUSION_LISTS = {"obs": str, "images": str, "image_size": int, "down_dims": int, "relative": str}
 _SAC_LISTS = {"obs": str, "images": str, "hidden": int}
+_RESIDUAL_LISTS = {"obs": str, "hidden": int}
 _CLASSIFIER_LISTS = {"dataset": str, "obs": str, "images": str, "image_size": int, "hidden": int}
 
 
@@ -44,7 +47,8 @@ def config_from_args(a, cls, lists: dict[str, type]):
 
 def add_parser(sub) -> None:
     from robot_learning.train.classifier import ClassifierTrainConfig
-    from robot_learning.train.sac import SACTrainConfig
+    from robot_learning.train.residual import ResidualTrainConfig
+    from robot_learning.train.sac import DsrlTrainConfig, SACTrainConfig
 
     tr = sub.add_parser("train", help="train a policy on a dataset (torchrun for several GPUs)")
     kinds = tr.add_subparsers(dest="kind", required=True)
@@ -55,6 +59,11 @@ def add_parser(sub) -> None:
     add_config_arguments(kinds.add_parser("sac", help="SAC (RLPD choices) on a gymnasium env or workcell/<task>, "
                                           "optionally from demonstrations", formatter_class=fmt),
                          SACTrainConfig(), _SAC_LISTS)
+    add_config_arguments(kinds.add_parser("dsrl", help="DSRL: SAC steering a frozen diffusion policy (--base) by its "
+                                          "initial noise", formatter_class=fmt), DsrlTrainConfig(), _SAC_LISTS)
+    add_config_arguments(kinds.add_parser("residual", help="a residual policy on a frozen diffusion policy (--base), "
+                                          "trained with PPO in parallel envs", formatter_class=fmt),
+                         ResidualTrainConfig(), _RESIDUAL_LISTS)
     add_config_arguments(kinds.add_parser("classifier", help="success classifier (a reward) on labelled datasets",
                                           formatter_class=fmt), ClassifierTrainConfig(), _CLASSIFIER_LISTS)
 
@@ -65,10 +74,15 @@ def run(a) -> int:
 
         train_classifier(config_from_args(a, ClassifierTrainConfig, _CLASSIFIER_LISTS))
         return 0
-    if a.kind == "sac":
-        from robot_learning.train.sac import SACTrainConfig, train_sac
+    if a.kind in ("sac", "dsrl"):
+        from robot_learning.train.sac import DsrlTrainConfig, SACTrainConfig, train_sac
 
-        train_sac(config_from_args(a, SACTrainConfig, _SAC_LISTS))
+        train_sac(config_from_args(a, DsrlTrainConfig if a.kind == "dsrl" else SACTrainConfig, _SAC_LISTS))
+        return 0
+    if a.kind == "residual":
+        from robot_learning.train.residual import ResidualTrainConfig, train_residual
+
+        train_residual(config_from_args(a, ResidualTrainConfig, _RESIDUAL_LISTS))
         return 0
     cfg = config_from_args(a, TrainConfig, _DIFFUSION_LISTS)
     if not cfg.dataset and not cfg.resume:

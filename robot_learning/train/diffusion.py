@@ -25,9 +25,11 @@ from tqdm import tqdm
 
 from robot_learning.data.schema import parse_recipe
 from robot_learning.data.store import Dataset
-from robot_learning.policies.checkpoint import PolicyError, load_weights, read_json, read_meta
+from robot_learning.policies.checkpoint import PolicyError, load_weights, read_json
+from robot_learning.policies.registry import read_checkpoint
 from robot_learning.runtime.actions import TCP_POSE_KEY, TWIST_DIMS, check_action_kind, pose_actions
 from robot_learning.train import distributed
+from robot_learning.train.cpu_clock import CpuClock
 
 RESUME_FIX = "resume from an intact copy of the run, or train afresh"
 
@@ -56,6 +58,7 @@ class TrainConfig:
     eval_episodes: int = 10
     eval_seed: int = 100_000
     eval_max_steps: int = 0                               # policy steps per eval rollout (0: the task's own limit)
+    eval_noise_scale: float = 1.0                         # the eval rollouts' sampling noise (deploy with the same)
     sampler: str = "ddim"
     inference_steps: int = 10
     device: str = "auto"
@@ -208,9 +211,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     from robot_learning.data.sampler import WindowSampler, WindowSpec
     from robot_learning.policies.checkpoint import save_checkpoint
-    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy, relative_key
+    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy, DiffusionRunner, relative_key
     from robot_learning.policies.normalizer import Normalizer
-    from robot_learning.runtime.policy import DiffusionRunner
 
     ranks = distributed.init()
     rank, world, lead = ranks.rank, ranks.world, ranks.lead
@@ -258,7 +260,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         raise SystemExit(f"train: the episodes of {cfg.dataset} have no steps")
 
     if resume is not None:
-        normalizer = Normalizer(read_meta(run / "checkpoints" / "last")["normalizer"])
+        normalizer = Normalizer(read_checkpoint(run / "checkpoints" / "last").normalizer)
     else:
         normalizer = Normalizer()
         for k in obs_keys:
@@ -321,6 +323,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                disable=not (progress and lead), dynamic_ncols=True)
     t_window, n_window, losses = time.perf_counter(), 0, []
     t_start = time.monotonic()  # the budget counts training, not loading
+    cpu = CpuClock(run / "metrics.jsonl")
     for step in bar:
         model.train()
         loss = net(_to(next(batches), device))
@@ -348,7 +351,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps or out_of_time
         if evaluate_now:
             # every rank takes its part of the validation windows and of the rollouts
-            row = {"step": done, "val_loss": None, "success_rate": None}
+            row = {"step": done, "val_loss": None, "success_rate": None, "cpu_s": cpu()}
             policy = ema.module.eval()
             if val_set is not None and len(val_set):
                 g = torch.Generator().manual_seed(0)
@@ -368,7 +371,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 from robot_learning.train.rollout import rollout
 
                 seeds = distributed.mine([cfg.eval_seed + i for i in range(cfg.eval_episodes)], ranks)
-                res = rollout(DiffusionRunner(policy, device), recipe, task, seeds, progress=progress and lead,
+                runner = DiffusionRunner(policy, device, noise_scale=cfg.eval_noise_scale)
+                res = rollout(runner, recipe, task, seeds, progress=progress and lead,
                               max_steps=cfg.eval_max_steps) if seeds else []
                 res = distributed.gather([(r.success, r.steps) for r in res], ranks)
                 row["success_rate"] = float(np.mean([ok for ok, _ in res]))

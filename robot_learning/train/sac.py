@@ -79,6 +79,18 @@ class SACTrainConfig:
     threads: int = 0
 
 
+@dataclass
+class DsrlTrainConfig(SACTrainConfig):
+    """``train dsrl``: SAC in the noise space of a frozen diffusion policy, one step per chunk."""
+    base: str = ""                    # the diffusion checkpoint to steer (its weights never change)
+    noise_bound: float = 1.5          # the agent's noise stays within +-this (a standard normal's mostly does)
+    env: str = "workcell/pick_place"
+    steps: int = 3000                 # agent steps, each one chunk of the base
+    start_steps: int = 200
+    learning_starts: int = 200
+    eval_every: int = 500
+
+
 class GymAdapter:
     """A gymnasium env with observations keyed for the buffer: array envs as ``obs``, dict envs by their keys."""
 
@@ -122,16 +134,12 @@ class WorkcellAdapter:
 
     def __init__(self, task: str, keys: list[str], render: bool, max_steps: int = 0, reward: str = "sim",
                  images: list[str] = (), image_size: int = 64, randomization: str = ""):
-        from robot_learning.data.schema import load_recipe
-        from robot_learning.paths import project_root
         from robot_learning.sim.env import WorkcellEnv
+        from robot_learning.sim.recipe_env import check_keys, workcell_recipe
 
-        self.recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
+        self.recipe = workcell_recipe()
         keys = keys or WORKCELL_OBS.get(task) or ["ee_pose.data", "gripper_state.position"]
-        for k in keys:
-            if k.split(".", 1)[0] not in self.recipe.streams:
-                raise SystemExit(f"train sac: '{k}' is not a stream of the workcell recipe "
-                                 f"({', '.join(sorted(self.recipe.streams))})")
+        check_keys(self.recipe, keys, "train sac")
         cameras = [n for n, s in self.recipe.streams.items() if s.kind == "image" and s.encoding == "rgb8"]
         for cam in images:
             if cam not in cameras:
@@ -166,26 +174,9 @@ class WorkcellAdapter:
         self.dt = 1.0 / self.env.control_hz
 
     def _obs(self) -> dict[str, np.ndarray]:
-        from robot_learning.data.sampler import resize_frame
-        from robot_learning.sim.randomize import add_noise
-        from robot_learning.sim.topics import topic_sample
+        from robot_learning.sim.recipe_env import recipe_observation
 
-        out = {}
-        for k in self.keys:
-            stream, array = k.split(".", 1)
-            out[k] = np.asarray(topic_sample(self.env.cell, self.recipe.streams[stream].topic)[array], np.float32)
-        for cam in self.images:  # what the camera node publishes, shrunk as the recorded frames are
-            frame = topic_sample(self.env.cell, self.recipe.streams[cam].topic)["data"]
-            out[cam] = resize_frame(frame, self.image_size)
-        sensors = self.env.cell.draw.sensors
-        if sensors:  # the randomization's sensor noise, by what each key measures
-            kinds = {"joint_states.position": "joint_position", "joint_states.velocity": "joint_velocity",
-                     "wrench.data": "wrench", "tactile_left.data": "tactile", "tactile_right.data": "tactile"}
-            noisy = add_noise(sensors, self.env._noise, **{f"{kinds.get(k, k)}|{k}": v for k, v in out.items()
-                                                          if k in kinds or k in self.images})
-            out.update({k.split("|", 1)[1]: (v if v.dtype == np.uint8 else v.astype(np.float32))
-                        for k, v in noisy.items()})
-        return out
+        return recipe_observation(self.env, self.recipe, self.keys, self.images, self.image_size)
 
     def reset(self, seed: int):
         obs, info = self.env.reset(seed=seed)  # self._obs, taken by the env (env.observe)
@@ -219,6 +210,17 @@ class WorkcellAdapter:
 
 
 def make_env(cfg: SACTrainConfig, render: bool = False):
+    if isinstance(cfg, DsrlTrainConfig):
+        if not cfg.base:
+            raise SystemExit("train dsrl: --base is required: the diffusion checkpoint to steer")
+        if not cfg.env.startswith("workcell/") or cfg.images or cfg.intervene or cfg.demos:
+            raise SystemExit("train dsrl: runs on workcell/<task> from the state, without --images, --intervene "
+                             "or --demos")
+        from robot_learning.rl.dsrl_env import DsrlAdapter
+
+        task = cfg.env.split("/", 1)[1]
+        return DsrlAdapter(cfg.base, task, cfg.obs or WORKCELL_OBS.get(task) or ["ee_pose.data"],
+                           cfg.max_episode_steps, cfg.randomization, cfg.noise_bound)
     if cfg.env.startswith("workcell/"):
         return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render, cfg.max_episode_steps, cfg.reward,
                                cfg.images, cfg.image_size, cfg.randomization)
@@ -301,17 +303,20 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
+    from robot_learning.policies.registry import base_ref
     from robot_learning.policies.sac import SAC, SACConfig, load_sac
+    from robot_learning.train.cpu_clock import CpuClock
+    from robot_learning.train.resume import resumed_config
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     resume = Path(cfg.resume) if cfg.resume else None
     if resume:
-        saved = json.loads((resume / "train_config.json").read_text())
-        cfg = SACTrainConfig(**{**saved, "resume": str(resume), "steps": max(cfg.steps, saved["steps"])})
+        cfg = resumed_config(cfg, resume)
         run = resume
     else:
-        run = Path(cfg.out) / f"sac-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = "dsrl" if isinstance(cfg, DsrlTrainConfig) else "sac"
+        run = Path(cfg.out) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     env = make_env(cfg, render=cfg.video)
     eval_env = make_env(cfg, render=cfg.video)
     spec = env.spec
@@ -357,23 +362,27 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         (run / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     writer = SummaryWriter(str(run / "tb"))
+    cpu = CpuClock(run / "metrics.jsonl")
     metrics = (run / "metrics.jsonl").open("a")
     print(f"train sac: {cfg.env}, obs {', '.join(spec.state_keys)} ({spec.state_dim}), action {len(env.low)}; "
           f"{'demos ' + cfg.demos + f' ({len(demo)} transitions); ' if demo is not None else ''}"
           f"utd {cfg.utd}, {cfg.n_critics} critics; run dir {run}", flush=True)
 
     def log(row: dict, step: int) -> None:
-        row = {"env_steps": step, "robot_time_s": step * env.dt, **row}
+        row = {"env_steps": step, "robot_time_s": step * env.dt, "cpu_s": cpu(), **row}
         for k, v in row.items():
             if k not in ("env_steps",) and isinstance(v, (int, float)):
                 writer.add_scalar(k, v, step)
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
 
+    kind = {"policy": "dsrl", "base": base_ref(cfg.base), "dt": env.base.spec.dt} \
+        if isinstance(cfg, DsrlTrainConfig) else {"dt": env.dt}
+
     def checkpoint(step: int, name: str = "last") -> None:
         d = agent.save(run / "checkpoints" / name, extra={"env": cfg.env, "obs_keys": list(spec.state_keys),
                                                           "env_steps": step, "episodes": episode, "best": best,
-                                                          "dt": env.dt}, optimizers=name == "last")
+                                                          **kind}, optimizers=name == "last")
         if name == "last":
             online.save(d / "online.npz")
 

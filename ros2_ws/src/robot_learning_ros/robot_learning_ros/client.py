@@ -20,6 +20,7 @@ class GraphClient:
         self.node = rclpy.create_node(name, context=self.ctx)
         self.msgs: dict[str, list] = defaultdict(list)
         self.lock = threading.Lock()
+        self._clients: dict[tuple, object] = {}  # (service type, name) -> its client, kept
         self.ex = SingleThreadedExecutor(context=self.ctx)
         self.ex.add_node(self.node)
         self.thread = threading.Thread(target=self._spin, daemon=True)
@@ -75,7 +76,16 @@ class GraphClient:
         raise TimeoutError(f"fewer than {n} messages on {topic} within {timeout} s")
 
     def call(self, srv_type, name: str, timeout: float = 20.0, **fields):
-        cli = self.node.create_client(srv_type, name)
+        """Call a service once and return its response (None if it did not answer in time).
+
+        One client per service, made on the first call and kept: each client is a request
+        writer and a reply reader that every participant in the graph discovers and keeps track
+        of, so a long-lived caller (the soak, a test calling in a loop) must not make one per
+        call; and destroying one while the spinning thread waits on it kills that thread."""
+        key = (srv_type, name)
+        cli = self._clients.get(key)
+        if cli is None:
+            cli = self._clients[key] = self.node.create_client(srv_type, name)
         if not cli.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {name} not available")
         req = srv_type.Request()

@@ -68,6 +68,7 @@ class EpisodeNode(Node):
         self.t_end: float | None = None          # the episode is over: stop the trajectory there
         self.t_marker: float | None = None       # a moment worth a snapshot (the grasp)
         self.trajectory: list[list[float]] = []
+        self.tcp_now: np.ndarray | None = None   # the newest TCP position
         self.frames: dict[str, list[tuple[float, np.ndarray]]] = {}
         self.pub_meta = self.create_publisher(String, "/recorder/episode_meta", LATCHED_QOS)
         self.rec_start = self.create_client(Trigger, "/recorder/start_episode")
@@ -141,6 +142,7 @@ class EpisodeNode(Node):
         self.t_now = t
         pos, quat = pose_from_msg(m)
         with self.lock:
+            self.tcp_now = pos
             running = self.t_start is not None and self.t_end is None
             if running and (not self.trajectory or t - self.t_start - self.trajectory[-1][0] >= 0.02):
                 self.trajectory.append([t - self.t_start, *pos, self.gripper_opening])
@@ -178,11 +180,15 @@ class EpisodeNode(Node):
             raise RuntimeError(f"{client.srv_name} failed: {res.message}")
         return res
 
-    def start_clock(self) -> None:
+    def start_clock(self, start: np.ndarray | None = None) -> None:
         """The episode starts now: its trajectory and duration count from here (a subclass
-        calls it again once its operator is really in control, e.g. a policy just loaded)."""
+        calls it again once its operator is really in control, e.g. a policy just loaded).
+        ``start``: the TCP position when the operator was released, the trajectory's first point
+        (on a busy machine the arm may already have moved by the time this runs)."""
         with self.lock:
             self.trajectory, self.frames = [], {}
+            if start is not None:
+                self.trajectory.append([0.0, *start, self.gripper_opening])
             self.t_start, self.t_end, self.t_marker = self.t_now, None, None
 
     def stop_clock(self) -> None:

@@ -23,7 +23,10 @@ from robot_learning.transforms import xyzw_to_wxyz
 SENSOR_QOS = qos_profile_sensor_data  # BEST_EFFORT, depth 5
 # Reliable with a deep history: a KEEP_LAST writer drops samples a busy reader has not yet
 # acknowledged once its history is full. 100 samples (0.4 s of joint states at 250 Hz) lost a
-# quarter of them to a recorder starved for seconds on a loaded host; 1000 hold 4 s.
+# quarter of them to a recorder starved for seconds on a loaded host; 1000 hold 4 s. Small
+# high-rate measurements (wrist F/T, tactile grids) are published with it too, as ros2_control's
+# broadcasters publish reliably: best-effort, a recorder starved for a moment lost 75 of them in
+# ten minutes that another subscriber received. Best-effort readers (the policy) still match.
 STATE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 # A node that acts on the newest state (the arm, the policy, the operator) reads with a short
 # queue: after a stall it sees the present, not a second of the past replayed callback by

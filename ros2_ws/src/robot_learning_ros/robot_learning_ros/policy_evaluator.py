@@ -35,8 +35,12 @@ class PolicyEvaluator(EpisodeNode):
                 self.diagnostics = {kv.key: kv.value for kv in st.values}
 
     def drive(self, index: int, info: dict) -> None:
+        with self.lock:
+            released_at = self.tcp_now
         self.call(self.resume_client, Trigger.Request(), "policy server")
-        self.start_clock()  # the first resume waits for the server to load and warm its policy up
+        # the first resume waits for the server to load and warm its policy up: the clock starts
+        # once it answers, and the trajectory from where the arm was when the policy was released
+        self.start_clock(released_at)
         t0, wall0 = self.t_now, time.monotonic()
         # a protective stop ends the episode: the arm refuses commands until the next reset
         while not self.success and not self.fault and self.t_now - t0 < self.timeout:

@@ -17,9 +17,7 @@ Services (std_srvs/Trigger): /policy/pause, /policy/resume, /policy/load (loads 
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -33,10 +31,9 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import MultiDOFJointTrajectory, MultiDOFJointTrajectoryPoint
 
 from robot_learning.data.convert import BadSample, to_sample
-from robot_learning.data.schema import parse_recipe
 from robot_learning.paths import resolve
 from robot_learning.policies.checkpoint import PolicyError
-from robot_learning.runtime.policy import load_policy
+from robot_learning.policies.registry import checkpoint_recipe, load_policy, read_checkpoint
 from robot_learning.runtime.server import HOLD_TWIST_S, PolicyServerCore, ServerConfig
 from robot_learning_ros.msgs import COMMAND_QOS, LATEST_QOS, SENSOR_QOS, message_class, to_sec_ns, twist_msg
 from robot_learning_ros.runtime import lenient_params, spin_main
@@ -64,9 +61,10 @@ class PolicyServerNode(Node):
             actuation_latency=_latency(float(p("actuation_latency", -1.0).value)),
         )
         self.device = str(p("device", "cpu").value)
-        # deploy-time sampling settings ("" / 0: the checkpoint's own)
+        # deploy-time sampling settings ("" / 0: the checkpoint's own; a negative noise scale: 1)
         self.sampler = str(p("sampler", "").value)
         self.inference_steps = int(p("inference_steps", 0).value)
+        self.noise_scale = float(p("noise_scale", -1.0).value)
         # CPU inference shares the machine with the sensors and the control loop: few threads, and
         # a short GIL switch interval so the timer thread is not kept waiting behind torch's Python
         torch.set_num_threads(int(p("threads", 1).value))
@@ -103,13 +101,12 @@ class PolicyServerNode(Node):
     def load(self, path: str) -> None:
         """Loads a checkpoint and subscribes to what it observes; raises PolicyError when it can't."""
         path = str(resolve(path))
-        policy = load_policy(path, self.device, sampler=self.sampler, inference_steps=self.inference_steps)
+        meta = read_checkpoint(path)   # once: a residual's or DSRL's base is hashed here, not per use
+        policy = load_policy(meta, self.device, sampler=self.sampler, inference_steps=self.inference_steps,
+                             noise_scale=self._noise_scale(self.noise_scale))
         if hasattr(policy, "warmup"):
             policy.warmup()
-        meta = json.loads((Path(path) / "config.json").read_text())
-        if "recipe" not in meta:
-            raise PolicyError(f"{path}: the checkpoint does not say which topics it observes (no recipe)")
-        recipe = parse_recipe(meta["recipe"], f"{path}/config.json")
+        recipe = checkpoint_recipe(meta)
         if self.core is None:
             self.core = PolicyServerCore(policy, self.cfg, self._now, log=self.get_logger().warning)
             self.core.start()
@@ -125,7 +122,7 @@ class PolicyServerNode(Node):
             self.subs.append(self.create_subscription(message_class(spec.type), spec.topic,
                                                       lambda m, n=name, s=spec: self._on_obs(n, s, m), qos))
         topics = ", ".join(recipe.streams[n].topic for n in self.core.streams)
-        self.get_logger().info(f"loaded {path} ({meta.get('policy')}, task '{policy.spec.task}'): observes {topics}; "
+        self.get_logger().info(f"loaded {path} ({meta.kind}, task '{policy.spec.task}'): observes {topics}; "
                                f"{'running' if not self.core.paused else 'paused: call /policy/resume to start'}")
 
     def _on_obs(self, name: str, spec, msg) -> None:
@@ -189,7 +186,9 @@ class PolicyServerNode(Node):
             d = self.core.diagnostics()
             d["bad_samples"] = self.bad_samples
             if hasattr(self.core.policy, "sampler"):
-                d["sampling"] = f"{self.core.policy.sampler} {self.core.policy.steps}"
+                pol = self.core.policy
+                noise = f" noise {pol.noise_scale:g}" if pol.noise_scale != 1.0 else ""
+                d["sampling"] = f"{pol.sampler} {pol.steps}{noise}"
             if self.core.error is not None or not d["inference_alive"]:
                 st.level, st.message = DiagnosticStatus.ERROR, f"inference stopped: {self.core.error}"
             elif d["paused"]:
@@ -238,18 +237,28 @@ class PolicyServerNode(Node):
             res.success, res.message = False, str(e)
         return res
 
+    @staticmethod
+    def _noise_scale(value: float) -> float | None:
+        """The parameter's value as the policy takes it: negative means as trained."""
+        return None if value < 0 else value
+
     def _on_params(self, params) -> SetParametersResult:
-        sampling = {"sampler": self.sampler, "inference_steps": self.inference_steps}
+        sampling = {"sampler": self.sampler, "inference_steps": self.inference_steps, "noise_scale": self.noise_scale}
         changed = {prm.name: prm.value for prm in params if prm.name in sampling}
         if changed:  # applies to the running policy at its next inference, and to later loads
             sampling.update(changed)
+            try:
+                sampler, steps, scale = str(sampling["sampler"]), int(sampling["inference_steps"]), float(
+                    sampling["noise_scale"])
+            except (TypeError, ValueError) as e:
+                return SetParametersResult(successful=False, reason=f"sampling parameters: {e}")
             policy = self.core.policy if self.core else None
             if hasattr(policy, "set_sampling"):
                 try:
-                    policy.set_sampling(str(sampling["sampler"]), int(sampling["inference_steps"]))
+                    policy.set_sampling(sampler, steps, self._noise_scale(scale))
                 except (PolicyError, ValueError) as e:
                     return SetParametersResult(successful=False, reason=str(e))
-            self.sampler, self.inference_steps = str(sampling["sampler"]), int(sampling["inference_steps"])
+            self.sampler, self.inference_steps, self.noise_scale = sampler, steps, scale
         for prm in params:
             if prm.name == "checkpoint" and prm.value:
                 try:

@@ -34,7 +34,9 @@ from robot_learning_ros.runtime import BackgroundSpin, join_with_fresh_participa
 # catches up; a backlog that grew at each of this many reports in a row is one it does not.
 BACKLOG_GROWING = 5
 
-# deep queues: the recorder must not drop what arrives in bursts while it writes
+# Deep queues: the recorder must not drop what arrives in bursts while it writes. A stream is
+# recorded reliably whenever every publisher offers it (as rosbag2 adapts its QoS): a best-effort
+# reader loses whatever arrives while its taking thread is starved, a reliable one has it resent.
 RECORD_SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
 RECORD_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
@@ -53,10 +55,12 @@ class RecorderNode(Node):
         self.next_meta: dict = {}
         self.rec = Recorder(resolve(path), recipe, log=self._log, flush_interval=float(p("flush_interval", 0.5).value))
         self.pub_status = self.create_publisher(String, "/recorder/status", LATCHED_QOS)
+        self.subs: dict[str, tuple[object, ReliabilityPolicy]] = {}  # stream -> (subscription, its reliability)
         for name, spec in recipe.streams.items():
-            self.create_subscription(message_class(spec.type), spec.topic,
-                                     lambda m, n=name: self.rec.on_message(n, m, self._now()),
-                                     RECORD_SENSOR_QOS if spec.sensor else RECORD_QOS)
+            if not spec.sensor:
+                self._subscribe(name, RECORD_QOS)
+        self._match_sensor_streams()
+        self.create_timer(0.5, self._match_sensor_streams)
         self.create_subscription(String, "/recorder/episode_meta", self._on_meta, LATCHED_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.backlogs: list[int] = []
@@ -72,6 +76,38 @@ class RecorderNode(Node):
         self.service_spin = BackgroundSpin(self.service_node)
         self._status()
         self.get_logger().info(f"recording '{recipe.name}' ({len(recipe.streams)} streams) into {resolve(path)}")
+
+    def _subscribe(self, name: str, qos: QoSProfile) -> None:
+        spec = self.rec.recipe.streams[name]
+        old = self.subs.pop(name, None)
+        if old is not None:
+            self.destroy_subscription(old[0])
+        sub = self.create_subscription(message_class(spec.type), spec.topic,
+                                       lambda m, n=name: self.rec.on_message(n, m, self._now()), qos)
+        self.subs[name] = (sub, qos.reliability)
+
+    def _match_sensor_streams(self) -> None:
+        """Subscribe each sensor stream as reliably as all of its publishers allow.
+
+        A reliable reader does not match a best-effort writer, so a sensor stream waits for its
+        first publisher; one that later appears best-effort turns the subscription best-effort
+        (and says so) rather than going unrecorded.
+        """
+        for name, spec in self.rec.recipe.streams.items():
+            if not spec.sensor:
+                continue
+            pubs = self.get_publishers_info_by_topic(spec.topic)
+            if not pubs:
+                continue
+            reliable = all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in pubs)
+            want = RECORD_QOS if reliable else RECORD_SENSOR_QOS
+            have = self.subs.get(name)
+            if have is None:
+                self._subscribe(name, want)
+            elif have[1] == ReliabilityPolicy.RELIABLE and not reliable:
+                self.get_logger().warning(f"{spec.topic}: a best-effort publisher appeared; recording it "
+                                          "best-effort from now on (messages may be lost under load)")
+                self._subscribe(name, want)
 
     def _log(self, level: str, msg: str) -> None:
         {"warn": self.get_logger().warning, "error": self.get_logger().error}.get(level, self.get_logger().info)(msg)

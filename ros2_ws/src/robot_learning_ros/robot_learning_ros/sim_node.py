@@ -118,7 +118,7 @@ class SimNode(Node):
             self._hardware_interfaces()
 
         self.pub_clock = self.create_publisher(Clock, "/clock", 10)
-        self.pub_wrench = self.create_publisher(WrenchStamped, "/arm/wrench", SENSOR_QOS)  # the wrist F/T
+        self.pub_wrench = self.create_publisher(WrenchStamped, "/arm/wrench", STATE_QOS)  # the wrist F/T
         self._msg_wrench = WrenchStamped()
         self.pub_cam = {}
         cam_ns = str(p("camera_namespace", "").value).strip("/")
@@ -135,9 +135,9 @@ class SimNode(Node):
         if self.cameras:  # each camera drawn on its own render thread, overlapping the physics
             self.async_cams = AsyncCameras(self.cell.model, camera_specs(self.cell.calib, self.cameras, self.depth),
                                            self._publish_frame)
-        self.pub_taxels = {n: self.create_publisher(Image, f"/tactile/{n}/taxels", SENSOR_QOS)
+        self.pub_taxels = {n: self.create_publisher(Image, f"/tactile/{n}/taxels", STATE_QOS)
                            for n in self.cell.tactile.names}
-        self.pub_tac_wrench = {n: self.create_publisher(WrenchStamped, f"/tactile/{n}/wrench", SENSOR_QOS)
+        self.pub_tac_wrench = {n: self.create_publisher(WrenchStamped, f"/tactile/{n}/wrench", STATE_QOS)
                                for n in self.cell.tactile.names}
         self.pub_obj = {b: self.create_publisher(PoseStamped, f"/sim/objects/{b}/pose", STATE_QOS)
                         for b in self.cell.task.object_bodies}

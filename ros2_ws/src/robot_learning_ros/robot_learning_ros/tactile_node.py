@@ -39,7 +39,7 @@ from std_srvs.srv import Trigger
 from robot_learning.config import load_yaml
 from robot_learning.devices.taxel_serial import TaxelFrameParser, open_serial
 from robot_learning.devices.visuotactile import Visuotactile, VisuotactileConfig
-from robot_learning_ros.msgs import SENSOR_QOS, image_msg, wrench_msg
+from robot_learning_ros.msgs import SENSOR_QOS, STATE_QOS, image_msg, wrench_msg
 from robot_learning_ros.runtime import lenient_params, spin_main
 
 
@@ -53,8 +53,8 @@ class TactileNode(Node):
         self.rows, self.cols = int(cfg["rows"]), int(cfg["cols"])
         self.frame_id = f"{self.sensor}_pad"
         base = f"/tactile/{self.sensor}"
-        self.pub_taxels = self.create_publisher(Image, f"{base}/taxels", SENSOR_QOS)
-        self.pub_wrench = self.create_publisher(WrenchStamped, f"{base}/wrench", SENSOR_QOS)
+        self.pub_taxels = self.create_publisher(Image, f"{base}/taxels", STATE_QOS)
+        self.pub_wrench = self.create_publisher(WrenchStamped, f"{base}/wrench", STATE_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._msg_taxels, self._msg_wrench = Image(), WrenchStamped()
         self.frames = 0

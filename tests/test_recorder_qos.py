@@ -1,0 +1,110 @@
+"""The recorder takes every message a reliable publisher sent, even while it is stalled.
+
+A sensor stream is subscribed reliably when every publisher offers it (a best-effort reader
+loses whatever arrives while its thread is starved), and best-effort when one does not (a
+reliable reader would not match it at all and the stream would go unrecorded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from geometry_msgs.msg import WrenchStamped
+from rclpy.qos import ReliabilityPolicy
+from robot_learning_ros.client import GraphClient
+from robot_learning_ros.msgs import SENSOR_QOS, STATE_QOS, wrench_msg
+from std_srvs.srv import SetBool, Trigger
+
+from robot_learning.data.store import Dataset
+from robot_learning.launch import die_with_parent, find_executable
+
+pytestmark = pytest.mark.graph
+
+RECIPE = {
+    "name": "qos",
+    "min_steps": 1,
+    "streams": {
+        "wrench": {"topic": "/qos_test/wrench", "type": "WrenchStamped", "sensor": True},
+        "wrench_be": {"topic": "/qos_test/wrench_best_effort", "type": "WrenchStamped", "sensor": True},
+    },
+    "steps": {"rate": 10.0, "observations": ["wrench.data"], "action": [{"array": "wrench_be.data"}]},
+}
+
+
+def _recorder_reliability(client: GraphClient, topic: str) -> ReliabilityPolicy | None:
+    subs = [s for s in client.node.get_subscriptions_info_by_topic(topic) if s.node_name == "recorder"]
+    return subs[0].qos_profile.reliability if subs else None
+
+
+def _wait(pred, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def test_recorder_keeps_every_reliable_sensor_message_through_a_stall(tmp_path):
+    recipe = tmp_path / "qos.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    log = (tmp_path / "recorder.log").open("wb")
+    proc = subprocess.Popen([find_executable("robot_learning_ros", "recorder_node"), "--ros-args",
+                             "-p", f"recipe:={recipe}", "-p", f"dataset:={tmp_path / 'qos.zarr'}"],
+                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+    client = GraphClient("qos_test")
+    try:
+        reliable = client.node.create_publisher(WrenchStamped, "/qos_test/wrench", STATE_QOS)
+        best_effort = client.node.create_publisher(WrenchStamped, "/qos_test/wrench_best_effort", SENSOR_QOS)
+        _wait(lambda: _recorder_reliability(client, "/qos_test/wrench") is not None
+              and _recorder_reliability(client, "/qos_test/wrench_best_effort") is not None, 60,
+              "the recorder did not subscribe to both streams: " + (tmp_path / "recorder.log").read_text())
+        assert _recorder_reliability(client, "/qos_test/wrench") == ReliabilityPolicy.RELIABLE
+        assert _recorder_reliability(client, "/qos_test/wrench_best_effort") == ReliabilityPolicy.BEST_EFFORT
+        _wait(lambda: reliable.get_subscription_count() and best_effort.get_subscription_count(), 30,
+              "the publishers never matched the recorder")
+        res = client.call(Trigger, "/recorder/start_episode", timeout=30)
+        assert res.success, res.message
+
+        def send(i: int) -> None:
+            reliable.publish(wrench_msg([float(i), 0.0, 0.0, 0.0, 0.0, 0.0], 1000.0 + i * 0.004, "ft_sensor"))
+            best_effort.publish(wrench_msg([float(i), 0.0, 0.0, 0.0, 0.0, 0.0], 1000.0 + i * 0.004, "ft_sensor"))
+
+        n, sent = 600, 0
+        for _ in range(100):  # flowing
+            send(sent)
+            sent += 1
+            time.sleep(0.004)
+        os.kill(proc.pid, signal.SIGSTOP)  # a recorder starved for two seconds: far beyond a 100-deep queue
+        try:
+            while sent < n - 100:
+                send(sent)
+                sent += 1
+                time.sleep(0.004)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        while sent < n:
+            send(sent)
+            sent += 1
+            time.sleep(0.004)
+        time.sleep(1.0)
+        res = client.call(SetBool, "/recorder/stop_episode", timeout=60, data=True)
+        assert res.success, res.message
+        saved = json.loads(res.message)
+        print("STOP", res.message)
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    ep = Dataset(tmp_path / "qos.zarr").episode(saved.get("index", 0))
+    got = ep.stream("wrench")["data"][:, 0]
+    assert sorted(got.astype(int).tolist()) == list(range(n)), f"{n - len(set(got.astype(int)))} messages lost"
+    assert len(ep.stream("wrench_be")["data"]) > 0  # matched and recorded, though not all of it

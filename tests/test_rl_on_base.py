@@ -1,0 +1,211 @@
+"""RL on top of a frozen diffusion policy: residual policies and DSRL, as checkpoint kinds.
+
+A zero-initialized residual is the base exactly; its correction never leaves its bound; the
+sampler is deterministic from a given noise; a residual or DSRL checkpoint refuses a base that
+changed since it was trained; both train (tiny runs), resume, and are served by the policy
+server's engine and the env rollouts like any other kind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robot_learning.policies.checkpoint import PolicyError
+from robot_learning.policies.registry import load_policy, read_checkpoint
+from robot_learning.policies.residual import NumpyResidual, ResidualConfig, ResidualPolicy
+from robot_learning.policies.untrained import save_untrained
+from robot_learning.runtime.server import PolicyServerCore, ServerConfig
+
+KEYS = ["ee_pose.data", "gripper_state.position", "cube_pose.data", "target_pose.data"]
+TINY = dict(obs_dims={k: d for k, d in zip(KEYS, (7, 2, 7, 7))}, pred_horizon=8, action_horizon=4,
+            down_dims=[8, 16], train_timesteps=10, inference_steps=4)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return save_untrained(tmp_path_factory.mktemp("base") / "base", **TINY)
+
+
+def residual_model(seed: int = 0, scale=0.01, **kw) -> ResidualPolicy:
+    torch.manual_seed(seed)
+    return ResidualPolicy(ResidualConfig(KEYS, 23, 7, [scale] * 7, [-0.04] * 6 + [0.0], [0.04] * 6 + [1.0],
+                                         hidden=[16, 16], **kw))
+
+
+def window(rng, t: float = 1.0) -> dict[str, np.ndarray]:
+    return {**{f"obs/{k}": rng.uniform(-1, 1, (2, d)).astype(np.float32) for k, d in TINY["obs_dims"].items()},
+            "t": np.array([t - 0.1, t])}
+
+
+def test_a_given_noise_gives_the_same_chunk_and_another_noise_another(base):
+    runner = load_policy(base)
+    rng = np.random.default_rng(0)
+    w = {k: v[None] for k, v in window(rng).items() if k != "t"}
+    noise = rng.standard_normal((1, 8, 7)).astype(np.float32)
+    a, b = runner.chunks(w, noise), runner.chunks(w, noise)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, runner.chunks(w, -noise))
+    with pytest.raises(ValueError, match=r"noise must be \[1, 8, 7\]"):
+        runner.chunks(w, noise[:, :4])
+
+
+def test_the_noise_scale_is_a_deploy_time_setting(base):
+    """0 with DDIM: one chunk per observation, whatever the draw; 1: the trained spread; out of
+    range, or given to a kind that samples no noise, refused in one sentence."""
+    rng = np.random.default_rng(0)
+    w = {k: v[None] for k, v in window(rng).items() if k != "t"}
+    typical = load_policy(base, noise_scale=0.0)
+    assert typical.noise_scale == 0.0  # a float 0 is a setting, not "the checkpoint's"
+    assert np.array_equal(typical.chunks(w), typical.chunks(w))
+    sampled = load_policy(base)
+    assert sampled.noise_scale == 1.0 and not np.allclose(sampled.chunks(w), sampled.chunks(w))
+    half = load_policy(base, noise_scale=0.5)
+    spread = [np.std([r.chunks(w) for _ in range(8)], axis=0).mean() for r in (half, sampled)]
+    assert spread[0] < spread[1]
+    with pytest.raises(PolicyError, match="noise_scale must be between 0 and 2"):
+        load_policy(base, noise_scale=-0.5)
+    sampled.set_sampling(noise_scale=0.0)  # the policy server's live parameter change
+    assert np.array_equal(sampled.chunks(w), typical.chunks(w))
+
+
+def test_a_zero_initialized_residual_is_the_base_exactly(base, tmp_path):
+    model = residual_model()
+    ck = model.save(tmp_path / "res", base)
+    runner, plain = load_policy(ck), load_policy(base)
+    assert read_checkpoint(ck).kind == "residual"
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        w = window(rng)
+        chunk = runner.act(w)
+        assert np.array_equal(chunk, plain.act(w))
+        newest = {k: w[f"obs/{k}"][-1] for k in KEYS}
+        for a in chunk:
+            assert np.array_equal(runner.correct(a, newest), a)
+
+
+def test_the_correction_never_leaves_its_bound_whatever_the_weights():
+    rng = np.random.default_rng(2)
+    for seed in range(5):
+        model = residual_model(seed, scale=0.02)
+        with torch.no_grad():
+            for p in model.actor.parameters():
+                p.normal_(0, 10.0)   # a residual gone wild
+        net = NumpyResidual(model)
+        x = rng.normal(0, 100, (200, 23))
+        a = rng.normal(0, 1, (200, 7))
+        corr = np.stack([net(s, b) for s, b in zip(x, a)])
+        assert np.abs(corr).max() <= 0.02 + 1e-12
+        assert np.abs(corr).max() > 0.019   # it does reach the bound: the clip is what holds it
+        with torch.no_grad():  # torch's sampled corrections, as PPO explores, are bounded alike
+            u = model.dist(model.inputs(torch.as_tensor(x, dtype=torch.float32),
+                                        torch.as_tensor(a, dtype=torch.float32))).sample()
+            assert float(model.correction(u).abs().max()) <= 0.02 + 1e-7
+        # and the numpy tick path computes what torch does
+        with torch.no_grad():
+            want = model.correction(model.actor(model.inputs(torch.as_tensor(x[:5], dtype=torch.float32),
+                                                             torch.as_tensor(a[:5], dtype=torch.float32))))
+        np.testing.assert_allclose(corr[:5], want.numpy(), atol=1e-5)
+
+
+def test_the_server_applies_the_correction_every_tick_on_the_newest_observation(base, tmp_path):
+    model = residual_model()
+    with torch.no_grad():
+        model.actor[-1].bias.fill_(0.5)   # a constant correction: half the bound on every action
+    ck = model.save(tmp_path / "res", base)
+    runner = load_policy(ck)
+    clock = {"t": 0.0}
+    core = PolicyServerCore(runner, ServerConfig(blend="replace", interpolate=False), lambda: clock["t"],
+                            log=lambda m: None)
+    plain = PolicyServerCore(load_policy(base), ServerConfig(blend="replace", interpolate=False),
+                             lambda: clock["t"], log=lambda m: None)
+    rng = np.random.default_rng(3)
+    for c in (core, plain):
+        c.resume()
+    for k in range(3):
+        clock["t"] = t = 0.1 * k
+        for stream, d in (("ee_pose", 7), ("gripper_state", 2), ("cube_pose", 7), ("target_pose", 7)):
+            arr = {"data" if stream != "gripper_state" else "position": rng.uniform(-1, 1, d)}
+            for c in (core, plain):
+                c.add_sample(stream, t, arr)
+    for c in (core, plain):
+        assert c.infer_once()
+    got, want = core.tick(clock["t"]), plain.tick(clock["t"])
+    np.testing.assert_allclose(got - want, 0.005, atol=1e-9)
+    clock["t"] += 5.0   # the observations are now stale: the correction cannot be made, so it holds
+    assert core._corrected(want, clock["t"]) is None
+
+
+def test_a_checkpoint_refuses_a_base_that_changed_and_names_a_missing_one(base, tmp_path):
+    own_base = Path(shutil.copytree(base, tmp_path / "base"))
+    ck = residual_model().save(tmp_path / "res", own_base)
+    load_policy(ck)
+    meta = json.loads((own_base / "config.json").read_text())
+    meta["config"]["inference_steps"] = 3     # "just a deploy setting", yet not what it was trained on
+    (own_base / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match="has changed since") as e:
+        load_policy(ck)
+    assert "retrain it on the base you have, or put back the base it was trained on" in str(e.value)
+    shutil.rmtree(own_base)
+    with pytest.raises(PolicyError, match="which is not a checkpoint here"):
+        load_policy(ck)
+
+
+def test_dsrl_and_residual_train_resume_and_deploy_as_any_kind(base, tmp_path):
+    from robot_learning.evaluate import evaluate_env
+    from robot_learning.train.residual import ResidualTrainConfig, train_residual
+    from robot_learning.train.sac import DsrlTrainConfig, train_sac
+
+    run = train_residual(ResidualTrainConfig(base=str(base), envs=2, steps=32, rollout=8, eval_every=16,
+                                             eval_episodes=2, max_episode_steps=12, video=False,
+                                             out=str(tmp_path), threads=1), progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in rows if "eval_success" in r] == [0, 16, 32]
+    assert (run / "curves.png").is_file()
+    run = train_residual(ResidualTrainConfig(resume=str(run), steps=48), progress=False)
+    assert read_checkpoint(run / "checkpoints" / "last").raw["env_steps"] == 48
+    r = evaluate_env(run / "checkpoints" / "last", 1, max_steps=12)   # through the server's engine
+    assert r["task"] == "pick_place" and r["episodes"][0]["steps"] == 12
+
+    dsrl = train_sac(DsrlTrainConfig(base=str(base), steps=12, start_steps=4, learning_starts=4, batch_size=4,
+                                     eval_every=6, eval_episodes=1, max_episode_steps=12, video=False,
+                                     hidden=[16, 16], out=str(tmp_path), threads=1), progress=False)
+    meta = read_checkpoint(dsrl / "checkpoints" / "last")
+    assert meta.kind == "dsrl" and len(meta.config["action_low"]) == 8 * 7
+    policy = load_policy(dsrl / "checkpoints" / "last")
+    rng = np.random.default_rng(4)
+    w = window(rng)
+    assert np.array_equal(policy.act(w), policy.act(w))   # the noise is the agent's, not a draw
+    r = evaluate_env(dsrl / "checkpoints" / "last", 1, max_steps=12)
+    assert r["episodes"][0]["steps"] == 12
+
+
+def test_envs_driven_by_a_pose_base_track_its_plans_as_the_server_does(tmp_path):
+    from robot_learning.config import load_robot
+    from robot_learning.control.kinematics import Kinematics
+    from robot_learning.policies.untrained import untrained_pose_policy
+    from robot_learning.rl.base_envs import BaseDrivenEnvs
+    from robot_learning.transforms import wxyz_to_xyzw
+
+    robot = load_robot()
+    pos, quat = Kinematics(robot).fk(robot.home)
+    center = np.r_[pos + [0.03, 0.0, 0.0], wxyz_to_xyzw(quat)]
+    base = load_policy(save_untrained(tmp_path / "pose", untrained_pose_policy(center, 0.005)))
+    envs = BaseDrivenEnvs(base, "pick_place", 2, ["ee_pose.data"], max_steps=40)
+    envs.reset(0)
+    start = envs.obs["ee_pose.data"][:, :3].copy()
+    for _ in range(30):
+        a = envs.base_actions()
+        assert a.shape == (2, 8)
+        cmd = envs.commands(a)
+        assert cmd.shape == (2, 7) and np.all(np.isfinite(cmd))
+        envs.step(a)
+    envs.close()
+    # both arms went where the plans lie (3 cm along x from home), as the server's tracking takes them
+    assert np.all(np.linalg.norm(envs.obs["ee_pose.data"][:, :3] - center[:3], axis=1) < 0.01)
+    assert np.all(np.linalg.norm(start - center[:3], axis=1) > 0.02)
