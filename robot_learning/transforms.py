@@ -86,11 +86,13 @@ def yaw_of(q: np.ndarray) -> float:
 
 
 def wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
-    return np.array([q[1], q[2], q[3], q[0]])
+    """One quaternion or an array of them along the last axis."""
+    return np.asarray(q, dtype=float)[..., [1, 2, 3, 0]]
 
 
 def xyzw_to_wxyz(q: np.ndarray) -> np.ndarray:
-    return np.array([q[3], q[0], q[1], q[2]])
+    """One quaternion or an array of them along the last axis."""
+    return np.asarray(q, dtype=float)[..., [3, 0, 1, 2]]
 
 
 # A ROS optical frame (z forward, x right, y down) and a MuJoCo camera frame (looks down -z,

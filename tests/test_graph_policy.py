@@ -162,11 +162,31 @@ def test_sampling_is_set_at_deploy_time_and_bad_settings_are_refused(deploy):
     assert set_param(client, "noise_scale", -1.0)[0]
 
 
-def make_pose_checkpoint(path: Path, center: np.ndarray, half_width: float = 0.01) -> Path:
+def make_pose_checkpoint(path: Path, center: np.ndarray, half_width: float = 0.01, gripper: float = 0.0) -> Path:
     """An untrained ``tcp_pose`` policy whose actions all land within ``half_width`` of ``center``."""
     from robot_learning.policies.untrained import save_untrained, untrained_pose_policy
 
-    return save_untrained(path, untrained_pose_policy(center, half_width))
+    return save_untrained(path, untrained_pose_policy(center, half_width, gripper=gripper))
+
+
+def test_each_evaluation_episode_starts_with_the_gripper_open(tmp_path):
+    """A policy that ends an episode with the gripper closed must not close it again at the
+    start of the next: once paused, its plans keep it the mux's source for a while, but its
+    last gripper command goes stale (this sank every episode after a failed one)."""
+    from robot_learning.config import load_robot
+    from robot_learning.control.kinematics import Kinematics
+    from robot_learning.evaluate import evaluate_graph
+    from robot_learning.transforms import wxyz_to_xyzw
+
+    robot = load_robot()
+    home, quat = Kinematics(robot).fk(robot.home)
+    ckpt = make_pose_checkpoint(tmp_path / "ckpt", np.r_[home + [0.05, 0.0, -0.05], wxyz_to_xyzw(quat)], gripper=1.0)
+    evaluate_graph(ckpt, "pick_place", 3, tmp_path / "eval", tmp_path / "eval.log", episode_timeout=3.0,
+                   progress=False, state_rate=100.0)
+    for i in range(3):
+        traj = np.load(tmp_path / "eval" / f"episode_{i:03d}" / "episode.npz")["trajectory"]
+        assert traj[0, 4] > 0.07, f"episode {i} started with the fingers {traj[0, 4] * 1000:.0f} mm apart"
+        assert traj[-1, 4] < 0.02   # and the policy closed them
 
 
 def test_a_pose_policy_reaches_the_arm_as_timed_plans(deploy, tmp_path):

@@ -258,3 +258,44 @@ def test_a_diffusion_policy_executes_action_horizon_actions_of_each_chunk(action
                                               down_dims=[16, 32], inference_steps=2))
     obs = {"obs/joint_states.position": np.zeros((2, 9), np.float32)}
     assert runner.act(obs).shape == (action_horizon, 7)
+
+
+class GoToPosePolicy:
+    """A tcp_pose policy that plans straight toward ``goal`` (2 cm per step) and closes the
+    gripper; it remembers the newest TCP and finger opening it observed."""
+
+    def __init__(self, goal):
+        self.goal = np.asarray(goal, float)
+        lo, hi = np.r_[-1, -1, -1, -1, -1, -1, -1, 0.0], np.r_[1, 1, 1, 1, 1, 1, 1, 1.0]
+        self.spec = PolicySpec(["ee_pose.data", "gripper_state.position"], [], None, 1, DT, 8, lo, hi,
+                               task="pick_place", action_kind="tcp_pose")
+        self.seen: list[tuple[np.ndarray, float]] = []
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs):
+        pose = obs["obs/ee_pose.data"][-1]
+        self.seen.append((pose[:3].copy(), float(obs["obs/gripper_state.position"][-1].sum())))
+        step = self.goal - pose[:3]
+        k = np.arange(1, 9)[:, None]
+        pos = pose[:3] + step * np.minimum(1.0, 0.02 * k / max(np.linalg.norm(step), 1e-9))
+        return np.hstack([pos, np.tile(pose[3:7], (8, 1)), np.ones((8, 1))])
+
+
+@pytest.mark.parametrize("plans", [True, False])
+def test_env_rollout_drives_a_pose_policy_the_way_the_server_does(plans):
+    """Env evaluations of a tcp_pose policy use the server's plans (its default) or its twists
+    (plans:=false): either way the arm reaches the planned pose and the gripper closes."""
+    from robot_learning.data.schema import load_recipe
+    from robot_learning.paths import project_root
+    from robot_learning.train.rollout import rollout
+
+    recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
+    home = np.array([0.307, 0.0, 0.487])
+    policy = GoToPosePolicy(home + [0.1, 0.08, -0.12])
+    rollout(policy, recipe, "pick_place", [0], max_steps=40, plans=plans)
+    (tcp, opening), start = policy.seen[-1], policy.seen[0][0]
+    assert np.linalg.norm(start - home) < 0.01
+    assert np.linalg.norm(tcp - policy.goal) < 0.01, (tcp, policy.goal)
+    assert opening < 0.01   # closed (the fingers are 0.08 apart at the start)

@@ -173,3 +173,21 @@ def test_mux_with_a_plan_driven_policy_sends_no_twist_and_counts_the_takeover():
     mux2 = CommandMux()
     mux2.set_policy_plan(0.0)
     assert mux2.step(0.5).source == "policy" and mux2.step(2.0).source == "hold"  # a plan ages out
+
+
+def test_a_stopped_plan_policy_s_gripper_is_not_sent_on():
+    """A paused policy's plan keeps it the source for policy_alive, but its last gripper
+    command goes stale like a twist: the mux must not keep closing the gripper after the sim
+    (or an operator) has opened it for the next episode."""
+    mux = CommandMux()
+    for k in range(100):
+        t = k * 0.01
+        if k % 40 == 0:
+            mux.set_policy_plan(t)
+        mux.set_policy(None, 1.0, t)   # closed, while running
+        assert mux.step(t).gripper is not None
+    t_last = 0.99
+    late = [(t, mux.step(t)) for t in t_last + 0.01 * np.arange(1, 60)]
+    assert all(o.source == "policy" for _, o in late)   # the plan is still fresh...
+    stale = [o.gripper for t, o in late if t > t_last + mux.cfg.command_timeout + 1e-6]
+    assert stale and all(g is None for g in stale), stale   # ...its gripper command is not

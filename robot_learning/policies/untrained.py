@@ -30,9 +30,10 @@ def untrained_policy(obs_dims: dict[str, int], image_shapes: dict | None = None,
     return DiffusionPolicy(dcfg, Normalizer(stats))
 
 
-def untrained_pose_policy(center, half_width: float = 0.01, **cfg):
+def untrained_pose_policy(center, half_width: float = 0.01, gripper: float = 0.0, **cfg):
     """An untrained ``tcp_pose`` policy: every action lands within ``half_width`` of ``center``
-    (x y z qx qy qz qw, base frame), gripper open, so its plans are valid wherever it samples."""
+    (x y z qx qy qz qw, base frame), so its plans are valid wherever it samples; the gripper
+    command within 0.01 of ``gripper`` (0: open, 1: closed)."""
     import numpy as np
     import torch
 
@@ -43,7 +44,8 @@ def untrained_pose_policy(center, half_width: float = 0.01, **cfg):
     center = np.asarray(center, float)
     obs = {"ee_pose.data": 7, "gripper_state.position": 2}
     stats = {k: {"min": [-1.0] * d, "max": [1.0] * d} for k, d in obs.items()}
-    stats["action"] = {"min": [*(center - half_width), 0.0], "max": [*(center + half_width), 0.01]}
+    g = min(max(gripper, 0.0), 0.99)
+    stats["action"] = {"min": [*(center - half_width), g], "max": [*(center + half_width), g + 0.01]}
     config = dict(pred_horizon=16, action_horizon=8, down_dims=[16, 32], inference_steps=4, task="pick_place")
     config.update(cfg)
     return DiffusionPolicy(DiffusionConfig(obs_dims=obs, action_dim=8, action_kind="tcp_pose", **config),

@@ -95,9 +95,12 @@ class CommandMux:
         src = self.source(now)
         if src == "policy" and not self._fresh(self.policy_twist, now, cfg.command_timeout):
             self.out_twist = np.zeros(6)  # the plan drives the arm: no twist to slew, none to send
+            # the plan keeps the policy in control for a while after its last message; its
+            # gripper command does not: a paused policy's last "closed" must not reach the next episode
             grip = self.policy_gripper
-            if grip is not None:
-                self.out_gripper = self._slew_gripper(float(grip.value), dt)
+            if not self._fresh(grip, now, cfg.command_timeout):
+                return MuxOutput(self.out_twist.copy(), None, src, False, False)
+            self.out_gripper = self._slew_gripper(float(grip.value), dt)
             return MuxOutput(self.out_twist.copy(), self.out_gripper, src, False, False)
         if src == "teleop":
             cmd, grip = self.teleop_twist, self.teleop_gripper

@@ -4,6 +4,8 @@ Observations are the sim's topic values keyed like the recorded streams
 (``sim.topics``), fed to ``PolicyServerCore`` with the sim's time; what the server's timer
 sends passes the command mux, as on the graph. So env success rates measure the policy as it
 is deployed (same alignment, chunking, blending and smoothing), minus DDS and real latency.
+A ``tcp_pose`` policy's chunks reach the arm as timed TCP plans, as the policy server sends
+them by default (``plans``), with the gripper's due value as a plain stream beside them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class RolloutResult:
 
 def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: str = "ensemble",
             replan_every: int = 4, record_video: int = 0, progress: bool = False,
-            control_hz: float = 100.0, latency: float = 0.0, max_steps: int = 0) -> list[RolloutResult]:
+            control_hz: float = 100.0, latency: float = 0.0, max_steps: int = 0,
+            plans: bool = True) -> list[RolloutResult]:
     """One episode per seed; the first ``record_video`` episodes keep front-camera frames.
     ``max_steps``: policy steps before an episode counts as failed (0: the task's limit; a
     smaller one gives a quick look during training).
@@ -39,11 +42,16 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
     As on the graph: observations arrive and the server's timer ticks at ``control_hz``, the
     due action (a zero twist when starved) goes through the command mux (bounded acceleration)
     to the arm controller. Each chunk reaches the server ``latency`` seconds of sim time after
-    its observations (what inference takes on the robot's computer), while the arm runs on."""
+    its observations (what inference takes on the robot's computer), while the arm runs on.
+    ``plans``: a ``tcp_pose`` policy's chunks go to the arm as timed plans (the policy server's
+    default); False: each tick's pose becomes a twist (its ``plans:=false``)."""
+    from robot_learning.control.safety import CommandRejected
     from robot_learning.sim.env import WorkcellEnv
     from robot_learning.teleop.mux import CommandMux
+    from robot_learning.transforms import xyzw_to_wxyz
 
     s = policy.spec
+    plans = plans and s.action_kind == "tcp_pose"
     streams = {name: recipe.streams[name].topic for name in
                sorted({k.split(".", 1)[0] for k in s.obs_keys} | set(s.image_keys))}
     env = WorkcellEnv(task, control_hz=1.0 / s.dt)
@@ -70,6 +78,7 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
             mux = CommandMux()
             frames, success, steps, t_action, t_ok = [], False, 0, -np.inf, None
             pending = None  # (due time, chunk) of the inference in flight
+            version = 0     # of the newest plan sent
             t0 = cell.time
             while steps < limit or t_ok is not None:  # as the graph's evaluator:
                 # success first seen, then judged again SUCCESS_SETTLE_S later
@@ -89,8 +98,19 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
                     if pending is not None and t >= pending[0] - 1e-9:
                         core.deliver(*pending[1])
                         pending = None
-                    a = core.tick(t)
-                    if a is not None:
+                    if plans:
+                        if (plan := core.plan(t, version)) is not None:
+                            version, offsets, acts = plan
+                            try:  # a refused plan (outside the box) is not executed, as on the arm
+                                cell.controller.command_tcp_plan(offsets, acts[:, :3], xyzw_to_wxyz(acts[:, 3:7]),
+                                                                 cell.time, start=cell.time)
+                            except CommandRejected:
+                                pass
+                            mux.set_policy_plan(t)
+                        a = core.due_action(t)
+                        if a is not None and len(a) > 7:
+                            mux.set_policy(None, float(a[7]), t)
+                    elif (a := core.tick(t)) is not None:
                         t_action = t
                         mux.set_policy(a[:6], float(a[6]), t)
                     elif t - t_action < HOLD_TWIST_S:  # the server's hold: zero twist, then quiet
