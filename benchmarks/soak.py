@@ -49,13 +49,21 @@ def _processes(root: int) -> dict[int, str]:
     return out
 
 
+PRIVATE = " (private)"
+
+
 def _rss(pids: dict[int, str]) -> dict[str, float]:
+    """RSS of each process in MiB, and beside it (``name (private)``) its anonymous memory, the
+    RSS less shared and file pages: a leak grows the private part, while the resident pages of
+    DDS's shared-memory segments (sized by the transport's configuration, touched as a stalled
+    process drains a burst) count in RSS only."""
     out = {}
     for pid, name in pids.items():
         try:
-            out[name] = psutil.Process(pid).memory_info().rss / 2**20
+            m = psutil.Process(pid).memory_info()
+            out[name], out[name + PRIVATE] = m.rss / 2**20, (m.rss - m.shared) / 2**20
         except psutil.Error:
-            out[name] = float("nan")  # it died: the report shows it
+            out[name] = out[name + PRIVATE] = float("nan")  # it died: the report shows it
     return out
 
 
@@ -217,7 +225,7 @@ def _plot(memory, after_episode, backlog, t0: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=(3, 1))
-    for name in sorted(memory[0][1]):
+    for name in sorted(n for n in memory[0][1] if not n.endswith(PRIVATE)):
         line, = ax.plot([t / 60 for t, _ in memory], [m[name] for _, m in memory], label=name)
         ax.plot([t / 60 for t, _ in after_episode], [m[name] for _, m in after_episode], "o",
                 color=line.get_color())
@@ -255,7 +263,10 @@ def section(minutes: float, workdir: Path, client) -> list[str]:
         "|---|---|---|---|---|", *rows,
         "\nRSS is compared right after an episode was finished, the first after warm-up against the last, and "
         "by the straight line through every episode's end after warm-up (the trend; the whole curve: "
-        f"`{PLOT}`). The recorder's write backlog peaked at {r['backlog_max']} messages.\n",
+        f"`{PLOT}`); a process's \"(private)\" row is its RSS less shared and file pages (where a leak "
+        "would grow; DDS's shared-memory segments are resident in RSS only as far as bursts have touched "
+        f"them, up to their configured size). The recorder's write backlog peaked at {r['backlog_max']} "
+        "messages.\n",
         "Messages a subscriber in the same run received (with the recorder's QoS) inside the recorded "
         "episodes, against what the recorder stored:\n",
         "| stream | stored by the recorder | received by the subscriber, not stored (goal 0) "

@@ -3,6 +3,8 @@ load to the same outputs and refuse a mismatched spec."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,45 @@ def test_mismatched_spec_and_foreign_files_are_refused(store, tmp_path):  # noqa
     (tmp_path / "junk" / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(PolicyError, match="needs config.json and model.safetensors"):
         load_checkpoint(tmp_path / "junk")
+
+
+def test_actions_relative_to_the_tcp_cover_every_window_and_come_back_absolute(store, tmp_path):  # noqa: F811
+    """``action_origin``: the network's actions are positions relative to the newest observed
+    pose. Their normalizer range is every window's (not only each step's own action), and what
+    the policy returns is absolute again, with absolute bounds for the server's check."""
+    from robot_learning.policies.diffusion import DiffusionRunner
+
+    key = "joint_states.position"
+    spec = WindowSpec(obs_horizon=2, pred_horizon=8, obs_keys=(key,), zero_pad_dims=())
+    s = WindowSampler(Dataset(store), spec)
+    rel = s.window_actions(key).reshape(len(s), 8, -1)
+    for i in (0, 5, len(s) - 1):
+        w = s[i]
+        want = w["action"].copy()
+        want[:, :3] -= w[f"obs/{key}"][-1, :3]
+        assert np.allclose(rel[i], want, atol=1e-6)
+    norm = Normalizer()
+    norm.fit(key, s.all_obs(key))
+    norm.fit("action", s.window_actions(key))
+    norm.fit("action_bounds", s.all_actions())
+    cfg = DiffusionConfig(obs_dims={key: 9}, action_dim=7, obs_horizon=2, pred_horizon=8, down_dims=[16, 32],
+                          train_timesteps=20, inference_steps=4, action_origin=key)
+    policy = DiffusionPolicy(cfg, norm)
+    b = batch(s, [3, 4])
+    a = policy.predict(b, generator=torch.Generator().manual_seed(1), noise_scale=0.0)
+    relative = (a - policy._origin(b)).numpy().reshape(-1, 7)   # within the windows' relative range
+    lo_r, hi_r = rel.reshape(-1, 7).min(0), rel.reshape(-1, 7).max(0)
+    varied = hi_r - lo_r > 1e-3   # (a constant dimension is normalized with a unit span)
+    assert np.all(relative[:, varied] >= lo_r[varied] - 1e-3) and np.all(relative[:, varied] <= hi_r[varied] + 1e-3)
+    assert not np.allclose(a.numpy()[..., :3], relative.reshape(a.shape)[..., :3])   # and absolute again
+    runner = DiffusionRunner(policy)
+    lo, hi = s.all_actions().min(0), s.all_actions().max(0)
+    assert np.all(runner.spec.action_low < lo) and np.all(runner.spec.action_high > hi)   # absolute bounds
+    path = save_checkpoint(policy.eval(), tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(path)
+    assert torch.allclose(a, loaded.predict(b, generator=torch.Generator().manual_seed(1), noise_scale=0.0))
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"]["action_origin"] = "cube_pose.data"   # not observed
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match="action_origin 'cube_pose.data' must be an observed pose"):
+        load_checkpoint(path)

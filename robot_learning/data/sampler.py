@@ -87,5 +87,20 @@ class WindowSampler:
     def all_actions(self) -> np.ndarray:
         return np.concatenate([e["action"] for e in self.episodes])
 
+    def window_actions(self, origin: str) -> np.ndarray:
+        """Every window's actions [windows * pred_horizon, A] with the first three values taken
+        relative to observation ``origin``'s position at the window's newest step: the range a
+        policy predicting relative positions must normalize (actions up to pred_horizon steps
+        ahead lie farther from the TCP than the step's own action)."""
+        to, tp = self.spec.obs_horizon, self.spec.pred_horizon
+        out = []
+        for ep in self.episodes:
+            n = ep["n"]
+            rows = np.clip(np.arange(n)[:, None] + np.arange(tp)[None, :] - to + 1, 0, n - 1)
+            a = ep["action"][rows].copy()                       # [n, tp, A] (absolute dims held at the ends)
+            a[..., :3] -= ep["obs"][origin][:, None, :3]
+            out.append(a.reshape(-1, a.shape[-1]))
+        return np.concatenate(out)
+
     def all_obs(self, key: str) -> np.ndarray:
         return np.concatenate([e["obs"][key] for e in self.episodes])

@@ -107,6 +107,7 @@ CONFIG_SCHEMA: dict[str, Rule] = {
     "dt": (False, "a number > 0", lambda v: _real(v) and v > 0),
     "task": (False, "a string", lambda v: isinstance(v, str)),
     "action_kind": (False, "one of " + ", ".join(ACTION_KINDS), lambda v: isinstance(v, str) and v in ACTION_KINDS),
+    "action_origin": (False, "an observation key (a pose) or empty", lambda v: isinstance(v, str)),
 }
 
 
@@ -146,12 +147,18 @@ def _consistency_problems(cfg: dict, stats: dict) -> list[str]:
     surface as a broadcasting or key error at the first inference, on the robot."""
     problems = [f"config.relative pairs '{a}' with '{b}', but only {', '.join(cfg['obs_dims'])} are observed"
                 for a, b in cfg.get("relative", []) if a not in cfg["obs_dims"] or b not in cfg["obs_dims"]]
+    origin = cfg.get("action_origin", "")
+    if origin and (cfg["obs_dims"].get(origin, 0) < 3 or cfg["action_dim"] < 3):
+        problems.append(f"config.action_origin '{origin}' must be an observed pose (at least 3 values), "
+                        f"and the actions at least 3 values")
     if cfg.get("inference_steps", 1) > cfg.get("train_timesteps", math.inf):
         problems.append(f"config.inference_steps {cfg['inference_steps']} exceeds config.train_timesteps "
                         f"{cfg['train_timesteps']}")
     sizes = dict(cfg["obs_dims"])
     sizes.update({f"{a}-{b}": 3 for a, b in cfg.get("relative", [])})   # policies.diffusion.relative_key
     sizes["action"] = cfg["action_dim"]
+    if origin:   # the absolute actions' range (the network's are relative to the origin)
+        sizes["action_bounds"] = cfg["action_dim"]
     for key in sizes:
         if key not in stats:
             problems.append(f"normalizer has no min/max stats for '{key}'")

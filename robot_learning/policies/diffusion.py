@@ -40,6 +40,11 @@ class DiffusionConfig:
     dt: float = 0.1                                # seconds between policy steps (the dataset's step rate)
     task: str = ""                                 # what it was trained on (env rollouts, reports)
     action_kind: str = "twist"                     # twist or tcp_pose (runtime.actions)
+    # an observed pose key: the network predicts the action's position (its first three values)
+    # relative to that pose's newest position, and adding it back gives the action. A briefly
+    # trained policy with absolute targets shrinks them toward the data's mean (2-3 cm off at
+    # the grasp); "cube minus TCP" needs no such regression. Empty: absolute actions.
+    action_origin: str = ""
 
     def spec(self) -> dict:
         """What a checkpoint expects of its inputs and outputs (checked when it is loaded)."""
@@ -103,9 +108,23 @@ class DiffusionPolicy(nn.Module):
         """The training loss (what DistributedDataParallel wraps)."""
         return self.loss(batch)
 
+    def _origin(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """[B, 1, action_dim]: what is subtracted from absolute actions (``action_origin``'s
+        newest position in the first three dims), or None for absolute actions."""
+        if not self.cfg.action_origin:
+            return None
+        pos = batch[f"obs/{self.cfg.action_origin}"][:, -1, :3].float()
+        return F.pad(pos, (0, self.cfg.action_dim - 3))[:, None, :]
+
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The absolute actions' range in the training data (the server refuses chunks well outside it)."""
+        s = self.normalizer.stats.get("action_bounds" if self.cfg.action_origin else "action")
+        return np.asarray(s["min"], np.float64), np.asarray(s["max"], np.float64)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cond = self.encode(batch, train=True)
-        action = self.normalizer.normalize("action", batch["action"])
+        origin = self._origin(batch)
+        action = self.normalizer.normalize("action", batch["action"] if origin is None else batch["action"] - origin)
         noise = torch.randn_like(action)
         k = torch.randint(0, self.cfg.train_timesteps, (action.shape[0],), device=action.device)
         noisy = self.train_scheduler.add_noise(action, noise, k)
@@ -138,7 +157,9 @@ class DiffusionPolicy(nn.Module):
         for k in sched.timesteps:
             eps = self.net(x, k.to(cond.device).expand(x.shape[0]), cond)
             x = sched.step(eps, k, x).prev_sample
-        return self.normalizer.unnormalize("action", x)
+        origin = self._origin(batch)
+        out = self.normalizer.unnormalize("action", x)
+        return out if origin is None else out + origin
 
 
 class DiffusionRunner:
@@ -153,8 +174,7 @@ class DiffusionRunner:
         cfg = policy.cfg
         self.set_sampling(sampler, inference_steps, noise_scale)
         self.horizon = min(horizon or cfg.action_horizon, cfg.pred_horizon - cfg.obs_horizon + 1)
-        lo = np.asarray(policy.normalizer.stats["action"]["min"], np.float64)
-        hi = np.asarray(policy.normalizer.stats["action"]["max"], np.float64)
+        lo, hi = policy.action_bounds()
         margin = 0.1 * np.maximum(hi - lo, 1e-3)   # sampling may overshoot the data a little, not more
         image_size = None
         if cfg.image_shapes:

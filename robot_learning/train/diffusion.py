@@ -42,6 +42,7 @@ class TrainConfig:
     images: list[str] = field(default_factory=list)      # camera streams
     relative: list[str] = field(default_factory=list)    # "a-b": also observe position a minus position b
     action: str = "twist"                                 # twist (as recorded) or tcp_pose (runtime.actions)
+    action_origin: str = ""                               # tcp_pose positions relative to this pose obs
     image_size: list[int] = field(default_factory=lambda: [96, 96])
     obs_horizon: int = 2
     pred_horizon: int = 16
@@ -101,6 +102,9 @@ def _check_action(cfg: TrainConfig, recipe, obs_keys: list[str]) -> None:
         check_action_kind(cfg.action)
     except ValueError as e:
         raise SystemExit(f"train: --action: {e}") from None
+    if cfg.action_origin and (cfg.action != "tcp_pose" or cfg.action_origin not in obs_keys):
+        raise SystemExit(f"train: --action-origin {cfg.action_origin} needs --action tcp_pose and "
+                         f"{cfg.action_origin} among --obs")
     if cfg.action != "tcp_pose":
         return
     if TCP_POSE_KEY not in obs_keys:
@@ -267,7 +271,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             normalizer.fit(k, train_set.all_obs(k))
         for a, b in pairs:
             normalizer.fit(relative_key(a, b), train_set.all_obs(a)[:, :3] - train_set.all_obs(b)[:, :3])
-        normalizer.fit("action", train_set.all_actions())
+        if cfg.action_origin:
+            normalizer.fit("action", train_set.window_actions(cfg.action_origin))
+            normalizer.fit("action_bounds", train_set.all_actions())
+        else:
+            normalizer.fit("action", train_set.all_actions())
     sample = train_set[0]
     image_shapes = {}
     for cam in cfg.images:
@@ -279,7 +287,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
                            relative=[list(p) for p in pairs],
                            inference_steps=cfg.inference_steps, dt=1.0 / rate, task=task,
-                           action_kind=cfg.action)
+                           action_kind=cfg.action, action_origin=cfg.action_origin)
     model = DiffusionPolicy(dcfg, normalizer).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

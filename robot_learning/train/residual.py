@@ -170,8 +170,7 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
         start, best = int(meta["env_steps"]), meta.get("best", best)
         model.train()
     else:
-        lo = np.asarray(base.policy.normalizer.stats["action"]["min"], np.float64)
-        hi = np.asarray(base.policy.normalizer.stats["action"]["max"], np.float64)
+        lo, hi = base.policy.action_bounds()
         scale = cfg.scale * np.maximum((hi - lo) / 2, 1e-3)
         states = []
         for _ in range(WARMUP_STEPS):  # the base alone, for the input normalization
