@@ -38,9 +38,9 @@ class DemoPlan:
     batch_size: int = 128
     down_dims: tuple[int, ...] = (32, 64, 128)  # half the default widths: 4000 steps fit the budget on 2 cores
     lr: float = 1e-3
-    # training's own evaluations: a failing rollout runs to its step limit, and at 1000-step
-    # intervals they took about a quarter of the training budget
-    eval_every: int = 2500
+    # training's own evaluation, once at the end (the checkpoint deployed): a failing rollout
+    # runs to its step limit, and at 1000-step intervals they took a quarter of the budget
+    eval_every: int = 20000
     train_eval_episodes: int = 5
     train_eval_max_steps: int = 150  # policy steps per training-time rollout (the expert needs about 90)
     eval_episodes: int = 10
