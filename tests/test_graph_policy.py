@@ -181,12 +181,12 @@ def test_each_evaluation_episode_starts_with_the_gripper_open(tmp_path):
     robot = load_robot()
     home, quat = Kinematics(robot).fk(robot.home)
     ckpt = make_pose_checkpoint(tmp_path / "ckpt", np.r_[home + [0.05, 0.0, -0.05], wxyz_to_xyzw(quat)], gripper=1.0)
-    evaluate_graph(ckpt, "pick_place", 3, tmp_path / "eval", tmp_path / "eval.log", episode_timeout=3.0,
+    evaluate_graph(ckpt, "pick_place", 3, tmp_path / "eval", tmp_path / "eval.log", episode_timeout=5.0,
                    progress=False, state_rate=100.0)
     for i in range(3):
         traj = np.load(tmp_path / "eval" / f"episode_{i:03d}" / "episode.npz")["trajectory"]
         assert traj[0, 4] > 0.07, f"episode {i} started with the fingers {traj[0, 4] * 1000:.0f} mm apart"
-        assert traj[-1, 4] < 0.02   # and the policy closed them
+        assert traj[:, 4].min() < 0.02   # and the policy closed them during the episode
 
 
 def test_a_pose_policy_reaches_the_arm_as_timed_plans(deploy, tmp_path):
