@@ -186,7 +186,7 @@ def test_each_evaluation_episode_starts_with_the_gripper_open(tmp_path):
     for i in range(3):
         traj = np.load(tmp_path / "eval" / f"episode_{i:03d}" / "episode.npz")["trajectory"]
         assert traj[0, 4] > 0.07, f"episode {i} started with the fingers {traj[0, 4] * 1000:.0f} mm apart"
-        assert traj[:, 4].min() < 0.02   # and the policy closed them during the episode
+        assert traj[:, 4].min() < 0.06   # and the policy closed them (on the cube, 44 mm, or on nothing)
 
 
 def test_a_pose_policy_reaches_the_arm_as_timed_plans(deploy, tmp_path):
