@@ -39,7 +39,7 @@ from robot_learning.control.ros2_control import SILENT_S, CommandOutput, JointSt
 from robot_learning.description import urdf
 from robot_learning_ros.arm_interface import ArmInterface
 from robot_learning_ros.msgs import COMMAND_QOS, LATEST_QOS, from_stamp, to_sec_ns
-from robot_learning_ros.runtime import BackgroundSpin, lenient_params
+from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params
 
 BACKENDS = ("ros2_control",)
 
@@ -198,7 +198,7 @@ class ArmNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
+    init_ros(args=args)
     node = ArmNode()
     spin = BackgroundSpin(node)
     stop = threading.Event()

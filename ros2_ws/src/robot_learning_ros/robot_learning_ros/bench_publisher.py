@@ -19,7 +19,7 @@ from sensor_msgs.msg import Image, JointState
 
 from robot_learning.sim.footage import render_frames
 from robot_learning_ros.msgs import SENSOR_QOS, STATE_QOS, image_msg, joint_state_msg
-from robot_learning_ros.runtime import lenient_params, use_headless_gl
+from robot_learning_ros.runtime import init_ros, lenient_params, use_headless_gl
 
 
 class BenchPublisher(Node):
@@ -82,7 +82,7 @@ class BenchPublisher(Node):
 
 def main(args=None) -> None:
     use_headless_gl()  # its footage is rendered with MuJoCo: no display needed
-    rclpy.init(args=args)
+    init_ros(args=args)
     node = BenchPublisher()
     try:
         node.run()

@@ -36,7 +36,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from robot_learning.devices.camera import Frame, Intrinsics, parse_profile
 from robot_learning.devices.capture import CaptureLoop
 from robot_learning_ros.msgs import SENSOR_QOS, image_from_msg, image_msg, to_sec_ns
-from robot_learning_ros.runtime import lenient_params, spin_main
+from robot_learning_ros.runtime import init_ros, lenient_params, spin_main
 
 _LEVEL = {"streaming": DiagnosticStatus.OK, "starting": DiagnosticStatus.WARN, "stalled": DiagnosticStatus.WARN,
           "disconnected": DiagnosticStatus.ERROR, "closed": DiagnosticStatus.WARN}
@@ -260,7 +260,7 @@ class CameraNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
+    init_ros(args=args)
     node = CameraNode()
     spin_main(node, on_shutdown=node.close)
 

@@ -40,7 +40,7 @@ from robot_learning_ros.msgs import (
     pose_from_msg,
     to_sec_ns,
 )
-from robot_learning_ros.runtime import BackgroundSpin, lenient_params
+from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params
 
 RESETS = ("sim", "home", "home_sim")
 
@@ -295,7 +295,7 @@ class EpisodeNode(Node):
 
 def run_episodes(factory, args=None) -> None:
     """main() of an episode node: all its episodes, then results.json, then exit (0, or 1 on error)."""
-    rclpy.init(args=args)
+    init_ros(args=args)
     node = factory()
     spin = BackgroundSpin(node)
     results = []

@@ -12,14 +12,13 @@ a recorded episode and the divergence report are ``robot-learning mirror replay`
 from __future__ import annotations
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from robot_learning.sim.mirror import Follower
 from robot_learning_ros.msgs import LATEST_QOS, SENSOR_QOS, camera_info_msg, image_msg, pose_msg
-from robot_learning_ros.runtime import lenient_params, spin_main
+from robot_learning_ros.runtime import init_ros, lenient_params, spin_main
 
 
 class MirrorNode(Node):
@@ -94,7 +93,7 @@ class MirrorNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
+    init_ros(args=args)
     node = MirrorNode()
     spin_main(node, on_shutdown=node.close)
 

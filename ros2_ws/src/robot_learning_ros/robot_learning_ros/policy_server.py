@@ -20,7 +20,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Transform, TwistStamped
@@ -36,7 +35,7 @@ from robot_learning.policies.checkpoint import PolicyError
 from robot_learning.policies.registry import checkpoint_recipe, load_policy, read_checkpoint
 from robot_learning.runtime.server import HOLD_TWIST_S, PolicyServerCore, ServerConfig
 from robot_learning_ros.msgs import COMMAND_QOS, LATEST_QOS, SENSOR_QOS, message_class, to_sec_ns, twist_msg
-from robot_learning_ros.runtime import lenient_params, spin_main
+from robot_learning_ros.runtime import init_ros, lenient_params, spin_main
 
 
 def _latency(value: float) -> float:
@@ -269,7 +268,7 @@ class PolicyServerNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
+    init_ros(args=args)
     node = PolicyServerNode()
     spin_main(node, on_shutdown=node.close)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -28,7 +27,7 @@ from robot_learning.data.schema import load_recipe
 from robot_learning.data.store import DatasetError
 from robot_learning.paths import resolve
 from robot_learning_ros.msgs import LATCHED_QOS, message_class
-from robot_learning_ros.runtime import BackgroundSpin, join_with_fresh_participant_id, lenient_params, spin_main
+from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params, spin_main
 
 # The writer falls a second or two behind at times (an episode's first chunks, a slow fsync) and
 # catches up; a backlog that grew at each of this many reports in a row is one it does not.
@@ -193,8 +192,7 @@ class RecorderNode(Node):
 
 
 def main(args=None) -> None:
-    join_with_fresh_participant_id()  # a recorder restarted after a crash must not reuse the dead one's port
-    rclpy.init(args=args)
+    init_ros(args=args)
     try:
         node = RecorderNode()
     except (DatasetError, ValueError) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -131,7 +132,7 @@ def init_with_graceful_stop(args=None) -> threading.Event:
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    init_ros(args=args, signal_handler_options=SignalHandlerOptions.NO)
     return stop
 
 
@@ -179,7 +180,7 @@ def spin_main(node: Node, on_shutdown=None) -> None:
 
 def run_node(factory, args=None) -> None:
     """A node's ``main``: init rclpy, build the node, spin it on the main thread until shutdown."""
-    rclpy.init(args=args)
+    init_ros(args=args)
     spin_main(factory())
 
 
@@ -207,11 +208,29 @@ def unused_participant_id(domain: int, shm_dir: Path = SHM_DIR) -> int | None:
     return pid if pid <= MAX_PARTICIPANT_ID else None
 
 
+_RESERVED: list[int] = []  # lock files held for the life of the process (one per pinned id)
+
+
+def _reserve(domain: int, pid: int) -> bool:
+    """Hold a lock on ``pid`` in ``domain`` until this process ends: two nodes started at the same
+    moment see the same ports in /dev/shm, and only one of them may take the id they compute."""
+    path = Path(tempfile.gettempdir()) / f"robot_learning_fastdds_{os.getuid()}_d{domain}_p{pid}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _RESERVED.append(fd)
+    return True
+
+
 def join_with_fresh_participant_id(log=print) -> int | None:
-    """Call before ``rclpy.init`` in a node that may be restarted after a crash (SIGKILL, power
-    cut): pins this process's participant id to one no process has used (see
-    ``unused_participant_id``), through a copy of the Fast DDS profile in use. Only with
-    Fast DDS and a profile file (the project's set-up always has one); otherwise a no-op."""
+    """Call before ``rclpy.init`` (``init_ros`` does): pins this process's participant id to one
+    no process has used (see ``unused_participant_id``), through a copy of the Fast DDS profile
+    in use, so that a node restarted after a crash (SIGKILL, power cut) is heard at once by
+    peers that still hold its dead predecessor's port. Only with Fast DDS and a profile file
+    (the project's set-up always has one); otherwise a no-op."""
     profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
     if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp" or not profile:
         return None
@@ -225,6 +244,8 @@ def join_with_fresh_participant_id(log=print) -> int | None:
                    None)
     domain = int(os.environ.get("ROS_DOMAIN_ID", "0") or 0)
     pid = unused_participant_id(domain)
+    while pid is not None and not _reserve(domain, pid):
+        pid = pid + 1 if pid < MAX_PARTICIPANT_ID else None
     if default is None or pid is None:
         return None
     rtps = default.find(f"{ns}rtps")
@@ -244,6 +265,13 @@ def join_with_fresh_participant_id(log=print) -> int | None:
     os.replace(tmp, out)
     os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(out)
     return pid
+
+
+def init_ros(args=None, **kwargs) -> None:
+    """``rclpy.init`` for a node's process, under a participant id no process has used: any node
+    may be killed and restarted (by a supervisor, a launch respawn, a test)."""
+    join_with_fresh_participant_id()
+    rclpy.init(args=args, **kwargs)
 
 
 class _Value:

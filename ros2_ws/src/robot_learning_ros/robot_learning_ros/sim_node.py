@@ -59,7 +59,7 @@ from robot_learning_ros.msgs import (
     to_sec_ns,
     wrench_msg,
 )
-from robot_learning_ros.runtime import BackgroundSpin, lenient_params
+from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params
 
 
 class Rate:
@@ -333,7 +333,7 @@ def main(args=None) -> None:
 
     use_headless_gl()  # no display: EGL or OSMesa instead of GLFW, which would hang the cameras
     stop_on_first_signal()
-    rclpy.init(args=args)
+    init_ros(args=args)
     node = SimNode()
     spin = BackgroundSpin(node)
     try:

@@ -29,7 +29,6 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import WrenchStamped
 from rclpy.node import Node
@@ -40,7 +39,7 @@ from robot_learning.config import load_yaml
 from robot_learning.devices.taxel_serial import TaxelFrameParser, open_serial
 from robot_learning.devices.visuotactile import Visuotactile, VisuotactileConfig
 from robot_learning_ros.msgs import SENSOR_QOS, STATE_QOS, image_msg, wrench_msg
-from robot_learning_ros.runtime import lenient_params, spin_main
+from robot_learning_ros.runtime import init_ros, lenient_params, spin_main
 
 
 class TactileNode(Node):
@@ -166,7 +165,7 @@ class TactileNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
+    init_ros(args=args)
     node = TactileNode()
     spin_main(node, on_shutdown=node.close)
 
