@@ -33,6 +33,13 @@ from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params,
 # catches up; a backlog that grew at each of this many reports in a row is one it does not.
 BACKLOG_GROWING = 5
 
+# How long the recorder's shared-memory port may go unread (its process starved of CPU, or
+# stopped) before writers take it for dead and drop what is queued in it. Fast DDS's default,
+# 1 s, lost every reliable message from the start of a 3 s stall; writers notice after one to
+# two times this. Only the recorder gets it: a port opened within this window blocks the
+# opener for a third of it, and all nodes with 10 s slowed discovery enough to fail graph tests.
+RECORDER_SHM_HEALTHY_CHECK_MS = 4000
+
 # Deep queues: the recorder must not drop what arrives in bursts while it writes. A stream is
 # recorded reliably whenever every publisher offers it (as rosbag2 adapts its QoS): a best-effort
 # reader loses whatever arrives while its taking thread is starved, a reliable one has it resent.
@@ -192,7 +199,7 @@ class RecorderNode(Node):
 
 
 def main(args=None) -> None:
-    init_ros(args=args)
+    init_ros(args=args, shm_healthy_check_ms=RECORDER_SHM_HEALTHY_CHECK_MS)
     try:
         node = RecorderNode()
     except (DatasetError, ValueError) as e:

@@ -225,12 +225,18 @@ def _reserve(domain: int, pid: int) -> bool:
     return True
 
 
-def join_with_fresh_participant_id(log=print) -> int | None:
+def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None = None) -> int | None:
     """Call before ``rclpy.init`` (``init_ros`` does): pins this process's participant id to one
     no process has used (see ``unused_participant_id``), through a copy of the Fast DDS profile
     in use, so that a node restarted after a crash (SIGKILL, power cut) is heard at once by
     peers that still hold its dead predecessor's port. Only with Fast DDS and a profile file
-    (the project's set-up always has one); otherwise a no-op."""
+    (the project's set-up always has one); otherwise a no-op.
+
+    ``shm_healthy_check_ms`` sets how long this process's shared-memory port may go unread
+    before writers take it for dead and drop what is queued there (Fast DDS's
+    ``healthy_check_timeout_ms``, 1 s by default; the port's creator sets it for everyone).
+    Only a node that must not lose messages while starved needs more: a port opened inside
+    that window blocks its opener for a third of it, which slows discovery of this node."""
     profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
     if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp" or not profile:
         return None
@@ -256,6 +262,13 @@ def join_with_fresh_participant_id(log=print) -> int | None:
         el = ElementTree.Element(f"{ns}participantID")
         rtps.insert(0, el)
     el.text = str(pid)
+    if shm_healthy_check_ms is not None:
+        for td in tree.getroot().iter(f"{ns}transport_descriptor"):
+            if (td.findtext(f"{ns}type") or "").strip() == "SHM":
+                hc = td.find(f"{ns}healthy_check_timeout_ms")
+                if hc is None:
+                    hc = ElementTree.SubElement(td, f"{ns}healthy_check_timeout_ms")
+                hc.text = str(int(shm_healthy_check_ms))
     if ns:
         ElementTree.register_namespace("", ns[1:-1])
     # one file per domain and id (bounded, overwritten on reuse; a killed node leaves nothing else)
@@ -267,10 +280,10 @@ def join_with_fresh_participant_id(log=print) -> int | None:
     return pid
 
 
-def init_ros(args=None, **kwargs) -> None:
+def init_ros(args=None, shm_healthy_check_ms: int | None = None, **kwargs) -> None:
     """``rclpy.init`` for a node's process, under a participant id no process has used: any node
     may be killed and restarted (by a supervisor, a launch respawn, a test)."""
-    join_with_fresh_participant_id()
+    join_with_fresh_participant_id(shm_healthy_check_ms=shm_healthy_check_ms)
     rclpy.init(args=args, **kwargs)
 
 
