@@ -96,6 +96,24 @@ def test_a_node_restarted_after_sigkill_is_reached_by_a_long_lived_peer():
     assert len(set(ids)) == len(ids) and "None" not in ids, ids  # every restart joined under a new id
 
 
+def test_nodes_started_together_take_different_participant_ids():
+    """A launch file starts its nodes at the same moment: each computes "above every port in
+    /dev/shm" before any has created its port, and only the lock keeps them apart."""
+    script = textwrap.dedent("""
+        import os, sys, time
+        from robot_learning_ros.runtime import join_with_fresh_participant_id
+        pid = join_with_fresh_participant_id(shm_healthy_check_ms=4000)
+        profile = open(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]).read()
+        print(pid, "<healthy_check_timeout_ms>4000</healthy_check_timeout_ms>" in profile, flush=True)
+        time.sleep(3.0)  # holds its id while the others start
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    out = [p.communicate(timeout=60)[0].split() for p in procs]
+    ids = [o[0] for o in out]
+    assert "None" not in ids and len(set(ids)) == 4, ids
+    assert all(o[1] == "True" for o in out)  # the recorder's longer shared-memory check is in its profile
+
+
 def test_a_callback_that_raises_stops_the_node_with_an_error_instead_of_a_silent_hang():
     """A node whose main thread waits for its callbacks (the scripted operator, the arm node)
     must not wait forever once a callback has died: it logs the traceback and exits non-zero."""
