@@ -7,6 +7,7 @@ reliable reader would not match it at all and the stream would go unrecorded).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -46,14 +47,9 @@ def _recorder_reliability(client: GraphClient, topic: str) -> ReliabilityPolicy 
 
 
 def _ranges(xs: list[int]) -> str:
-    out, start = [], None
-    for a, b in zip([None, *xs], [*xs, None]):
-        if start is None:
-            start = b
-        elif b is None or b != a + 1:
-            out.append(f"{start}-{a}" if a != start else str(a))
-            start = b
-    return ", ".join(out)
+    """Sorted integers as runs: [1, 2, 3, 7] -> "1-3, 7"."""
+    runs = [[x for _, x in g] for _, g in itertools.groupby(enumerate(xs), key=lambda ix: ix[1] - ix[0])]
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def _wait(pred, timeout: float, what: str) -> None:
@@ -94,8 +90,8 @@ def test_recorder_keeps_every_reliable_sensor_message_through_a_stall(tmp_path):
             send(sent)
             sent += 1
             time.sleep(0.004)
-        # a recorder starved for three seconds: far beyond a 100-deep queue, and past the 2 s
-        # lease of the project's DDS profile (after which its publishers had dropped it)
+        # a recorder starved for three seconds: far beyond a 100-deep queue, and past Fast DDS's
+        # default shared-memory health check (1 s) and the profile's former 2 s lease
         os.kill(proc.pid, signal.SIGSTOP)
         try:
             end = time.monotonic() + STALL_S

@@ -211,11 +211,15 @@ def unused_participant_id(domain: int, shm_dir: Path = SHM_DIR) -> int | None:
 _RESERVED: list[int] = []  # lock files held for the life of the process (one per pinned id)
 
 
+def _id_file(domain: int, pid: int, suffix: str) -> Path:
+    """This user's file for participant id ``pid`` in ``domain`` (its lock, its profile copy)."""
+    return Path(tempfile.gettempdir()) / f"robot_learning_fastdds_{os.getuid()}_d{domain}_p{pid}{suffix}"
+
+
 def _reserve(domain: int, pid: int) -> bool:
     """Hold a lock on ``pid`` in ``domain`` until this process ends: two nodes started at the same
     moment see the same ports in /dev/shm, and only one of them may take the id they compute."""
-    path = Path(tempfile.gettempdir()) / f"robot_learning_fastdds_{os.getuid()}_d{domain}_p{pid}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(_id_file(domain, pid, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -248,11 +252,13 @@ def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None =
     ns = tree.getroot().tag[:tree.getroot().tag.index("}") + 1] if tree.getroot().tag.startswith("{") else ""
     default = next((p for p in tree.getroot().iter(f"{ns}participant") if p.get("is_default_profile") == "true"),
                    None)
+    if default is None:
+        return None
     domain = int(os.environ.get("ROS_DOMAIN_ID", "0") or 0)
     pid = unused_participant_id(domain)
     while pid is not None and not _reserve(domain, pid):
         pid = pid + 1 if pid < MAX_PARTICIPANT_ID else None
-    if default is None or pid is None:
+    if pid is None:
         return None
     rtps = default.find(f"{ns}rtps")
     if rtps is None:
@@ -263,21 +269,26 @@ def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None =
         rtps.insert(0, el)
     el.text = str(pid)
     if shm_healthy_check_ms is not None:
-        for td in tree.getroot().iter(f"{ns}transport_descriptor"):
-            if (td.findtext(f"{ns}type") or "").strip() == "SHM":
-                hc = td.find(f"{ns}healthy_check_timeout_ms")
-                if hc is None:
-                    hc = ElementTree.SubElement(td, f"{ns}healthy_check_timeout_ms")
-                hc.text = str(int(shm_healthy_check_ms))
+        _set_shm_healthy_check(tree, ns, shm_healthy_check_ms)
     if ns:
         ElementTree.register_namespace("", ns[1:-1])
     # one file per domain and id (bounded, overwritten on reuse; a killed node leaves nothing else)
-    out = Path(tempfile.gettempdir()) / f"robot_learning_fastdds_{os.getuid()}_d{domain}_p{pid}.xml"
+    out = _id_file(domain, pid, ".xml")
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     tree.write(tmp, encoding="UTF-8", xml_declaration=True)
     os.replace(tmp, out)
     os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(out)
     return pid
+
+
+def _set_shm_healthy_check(tree: ElementTree.ElementTree, ns: str, ms: int) -> None:
+    """``healthy_check_timeout_ms`` of every shared-memory transport in the profile."""
+    for td in tree.getroot().iter(f"{ns}transport_descriptor"):
+        if (td.findtext(f"{ns}type") or "").strip() == "SHM":
+            hc = td.find(f"{ns}healthy_check_timeout_ms")
+            if hc is None:
+                hc = ElementTree.SubElement(td, f"{ns}healthy_check_timeout_ms")
+            hc.text = str(int(ms))
 
 
 def init_ros(args=None, shm_healthy_check_ms: int | None = None, **kwargs) -> None:
