@@ -5,6 +5,7 @@ never moves the arm. The checkpoints are real (safetensors + config.json), untra
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -185,8 +186,13 @@ def test_each_evaluation_episode_starts_with_the_gripper_open(tmp_path):
                    progress=False, state_rate=100.0)
     for i in range(3):
         traj = np.load(tmp_path / "eval" / f"episode_{i:03d}" / "episode.npz")["trajectory"]
-        assert traj[0, 4] > 0.07, f"episode {i} started with the fingers {traj[0, 4] * 1000:.0f} mm apart"
-        assert traj[:, 4].min() < 0.06   # and the policy closed them (on the cube, 44 mm, or on nothing)
+        # what a failure needs to be understood: did the policy move the arm at all, what did its server say
+        seen = (f"episode {i}: TCP moved {np.linalg.norm(traj[-1, 1:4] - traj[0, 1:4]) * 1000:.0f} mm, "
+                f"fingers {traj[0, 4] * 1000:.0f} -> min {traj[:, 4].min() * 1000:.0f} mm over {traj[-1, 0]:.1f} s; "
+                f"server: {json.loads((tmp_path / 'eval' / 'results.json').read_text())['diagnostics']}; "
+                f"log: {(tmp_path / 'eval.log').read_text()[-3000:]}")
+        assert traj[0, 4] > 0.07, f"started with the fingers apart by less than 70 mm: {seen}"
+        assert traj[:, 4].min() < 0.06, f"the policy never closed the fingers: {seen}"  # (on the cube, 44 mm)
 
 
 def test_a_pose_policy_reaches_the_arm_as_timed_plans(deploy, tmp_path):
