@@ -149,6 +149,23 @@ def test_node_publishes_the_injected_frames_with_their_stamps_and_intrinsics(rig
     assert float(diag["fps"]) > 3.0
 
 
+def test_node_takes_the_calibrated_capture_latency_off_its_stamps(rig):
+    """With ``capture_latency`` (by default from `calibrate camera-latency`), a frame's stamp is
+    the driver's stamp less that latency: the instant the frame shows."""
+    cam, node, client, intr, frames = rig
+    assert node.capture_latency == 0.0  # nothing measured for this camera: the driver's stamps
+    client.clear()
+    node.capture_latency = 0.05
+    try:
+        with Streaming(cam, node, frames) as stream:
+            assert wait_until(lambda: len(client.msgs[IMAGE]) >= 4, 20.0), node.loop.status()
+    finally:
+        node.capture_latency = 0.0
+    for t, _, _, rgb in client.msgs[IMAGE]:
+        driver_stamp = next(s for s in stream.sent if abs(s - 0.05 - t) < 1e-6)
+        np.testing.assert_array_equal(rgb, stream.sent[driver_stamp][0])
+
+
 def test_node_reports_dropped_frames_and_comes_back_after_an_unplug(rig):
     cam, node, client, intr, frames = rig
     # frames stopped at the end of the last test: inject once the node has reopened the device

@@ -85,6 +85,25 @@ def test_sysid_fits_a_perturbed_arm_and_the_divergence_drops(tmp_path):
 
 
 @pytest.mark.graph
+def test_the_followers_contacts_hold_the_cube_up_and_show_in_its_images():
+    """Posed like the robot (no physics step), the sim still solves its contacts: the table holds
+    the cube up with its weight, and MuJoCo draws the contacts into a camera's image on request."""
+    from robot_learning.sim.mirror import Follower
+
+    f = Follower()
+    try:
+        assert f.follow(f.names, list(f.cell.robot.home), 0.08) == []
+        on_cube = [c for c in f.contacts() if c.body2 == "cube"]
+        assert {c.body1 for c in on_cube} == {"world"} and len(on_cube) >= 3  # the table, under its corners
+        weight = f.cell.model.body("cube").mass[0] * 9.81
+        total = np.sum([c.force for c in on_cube], axis=0)
+        assert total[2] == pytest.approx(weight, rel=0.05) and np.abs(total[:2]).max() < 0.01 * weight
+        plain, drawn = (f.cell.render("front", depth=False, contacts=c).rgb for c in (False, True))
+        assert (np.abs(plain.astype(int) - drawn).max(axis=2) > 30).sum() > 20  # the contact markers
+    finally:
+        f.close()
+
+
 def test_the_mirror_node_follows_a_live_arm(tmp_path):
     """The sim node stands in for the robot: the mirror node, in its own process, poses its sim
     from /joint_states and its TCP lands where the robot's is; its cameras are rendered."""
@@ -92,9 +111,11 @@ def test_the_mirror_node_follows_a_live_arm(tmp_path):
 
     from geometry_msgs.msg import PoseStamped, TwistStamped
     from robot_learning_ros.client import GraphClient
+    from robot_learning_ros.mirror_node import CONTACT_ARROW_M_PER_N
     from robot_learning_ros.msgs import twist_msg
     from sensor_msgs.msg import Image
     from test_rl_actor_learner import start, wait_until
+    from visualization_msgs.msg import Marker, MarkerArray
 
     from robot_learning.graph import SimGraph
 
@@ -109,6 +130,7 @@ def test_the_mirror_node_follows_a_live_arm(tmp_path):
             client.subscribe("/mirror/ee_pose", PoseStamped, sensor=True, transform=pose)
             client.subscribe("/mirror/wrist/color/image_raw", Image, sensor=True,
                              transform=lambda m: (m.width, m.height, m.encoding))
+            client.subscribe("/mirror/contacts", MarkerArray, sensor=True)
             twist = client.publisher("/arm/command/twist", TwistStamped)
             end = time.monotonic() + 3.0
             while time.monotonic() < end:  # move the arm so the mirror has something to follow
@@ -123,3 +145,10 @@ def test_the_mirror_node_follows_a_live_arm(tmp_path):
     close = [np.linalg.norm(np.array(p) - np.array(real[t])) for t, p in client.msgs["/mirror/ee_pose"] if t in real]
     assert len(close) >= 10 and max(close) < 1e-3, close[:10]
     assert client.msgs["/mirror/wrist/color/image_raw"][-1] == (640, 480, "rgb8")
+    # the cube on the table, as rviz gets it: arrows up, as long as the cube's weight
+    markers = client.msgs["/mirror/contacts"][-1].markers
+    assert markers[0].action == Marker.DELETEALL
+    arrows = [mk for mk in markers if mk.type == Marker.ARROW and mk.ns == "world/cube"]
+    assert len(arrows) >= 3 and all(mk.header.frame_id == "world" for mk in arrows)
+    lift = sum(mk.points[1].z - mk.points[0].z for mk in arrows) / CONTACT_ARROW_M_PER_N
+    assert lift == pytest.approx(0.08 * 9.81, rel=0.1)

@@ -11,7 +11,13 @@ once the arm node drives the pose set (``calibrate.hand_eye``).
 
 ``robot-learning calibrate latency --dataset D``: the arm's command-to-motion latency from a
 recorded teleoperated episode (commanded TCP twists against the reported TCP poses);
-``--sim`` measures the sim arm's, with ``--inject`` seconds of extra latency as a self-check."""
+``--sim`` measures the sim arm's, with ``--inject`` seconds of extra latency as a self-check.
+
+``robot-learning calibrate camera-latency --topic T``: a camera's capture-to-stamp latency, the
+camera looking at ``robot-learning calibrate clock-display`` on a screen of the machine that
+stamps its frames (``calibrate.clock_display``); ``--sim CAMERA`` the sim's, a display in front
+of its camera, with ``--inject`` seconds of stamp latency as a self-check. Both merge into
+``calibration/latency.yaml``, which the camera node reads to stamp frames at their capture."""
 
 from __future__ import annotations
 
@@ -63,6 +69,21 @@ def add_parser(sub) -> None:
     la.add_argument("--inject", type=float, default=0.0, help="sim: seconds of action latency added")
     la.add_argument("--out", default="", help="YAML to write (default: calibration/latency.yaml; "
                                               "runs/calibration/ for --sim)")
+    cl = kinds.add_parser("camera-latency", help="a camera's capture-to-stamp latency, from a clock shown to it",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    csrc = cl.add_mutually_exclusive_group(required=True)
+    csrc.add_argument("--topic", help="live sensor_msgs/Image topic of a camera looking at `calibrate clock-display`")
+    csrc.add_argument("--sim", metavar="CAMERA", help="the sim's fixed camera (front), a clock display in front of it")
+    cl.add_argument("--inject", type=float, default=0.0, help="sim: seconds the frames are stamped late")
+    cl.add_argument("--frames", type=int, default=90, help="frames to read the display in")
+    cl.add_argument("--display-period", type=float, default=None,
+                    help="topic: seconds between the display's redraws (default: a 60 Hz screen's)")
+    cl.add_argument("--camera", default="", help="topic: camera name for the file (default: the topic's first part)")
+    cl.add_argument("--out", default="", help="YAML to merge into (default: calibration/latency.yaml; "
+                                              "runs/calibration/ for --sim)")
+    cd = kinds.add_parser("clock-display", help="show the clock that camera-latency reads, full screen",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cd.add_argument("--seconds", type=float, default=120.0, help="how long to show it")
 
 
 def _image_files(folder: Path) -> list[np.ndarray]:
@@ -120,13 +141,49 @@ def _image(m) -> np.ndarray:
 
 
 def run(a: argparse.Namespace) -> int:
-    return {"hand-eye": _hand_eye, "latency": _latency}.get(a.kind, _intrinsics)(a)
+    return {"hand-eye": _hand_eye, "latency": _latency, "camera-latency": _camera_latency,
+            "clock-display": _clock_display}.get(a.kind, _intrinsics)(a)
+
+
+def _camera_latency(a: argparse.Namespace) -> int:
+    from robot_learning.calibrate.camera_latency import measure_topic, sim_check
+    from robot_learning.calibrate.latency import LATENCY_FILE, update_latency_file
+
+    try:
+        if a.sim:
+            res = sim_check(a.sim, a.inject, a.frames)
+            name, source = a.sim, f"the sim's {a.sim} camera, {a.inject * 1000:g} ms injected"
+        else:
+            period = 1.0 / 60.0 if a.display_period is None else a.display_period
+            res = measure_topic(a.topic, a.frames, period)
+            name, source = a.camera or a.topic.strip("/").split("/")[0], a.topic
+    except (ValueError, CalibrationError, TimeoutError) as e:
+        print(f"calibrate camera-latency: {e}")
+        return 1
+    out = update_latency_file(
+        a.out or ("runs/calibration/latency.yaml" if a.sim else LATENCY_FILE),
+        {"cameras": {name: {"capture_to_stamp_s": round(res.latency_s, 4), "spread_s": round(res.spread_s, 4),
+                            "frames": res.frames}}},
+        f"`robot-learning calibrate camera-latency` from {source}")
+    print(f"calibrate camera-latency: {name} stamps its frames {res.latency_s * 1000:.1f} ms after capture "
+          f"(median lateness {res.median_s * 1000:.1f} ms, 5-95% spread {res.spread_s * 1000:.1f} ms, "
+          f"{res.frames} frames read, {res.unread} not); wrote {out}")
+    return 0
+
+
+def _clock_display(a: argparse.Namespace) -> int:
+    from robot_learning.calibrate.camera_latency import show_clock
+
+    try:
+        show_clock(a.seconds)
+    except CalibrationError as e:
+        print(f"calibrate clock-display: {e}")
+        return 1
+    return 0
 
 
 def _latency(a: argparse.Namespace) -> int:
-    import yaml
-
-    from robot_learning.calibrate.latency import from_episode, sim_probe
+    from robot_learning.calibrate.latency import LATENCY_FILE, from_episode, sim_probe, update_latency_file
 
     try:
         if a.sim:
@@ -140,10 +197,9 @@ def _latency(a: argparse.Namespace) -> int:
     except (ValueError, KeyError) as e:
         print(f"calibrate latency: {e}")
         return 1
-    out = Path(a.out or ("runs/calibration/latency.yaml" if a.sim else "calibration/latency.yaml"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# `robot-learning calibrate latency` from {source}\n" + yaml.safe_dump(
-        {"command_to_motion_s": round(res.latency_s, 4), "correlation": round(res.correlation, 3)}, sort_keys=False))
+    values = {"command_to_motion_s": round(res.latency_s, 4), "correlation": round(res.correlation, 3)}
+    out = update_latency_file(a.out or ("runs/calibration/latency.yaml" if a.sim else LATENCY_FILE), values,
+                              f"`robot-learning calibrate latency` from {source}")
     print(f"calibrate latency: command to motion {res.latency_s * 1000:.1f} ms (correlation {res.correlation:.2f}, "
           f"{source}); wrote {out}")
     if res.correlation < 0.5:

@@ -106,12 +106,42 @@ def sim_probe(inject_s: float = 0.0, seconds: float = 12.0, seed: int = 0) -> La
         env.close()
 
 
-def measured_latency(path: str | Path = "calibration/latency.yaml") -> float:
-    """The command-to-motion latency ``calibrate latency`` wrote, or 0 where it has not been measured."""
+LATENCY_FILE = "calibration/latency.yaml"
+
+
+def _latency_file(path: str | Path) -> dict:
     from robot_learning.config import load_yaml
     from robot_learning.paths import resolve
 
     f = resolve(path)
-    if not Path(f).is_file():
-        return 0.0
-    return float(load_yaml(f).get("command_to_motion_s", 0.0))
+    return {k: v for k, v in load_yaml(f).items() if k != "_source"} if Path(f).is_file() else {}
+
+
+def measured_latency(path: str | Path = LATENCY_FILE) -> float:
+    """The command-to-motion latency ``calibrate latency`` wrote, or 0 where it has not been measured."""
+    return float(_latency_file(path).get("command_to_motion_s", 0.0))
+
+
+def measured_camera_latency(camera: str, path: str | Path = LATENCY_FILE) -> float:
+    """A camera's capture-to-stamp latency ``calibrate camera-latency`` wrote, or 0 where it has
+    not been measured (its driver's stamps are then taken as capture times)."""
+    cams = _latency_file(path).get("cameras") or {}
+    return float((cams.get(camera) or {}).get("capture_to_stamp_s", 0.0))
+
+
+def update_latency_file(path: str | Path, values: dict, note: str) -> Path:
+    """Merge ``values`` into the latency file (the arm's and each camera's entries are measured
+    at different times: writing one keeps the others), with ``note`` as its first line."""
+    import yaml
+
+    from robot_learning.paths import resolve
+
+    out = Path(resolve(path))
+    old = _latency_file(out)
+    cams = {**(old.get("cameras") or {}), **(values.get("cameras") or {})}
+    merged = {**old, **values, **({"cameras": cams} if cams else {})}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".partial")
+    tmp.write_text(f"# {note}\n" + yaml.safe_dump(merged, sort_keys=False))
+    tmp.replace(out)
+    return out

@@ -27,16 +27,27 @@ def _rot(axis: str, deg: float) -> np.ndarray:
             "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])}[axis]
 
 
-def place_board(cell, board: Board, r_board: np.ndarray, p_board: np.ndarray, name: str = "charuco") -> None:
-    """Put the mocap plate so that the board's frame is (``r_board``, ``p_board``) in the world."""
-    r_in_body, p_in_body = board_pose_in_body(board)
-    r_body = r_board @ r_in_body.T
-    p_body = p_board - r_body @ p_in_body
-    mid = cell.model.body_mocapid[mujoco.mj_name2id(cell.model, mujoco.mjtObj.mjOBJ_BODY, name)]
+def place_plate(cell, name: str, in_body: tuple[np.ndarray, np.ndarray], r_frame: np.ndarray,
+                p_frame: np.ndarray, keep: bool = False) -> None:
+    """Put mocap body ``name`` so that the frame it carries at ``in_body`` (rotation,
+    translation in the body) is (``r_frame``, ``p_frame``) in the world; ``keep``: there for
+    good (resets put mocap bodies back where the model has them)."""
+    r_in_body, p_in_body = in_body
+    r_body = r_frame @ r_in_body.T
+    p_body = p_frame - r_body @ p_in_body
+    bid = mujoco.mj_name2id(cell.model, mujoco.mjtObj.mjOBJ_BODY, name)
+    mid = cell.model.body_mocapid[bid]
     q = np.zeros(4)
     mujoco.mju_mat2Quat(q, r_body.reshape(-1))
     cell.data.mocap_pos[mid], cell.data.mocap_quat[mid] = p_body, q
+    if keep:
+        cell.model.body_pos[bid], cell.model.body_quat[bid] = p_body, q
     mujoco.mj_forward(cell.model, cell.data)
+
+
+def place_board(cell, board: Board, r_board: np.ndarray, p_board: np.ndarray, name: str = "charuco") -> None:
+    """Put the mocap plate so that the board's frame is (``r_board``, ``p_board``) in the world."""
+    place_plate(cell, name, board_pose_in_body(board), r_board, p_board)
 
 
 def board_in_front_views(camera: str, n: int, seed: int = 0, board: Board | None = None,
@@ -186,3 +197,70 @@ def hand_eye_views(camera: str, n: int, seed: int = 0, board: Board | None = Non
         return hands, boards, eye_in_hand, intr
     finally:
         cell.close()
+
+
+# ---- a clock display in front of a camera (capture-to-stamp latency) ----------------------
+CLOCK = "clock_display"
+
+
+def clock_display_mjcf(cell_m: float = 0.025, name: str = CLOCK) -> tuple[str, str]:
+    """(asset XML, body XML) of ``clock_display``'s pattern as a mocap plate: the markers and
+    the reference cells a texture, each code cell a thin box just in front of it whose colour
+    ``SimClockDisplay.show`` sets (a texture cannot change while the sim runs; a geom's colour
+    is read at every capture). The plate's frame is the display's centre, facing +z."""
+    import cv2
+
+    from robot_learning.calibrate import clock_display as cd
+    from robot_learning.paths import project_root
+
+    cache = project_root() / "runs" / ".cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    png = cache / f"clock_display_{cd.WIDTH}x{cd.HEIGHT}_{cd.DICTIONARY}.png"
+    if not png.exists():
+        tmp = png.with_suffix(".partial.png")
+        cv2.imwrite(str(tmp), cd.pattern_image(None))
+        tmp.replace(png)
+    half = ((cd.WIDTH / 2 + cd.MARGIN) * cell_m, (cd.HEIGHT / 2 + cd.MARGIN) * cell_m)
+    asset = (f'<texture name="{name}" type="2d" file="{png}"/>'
+             f'<material name="{name}" texture="{name}" texrepeat="1 1" texuniform="false" specular="0" shininess="0"/>'
+             f'<material name="{name}_cell" specular="0" shininess="0"/>')
+    cells = "".join(
+        f'<geom name="{name}_bit{i}" type="box" pos="{(c + 0.5 - cd.WIDTH / 2) * cell_m:.6g} '
+        f'{(cd.HEIGHT / 2 - r - 0.5) * cell_m:.6g} 0.001" size="{cell_m / 2:.6g} {cell_m / 2:.6g} 0.0005" '
+        f'material="{name}_cell" rgba="1 1 1 1" contype="0" conaffinity="0" group="1"/>'
+        for i, (c, r) in enumerate(cd.CODE_CELLS))
+    body = (f'<body name="{name}" pos="0 0 -1" mocap="true">'
+            f'<geom type="plane" size="{half[0]:.6g} {half[1]:.6g} 0.001" material="{name}" '
+            f'contype="0" conaffinity="0" group="1"/>{cells}</body>')
+    return asset, body
+
+
+class SimClockDisplay:
+    """``clock_display_mjcf``'s plate in a workcell: placed in front of a camera, showing the
+    time it is given (the sim's clock, set before each capture)."""
+
+    def __init__(self, cell, cell_m: float = 0.025, name: str = CLOCK):
+        from robot_learning.calibrate import clock_display as cd
+
+        self.cell, self.cell_m, self.name = cell, cell_m, name
+        self.geoms = np.array([mujoco.mj_name2id(cell.model, mujoco.mjtObj.mjOBJ_GEOM, f"{name}_bit{i}")
+                               for i in range(cd.BITS)])
+        if (self.geoms < 0).any():
+            raise ValueError(f"the workcell has no '{name}': build it with extra=clock_display_mjcf()")
+        self._bits = cd.gray_bits
+
+    def place_in_front_of(self, camera: str, distance: float = 0.5) -> None:
+        """Facing ``camera`` (a fixed one) on its optical axis, ``distance`` metres away, for good."""
+        from robot_learning.calibrate import clock_display as cd
+
+        r_cam, p_cam = camera_optical_pose(self.cell, camera)
+        w, h = cd.WIDTH * self.cell_m, cd.HEIGHT * self.cell_m
+        # the display's frame: top-left corner of its cells, x right, y down, z away from the
+        # viewer (the camera's optical axes); in the plate's body: x stays, y and z flip
+        in_body = (np.diag([1.0, -1.0, -1.0]), np.array([-w / 2, h / 2, 0.0]))
+        place_plate(self.cell, self.name, in_body, r_cam, p_cam + r_cam @ np.array([-w / 2, -h / 2, distance]),
+                    keep=True)
+
+    def show(self, t: float) -> None:
+        rgba = self.cell.model.geom_rgba
+        rgba[self.geoms] = np.where(self._bits(t)[:, None], [0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0])

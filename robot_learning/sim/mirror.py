@@ -249,6 +249,14 @@ def run(a) -> int:
     return 0
 
 
+@dataclass
+class Contact:
+    position: np.ndarray   # world frame, m
+    force: np.ndarray      # on ``body2`` by ``body1``, world frame, N
+    body1: str
+    body2: str
+
+
 class Follower:
     """The sim posed like a live robot (kinematically: the measured joints set, no physics), so
     its cameras and contacts can be rendered beside the robot's own streams."""
@@ -288,6 +296,18 @@ class Follower:
 
     def tcp_position(self) -> np.ndarray:
         return self.cell.tcp_pose()[0]
+
+    def contacts(self) -> list[Contact]:
+        """Every contact of the posed sim: where, between which bodies, and the force the first
+        body's geom exerts on the second's (world frame, N), from MuJoCo's constraint solver."""
+        m, d = self.cell.model, self.cell.data
+        out, f6 = [], np.zeros(6)
+        for i in range(d.ncon):
+            c = d.contact[i]
+            mujoco.mj_contactForce(m, d, i, f6)
+            force = c.frame.reshape(3, 3).T @ f6[:3]  # contact frame (normal first) to world
+            out.append(Contact(c.pos.copy(), force, *(m.body(m.geom_bodyid[g]).name for g in (c.geom1, c.geom2))))
+        return out
 
     def close(self) -> None:
         self.cell.close()

@@ -180,15 +180,20 @@ class Workcell:
         return self.task.object_poses(self.data)
 
     def render(self, camera: str, width: int | None = None, height: int | None = None,
-               depth: bool = True) -> CameraFrame:
-        """RGB (and depth in mm, 0 where out of range) from a calibrated camera."""
+               depth: bool = True, contacts: bool = False) -> CameraFrame:
+        """RGB (and depth in mm, 0 where out of range) from a calibrated camera; ``contacts``:
+        MuJoCo draws each contact point and its force (as arrows) into the colour image."""
         cam = self.calib.cameras[camera]
         w, h = width or cam.width, height or cam.height
         r = self._renderers.get((w, h))
         if r is None:
             r = self._renderers[(w, h)] = mujoco.Renderer(self.model, h, w)
         r.disable_depth_rendering()
-        r.update_scene(self.data, camera)
+        opt = None
+        if contacts:
+            opt = mujoco.MjvOption()
+            opt.flags[mujoco.mjtVisFlag.mjVIS_CONTACTPOINT] = opt.flags[mujoco.mjtVisFlag.mjVIS_CONTACTFORCE] = 1
+        r.update_scene(self.data, camera, scene_option=opt)
         rgb = r.render().copy()
         depth_mm = None
         if depth:

@@ -12,8 +12,9 @@ Parameters: ``driver`` (realsense | uvc), ``camera_name``; RealSense: ``serial_n
 ``rgb_camera.color_profile`` ("640x480x30"; also a UVC camera's size and rate),
 ``depth_module.depth_profile``, ``enable_depth``, ``align_depth.enable``; UVC:
 ``video_device`` (path, index or video file), ``fourcc``, ``camera_info_url``; both:
-``frame_timeout`` (s without frames before reopening) and ``reconnect_timeout`` (longest
-wait between attempts).
+``frame_timeout`` (s without frames before reopening), ``reconnect_timeout`` (longest
+wait between attempts) and ``capture_latency`` (seconds taken off each stamp; by default the
+camera's entry in ``calibration/latency.yaml``, from ``robot-learning calibrate camera-latency``).
 
 ``software_source`` (RealSense only): a namespace such as ``/sim`` whose
 ``<camera_name>/color/image_raw``, ``.../color/camera_info`` and
@@ -208,6 +209,15 @@ class CameraNode(Node):
         if source and driver != "realsense":
             raise ValueError(f"software_source '{source}' needs driver:=realsense (a software RealSense)")
         self.camera_name = cam
+        # seconds the driver's stamps lie after the capture (-1: as `robot-learning calibrate
+        # camera-latency` measured it, calibration/latency.yaml; 0 there when never measured):
+        # taken off every stamp, so consumers pair a frame with the state at the instant it shows
+        latency = float(p("capture_latency", -1.0).value)
+        if latency < 0:
+            from robot_learning.calibrate.latency import measured_camera_latency
+
+            latency = measured_camera_latency(cam)
+        self.capture_latency = latency
         self.color = _Stream(self, f"{cam}/color/image_raw", f"{cam}/color/camera_info", "rgb8",
                              f"{cam}_color_optical_frame")
         self.depth = None
@@ -235,9 +245,10 @@ class CameraNode(Node):
     def _publish(self, f: Frame) -> None:
         """Runs on the capture thread, once per frame, stamped with the frame's capture time."""
         try:
-            self.color.publish(f.rgb, f.color_intrinsics, f.stamp)
+            stamp = f.stamp - self.capture_latency
+            self.color.publish(f.rgb, f.color_intrinsics, stamp)
             if self.depth is not None and f.depth_mm is not None:
-                self.depth.publish(f.depth_mm, f.depth_intrinsics, f.stamp)
+                self.depth.publish(f.depth_mm, f.depth_intrinsics, stamp)
         except Exception:
             if rclpy.ok():
                 raise  # else: a frame that arrived while Ctrl-C shut ROS down; nothing to say

@@ -7,18 +7,29 @@ each camera of the calibration at ``rate`` on ``/mirror/<camera>/color/image_raw
 sim's TCP on ``/mirror/ee_pose``: put them beside the robot's own in rviz or a recording and
 what the sim gets wrong (a camera's mounting, the model's geometry) is in plain view. Replaying
 a recorded episode and the divergence report are ``robot-learning mirror replay``.
+
+Contacts: the sim's contacts in the pose the robot is in go out on ``/mirror/contacts``
+(visualization_msgs/MarkerArray, for rviz: a sphere at each contact point and an arrow along the
+force the first body exerts on the second, ``CONTACT_ARROW_M_PER_N`` metres per newton, each
+marker's ``ns`` naming the two bodies), and with ``contacts:=true`` (the default) MuJoCo draws
+them into the mirror's camera images too: where the sim has the hand touching the table and the
+robot's own camera shows it in the air, the model or the calibration is off.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import Point, PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
+from visualization_msgs.msg import Marker, MarkerArray
 
 from robot_learning.sim.mirror import Follower
 from robot_learning_ros.msgs import LATEST_QOS, SENSOR_QOS, camera_info_msg, image_msg, pose_msg
 from robot_learning_ros.runtime import init_ros, lenient_params, spin_main
+
+CONTACT_ARROW_M_PER_N = 0.02   # an arrow's length per newton of contact force (a 0.1 kg part's weight: 2 cm)
+CONTACT_ARROW_MAX_M = 0.3      # longer arrows are cut here (a hard press would cross the cell)
 
 
 class MirrorNode(Node):
@@ -52,6 +63,8 @@ class MirrorNode(Node):
         self.pub_tac = {n: self.create_publisher(Image, f"/mirror/tactile/{n}/taxels", SENSOR_QOS)
                         for n in cell.tactile.names}
         self.pub_pose = self.create_publisher(PoseStamped, "/mirror/ee_pose", SENSOR_QOS)
+        self.draw_contacts = bool(p("contacts", True).value)
+        self.pub_contacts = self.create_publisher(MarkerArray, "/mirror/contacts", SENSOR_QOS)
         self.create_timer(1.0 / float(p("rate", 10.0).value), self._tick)
         self.get_logger().info(f"mirroring /joint_states into the sim; cameras {', '.join(self.cameras) or 'none'} "
                                "on /mirror/<camera>/color/image_raw")
@@ -79,7 +92,7 @@ class MirrorNode(Node):
         cell, stamp = self.follower.cell, m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
         for c in self.cameras:
             cam = cell.calib.cameras[c]
-            frame = cell.render(c, depth=False)
+            frame = cell.render(c, depth=False, contacts=self.draw_contacts)
             self.pub_img[c].publish(image_msg(frame.rgb, "rgb8", stamp, f"{c}_color_optical_frame"))
             self.pub_info[c].publish(camera_info_msg(cam.width, cam.height, cam.fovy_deg, stamp,
                                                      f"{c}_color_optical_frame"))
@@ -87,6 +100,29 @@ class MirrorNode(Node):
             self.pub_tac[n].publish(image_msg(g, "32FC3", stamp, f"{n}_pad"))
         pos, quat = cell.tcp_pose()
         self.pub_pose.publish(pose_msg(pos, quat, stamp, cell.robot.base_frame))
+        # MuJoCo's world frame: the robot description's root link ("world")
+        self.pub_contacts.publish(self._contact_markers(m.header.stamp, "world"))
+
+    def _contact_markers(self, stamp, frame: str) -> MarkerArray:
+        """The contacts now, replacing the last message's (DELETEALL first)."""
+        out = MarkerArray(markers=[Marker(action=Marker.DELETEALL)])
+        for i, c in enumerate(self.follower.contacts()):
+            ns = f"{c.body1}/{c.body2}"
+            sphere = Marker(ns=ns, id=2 * i, type=Marker.SPHERE, action=Marker.ADD)
+            arrow = Marker(ns=ns, id=2 * i + 1, type=Marker.ARROW, action=Marker.ADD)
+            for mk in (sphere, arrow):
+                mk.header.stamp, mk.header.frame_id = stamp, frame
+                mk.pose.orientation.w = 1.0
+                mk.color.r, mk.color.g, mk.color.b, mk.color.a = 1.0, 0.3, 0.0, 0.9
+            sphere.pose.position.x, sphere.pose.position.y, sphere.pose.position.z = (float(v) for v in c.position)
+            sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.008
+            vec = c.force * CONTACT_ARROW_M_PER_N
+            length = float(np.linalg.norm(vec))
+            tip = c.position + (vec * CONTACT_ARROW_MAX_M / length if length > CONTACT_ARROW_MAX_M else vec)
+            arrow.points = [Point(x=float(a), y=float(b), z=float(z)) for a, b, z in (c.position, tip)]
+            arrow.scale.x, arrow.scale.y, arrow.scale.z = 0.003, 0.006, 0.008  # shaft, head diameters; head length
+            out.markers += [sphere, arrow]
+        return out
 
     def close(self) -> None:
         self.follower.close()

@@ -20,6 +20,11 @@ names.
 camera mountings from its seed (``robot_learning.sim.randomize``) and says what it drew on the
 latched ``/sim/randomization`` (std_msgs/String, JSON) at every reset; sensor noise and
 latency injection are the gym env's (a node publishes what the simulated sensors measure).
+
+``clock_display:=front`` puts a clock display (``robot_learning.calibrate.clock_display``) in
+front of that camera, showing the sim's time at every capture, and ``camera_latency:=0.03``
+stamps frames that much after the instant they show: what ``robot-learning calibrate
+camera-latency --sim`` measures against the truth.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from robot_learning.calibrate.sim_views import SimClockDisplay, clock_display_mjcf
 from robot_learning.control.ros2_control import load_ros2_control
 from robot_learning.description import FT_FRAME, urdf
 from robot_learning.sim.hardware import ControllerRejected, SimControllers
@@ -89,6 +95,11 @@ class SimNode(Node):
         tactile_rate = float(p("tactile_rate", 0.0).value)
         # /joint_states, /arm/ee_pose, /gripper/state and /clock: every control step unless set lower
         state_rate = float(p("state_rate", 0.0).value)
+        # calibration self-check: a clock display in front of a camera, and frames stamped this
+        # many seconds after the instant they show (as a driver that stamps on arrival does)
+        clock_display = str(p("clock_display", "none").value).strip()
+        clock_display = "" if clock_display == "none" else clock_display
+        self.camera_latency = float(p("camera_latency", 0.0).value)
         self.cell = Workcell(
             task,
             robot_path=p("robot", "hardware/robots/panda.yaml").value,
@@ -96,6 +107,7 @@ class SimNode(Node):
             log=lambda msg: self.get_logger().warning(msg),
             randomization=None if str(p("randomization", "none").value) in ("", "none") else
             str(p("randomization", "none").value),
+            extra=clock_display_mjcf() if clock_display else ("", ""),
         )
         cfg = self.cell.cfg
         # "none" (or empty) turns cameras off; `ros2 launch` refuses an empty name:=value
@@ -109,6 +121,13 @@ class SimNode(Node):
         self.state_rate = Rate(state_rate or 1.0 / self.cell.control_dt)
         self.episode = 0
         self.cell.reset(self.seed)
+        self.clock_display = None
+        if clock_display:
+            if clock_display not in self.cameras or self.cell.calib.cameras[clock_display].parent != "world":
+                raise ValueError(f"clock_display '{clock_display}': name a fixed camera that is on "
+                                 f"(cameras: {', '.join(self.cameras) or 'none'})")
+            self.clock_display = SimClockDisplay(self.cell)
+            self.clock_display.place_in_front_of(clock_display)
         self.origin = time.time()  # sim time 0 is the wall-clock time of launch
         self.hardware = bool(p("hardware", False).value)
         self.arm = None if self.hardware else ArmInterface(self, self.cell.controller, self.now,
@@ -284,7 +303,9 @@ class SimNode(Node):
         if self.async_cams is not None and self.cam_rate.due(cell.time):
             if self.async_cams.error is not None:
                 raise RuntimeError(f"camera rendering failed: {self.async_cams.error}")
-            self.async_cams.capture(cell.data, t)
+            if self.clock_display is not None:
+                self.clock_display.show(t)
+            self.async_cams.capture(cell.data, t + self.camera_latency)
 
     def _diagnostics(self, wall: float) -> None:
         """Real-time factor and camera frame rate over the last wall second."""
