@@ -149,13 +149,26 @@ def test_sim_reports_its_real_time_factor_on_diagnostics(graph):
 
 
 def test_twist_moves_the_end_effector_the_commanded_way(graph):
+    """The hand goes along the commanded axis at the commanded speed, measured on the arm's own
+    stamped poses: how long the twists ran in sim time depends on how late this client sees
+    the sim's clock on a busy machine (it once moved 67 mm for a "1 s" stream, 50 mm idle)."""
     g, client = graph
     p0 = wait_still(client)
+    with client.lock:
+        n0 = len(client.msgs["/arm/ee_pose"])
     stream_twist(client, [0.0, 0.05, 0.0, 0, 0, 0], 1.0, sim_clock=True)
     wait_still(client)
-    d = tcp(client) - p0
-    assert d[1] == pytest.approx(0.05, abs=0.015)
-    assert abs(d[0]) < 0.01 and abs(d[2]) < 0.01
+    with client.lock:
+        poses = client.msgs["/arm/ee_pose"][n0:]
+    t = np.array([stamp(m) for m in poses])
+    xyz = np.array([[m.pose.position.x, m.pose.position.y, m.pose.position.z] for m in poses])
+    d = xyz[-1] - p0
+    assert d[1] > 0.03 and abs(d[0]) < 0.2 * d[1] and abs(d[2]) < 0.2 * d[1], d   # along +y
+    # the speed while moving (past the acceleration ramp): samples 0.1 s apart, by their stamps
+    k = max(1, int(round(0.1 / np.median(np.diff(t)))))
+    v = (xyz[k:] - xyz[:-k]) / (t[k:] - t[:-k])[:, None]
+    cruising = v[v[:, 1] > 0.5 * 0.05]
+    assert len(cruising) > 5 and np.median(cruising[:, 1]) == pytest.approx(0.05, rel=0.15)
 
 
 def test_arm_holds_when_commands_stop(graph):

@@ -104,7 +104,10 @@ def test_a_policy_that_outputs_nan_never_moves_the_arm(tmp_path):
             client.subscribe("/policy/command/twist", TwistStamped, depth=1000, transform=lambda m: time.monotonic())
             client.subscribe("/joint_states", JointState, depth=5000,
                              transform=lambda m: (time.monotonic(), tuple(m.position)))
-            spec = json.loads(client.wait_for("/rl/actor_spec", 1, timeout=120)[-1].data)
+            try:
+                spec = json.loads(client.wait_for("/rl/actor_spec", 1, timeout=120)[-1].data)
+            except TimeoutError as e:  # once in a busy-core suite (passed when rerun): what was the graph doing?
+                raise AssertionError(f"{e}; the graph's log ends:\n{g.log_path.read_text()[-4000:]}") from None
             # the actor explores (random actions) and the arm moves, until the weights come
             client.wait_for("/policy/command/twist", 10, timeout=60)
             learner = Learner(tmp_path / "learner", spec, hidden=(32, 32))
