@@ -70,15 +70,20 @@ def test_collecting_through_arm_node_records_what_the_sim_records(tmp_path):
         if ra[name] >= 10.0 and not name.startswith("cmd_"):
             assert rb[name] == pytest.approx(ra[name], rel=0.2), name
     assert sorted(a.steps) == sorted(b.steps)
-    # the same scene in both at the start (seed 3, arm at rest): the direct path's first frame
-    # of the episode is matched by one of the real path's first frames. Not exactly: the real
-    # path's reset moves the arm home through arm_node to within 0.02 rad a joint (0.9 apart
-    # at best), and its first recorded frames may be late ones (3.0 for frame 0 against frame 0
-    # once, with a core busy); a second of the arm's motion is 3.5
+    # the same scene in both at the start (seed 3): the table, the cube and the target where
+    # the direct path's first frame of the episode has them, in one of the real path's first
+    # frames. The arm is not compared: the real path's reset moves it home through arm_node to
+    # within 0.02 rad a joint, and under load its first recorded frames may show it already on
+    # its way (a mean difference of 2.5 over the whole image once, 0.9 idle). What the pixels
+    # must not be is another scene, or this one mangled (channels swapped, flipped, shifted).
     first_a = _first_frame_from(a, "front_color").astype(float)
-    first_b = min((b.streams["front_color"]["data"][i].astype(float) for i in range(10)),
-                  key=lambda f: np.abs(first_a - f).mean())
-    assert first_b.std() > 10.0 and np.abs(first_a - first_b).mean() < 1.5
+
+    def differing(f: np.ndarray) -> float:
+        return float((np.abs(first_a - f.astype(float)).max(axis=2) > 30).mean())
+
+    shares = [differing(b.streams["front_color"]["data"][i]) for i in range(10)]
+    assert first_a.std() > 10.0 and min(shares) < 0.03, f"share of pixels that differ: {np.round(shares, 3)}"
+    assert differing(first_a[:, ::-1]) > 0.1 and differing(first_a[..., ::-1]) > 0.1  # the check can fail
     # the arm moved on the real path, driven through arm_node: the TCP went somewhere
     pose = b.streams["ee_pose"]["data"][:]
     assert np.linalg.norm(pose[-1, :3] - pose[0, :3]) > 0.05

@@ -158,7 +158,8 @@ def latency_from_frames(stamps: list[float], shown: list[int | None], display_pe
     its last refresh: on average half a period earlier. Frames land anywhere in the period, so
     the median lateness less half the period is the camera's latency (0 for a display redrawn
     at every capture, as the sim's is)."""
-    read = [lateness_ms(t, s) for t, s in zip(stamps, shown) if s is not None]
+    # the display shows whole milliseconds: the time it shows lies half a millisecond later on average
+    read = [lateness_ms(t, s) - 0.5 for t, s in zip(stamps, shown) if s is not None]
     unread = sum(s is None for s in shown)
     if not read:
         raise ValueError(f"the display was not read in any of {len(shown)} frames: is it in view, in focus, lit?")
