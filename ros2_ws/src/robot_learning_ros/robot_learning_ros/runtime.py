@@ -13,26 +13,11 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import rclpy
-from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 # rendering without a display: the library's, for the nodes that render (sim, bench publisher)
 from robot_learning.headless import HEADLESS_GL, headless_gl_works, use_headless_gl  # noqa: F401
-
-EXECUTORS = ("single", "events")
-
-
-def node_executor(context) -> Executor:
-    """The executor a node's callbacks run on: rclpy's SingleThreadedExecutor, or with
-    ``ROBOT_LEARNING_EXECUTOR=events`` rclpy's EventsExecutor (C++, experimental)."""
-    kind = os.environ.get("ROBOT_LEARNING_EXECUTOR", "single") or "single"
-    if kind not in EXECUTORS:
-        raise ValueError(f"ROBOT_LEARNING_EXECUTOR={kind}: use one of {', '.join(EXECUTORS)}")
-    if kind == "events":
-        from rclpy.experimental import EventsExecutor
-
-        return EventsExecutor(context=context)
-    return SingleThreadedExecutor(context=context)
 
 
 def _raise_in_main_thread(exc: type[BaseException]) -> None:
@@ -71,7 +56,7 @@ class BackgroundSpin:
             # SIGINT ignored since start-up (``nohup``, ``&`` in a script): Ctrl-C and the
             # launcher's SIGINT become KeyboardInterrupt, as in a process started normally
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        self.executor = node_executor(self.ctx)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(node)
         self.thread = threading.Thread(target=self._spin, daemon=True, name=f"{node.get_name()}-spin")
         self.thread.start()
@@ -172,7 +157,7 @@ def spin_main(node: Node, on_shutdown=None) -> None:
     # spun in short waits, not one endless one: Python runs a signal handler only between
     # instructions of the main thread, and a SIGINT that only Python handles (a process started
     # with SIGINT ignored, see BackgroundSpin) never woke an endless wait: the recorder hung
-    executor = node_executor(node.context)
+    executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
     try:
         while rclpy.ok(context=node.context):
