@@ -74,16 +74,17 @@ def test_collecting_through_arm_node_records_what_the_sim_records(tmp_path):
     # the direct path's first frame of the episode has them, in one of the real path's first
     # frames. The arm is not compared: the real path's reset moves it home through arm_node to
     # within 0.02 rad a joint, and under load its first recorded frames may show it already on
-    # its way (a mean difference of 2.5 over the whole image once, 0.9 idle). What the pixels
-    # must not be is another scene, or this one mangled (channels swapped, flipped, shifted).
+    # its way (a mean difference of 2.5 over the whole image once, 0.9 idle): with a core busy,
+    # 1.6% of the pixels differ by more than 30 levels at best. What the pixels must not be is
+    # another scene, or this one mangled: flipped or with its channels swapped, 62-69% differ.
     first_a = _first_frame_from(a, "front_color").astype(float)
 
     def differing(f: np.ndarray) -> float:
         return float((np.abs(first_a - f.astype(float)).max(axis=2) > 30).mean())
 
     shares = [differing(b.streams["front_color"]["data"][i]) for i in range(10)]
-    assert first_a.std() > 10.0 and min(shares) < 0.03, f"share of pixels that differ: {np.round(shares, 3)}"
-    assert differing(first_a[:, ::-1]) > 0.1 and differing(first_a[..., ::-1]) > 0.1  # the check can fail
+    assert first_a.std() > 10.0 and min(shares) < 0.05, f"share of pixels that differ: {np.round(shares, 3)}"
+    assert differing(first_a[::-1]) > 0.1 and differing(first_a[..., ::-1]) > 0.1  # the check can fail
     # the arm moved on the real path, driven through arm_node: the TCP went somewhere
     pose = b.streams["ee_pose"]["data"][:]
     assert np.linalg.norm(pose[-1, :3] - pose[0, :3]) > 0.05
