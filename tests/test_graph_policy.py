@@ -101,9 +101,11 @@ def test_commands_keep_the_control_rate_while_inference_is_slow(deploy):
     d = diag(client)
     assert float(d.get("infer.p50_ms", 0)) > 100.0, str(d)                   # each inference is slow ...
     # ... the 50 Hz control timer is not: it keeps ticking while the inference thread works. A
-    # tick held up by an inference would wait for all of it; beside the sim on 2 cores p99 is
-    # 40-70 ms, and 120 ms with another process keeping a core busy (inference then ~1.5 s)
-    assert float(d["tick_interval.p99_ms"]) < 0.5 * float(d["infer.p50_ms"]), str(d)
+    # tick held up by an inference would wait for all of it, so its interval would be at least
+    # one inference long; beside the sim on 2 cores p99 is 40-70 ms, and 100-120 ms with another
+    # process keeping a core busy (inference then 0.2-1.5 s: half of it, the old limit, was
+    # crossed once at 106 against 194 ms)
+    assert float(d["tick_interval.p99_ms"]) < float(d["infer.p50_ms"]), str(d)
     assert float(d["tick_interval.n"]) > 150, str(d)
     t = np.array([stamp(m) for m in msgs])
     assert len(t) > 100 and np.all(np.diff(t) > 0), str(d)
