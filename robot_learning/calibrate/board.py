@@ -80,19 +80,24 @@ def detect(board: Board, frame: np.ndarray, min_corners: int = 6) -> Detection |
 
 
 # ---- the board in the sim ------------------------------------------------------------------
-def texture_file(board: Board, cache: Path | None = None) -> Path:
-    """The board's image as a PNG MuJoCo can load (written once per board)."""
+def cached_png(name: str, make, cache: Path | None = None) -> Path:
+    """``make()``'s image as a PNG MuJoCo can load, under runs/.cache (written once per name)."""
     from robot_learning.paths import project_root
 
     cache = cache or project_root() / "runs" / ".cache"
     cache.mkdir(parents=True, exist_ok=True)
-    name = f"charuco_{board.squares_x}x{board.squares_y}_{board.square_m:g}_{board.marker_m:g}_{board.dictionary}.png"
     path = cache / name
     if not path.exists():
         tmp = path.with_suffix(".partial.png")
-        cv2.imwrite(str(tmp), board.image())
+        cv2.imwrite(str(tmp), make())
         tmp.replace(path)
     return path
+
+
+def texture_file(board: Board, cache: Path | None = None) -> Path:
+    """The board's image as a PNG MuJoCo can load (written once per board)."""
+    name = f"charuco_{board.squares_x}x{board.squares_y}_{board.square_m:g}_{board.marker_m:g}_{board.dictionary}.png"
+    return cached_png(name, board.image, cache)
 
 
 def board_mjcf(board: Board, name: str = "charuco", mocap: bool = True, pos=(0.5, 0.0, 0.3),

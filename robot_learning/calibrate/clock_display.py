@@ -19,6 +19,7 @@ display mid-update reads one of the two times, not a mix of both).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -67,13 +68,25 @@ def bits_to_ms(bits: np.ndarray) -> int:
     return ms
 
 
+@functools.cache
 def _dictionary():
     return cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, DICTIONARY))
 
 
-def pattern_image(t: float | None, px_per_cell: int = 60) -> np.ndarray:
-    """The display as a grey image (uint8), showing time ``t``; ``None``: the code cells left
-    white (the sim draws them as separate geoms over this texture)."""
+@functools.cache
+def _detector() -> cv2.aruco.ArucoDetector:
+    return cv2.aruco.ArucoDetector(_dictionary())
+
+
+def _fill(img: np.ndarray, cells, value: int, px_per_cell: int) -> None:
+    m = int(round(MARGIN * px_per_cell))
+    for c, r in cells:
+        img[m + r * px_per_cell:m + (r + 1) * px_per_cell, m + c * px_per_cell:m + (c + 1) * px_per_cell] = value
+
+
+@functools.cache
+def _static_pattern(px_per_cell: int) -> np.ndarray:
+    """Markers, margin and reference cells: what every redraw shares."""
     m = int(round(MARGIN * px_per_cell))
     img = np.full((HEIGHT * px_per_cell + 2 * m, WIDTH * px_per_cell + 2 * m), 255, np.uint8)
     side = int(MARKER_CELLS * px_per_cell)
@@ -81,14 +94,17 @@ def pattern_image(t: float | None, px_per_cell: int = 60) -> np.ndarray:
         u, v = MARKER_AT[mid]
         x, y = m + int(u * px_per_cell), m + int(v * px_per_cell)
         img[y:y + side, x:x + side] = cv2.aruco.generateImageMarker(_dictionary(), mid, side)
+    _fill(img, BLACK_CELLS, 0, px_per_cell)
+    img.flags.writeable = False
+    return img
 
-    def fill(cells, value) -> None:
-        for c, r in cells:
-            img[m + r * px_per_cell:m + (r + 1) * px_per_cell, m + c * px_per_cell:m + (c + 1) * px_per_cell] = value
 
-    fill(BLACK_CELLS, 0)
+def pattern_image(t: float | None, px_per_cell: int = 60) -> np.ndarray:
+    """The display as a grey image (uint8), showing time ``t``; ``None``: the code cells left
+    white (the sim draws them as separate geoms over this texture)."""
+    img = _static_pattern(px_per_cell).copy()
     if t is not None:
-        fill([cell for cell, b in zip(CODE_CELLS, gray_bits(t)) if b], 0)
+        _fill(img, [cell for cell, b in zip(CODE_CELLS, gray_bits(t)) if b], 0, px_per_cell)
     return img
 
 
@@ -104,7 +120,7 @@ def read_display(frame: np.ndarray) -> int | None:
     None when it is not seen well enough to read: fewer than three of its markers found, or
     black and white not told apart."""
     grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
-    corners, ids, _ = cv2.aruco.ArucoDetector(_dictionary()).detectMarkers(grey)
+    corners, ids, _ = _detector().detectMarkers(grey)
     if ids is None:
         return None
     src, dst = [], []

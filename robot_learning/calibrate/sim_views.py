@@ -208,18 +208,10 @@ def clock_display_mjcf(cell_m: float = 0.025, name: str = CLOCK) -> tuple[str, s
     the reference cells a texture, each code cell a thin box just in front of it whose colour
     ``SimClockDisplay.show`` sets (a texture cannot change while the sim runs; a geom's colour
     is read at every capture). The plate's frame is the display's centre, facing +z."""
-    import cv2
-
     from robot_learning.calibrate import clock_display as cd
-    from robot_learning.paths import project_root
+    from robot_learning.calibrate.board import cached_png
 
-    cache = project_root() / "runs" / ".cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    png = cache / f"clock_display_{cd.WIDTH}x{cd.HEIGHT}_{cd.DICTIONARY}.png"
-    if not png.exists():
-        tmp = png.with_suffix(".partial.png")
-        cv2.imwrite(str(tmp), cd.pattern_image(None))
-        tmp.replace(png)
+    png = cached_png(f"clock_display_{cd.WIDTH}x{cd.HEIGHT}_{cd.DICTIONARY}.png", lambda: cd.pattern_image(None))
     half = ((cd.WIDTH / 2 + cd.MARGIN) * cell_m, (cd.HEIGHT / 2 + cd.MARGIN) * cell_m)
     asset = (f'<texture name="{name}" type="2d" file="{png}"/>'
              f'<material name="{name}" texture="{name}" texrepeat="1 1" texuniform="false" specular="0" shininess="0"/>'
