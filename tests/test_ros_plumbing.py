@@ -141,3 +141,65 @@ def test_a_callback_that_raises_stops_the_node_with_an_error_instead_of_a_silent
                            preexec_fn=lambda h=inherited: signal.signal(signal.SIGINT, h))
         assert r.returncode == 1, r.stderr[-2000:]
         assert "a callback failed" in r.stderr and "KeyError: 'peg'" in r.stderr
+
+
+READER = textwrap.dedent("""
+    import sys, threading, time
+    import psutil, rclpy
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from robot_learning_ros.runtime import init_ros
+
+    init_ros(release_reader_memory=sys.argv[1] == "release")
+    node = rclpy.create_node("slow_reader")
+    slow, taken = [0.0], [0]
+
+    def take(m):
+        taken[0] += 1
+        time.sleep(slow[0])
+
+    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+    node.create_subscription(Image, "/plumbing/frames", take, qos)
+    threading.Thread(target=rclpy.spin, args=(node,), daemon=True).start()
+    proc = psutil.Process()
+    private = lambda: (proc.memory_info().rss - proc.memory_info().shared) / 2**20
+    while taken[0] < 30:
+        time.sleep(0.1)
+    before = private()
+    slow[0] = 0.1  # takes 10 frames a second of the 30 that come: DDS queues the rest
+    time.sleep(8.0)
+    peak = private()
+    slow[0] = 0.0
+    time.sleep(6.0)  # caught up
+    print(f"{before:.0f} {peak:.0f} {private():.0f}", flush=True)
+    import os; os._exit(0)
+""")
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_a_reader_that_fell_behind_gives_the_backlogs_memory_back_when_told_to(release):
+    """The recorder's subscriptions queue seconds of camera frames when its taking thread is
+    starved; with ``release_reader_memory`` (the recorder's) that memory goes back once the
+    frames are taken, without it (rmw's default: the control case) the reader keeps it."""
+    reader = subprocess.Popen([sys.executable, "-c", READER, "release" if release else "keep"],
+                              stdout=subprocess.PIPE, text=True)
+    client = GraphClient("frames_publisher")
+    try:
+        frame = image_msg(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8), "rgb8", 0.0, "cam")
+        pub = client.node.create_publisher(type(frame), "/plumbing/frames", 100)
+        t_end = time.monotonic() + 60.0
+        while reader.poll() is None and time.monotonic() < t_end:
+            frame.header.stamp = to_stamp(time.time())
+            pub.publish(frame)
+            time.sleep(1 / 30)
+        out = reader.communicate(timeout=10)[0].split()
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+        client.close()
+    before, peak, after = (float(v) for v in out)
+    assert peak - before > 40, f"no backlog built up (private memory {before:.0f} -> {peak:.0f} MiB)"
+    if release:
+        assert after - before < 0.25 * (peak - before), f"kept {after - before:.0f} of {peak - before:.0f} MiB"
+    else:
+        assert after - before > 0.75 * (peak - before), f"the control case gave memory back: {before, peak, after}"

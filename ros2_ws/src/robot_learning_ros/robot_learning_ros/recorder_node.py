@@ -199,7 +199,7 @@ class RecorderNode(Node):
 
 
 def main(args=None) -> None:
-    init_ros(args=args, shm_healthy_check_ms=RECORDER_SHM_HEALTHY_CHECK_MS)
+    init_ros(args=args, shm_healthy_check_ms=RECORDER_SHM_HEALTHY_CHECK_MS, release_reader_memory=True)
     try:
         node = RecorderNode()
     except (DatasetError, ValueError) as e:

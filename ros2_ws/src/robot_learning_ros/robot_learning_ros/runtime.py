@@ -229,7 +229,8 @@ def _reserve(domain: int, pid: int) -> bool:
     return True
 
 
-def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None = None) -> int | None:
+def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None = None,
+                                   release_reader_memory: bool = False) -> int | None:
     """Call before ``rclpy.init`` (``init_ros`` does): pins this process's participant id to one
     no process has used (see ``unused_participant_id``), through a copy of the Fast DDS profile
     in use, so that a node restarted after a crash (SIGKILL, power cut) is heard at once by
@@ -240,7 +241,9 @@ def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None =
     before writers take it for dead and drop what is queued there (Fast DDS's
     ``healthy_check_timeout_ms``, 1 s by default; the port's creator sets it for everyone).
     Only a node that must not lose messages while starved needs more: a port opened inside
-    that window blocks its opener for a third of it, which slows discovery of this node."""
+    that window blocks its opener for a third of it, which slows discovery of this node.
+
+    ``release_reader_memory``: see ``_release_reader_memory``."""
     profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
     if os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp" or not profile:
         return None
@@ -270,6 +273,8 @@ def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None =
     el.text = str(pid)
     if shm_healthy_check_ms is not None:
         _set_shm_healthy_check(tree, ns, shm_healthy_check_ms)
+    if release_reader_memory:
+        _release_reader_memory(tree, ns, rtps)
     if ns:
         ElementTree.register_namespace("", ns[1:-1])
     # one file per domain and id (bounded, overwritten on reuse; a killed node leaves nothing else)
@@ -291,10 +296,46 @@ def _set_shm_healthy_check(tree: ElementTree.ElementTree, ns: str, ms: int) -> N
             hc.text = str(int(ms))
 
 
-def init_ros(args=None, shm_healthy_check_ms: int | None = None, **kwargs) -> None:
+def _release_reader_memory(tree: ElementTree.ElementTree, ns: str, rtps: ElementTree.Element) -> None:
+    """Subscriptions that give back the memory of the samples they queued, once taken.
+
+    rmw_fastrtps gives every reader a payload pool that grows to the most samples its history
+    ever held and keeps them (PREALLOCATED_WITH_REALLOC): a node whose taking thread fell behind
+    for a while keeps that backlog's memory for good. The recorder's reliable queues are 1000
+    deep and carry camera frames, so its memory ratcheted up in steps, one per deeper backlog
+    (159 -> 397 MiB private in a one-hour soak; a subscriber 20 s behind on 30 Hz frames kept
+    380 MiB after catching up, 37 MiB with this). DYNAMIC allocates each sample and frees it.
+
+    rmw_fastrtps only leaves the reader's memory policy to the profile when told to take all QoS
+    from XML (RMW_FASTRTPS_USE_QOS_FROM_XML=1, for this process only); so the profile also
+    states what rmw sets otherwise: growable discovery histories (messages over 5000 bytes),
+    writers with reallocating histories, data sharing off."""
+    def child(parent: ElementTree.Element, tag: str) -> ElementTree.Element:
+        el = parent.find(f"{ns}{tag}")
+        return el if el is not None else ElementTree.SubElement(parent, f"{ns}{tag}")
+
+    builtin = child(rtps, "builtin")
+    for tag in ("readerHistoryMemoryPolicy", "writerHistoryMemoryPolicy"):
+        child(builtin, tag).text = "PREALLOCATED_WITH_REALLOC"
+    profiles = next(tree.getroot().iter(f"{ns}profiles"))
+    for kind, policy in (("data_writer", "PREALLOCATED_WITH_REALLOC"), ("data_reader", "DYNAMIC")):
+        ep = ElementTree.SubElement(profiles, f"{ns}{kind}",
+                                    {"profile_name": f"robot_learning_{kind}", "is_default_profile": "true"})
+        qos = ElementTree.SubElement(ep, f"{ns}qos")
+        if kind == "data_writer":  # rmw's default publishing mode
+            ElementTree.SubElement(ElementTree.SubElement(qos, f"{ns}publishMode"), f"{ns}kind").text = "SYNCHRONOUS"
+        ElementTree.SubElement(ElementTree.SubElement(qos, f"{ns}data_sharing"), f"{ns}kind").text = "OFF"
+        ElementTree.SubElement(ep, f"{ns}historyMemoryPolicy").text = policy
+    os.environ["RMW_FASTRTPS_USE_QOS_FROM_XML"] = "1"
+
+
+def init_ros(args=None, shm_healthy_check_ms: int | None = None, release_reader_memory: bool = False,
+             **kwargs) -> None:
     """``rclpy.init`` for a node's process, under a participant id no process has used: any node
-    may be killed and restarted (by a supervisor, a launch respawn, a test)."""
-    join_with_fresh_participant_id(shm_healthy_check_ms=shm_healthy_check_ms)
+    may be killed and restarted (by a supervisor, a launch respawn, a test). The other arguments
+    tune this process's copy of the DDS profile (``join_with_fresh_participant_id``)."""
+    join_with_fresh_participant_id(shm_healthy_check_ms=shm_healthy_check_ms,
+                                   release_reader_memory=release_reader_memory)
     rclpy.init(args=args, **kwargs)
 
 
