@@ -210,3 +210,39 @@ def test_every_node_executable_starts_and_stops_cleanly(tmp_path):
                     proc.wait()
     finally:
         client.close()
+
+
+def _mapped(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.graph
+def test_a_node_started_with_sigint_ignored_stops_on_a_sigint_sent_while_it_imports(tmp_path):
+    """Under ``nohup`` or ``&`` in a script a node starts with SIGINT ignored, and its imports
+    (rclpy, MuJoCo, torch) take seconds before ``main`` can handle one. A script that stops it
+    with a SIGINT in that time must not wait on it forever: the SIGINT is sent as soon as
+    rclpy's library is loaded, while the sim node is still importing."""
+    log = tmp_path / "sim_node.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(VENV / "lib" / PKG / "sim_node"), "--ros-args", "-p", "cameras:=none"],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        end = time.monotonic() + 60
+        while not _mapped(proc.pid, "librcl.so") and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.005)
+        assert proc.poll() is None, f"sim_node exited with {proc.returncode} before it was stopped:\n{log.read_text()}"
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"sim_node ignored the SIGINT sent while it imported:\n{log.read_text()[-2000:]}")
+        assert rc == 0, f"sim_node exited with {rc}:\n{log.read_text()[-2000:]}"
+        assert "Traceback" not in log.read_text(), log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -18,6 +18,7 @@ from rclpy.node import Node
 
 # rendering without a display: the library's, for the nodes that render (sim, bench publisher)
 from robot_learning.headless import HEADLESS_GL, headless_gl_works, use_headless_gl  # noqa: F401
+from robot_learning_ros.entry import restore_sigint
 
 
 def _raise_in_main_thread(exc: type[BaseException]) -> None:
@@ -52,10 +53,7 @@ class BackgroundSpin:
         self.interrupt_main = interrupt_main
         self.failed: BaseException | None = None
         self._closing = threading.Event()
-        if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGINT)):
-            # SIGINT ignored since start-up (``nohup``, ``&`` in a script): Ctrl-C and the
-            # launcher's SIGINT become KeyboardInterrupt, as in a process started normally
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        restore_sigint()  # a process started with SIGINT ignored: Ctrl-C must still stop it
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(node)
         self.thread = threading.Thread(target=self._spin, daemon=True, name=f"{node.get_name()}-spin")
