@@ -48,6 +48,10 @@ class DemoPlan:
     real_time_factor: float = 2.0    # collection (faster and the expert's own loop lags: it overshoots)
     eval_real_time_factor: float = 1.0  # deployment runs at real time, as on a robot
     state_rate: float = 100.0
+    # tactile, wrench and object poses while collecting (the workcell's 125 Hz otherwise): the
+    # policy reads the object poses at 10 Hz steps, and those streams were most of what the
+    # recorder and the sim handled, time a loaded machine takes from training
+    tactile_rate: float = 50.0
     noise: float = 0.0               # the operator's hand-like noise (1.0: teleop-like demos, harder to learn)
     action: str = "tcp_pose"         # TCP pose plans: robust to the inference latency a shared CPU adds
     # sampled from the initial noise's mode, in training's evaluations and when deployed: a policy
@@ -193,7 +197,7 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
         t0 = time.monotonic()
         collected = collect_scripted(task, plan.episodes, ds_path, run_dir / "collect", run_dir / "collect.log",
                                      real_time_factor=plan.real_time_factor, cameras="none",
-                                     state_rate=plan.state_rate, noise=plan.noise)
+                                     state_rate=plan.state_rate, noise=plan.noise, tactile_rate=plan.tactile_rate)
         timings["collect"] = time.monotonic() - t0
         print_info(Dataset(ds_path))
         print(f"demo [2/4] train: diffusion policy on {', '.join(LOWDIM_OBS)}", flush=True)
