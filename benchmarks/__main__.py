@@ -223,7 +223,8 @@ def _previous_sections(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     parts = re.split(r"<!-- section: (\w+) -->\n", path.read_text())
-    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+    # each kept as written (one newline at its end): the sections are joined with a blank line
+    return {parts[i]: parts[i + 1].rstrip("\n") + "\n" for i in range(1, len(parts) - 1, 2)}
 
 
 def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> int:
