@@ -107,11 +107,17 @@ def soak(minutes: float, workdir: Path, client) -> dict:
     args = dict(checkpoint=ckpt, cameras="front,wrist", record="true", dataset=store, autostart="true")
     recipe = load_recipe("datasets/recipes/workcell.yaml")
     seen: dict[str, list[float]] = {n: [] for n in COMPARED}
+    clock: list[tuple[float, float]] = []  # (monotonic, graph clock) now and then: where a loss fell
+
+    def on_msg(m, n: str) -> None:
+        seen[n].append(_stamp(m))
+        if n == "joint_states" and len(seen[n]) % 100 == 1:
+            clock.append((time.monotonic(), seen[n][-1]))
+
     for n in COMPARED:
         spec = recipe.streams[n]
         qos = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-        client.node.create_subscription(message_class(spec.type), spec.topic,
-                                        lambda m, n=n: seen[n].append(_stamp(m)), qos)
+        client.node.create_subscription(message_class(spec.type), spec.topic, lambda m, n=n: on_msg(m, n), qos)
     js_stamps = seen["joint_states"]
     backlog: list[tuple[float, int]] = []
 
@@ -179,6 +185,7 @@ def soak(minutes: float, workdir: Path, client) -> dict:
     # drops: messages the client received inside each episode's span, missing from the dataset
     ds = Dataset(store)
     compared = {n: {"recorded": 0, "lost": 0, "client_missed": 0} for n in COMPARED}
+    lost_at: dict[str, list[float]] = {n: [] for n in COMPARED}
     gaps: dict[str, int] = {}
     for i in saved:
         ep = ds.episode(i)
@@ -187,17 +194,31 @@ def soak(minutes: float, workdir: Path, client) -> dict:
             t = np.round(t[np.isfinite(t)], 6)
             got = np.array(seen[n])
             got = np.round(got[(got >= t.min()) & (got <= t.max())], 6)
+            lost = np.setdiff1d(got, t)
             compared[n]["recorded"] += len(t)
-            compared[n]["lost"] += len(np.setdiff1d(got, t))
+            compared[n]["lost"] += len(lost)
             compared[n]["client_missed"] += len(np.setdiff1d(t, got))
+            lost_at[n] += lost.tolist()
         for name, gp in (ep.meta.get("gaps") or {}).items():
             gaps[name] = gaps.get(name, 0) + int(gp["missing"])
-    _plot(memory, after_episode, backlog, t0)
+    losses = {n: _losses(v, clock, t0) for n, v in lost_at.items() if v}
+    _plot(memory, after_episode, backlog, t0, [x for runs in losses.values() for x in runs])
     return {"minutes": minutes, "alive": alive, "rtf": sim_s / wall if wall else 0.0,
             "policy_ran": "policy" in sources, "switches": sum(a != b for a, b in zip(sources, sources[1:])),
             "memory_warm": warm, "memory_last": last, "growth": growth, "trend": trend, "compared": compared,
-            "gaps": gaps, "episodes": len(saved), "backlog_max": max((b for _, b in backlog), default=0),
+            "gaps": gaps, "losses": losses, "episodes": len(saved),
+            "backlog_max": max((b for _, b in backlog), default=0),
             "commands": _intervals(cmd_times)}
+
+
+def _losses(stamps: list[float], clock: list[tuple[float, float]], t0: float) -> list[tuple[float, float, int]]:
+    """Lost messages as runs (a new run after 0.5 s without a loss): where each fell, in minutes
+    of the soak, how long it lasted on the graph's clock, and how many it held; to set beside
+    the recorder's backlog at that moment."""
+    st = np.sort(np.asarray(stamps))
+    cuts = np.flatnonzero(np.diff(st) > 0.5) + 1
+    mono, graph = (np.array(c) for c in zip(*clock)) if clock else (np.zeros(1), np.zeros(1))
+    return [(float(np.interp(r[0], graph, mono) - t0) / 60, float(r[-1] - r[0]), len(r)) for r in np.split(st, cuts)]
 
 
 def _trend(ends: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
@@ -216,9 +237,9 @@ def _trend(ends: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
     return out
 
 
-def _plot(memory, after_episode, backlog, t0: float) -> None:
-    """RSS of every process over the run (dots: right after an episode finished) and the
-    recorder's write backlog, to ``PLOT``."""
+def _plot(memory, after_episode, backlog, t0: float, losses: list[tuple[float, float, int]]) -> None:
+    """RSS of every process over the run (dots: right after an episode finished), the
+    recorder's write backlog and where it lost messages (red), to ``PLOT``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,6 +254,9 @@ def _plot(memory, after_episode, backlog, t0: float) -> None:
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Soak: memory of the deployed graph (dots: right after an episode was finished)")
     bx.plot([(t - t0) / 60 for t, _ in backlog], [b for _, b in backlog], color="gray")
+    for minute, _, count in losses:
+        bx.axvline(minute, color="tab:red", lw=1)
+        bx.annotate(f"{count} lost", (minute, 0), color="tab:red", fontsize=8, rotation=90, va="bottom")
     bx.set_ylabel("recorder backlog\n(messages)")
     bx.set_xlabel("minutes")
     fig.tight_layout()
@@ -272,6 +296,9 @@ def section(minutes: float, workdir: Path, client) -> list[str]:
         "| stream | stored by the recorder | received by the subscriber, not stored (goal 0) "
         "| stored, not received by the subscriber |", "|---|---|---|---|",
         *[f"| {n} | {c['recorded']} | **{c['lost']}** | {c['client_missed']} |" for n, c in r["compared"].items()],
+        "\nWhere the losses fell: " + ("; ".join(
+            f"{n}: " + ", ".join(f"{k} in {d:.1f} s at minute {m:.1f}" for m, d, k in runs)
+            for n, runs in r["losses"].items()) or "nowhere") + " (red in the plot's backlog panel).\n",
         f"\nGaps the recorder found in its own streams (messages missing by their stream's rate; for "
         f"headerless streams by receive time): {gaps}.\n",
         f"Commands the mux sent the arm (`/arm/command/twist`, by their stamps on the graph's clock): period "
