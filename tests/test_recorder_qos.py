@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -124,3 +125,60 @@ def test_recorder_keeps_every_reliable_sensor_message_through_a_stall(tmp_path):
     assert not lost, (f"{len(lost)} of {n} messages lost (sent before the stall: 0-99, during: 100-{n - 101}; "
                       f"lost: {_ranges(lost)})")
     assert len(ep.stream("wrench_be")["data"]) > 0  # matched and recorded, though not all of it
+
+
+STALLED_READER = """
+import os, sys, threading, time
+import rclpy
+from sensor_msgs.msg import JointState
+from robot_learning.data.schema import StreamSpec
+from robot_learning_ros.recorder_node import record_qos
+from robot_learning_ros.runtime import init_ros
+
+init_ros(release_reader_memory=True)
+node = rclpy.create_node("stalled_reader")
+got = set()
+
+def take(m):
+    got.add(m.header.stamp.sec)
+    if len(got) == 250:
+        time.sleep(12.0)  # the taking thread stalls; DDS's own threads keep receiving
+
+spec = StreamSpec("joint_states", "/qos_test/joint_states", "sensor_msgs/msg/JointState")
+node.create_subscription(JointState, spec.topic, take, record_qos(spec, reliable=True))
+threading.Thread(target=rclpy.spin, args=(node,), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.readline()  # the publisher is done
+time.sleep(2.0)
+print(len(got), flush=True)
+os._exit(0)
+"""
+
+
+def test_recorder_queues_keep_a_long_stall_of_small_high_rate_messages():
+    """The soak's worst stall of the recorder's taking thread (about 8 s while DDS kept
+    receiving) overflowed 1000-deep queues at 250 Hz. At the recorder's depth for small
+    messages, a reader whose taking stalls 12 s keeps all 4,000 joint states sent at 250 Hz."""
+    from rclpy.qos import HistoryPolicy, QoSProfile
+    from sensor_msgs.msg import JointState
+    reader = subprocess.Popen([sys.executable, "-c", STALLED_READER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    client = GraphClient("joint_state_publisher")
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        pub = client.node.create_publisher(JointState, "/qos_test/joint_states", QoSProfile(
+            depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST))
+        _wait(lambda: pub.get_subscription_count() > 0, 30, "the reader to match")
+        m = JointState(name=[f"j{i}" for i in range(7)], position=[0.1] * 7)
+        t_next = time.monotonic()
+        for k in range(4000):
+            m.header.stamp.sec = k
+            pub.publish(m)
+            t_next += 0.004
+            time.sleep(max(0.0, t_next - time.monotonic()))
+        out, _ = reader.communicate("done\n", timeout=60)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+        client.close()
+    assert int(out.split()[-1]) == 4000, f"the stalled reader kept {out.split()[-1]} of 4000"

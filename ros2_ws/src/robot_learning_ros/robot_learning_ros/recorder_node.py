@@ -23,7 +23,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from robot_learning.config import load_yaml
 from robot_learning.data.recorder import Recorder
-from robot_learning.data.schema import load_recipe
+from robot_learning.data.schema import StreamSpec, load_recipe
 from robot_learning.data.store import DatasetError
 from robot_learning.paths import resolve
 from robot_learning_ros.msgs import LATCHED_QOS, message_class
@@ -43,8 +43,22 @@ RECORDER_SHM_HEALTHY_CHECK_MS = 4000
 # Deep queues: the recorder must not drop what arrives in bursts while it writes. A stream is
 # recorded reliably whenever every publisher offers it (as rosbag2 adapts its QoS): a best-effort
 # reader loses whatever arrives while its taking thread is starved, a reliable one has it resent.
-RECORD_SENSOR_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
-RECORD_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# A queue's depth is how long the taking thread may stall before the stream loses messages: a
+# one-hour soak had one stall of ~7.6 s that cost the 250 Hz streams 3.6 s (1000 deep: 4 s)
+# and the 125 Hz ones nothing. Small messages get 5000 (20 s at 250 Hz; a test reader stalled
+# 12 s kept all 5000, at 1000 it lost 1837): the memory is only taken while a backlog lasts
+# (release_reader_memory). Camera frames keep shallower queues: a deep queue of frames is GBs.
+SMALL_DEPTH = 5000
+FRAME_DEPTH = {ReliabilityPolicy.RELIABLE: 1000, ReliabilityPolicy.BEST_EFFORT: 100}
+SMALL_IMAGE = 64 * 64  # pixels: a tactile grid is an Image too, of a few taxels
+
+
+def record_qos(spec: StreamSpec, reliable: bool) -> QoSProfile:
+    """The QoS the recorder subscribes ``spec`` with, reliable or best-effort."""
+    reliability = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+    frames = spec.kind == "image" and not (spec.width and spec.height and spec.width * spec.height <= SMALL_IMAGE)
+    return QoSProfile(depth=FRAME_DEPTH[reliability] if frames else SMALL_DEPTH, reliability=reliability,
+                      history=HistoryPolicy.KEEP_LAST)
 
 
 class RecorderNode(Node):
@@ -64,7 +78,7 @@ class RecorderNode(Node):
         self.subs: dict[str, tuple[object, ReliabilityPolicy]] = {}  # stream -> (subscription, its reliability)
         for name, spec in recipe.streams.items():
             if not spec.sensor:
-                self._subscribe(name, RECORD_QOS)
+                self._subscribe(name, record_qos(spec, reliable=True))
         self._match_sensor_streams()
         self.create_timer(0.5, self._match_sensor_streams)
         self.create_subscription(String, "/recorder/episode_meta", self._on_meta, LATCHED_QOS)
@@ -106,7 +120,7 @@ class RecorderNode(Node):
             if not pubs:
                 continue
             reliable = all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in pubs)
-            want = RECORD_QOS if reliable else RECORD_SENSOR_QOS
+            want = record_qos(spec, reliable)
             have = self.subs.get(name)
             if have is None:
                 self._subscribe(name, want)
