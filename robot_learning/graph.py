@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from robot_learning.launch import die_with_parent
@@ -56,6 +58,20 @@ class SimGraph:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    @contextmanager
+    def coming_up(self, client: object | None = None) -> Iterator[SimGraph]:
+        """Wrap the waits for a graph to come up: if one fails (or is interrupted), the client
+        is closed and the graph stopped before the error goes on. A module fixture whose setup
+        failed is never torn down by pytest, so without this its launcher and nodes ran on
+        beside the next modules' graphs, in the same DDS domain."""
+        try:
+            yield self
+        except BaseException:
+            if client is not None:
+                client.close()
+            self.stop()
+            raise
 
 
 def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_path: Path, desc: str,

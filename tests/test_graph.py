@@ -48,12 +48,8 @@ def graph(tmp_path_factory):
         client.subscribe(topic, typ, sensor=sensor)
     client.subscribe("/arm/emergency_stop_active", Bool, latched=True)
     client.subscribe("/sim/diagnostics", DiagnosticArray)
-    try:
+    with g.coming_up(client):
         client.wait_for("/front/color/image_raw", 3, timeout=60)
-    except BaseException:  # a graph that did not come up must not outlive the fixture
-        client.close()
-        g.stop()
-        raise
     yield g, client
     client.close()
     rc = g.stop()

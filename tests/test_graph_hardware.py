@@ -46,13 +46,9 @@ def graph(tmp_path_factory):
                      transform=lambda m: np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z]))
     client.subscribe("/diagnostics", DiagnosticArray, transform=lambda m: m.status[0])
     client.subscribe("/arm/protective_stop", String, latched=True, transform=lambda m: m.data)
-    try:
+    with g.coming_up(client):
         client.wait_for("/arm/ee_pose", 10, timeout=90)
         client.wait_for(COMMANDS, 10, timeout=30)
-    except BaseException:  # a graph that did not come up must not outlive the fixture
-        client.close()
-        g.stop()
-        raise
     yield g, client
     client.close()
     g.stop()

@@ -59,13 +59,9 @@ def deploy(tmp_path_factory):
     client.subscribe("/arm/ee_pose", PoseStamped)
     client.subscribe("/policy/command/twist", TwistStamped, depth=200)
     client.subscribe("/policy/diagnostics", DiagnosticArray)
-    try:
+    with g.coming_up(client):
         client.wait_for("/arm/ee_pose", 5, timeout=60)
         client.wait_for("/policy/diagnostics", 1, timeout=60)
-    except BaseException:  # a graph that did not come up must not outlive the fixture
-        client.close()
-        g.stop()
-        raise
     yield g, client, ckpts
     client.close()
     rc = g.stop()

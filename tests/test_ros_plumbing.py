@@ -3,17 +3,19 @@ that never step back, and a node restarted after SIGKILL that its peers can stil
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from robot_learning_ros.client import GraphClient
 from robot_learning_ros.msgs import image_from_msg, image_msg, to_stamp
-from robot_learning_ros.runtime import unused_participant_id
+from robot_learning_ros.runtime import MAX_PARTICIPANT_ID, unused_participant_id
 from std_srvs.srv import Trigger
 
 
@@ -46,8 +48,48 @@ def test_participant_id_above_every_port_live_or_dead(tmp_path):
         (tmp_path / name).touch()
     assert unused_participant_id(3, tmp_path) == 6  # ids 0, 1 and 5 in domain 3; the next domain's ignored
     assert unused_participant_id(4, tmp_path) == 1
-    (tmp_path / f"fastdds_port{base + 238}").touch()
-    assert unused_participant_id(3, tmp_path) is None  # range used up: Fast DDS picks
+    (tmp_path / f"fastdds_port{base + 238}").touch()  # id 119, the last: ids with no port are taken again
+    assert unused_participant_id(3, tmp_path) == 2
+    assert unused_participant_id(3, tmp_path, taken={2, 3}) == 4  # locked by nodes still starting
+    for i in range(120):
+        (tmp_path / f"fastdds_port{base + 2 * i}").touch()
+    assert unused_participant_id(3, tmp_path) is None  # every id has a port: Fast DDS picks
+
+
+TALKER = textwrap.dedent("""
+    import sys, time, rclpy
+    from std_msgs.msg import String
+    rclpy.init()
+    node = rclpy.create_node(f"id_{sys.argv[1]}")
+    heard = set()
+    node.create_subscription(String, "/plumbing/ids", lambda m: heard.add(m.data), 10)
+    pub = node.create_publisher(String, "/plumbing/ids", 10)
+    end = time.monotonic() + 20
+    while time.monotonic() < end and not heard - {sys.argv[1]}:
+        pub.publish(String(data=sys.argv[1]))
+        rclpy.spin_once(node, timeout_sec=0.1)
+    for _ in range(20):  # the other one may still be waiting for this one
+        pub.publish(String(data=sys.argv[1]))
+        rclpy.spin_once(node, timeout_sec=0.1)
+    print(sorted(heard - {sys.argv[1]}), flush=True)
+""")
+
+
+@pytest.mark.graph
+def test_participants_at_the_top_of_the_id_range_find_each_other(tmp_path):
+    """Node ids climb through a long run (every id stays used while its port is in /dev/shm, and
+    a crashed node's stays there): the project's profile must let the last two ids reach each
+    other. With rmw's own localhost discovery ids above 31 never met, and a test run that had
+    used 32 ids saw its next graph's services as unreachable."""
+    profile = Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]).read_text()
+    procs = []
+    for pid in (MAX_PARTICIPANT_ID - 1, MAX_PARTICIPANT_ID):
+        pinned = tmp_path / f"p{pid}.xml"
+        pinned.write_text(profile.replace("<rtps>", f"<rtps><participantID>{pid}</participantID>", 1))
+        procs.append(subprocess.Popen([sys.executable, "-c", TALKER, str(pid)], stdout=subprocess.PIPE, text=True,
+                                      env={**os.environ, "FASTDDS_DEFAULT_PROFILES_FILE": str(pinned)}))
+    heard = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert heard == [f"['{MAX_PARTICIPANT_ID}']", f"['{MAX_PARTICIPANT_ID - 1}']"], heard
 
 
 SERVER = textwrap.dedent("""

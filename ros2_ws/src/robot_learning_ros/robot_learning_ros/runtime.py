@@ -186,24 +186,29 @@ SHM_DIR = Path("/dev/shm")
 MAX_PARTICIPANT_ID = 119  # RTPS port mapping: 250 ports per domain, 2 per participant
 
 
-def unused_participant_id(domain: int, shm_dir: Path = SHM_DIR) -> int | None:
+def unused_participant_id(domain: int, shm_dir: Path = SHM_DIR, taken: set[int] = frozenset()) -> int | None:
     """A participant id above every id that has a Fast DDS shared-memory port in ``domain``,
-    live or left by a process that died (None when the range is used up).
+    live or left by a process that died; once the range is used up, the lowest id with no port
+    at all (None when every id has one).
 
     Fast DDS names a participant's port after its id (``fastdds_port<7411 + 250 domain + 2 id>``),
     and a process started after a crash gets the lowest free id: the dead one's. Peers that
     have not yet noticed the death still hold the old port's memory and keep writing there, so
     nothing they send reaches the new process (eProsima/Fast-DDS#5053, #5469; seen here as a
     restarted recorder that never answered a service call). A name no process has used cannot
-    be held by anyone."""
+    be held by anyone. A process that exits cleanly removes its port and tells its peers, so
+    its id is safe to take again once ids run out (a long test run, a robot PC up for weeks).
+    ``taken``: ids to count as used besides the ports (locked by a node still starting)."""
     base = 7411 + 250 * domain
-    used = []
+    used = set(taken)
     for f in shm_dir.glob("fast*_port*"):
         m = re.fullmatch(r"fast(?:dds|rtps)_port(\d+)", f.name)
         if m and base <= int(m.group(1)) <= base + 2 * MAX_PARTICIPANT_ID:
-            used.append((int(m.group(1)) - base) // 2)
+            used.add((int(m.group(1)) - base) // 2)
     pid = max(used, default=-1) + 1
-    return pid if pid <= MAX_PARTICIPANT_ID else None
+    if pid <= MAX_PARTICIPANT_ID:
+        return pid
+    return next((i for i in range(MAX_PARTICIPANT_ID + 1) if i not in used), None)
 
 
 _RESERVED: list[int] = []  # lock files held for the life of the process (one per pinned id)
@@ -256,9 +261,11 @@ def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None =
     if default is None:
         return None
     domain = int(os.environ.get("ROS_DOMAIN_ID", "0") or 0)
+    locked: set[int] = set()
     pid = unused_participant_id(domain)
     while pid is not None and not _reserve(domain, pid):
-        pid = pid + 1 if pid < MAX_PARTICIPANT_ID else None
+        locked.add(pid)
+        pid = unused_participant_id(domain, taken=locked)
     if pid is None:
         return None
     rtps = default.find(f"{ns}rtps")
