@@ -110,3 +110,9 @@ def look_at_optical(eye: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> 
     x /= np.linalg.norm(x)
     y = np.cross(z, x)
     return mat_to_quat(np.stack([x, y, z], axis=1))
+
+
+def pointing_down(yaw: float) -> np.ndarray:
+    """The hand pointing at the table (TCP z down) turned by ``yaw`` about the base z axis (w x y z):
+    the orientation scripted moves and the insertion task hold the hand in."""
+    return quat_mul(axis_angle_quat([0, 0, 1], yaw), np.array([0.0, 1.0, 0.0, 0.0]))

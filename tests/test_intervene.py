@@ -9,6 +9,7 @@ import numpy as np
 from robot_learning.rl.intervene import InterveningOperator
 from robot_learning.sim.env import WorkcellEnv, expert_obs_from_env
 from robot_learning.sim.expert import ScriptedExpert
+from robot_learning.transforms import orientation_error, pointing_down, xyzw_to_wxyz, yaw_of
 
 
 def _episode(policy, seed: int = 3, steps: int = 250) -> tuple[list[bool], list[bool], bool]:
@@ -64,3 +65,27 @@ def test_train_sac_with_interventions_and_rlif_rewards(tmp_path):
     # RLIF: -1 exactly where a takeover starts (a takeover running on from the step before is not a start)
     assert np.array_equal(got["reward"] == -1.0, starts) and starts.sum() == sum(r["takeovers"] for r in eps)
     assert (run / "curves.png").stat().st_size > 0
+
+
+def test_peg_insert_buffers_keep_the_action_that_reached_the_arm(tmp_path):
+    """On peg_insert the task holds the gripper closed and roll/pitch level: the buffer keeps
+    those executed actions, not the actor's raw ones, and the operator judges them (an actor's
+    gripper output, which never reaches the arm, is no reason to take over)."""
+    from robot_learning.rl.replay import ObsSpec, ReplayBuffer
+    from robot_learning.train.sac import SACTrainConfig, train_sac
+
+    cfg = SACTrainConfig(env="workcell/peg_insert", steps=200, learning_starts=100, batch_size=32, hidden=[32, 32],
+                         eval_every=1000, eval_episodes=1, video=False, out=str(tmp_path), intervene=True)
+    run = train_sac(cfg, progress=False)
+    online = ReplayBuffer(1000, ObsSpec(("x",), (21,)), 7)
+    online.load(run / "checkpoints" / "last" / "online.npz")
+    got = online.in_order()
+    assert len(got["action"]) == 200 and np.all(got["action"][:, 6] == 1.0)
+    # roll and pitch are the task's hold toward pointing down at the pose observed (ee_pose:
+    # position, then x y z w), whoever drove: the actor's and the operator's own did not pass
+    pose = got["state"][:, :7].astype(float)
+    hold = [np.clip(4.0 * orientation_error(pointing_down(yaw_of(q)), q)[:2], -1, 1)
+            for q in xyzw_to_wxyz(pose[:, 3:7])]
+    assert np.allclose(got["action"][:, 3:5], hold, atol=1e-4)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["intervention_rate"] < 1 for r in rows if "intervention_rate" in r)

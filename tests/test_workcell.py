@@ -8,6 +8,7 @@ import robot_learning.sim.env  # noqa: F401  (registers the env)
 from robot_learning.sim.env import WorkcellEnv, expert_obs_from_env
 from robot_learning.sim.expert import ScriptedExpert
 from robot_learning.sim.workcell import Workcell
+from robot_learning.transforms import axis_angle_quat, quat_mul, yaw_of
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,51 @@ def test_peg_hole_clearance_is_two_millimetres():
     assert 2 * c.task.hole_half - 2 * c.task.cfg["peg"]["half_width"] == pytest.approx(0.002)
 
 
-@pytest.mark.parametrize("task", ["pick_place", "peg_in_hole"])
+def test_peg_insert_starts_with_the_peg_held_above_the_hole():
+    """SERL's insertion set-up: the hand at the drawn start, pointing down, the peg held in the
+    closed fingers (it follows the hand up), its bottom 5-10 cm above the hole's top face."""
+    c = Workcell("peg_insert")
+    st = c.task.cfg["start"]
+    for seed in range(5):
+        c.reset(seed)
+        pos, quat = c.tcp_pose()
+        want, yaw, _ = c.task.hand_start()
+        assert np.linalg.norm(pos - want) < 1e-3
+        assert abs(yaw_of(quat) - yaw) < 0.01 and abs(quat[0]) < 0.01  # yaw as drawn, z pointing down
+        peg, hole = (c.object_poses()[b][0] for b in ("peg", "hole"))
+        assert np.abs(peg[:2] - hole[:2]).max() <= st["xy"] + 1e-3
+        bottom = peg[2] - c.task.cfg["peg"]["half_length"] - c.task.cfg["hole"]["depth"]
+        assert st["height"][0] - 2e-3 <= bottom <= st["height"][1] + 2e-3
+        assert c.controller.fault is None and not c.success()
+        rel = peg - pos
+        c.controller.command_twist(np.r_[0, 0, 0.1, 0, 0, 0], c.time)
+        for _ in range(int(0.5 / c.control_dt)):
+            c.controller.command_twist(np.r_[0, 0, 0.1, 0, 0, 0], c.time)
+            c.step_control()
+        pos2 = c.tcp_pose()[0]
+        assert pos2[2] - pos[2] > 0.03
+        assert np.linalg.norm(c.object_poses()["peg"][0] - pos2 - rel) < 2e-3  # lifted with the hand
+
+
+def test_peg_insert_lets_through_only_what_the_peers_task_allows():
+    c = Workcell("peg_insert")
+    c.reset(3)
+    pos, quat = c.tcp_pose()
+    a = c.task.shape_action(np.array([0.05, -0.05, 0.05, 0.7, -0.7, 0.3, 0.0]), pos, quat)
+    assert np.allclose(a[[0, 1, 2, 5]], [0.05, -0.05, 0.05, 0.3])  # x, y, z and yaw are the policy's
+    assert np.allclose(a[3:5], 0, atol=0.05) and a[6] == 1.0  # roll, pitch held; gripper closed
+    tilted = quat_mul(axis_angle_quat([1, 0, 0], 0.1), quat)
+    assert c.task.shape_action(np.zeros(7), pos, tilted)[3] < -0.2  # tilted: steered back
+    hole = c.object_poses()["hole"][0]
+    b = c.task.cfg["box"]
+    corner = np.r_[hole[:2] + b["xy"], c.task.cfg["hole"]["depth"] + b["above_top"][1]]
+    out = c.task.shape_action(np.array([0.1, 0.1, 0.1, 0, 0, 0, 1.0]), corner, quat)
+    assert np.allclose(out[:3], 0)  # at the box's edge: nothing further out
+    back = c.task.shape_action(np.array([-0.1, -0.1, -0.1, 0, 0, 0, 1.0]), corner, quat)
+    assert np.allclose(back[:3], -0.1)  # and everything back in
+
+
+@pytest.mark.parametrize("task", ["pick_place", "peg_in_hole", "peg_insert"])
 def test_scripted_expert_succeeds_in_the_env(task):
     env = gym.make("robot_learning/Workcell-v0", task=task).unwrapped
     assert isinstance(env, WorkcellEnv)

@@ -50,6 +50,9 @@ class DsrlAdapter:
     def reset(self, seed: int):
         return self._mine(self.envs.reset(seed)), {}
 
+    def executed(self, a: np.ndarray) -> np.ndarray:
+        return a  # the agent's noise, as the base policy will take it
+
     def step(self, a):
         e = self.envs
         e.replan(np.array([0]), np.asarray(a, np.float32).reshape(1, *self.shape))

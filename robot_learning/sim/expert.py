@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from robot_learning.transforms import axis_angle_quat, orientation_error, quat_mul, yaw_of
-
-DOWN = np.array([0.0, 1.0, 0.0, 0.0])  # TCP z pointing at the table
+from robot_learning.config import load_yaml
+from robot_learning.transforms import orientation_error, pointing_down, yaw_of
 
 
 @dataclass
@@ -59,7 +58,7 @@ class ScriptedExpert:
         self.retries = 2
 
     def _down(self, yaw: float) -> np.ndarray:
-        return quat_mul(axis_angle_quat([0, 0, 1], yaw), DOWN)
+        return pointing_down(yaw)
 
     def _plan(self, obs: ExpertObs) -> list[Waypoint]:
         yaw0 = yaw_of(obs.tcp_quat)
@@ -83,25 +82,34 @@ class ScriptedExpert:
             half_len = peg[2]  # the peg starts upright on the table
             grasp_z = peg[2] + half_len - 0.018
             yaw = yaw0 + _fold_quarter(yaw_of(pq) - yaw0)
-            hole_yaw = yaw_of(hq)
-            # From the lift on, the peg itself is steered onto the hole axis.
+            # From the lift on, the peg itself is steered onto the hole axis; then let go where
+            # the hand is and leave without turning: pushing or turning the hand while the peg
+            # is in the walls strains the wrist against them (a protective stop).
             return [
                 Waypoint(np.r_[peg[:2], grasp_z + 0.08], yaw, 0.0, tol=0.008),
                 Waypoint(np.r_[peg[:2], grasp_z], yaw, 0.0, tol=0.003, speed=0.12),
                 Waypoint(np.r_[peg[:2], grasp_z], yaw, 1.0, dwell=0.5),
                 Waypoint(np.r_[peg[:2], grasp_z + 0.12], yaw, 1.0, tol=0.01),
-                Waypoint(np.r_[hole[:2], half_len + 0.09], hole_yaw, 1.0, tol=0.006, carry="peg"),
-                Waypoint(np.r_[hole[:2], half_len + 0.045], hole_yaw, 1.0, tol=0.0015, speed=0.05,
-                         dwell=0.2, carry="peg", timeout=4.0),
-                # Down into the hole (a jam: back up and try again), then let go where the hand
-                # is and leave without turning: pushing or turning the hand while the peg is in
-                # the walls strains the wrist against them (a protective stop).
-                Waypoint(np.r_[hole[:2], half_len + 0.002], hole_yaw, 1.0, tol=0.004, speed=0.04,
-                         carry="peg", timeout=4.0, retry=4),
+                *self._insert(hole, yaw_of(hq), half_len, first=4),
                 Waypoint(None, None, 0.0, dwell=0.4),
                 Waypoint(np.r_[hole[:2], half_len + 0.12], None, 0.0, tol=0.01),
             ]
+        if self.task == "peg_insert":  # the peg starts in the hand: the insertion alone
+            hole, hq = obs.objects["hole"]
+            return self._insert(hole, yaw_of(hq), load_yaml("sim/tasks/peg_insert.yaml")["peg"]["half_length"], first=0)
         raise ValueError(f"no scripted expert for task '{self.task}'")
+
+    @staticmethod
+    def _insert(hole: np.ndarray, hole_yaw: float, half_len: float, first: int) -> list[Waypoint]:
+        """Carry the held peg over the hole, align it, and push it down (a jam: back up to the
+        approach, the plan's waypoint ``first``, and try again)."""
+        return [
+            Waypoint(np.r_[hole[:2], half_len + 0.09], hole_yaw, 1.0, tol=0.006, carry="peg"),
+            Waypoint(np.r_[hole[:2], half_len + 0.045], hole_yaw, 1.0, tol=0.0015, speed=0.05,
+                     dwell=0.2, carry="peg", timeout=4.0),
+            Waypoint(np.r_[hole[:2], half_len + 0.002], hole_yaw, 1.0, tol=0.004, speed=0.04,
+                     carry="peg", timeout=4.0, retry=first),
+        ]
 
     @property
     def turning(self) -> bool:

@@ -14,9 +14,9 @@ import numpy as np
 
 from robot_learning.config import load_yaml
 from robot_learning.sim.model import VISUAL_ONLY, WORLD_COLLISION
-from robot_learning.transforms import axis_angle_quat, yaw_of
+from robot_learning.transforms import axis_angle_quat, orientation_error, pointing_down, yaw_of
 
-TASKS = ("pick_place", "peg_in_hole")
+TASKS = ("pick_place", "peg_in_hole", "peg_insert")
 
 
 def _yaw_quat(yaw: float) -> np.ndarray:
@@ -71,6 +71,19 @@ class Task:
 
     def success(self, model: mujoco.MjModel, data: mujoco.MjData, gripper_opening: float) -> bool:
         raise NotImplementedError
+
+    def hand_start(self) -> tuple[np.ndarray, float, float] | None:
+        """Where the last ``reset`` wants the hand, for tasks that start with an object in it:
+        TCP position, TCP yaw (pointing down) and gripper opening. None: the arm starts at home."""
+        return None
+
+    def hold(self, model: mujoco.MjModel, data: mujoco.MjData, tcp_pos: np.ndarray, tcp_quat: np.ndarray) -> None:
+        """Put the held object between the fingers of a hand at this pose (see ``hand_start``)."""
+
+    def shape_action(self, action: np.ndarray, tcp_pos: np.ndarray, tcp_quat: np.ndarray) -> np.ndarray:
+        """The action the task lets through (twist[6], gripper), given the TCP now: all of it,
+        unless the task restricts motion as a robot-side env wrapper would."""
+        return action
 
 
 class PickPlace(Task):
@@ -152,9 +165,49 @@ class PegInHole(Task):
         return float((d + np.pi / 4) % (np.pi / 2) - np.pi / 4)
 
 
+class PegInsert(PegInHole):
+    """The insertion alone, as SERL and HIL-SERL pose it: the peg starts in the closed hand,
+    5-10 cm above the hole, within +-5 cm and +-30 degrees of it; the hand stays pointing down
+    (roll and pitch held), the gripper closed, and the TCP inside a box around the hole.
+    Their "1 to 2.5 hours to near-perfect success" is measured on such tasks."""
+
+    name = "peg_insert"
+
+    def reset(self, model, data, rng) -> None:
+        ho, st = self.cfg["hole"], self.cfg["start"]
+        hole = np.array([_uniform(rng, ho["spawn_x"]), _uniform(rng, ho["spawn_y"]), 0.0])
+        hole_yaw = _uniform(rng, ho["yaw"])
+        self._place(model, data, "hole", hole, hole_yaw)
+        self.hole = hole
+        xy = hole[:2] + rng.uniform(-st["xy"], st["xy"], 2)
+        bottom = ho["depth"] + _uniform(rng, st["height"])
+        p = self.cfg["peg"]
+        self._start = (np.r_[xy, bottom + 2 * p["half_length"] - p["grasp_below_top"]],
+                       hole_yaw + float(rng.uniform(-st["yaw"], st["yaw"])))
+
+    def hand_start(self) -> tuple[np.ndarray, float, float]:
+        return self._start[0].copy(), self._start[1], 2 * self.cfg["peg"]["half_width"]
+
+    def hold(self, model, data, tcp_pos, tcp_quat) -> None:
+        p = self.cfg["peg"]
+        self._place(model, data, "peg", tcp_pos - [0, 0, p["half_length"] - p["grasp_below_top"]], yaw_of(tcp_quat))
+
+    def shape_action(self, action, tcp_pos, tcp_quat) -> np.ndarray:
+        """Gripper closed, roll and pitch steered back to pointing down (only yaw is the
+        policy's), and no linear motion further out of the box once the TCP is at its edge."""
+        a = np.array(action, dtype=float)
+        a[3:5] = np.clip(4.0 * orientation_error(pointing_down(yaw_of(tcp_quat)), tcp_quat)[:2], -1.0, 1.0)
+        a[6] = 1.0
+        b, top = self.cfg["box"], self.cfg["hole"]["depth"]
+        rel = tcp_pos - np.r_[self.hole[:2], top]
+        lo, hi = np.r_[-b["xy"], -b["xy"], b["above_top"][0]], np.r_[b["xy"], b["xy"], b["above_top"][1]]
+        a[:3] = np.where(((rel >= hi) & (a[:3] > 0)) | ((rel <= lo) & (a[:3] < 0)), 0.0, a[:3])
+        return a
+
+
 def make_task(name: str) -> Task:
     """Task by name, configured from sim/tasks/<name>.yaml."""
     if name not in TASKS:
         raise ValueError(f"unknown task '{name}': choose one of {', '.join(TASKS)}")
     cfg = load_yaml(f"sim/tasks/{name}.yaml")
-    return {"pick_place": PickPlace, "peg_in_hole": PegInHole}[name](cfg)
+    return {"pick_place": PickPlace, "peg_in_hole": PegInHole, "peg_insert": PegInsert}[name](cfg)

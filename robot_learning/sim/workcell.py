@@ -32,6 +32,8 @@ from robot_learning.sim.tasks import make_task
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+HAND_SETTLE_S = 0.3  # a reset with an object in the hand: the fingers close on it first
+
 
 class SimBackend:
     """ArmBackend over a MuJoCo model: position servos on the joints, a gripper drive."""
@@ -117,6 +119,7 @@ class Workcell:
         self.draw = Draw()
         self.episode_seed: int | None = None
         self._t0 = 0.0
+        self._kin = None  # kinematics for reach(), built when a task first needs it
 
     # ---- episodes -----------------------------------------------------------------
     def reset(self, seed: int | None = None, keep_arm: bool = False) -> None:
@@ -129,13 +132,44 @@ class Workcell:
         self.episode_seed = seed
         self.draw = self.randomizer.draw(seed)
         self.task.reset(self.model, self.data, np.random.default_rng(seed))
+        start = None if st is not None else self.task.hand_start()
         if st is not None:
             self.backend.set_joints(st.q, st.gripper_opening)
+        elif start is not None:
+            self.backend.set_joints(self.reach(start[0], start[1]), start[2])
         else:
             self.backend.set_joints(self.robot.home, self.robot.gripper.max_opening)
         mujoco.mj_forward(self.model, self.data)
         self.controller.gripper = 0.0
+        if start is not None:  # the object in the closed hand, settled before the episode starts
+            self.task.hold(self.model, self.data, *self.tcp_pose())
+            mujoco.mj_forward(self.model, self.data)
+            self.controller.gripper = 1.0
         self.controller.sync(self.backend.read_state(), clear_fault=True)
+        if start is not None:
+            self.advance(HAND_SETTLE_S)
+
+    def reach(self, pos: np.ndarray, yaw: float, iterations: int = 200) -> np.ndarray:
+        """Joint positions that put the TCP at ``pos`` pointing down with ``yaw`` (damped least
+        squares from home, kept inside the soft joint limits), for resets that start with the
+        hand somewhere: a teleport, as the arm's home pose is."""
+        from robot_learning.control.kinematics import Kinematics, damped_pinv_step
+        from robot_learning.transforms import orientation_error, pointing_down
+
+        if self._kin is None:
+            self._kin = Kinematics(self.robot)
+        target = pointing_down(yaw)
+        lim = self.robot.limits
+        q = self.robot.home.astype(float).copy()
+        for _ in range(iterations):
+            p, quat = self._kin.fk(q)
+            err = np.r_[pos - p, orientation_error(target, quat)]
+            if np.linalg.norm(err[:3]) < 1e-5 and np.linalg.norm(err[3:]) < 1e-4:
+                return q
+            q = np.clip(q + damped_pinv_step(self._kin.jacobian(q), err, damping=0.02),
+                        lim.soft_lower, lim.soft_upper)
+        raise RuntimeError(f"task {self.task.name}: no joint positions put the TCP at {np.round(pos, 3).tolist()} "
+                           f"with yaw {yaw:.2f} inside the joint limits (check the task's start ranges)")
 
     @property
     def time(self) -> float:

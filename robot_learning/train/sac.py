@@ -36,6 +36,7 @@ from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, obs_sp
 
 WORKCELL_OBS = {  # state keys per task: the arm, the gripper and the objects it works with
     "peg_in_hole": ["ee_pose.data", "gripper_state.position", "peg_pose.data", "hole_pose.data"],
+    "peg_insert": ["ee_pose.data", "peg_pose.data", "hole_pose.data"],  # the gripper stays closed
     "pick_place": ["ee_pose.data", "gripper_state.position", "cube_pose.data", "target_pose.data"],
 }
 
@@ -118,6 +119,9 @@ class GymAdapter:
         o, info = self.env.reset(seed=seed)
         return self.keyed(o), info
 
+    def executed(self, a: np.ndarray) -> np.ndarray:
+        return a
+
     def step(self, a):
         o, r, term, trunc, info = self.env.step(a)
         return self.keyed(o), float(r), bool(term), bool(trunc), info
@@ -183,6 +187,13 @@ class WorkcellAdapter:
         if self.classifier is not None:
             self.classifier.reset()
         return obs, info
+
+    def executed(self, a: np.ndarray) -> np.ndarray:
+        """The action as it will reach the arm: clipped to the action space and restricted as the
+        task allows (peg_insert: gripper closed, roll and pitch held, the box). The buffers keep
+        this one, and the intervening operator judges it."""
+        c = self.env.cell
+        return c.task.shape_action(np.clip(a, self.low, self.high), *c.tcp_pose()).astype(np.float32)
 
     def step(self, a):
         obs, r, term, trunc, info = self.env.step(np.asarray(a, float))
@@ -251,9 +262,6 @@ def evaluate(agent, env, episodes: int, seed: int, video: Path | None = None) ->
         write_video(frames, video, max(1.0, 1.0 / env.dt))
     return {"eval_return": float(np.mean(returns)), "eval_success": float(np.mean(successes)),
             "eval_length": float(np.mean(lengths))}
-
-
-
 
 
 def _plot(run: Path) -> Path | None:
@@ -419,9 +427,11 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
                 a = rng.uniform(env.low, env.high).astype(np.float32)
             else:
                 a = agent.act(env.spec.agent_obs(obs), gripper_now=grip)
+            a = env.executed(a)  # what the arm would get: what the operator judges and the buffers keep
             intervening = started = False
             if operator is not None:
                 a, intervening, started = operator.step(expert_obs_from_env(env.env, ep_len * env.dt), a)
+                a = env.executed(a)
             nobs, r, term, trunc, info = env.step(a)
             if cfg.rlif:
                 r = -1.0 if started else 0.0
