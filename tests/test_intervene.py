@@ -74,13 +74,13 @@ def test_peg_insert_buffers_keep_the_action_that_reached_the_arm(tmp_path):
     from robot_learning.rl.replay import ObsSpec, ReplayBuffer
     from robot_learning.train.sac import SACTrainConfig, train_sac
 
-    cfg = SACTrainConfig(env="workcell/peg_insert", steps=200, learning_starts=100, batch_size=32, hidden=[32, 32],
+    cfg = SACTrainConfig(env="workcell/peg_insert", steps=120, learning_starts=60, batch_size=32, hidden=[32, 32],
                          eval_every=1000, eval_episodes=1, video=False, out=str(tmp_path), intervene=True)
     run = train_sac(cfg, progress=False)
     online = ReplayBuffer(1000, ObsSpec(("x",), (21,)), 7)
     online.load(run / "checkpoints" / "last" / "online.npz")
     got = online.in_order()
-    assert len(got["action"]) == 200 and np.all(got["action"][:, 6] == 1.0)
+    assert len(got["action"]) == 120 and np.all(got["action"][:, 6] == 1.0)
     # roll and pitch are the task's hold toward pointing down at the pose observed (ee_pose:
     # position, then x y z w), whoever drove: the actor's and the operator's own did not pass
     pose = got["state"][:, :7].astype(float)
