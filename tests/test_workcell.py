@@ -8,7 +8,7 @@ import robot_learning.sim.env  # noqa: F401  (registers the env)
 from robot_learning.sim.env import WorkcellEnv, expert_obs_from_env
 from robot_learning.sim.expert import ScriptedExpert
 from robot_learning.sim.workcell import Workcell
-from robot_learning.transforms import axis_angle_quat, quat_mul, yaw_of
+from robot_learning.transforms import axis_angle_quat, pointing_down, quat_mul, yaw_of
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +95,23 @@ def test_peg_insert_lets_through_only_what_the_peers_task_allows():
     c = Workcell("peg_insert")
     c.reset(3)
     pos, quat = c.tcp_pose()
-    a = c.task.shape_action(np.array([0.05, -0.05, 0.05, 0.7, -0.7, 0.3, 0.0]), pos, quat)
+    a = c.task.shape_action(np.array([0.05, -0.05, 0.05, 0.7, -0.7, 0.3, 0.0]), pos, quat, 0.1)
     assert np.allclose(a[[0, 1, 2, 5]], [0.05, -0.05, 0.05, 0.3])  # x, y, z and yaw are the policy's
     assert np.allclose(a[3:5], 0, atol=0.05) and a[6] == 1.0  # roll, pitch held; gripper closed
     tilted = quat_mul(axis_angle_quat([1, 0, 0], 0.1), quat)
-    assert c.task.shape_action(np.zeros(7), pos, tilted)[3] < -0.2  # tilted: steered back
+    assert c.task.shape_action(np.zeros(7), pos, tilted, 0.1)[3] < -0.2  # tilted: steered back
     hole = c.object_poses()["hole"][0]
     b = c.task.cfg["box"]
     corner = np.r_[hole[:2] + b["xy"], c.task.cfg["hole"]["depth"] + b["above_top"][1]]
-    out = c.task.shape_action(np.array([0.1, 0.1, 0.1, 0, 0, 0, 1.0]), corner, quat)
-    assert np.allclose(out[:3], 0)  # at the box's edge: nothing further out
-    back = c.task.shape_action(np.array([-0.1, -0.1, -0.1, 0, 0, 0, 1.0]), corner, quat)
+    near = corner - 0.01  # 1 cm inside on every axis: a step at 0.2 m/s would leave the box
+    out = c.task.shape_action(np.array([0.2, 0.2, 0.2, 0, 0, 0, 1.0]), near, quat, 0.1)
+    assert np.allclose(out[:3], 0.1)  # slowed to end the step on the edge
+    assert np.allclose(c.task.shape_action(np.array([0.2, 0.2, 0.2, 0, 0, 0, 1.0]), corner + 0.02, quat, 0.1)[:3], 0)
+    back = c.task.shape_action(np.array([-0.1, -0.1, -0.1, 0, 0, 0, 1.0]), corner, quat, 0.1)
     assert np.allclose(back[:3], -0.1)  # and everything back in
+    turned = pointing_down(c.task.hole_yaw + b["yaw"])  # at the yaw limit
+    assert c.task.shape_action(np.r_[0, 0, 0, 0, 0, 1.0, 1], pos, turned, 0.1)[5] == pytest.approx(0, abs=1e-6)
+    assert c.task.shape_action(np.r_[0, 0, 0, 0, 0, -1.0, 1], pos, turned, 0.1)[5] == -1.0
 
 
 @pytest.mark.parametrize("task", ["pick_place", "peg_in_hole", "peg_insert"])

@@ -116,7 +116,8 @@ class WorkcellEnv(gym.Env):
             raise ValueError(f"action must have 7 numbers (twist[6], gripper), got shape {action.shape}")
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action contains NaN or Inf: {action.tolist()} (nothing was sent to the arm)")
-        a = c.task.shape_action(np.clip(action, self.action_space.low, self.action_space.high), *c.tcp_pose())
+        a = c.task.shape_action(np.clip(action, self.action_space.low, self.action_space.high), *c.tcp_pose(),
+                                1.0 / self.control_hz)
         draw = c.draw
         period = 1.0 / self.control_hz
         if draw.period_jitter > 0:

@@ -80,9 +80,10 @@ class Task:
     def hold(self, model: mujoco.MjModel, data: mujoco.MjData, tcp_pos: np.ndarray, tcp_quat: np.ndarray) -> None:
         """Put the held object between the fingers of a hand at this pose (see ``hand_start``)."""
 
-    def shape_action(self, action: np.ndarray, tcp_pos: np.ndarray, tcp_quat: np.ndarray) -> np.ndarray:
-        """The action the task lets through (twist[6], gripper), given the TCP now: all of it,
-        unless the task restricts motion as a robot-side env wrapper would."""
+    def shape_action(self, action: np.ndarray, tcp_pos: np.ndarray, tcp_quat: np.ndarray, dt: float) -> np.ndarray:
+        """The action the task lets through (twist[6], gripper) for the next ``dt`` seconds,
+        given the TCP now: all of it, unless the task restricts motion as a robot-side env
+        wrapper would."""
         return action
 
 
@@ -178,7 +179,7 @@ class PegInsert(PegInHole):
         hole = np.array([_uniform(rng, ho["spawn_x"]), _uniform(rng, ho["spawn_y"]), 0.0])
         hole_yaw = _uniform(rng, ho["yaw"])
         self._place(model, data, "hole", hole, hole_yaw)
-        self.hole = hole
+        self.hole, self.hole_yaw = hole, hole_yaw
         xy = hole[:2] + rng.uniform(-st["xy"], st["xy"], 2)
         bottom = ho["depth"] + _uniform(rng, st["height"])
         p = self.cfg["peg"]
@@ -192,16 +193,20 @@ class PegInsert(PegInHole):
         p = self.cfg["peg"]
         self._place(model, data, "peg", tcp_pos - [0, 0, p["half_length"] - p["grasp_below_top"]], yaw_of(tcp_quat))
 
-    def shape_action(self, action, tcp_pos, tcp_quat) -> np.ndarray:
+    def shape_action(self, action, tcp_pos, tcp_quat, dt) -> np.ndarray:
         """Gripper closed, roll and pitch steered back to pointing down (only yaw is the
-        policy's), and no linear motion further out of the box once the TCP is at its edge."""
+        policy's), and the TCP's position and yaw kept in the box: each velocity is capped so
+        that ``dt`` seconds of it end at the box's edge at most (the peers clip each step's
+        target pose to the box; a zeroed velocity at the edge overshot it by centimetres)."""
         a = np.array(action, dtype=float)
         a[3:5] = np.clip(4.0 * orientation_error(pointing_down(yaw_of(tcp_quat)), tcp_quat)[:2], -1.0, 1.0)
         a[6] = 1.0
         b, top = self.cfg["box"], self.cfg["hole"]["depth"]
         rel = tcp_pos - np.r_[self.hole[:2], top]
         lo, hi = np.r_[-b["xy"], -b["xy"], b["above_top"][0]], np.r_[b["xy"], b["xy"], b["above_top"][1]]
-        a[:3] = np.where(((rel >= hi) & (a[:3] > 0)) | ((rel <= lo) & (a[:3] < 0)), 0.0, a[:3])
+        a[:3] = np.clip(a[:3], np.minimum((lo - rel) / dt, 0.0), np.maximum((hi - rel) / dt, 0.0))
+        d = (yaw_of(tcp_quat) - self.hole_yaw + np.pi) % (2 * np.pi) - np.pi
+        a[5] = np.clip(a[5], min((-b["yaw"] - d) / dt, 0.0), max((b["yaw"] - d) / dt, 0.0))
         return a
 
 

@@ -193,7 +193,7 @@ class WorkcellAdapter:
         task allows (peg_insert: gripper closed, roll and pitch held, the box). The buffers keep
         this one, and the intervening operator judges it."""
         c = self.env.cell
-        return c.task.shape_action(np.clip(a, self.low, self.high), *c.tcp_pose()).astype(np.float32)
+        return c.task.shape_action(np.clip(a, self.low, self.high), *c.tcp_pose(), self.dt).astype(np.float32)
 
     def step(self, a):
         obs, r, term, trunc, info = self.env.step(np.asarray(a, float))
