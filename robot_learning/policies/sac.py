@@ -63,6 +63,8 @@ class SACConfig:
     bc_weight: float = 0.0                # behaviour cloning on the demonstration rows of a batch
     utd: int = 1
     discrete_gripper: bool = False        # last action dim in [low, high]: open .. closed
+    action_dims: list[int] = field(default_factory=list)  # continuous dims the agent chooses (all when
+                                                          # empty); the task sets the rest (peg_insert)
     shift_pad: int = 4
 
     @property
@@ -72,6 +74,14 @@ class SACConfig:
     @property
     def cont_dim(self) -> int:
         return self.act_dim - 1 if self.discrete_gripper else self.act_dim
+
+    @property
+    def learned(self) -> list[int]:
+        """The continuous action dims the actor outputs and the critics judge. A dim the task
+        overrides (a gripper it holds closed, a roll it holds level) is left out: the buffers
+        keep the executed value, so a critic that saw it would value actor outputs it never
+        saw there, and the actor would chase those (the critic diverged, Q 7 where 1 is the most)."""
+        return list(self.action_dims) or list(range(self.cont_dim))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -167,9 +177,10 @@ class Actor(nn.Module):
 
     def __init__(self, feat_dim: int, cfg: SACConfig):
         super().__init__()
-        self.net = mlp(feat_dim, cfg.hidden, 2 * cfg.cont_dim)
-        low = torch.tensor(cfg.action_low[:cfg.cont_dim], dtype=torch.float32)
-        high = torch.tensor(cfg.action_high[:cfg.cont_dim], dtype=torch.float32)
+        self.net = mlp(feat_dim, cfg.hidden, 2 * len(cfg.learned))
+        low = torch.tensor([cfg.action_low[i] for i in cfg.learned], dtype=torch.float32)
+        high = torch.tensor([cfg.action_high[i] for i in cfg.learned], dtype=torch.float32)
+        self.dims = cfg.learned
         self.register_buffer("scale", (high - low) / 2)
         self.register_buffer("centre", (high + low) / 2)
 
@@ -188,7 +199,7 @@ class Actor(nn.Module):
         """Squared distance of the mean action to the demonstrated one, per row, in the
         box's [-1, 1] units (so a gripper and a velocity weigh alike)."""
         mean, _ = self.net(feat).chunk(2, dim=-1)
-        target = ((action[:, :mean.shape[-1]] - self.centre) / self.scale).clamp(-1, 1)
+        target = ((action[:, self.dims] - self.centre) / self.scale).clamp(-1, 1)
         return ((torch.tanh(mean) - target) ** 2).mean(-1)
 
 
@@ -204,8 +215,8 @@ class SAC(nn.Module):
         self.target_encoder = Encoder(cfg)
         f = self.encoder.out_dim
         self.actor = Actor(f, cfg)
-        self.critics = Critics(cfg.n_critics, f + cfg.cont_dim, cfg.hidden)
-        self.target_critics = Critics(cfg.n_critics, f + cfg.cont_dim, cfg.hidden)
+        self.critics = Critics(cfg.n_critics, f + len(cfg.learned), cfg.hidden)
+        self.target_critics = Critics(cfg.n_critics, f + len(cfg.learned), cfg.hidden)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
         self.grip = self.target_grip = None
         if cfg.discrete_gripper:
@@ -214,7 +225,7 @@ class SAC(nn.Module):
         for tgt, src in self._targets():
             tgt.load_state_dict(src.state_dict())
             tgt.requires_grad_(False)
-        self.target_entropy = (cfg.target_entropy if cfg.target_entropy is not None else -cfg.cont_dim / 2)
+        self.target_entropy = (cfg.target_entropy if cfg.target_entropy is not None else -len(cfg.learned) / 2)
         self.to(device)
         self.device = device
         critic_params = list(self.critics.parameters()) + list(self.encoder.parameters())
@@ -249,8 +260,9 @@ class SAC(nn.Module):
         ``gripper_now``: the gripper's current command, which "stay" keeps (discrete gripper only)."""
         batch = {k: torch.as_tensor(np.asarray(v)[None], device=self.device) for k, v in obs.items()}
         feat = self.encoder(batch)
-        a, _ = self.actor(feat, deterministic)
-        a = a[0].cpu().numpy()
+        learned, _ = self.actor(feat, deterministic)
+        a = (np.asarray(self.cfg.action_low[:self.cfg.cont_dim]) + self.cfg.action_high[:self.cfg.cont_dim]) / 2
+        a[self.cfg.learned] = learned[0].cpu().numpy()  # the rest at mid-range: the task sets them
         if self.grip is not None:
             q = self.grip(feat).mean(0)[0]
             choice = int(q.argmax()) if deterministic or np.random.rand() > 0.1 else np.random.randint(3)
@@ -313,7 +325,7 @@ class SAC(nn.Module):
                 q_next = q_next - self.alpha * nlogp
             target = reward + cfg.gamma * not_done * q_next
         feat = self.encoder(obs, augment=bool(cfg.image_keys))
-        q = self.critics(torch.cat([feat, part["action"][:, :cfg.cont_dim]], -1))
+        q = self.critics(torch.cat([feat, part["action"][:, cfg.learned]], -1))
         loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
         info = {"critic_loss": float(loss.detach()) / cfg.n_critics, "q_mean": float(q.detach().mean()),
                 "q_target": float(target.mean())}

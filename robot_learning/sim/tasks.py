@@ -37,6 +37,7 @@ class Task:
 
     name = ""
     object_bodies: tuple[str, ...] = ()
+    action_dims: tuple[int, ...] = ()  # the action dims a policy chooses (all when empty; see shape_action)
 
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
@@ -173,6 +174,7 @@ class PegInsert(PegInHole):
     Their "1 to 2.5 hours to near-perfect success" is measured on such tasks."""
 
     name = "peg_insert"
+    action_dims = (0, 1, 2, 5)  # x, y, z and yaw velocities
 
     def reset(self, model, data, rng) -> None:
         ho, st = self.cfg["hole"], self.cfg["start"]

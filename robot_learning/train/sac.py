@@ -176,6 +176,7 @@ class WorkcellAdapter:
         self.low = self.env.action_space.low.astype(float).tolist()
         self.high = self.env.action_space.high.astype(float).tolist()
         self.dt = 1.0 / self.env.control_hz
+        self.action_dims = list(self.env.cell.task.action_dims)
 
     def _obs(self) -> dict[str, np.ndarray]:
         from robot_learning.sim.recipe_env import recipe_observation
@@ -362,7 +363,8 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
                          n_critics=cfg.n_critics, target_subsample=cfg.target_subsample, gamma=cfg.gamma, lr=cfg.lr,
                          init_temperature=cfg.init_temperature, utd=cfg.utd, bc_weight=cfg.bc_weight,
                          backup_entropy=cfg.backup_entropy, image_keys=list(spec.image_keys),
-                         image_size=list(spec.image_shape[:2]))
+                         image_size=list(spec.image_shape[:2]),
+                         action_dims=getattr(env, "action_dims", []))  # a workcell task's free dims
         agent = SAC(scfg)
         if demo is not None:  # normalize by what the demonstrations span
             st = demo.in_order()["state"]
