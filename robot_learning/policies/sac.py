@@ -235,6 +235,8 @@ class SAC(nn.Module):
         self.opt_actor = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.opt_alpha = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
         self.updates = 0
+        n = cfg.cont_dim
+        self._mid = (np.asarray(cfg.action_low[:n], float) + np.asarray(cfg.action_high[:n], float)) / 2
 
     def _targets(self):
         pairs = [(self.target_encoder, self.encoder), (self.target_critics, self.critics)]
@@ -261,8 +263,8 @@ class SAC(nn.Module):
         batch = {k: torch.as_tensor(np.asarray(v)[None], device=self.device) for k, v in obs.items()}
         feat = self.encoder(batch)
         learned, _ = self.actor(feat, deterministic)
-        a = (np.asarray(self.cfg.action_low[:self.cfg.cont_dim]) + self.cfg.action_high[:self.cfg.cont_dim]) / 2
-        a[self.cfg.learned] = learned[0].cpu().numpy()  # the rest at mid-range: the task sets them
+        a = self._mid.copy()  # the dims not learned at mid-range: the task sets them
+        a[self.cfg.learned] = learned[0].cpu().numpy()
         if self.grip is not None:
             q = self.grip(feat).mean(0)[0]
             choice = int(q.argmax()) if deterministic or np.random.rand() > 0.1 else np.random.randint(3)

@@ -49,6 +49,8 @@ class ScriptedExpert:
 
     def __init__(self, task: str, rng: np.random.Generator | None = None):
         self.task = task
+        if task == "peg_insert":  # the peg is in the hand from the start: its length from the task
+            self.peg_half_length = float(load_yaml("sim/tasks/peg_insert.yaml")["peg"]["half_length"])
         self.rng = rng or np.random.default_rng()
         self.plan: list[Waypoint] = []
         self.k = 0
@@ -56,9 +58,6 @@ class ScriptedExpert:
         self._started: float | None = None
         self.done = False
         self.retries = 2
-
-    def _down(self, yaw: float) -> np.ndarray:
-        return pointing_down(yaw)
 
     def _plan(self, obs: ExpertObs) -> list[Waypoint]:
         yaw0 = yaw_of(obs.tcp_quat)
@@ -96,7 +95,7 @@ class ScriptedExpert:
             ]
         if self.task == "peg_insert":  # the peg starts in the hand: the insertion alone
             hole, hq = obs.objects["hole"]
-            return self._insert(hole, yaw_of(hq), load_yaml("sim/tasks/peg_insert.yaml")["peg"]["half_length"], first=0)
+            return self._insert(hole, yaw_of(hq), self.peg_half_length, first=0)
         raise ValueError(f"no scripted expert for task '{self.task}'")
 
     @staticmethod
@@ -134,7 +133,7 @@ class ScriptedExpert:
             if wp.yaw is not None:
                 yaw = yaw_of(obs.tcp_quat) + _fold_quarter(wp.yaw - yaw_of(obj_quat))
         err = target - obs.tcp_pos
-        rot_err = np.zeros(3) if yaw is None else orientation_error(self._down(yaw), obs.tcp_quat)
+        rot_err = np.zeros(3) if yaw is None else orientation_error(pointing_down(yaw), obs.tcp_quat)
         v = self.GAIN * err
         n = np.linalg.norm(v)
         if n > wp.speed:

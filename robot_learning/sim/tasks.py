@@ -184,16 +184,22 @@ class PegInsert(PegInHole):
         self.hole, self.hole_yaw = hole, hole_yaw
         xy = hole[:2] + rng.uniform(-st["xy"], st["xy"], 2)
         bottom = ho["depth"] + _uniform(rng, st["height"])
-        p = self.cfg["peg"]
-        self._start = (np.r_[xy, bottom + 2 * p["half_length"] - p["grasp_below_top"]],
+        self._start = (np.r_[xy, bottom + self.tcp_above_peg_bottom],
                        hole_yaw + float(rng.uniform(-st["yaw"], st["yaw"])))
+
+    @property
+    def tcp_above_peg_bottom(self) -> float:
+        """How far the held peg reaches below the TCP (the fingers hold it ``grasp_below_top``
+        below its top)."""
+        p = self.cfg["peg"]
+        return 2 * p["half_length"] - p["grasp_below_top"]
 
     def hand_start(self) -> tuple[np.ndarray, float, float]:
         return self._start[0].copy(), self._start[1], 2 * self.cfg["peg"]["half_width"]
 
     def hold(self, model, data, tcp_pos, tcp_quat) -> None:
-        p = self.cfg["peg"]
-        self._place(model, data, "peg", tcp_pos - [0, 0, p["half_length"] - p["grasp_below_top"]], yaw_of(tcp_quat))
+        centre_below_tcp = self.tcp_above_peg_bottom - self.cfg["peg"]["half_length"]
+        self._place(model, data, "peg", tcp_pos - [0, 0, centre_below_tcp], yaw_of(tcp_quat))
 
     def shape_action(self, action, tcp_pos, tcp_quat, dt) -> np.ndarray:
         """Gripper closed, roll and pitch steered back to pointing down (only yaw is the
@@ -213,8 +219,7 @@ class PegInsert(PegInHole):
         rel = tcp_pos - np.r_[self.hole[:2], top]
         lo, hi = np.r_[-b["xy"], -b["xy"], b["above_top"][0]], np.r_[b["xy"], b["xy"], b["above_top"][1]]
         a[:3] = np.clip(a[:3], np.minimum((lo - rel) / dt, 0.0), np.maximum((hi - rel) / dt, 0.0))
-        p = self.cfg["peg"]
-        if rel[2] - (2 * p["half_length"] - p["grasp_below_top"]) < b["slow_above"]:  # peg bottom near the top face
+        if rel[2] - self.tcp_above_peg_bottom < b["slow_above"]:  # the peg's bottom near the top face, or in the hole
             a[2] = max(a[2], -b["contact_speed"])
         d = (yaw_of(tcp_quat) - self.hole_yaw + np.pi) % (2 * np.pi) - np.pi
         a[5] = np.clip(a[5], min((-b["yaw"] - d) / dt, 0.0), max((b["yaw"] - d) / dt, 0.0))

@@ -140,13 +140,12 @@ class Workcell:
         else:
             self.backend.set_joints(self.robot.home, self.robot.gripper.max_opening)
         mujoco.mj_forward(self.model, self.data)
-        self.controller.gripper = 0.0
-        if start is not None:  # the object in the closed hand, settled before the episode starts
+        if start is not None:  # the object in the closed hand
             self.task.hold(self.model, self.data, *self.tcp_pose())
             mujoco.mj_forward(self.model, self.data)
-            self.controller.gripper = 1.0
+        self.controller.gripper = 0.0 if start is None else 1.0
         self.controller.sync(self.backend.read_state(), clear_fault=True)
-        if start is not None:
+        if start is not None:  # the fingers settle on it before the episode starts
             self.advance(HAND_SETTLE_S)
 
     def reach(self, pos: np.ndarray, yaw: float, iterations: int = 200) -> np.ndarray:
