@@ -375,6 +375,28 @@ def test_a_future_tcp_plan_waits_for_its_start(ctl):
     assert ctl.tcp_pose()[0][0] == pytest.approx(p0[0] + 0.03, abs=1e-4)
 
 
+def test_a_protective_stop_is_a_terminal_state_of_the_env_not_a_time_limit():
+    """Nothing can follow a stop until a person resets the arm, so the env ends the episode as
+    terminated (no reward): a learner that bootstrapped past it, as past a time limit, would
+    never learn that stops cost the rest of the episode."""
+    from robot_learning.sim.env import WorkcellEnv
+
+    env = WorkcellEnv("pick_place")
+    try:
+        env.reset(seed=0)
+        for k in range(80):
+            t = 0.1 * k
+            a = np.array([0.5 * np.cos(3 * t), 0.5 * np.sin(3 * t), -0.5, 1.5 * np.sin(5 * t), 1.5 * np.cos(5 * t),
+                          1.5, 0.0])
+            _, r, term, trunc, info = env.step(a)
+            if term or trunc:
+                break
+        assert "blocked or collided" in info.get("protective_stop", ""), info
+        assert term and not trunc and r == 0.0 and not info["success"]
+    finally:
+        env.close()
+
+
 def test_a_protective_stop_ends_a_rollout_as_a_failure_that_names_it():
     """A policy that drives the hand into the table (what an undertrained one does) trips the
     monitor in an evaluation rollout: the episode ends there as a failure with the reason, and

@@ -12,12 +12,13 @@ from robot_learning.sim.expert import ScriptedExpert
 from robot_learning.transforms import orientation_error, pointing_down, xyzw_to_wxyz, yaw_of
 
 
-def _episode(policy, seed: int = 3, steps: int = 250) -> tuple[list[bool], list[bool], bool]:
-    env = WorkcellEnv("peg_in_hole")
+def _episode(policy, seed: int = 3, steps: int = 250, task: str = "peg_in_hole",
+             takeover_steps: int = 15) -> tuple[list[bool], list[bool], bool]:
+    env = WorkcellEnv(task)
     try:
         env.cell.task.max_steps = steps
         env.reset(seed=seed)
-        op = InterveningOperator("peg_in_hole")
+        op = InterveningOperator(task, takeover_steps=takeover_steps)
         flags, starts, info, a = [], [], {"success": False}, np.zeros(7)
         for k in range(steps):
             obs = expert_obs_from_env(env, k / env.control_hz)
@@ -45,6 +46,15 @@ def test_an_operator_takes_over_from_a_policy_that_stands_still_and_finishes_the
     assert flags[4:19] == [True] * 15                  # then 15 steps of the operator's own
     assert sum(starts) >= 3 and 0.5 < np.mean(flags) < 1.0
     assert success                                     # in turns, the operator gets the peg in
+
+
+def test_an_operator_who_takes_over_until_done_finishes_the_insertion_from_where_the_policy_left_it():
+    """peg_insert, takeovers until the plan is done: a policy that drifts off sideways and up is
+    taken over once, and the operator's restarted plan gets the peg in within that takeover."""
+    away = np.r_[0.04, -0.03, 0.02, 0, 0, 0, 1.0]
+    flags, starts, success = _episode(lambda obs, _: away, seed=5, steps=100, task="peg_insert", takeover_steps=0)
+    assert sum(starts) == 1 and starts.index(True) == 4
+    assert all(flags[4:]) and success                  # never handed back before the peg was in
 
 
 def test_train_sac_with_interventions_and_rlif_rewards(tmp_path):

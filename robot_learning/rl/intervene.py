@@ -6,7 +6,9 @@ step it compares what the policy commands with what it would command itself: a s
 *astray* when the expert wants to move and the policy goes the other way (the two linear
 velocities point more than ~70 degrees apart), barely moves, or commands the gripper the
 other way. ``patience`` astray steps in a row and it takes over for ``takeover_steps``, then
-hands back. Its corrections are the executed actions, flagged as interventions, so they go
+hands back; with ``takeover_steps=0`` it keeps the arm until its own plan is done (the peg in
+the hole), as a person who has taken over an insertion finishes it: handing back halfway leaves
+the policy where it strayed before. Its corrections are the executed actions, flagged as interventions, so they go
 to both buffers as HIL-SERL's do, and under RLIF the moment of each takeover is the (negative)
 reward.
 """
@@ -50,10 +52,13 @@ class InterveningOperator:
         twist, grip = self.expert.act(obs)
         expert_action = np.r_[twist, grip].astype(np.float32)
         if self.left > 0:
-            self.left -= 1
+            self.left = 0 if self.expert.done else self.left - 1
             return expert_action, True, False
         self.astray = self.astray + 1 if self._astray(np.asarray(policy_action), expert_action) else 0
         if self.astray >= self.patience:
-            self.astray, self.left = 0, self.takeover_steps - 1
-            return expert_action, True, True
+            self.astray = 0
+            self.left = self.takeover_steps - 1 if self.takeover_steps > 0 else np.inf
+            self.expert.take_over()
+            twist, grip = self.expert.act(obs)  # from where the policy has left the arm
+            return np.r_[twist, grip].astype(np.float32), True, True
         return np.asarray(policy_action, np.float32), False, False

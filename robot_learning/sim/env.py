@@ -144,9 +144,11 @@ class WorkcellEnv(gym.Env):
         info = {"success": success}
         if c.controller.fault is not None:
             info["protective_stop"] = c.controller.fault
-        # a protective stop ends the episode like a time limit does: nothing more can happen in it
-        truncated = self._steps >= c.task.max_steps or c.controller.fault is not None
-        return (obs if obs is not None else self.observe()), float(success), success, truncated, info
+        # a protective stop is a terminal state, not a time limit: the arm refuses every command
+        # until a person resets it, so no reward can follow (a learner must not bootstrap past it)
+        terminated = success or c.controller.fault is not None
+        truncated = not terminated and self._steps >= c.task.max_steps
+        return (obs if obs is not None else self.observe()), float(success), terminated, truncated, info
 
     def render(self):
         return self.cell.render("front", depth=False).rgb

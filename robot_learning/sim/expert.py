@@ -119,6 +119,14 @@ class ScriptedExpert:
         self.plan, self.k, self._arrived, self._started, self.done = [], 0, None, None, False
         self.retries = 2
 
+    def take_over(self) -> None:
+        """A person taking the arm over mid-episode. peg_insert's plan starts again from its
+        approach above the hole (right from anywhere in the task's box, the peg being in the hand),
+        not from the waypoint the policy's wandering happened to tick off; the other tasks' plans
+        go on where they are (planning afresh would send the hand back to grasp a held peg)."""
+        if self.task == "peg_insert":
+            self.reset()
+
     def act(self, obs: ExpertObs) -> tuple[np.ndarray, float]:
         """TCP twist (base frame, m/s and rad/s) and gripper closure (0 open .. 1 closed)."""
         if not self.plan:

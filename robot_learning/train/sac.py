@@ -53,6 +53,7 @@ class SACTrainConfig:
     bc_weight: float = 0.0            # behaviour cloning on the demo rows during online learning
     backup_entropy: bool = True       # the entropy bonus in the critic's target (SAC's default)
     intervene: bool = False           # workcell: a scripted operator takes over when the policy strays
+    takeover_steps: int = 15          # with intervene: steps per takeover (0: until the operator's plan is done)
     rlif: bool = False                # with intervene: the reward is -1 when a takeover starts, else 0 (RLIF)
     max_episode_steps: int = 0        # the env's time limit (0: the task's own); long enough for the demos' pace
     reward: str = "sim"               # workcell: "sim" (the sim's success), or "classifier:PATH" (as on a robot)
@@ -202,7 +203,7 @@ class WorkcellAdapter:
             # the classifier's verdict is the reward and ends the episode, as on a robot;
             # info["success"] stays the sim's truth, which evaluation counts
             r = self._classify()
-            term = r > 0
+            term = r > 0 or "protective_stop" in info
         return obs, float(r), bool(term), bool(trunc), info
 
     def _classify(self) -> float:
@@ -417,7 +418,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         from robot_learning.rl.intervene import InterveningOperator
         from robot_learning.sim.env import expert_obs_from_env
 
-        operator = InterveningOperator(env.task)
+        operator = InterveningOperator(env.task, takeover_steps=cfg.takeover_steps)
     obs, _ = env.reset(cfg.seed * 100_000 + episode)
     ep_return, ep_len, grip, ep_takeovers, ep_intervened = 0.0, 0, env.low[-1], 0, 0
     upd: dict = {}

@@ -5,7 +5,8 @@ of ``step_rate`` (sim time) it compares the policy's command (``/policy/command/
 ``/policy/command/gripper``, what the RL actor or a policy server sends) with what the
 workcell's scripted expert would do from the TCP pose, the gripper and the objects' true poses
 (sim only). After ``patience`` astray steps it engages (``/teleop/engaged``) and drives
-``/teleop/twist`` and ``/teleop/gripper`` for ``takeover_steps``, then lets go: the command mux
+``/teleop/twist`` and ``/teleop/gripper`` for ``takeover_steps`` (0: until its plan is done, the peg
+in), then lets go: the command mux
 hands the arm over both ways and reports ``/intervention``, which the actor flags in its
 transitions, exactly as with a person at a SpaceMouse. It starts its expert afresh at each
 episode the actor announces on ``/rl/episode``.

@@ -244,7 +244,8 @@ class GraphActor(EpisodeNode):
             success = self.reward_success
             began = intervened and not was
             r = (-1.0 if began else 0.0) if self.rlif else float(success)
-            link.send(transition_arrays(spec, obs, executed, r, nobs, success, intervened, grip))
+            # a protective stop is terminal too: nothing follows it until a person resets the arm
+            link.send(transition_arrays(spec, obs, executed, r, nobs, success or bool(self.fault), intervened, grip))
             grip, obs, was = float(executed[-1]), nobs, intervened
             n, total, self.steps = n + 1, total + r, self.steps + 1
             inter, takeovers = inter + intervened, takeovers + began
