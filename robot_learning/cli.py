@@ -44,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     from robot_learning.sim.mirror import add_parser as add_mirror
     from robot_learning.sim.sysid import add_parser as add_sysid
     from robot_learning.train.cli import add_parser as add_train
+    from robot_learning.train.compare import add_parser as add_plot
 
     add_dataset(sub)
     add_train(sub)
+    add_plot(sub)
     add_evaluate(sub)
     add_calibrate(sub)
     add_mirror(sub)
@@ -86,6 +88,10 @@ def _dispatch(a: argparse.Namespace) -> int:
         from robot_learning.data.cli import run as dataset_run
 
         return dataset_run(a)
+    if a.cmd == "plot":
+        from robot_learning.train.compare import run as plot_run
+
+        return plot_run(a)
     if a.cmd == "train":
         from robot_learning.train.cli import run as train_run
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from robot_learning.rl.intervene import InterveningOperator
 from robot_learning.sim.env import WorkcellEnv, expert_obs_from_env
@@ -75,6 +76,21 @@ def test_train_sac_with_interventions_and_rlif_rewards(tmp_path):
     # RLIF: -1 exactly where a takeover starts (a takeover running on from the step before is not a start)
     assert np.array_equal(got["reward"] == -1.0, starts) and starts.sum() == sum(r["takeovers"] for r in eps)
     assert (run / "curves.png").stat().st_size > 0
+
+    # two runs on one figure, one of them cut off mid-line by a kill (its rows so far still count)
+    from robot_learning.cli import main
+    from robot_learning.train.compare import read_metrics
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    text = (run / "metrics.jsonl").read_text()
+    (cut / "metrics.jsonl").write_text(text[: len(text) - 20])
+    assert len(read_metrics(cut)) == len(rows) - 1
+    out = tmp_path / "compare.png"
+    assert main(["plot", f"{run}=rlif", f"{cut}=killed", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="no metrics.jsonl"):
+        main(["plot", str(tmp_path), "--out", str(out)])
 
 
 def test_peg_insert_buffers_keep_the_action_that_reached_the_arm(tmp_path):

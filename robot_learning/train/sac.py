@@ -267,7 +267,9 @@ def evaluate(agent, env, episodes: int, seed: int, video: Path | None = None) ->
 
 
 def _plot(run: Path) -> Path | None:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    from robot_learning.train.compare import moving_average, read_metrics
+
+    rows = read_metrics(run)
     ev = [r for r in rows if "eval_return" in r]
     if not ev:
         return None
@@ -290,10 +292,9 @@ def _plot(run: Path) -> Path | None:
         else ("episode_success", "training episode success")
     te = [r["robot_time_s"] / 60 for r in eps]
     vals = np.array([r.get(key, 0.0) for r in eps])
-    if len(vals):  # a moving average over 10 episodes: single episodes are 0 or 1
-        smooth = np.convolve(vals, np.ones(10), mode="full")[:len(vals)] / np.minimum(np.arange(1, len(vals) + 1), 10)
+    if len(vals):
         ax[3].plot(te, vals, ".", alpha=0.3)
-        ax[3].plot(te, smooth, "-")
+        ax[3].plot(te, moving_average(vals, 10), "-")
     ax[3].set(xlabel="robot time (min)", ylabel=label, ylim=(-0.05, 1.05), title="training episodes")
     fig.tight_layout()
     out = run / "curves.png"
