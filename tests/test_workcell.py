@@ -112,6 +112,9 @@ def test_peg_insert_lets_through_only_what_the_peers_task_allows():
     turned = pointing_down(c.task.hole_yaw + b["yaw"])  # at the yaw limit
     assert c.task.shape_action(np.r_[0, 0, 0, 0, 0, 1.0, 1], pos, turned, 0.1)[5] == pytest.approx(0, abs=1e-6)
     assert c.task.shape_action(np.r_[0, 0, 0, 0, 0, -1.0, 1], pos, turned, 0.1)[5] == -1.0
+    # the policy's action space: 10 cm/s and 0.6 rad/s on the free dims, the arm's elsewhere
+    low, high = c.task.action_bounds(*c.robot.limits.twist_action_bounds())
+    assert np.allclose(high, [0.1, 0.1, 0.1, 1.5, 1.5, 0.6, 1.0]) and np.allclose(low, [-h for h in high[:6]] + [0])
 
 
 @pytest.mark.parametrize("task", ["pick_place", "peg_in_hole", "peg_insert"])

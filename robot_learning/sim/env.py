@@ -2,7 +2,9 @@
 
 Action: TCP twist in the base frame (m/s, rad/s) followed by the gripper closure (0 open
 .. 1 closed), applied for one env step (``1 / control_hz``) through the arm controller, so
-a policy trained here sends the same command a ``/arm/command/twist`` client sends.
+a policy trained here sends the same command a ``/arm/command/twist`` client sends. The
+action space is the arm's limits, narrowed where the task says so (``Task.action_bounds``:
+peg_insert's 10 cm/s), and the task shapes each action (``Task.shape_action``).
 
 ``randomization`` (``sim/randomization.yaml``): each episode draws its physics, lights,
 colours and camera mountings (``sim.randomize``), and here its sensor noise, latencies and
@@ -40,7 +42,8 @@ class WorkcellEnv(gym.Env):
         self.image_size = image_size  # (height, width)
         self.depth = depth
         self.render_mode = render_mode
-        self.action_space = gym.spaces.Box(*self.cell.robot.limits.twist_action_bounds(), dtype=np.float32)
+        self.action_space = gym.spaces.Box(*self.cell.task.action_bounds(*self.cell.robot.limits.twist_action_bounds()),
+                                           dtype=np.float32)
         dof = self.cell.robot.dof
         t = self.cell.tactile
         n_obj = 7 * len(self.cell.task.object_bodies)

@@ -81,6 +81,11 @@ class Task:
     def hold(self, model: mujoco.MjModel, data: mujoco.MjData, tcp_pos: np.ndarray, tcp_quat: np.ndarray) -> None:
         """Put the held object between the fingers of a hand at this pose (see ``hand_start``)."""
 
+    def action_bounds(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The action space a policy gets on this task, within the arm's own (``low``, ``high``):
+        the arm's, unless the task narrows it as the peers scale their actions per task."""
+        return low, high
+
     def shape_action(self, action: np.ndarray, tcp_pos: np.ndarray, tcp_quat: np.ndarray, dt: float) -> np.ndarray:
         """The action the task lets through (twist[6], gripper) for the next ``dt`` seconds,
         given the TCP now: all of it, unless the task restricts motion as a robot-side env
@@ -200,6 +205,16 @@ class PegInsert(PegInHole):
     def hold(self, model, data, tcp_pos, tcp_quat) -> None:
         centre_below_tcp = self.tcp_above_peg_bottom - self.cfg["peg"]["half_length"]
         self._place(model, data, "peg", tcp_pos - [0, 0, centre_below_tcp], yaw_of(tcp_quat))
+
+    def action_bounds(self, low, high):
+        """x, y, z at ``action.linear`` and yaw at ``action.yaw`` at most: the arm's 0.5 m/s is
+        5 cm a step at 10 Hz, in a box 14 cm wide, where the insertion needs a millimetre (the
+        peers scale their actions to a centimetre or two a step). A squashed policy then spends
+        its whole output range on speeds the task can use."""
+        a = self.cfg["action"]
+        low, high = np.array(low, np.float32), np.array(high, np.float32)
+        cap = np.r_[[a["linear"]] * 3, np.inf, np.inf, a["yaw"], np.inf]
+        return np.maximum(low, -cap).astype(np.float32), np.minimum(high, cap).astype(np.float32)
 
     def shape_action(self, action, tcp_pos, tcp_quat, dt) -> np.ndarray:
         """Gripper closed, roll and pitch steered back to pointing down (only yaw is the

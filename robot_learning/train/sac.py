@@ -347,6 +347,9 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         # interventions join the demonstrations (HIL-SERL), so leave them room
         demo = from_dataset(ds, spec, episodes=chosen, progress=progress, drop_idle=cfg.demo_drop_idle,
                             capacity=room + (cfg.steps if cfg.intervene else 0))
+        # as the env's action space lets them through: a task that narrows it (peg_insert) caps
+        # the operator's faster moves, which the actor could never choose
+        np.clip(demo.arrays["action"], env.low, env.high, out=demo.arrays["action"])
     online = ReplayBuffer(cfg.buffer_size, spec, len(env.low))
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
