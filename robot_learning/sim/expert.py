@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robot_learning.config import load_yaml
+from robot_learning.sim.tasks import make_task
 from robot_learning.transforms import orientation_error, pointing_down, yaw_of
 
 
@@ -51,6 +52,9 @@ class ScriptedExpert:
         self.task = task
         if task == "peg_insert":  # the peg is in the hand from the start: its length from the task
             self.peg_half_length = float(load_yaml("sim/tasks/peg_insert.yaml")["peg"]["half_length"])
+        # within the task's action space, as a policy on it: demonstrations it could imitate
+        inf = np.full(7, np.inf)
+        self.low, self.high = (b[:6] for b in make_task(task).action_bounds(-inf, inf))
         self.rng = rng or np.random.default_rng()
         self.plan: list[Waypoint] = []
         self.k = 0
@@ -161,7 +165,7 @@ class ScriptedExpert:
                 self.k += 1
                 self._arrived = self._started = None
                 self.done = self.k >= len(self.plan)
-        return np.concatenate([v, w]), wp.grip
+        return np.clip(np.concatenate([v, w]), self.low, self.high), wp.grip
 
 
 class HandNoise:
