@@ -110,6 +110,25 @@ def test_rlpd_batch_shuffles_demonstrations_into_every_slice():
     assert not rlpd_batch(online, None, 0.5, 64, np.random.default_rng(0))["demo"].any()
 
 
+def test_demonstrations_are_read_as_the_action_space_lets_them_through(store):  # noqa: F811
+    """Both learners read demonstrations through one function: the failed episode left out
+    (unless asked), actions clipped to the (task-narrowed) action space the actor has."""
+    from robot_learning.rl.replay import demo_buffer
+
+    ds = Dataset(store)  # a failure, then a success
+    spec = obs_spec_from_dataset(ds, ["ee_pose.data", "gripper_state.position"])
+    succeeded = ds.episode(ds.indices[1]).n_steps
+    assert len(demo_buffer(store, spec, [-1] * 7, [1] * 7, drop_idle=False)) == succeeded
+    raw = from_dataset(ds, spec).in_order()["action"]
+    low, high = np.r_[[-0.01] * 6, 0.0], np.r_[[0.01] * 6, 1.0]
+    got = demo_buffer(store, spec, low, high, successes_only=False, drop_idle=False, room=5)
+    assert len(got) == len(raw) and got.capacity == len(raw) + 5
+    assert np.array_equal(got.in_order()["action"], np.clip(raw, low, high).astype(np.float32))
+    assert np.abs(raw[:, :6]).max() > 0.01  # so the clip had something to do
+    with pytest.raises(ValueError, match="observation sizes"):
+        demo_buffer(store, ObsSpec(spec.state_keys, (7, 3)), low, high, successes_only=False)
+
+
 def test_buffer_rebuilds_exactly_the_recorded_transitions(store):  # noqa: F811
     ds = Dataset(store)
     keys = ["ee_pose.data", "gripper_state.position"]
@@ -267,10 +286,16 @@ def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_rest
 
     keys = ["ee_pose.data", "gripper_state.position"]
     spec = {"state_keys": keys, "state_dims": [7, 2], "action_low": [-1.0] * 7, "action_high": [1.0] * 7,
-            "dt": 0.1, "env": "test"}
-    demos = len(from_dataset(Dataset(store), obs_spec_from_dataset(Dataset(store), keys)))
+            "dt": 0.1, "env": "test", "action_dims": [0, 1, 2, 5]}
+    whole = from_dataset(Dataset(store), obs_spec_from_dataset(Dataset(store), keys))
     out = Outbox(tmp_path / "outbox", "actor-1")
-    learner = Learner(tmp_path / "run", spec, demos=str(store), hidden=(16, 16))
+    # the demonstrations as train sac reads them (the fixture's episodes are not marked successful)
+    learner = Learner(tmp_path / "run", spec, demos=str(store), hidden=(16, 16), demo_successes_only=False,
+                      demo_drop_idle=False, sac={"gamma": 0.97, "n_critics": 3})
+    demos = len(whole)
+    assert len(learner.demo) == demos
+    assert learner.agent.cfg.action_dims == [0, 1, 2, 5] and learner.agent.cfg.gamma == 0.97
+    assert learner.agent.cfg.n_critics == 3
     for i in range(10):
         o = {"ee_pose.data": np.full(7, i, np.float32), "gripper_state.position": np.full(2, i, np.float32)}
         o2 = {k: v + 1 for k, v in o.items()}
@@ -279,6 +304,7 @@ def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_rest
     assert len(learner.online) == 10 and len(learner.demo) == demos + 4  # steps 0, 3, 6, 9
     assert np.array_equal(learner.demo.in_order()["state"][demos:, 0], [0, 3, 6, 9])
     learner.close()
-    again = Learner(tmp_path / "run", spec, demos=str(store), hidden=(16, 16))
+    again = Learner(tmp_path / "run", spec, demos=str(store), hidden=(16, 16), demo_successes_only=False,
+                    demo_drop_idle=False)
     assert len(again.online) == 10 and len(again.demo) == demos + 4
     again.close()

@@ -16,13 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from robot_learning.rl.link import Inbox, Transition
-from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, rlpd_batch
+from robot_learning.rl.replay import ObsSpec, ReplayBuffer, demo_buffer, rlpd_batch
 
 
-def spec_json(spec: ObsSpec, low: list[float], high: list[float], dt: float, name: str) -> str:
-    """What a learner needs to know of an actor, as the actor publishes it."""
+def spec_json(spec: ObsSpec, low: list[float], high: list[float], dt: float, name: str,
+              action_dims: list[int] = ()) -> str:
+    """What a learner needs to know of an actor, as the actor publishes it; ``action_dims``: the
+    dims the policy chooses (the task's; the rest are the task's own, as in ``SACConfig``)."""
     return json.dumps({**spec.to_json(), "action_low": [float(x) for x in low],
-                       "action_high": [float(x) for x in high], "dt": float(dt), "env": name})
+                       "action_high": [float(x) for x in high], "dt": float(dt), "env": name}
+                      | ({"action_dims": [int(d) for d in action_dims]} if action_dims else {}))
 
 
 def transition_arrays(spec: ObsSpec, obs: dict[str, np.ndarray], action: np.ndarray, reward: float,
@@ -41,7 +44,11 @@ def transition_arrays(spec: ObsSpec, obs: dict[str, np.ndarray], action: np.ndar
 class Learner:
     def __init__(self, run: str | Path, spec: dict, demos: str = "", batch_size: int = 256, utd: int = 1,
                  hidden: tuple[int, ...] = (256, 256), demo_ratio: float = 0.5, learning_starts: int = 200,
-                 buffer_size: int = 200_000, seed: int = 0):
+                 buffer_size: int = 200_000, seed: int = 0, sac: dict | None = None,
+                 demo_successes_only: bool = True, demo_drop_idle: bool = True):
+        """``sac``: more of the agent's choices (``SACConfig`` fields: ``gamma``, ``n_critics``,
+        ``backup_entropy``, ...) as ``train sac`` takes them, so a graph run and an env run can
+        be the same learner; the demonstrations are read as ``train sac`` reads them."""
         import torch
 
         from robot_learning.policies.sac import SAC, SACConfig, load_sac
@@ -63,13 +70,9 @@ class Learner:
         act_dim = len(spec["action_low"])
         self.online = ReplayBuffer(buffer_size, self.spec, act_dim)
         self.demo = None
-        if demos:
-            from robot_learning.data.store import Dataset
-
-            ds = Dataset(demos)
-            # room for the operator's corrections, which join the demonstrations (HIL-SERL)
-            room = sum(ds.episode(i).n_steps for i in ds.indices) + buffer_size
-            self.demo = from_dataset(ds, self.spec, capacity=room)
+        if demos:  # room for the operator's corrections, which join the demonstrations (HIL-SERL)
+            self.demo = demo_buffer(demos, self.spec, spec["action_low"], spec["action_high"], demo_successes_only,
+                                    demo_drop_idle, room=buffer_size)
         self.inbox = Inbox(self.run / "journal")
         self.received = 0
         for tr in self.inbox.replay():  # a restart: the buffers are what the actors sent
@@ -81,7 +84,8 @@ class Learner:
         else:
             cfg = SACConfig(obs_dim=self.spec.state_dim, action_low=spec["action_low"],
                             action_high=spec["action_high"], hidden=list(hidden), utd=utd,
-                            image_keys=list(self.spec.image_keys), image_size=list(self.spec.image_shape[:2]))
+                            image_keys=list(self.spec.image_keys), image_size=list(self.spec.image_shape[:2]),
+                            action_dims=list(spec.get("action_dims", [])), **(sac or {}))
             self.agent = SAC(cfg)
             if self.demo is not None:
                 st = self.demo.in_order()["state"]

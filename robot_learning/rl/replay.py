@@ -224,6 +224,31 @@ def from_dataset(dataset, spec: ObsSpec, buffer: ReplayBuffer | None = None, epi
     return buffer
 
 
+def demo_buffer(path: str | Path, spec: ObsSpec, low, high, successes_only: bool = True, drop_idle: bool = True,
+                room: int = 0, progress: bool = False) -> ReplayBuffer:
+    """The demonstrations in the dataset at ``path`` as both learners use them (``train sac`` and
+    the graph's learner): the successful episodes only (unless ``successes_only`` is off), the
+    operator's idle steps left out, each action as the action space (``low``, ``high``) lets it
+    through (a task that narrows it caps an operator's faster moves, which the actor could never
+    choose), and ``room`` rows more for the operator's corrections, which join them (HIL-SERL)."""
+    from robot_learning.data.store import Dataset
+
+    ds = Dataset(path)
+    want = obs_spec_from_dataset(ds, list(spec.state_keys), list(spec.image_keys), spec.image_shape[:2])
+    if want.state_dims != spec.state_dims:
+        raise ValueError(f"{path} has observation sizes {want.state_dims} for {', '.join(spec.state_keys)}, "
+                         f"the actor's are {spec.state_dims}")
+    chosen = [i for i in ds.indices if ds.episode(i).meta.get("success")] if successes_only else list(ds.indices)
+    if not chosen:
+        raise ValueError(f"{path} has no {'successful ' if successes_only else ''}episode to learn from"
+                         + (" (turn off demo_successes_only to use the failed ones)" if successes_only else ""))
+    total = sum(ds.episode(i).n_steps for i in chosen)
+    demo = from_dataset(ds, spec, episodes=chosen, progress=progress, drop_idle=drop_idle, capacity=total + room)
+    np.clip(demo.arrays["action"], np.asarray(low, np.float32), np.asarray(high, np.float32),
+            out=demo.arrays["action"])
+    return demo
+
+
 def episode_observations(ep, spec: ObsSpec) -> dict[str, np.ndarray]:
     """One episode's observation per step, as ``spec`` lays them out: ``state`` [n, state_dim]
     and each camera's frames [n, H, W, 3] uint8 (resized; black where the camera had sent nothing yet)."""

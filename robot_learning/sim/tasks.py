@@ -86,6 +86,11 @@ class Task:
         the arm's, unless the task narrows it as the peers scale their actions per task."""
         return low, high
 
+    def locate(self, objects: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Take the fixtures ``shape_action`` works around from observed object poses (name ->
+        position, w x y z quaternion), for a caller that did not run ``reset`` itself (the
+        graph's RL actor, beside the sim node that did)."""
+
     def shape_action(self, action: np.ndarray, tcp_pos: np.ndarray, tcp_quat: np.ndarray, dt: float) -> np.ndarray:
         """The action the task lets through (twist[6], gripper) for the next ``dt`` seconds,
         given the TCP now: all of it, unless the task restricts motion as a robot-side env
@@ -205,6 +210,13 @@ class PegInsert(PegInHole):
     def hold(self, model, data, tcp_pos, tcp_quat) -> None:
         centre_below_tcp = self.tcp_above_peg_bottom - self.cfg["peg"]["half_length"]
         self._place(model, data, "peg", tcp_pos - [0, 0, centre_below_tcp], yaw_of(tcp_quat))
+
+    def locate(self, objects) -> None:
+        if "hole" not in objects:
+            raise RuntimeError("peg_insert keeps the hand in a box around the hole: no pose of it yet "
+                               "(/sim/objects/hole/pose)")
+        pos, quat = objects["hole"]
+        self.hole, self.hole_yaw = np.asarray(pos, float).copy(), yaw_of(quat)
 
     def action_bounds(self, low, high):
         """x, y, z at ``action.linear`` and yaw at ``action.yaw`` at most: the arm's 0.5 m/s is

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from robot_learning.rl.replay import ObsSpec, ReplayBuffer, from_dataset, obs_spec_from_dataset, rlpd_batch
+from robot_learning.rl.replay import ObsSpec, ReplayBuffer, demo_buffer, rlpd_batch
 
 WORKCELL_OBS = {  # state keys per task: the arm, the gripper and the objects it works with
     "peg_in_hole": ["ee_pose.data", "gripper_state.position", "peg_pose.data", "hole_pose.data"],
@@ -333,23 +333,11 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
     spec = env.spec
     demo = None
     if cfg.demos:
-        from robot_learning.data.store import Dataset
-
-        ds = Dataset(cfg.demos)
-        want = obs_spec_from_dataset(ds, list(spec.state_keys), list(spec.image_keys), spec.image_shape[:2])
-        if want.state_dims != spec.state_dims:
-            raise SystemExit(f"train sac: {cfg.demos} has observation sizes {want.state_dims} for "
-                             f"{', '.join(spec.state_keys)}, the env {spec.state_dims}")
-        chosen = [i for i in ds.indices if ds.episode(i).meta.get("success")] if cfg.demo_successes_only else None
-        if chosen == []:
-            raise SystemExit(f"train sac: {cfg.demos} has no successful episode (--no-demo-successes-only uses all)")
-        room = sum(ds.episode(i).n_steps for i in (chosen if chosen is not None else ds.indices))
-        # interventions join the demonstrations (HIL-SERL), so leave them room
-        demo = from_dataset(ds, spec, episodes=chosen, progress=progress, drop_idle=cfg.demo_drop_idle,
-                            capacity=room + (cfg.steps if cfg.intervene else 0))
-        # as the env's action space lets them through: a task that narrows it (peg_insert) caps
-        # the operator's faster moves, which the actor could never choose
-        np.clip(demo.arrays["action"], env.low, env.high, out=demo.arrays["action"])
+        try:  # room for the operator's corrections, which join the demonstrations
+            demo = demo_buffer(cfg.demos, spec, env.low, env.high, cfg.demo_successes_only, cfg.demo_drop_idle,
+                               room=cfg.steps if cfg.intervene else 0, progress=progress)
+        except ValueError as e:
+            raise SystemExit(f"train sac: --demos: {e}") from None
     online = ReplayBuffer(cfg.buffer_size, spec, len(env.low))
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -30,7 +30,7 @@ import threading
 import time
 
 import numpy as np
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import Trigger
 
@@ -49,6 +49,7 @@ from robot_learning_ros.msgs import (
     LATEST_QOS,
     SENSOR_QOS,
     message_class,
+    pose_from_msg,
     twist_from_msg,
     twist_msg,
 )
@@ -84,7 +85,10 @@ class GraphActor(EpisodeNode):
         self.base_frame = self.robot.base_frame
         self.step_hz = float(p("step_rate", 10.0).value)
         self.command_hz = float(p("command_rate", 50.0).value)
-        self.max_steps = int(p("max_episode_steps", 0).value) or make_task(self.task).max_steps
+        # the task's action space and shaping, as in the env (peg_insert: 10 cm/s, the gripper
+        # closed, roll and pitch held, the hand in a box around the hole)
+        self.task_model = make_task(self.task)
+        self.max_steps = int(p("max_episode_steps", 0).value) or self.task_model.max_steps
         self.total_steps = int(p("max_steps", 0).value)  # 0: until stopped (or ``episodes`` run out)
         self.on_lost = str(p("on_learner_lost", "keep").value)
         if self.on_lost not in ("keep", "hold"):
@@ -102,7 +106,12 @@ class GraphActor(EpisodeNode):
         self.seen_intervention = False
         self.mux_twists: list[np.ndarray] = []
         self.mux_grip: float | None = None
+        self.tcp_quat: np.ndarray | None = None
+        self.objects: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.paused = threading.Event()
+        for b in self.task_model.object_bodies:
+            self.create_subscription(PoseStamped, f"/sim/objects/{b}/pose",
+                                     lambda m, b=b: self.objects.__setitem__(b, pose_from_msg(m)), LATEST_QOS)
         for stream in sorted({k.split(".", 1)[0] for k in self.keys} | set(self.images)):
             spec = self.recipe.streams[stream]
             self.create_subscription(message_class(spec.type), spec.topic,
@@ -161,7 +170,22 @@ class GraphActor(EpisodeNode):
         res.success, res.message = True, "running"
         return res
 
+    def on_pose(self, t: float, pos: np.ndarray, quat: np.ndarray) -> None:
+        with self.lock:
+            self.tcp_quat = quat
+
     # --- observations and actions ---
+    def shaped(self, a: np.ndarray) -> np.ndarray:
+        """The policy's action as the task lets it through from the TCP pose now (``Task.shape_action``)."""
+        low, high = self.bounds
+        with self.lock:
+            pos, quat, objects = self.tcp_now, self.tcp_quat, dict(self.objects)
+        a = np.clip(a, low, high)
+        if pos is None or quat is None:
+            return a.astype(np.float32)
+        self.task_model.locate(objects)
+        return self.task_model.shape_action(a, pos, quat, 1.0 / self.step_hz).astype(np.float32)
+
     def observe(self, newer_than: float = -np.inf, timeout: float = 10.0) -> dict[str, np.ndarray]:
         """The newest value of every observed key and camera, each stamped after ``newer_than``."""
         streams = {k.split(".", 1)[0] for k in self.keys} | set(self.images)
@@ -203,14 +227,16 @@ class GraphActor(EpisodeNode):
 
     @property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.robot.limits.twist_action_bounds()  # the sim env's action space too
+        """The arm's action space as the task narrows it: the env's action space too."""
+        return self.task_model.action_bounds(*self.robot.limits.twist_action_bounds())
 
     def announce(self) -> ObsSpec:
         obs = self.observe(timeout=60.0)
         spec = ObsSpec(tuple(self.keys), tuple(int(obs[k].size) for k in self.keys), tuple(self.images),
                        (*self.image_size, 3))
         low, high = self.bounds
-        self.link.announce(spec_json(spec, low.tolist(), high.tolist(), 1.0 / self.step_hz, f"graph/{self.task}"))
+        self.link.announce(spec_json(spec, low.tolist(), high.tolist(), 1.0 / self.step_hz, f"graph/{self.task}",
+                                     list(self.task_model.action_dims)))
         return spec
 
     # --- episodes ---
@@ -239,7 +265,7 @@ class GraphActor(EpisodeNode):
                                         "holding until new weights arrive", throttle_duration_sec=5.0)
                 time.sleep(0.1)
                 continue
-            executed, intervened = self.apply(a)
+            executed, intervened = self.apply(self.shaped(a))
             nobs = self.observe()
             success = self.reward_success
             began = intervened and not was

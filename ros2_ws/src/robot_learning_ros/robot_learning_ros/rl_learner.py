@@ -40,6 +40,12 @@ class LearnerNode(Node):
         self.ratio = float(p("updates_per_transition", 1.0).value)
         self.publish_every = int(p("publish_every", 50).value)
         self.checkpoint_every = int(p("checkpoint_every", 500).value)
+        # the agent's choices as train sac takes them (its defaults), so both can be one learner
+        self.sac = {"gamma": float(p("gamma", 0.99).value), "n_critics": int(p("n_critics", 2).value),
+                    "target_subsample": int(p("target_subsample", 2).value),
+                    "backup_entropy": bool(p("backup_entropy", True).value)}
+        self.demo_successes_only = bool(p("demo_successes_only", True).value)
+        self.demo_drop_idle = bool(p("demo_drop_idle", True).value)
         self.session = uuid.uuid4().hex[:8]
         self.spec: dict | None = None
         self.queue: collections.deque[bytes] = collections.deque()
@@ -84,7 +90,8 @@ class LearnerNode(Node):
         if not running():
             return
         learner = Learner(self.run_dir, self.spec, self.demos, self.batch_size, self.utd, self.hidden,
-                          learning_starts=self.learning_starts)
+                          learning_starts=self.learning_starts, sac=self.sac,
+                          demo_successes_only=self.demo_successes_only, demo_drop_idle=self.demo_drop_idle)
         log.info(f"learning for {self.spec['env']}: {learner.received} transitions from the journal, "
                  f"{len(learner.demo) if learner.demo else 0} from demonstrations, version {learner.version}")
         self.publish_weights(learner)
