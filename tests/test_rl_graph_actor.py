@@ -131,3 +131,39 @@ def test_a_policy_that_outputs_nan_never_moves_the_arm(tmp_path):
     assert not late, f"{len(late)} commands after the policy went NaN"
     q = np.array([p for t, p in client.msgs["/joint_states"] if t > loaded + 2.0])
     assert len(q) > 100 and np.ptp(q[:, :7], axis=0).max() < 1e-3, np.ptp(q[:, :7], axis=0)
+
+
+def test_on_peg_insert_the_graph_actor_acts_within_the_task_as_the_env_does(tmp_path):
+    """peg_insert through the graph: the actor announces the task's free action dims and its
+    narrowed action space, and every action it sends (uniform exploration, which pushes at
+    every edge) is shaped as in the env: gripper closed, at most 10 cm/s, the hand kept in the
+    box around the hole it sees on /sim/objects/hole/pose."""
+    run = tmp_path / "learner"
+    llog = (tmp_path / "learner.log").open("w")
+    with SimGraph(tmp_path / "graph.log", "hil_rl.launch.yaml", task="peg_insert", outbox=tmp_path / "outbox",
+                  max_episode_steps=40) as g:
+        learner = start("rl_learner", llog, run_dir=str(run), batch_size=32, hidden="32,32",
+                        learning_starts=1_000_000, gamma=0.97)
+        try:
+            wait_until(lambda: len(transitions(run)) >= 100, "100 stored transitions", 240)
+        finally:
+            learner.send_signal(signal.SIGINT)
+            learner.wait(timeout=30)
+            llog.close()
+        log = g.log_path.read_text()
+    assert "Traceback" not in log + (tmp_path / "learner.log").read_text(), log[-3000:]
+    spec = json.loads((run / "spec.json").read_text())
+    assert spec["action_dims"] == [0, 1, 2, 5] and spec["env"] == "graph/peg_insert"
+    assert np.allclose(spec["action_high"], [0.1, 0.1, 0.1, 1.5, 1.5, 0.6, 1.0])
+    trs = transitions(run)
+    a = np.array([t.arrays["action"] for t in trs])
+    s = np.array([t.arrays["next_state"] for t in trs])
+    assert np.all(a[:, 6] == 1.0) and np.abs(a[:, :3]).max() <= 0.1 + 1e-6 and np.abs(a[:, 5]).max() <= 0.6 + 1e-6
+    assert np.abs(a[:, :3]).max() > 0.05  # exploring: the box let the speeds through where there was room
+    # ee_pose, peg_pose, hole_pose: the TCP within the box around the hole (its top face 4 cm
+    # up), give or take 1 cm: on the graph a step outlasts its 0.1 s by the actor's own time
+    # between steps (observing, the policy), when the arm goes on with the last command (5 mm
+    # seen with the CPUs busy); in the env it ends on the edge exactly
+    rel = s[:, 0:3] - np.c_[s[:, 14:16], np.full(len(s), 0.04)]
+    assert np.abs(rel[:, :2]).max() <= 0.07 + 0.01, np.abs(rel[:, :2]).max()
+    assert rel[:, 2].min() >= -0.01 and rel[:, 2].max() <= 0.16 + 0.01, (rel[:, 2].min(), rel[:, 2].max())
