@@ -66,6 +66,22 @@ def test_actor_finds_the_best_action_of_a_bandit():
     assert abs(float(best[0]) - 0.5) < 0.1, best
 
 
+def test_the_temperature_target_means_the_same_in_any_action_units():
+    """The same policy over a box 10x narrower (peg_insert's 10 cm/s against the arm's 1 m/s)
+    has the same log-density: in the action's own units it would be 2.3 nats a dim higher, and
+    the temperature chasing its target entropy would grow without bound."""
+    torch.manual_seed(0)
+    wide = SAC(SACConfig(obs_dim=2, action_low=[-1.0] * 4, action_high=[1.0] * 4, hidden=[16]))
+    narrow = SAC(SACConfig(obs_dim=2, action_low=[-0.1] * 4, action_high=[0.1] * 4, hidden=[16]))
+    narrow.actor.net.load_state_dict(wide.actor.net.state_dict())
+    feat = torch.randn(64, wide.encoder.out_dim)
+    torch.manual_seed(1)
+    a1, lp1 = wide.actor(feat)
+    torch.manual_seed(1)
+    a2, lp2 = narrow.actor(feat)
+    assert torch.allclose(a2, 0.1 * a1) and torch.allclose(lp1, lp2)
+
+
 def test_pretraining_clones_the_demonstrations_and_bc_keeps_the_actor_near_them():
     """Demonstrations say a = 0.6 * s. Offline pretraining (WSRL's warm start) makes the
     deterministic actor follow them; online, a critic that prefers a = -1 everywhere pulls the
