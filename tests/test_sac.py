@@ -143,6 +143,9 @@ def test_demonstrations_are_read_as_the_action_space_lets_them_through(store):  
     assert np.abs(raw[:, :6]).max() > 0.01  # so the clip had something to do
     with pytest.raises(ValueError, match="observation sizes"):
         demo_buffer(store, ObsSpec(spec.state_keys, (7, 3)), low, high, successes_only=False)
+    # RLIF counts rewards by takeovers: a demonstration's success reward would be a second definition
+    assert got.in_order()["reward"].max() == 1.0
+    assert not demo_buffer(store, spec, low, high, rlif=True).in_order()["reward"].any()
 
 
 def test_buffer_rebuilds_exactly_the_recorded_transitions(store):  # noqa: F811

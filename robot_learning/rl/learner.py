@@ -20,12 +20,14 @@ from robot_learning.rl.replay import ObsSpec, ReplayBuffer, demo_buffer, rlpd_ba
 
 
 def spec_json(spec: ObsSpec, low: list[float], high: list[float], dt: float, name: str,
-              action_dims: list[int] = ()) -> str:
+              action_dims: list[int] = (), rlif: bool = False) -> str:
     """What a learner needs to know of an actor, as the actor publishes it; ``action_dims``: the
-    dims the policy chooses (the task's; the rest are the task's own, as in ``SACConfig``)."""
+    dims the policy chooses (the task's; the rest are the task's own, as in ``SACConfig``);
+    ``rlif``: its rewards are RLIF's (the demonstrations' are then 0 too)."""
     return json.dumps({**spec.to_json(), "action_low": [float(x) for x in low],
                        "action_high": [float(x) for x in high], "dt": float(dt), "env": name}
-                      | ({"action_dims": [int(d) for d in action_dims]} if action_dims else {}))
+                      | ({"action_dims": [int(d) for d in action_dims]} if action_dims else {})
+                      | ({"reward": "rlif"} if rlif else {}))
 
 
 def transition_arrays(spec: ObsSpec, obs: dict[str, np.ndarray], action: np.ndarray, reward: float,
@@ -72,7 +74,7 @@ class Learner:
         self.demo = None
         if demos:  # room for the operator's corrections, which join the demonstrations (HIL-SERL)
             self.demo = demo_buffer(demos, self.spec, spec["action_low"], spec["action_high"], demo_successes_only,
-                                    demo_drop_idle, room=buffer_size)
+                                    demo_drop_idle, room=buffer_size, rlif=spec.get("reward") == "rlif")
         self.inbox = Inbox(self.run / "journal")
         self.received = 0
         for tr in self.inbox.replay():  # a restart: the buffers are what the actors sent

@@ -225,12 +225,15 @@ def from_dataset(dataset, spec: ObsSpec, buffer: ReplayBuffer | None = None, epi
 
 
 def demo_buffer(path: str | Path, spec: ObsSpec, low, high, successes_only: bool = True, drop_idle: bool = True,
-                room: int = 0, progress: bool = False) -> ReplayBuffer:
+                room: int = 0, progress: bool = False, rlif: bool = False) -> ReplayBuffer:
     """The demonstrations in the dataset at ``path`` as both learners use them (``train sac`` and
     the graph's learner): the successful episodes only (unless ``successes_only`` is off), the
     operator's idle steps left out, each action as the action space (``low``, ``high``) lets it
     through (a task that narrows it caps an operator's faster moves, which the actor could never
-    choose), and ``room`` rows more for the operator's corrections, which join them (HIL-SERL)."""
+    choose), and ``room`` rows more for the operator's corrections, which join them (HIL-SERL).
+    ``rlif``: rewards as RLIF counts them, 0 at every step (nobody took a demonstration over);
+    their recorded success reward beside the online takeover penalties would be two reward
+    definitions in one critic (its values went to 2.7, where neither allows more than 1)."""
     from robot_learning.data.store import Dataset
 
     ds = Dataset(path)
@@ -246,6 +249,8 @@ def demo_buffer(path: str | Path, spec: ObsSpec, low, high, successes_only: bool
     demo = from_dataset(ds, spec, episodes=chosen, progress=progress, drop_idle=drop_idle, capacity=total + room)
     np.clip(demo.arrays["action"], np.asarray(low, np.float32), np.asarray(high, np.float32),
             out=demo.arrays["action"])
+    if rlif:
+        demo.arrays["reward"][:] = 0.0
     return demo
 
 

@@ -335,7 +335,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
     if cfg.demos:
         try:  # room for the operator's corrections, which join the demonstrations
             demo = demo_buffer(cfg.demos, spec, env.low, env.high, cfg.demo_successes_only, cfg.demo_drop_idle,
-                               room=cfg.steps if cfg.intervene else 0, progress=progress)
+                               room=cfg.steps if cfg.intervene else 0, progress=progress, rlif=cfg.rlif)
         except ValueError as e:
             raise SystemExit(f"train sac: --demos: {e}") from None
     online = ReplayBuffer(cfg.buffer_size, spec, len(env.low))

@@ -42,7 +42,7 @@ class ActorNode(Node):
 
         env = make_env(SACTrainConfig(env=self.env_name))
         link = self.link
-        link.announce(spec_json(env.spec, env.low, env.high, env.dt, self.env_name))
+        link.announce(spec_json(env.spec, env.low, env.high, env.dt, self.env_name, getattr(env, "action_dims", [])))
         rng = np.random.default_rng(self.seed)
         episode, steps = 0, 0
         obs, _ = env.reset(self.seed * 100_000 + episode)
@@ -59,6 +59,7 @@ class ActorNode(Node):
                     a = rng.uniform(env.low, env.high).astype(np.float32)
                 else:
                     a = link.policy.act(env.spec.agent_obs(obs), gripper_now=grip)
+                a = env.executed(a)  # what reaches the arm (the task's shaping): what the learner keeps
                 nobs, r, term, trunc, info = env.step(a)
                 link.send(transition_arrays(env.spec, obs, a, r, nobs, term, False, grip))
                 grip, obs, steps = float(a[-1]), nobs, steps + 1

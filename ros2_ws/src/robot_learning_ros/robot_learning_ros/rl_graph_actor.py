@@ -236,7 +236,7 @@ class GraphActor(EpisodeNode):
                        (*self.image_size, 3))
         low, high = self.bounds
         self.link.announce(spec_json(spec, low.tolist(), high.tolist(), 1.0 / self.step_hz, f"graph/{self.task}",
-                                     list(self.task_model.action_dims)))
+                                     list(self.task_model.action_dims), self.rlif))
         return spec
 
     # --- episodes ---
