@@ -83,6 +83,12 @@ def test_the_graph_actor_sends_the_operators_takeovers_and_pauses(tmp_path):
     first = rows[0]["steps"]  # the first episode's rate is its share of flagged transitions
     assert rows[0]["intervention_rate"] == pytest.approx(inter[:first].mean())
     assert rows[0]["takeovers"] >= 1
+    # robot-learning plot reads the actor's report as it reads an env run's metrics
+    from robot_learning.train.compare import read_metrics
+
+    got = read_metrics(report)
+    assert [r["episode_success"] for r in got] == [float(r["success"]) for r in rows]
+    assert got[0]["robot_time_s"] == pytest.approx(first * 0.1) and got[0]["intervention_rate"] > 0
 
 
 def test_a_policy_that_outputs_nan_never_moves_the_arm(tmp_path):

@@ -23,15 +23,27 @@ def moving_average(values: np.ndarray, n: int = 10) -> np.ndarray:
 
 
 def read_metrics(run: Path) -> list[dict]:
-    path = Path(run) / "metrics.jsonl"
+    """A run's rows: ``metrics.jsonl`` of train sac, dsrl or residual, or the ``episodes.jsonl``
+    that the graph's RL actor writes to its ``report_dir`` (its training episodes, keyed here
+    as train sac keys them), so a run through the ROS graph plots beside an env run."""
+    run = Path(run)
+    graph = not (run / "metrics.jsonl").is_file() and (run / "episodes.jsonl").is_file()
+    path = run / ("episodes.jsonl" if graph else "metrics.jsonl")
     if not path.is_file():
-        raise SystemExit(f"plot: {run} has no metrics.jsonl: give a run directory of train sac, dsrl or residual")
+        raise SystemExit(f"plot: {run} has no metrics.jsonl (train sac, dsrl, residual) or episodes.jsonl "
+                         "(the graph's RL actor, its report_dir)")
     rows = []
     for line in path.read_text().splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue  # a line cut short by a kill: the rest of the run is still worth plotting
+    if graph:
+        rows = [r for r in rows if "total_steps" in r]
+        operator = any(r.get("intervention_rate", 0.0) > 0 for r in rows)  # 0 throughout: nobody was there
+        rows = [{"env_steps": r["total_steps"], "robot_time_s": r.get("robot_time_s", r["total_steps"] / 10.0),
+                 "episode_success": float(r["success"])}
+                | ({"intervention_rate": r.get("intervention_rate", 0.0)} if operator else {}) for r in rows]
     return rows
 
 

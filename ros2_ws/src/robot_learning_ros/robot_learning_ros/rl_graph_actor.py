@@ -281,7 +281,8 @@ class GraphActor(EpisodeNode):
         self.pub_twist.publish(twist_msg(np.zeros(6), self.t_now, self.base_frame))
         row = {"episode": index, "seed": info.get("seed"), "steps": n, "return": total, "success": self.success
                if self.reset_mode != "home" else self.reward_success, "intervention_rate": inter / max(n, 1),
-               "takeovers": takeovers, "policy_version": link.policy.version, "total_steps": self.steps}
+               "takeovers": takeovers, "policy_version": link.policy.version, "total_steps": self.steps,
+               "robot_time_s": self.steps / self.step_hz}
         if self.fault:
             row["protective_stop"] = self.fault
         self.get_logger().info(json.dumps(row))
