@@ -123,6 +123,15 @@ class ScriptedExpert:
         self.plan, self.k, self._arrived, self._started, self.done = [], 0, None, None, False
         self.retries = 2
 
+    def goal_distance(self, obs: ExpertObs) -> float | None:
+        """How far the task is from done, in metres, where its goal is one place: peg_insert's
+        peg from fully in the hole. None for tasks with phases (grasp, carry, place), where
+        closer is not always better."""
+        if self.task != "peg_insert":
+            return None
+        hole, peg = obs.objects["hole"][0], obs.objects["peg"][0]
+        return float(np.linalg.norm(peg - np.r_[hole[:2], self.peg_half_length + 0.002]))
+
     def take_over(self) -> None:
         """A person taking the arm over mid-episode. peg_insert's plan starts again from its
         approach above the hole (right from anywhere in the task's box, the peg being in the hand),
