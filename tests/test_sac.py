@@ -322,8 +322,15 @@ def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_rest
     learner.acks()
     assert len(learner.online) == 10 and len(learner.demo) == demos + 4  # steps 0, 3, 6, 9
     assert np.array_equal(learner.demo.in_order()["state"][demos:, 0], [0, 3, 6, 9])
+    learner.weights()
+    learner.weights()
+    learner.checkpoint()  # at policy version 2: the format's own version stays 1, so it loads anywhere
     learner.close()
     again = Learner(tmp_path / "run", spec, demos=str(store), hidden=(16, 16), demo_successes_only=False,
                     demo_drop_idle=False)
     assert len(again.online) == 10 and len(again.demo) == demos + 4
+    assert again.version == 2
     again.close()
+    from robot_learning.policies.registry import load_policy
+
+    assert load_policy(tmp_path / "run" / "checkpoints" / "last").spec.obs_keys == keys

@@ -98,8 +98,9 @@ class ResidualPolicy(nn.Module):
 
     def save(self, path: str | Path, base: str | Path, extra: dict | None = None) -> Path:
         """Weights and a config.json that names the base by path and content hash."""
-        return write_checkpoint(self, path, {"format": FORMAT, "version": VERSION, "policy": "residual",
-                                             "config": self.cfg.to_json(), "base": base_ref(base), **(extra or {})})
+        return write_checkpoint(self, path, {**(extra or {}), "format": FORMAT, "version": VERSION,
+                                             "policy": "residual", "config": self.cfg.to_json(),
+                                             "base": base_ref(base)})  # extras never shadow the format's keys
 
 
 class NumpyResidual:

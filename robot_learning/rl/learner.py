@@ -82,7 +82,7 @@ class Learner:
         last = self.run / "checkpoints" / "last"
         if (last / "config.json").exists():
             self.agent, meta = load_sac(last, optimizers=True)
-            self.version = int(meta.get("version", 0))
+            self.version = int(meta.get("policy_version", 0))
         else:
             cfg = SACConfig(obs_dim=self.spec.state_dim, action_low=spec["action_low"],
                             action_high=spec["action_high"], hidden=list(hidden), utd=utd,
@@ -141,7 +141,7 @@ class Learner:
     def checkpoint(self) -> None:
         sp = self.actor_spec  # what the policy server needs to deploy the checkpoint (runtime.policy)
         self.agent.save(self.run / "checkpoints" / "last", optimizers=True,
-                        extra={"version": self.version, "received": self.received, "obs_keys": sp["state_keys"],
+                        extra={"policy_version": self.version, "received": self.received, "obs_keys": sp["state_keys"],
                                "dt": sp["dt"], "env": sp["env"]})
         row = {"time": time.time(), "updates": self.agent.updates, "received": self.received,
                "version": self.version, **self.last_update}
