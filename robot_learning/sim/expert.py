@@ -39,6 +39,9 @@ class Waypoint:
                                 # more than 2 cm (not in the hole), go back to this waypoint
 
 
+SEATED = 0.002  # a peg's bottom this far above the hole's floor: the insertion's goal
+
+
 def _fold_quarter(a: float) -> float:
     return float((a + np.pi / 4) % (np.pi / 2) - np.pi / 4)
 
@@ -110,7 +113,7 @@ class ScriptedExpert:
             Waypoint(np.r_[hole[:2], half_len + 0.09], hole_yaw, 1.0, tol=0.006, carry="peg"),
             Waypoint(np.r_[hole[:2], half_len + 0.045], hole_yaw, 1.0, tol=0.0015, speed=0.05,
                      dwell=0.2, carry="peg", timeout=4.0),
-            Waypoint(np.r_[hole[:2], half_len + 0.002], hole_yaw, 1.0, tol=0.004, speed=0.04,
+            Waypoint(np.r_[hole[:2], half_len + SEATED], hole_yaw, 1.0, tol=0.004, speed=0.04,
                      carry="peg", timeout=4.0, retry=first),
         ]
 
@@ -130,7 +133,7 @@ class ScriptedExpert:
         if self.task != "peg_insert":
             return None
         hole, peg = obs.objects["hole"][0], obs.objects["peg"][0]
-        return float(np.linalg.norm(peg - np.r_[hole[:2], self.peg_half_length + 0.002]))
+        return float(np.linalg.norm(peg - np.r_[hole[:2], self.peg_half_length + SEATED]))
 
     def take_over(self) -> None:
         """A person taking the arm over mid-episode. peg_insert's plan starts again from its
