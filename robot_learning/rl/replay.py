@@ -240,7 +240,7 @@ def demo_buffer(path: str | Path, spec: ObsSpec, low, high, successes_only: bool
     want = obs_spec_from_dataset(ds, list(spec.state_keys), list(spec.image_keys), spec.image_shape[:2])
     if want.state_dims != spec.state_dims:
         raise ValueError(f"{path} has observation sizes {want.state_dims} for {', '.join(spec.state_keys)}, "
-                         f"the actor's are {spec.state_dims}")
+                         f"the observation here has {spec.state_dims}")
     chosen = [i for i in ds.indices if ds.episode(i).meta.get("success")] if successes_only else list(ds.indices)
     if not chosen:
         raise ValueError(f"{path} has no {'successful ' if successes_only else ''}episode to learn from"
