@@ -390,10 +390,11 @@ class SAC(nn.Module):
             path.mkdir(parents=True, exist_ok=True)
             save_file(_optim_tensors(self), str(path / "optim.safetensors.partial"))
             (path / "optim.safetensors.partial").replace(path / "optim.safetensors")
-        # the format's own keys last: an extra key of the same name (a learner's policy version
-        # once overwrote "version") must not make the checkpoint unreadable
-        return write_checkpoint(self, path, {**(extra or {}), "format": FORMAT, "version": 1, "policy": "sac",
-                                             "config": self.cfg.to_json(), "updates": self.updates})
+        # extras may name another kind of SAC agent ("policy": "dsrl", with its base) but never
+        # the format: a learner's policy version once overwrote "version" and made it unreadable
+        meta = {"policy": "sac", **(extra or {})}
+        return write_checkpoint(self, path, {**meta, "format": FORMAT, "version": 1, "config": self.cfg.to_json(),
+                                             "updates": self.updates})
 
 
 def _optim_tensors(agent: SAC) -> dict[str, torch.Tensor]:
