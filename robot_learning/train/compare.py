@@ -4,7 +4,8 @@ What a person asks after two runs is "which learned faster": with and without th
 operator, with RLIF rewards or the sim's, two seeds. Each run's own ``curves.png`` answers for
 one run; this puts the runs' evaluation success, their training episodes' success and the
 share of steps the operator drove side by side, over robot time (env steps times the env's
-period), read from each run's ``metrics.jsonl`` (SAC, DSRL and residual runs write it).
+period), read from each run's ``metrics.jsonl`` (SAC, DSRL and residual runs write it) or a
+graph RL actor's ``episodes.jsonl``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def read_metrics(run: Path) -> list[dict]:
 
 
 def _minutes(r: dict) -> float:
-    return r.get("robot_time_s", r["env_steps"]) / 60
+    return r["robot_time_s"] / 60  # every run writes it (env steps times the env's period)
 
 
 def plot_runs(runs: list[tuple[Path, str]], out: Path, smooth: int = 20) -> Path:

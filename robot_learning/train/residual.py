@@ -193,7 +193,7 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
           f"{cfg.scale:g} of each action's half-range; {cfg.envs} envs; run dir {run}", flush=True)
 
     def log(row: dict, step: int) -> None:
-        row = {"env_steps": step, "cpu_s": cpu(), **row}
+        row = {"env_steps": step, "robot_time_s": step * base.spec.dt, "cpu_s": cpu(), **row}
         for k, v in row.items():
             if k != "env_steps" and isinstance(v, (int, float)):
                 writer.add_scalar(k, v, step)
