@@ -299,7 +299,7 @@ def section(minutes: float, workdir: Path, client) -> list[str]:
         "\nWhere the losses fell: " + ("; ".join(
             f"{n}: " + ", ".join(f"{k} in {d:.1f} s at minute {m:.1f}" for m, d, k in runs)
             for n, runs in r["losses"].items()) or "nowhere") + " (red in the plot's backlog panel).\n",
-        f"\nGaps the recorder found in its own streams (messages missing by their stream's rate; for "
+        f"Gaps the recorder found in its own streams (messages missing by their stream's rate; for "
         f"headerless streams by receive time): {gaps}.\n",
         f"Commands the mux sent the arm (`/arm/command/twist`, by their stamps on the graph's clock): period "
         f"p50 {c.get('p50_ms', float('nan')):.1f} ms, **p99 {c.get('p99_ms', float('nan')):.1f} ms**, "
