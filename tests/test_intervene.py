@@ -78,6 +78,22 @@ def test_on_peg_insert_an_operator_leaves_alone_a_policy_that_takes_another_path
         assert success and not any(flags), (seed, flags.index(True) if any(flags) else None)
 
 
+def test_rlif_blames_the_step_before_a_takeover_and_a_protective_stop():
+    from robot_learning.rl.rlif import RlifRewards
+
+    # the policy, the policy, a takeover, the operator, the operator, the policy, a protective stop
+    began = [False, False, True, False, False, False, False]
+    stopped = [False] * 6 + [True]
+    rlif, out = RlifRewards(), []
+    for i, (b, s) in enumerate(zip(began, stopped)):
+        out += rlif.step({"seq": i, "reward": 5.0}, b, s)
+        assert len(out) == i  # each step held back one
+    out += rlif.flush()
+    assert [t["seq"] for t in out] == list(range(7))
+    assert [float(t["reward"]) for t in out] == [0, -1, 0, 0, 0, 0, -1]
+    assert rlif.flush() == []
+
+
 def test_train_sac_with_interventions_and_rlif_rewards(tmp_path):
     from robot_learning.rl.replay import ObsSpec, ReplayBuffer
     from robot_learning.train.sac import SACTrainConfig, train_sac
@@ -92,9 +108,18 @@ def test_train_sac_with_interventions_and_rlif_rewards(tmp_path):
     online = ReplayBuffer(1000, ObsSpec(("x",), (23,)), 7)
     online.load(run / "checkpoints" / "last" / "online.npz")
     got = online.in_order()
-    starts = got["intervention"] & ~np.r_[False, got["intervention"][:-1]]
-    # RLIF: -1 exactly where a takeover starts (a takeover running on from the step before is not a start)
-    assert np.array_equal(got["reward"] == -1.0, starts) and starts.sum() == sum(r["takeovers"] for r in eps)
+    inter = got["intervention"]
+    starts = inter & ~np.r_[False, inter[:-1]]
+    assert starts.sum() == sum(r["takeovers"] for r in eps)
+    # RLIF: -1 on the policy's step just before each takeover (a takeover running on from the step
+    # before is not a start; one at an episode's first step has no step of the policy to blame),
+    # never on the operator's correction, which joins the demonstrations
+    first = np.r_[0, np.cumsum([r["episode_length"] for r in eps])[:-1]]
+    blamed = np.zeros(len(inter), bool)
+    blamed[[i - 1 for i in np.flatnonzero(starts) if i not in first]] = True
+    stops = got["terminal"] & (got["reward"] == -1.0) & ~blamed   # the arm's own takeovers
+    assert np.array_equal(got["reward"] == -1.0, blamed | stops) and blamed.any()
+    assert not (inter & (got["reward"] != 0)).any() and set(np.unique(got["reward"])) <= {0.0, -1.0}
     assert (run / "curves.png").stat().st_size > 0
 
     # two runs on one figure, one of them cut off mid-line by a kill (its rows so far still count)

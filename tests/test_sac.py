@@ -52,6 +52,20 @@ def test_critic_learns_the_value_of_a_known_mdp():
     assert info["critic_loss"] < first["critic_loss"]
 
 
+def test_a_return_range_bounds_what_the_critic_values():
+    """The same MDP (Q* = 10) with returns declared in [0, 3] (``q_range``, as RLIF's rewards
+    declare [-1 / (1 - gamma), 0]): the critic's values go to the bound, not past it."""
+    torch.manual_seed(0)
+    agent = SAC(SACConfig(obs_dim=2, action_low=[-1.0], action_high=[1.0], hidden=[32, 32], gamma=0.9, tau=0.1,
+                          lr=3e-3, backup_entropy=False, q_range=[0.0, 3.0]))
+    n = 128
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        info = agent.update(_batch(n, np.ones((n, 2)), rng.uniform(-1, 1, (n, 1)), np.ones(n), False))
+    assert info["q_target"] <= 3.0
+    assert abs(info["q_mean"] - 3.0) < 0.3, info
+
+
 def test_actor_finds_the_best_action_of_a_bandit():
     """One step episodes with reward -(a - 0.5)^2: the actor's mean action goes to 0.5."""
     torch.manual_seed(0)
@@ -242,6 +256,45 @@ def test_a_sac_checkpoint_deploys_through_the_policy_server(tmp_path):
     del meta["obs_keys"]
     (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(PolicyError, match="obs_keys"):
+        load_policy(path)
+
+
+def test_a_peg_insert_policy_is_shaped_as_in_training_when_deployed(tmp_path):
+    """A policy trained on peg_insert chose x, y, z and yaw only, in a box around the hole,
+    with the task holding the gripper closed and the hand level. Deployed, the server's plug-in
+    does the same from the poses it observes: a policy pushing up and out at full speed from
+    the box's corner gets no further than the box's edge in one step, and the peg stays gripped
+    (the fixed dims at mid-range would have opened the hand half-way and dropped it)."""
+    from robot_learning.config import load_robot
+    from robot_learning.policies.registry import load_policy
+    from robot_learning.sim.tasks import make_task
+    from robot_learning.train.sac import WORKCELL_OBS
+
+    task = make_task("peg_insert")
+    low, high = task.action_bounds(*load_robot().limits.twist_action_bounds())
+    keys = WORKCELL_OBS["peg_insert"]
+    agent = SAC(SACConfig(obs_dim=21, action_low=low.tolist(), action_high=high.tolist(), hidden=[32],
+                          action_dims=list(task.action_dims)))
+    with torch.no_grad():  # every learned dim at its top: +x, +y, +z at 10 cm/s, yaw at 0.6 rad/s
+        agent.actor.net[-1].weight.zero_()
+        agent.actor.net[-1].bias.fill_(5.0)
+    path = agent.save(tmp_path / "sac", extra={"obs_keys": keys, "dt": 0.1, "env": "workcell/peg_insert"})
+    policy = load_policy(path)
+    box, top = task.cfg["box"], task.cfg["hole"]["depth"]
+    hole = np.array([0.5, 0.15, 0.0])
+    edge = hole + [box["xy"] - 0.002, box["xy"] - 0.002, top + box["above_top"][1] - 0.001]
+    level = [1.0, 0.0, 0.0, 0.0]  # x y z w: the TCP pointing down, yaw 0 (the hole's)
+    window = {"obs/ee_pose.data": np.float32([[*edge, *level]]),
+              "obs/peg_pose.data": np.float32([[*(edge - [0, 0, 0.05]), 0, 0, 0, 1]]),
+              "obs/hole_pose.data": np.float32([[*hole, 0, 0, 0, 1]])}
+    a = policy.act(window)[0]
+    assert a[6] == 1.0                                      # the gripper stays closed on the peg
+    np.testing.assert_allclose(a[:3] * 0.1, [0.002, 0.002, 0.001], atol=1e-6)   # to the box's edge
+    assert abs(a[5] - 0.6) < 1e-3 and np.all(np.abs(a[3:5]) < 1e-6)   # yaw is the policy's, roll/pitch held
+    meta = json.loads((path / "config.json").read_text())
+    meta["obs_keys"] = ["ee_pose.data", "peg_pose.data"]
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match="observes no hole_pose.data"):
         load_policy(path)
 
 

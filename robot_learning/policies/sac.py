@@ -60,6 +60,8 @@ class SACConfig:
     init_temperature: float = 0.1
     target_entropy: float | None = None   # None: -(continuous action dims) / 2, as HIL-SERL
     backup_entropy: bool = True
+    q_range: list[float] = field(default_factory=list)  # [lo, hi] the returns can reach: targets clipped to it
+                                                         # (RLIF's rewards, ``rl.rlif``); empty: no clipping
     bc_weight: float = 0.0                # behaviour cloning on the demonstration rows of a batch
     utd: int = 1
     discrete_gripper: bool = False        # last action dim in [low, high]: open .. closed
@@ -329,6 +331,8 @@ class SAC(nn.Module):
             if cfg.backup_entropy:
                 q_next = q_next - self.alpha * nlogp
             target = reward + cfg.gamma * not_done * q_next
+            if cfg.q_range:
+                target = target.clamp(*cfg.q_range)
         feat = self.encoder(obs, augment=bool(cfg.image_keys))
         q = self.critics(torch.cat([feat, part["action"][:, cfg.learned]], -1))
         loss = F.mse_loss(q, target.expand_as(q), reduction="none").mean(1).sum()
@@ -340,6 +344,8 @@ class SAC(nn.Module):
                 best = self.grip(nfeat).mean(0).argmax(-1, keepdim=True)        # double DQN: chosen online,
                 qg_next = self.target_grip(tfeat).mean(0).gather(1, best)[:, 0]  # valued by the target
                 g_target = reward + cfg.gamma * not_done * qg_next
+                if cfg.q_range:
+                    g_target = g_target.clamp(*cfg.q_range)
             qg = self.grip(feat).gather(2, choice.view(1, -1, 1).expand(2, -1, 1))[..., 0]
             g_loss = F.mse_loss(qg, g_target.expand_as(qg), reduction="none").mean(1).sum()
             loss = loss + g_loss
@@ -453,7 +459,10 @@ class SacRunner:
     """A SAC agent behind the server's interface: its mean action (no exploration) for the
     newest observation, a chunk one policy step long, so the server asks again each step as
     the RL actor does. The state is the checkpoint's ``obs_keys`` concatenated in order, the
-    arrays the recorder stores and the actor observed."""
+    arrays the recorder stores and the actor observed. A policy trained on a task that shapes
+    its actions (peg_insert: gripper closed, hand level, TCP kept in a box around the hole) is
+    shaped here the same way, from the TCP and fixture poses it observes: it never saw an
+    action go to the arm unshaped, and half its action dims were never its to choose."""
 
     def __init__(self, agent: SAC, meta: dict, path: Path):
         from robot_learning.policies.checkpoint import PolicyError
@@ -468,6 +477,16 @@ class SacRunner:
         self.spec = PolicySpec(keys, list(cfg.image_keys), image_size, 1, float(meta.get("dt") or 0.1), cfg.act_dim,
                                np.asarray(cfg.action_low, np.float64), np.asarray(cfg.action_high, np.float64),
                                env_task(meta), "twist")
+        self.task = None
+        if self.spec.task:
+            from robot_learning.sim.tasks import make_task
+
+            self.task = make_task(self.spec.task)
+            missing = [k for k in self.task.shaping_keys if k not in keys]
+            if missing:
+                raise PolicyError(f"{path}: a {self.spec.task} policy's actions are shaped from "
+                                  f"{', '.join(self.task.shaping_keys)}, but it observes no {', '.join(missing)} "
+                                  "(retrain it with those state keys)")
         self._gripper: float | None = None
 
     def reset(self) -> None:
@@ -479,6 +498,9 @@ class SacRunner:
             o["state"] = np.concatenate([np.asarray(obs[f"obs/{k}"][-1], np.float32).ravel()
                                          for k in self.spec.obs_keys])
         a = self.agent.act(o, deterministic=True, gripper_now=self._gripper)
+        if self.task is not None and self.task.shaping_keys:
+            a = self.task.shape_observed(np.clip(a, self.spec.action_low, self.spec.action_high),
+                                         {k: obs[f"obs/{k}"][-1] for k in self.task.shaping_keys}, self.spec.dt)
         self._gripper = float(a[-1])
         # tanh-squashed into the box already; the clip only removes float32 rounding at its edges
         return np.clip(np.asarray(a, np.float64), self.spec.action_low, self.spec.action_high)[None]

@@ -17,6 +17,7 @@ import numpy as np
 
 from robot_learning.rl.link import Inbox, Transition
 from robot_learning.rl.replay import ObsSpec, ReplayBuffer, demo_buffer, rlpd_batch
+from robot_learning.rl.rlif import q_range
 
 
 def spec_json(spec: ObsSpec, low: list[float], high: list[float], dt: float, name: str,
@@ -88,6 +89,8 @@ class Learner:
                             action_high=spec["action_high"], hidden=list(hidden), utd=utd,
                             image_keys=list(self.spec.image_keys), image_size=list(self.spec.image_shape[:2]),
                             action_dims=list(spec.get("action_dims", [])), **(sac or {}))
+            if spec.get("reward") == "rlif":  # returns in RLIF's range, whatever gamma was chosen
+                cfg.q_range = q_range(cfg.gamma)
             self.agent = SAC(cfg)
             if self.demo is not None:
                 st = self.demo.in_order()["state"]

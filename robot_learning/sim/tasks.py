@@ -14,7 +14,7 @@ import numpy as np
 
 from robot_learning.config import load_yaml
 from robot_learning.sim.model import VISUAL_ONLY, WORLD_COLLISION
-from robot_learning.transforms import axis_angle_quat, orientation_error, pointing_down, yaw_of
+from robot_learning.transforms import axis_angle_quat, orientation_error, pointing_down, xyzw_to_wxyz, yaw_of
 
 TASKS = ("pick_place", "peg_in_hole", "peg_insert")
 
@@ -25,6 +25,12 @@ def _yaw_quat(yaw: float) -> np.ndarray:
 
 def _uniform(rng: np.random.Generator, lo_hi) -> float:
     return float(rng.uniform(lo_hi[0], lo_hi[1]))
+
+
+def _pose(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A recorded pose (x y z qx qy qz qw) as position and w x y z quaternion."""
+    v = np.asarray(v, float).ravel()
+    return v[:3], xyzw_to_wxyz(v[3:7])
 
 
 # An evaluated episode succeeds when the task's success test still holds this long after it
@@ -38,6 +44,7 @@ class Task:
     name = ""
     object_bodies: tuple[str, ...] = ()
     action_dims: tuple[int, ...] = ()  # the action dims a policy chooses (all when empty; see shape_action)
+    shaping_keys: tuple[str, ...] = ()  # recorded poses shape_action needs: the TCP's, then the fixtures'
 
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
@@ -96,6 +103,16 @@ class Task:
         given the TCP now: all of it, unless the task restricts motion as a robot-side env
         wrapper would."""
         return action
+
+    def shape_observed(self, action: np.ndarray, state: dict[str, np.ndarray], dt: float) -> np.ndarray:
+        """``shape_action`` from the recorded pose vectors of ``shaping_keys`` (x y z qx qy qz qw,
+        as the recipes store ``*_pose.data``), for a caller that knows the robot and the fixtures
+        only by what it observes: the policy server, deploying a policy trained on this task."""
+        if not self.shaping_keys:
+            return action
+        tcp, *fixtures = self.shaping_keys
+        self.locate({k.removesuffix("_pose.data"): _pose(state[k]) for k in fixtures})
+        return self.shape_action(action, *_pose(state[tcp]), dt)
 
 
 class PickPlace(Task):
@@ -185,6 +202,7 @@ class PegInsert(PegInHole):
 
     name = "peg_insert"
     action_dims = (0, 1, 2, 5)  # x, y, z and yaw velocities
+    shaping_keys = ("ee_pose.data", "hole_pose.data")
 
     def reset(self, model, data, rng) -> None:
         ho, st = self.cfg["hole"], self.cfg["start"]

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from robot_learning.rl.replay import ObsSpec, ReplayBuffer, demo_buffer, rlpd_batch
+from robot_learning.rl.rlif import RlifRewards, q_range
 
 WORKCELL_OBS = {  # state keys per task: the arm, the gripper and the objects it works with
     "peg_in_hole": ["ee_pose.data", "gripper_state.position", "peg_pose.data", "hole_pose.data"],
@@ -355,7 +356,8 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         scfg = SACConfig(obs_dim=spec.state_dim, action_low=env.low, action_high=env.high, hidden=list(cfg.hidden),
                          n_critics=cfg.n_critics, target_subsample=cfg.target_subsample, gamma=cfg.gamma, lr=cfg.lr,
                          init_temperature=cfg.init_temperature, utd=cfg.utd, bc_weight=cfg.bc_weight,
-                         backup_entropy=cfg.backup_entropy, image_keys=list(spec.image_keys),
+                         backup_entropy=cfg.backup_entropy, q_range=q_range(cfg.gamma) if cfg.rlif else [],
+                         image_keys=list(spec.image_keys),
                          image_size=list(spec.image_shape[:2]),
                          action_dims=getattr(env, "action_dims", []))  # a workcell task's free dims
         agent = SAC(scfg)
@@ -411,6 +413,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         from robot_learning.sim.env import expert_obs_from_env
 
         operator = InterveningOperator(env.task, takeover_steps=cfg.takeover_steps)
+    rlif = RlifRewards() if cfg.rlif else None
     obs, _ = env.reset(cfg.seed * 100_000 + episode)
     ep_return, ep_len, grip, ep_takeovers, ep_intervened = 0.0, 0, env.low[-1], 0, 0
     upd: dict = {}
@@ -428,13 +431,18 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
                 a, intervening, started = operator.step(expert_obs_from_env(env.env, ep_len * env.dt), a)
                 a = env.executed(a)
             nobs, r, term, trunc, info = env.step(a)
-            if cfg.rlif:
-                r = -1.0 if started else 0.0
-            online.add(obs, a, r, nobs, term, intervention=intervening, grip_before=grip, seq=step)
-            if intervening and demo is not None:
-                demo.add(obs, a, r, nobs, term, intervention=True, grip_before=grip, seq=step)
+            ready = [{"obs": obs, "action": a, "reward": r, "next_obs": nobs, "terminal": term,
+                      "intervention": intervening, "grip_before": grip, "seq": step}]
+            if rlif is not None:  # each step held back one, for the takeover's -1 to land on it
+                ready = rlif.step(ready[0], started, "protective_stop" in info) + (
+                    rlif.flush() if term or trunc else [])
+            for tr in ready:
+                online.add(**tr)
+                if tr["intervention"] and demo is not None:
+                    demo.add(**tr)
+                ep_return += float(tr["reward"])
             grip = float(a[-1])
-            obs, ep_return, ep_len = nobs, ep_return + r, ep_len + 1
+            obs, ep_len = nobs, ep_len + 1
             ep_takeovers, ep_intervened = ep_takeovers + started, ep_intervened + intervening
             if term or trunc:
                 episode += 1

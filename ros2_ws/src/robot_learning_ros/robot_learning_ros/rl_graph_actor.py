@@ -18,7 +18,8 @@ robot's: a joint trajectory to the home pose through the mux, then the operator'
 arm); a paused or holding actor sends nothing.
 ``images:=front_color,wrist_color`` adds cameras to the observation (the recipe's colour
 streams, shrunk to ``image_size`` as recorded frames are for training), for a policy from pixels.
-``rlif:=true`` makes the reward -1 at each takeover and 0 otherwise. ``record:=true`` has the
+``rlif:=true`` makes the reward RLIF's (``rl.rlif``): -1 on the policy's step a takeover
+followed and at a protective stop, 0 otherwise. ``record:=true`` has the
 recorder keep every episode, interventions included (``/intervention`` is in the recipe).
 Each episode's return, length, success and intervention rate go to ``report_dir/episodes.jsonl``.
 """
@@ -40,6 +41,7 @@ from robot_learning.data.schema import load_recipe
 from robot_learning.paths import project_root, resolve
 from robot_learning.rl.learner import spec_json, transition_arrays
 from robot_learning.rl.replay import ObsSpec
+from robot_learning.rl.rlif import RlifRewards
 from robot_learning.sim.tasks import make_task
 from robot_learning_ros.episodes import EpisodeNode
 from robot_learning_ros.learner_link import LearnerLink
@@ -249,6 +251,7 @@ class GraphActor(EpisodeNode):
         obs = self.observe(newer_than=self.t_now)
         self.reward_success = False  # (a reward topic that still says success says it again)
         grip, total, n, inter, takeovers, was, stale = float(low[-1]), 0.0, 0, 0, 0, False, False
+        rlif = RlifRewards() if self.rlif else None  # RLIF's -1 lands on the step before a takeover
         while self.running() and n < self.max_steps and not (self.total_steps and self.steps >= self.total_steps):
             link.sync()
             if self.paused.is_set() or link.holding(self.on_lost):
@@ -269,14 +272,20 @@ class GraphActor(EpisodeNode):
             nobs = self.observe()
             success = self.reward_success
             began = intervened and not was
-            r = (-1.0 if began else 0.0) if self.rlif else float(success)
             # a protective stop is terminal too: nothing follows it until a person resets the arm
-            link.send(transition_arrays(spec, obs, executed, r, nobs, success or bool(self.fault), intervened, grip))
+            tr = transition_arrays(spec, obs, executed, float(success), nobs, success or bool(self.fault),
+                                   intervened, grip)
+            for ready in ([tr] if rlif is None else rlif.step(tr, began, bool(self.fault))):
+                link.send(ready)
+                total += float(ready["reward"])
             grip, obs, was = float(executed[-1]), nobs, intervened
-            n, total, self.steps = n + 1, total + r, self.steps + 1
+            n, self.steps = n + 1, self.steps + 1
             inter, takeovers = inter + intervened, takeovers + began
             if success or self.fault:
                 break
+        for ready in (rlif.flush() if rlif is not None else []):  # the episode's last step
+            link.send(ready)
+            total += float(ready["reward"])
         # leave the arm at rest until the next episode's reset
         self.pub_twist.publish(twist_msg(np.zeros(6), self.t_now, self.base_frame))
         row = {"episode": index, "seed": info.get("seed"), "steps": n, "return": total, "success": self.success
