@@ -477,16 +477,17 @@ class SacRunner:
         self.spec = PolicySpec(keys, list(cfg.image_keys), image_size, 1, float(meta.get("dt") or 0.1), cfg.act_dim,
                                np.asarray(cfg.action_low, np.float64), np.asarray(cfg.action_high, np.float64),
                                env_task(meta), "twist")
-        self.task = None
+        self.task = None  # the checkpoint's task, when it shapes actions
         if self.spec.task:
             from robot_learning.sim.tasks import make_task
 
-            self.task = make_task(self.spec.task)
-            missing = [k for k in self.task.shaping_keys if k not in keys]
+            task = make_task(self.spec.task)
+            missing = [k for k in task.shaping_keys if k not in keys]
             if missing:
                 raise PolicyError(f"{path}: a {self.spec.task} policy's actions are shaped from "
-                                  f"{', '.join(self.task.shaping_keys)}, but it observes no {', '.join(missing)} "
+                                  f"{', '.join(task.shaping_keys)}, but it observes no {', '.join(missing)} "
                                   "(retrain it with those state keys)")
+            self.task = task if task.shaping_keys else None
         self._gripper: float | None = None
 
     def reset(self) -> None:
@@ -498,9 +499,8 @@ class SacRunner:
             o["state"] = np.concatenate([np.asarray(obs[f"obs/{k}"][-1], np.float32).ravel()
                                          for k in self.spec.obs_keys])
         a = self.agent.act(o, deterministic=True, gripper_now=self._gripper)
-        if self.task is not None and self.task.shaping_keys:
-            a = self.task.shape_observed(np.clip(a, self.spec.action_low, self.spec.action_high),
-                                         {k: obs[f"obs/{k}"][-1] for k in self.task.shaping_keys}, self.spec.dt)
+        if self.task is not None:
+            a = self.task.shape_observed(a, {k: obs[f"obs/{k}"][-1] for k in self.task.shaping_keys}, self.spec.dt)
         self._gripper = float(a[-1])
         # tanh-squashed into the box already; the clip only removes float32 rounding at its edges
         return np.clip(np.asarray(a, np.float64), self.spec.action_low, self.spec.action_high)[None]
