@@ -8,8 +8,6 @@ refused with a reason, counted per stream, and never reaches the store.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import queue
 import threading
 import time
@@ -23,6 +21,7 @@ import numpy as np
 from robot_learning.data.convert import BadSample, has_header
 from robot_learning.data.schema import Recipe
 from robot_learning.data.store import DatasetError, DatasetWriter, EpisodeWriter
+from robot_learning.heap import release_free_memory
 
 
 @dataclass
@@ -204,7 +203,7 @@ class Recorder:
                 self._handle(item)
                 if isinstance(item, _Stop):  # the episode's buffers are garbage now
                     ep = item = None
-                    _release_free_memory()
+                    release_free_memory()
             ep = self.episode
             if ep is not None and time.monotonic() - ep.last_flush >= self.flush_interval:
                 try:
@@ -220,16 +219,3 @@ class Recorder:
         self._stop_thread.set()
         self.thread.join(timeout=10)
         self.writer.close()
-
-
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
-
-
-def _release_free_memory() -> None:
-    """Give the heap an episode freed back to the system (glibc's ``malloc_trim``; nothing
-    elsewhere). Frames and stamp tables come and go in small blocks that glibc keeps for reuse,
-    so without it the resident size of a recorder running for hours ratchets up to the largest
-    episode's peak, and a memory watchdog cannot tell that from a leak."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)

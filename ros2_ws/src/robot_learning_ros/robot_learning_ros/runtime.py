@@ -16,8 +16,8 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
-# rendering without a display: the library's, for the nodes that render (sim, bench publisher)
-from robot_learning.headless import HEADLESS_GL, headless_gl_works, use_headless_gl  # noqa: F401
+from robot_learning.headless import HEADLESS_GL, headless_gl_works, use_headless_gl  # noqa: F401 (for nodes that render)
+from robot_learning.heap import map_large_blocks
 from robot_learning_ros.entry import restore_sigint
 
 
@@ -341,6 +341,8 @@ def init_ros(args=None, shm_healthy_check_ms: int | None = None, release_reader_
     tune this process's copy of the DDS profile (``join_with_fresh_participant_id``)."""
     join_with_fresh_participant_id(shm_healthy_check_ms=shm_healthy_check_ms,
                                    release_reader_memory=release_reader_memory)
+    if release_reader_memory:  # the samples freed must leave the heap too
+        map_large_blocks()
     rclpy.init(args=args, **kwargs)
 
 
