@@ -74,11 +74,28 @@ def test_the_noise_scale_is_a_deploy_time_setting(base):
     assert np.array_equal(sampled.chunks(w), typical.chunks(w))
 
 
-def test_a_zero_initialized_residual_is_the_base_exactly(base, tmp_path):
-    model = residual_model()
-    ck = model.save(tmp_path / "res", base)
+def residual_sac(base: Path, path: Path, bound: float = 0.01, wild: bool = False) -> Path:
+    """A residual SAC checkpoint (``train residual-sac``'s kind) on ``base``: zero-initialized,
+    or with weights gone wild."""
+    from robot_learning.policies.registry import base_ref
+    from robot_learning.policies.sac import SAC, SACConfig
+
+    torch.manual_seed(0)
+    agent = SAC(SACConfig(obs_dim=23 + 7, action_low=[-1.0] * 7, action_high=[1.0] * 7, hidden=[16, 16]))
+    agent.actor.zero_mean()
+    if wild:
+        with torch.no_grad():
+            for p in agent.actor.parameters():
+                p.normal_(0, 10.0)
+    return agent.save(path, extra={"policy": "residual_sac", "base": base_ref(base), "obs_keys": KEYS,
+                                   "bound": [bound] * 7, "dt": 0.1})
+
+
+@pytest.mark.parametrize("kind", ["residual", "residual_sac"])
+def test_a_zero_initialized_residual_is_the_base_exactly(base, tmp_path, kind):
+    ck = residual_model().save(tmp_path / "res", base) if kind == "residual" else residual_sac(base, tmp_path / "r")
     runner, plain = load_policy(ck), load_policy(base)
-    assert read_checkpoint(ck).kind == "residual"
+    assert read_checkpoint(ck).kind == kind
     rng = np.random.default_rng(1)
     for _ in range(20):
         w = window(rng)
@@ -111,6 +128,27 @@ def test_the_correction_never_leaves_its_bound_whatever_the_weights():
             want = model.correction(model.actor(model.inputs(torch.as_tensor(x[:5], dtype=torch.float32),
                                                              torch.as_tensor(a[:5], dtype=torch.float32))))
         np.testing.assert_allclose(corr[:5], want.numpy(), atol=1e-5)
+
+
+def test_the_off_policy_correction_never_leaves_its_bound_and_is_the_agents_mean(base, tmp_path):
+    from robot_learning.policies.residual import SacCorrection
+    from robot_learning.policies.sac import load_sac
+    from robot_learning.rl.residual_env import base_action_range
+
+    ck = residual_sac(base, tmp_path / "wild", bound=0.02, wild=True)
+    runner = load_policy(ck)
+    agent, _ = load_sac(ck)
+    mid, half = base_action_range(load_policy(base))
+    net = SacCorrection(agent.eval(), np.full(7, 0.02), mid, half)
+    rng = np.random.default_rng(2)
+    x, a = rng.normal(0, 100, (200, 23)), rng.normal(0, 1, (200, 7))
+    corr = np.stack([net(s, b) for s, b in zip(x, a)])
+    assert np.abs(corr).max() <= 0.02 + 1e-12 and np.abs(corr).max() > 0.019
+    for s, b, c in zip(x[:5], a[:5], corr):   # the tick's numpy is the agent's deterministic action
+        u = agent.act({"state": np.r_[s, (b - mid) / half].astype(np.float32)}, deterministic=True)
+        np.testing.assert_allclose(c, 0.02 * u, atol=1e-5)
+    newest = {k: rng.normal(0, 100, d) for k, d in TINY["obs_dims"].items()}
+    assert np.abs(runner.correct(a[0], newest) - a[0]).max() <= 0.02 + 1e-12
 
 
 def test_the_server_applies_the_correction_every_tick_on_the_newest_observation(base, tmp_path):
@@ -159,7 +197,7 @@ def test_a_checkpoint_refuses_a_base_that_changed_and_names_a_missing_one(base, 
 def test_dsrl_and_residual_train_resume_and_deploy_as_any_kind(base, tmp_path):
     from robot_learning.evaluate import evaluate_env
     from robot_learning.train.residual import ResidualTrainConfig, train_residual
-    from robot_learning.train.sac import DsrlTrainConfig, train_sac
+    from robot_learning.train.sac import DsrlTrainConfig, ResidualSacTrainConfig, train_sac
 
     run = train_residual(ResidualTrainConfig(base=str(base), envs=2, steps=32, rollout=8, eval_every=16,
                                              eval_episodes=2, max_episode_steps=12, video=False,
@@ -183,6 +221,18 @@ def test_dsrl_and_residual_train_resume_and_deploy_as_any_kind(base, tmp_path):
     assert np.array_equal(policy.act(w), policy.act(w))   # the noise is the agent's, not a draw
     r = evaluate_env(dsrl / "checkpoints" / "last", 1, max_steps=12)
     assert r["episodes"][0]["steps"] == 12
+
+    res = train_sac(ResidualSacTrainConfig(base=str(base), steps=12, learning_starts=4, batch_size=4, eval_every=6,
+                                           eval_episodes=1, max_episode_steps=12, video=False, hidden=[16, 16],
+                                           out=str(tmp_path), threads=1), progress=False)
+    rows = [json.loads(x) for x in (res / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in rows if "eval_success" in r] == [0, 6, 12]   # 0: the base alone
+    meta = read_checkpoint(res / "checkpoints" / "last")
+    assert meta.kind == "residual_sac" and meta.raw["obs_keys"] == KEYS and len(meta.raw["bound"]) == 7
+    res = train_sac(ResidualSacTrainConfig(resume=str(res), steps=18), progress=False)
+    assert read_checkpoint(res / "checkpoints" / "last").raw["env_steps"] == 18
+    r = evaluate_env(res / "checkpoints" / "last", 1, max_steps=12)
+    assert r["task"] == "pick_place" and r["episodes"][0]["steps"] == 12
 
 
 def test_envs_driven_by_a_pose_base_track_its_plans_as_the_server_does(tmp_path):
@@ -209,3 +259,39 @@ def test_envs_driven_by_a_pose_base_track_its_plans_as_the_server_does(tmp_path)
     # both arms went where the plans lie (3 cm along x from home), as the server's tracking takes them
     assert np.all(np.linalg.norm(envs.obs["ee_pose.data"][:, :3] - center[:3], axis=1) < 0.01)
     assert np.all(np.linalg.norm(start - center[:3], axis=1) > 0.02)
+
+
+def test_a_residual_on_a_pose_base_reaches_the_arm_tick_by_tick_not_as_plans(tmp_path):
+    """A plan carries the base's poses ahead of time, so a residual's per-tick correction could
+    never be in it: the server (and the env rollouts) send such a policy's poses tick by tick,
+    each one corrected, while the same base alone still goes out as plans."""
+    from robot_learning.config import load_robot
+    from robot_learning.control.kinematics import Kinematics
+    from robot_learning.policies.untrained import untrained_pose_policy
+    from robot_learning.transforms import wxyz_to_xyzw
+
+    robot = load_robot()
+    pos, quat = Kinematics(robot).fk(robot.home)
+    center = np.r_[pos, wxyz_to_xyzw(quat)]
+    base = save_untrained(tmp_path / "pose", untrained_pose_policy(center, 0.005))
+    torch.manual_seed(0)
+    model = ResidualPolicy(ResidualConfig(["ee_pose.data"], 7, 8, [0.02] + [0.0] * 7, list(center - 0.005) + [0.0],
+                                          list(center + 0.005) + [0.01], hidden=[16]))
+    with torch.no_grad():
+        model.actor[-1].bias.fill_(1.0)   # 2 cm further along x on every tick
+    res = model.save(tmp_path / "res", base)
+    clock = {"t": 0.0}
+    cores = [PolicyServerCore(load_policy(p), ServerConfig(blend="replace", interpolate=False), lambda: clock["t"],
+                              log=lambda m: None) for p in (base, res)]
+    for c in cores:
+        c.resume()
+        for k in range(3):
+            c.add_sample("ee_pose", 0.1 * k, {"data": center})
+            c.add_sample("gripper_state", 0.1 * k, {"position": np.array([0.04, 0.04])})
+        assert c.infer_once()
+    clock["t"] = 0.2
+    plain, corrected = cores
+    assert plain.plannable and plain.plan(0.2, -1) is not None
+    assert not corrected.plannable and corrected.plan(0.2, -1) is None
+    # the tick tracks the corrected pose: a twist toward +x that the base alone does not ask for
+    assert corrected.tick(0.2)[0] - plain.tick(0.2)[0] > 0.1

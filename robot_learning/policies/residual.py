@@ -103,36 +103,78 @@ class ResidualPolicy(nn.Module):
                                              "base": base_ref(base)})  # extras never shadow the format's keys
 
 
+class NumpyMlp:
+    """An ``nn.Sequential`` of Linear, Tanh and ReLU layers in float64 numpy, for the server's
+    control tick: a batch-1 MLP costs microseconds here against tens of them through torch's
+    dispatcher."""
+
+    def __init__(self, seq: nn.Sequential):
+        self.ops: list = []
+        for m in seq:
+            if isinstance(m, nn.Linear):
+                self.ops.append((m.weight.detach().cpu().double().numpy().T.copy(),
+                                 m.bias.detach().cpu().double().numpy()))
+            elif isinstance(m, (nn.Tanh, nn.ReLU)):
+                self.ops.append(np.tanh if isinstance(m, nn.Tanh) else _relu)
+            else:
+                raise TypeError(f"NumpyMlp: no numpy {type(m).__name__}")
+
+    def __call__(self, h: np.ndarray) -> np.ndarray:
+        for op in self.ops:
+            h = h @ op[0] + op[1] if isinstance(op, tuple) else op(h)
+        return h
+
+
+def _relu(h: np.ndarray) -> np.ndarray:
+    return np.maximum(h, 0.0)
+
+
 class NumpyResidual:
-    """The deterministic correction in numpy, for the server's control tick: a batch-1 MLP
-    costs microseconds here against tens of them through torch's dispatcher."""
+    """The PPO residual's deterministic correction (its mean, bounded) in numpy."""
 
     def __init__(self, model: ResidualPolicy):
         sd = {k: v.detach().cpu().double().numpy() for k, v in model.state_dict().items()}
-        n = len(model.cfg.hidden) + 1
-        self.layers = [(sd[f"actor.{2 * i}.weight"].T.copy(), sd[f"actor.{2 * i}.bias"]) for i in range(n)]
+        self.mlp = NumpyMlp(model.actor)
         self.mean, self.std = sd["obs_mean"], sd["obs_std"]
         self.mid, self.half, self.scale = sd["act_mid"], sd["act_half"], sd["scale"]
 
     def __call__(self, state: np.ndarray, base_action: np.ndarray) -> np.ndarray:
         h = np.concatenate(((state - self.mean) / self.std, (base_action - self.mid) / self.half))
-        for i, (w, b) in enumerate(self.layers):
-            h = h @ w + b
-            if i < len(self.layers) - 1:
-                h = np.tanh(h)
-        return self.scale * np.clip(h, -1.0, 1.0)
+        return self.scale * np.clip(self.mlp(h), -1.0, 1.0)
+
+
+class SacCorrection:
+    """The off-policy residual's correction (``train residual-sac``, ``rl.residual_env``): the
+    SAC actor's mean ``u`` in [-1, 1] for the state and the base's action due now (scaled by
+    the base's action range), times the bound, in numpy."""
+
+    def __init__(self, agent, bound: np.ndarray, mid: np.ndarray, half: np.ndarray):
+        cfg = agent.cfg
+        if cfg.image_keys or cfg.discrete_gripper or cfg.action_dims:
+            raise PolicyError("a residual SAC agent corrects every action dimension from the state only")
+        enc, actor = agent.encoder, agent.actor
+        self.mlp = NumpyMlp(actor.net)
+        self.mean, self.std = (enc.obs_mean.double().numpy(), enc.obs_std.double().numpy())
+        self.centre, self.scale = actor.centre.double().numpy(), actor.scale.double().numpy()
+        self.n = cfg.act_dim
+        self.bound, self.mid, self.half = (np.asarray(v, np.float64) for v in (bound, mid, half))
+
+    def __call__(self, state: np.ndarray, base_action: np.ndarray) -> np.ndarray:
+        x = np.concatenate((state, ((base_action - self.mid) / self.half).astype(np.float32)))
+        u = self.centre + self.scale * np.tanh(self.mlp((x - self.mean) / self.std)[:self.n])
+        return self.bound * u
 
 
 class ResidualRunner:
-    """The base's chunks (inference thread) plus the residual's correction per control tick.
-    Its spec is the base's, observing the residual's keys too, with bounds widened by ``scale``."""
+    """The base's chunks (inference thread) plus a residual's correction per control tick
+    (``net(state, base_action)``, within +-``scale``). Its spec is the base's, observing the
+    residual's keys too, with bounds widened by ``scale``."""
 
-    def __init__(self, base, model: ResidualPolicy):
-        self.base, self.model = base, model
-        self.net = NumpyResidual(model)
+    def __init__(self, base, net, obs_keys: list[str], scale):
+        self.base, self.net, self.obs_keys = base, net, list(obs_keys)
         s = base.spec
-        keys = list(dict.fromkeys([*s.obs_keys, *model.cfg.obs_keys]))
-        scale = np.asarray(model.cfg.scale, np.float64)
+        keys = list(dict.fromkeys([*s.obs_keys, *self.obs_keys]))
+        scale = np.asarray(scale, np.float64)
         self.spec = PolicySpec(keys, list(s.image_keys), s.image_size, s.obs_horizon, s.dt, s.action_dim,
                                s.action_low - scale, s.action_high + scale, s.task, s.action_kind)
         self.base_keys = list(s.obs_keys)
@@ -149,7 +191,7 @@ class ResidualRunner:
         return self.base.act(base_obs)
 
     def state(self, newest: dict[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.asarray(newest[k], np.float64).ravel() for k in self.model.cfg.obs_keys])
+        return np.concatenate([np.asarray(newest[k], np.float64).ravel() for k in self.obs_keys])
 
     def correct(self, action: np.ndarray, newest: dict[str, np.ndarray]) -> np.ndarray:
         """The base's action due now plus the residual's correction for the newest observation."""
@@ -191,7 +233,41 @@ def _load(meta, device: str, **options) -> ResidualRunner:
         raise PolicyError(f"{meta.path}: corrects {meta.config['action_dim']} actions, its base makes "
                           f"{base.spec.action_dim}; retrain it on this base")
     model, _ = load_residual(meta, device)
-    return ResidualRunner(base, model)
+    return ResidualRunner(base, NumpyResidual(model), model.cfg.obs_keys, model.cfg.scale)
+
+
+def residual_sac_problems(meta: dict) -> list[str]:
+    from robot_learning.policies.sac import sac_problems
+
+    problems = sac_problems(meta)
+    if "base" not in meta:
+        problems.append("'base' (the diffusion checkpoint it corrects) is missing")
+    if not isinstance(meta.get("obs_keys"), list) or not meta.get("obs_keys"):
+        problems.append("'obs_keys' (the state the agent sees) is missing")
+    bound = meta.get("bound")
+    if not (isinstance(bound, list) and bound and all(isinstance(x, (int, float)) and np.isfinite(x) and x >= 0
+                                                      for x in bound)):
+        problems.append("'bound' (the largest correction per action dimension) must be non-negative numbers")
+    if not isinstance(meta.get("base_options", {}), dict):
+        problems.append("'base_options' must map deploy settings of the base to values")
+    return problems
+
+
+def _load_sac(meta, device: str, **options) -> ResidualRunner:
+    from robot_learning.policies.sac import load_sac
+    from robot_learning.rl.residual_env import base_action_range
+
+    trained_with = meta.raw.get("base_options") or {}   # the base as the residual learned on it, unless told
+    base = load_policy(meta.base.path, device, **{**trained_with, **options})   # options: those set
+    agent, raw = load_sac(meta, "cpu")   # read into numpy for the tick (SacCorrection), whatever the device
+    bound = np.asarray(raw["bound"], np.float64)
+    if len(bound) != base.spec.action_dim or agent.cfg.act_dim != base.spec.action_dim:
+        raise PolicyError(f"{meta.path}: corrects {agent.cfg.act_dim} actions, its base makes "
+                          f"{base.spec.action_dim}; retrain it on this base")
+    return ResidualRunner(base, SacCorrection(agent.eval(), bound, *base_action_range(base)),
+                          [str(k) for k in raw["obs_keys"]], bound)
 
 
 register_kind(PolicyKind("residual", residual_problems, _load, ("sampler", "inference_steps", "noise_scale")))
+register_kind(PolicyKind("residual_sac", residual_sac_problems, _load_sac, ("sampler", "inference_steps",
+                                                                             "noise_scale")))

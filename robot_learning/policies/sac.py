@@ -200,6 +200,15 @@ class Actor(nn.Module):
         logp = logp - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
         return self.centre + self.scale * a, logp
 
+    def zero_mean(self) -> None:
+        """The mean action at the box's centre for every input (a residual's "no correction"),
+        the spread as initialized."""
+        last = self.net[-1]
+        n = len(self.dims)
+        with torch.no_grad():
+            last.weight[:n].zero_()
+            last.bias[:n].zero_()
+
     def bc_loss(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Squared distance of the mean action to the demonstrated one, per row, in the
         box's [-1, 1] units (so a gripper and a velocity weigh alike)."""
@@ -518,5 +527,5 @@ def _load(meta, device: str) -> SacRunner:
     return SacRunner(agent, raw, meta.path)
 
 
-SAC_KINDS = ("sac", "dsrl")   # checkpoint kinds whose weights are a SAC agent
+SAC_KINDS = ("sac", "dsrl", "residual_sac")   # checkpoint kinds whose weights are a SAC agent
 register_kind(PolicyKind("sac", sac_problems, _load))

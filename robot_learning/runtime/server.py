@@ -141,13 +141,20 @@ class PolicyServerCore:
             return None
         return out
 
+    @property
+    def plannable(self) -> bool:
+        """Chunks may go to the arm as timed plans: a ``tcp_pose`` policy without per-tick
+        corrections. A residual corrects each tick's action from the newest observation; a plan
+        sent ahead would carry the base's poses alone and the correction would never reach the arm."""
+        return self.policy.spec.action_kind == "tcp_pose" and not hasattr(self.policy, "correct")
+
     def plan(self, now: float, since: int) -> tuple[int, np.ndarray, np.ndarray] | None:
         """A ``tcp_pose`` policy's plan, when a chunk has arrived since version ``since``:
         (version, seconds after now each pose is to be reached [K], actions [K, A]). A pose
         action is where the TCP should be one policy step after the action is due, so each
         knot lies one step after its action's due time. None: no new chunk (or paused)."""
         with self.lock:
-            if self.paused or self.policy.spec.action_kind != "tcp_pose" or self.scheduler.version == since:
+            if self.paused or not self.plannable or self.scheduler.version == since:
                 return None
             version = self.scheduler.version
             plan = self.scheduler.plan(now)

@@ -1,8 +1,8 @@
 """``robot-learning train diffusion --dataset ...`` (and, under torchrun, on several GPUs);
 ``robot-learning train sac --env ...`` (off-policy RL on a gymnasium env or the workcell);
-``robot-learning train residual --base CKPT`` and ``train dsrl --base CKPT`` (RL on top of a
-frozen diffusion policy); ``robot-learning train classifier --dataset ...`` (a success detector,
-served as a reward).
+``robot-learning train residual --base CKPT`` (PPO), ``train residual-sac --base CKPT`` and
+``train dsrl --base CKPT`` (RL on top of a frozen diffusion policy); ``robot-learning train
+classifier --dataset ...`` (a success detector, served as a reward).
 
 Each kind's flags are its config dataclass's fields, so a field added there is a flag here."""
 
@@ -48,7 +48,7 @@ def config_from_args(a, cls, lists: dict[str, type]):
 def add_parser(sub) -> None:
     from robot_learning.train.classifier import ClassifierTrainConfig
     from robot_learning.train.residual import ResidualTrainConfig
-    from robot_learning.train.sac import DsrlTrainConfig, SACTrainConfig
+    from robot_learning.train.sac import DsrlTrainConfig, ResidualSacTrainConfig, SACTrainConfig
 
     tr = sub.add_parser("train", help="train a policy on a dataset (torchrun for several GPUs)")
     kinds = tr.add_subparsers(dest="kind", required=True)
@@ -64,6 +64,9 @@ def add_parser(sub) -> None:
     add_config_arguments(kinds.add_parser("residual", help="a residual policy on a frozen diffusion policy (--base), "
                                           "trained with PPO in parallel envs", formatter_class=fmt),
                          ResidualTrainConfig(), _RESIDUAL_LISTS)
+    add_config_arguments(kinds.add_parser("residual-sac", help="a residual policy on a frozen diffusion policy "
+                                          "(--base), trained with SAC (off-policy)", formatter_class=fmt),
+                         ResidualSacTrainConfig(), _SAC_LISTS)
     add_config_arguments(kinds.add_parser("classifier", help="success classifier (a reward) on labelled datasets",
                                           formatter_class=fmt), ClassifierTrainConfig(), _CLASSIFIER_LISTS)
 
@@ -74,10 +77,11 @@ def run(a) -> int:
 
         train_classifier(config_from_args(a, ClassifierTrainConfig, _CLASSIFIER_LISTS))
         return 0
-    if a.kind in ("sac", "dsrl"):
-        from robot_learning.train.sac import DsrlTrainConfig, SACTrainConfig, train_sac
+    if a.kind in ("sac", "dsrl", "residual-sac"):
+        from robot_learning.train.sac import DsrlTrainConfig, ResidualSacTrainConfig, SACTrainConfig, train_sac
 
-        train_sac(config_from_args(a, DsrlTrainConfig if a.kind == "dsrl" else SACTrainConfig, _SAC_LISTS))
+        cls = {"dsrl": DsrlTrainConfig, "residual-sac": ResidualSacTrainConfig}.get(a.kind, SACTrainConfig)
+        train_sac(config_from_args(a, cls, _SAC_LISTS))
         return 0
     if a.kind == "residual":
         from robot_learning.train.residual import ResidualTrainConfig, train_residual

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -142,14 +142,14 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
     from robot_learning.rl.base_envs import BaseDrivenEnvs
     from robot_learning.rl.ppo import PPOConfig, Rollout, ppo_update
     from robot_learning.train.cpu_clock import CpuClock
-    from robot_learning.train.resume import resumed_config
+    from robot_learning.train.resume import resumed_config, save_config
     from robot_learning.train.sac import WORKCELL_OBS
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     resume = Path(cfg.resume) if cfg.resume else None
     if resume:
-        cfg = resumed_config(cfg, resume)
+        cfg = resumed_config(cfg, resume, "residual")
     if not cfg.base:
         raise SystemExit("train residual: --base is required: the diffusion checkpoint to correct")
     try:
@@ -181,7 +181,7 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
                                               lo.tolist(), hi.tolist(), list(cfg.hidden), cfg.init_log_std))
         model.set_obs_normalization(states.mean(0), states.std(0))
         (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (run / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        save_config(run, cfg, "residual")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
     if resume and (resume / "checkpoints" / "last" / "optim.pt").exists():
         opt.load_state_dict(torch.load(resume / "checkpoints" / "last" / "optim.pt", weights_only=True))

@@ -51,7 +51,6 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
     from robot_learning.transforms import xyzw_to_wxyz
 
     s = policy.spec
-    plans = plans and s.action_kind == "tcp_pose"
     streams = {name: recipe.streams[name].topic for name in
                sorted({k.split(".", 1)[0] for k in s.obs_keys} | set(s.image_keys))}
     env = WorkcellEnv(task, control_hz=1.0 / s.dt)
@@ -59,6 +58,7 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
     clock = {"t": 0.0}
     core = PolicyServerCore(policy, ServerConfig(control_hz=control_hz, blend=blend, replan_every=replan_every,
                                                  max_obs_age=np.inf), lambda: clock["t"], log=lambda m: None)
+    plans = plans and core.plannable   # a tcp_pose policy without per-tick corrections
     # timer ticks per policy step, each a whole number of the sim's control periods
     per_step = max(1, round(s.dt / cell.control_dt))
     sub = max(1, min(per_step, round(s.dt * control_hz)))

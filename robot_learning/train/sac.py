@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,18 @@ class DsrlTrainConfig(SACTrainConfig):
     start_steps: int = 200
     learning_starts: int = 200
     eval_every: int = 500
+
+
+@dataclass
+class ResidualSacTrainConfig(SACTrainConfig):
+    """``train residual-sac``: SAC learning a bounded correction of a frozen diffusion policy's
+    action at every step (``rl.residual_env``); the off-policy counterpart of ``train residual``."""
+    base: str = ""                    # the diffusion checkpoint to correct (its weights never change)
+    scale: float = 0.1                # the largest correction, as a share of each action's half-range in the data
+    noise_scale: float = 1.0          # the base samples from this much noise (a setting kept with the checkpoint)
+    env: str = "workcell/pick_place"
+    start_steps: int = 0              # the agent acts from the start: its untrained correction is zero
+    eval_every: int = 3000
 
 
 class GymAdapter:
@@ -235,6 +247,17 @@ def make_env(cfg: SACTrainConfig, render: bool = False):
         task = cfg.env.split("/", 1)[1]
         return DsrlAdapter(cfg.base, task, cfg.obs or WORKCELL_OBS.get(task) or ["ee_pose.data"],
                            cfg.max_episode_steps, cfg.randomization, cfg.noise_bound)
+    if isinstance(cfg, ResidualSacTrainConfig):
+        if not cfg.base:
+            raise SystemExit("train residual-sac: --base is required: the diffusion checkpoint to correct")
+        if not cfg.env.startswith("workcell/") or cfg.images or cfg.intervene or cfg.demos or cfg.reward != "sim":
+            raise SystemExit("train residual-sac: runs on workcell/<task> from the state and the sim's reward, "
+                             "without --images, --intervene, --demos or --reward")
+        from robot_learning.rl.residual_env import ResidualAdapter
+
+        task = cfg.env.split("/", 1)[1]
+        return ResidualAdapter(cfg.base, task, cfg.obs or WORKCELL_OBS.get(task) or ["ee_pose.data"],
+                               cfg.max_episode_steps, cfg.randomization, cfg.scale, cfg.noise_scale)
     if cfg.env.startswith("workcell/"):
         return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render, cfg.max_episode_steps, cfg.reward,
                                cfg.images, cfg.image_size, cfg.randomization)
@@ -318,17 +341,17 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
     from robot_learning.policies.registry import base_ref
     from robot_learning.policies.sac import SAC, SACConfig, load_sac
     from robot_learning.train.cpu_clock import CpuClock
-    from robot_learning.train.resume import resumed_config
+    from robot_learning.train.resume import resumed_config, save_config
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     resume = Path(cfg.resume) if cfg.resume else None
+    trainer = {DsrlTrainConfig: "dsrl", ResidualSacTrainConfig: "residual-sac"}.get(type(cfg), "sac")
     if resume:
-        cfg = resumed_config(cfg, resume)
+        cfg = resumed_config(cfg, resume, trainer)
         run = resume
     else:
-        name = "dsrl" if isinstance(cfg, DsrlTrainConfig) else "sac"
-        run = Path(cfg.out) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = Path(cfg.out) / f"{trainer.replace('-', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     env = make_env(cfg, render=cfg.video)
     eval_env = make_env(cfg, render=cfg.video)
     spec = env.spec
@@ -361,11 +384,13 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
                          image_size=list(spec.image_shape[:2]),
                          action_dims=getattr(env, "action_dims", []))  # a workcell task's free dims
         agent = SAC(scfg)
+        if isinstance(cfg, ResidualSacTrainConfig):
+            agent.actor.zero_mean()  # no correction until it learns one: the base, exactly
         if demo is not None:  # normalize by what the demonstrations span
             st = demo.in_order()["state"]
             agent.set_obs_normalization(st.mean(0), st.std(0))
         (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (run / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        save_config(run, cfg, trainer)
     writer = SummaryWriter(str(run / "tb"))
     cpu = CpuClock(run / "metrics.jsonl")
     metrics = (run / "metrics.jsonl").open("a")
@@ -381,8 +406,12 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
 
-    kind = {"policy": "dsrl", "base": base_ref(cfg.base), "dt": env.base.spec.dt} \
-        if isinstance(cfg, DsrlTrainConfig) else {"dt": env.dt}
+    kind = {"dt": env.dt}
+    if isinstance(cfg, DsrlTrainConfig):
+        kind = {"policy": "dsrl", "base": base_ref(cfg.base), "dt": env.base.spec.dt}
+    elif isinstance(cfg, ResidualSacTrainConfig):  # the agent's state is obs_keys and the base's action
+        kind = {"policy": "residual_sac", "base": base_ref(cfg.base), "dt": env.dt, "obs_keys": env.keys,
+                "bound": env.bound.tolist(), "base_options": {"noise_scale": float(cfg.noise_scale)}}
 
     def checkpoint(step: int, name: str = "last") -> None:
         d = agent.save(run / "checkpoints" / name, extra={"env": cfg.env, "obs_keys": list(spec.state_keys),
@@ -403,6 +432,12 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         tqdm.write(f"train sac: after {cfg.pretrain_steps} offline steps on the demos (no robot time): "
                    f"success {ev['eval_success']:.0%}, return {ev['eval_return']:.2f}")
         checkpoint(0, "pretrained")
+    if isinstance(cfg, ResidualSacTrainConfig) and start == 0:  # the untrained residual: the base alone
+        ev = evaluate(agent, eval_env, cfg.eval_episodes, 1_000_000)
+        log(ev, 0)
+        tqdm.write(f"train residual-sac: the base alone: success {ev['eval_success']:.0%}")
+        best = {**ev, "env_steps": 0}   # a residual that ends worse than the base leaves the base as best
+        checkpoint(0, "best")
     operator = None
     if cfg.intervene or cfg.rlif:
         if not isinstance(env, WorkcellAdapter):

@@ -140,7 +140,7 @@ class PolicyServerNode(Node):
         now = self._now()
         if now <= 0.0:
             return  # sim time and no /clock yet
-        if self.plans and core.policy.spec.action_kind == "tcp_pose":
+        if self.plans and core.plannable:
             self._tick_plan(core, now)
             return
         a = core.tick(now)
