@@ -2,7 +2,11 @@
 
 glibc keeps what a process frees for reuse: a recorder that queued seconds of camera frames,
 or wrote an episode's buffers, stays at that peak's resident size for hours, and a memory
-watchdog cannot tell that from a leak. Both calls are no-ops where there is no glibc."""
+watchdog cannot tell that from a leak. A small block left at the top of one of glibc's heaps
+keeps every free page below it resident until ``malloc_trim`` gives them back (a reader that
+drained a 139 MiB backlog kept 62 MiB that way). Giving every large block pages of its own
+instead (``mallopt(M_MMAP_THRESHOLD)``) was tried and dropped: the recorder then fell minutes
+behind its camera streams in the soak (12 GB resident). A no-op where there is no glibc."""
 
 from __future__ import annotations
 
@@ -11,19 +15,6 @@ import ctypes.util
 import gc
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-
-
-def map_large_blocks(min_bytes: int = 256 * 1024) -> None:
-    """Blocks of ``min_bytes`` and over get pages of their own (mmap), returned on free.
-
-    By default glibc raises that threshold to the largest block freed so far (up to 32 MiB):
-    after the first camera frame is freed, frames (0.9 MiB at 640x480) come from the arenas,
-    where a small block left at a heap's top keeps everything below it resident; a reader that
-    drained a 140 MiB backlog kept 62 MiB of it that way. A fixed threshold stops that."""
-    mallopt = getattr(_LIBC, "mallopt", None)
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, int(min_bytes))
 
 
 def release_free_memory() -> None:

@@ -1,5 +1,4 @@
-"""The heap settings of the long-running nodes (robot_learning.heap), in a process of its own:
-they are process-wide."""
+"""Giving freed memory back (robot_learning.heap), in a process of its own: the heap is process-wide."""
 
 from __future__ import annotations
 
@@ -12,14 +11,12 @@ import pytest
 FRAMES = textwrap.dedent("""
     import ctypes, sys
     import psutil
-    from robot_learning.heap import map_large_blocks, release_free_memory
+    from robot_learning.heap import release_free_memory
 
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
-    if sys.argv[1] == "mapped":
-        map_large_blocks()
     libc.free(libc.malloc(921_600))  # glibc's default: a freed 0.9 MiB block raises the threshold to it
     private = lambda: (psutil.Process().memory_info().rss - psutil.Process().memory_info().shared) / 2**20
     frames, small = [], []
@@ -36,11 +33,10 @@ FRAMES = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("how", ["mapped", "trimmed", "default"])
+@pytest.mark.parametrize("how", ["trimmed", "default"])
 def test_freed_frames_leave_the_process(how):
-    """150 camera frames (132 MiB) freed among small live blocks: with ``map_large_blocks`` they
-    leave the process at once, with ``release_free_memory`` when it is called; with glibc's
-    defaults (the control case) the process keeps them."""
+    """150 camera frames (132 MiB) freed among small live blocks: ``release_free_memory`` gives
+    them back to the system; without it (the control case) the process keeps them."""
     out = subprocess.run([sys.executable, "-c", FRAMES, how], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     gone = float(out.stdout)

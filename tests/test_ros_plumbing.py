@@ -191,6 +191,7 @@ READER = textwrap.dedent("""
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from robot_learning_ros.runtime import init_ros
+    from robot_learning.heap import release_free_memory
 
     init_ros(release_reader_memory=sys.argv[1] == "release")
     node = rclpy.create_node("slow_reader")
@@ -221,6 +222,7 @@ READER = textwrap.dedent("""
         if len(lags) > 10 and max(lags[-10:]) < 0.25:
             break
     time.sleep(1.0)
+    release_free_memory()  # what the recorder does once a burst is over (its episode's end)
     print(f"{before:.0f} {peak:.0f} {private():.0f}", flush=True)
     import os; os._exit(0)
 """)

@@ -17,7 +17,6 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from robot_learning.headless import HEADLESS_GL, headless_gl_works, use_headless_gl  # noqa: F401 (for nodes that render)
-from robot_learning.heap import map_large_blocks
 from robot_learning_ros.entry import restore_sigint
 
 
@@ -341,8 +340,6 @@ def init_ros(args=None, shm_healthy_check_ms: int | None = None, release_reader_
     tune this process's copy of the DDS profile (``join_with_fresh_participant_id``)."""
     join_with_fresh_participant_id(shm_healthy_check_ms=shm_healthy_check_ms,
                                    release_reader_memory=release_reader_memory)
-    if release_reader_memory:  # the samples freed must leave the heap too
-        map_large_blocks()
     rclpy.init(args=args, **kwargs)
 
 
