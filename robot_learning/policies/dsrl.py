@@ -14,7 +14,7 @@ import numpy as np
 
 from robot_learning.policies.checkpoint import PolicyError
 from robot_learning.policies.registry import PolicyKind, load_policy, register_kind
-from robot_learning.policies.sac import load_sac, sac_problems
+from robot_learning.policies.sac import load_sac, on_base_problems
 from robot_learning.runtime.policy import PolicySpec
 
 DETERMINISTIC = ("ddim", "dpmsolver")
@@ -58,12 +58,7 @@ class DsrlRunner:
 
 
 def dsrl_problems(meta: dict) -> list[str]:
-    problems = sac_problems(meta)
-    if "base" not in meta:
-        problems.append("'base' (the diffusion checkpoint it steers) is missing")
-    if not isinstance(meta.get("obs_keys"), list) or not meta.get("obs_keys"):
-        problems.append("'obs_keys' (the state the agent sees) is missing")
-    return problems
+    return on_base_problems(meta, "steers")
 
 
 def _load(meta, device: str, **options) -> DsrlRunner:

@@ -154,7 +154,7 @@ class SacCorrection:
             raise PolicyError("a residual SAC agent corrects every action dimension from the state only")
         enc, actor = agent.encoder, agent.actor
         self.mlp = NumpyMlp(actor.net)
-        self.mean, self.std = (enc.obs_mean.double().numpy(), enc.obs_std.double().numpy())
+        self.mean, self.std = enc.obs_mean.double().numpy(), enc.obs_std.double().numpy()
         self.centre, self.scale = actor.centre.double().numpy(), actor.scale.double().numpy()
         self.n = cfg.act_dim
         self.bound, self.mid, self.half = (np.asarray(v, np.float64) for v in (bound, mid, half))
@@ -237,13 +237,9 @@ def _load(meta, device: str, **options) -> ResidualRunner:
 
 
 def residual_sac_problems(meta: dict) -> list[str]:
-    from robot_learning.policies.sac import sac_problems
+    from robot_learning.policies.sac import on_base_problems
 
-    problems = sac_problems(meta)
-    if "base" not in meta:
-        problems.append("'base' (the diffusion checkpoint it corrects) is missing")
-    if not isinstance(meta.get("obs_keys"), list) or not meta.get("obs_keys"):
-        problems.append("'obs_keys' (the state the agent sees) is missing")
+    problems = on_base_problems(meta, "corrects")
     bound = meta.get("bound")
     if not (isinstance(bound, list) and bound and all(isinstance(x, (int, float)) and np.isfinite(x) and x >= 0
                                                       for x in bound)):

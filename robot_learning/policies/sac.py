@@ -440,6 +440,17 @@ def sac_problems(meta: dict) -> list[str]:
     return field_problems(meta.get("config"), SACConfig, ("obs_dim", "action_low", "action_high"))
 
 
+def on_base_problems(meta: dict, role: str) -> list[str]:
+    """``sac_problems`` of an agent trained on top of a base checkpoint from the state (DSRL, the
+    residual SAC): its base and its state keys must be named too. ``role``: what it does to the base."""
+    problems = sac_problems(meta)
+    if "base" not in meta:
+        problems.append(f"'base' (the diffusion checkpoint it {role}) is missing")
+    if not isinstance(meta.get("obs_keys"), list) or not meta.get("obs_keys"):
+        problems.append("'obs_keys' (the state the agent sees) is missing")
+    return problems
+
+
 def load_sac(path, device: str = "cpu", optimizers: bool = False) -> tuple[SAC, dict]:
     """A saved agent (of a ``sac`` checkpoint, or the agent inside a ``dsrl`` one) and its
     config.json, read and checked by ``registry.read_checkpoint`` first, so a damaged checkpoint

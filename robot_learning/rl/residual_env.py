@@ -73,7 +73,6 @@ class ResidualAdapter:
             # first): only a bootstrap past a time limit reads it
             nxt = e.chunk[0, min(k + 1, e.horizon - 1)]
             info = {"success": bool(st.success[0])}
-            self.base_now = None
             return self._mine(st.final, nxt), float(st.reward[0]), bool(st.terminated[0]), bool(st.truncated[0]), info
         self.base_now = e.base_actions()[0]
         return self._mine(st.obs, self.base_now), float(st.reward[0]), False, False, {"success": False}

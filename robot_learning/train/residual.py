@@ -141,6 +141,7 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
     from robot_learning.policies.residual import ResidualConfig, ResidualPolicy, load_residual
     from robot_learning.rl.base_envs import BaseDrivenEnvs
     from robot_learning.rl.ppo import PPOConfig, Rollout, ppo_update
+    from robot_learning.rl.residual_env import base_action_range
     from robot_learning.train.cpu_clock import CpuClock
     from robot_learning.train.resume import resumed_config, save_config
     from robot_learning.train.sac import WORKCELL_OBS
@@ -171,7 +172,7 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
         model.train()
     else:
         lo, hi = base.policy.action_bounds()
-        scale = cfg.scale * np.maximum((hi - lo) / 2, 1e-3)
+        scale = cfg.scale * base_action_range(base)[1]
         states = []
         for _ in range(WARMUP_STEPS):  # the base alone, for the input normalization
             states.append(_states(obs, keys))
