@@ -120,12 +120,15 @@ def soak(minutes: float, workdir: Path, client) -> dict:
         client.node.create_subscription(message_class(spec.type), spec.topic, lambda m, n=n: on_msg(m, n), qos)
     js_stamps = seen["joint_states"]
     backlog: list[tuple[float, int]] = []
+    backlog_mib: list[float] = []
+    shed: dict[str, int] = {}
 
     def on_diag(m: DiagnosticArray) -> None:
         for st in m.status:
             if st.name == "recorder":
                 v = {kv.key: kv.value for kv in st.values}
                 backlog.append((time.monotonic(), int(v.get("backlog_max", 0))))
+                backlog_mib.append(float(v.get("backlog_mib_max", 0.0)))
 
     client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
     cmd_times: list[float] = []
@@ -201,13 +204,16 @@ def soak(minutes: float, workdir: Path, client) -> dict:
             lost_at[n] += lost.tolist()
         for name, gp in (ep.meta.get("gaps") or {}).items():
             gaps[name] = gaps.get(name, 0) + int(gp["missing"])
+        for name, k in (ep.meta.get("shed") or {}).items():
+            shed[name] = shed.get(name, 0) + int(k)
     losses = {n: _losses(v, clock, t0) for n, v in lost_at.items() if v}
     _plot(memory, after_episode, backlog, t0, [x for runs in losses.values() for x in runs])
     return {"minutes": minutes, "alive": alive, "rtf": sim_s / wall if wall else 0.0,
             "policy_ran": "policy" in sources, "switches": sum(a != b for a, b in zip(sources, sources[1:])),
             "memory_warm": warm, "memory_last": last, "growth": growth, "trend": trend, "compared": compared,
             "gaps": gaps, "losses": losses, "episodes": len(saved),
-            "backlog_max": max((b for _, b in backlog), default=0),
+            "backlog_max": max((b for _, b in backlog), default=0), "backlog_mib_max": max(backlog_mib, default=0.0),
+            "shed": shed,
             "commands": _intervals(cmd_times)}
 
 
@@ -290,7 +296,8 @@ def section(minutes: float, workdir: Path, client) -> list[str]:
         f"`{PLOT}`); a process's \"(private)\" row is its RSS less shared and file pages (where a leak "
         "would grow; DDS's shared-memory segments are resident in RSS only as far as bursts have touched "
         f"them, up to their configured size). The recorder's write backlog peaked at {r['backlog_max']} "
-        "messages.\n",
+        f"messages ({r['backlog_mib_max']:.0f} MiB); camera frames it shed past its bound: "
+        f"{', '.join(f'{n} {k}' for n, k in r['shed'].items()) or 'none'}.\n",
         "Messages a subscriber in the same run received (with the recorder's QoS) inside the recorded "
         "episodes, against what the recorder stored:\n",
         "| stream | stored by the recorder | received by the subscriber, not stored (goal 0) "

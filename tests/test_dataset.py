@@ -407,6 +407,42 @@ def test_the_recorder_reports_its_backlog_and_what_each_stream_took(tmp_path):
     assert not s["recording"] and s["backlog"] == 0 and s["backlog_max"] == 0
 
 
+def test_a_writer_that_falls_behind_sheds_camera_frames_past_its_bound_and_keeps_every_small_message(tmp_path):
+    """The queue is memory and a stop waits for it: a writer stuck behind (here on a gate) once
+    grew it to 12 GB and held the stop for minutes. Past the bound, frames are shed, counted in
+    the episode and reported as it happens; joint states are all kept."""
+    import threading
+
+    logs: list[str] = []
+    rec = Recorder(tmp_path / "shed.zarr", RECIPE, log=lambda lvl, m: logs.append(m), flush_interval=0.05,
+                   max_backlog_bytes=3 << 20)  # three 640x480 RGB frames (0.88 MiB each)
+    gate, handle = threading.Event(), rec._handle
+    rec._handle = lambda item: (gate.wait(), handle(item))
+    rec.start({})
+    for k in range(200):
+        t = 10.0 + k * 0.002
+        rec.on_message("joint_states", joints(t, np.full(9, k, float)), t)
+        if k % 10 == 0:
+            rec.on_message("front_color", image(t, w=640, h=480, value=k), t)
+            rec.on_message("tactile_left", image(t, 4, 4, "32FC3"), t)
+    time.sleep(0.1)
+    s = rec.stats(reset_max=False)
+    assert s["shed"] == {"front_color": 17} and s["received"]["front_color"] == 3
+    assert 2.5 < s["backlog_mib"] <= 3.0 and s["backlog"] >= 222  # the writer holds one at its gate
+    assert s["behind_s"] >= 0.1  # the writer has held the first message since it was queued
+    assert any("shedding camera frames" in m and "/front/color/image_raw" in m for m in logs), logs
+    gate.set()
+    meta = rec.stop(success=True)
+    s = rec.stats()
+    rec.close()
+    assert meta["shed"] == {"front_color": 17}
+    assert meta["stream_counts"]["joint_states"] == 200 and meta["stream_counts"]["tactile_left"] == 20
+    assert meta["stream_counts"]["front_color"] == 3
+    assert s["backlog_mib"] == 0.0 and s["shed"] == {}  # the next episode starts with a clean count
+    ep = Dataset(tmp_path / "shed.zarr").episode(meta["index"])
+    assert ep.meta["shed"] == {"front_color": 17}
+
+
 def test_an_action_default_must_have_the_width_the_message_type_gives():
     raw = {"streams": {"cmd": {"topic": "/c", "type": "TwistStamped"}},
            "steps": {"rate": 10, "action": [{"array": "cmd.data", "default": [0.0]}]}}

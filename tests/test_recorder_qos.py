@@ -182,3 +182,66 @@ def test_recorder_queues_keep_a_long_stall_of_small_high_rate_messages():
             reader.kill()
         client.close()
     assert int(out.split()[-1]) == 4000, f"the stalled reader kept {out.split()[-1]} of 4000"
+
+
+def test_the_recorder_node_sheds_frames_past_its_backlog_bound_and_says_so(tmp_path):
+    """``max_backlog_mb`` reaches the writer, and shedding is seen where a user looks: the stop
+    service's answer, the episode's metadata, a WARN on /diagnostics and the log. A bound below
+    one frame sheds every frame (the writer's own bounding is tested on the Recorder); every
+    wrench is still kept."""
+    import numpy as np
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from robot_learning_ros.msgs import image_msg
+    from sensor_msgs.msg import Image
+
+    raw = {"name": "shed", "min_steps": 1,
+           "streams": {"wrench": {"topic": "/shed_test/wrench", "type": "WrenchStamped"},
+                       "cam": {"topic": "/shed_test/image", "type": "Image", "encoding": "rgb8"}},
+           "steps": {"rate": 10.0, "observations": ["wrench.data"], "action": [{"array": "wrench.data"}]}}
+    recipe = tmp_path / "shed.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    log_path = tmp_path / "recorder.log"
+    proc = subprocess.Popen([find_executable("robot_learning_ros", "recorder_node"), "--ros-args",
+                             "-p", f"recipe:={recipe}", "-p", f"dataset:={tmp_path / 'shed.zarr'}",
+                             "-p", "max_backlog_mb:=0.1"],
+                            stdout=log_path.open("wb"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+    client = GraphClient("shed_test")
+    try:
+        client.subscribe("/diagnostics", DiagnosticArray)
+        wrench = client.node.create_publisher(WrenchStamped, "/shed_test/wrench", STATE_QOS)
+        cam = client.node.create_publisher(Image, "/shed_test/image", STATE_QOS)
+        _wait(lambda: wrench.get_subscription_count() and cam.get_subscription_count(), 60,
+              "the recorder did not subscribe: " + log_path.read_text())
+        res = client.call(Trigger, "/recorder/start_episode", timeout=30)
+        assert res.success, res.message
+        frame = np.zeros((240, 320, 3), np.uint8)  # 225 KiB: larger than the bound
+        for i in range(300):
+            t = 1000.0 + i * 0.01
+            wrench.publish(wrench_msg([float(i), 0.0, 0.0, 0.0, 0.0, 0.0], t, "ft_sensor"))
+            if i % 3 == 0:
+                cam.publish(image_msg(frame, "rgb8", t, "cam"))
+            time.sleep(0.01)
+
+        def shed_warning():
+            return [st for arr in client.msgs["/diagnostics"] for st in arr.status
+                    if st.name == "recorder" and st.level == DiagnosticStatus.WARN and "shed" in st.message]
+
+        _wait(lambda: shed_warning(), 10, "no WARN about shed frames on /diagnostics")
+        values = {kv.key: kv.value for kv in shed_warning()[-1].values}
+        assert int(values["shed/cam"]) > 0 and "backlog_mib" in values and "behind_s" in values
+        res = client.call(SetBool, "/recorder/stop_episode", timeout=60, data=True)
+        assert res.success, res.message
+        saved = json.loads(res.message)
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert saved["shed"] == {"cam": 100}, saved
+    ep = Dataset(tmp_path / "shed.zarr").episode(saved["index"])
+    assert ep.meta["shed"] == {"cam": 100}
+    assert sorted(ep.stream("wrench")["data"][:, 0].astype(int).tolist()) == list(range(300))
+    log = log_path.read_text()
+    assert "shedding camera frames" in log and "100 frame(s) of /shed_test/image shed" in log, log

@@ -4,6 +4,14 @@ Message callbacks only enqueue; one writer thread converts, validates and append
 flushes every ``flush_interval`` seconds, which bounds what a crash can cost. Input that
 does not fit its stream (wrong size or encoding, stamps out of order or repeated) is
 refused with a reason, counted per stream, and never reaches the store.
+
+The queue between the two is memory, and a stop waits for it to be written. A writer that
+cannot keep up (a slow disk, compression starved of CPU) once grew it to 12 GB and held the
+stop service for minutes, so it is bounded in bytes: past ``max_backlog_bytes`` large
+messages (camera frames) are shed until the writer is back under the bound, counted per
+stream in the episode's metadata (``shed``) and reported as they happen. Small messages
+(joint states, wrenches, commands) are never shed: they are what a policy learns from,
+and all of them together are a few MB a second.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from array import array as array_type
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,10 +43,26 @@ class _Stop:
     error: str | None = None
 
 
+# A message larger than this is bulk (a camera frame) and may be shed past the bound; a
+# tactile grid is an Image too, of a few hundred bytes, and is never shed.
+LARGE_MESSAGE = 64 * 1024
+# 2 GiB: about 20 s of two 640x480 RGB-D cameras at 30 Hz, far beyond the second or two a
+# healthy writer falls behind at an episode's first chunks or a slow fsync.
+MAX_BACKLOG_BYTES = 2 << 30
+
+
+def message_bytes(msg) -> int:
+    """The payload a queued message holds: its ``data`` buffer (images), else nothing worth
+    counting. Cheap: it runs in the subscription callback."""
+    data = getattr(msg, "data", None)
+    return len(data) if isinstance(data, bytes | bytearray | memoryview | array_type | np.ndarray) else 0
+
+
 class Recorder:
     def __init__(self, path: str | Path, recipe: Recipe, log: Callable[[str, str], None] | None = None,
-                 flush_interval: float = 0.5, name: str = ""):
+                 flush_interval: float = 0.5, name: str = "", max_backlog_bytes: int = MAX_BACKLOG_BYTES):
         self.recipe = recipe
+        self.max_backlog_bytes = max_backlog_bytes
         self.log = log or (lambda level, msg: print(f"[{level}] {msg}"))
         self.flush_interval = flush_interval
         self.writer = DatasetWriter(path, recipe, name=name)
@@ -57,6 +82,11 @@ class Recorder:
         self.finished = 0
         self.received: Counter[str] = Counter()  # messages queued in the current episode, per stream
         self.backlog_max = 0  # the deepest the queue got since ``stats`` last reset it
+        self.backlog_bytes = 0  # payload queued and not yet written
+        self.backlog_bytes_max = 0
+        self._oldest: float | None = None  # when the message the writer is on was queued
+        self.shed: Counter[str] = Counter()  # large messages shed past the bound, this episode
+        self._shed_logged = -1e9
         self._stop_thread = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="recorder-writer")
         self.thread.start()
@@ -64,6 +94,13 @@ class Recorder:
     @property
     def recording(self) -> bool:
         return self.episode is not None
+
+    @property
+    def behind_s(self) -> float:
+        """How long the message the writer is on has waited since it was taken: how far behind
+        the recording the disk is (0 while the writer waits for messages)."""
+        t = self._oldest
+        return 0.0 if t is None else time.monotonic() - t
 
     def on_message(self, stream: str, msg, t_recv: float) -> None:
         """Called from the subscription callback; cheap, never blocks."""
@@ -76,19 +113,39 @@ class Recorder:
         else:
             self.state[stream] = msg
         if self.episode is not None:
-            self.queue.put((stream, msg, t_recv))
+            n = message_bytes(msg)
+            if n > LARGE_MESSAGE and self.backlog_bytes + n > self.max_backlog_bytes:
+                self._shed_one(stream)
+                return
+            self.backlog_bytes += n  # += on an int under the GIL; the writer's -= likewise
+            self.backlog_bytes_max = max(self.backlog_bytes_max, self.backlog_bytes)
+            self.queue.put((stream, msg, t_recv, time.monotonic(), n))
             self.received[stream] += 1
+
+    def _shed_one(self, stream: str) -> None:
+        self.shed[stream] += 1
+        now = time.monotonic()
+        if now - self._shed_logged > 5.0:  # one line per 5 s while it lasts
+            self._shed_logged = now
+            topics = ", ".join(f"{self.recipe.streams[n].topic} {c}" for n, c in sorted(self.shed.items()))
+            self.log("warn", f"the writer is {self.behind_s:.1f} s behind with {self.backlog_bytes >> 20} MiB "
+                             f"queued (bound {self.max_backlog_bytes >> 20} MiB): shedding camera frames until it "
+                             f"catches up (this episode: {topics}). This machine cannot write what it records: "
+                             "record fewer or smaller camera streams, or free a core")
 
     def stats(self, reset_max: bool = True) -> dict:
         """What the writer is behind by (messages queued now, and the most since the last call)
         and what the current episode has taken, per stream. A backlog that keeps growing means
         this machine cannot write what it records; it is memory, and a stop waits for it."""
-        backlog = self.queue.qsize()
+        backlog, nbytes = self.queue.qsize(), self.backlog_bytes
         out = {"recording": self.recording, "episode": self.episode.index if self.episode else None,
-               "backlog": backlog, "backlog_max": max(self.backlog_max, backlog), "finished": self.finished,
-               "received": dict(self.received), "error": self.error}
+               "backlog": backlog, "backlog_max": max(self.backlog_max, backlog),
+               "backlog_mib": round(nbytes / 2**20, 1),
+               "backlog_mib_max": round(max(self.backlog_bytes_max, nbytes) / 2**20, 1),
+               "behind_s": round(self.behind_s, 3), "finished": self.finished,
+               "received": dict(self.received), "shed": dict(self.shed), "error": self.error}
         if reset_max:
-            self.backlog_max = out["backlog"]
+            self.backlog_max, self.backlog_bytes_max = backlog, nbytes
         return out
 
     def silent_streams(self, within: float = 2.0) -> list[str]:
@@ -104,9 +161,10 @@ class Recorder:
                 raise DatasetError(f"the recorder stopped after a storage error: {self.error}")
             self.episode = self.writer.start_episode(meta)
             self.received.clear()
+            self.shed.clear()
             t0 = self._t_start = meta.get("t_start_clock")
             for stream, msg in list(self.state.items()):  # states in force when the episode starts
-                self.queue.put((stream, msg, t0 if t0 is not None else time.time()))
+                self.queue.put((stream, msg, t0 if t0 is not None else time.time(), time.monotonic(), 0))
             return self.episode.index
 
     def stop(self, success: bool | None, t_end: float | None = None, discard: bool = False,
@@ -122,9 +180,16 @@ class Recorder:
         if t_end is not None and not discard:
             self._drain(t_end, drain)
         req = _Stop(success, t_end, discard, threading.Event())
+        idx, queued, mib = self.episode.index, self.queue.qsize(), self.backlog_bytes / 2**20
+        if mib > 64:
+            self.log("info", f"finishing episode {idx} once {queued} queued messages ({mib:.0f} MiB, "
+                             f"{self.behind_s:.1f} s behind) are written")
         self.queue.put(req)
         if not req.done.wait(timeout):
-            raise DatasetError(f"finishing the episode took longer than {timeout:.0f} s")
+            raise DatasetError(
+                f"finishing episode {idx} took longer than {timeout:.0f} s: the writer still has "
+                f"{self.queue.qsize()} messages ({self.backlog_bytes / 2**20:.0f} MiB) to write, {self.behind_s:.0f} s "
+                "behind. It finishes the episode once it reaches the stop; /recorder/status says when")
         if req.error:
             raise DatasetError(req.error)
         return req.result or {}
@@ -159,7 +224,8 @@ class Recorder:
         if isinstance(item, _Stop):
             self._finish(item)
             return
-        stream, msg, t_recv = item
+        stream, msg, t_recv, _, nbytes = item
+        self.backlog_bytes -= nbytes
         if ep is None:
             return
         try:
@@ -176,7 +242,8 @@ class Recorder:
                 ep.discard()
                 req.result = {"index": ep.index, "discarded": True}
             else:
-                req.result = ep.finish(req.success, req.t_end)
+                shed = {"shed": dict(self.shed)} if self.shed else None
+                req.result = ep.finish(req.success, req.t_end, extra=shed)
                 self.finished += 1
         except DatasetError as e:
             req.error = str(e)
@@ -189,6 +256,7 @@ class Recorder:
         finally:
             with self.lock:
                 self.episode = None
+            self.shed.clear()
             req.done.set()
 
     def _run(self) -> None:
@@ -200,7 +268,9 @@ class Recorder:
             if item is not None:
                 # the depth is sampled here, on the writer's thread: the callbacks only enqueue
                 self.backlog_max = max(self.backlog_max, self.queue.qsize() + 1)
+                self._oldest = None if isinstance(item, _Stop) else item[3]
                 self._handle(item)
+                self._oldest = None
                 if isinstance(item, _Stop):  # the episode's buffers are garbage now
                     ep = item = None
                     release_free_memory()

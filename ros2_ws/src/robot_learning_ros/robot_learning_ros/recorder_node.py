@@ -7,8 +7,9 @@ adds fields to the next episode's metadata (task, operator, seed...). /recorder/
 the next episode will get (``next_meta``: wait for yours there before starting an episode; the
 topic and the service are separate channels, and on a busy machine the service can win).
 /diagnostics (1 Hz, status "recorder"): the writer's backlog (messages taken but not yet
-written; WARN while it is deep, a machine that cannot keep up) and each stream's messages in
-the current episode.
+written, their MiB and how many seconds the writer is behind; WARN while it grows or while
+camera frames are shed past ``max_backlog_mb``) and each stream's messages in the current
+episode.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from robot_learning.config import load_yaml
-from robot_learning.data.recorder import Recorder
+from robot_learning.data.recorder import MAX_BACKLOG_BYTES, Recorder
 from robot_learning.data.schema import StreamSpec, load_recipe
 from robot_learning.data.store import DatasetError
 from robot_learning.paths import resolve
@@ -73,7 +74,8 @@ class RecorderNode(Node):
             if f:
                 self.base_meta[key] = load_yaml(f)
         self.next_meta: dict = {}
-        self.rec = Recorder(resolve(path), recipe, log=self._log, flush_interval=float(p("flush_interval", 0.5).value))
+        self.rec = Recorder(resolve(path), recipe, log=self._log, flush_interval=float(p("flush_interval", 0.5).value),
+                            max_backlog_bytes=int(float(p("max_backlog_mb", MAX_BACKLOG_BYTES >> 20).value) * 2**20))
         self.pub_status = self.create_publisher(String, "/recorder/status", LATCHED_QOS)
         self.subs: dict[str, tuple[object, ReliabilityPolicy]] = {}  # stream -> (subscription, its reliability)
         for name, spec in recipe.streams.items():
@@ -150,12 +152,18 @@ class RecorderNode(Node):
                               message=f"recording episode {s['episode']}" if s["recording"] else "idle")
         if s["error"]:
             st.level, st.message = DiagnosticStatus.ERROR, f"stopped: {s['error']}"
+        elif s["shed"]:
+            st.level, st.message = DiagnosticStatus.WARN, (
+                f"camera frames shed this episode ({sum(s['shed'].values())}): the writer is {s['behind_s']} s behind "
+                f"with {s['backlog_mib']} MiB queued (record fewer or smaller camera streams, or free a core)")
         elif growing:
             st.level, st.message = DiagnosticStatus.WARN, (
                 f"{s['backlog']} messages waiting to be written, more every second: this machine is not "
                 "keeping up (record fewer or smaller streams, or a faster disk)")
-        values = {k: s[k] for k in ("recording", "backlog", "backlog_max", "finished")}
+        values = {k: s[k] for k in ("recording", "backlog", "backlog_max", "backlog_mib", "backlog_mib_max",
+                                    "behind_s", "finished")}
         values |= {f"received/{n}": v for n, v in sorted(s["received"].items())}
+        values |= {f"shed/{n}": v for n, v in sorted(s["shed"].items())}
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[st])
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -190,9 +198,12 @@ class RecorderNode(Node):
             meta = self.rec.stop(t_end=self._now(), **kw)
             res.success = True
             res.message = json.dumps({k: meta.get(k) for k in ("index", "n_steps", "duration", "success",
-                                                               "missing_streams", "discarded") if k in meta})
+                                                               "missing_streams", "shed", "discarded") if k in meta})
             if meta.get("missing_streams"):
                 self.get_logger().warning(f"episode {meta.get('index')} has no data from {meta['missing_streams']}")
+            for name, n in (meta.get("shed") or {}).items():
+                self.get_logger().warning(f"episode {meta.get('index')}: {n} frame(s) of "
+                                          f"{self.rec.recipe.streams[name].topic} shed while the writer was behind")
             for name, g in (meta.get("gaps") or {}).items():
                 self.get_logger().warning(
                     f"episode {meta.get('index')}: {self.rec.recipe.streams[name].topic} has {g['gaps']} gap(s) in its "
