@@ -443,6 +443,37 @@ def test_a_writer_that_falls_behind_sheds_camera_frames_past_its_bound_and_keeps
     assert ep.meta["shed"] == {"front_color": 17}
 
 
+def test_a_writer_stuck_for_longer_than_its_time_bound_sheds_frames_and_takes_them_again_once_caught_up(tmp_path):
+    """A stop waits for the backlog and a service client waits about a minute, so a writer
+    that far behind sheds frames even under the byte bound. Here it is stuck flushing (where
+    a slow disk holds it), with nothing left in its queue: it still counts as behind."""
+    import threading
+
+    rec = Recorder(tmp_path / "behind.zarr", RECIPE, log=lambda *a: None, flush_interval=0.01, max_behind_s=0.3)
+    rec.start({})
+    ep, gate = rec.episode, threading.Event()
+    flush = ep.flush
+    ep.flush = lambda *a, **k: (gate.wait(), flush(*a, **k))
+    rec.on_message("front_color", image(10.0, w=640, h=480), 10.0)  # taken, then the writer sticks in flush
+    time.sleep(0.2)
+    rec.on_message("joint_states", joints(10.0, np.zeros(9)), 10.0)  # waits in the queue from now
+    time.sleep(0.4)
+    assert rec.stats(reset_max=False)["behind_s"] >= 0.4
+    for k in range(1, 4):
+        rec.on_message("joint_states", joints(10.0 + k * 0.01, np.zeros(9)), 10.0 + k * 0.01)
+        rec.on_message("front_color", image(10.0 + k * 0.01, w=640, h=480), 10.0 + k * 0.01)
+    assert rec.stats(reset_max=False)["shed"] == {"front_color": 3}
+    gate.set()
+    deadline = time.monotonic() + 10
+    while rec.stats(reset_max=False)["behind_s"] > 0.0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    rec.on_message("front_color", image(10.1, w=640, h=480), 10.1)  # caught up: frames are taken again
+    meta = rec.stop(success=True)
+    rec.close()
+    assert meta["shed"] == {"front_color": 3}
+    assert meta["stream_counts"]["front_color"] == 2 and meta["stream_counts"]["joint_states"] == 4
+
+
 def test_an_action_default_must_have_the_width_the_message_type_gives():
     raw = {"streams": {"cmd": {"topic": "/c", "type": "TwistStamped"}},
            "steps": {"rate": 10, "action": [{"array": "cmd.data", "default": [0.0]}]}}

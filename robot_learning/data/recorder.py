@@ -7,9 +7,10 @@ refused with a reason, counted per stream, and never reaches the store.
 
 The queue between the two is memory, and a stop waits for it to be written. A writer that
 cannot keep up (a slow disk, compression starved of CPU) once grew it to 12 GB and held the
-stop service for minutes, so it is bounded in bytes: past ``max_backlog_bytes`` large
-messages (camera frames) are shed until the writer is back under the bound, counted per
-stream in the episode's metadata (``shed``) and reported as they happen. Small messages
+stop service for minutes, so it is bounded: past ``max_backlog_bytes`` queued, or with the
+writer more than ``max_behind_s`` behind, large messages (camera frames) are shed until it
+is back under both, counted per stream in the episode's metadata (``shed``) and reported as
+they happen. Small messages
 (joint states, wrenches, commands) are never shed: they are what a policy learns from,
 and all of them together are a few MB a second.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from array import array as array_type
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,22 +47,30 @@ class _Stop:
 # tactile grid is an Image too, of a few hundred bytes, and is never shed.
 LARGE_MESSAGE = 64 * 1024
 # 2 GiB: about 20 s of two 640x480 RGB-D cameras at 30 Hz, far beyond the second or two a
-# healthy writer falls behind at an episode's first chunks or a slow fsync.
+# healthy writer falls behind at an episode's first chunks or a slow fsync. Frames the writer
+# has taken wait in its per-stream chunk buffers (a chunk's worth each) outside this bound.
 MAX_BACKLOG_BYTES = 2 << 30
+# A stop waits for the backlog, and a service client waits about a minute: a writer this far
+# behind sheds frames even under the byte bound, so a stop is answered in time.
+MAX_BEHIND_S = 20.0
 
 
 def message_bytes(msg) -> int:
     """The payload a queued message holds: its ``data`` buffer (images), else nothing worth
     counting. Cheap: it runs in the subscription callback."""
-    data = getattr(msg, "data", None)
-    return len(data) if isinstance(data, bytes | bytearray | memoryview | array_type | np.ndarray) else 0
+    try:
+        return memoryview(msg.data).nbytes
+    except (AttributeError, TypeError):  # no data, or a number or a string: a small message
+        return 0
 
 
 class Recorder:
     def __init__(self, path: str | Path, recipe: Recipe, log: Callable[[str, str], None] | None = None,
-                 flush_interval: float = 0.5, name: str = "", max_backlog_bytes: int = MAX_BACKLOG_BYTES):
+                 flush_interval: float = 0.5, name: str = "", max_backlog_bytes: int = MAX_BACKLOG_BYTES,
+                 max_behind_s: float = MAX_BEHIND_S):
         self.recipe = recipe
         self.max_backlog_bytes = max_backlog_bytes
+        self.max_behind_s = max_behind_s
         self.log = log or (lambda level, msg: print(f"[{level}] {msg}"))
         self.flush_interval = flush_interval
         self.writer = DatasetWriter(path, recipe, name=name)
@@ -82,11 +90,13 @@ class Recorder:
         self.finished = 0
         self.received: Counter[str] = Counter()  # messages queued in the current episode, per stream
         self.backlog_max = 0  # the deepest the queue got since ``stats`` last reset it
-        self.backlog_bytes = 0  # payload queued and not yet written
+        # payload queued, and payload the writer has taken: each written by one thread only
+        self._bytes_in = self._bytes_out = 0
         self.backlog_bytes_max = 0
         self._oldest: float | None = None  # when the message the writer is on was queued
         self.shed: Counter[str] = Counter()  # large messages shed past the bound, this episode
         self._shed_logged = -1e9
+        self._stopping = False  # a stop is queued: what arrives now is past its end
         self._stop_thread = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="recorder-writer")
         self.thread.start()
@@ -96,11 +106,21 @@ class Recorder:
         return self.episode is not None
 
     @property
+    def backlog_bytes(self) -> int:
+        return self._bytes_in - self._bytes_out
+
+    @property
     def behind_s(self) -> float:
-        """How long the message the writer is on has waited since it was taken: how far behind
-        the recording the disk is (0 while the writer waits for messages)."""
-        t = self._oldest
-        return 0.0 if t is None else time.monotonic() - t
+        """How long ago the oldest message not yet written was queued: how far behind the
+        recording the writer is (0 with nothing waiting)."""
+        t = self._oldest  # the one the writer is on, else the head of the queue
+        if t is None:
+            try:
+                head = self.queue.queue[0]
+            except IndexError:
+                return 0.0
+            t = None if isinstance(head, _Stop) else head[3]
+        return 0.0 if t is None else max(0.0, time.monotonic() - t)
 
     def on_message(self, stream: str, msg, t_recv: float) -> None:
         """Called from the subscription callback; cheap, never blocks."""
@@ -114,10 +134,12 @@ class Recorder:
             self.state[stream] = msg
         if self.episode is not None:
             n = message_bytes(msg)
-            if n > LARGE_MESSAGE and self.backlog_bytes + n > self.max_backlog_bytes:
-                self._shed_one(stream)
+            if n > LARGE_MESSAGE and (self.backlog_bytes + n > self.max_backlog_bytes
+                                      or self.behind_s > self.max_behind_s):
+                if not self._stopping:  # frames after a stop's end would not be kept anyway
+                    self._shed_one(stream)
                 return
-            self.backlog_bytes += n  # += on an int under the GIL; the writer's -= likewise
+            self._bytes_in += n
             self.backlog_bytes_max = max(self.backlog_bytes_max, self.backlog_bytes)
             self.queue.put((stream, msg, t_recv, time.monotonic(), n))
             self.received[stream] += 1
@@ -129,7 +151,8 @@ class Recorder:
             self._shed_logged = now
             topics = ", ".join(f"{self.recipe.streams[n].topic} {c}" for n, c in sorted(self.shed.items()))
             self.log("warn", f"the writer is {self.behind_s:.1f} s behind with {self.backlog_bytes >> 20} MiB "
-                             f"queued (bound {self.max_backlog_bytes >> 20} MiB): shedding camera frames until it "
+                             f"queued (bounds {self.max_behind_s:g} s, {self.max_backlog_bytes >> 20} MiB): shedding "
+                             "camera frames until it "
                              f"catches up (this episode: {topics}). This machine cannot write what it records: "
                              "record fewer or smaller camera streams, or free a core")
 
@@ -143,7 +166,8 @@ class Recorder:
                "backlog_mib": round(nbytes / 2**20, 1),
                "backlog_mib_max": round(max(self.backlog_bytes_max, nbytes) / 2**20, 1),
                "behind_s": round(self.behind_s, 3), "finished": self.finished,
-               "received": dict(self.received), "shed": dict(self.shed), "error": self.error}
+               "received": dict(self.received), "shed": dict(self.shed) if self.recording else {},
+               "error": self.error}
         if reset_max:
             self.backlog_max, self.backlog_bytes_max = backlog, nbytes
         return out
@@ -159,9 +183,10 @@ class Recorder:
                 raise DatasetError(f"episode {self.episode.index} is still recording: stop or discard it first")
             if self.error:
                 raise DatasetError(f"the recorder stopped after a storage error: {self.error}")
-            self.episode = self.writer.start_episode(meta)
             self.received.clear()
             self.shed.clear()
+            self._shed_logged, self._stopping = -1e9, False
+            self.episode = self.writer.start_episode(meta)
             t0 = self._t_start = meta.get("t_start_clock")
             for stream, msg in list(self.state.items()):  # states in force when the episode starts
                 self.queue.put((stream, msg, t0 if t0 is not None else time.time(), time.monotonic(), 0))
@@ -175,21 +200,23 @@ class Recorder:
         A busy machine leaves the subscriptions seconds behind the publishers: finishing with
         what had been taken when the stop came cut 2-4 s off the end of the steady streams (and
         made them end at different times). Messages keep being taken while this waits."""
-        if self.episode is None:
+        ep = self.episode
+        if ep is None:
             raise DatasetError("no episode is recording")
         if t_end is not None and not discard:
             self._drain(t_end, drain)
         req = _Stop(success, t_end, discard, threading.Event())
-        idx, queued, mib = self.episode.index, self.queue.qsize(), self.backlog_bytes / 2**20
+        idx, queued, mib = ep.index, self.queue.qsize(), self.backlog_bytes / 2**20
         if mib > 64:
             self.log("info", f"finishing episode {idx} once {queued} queued messages ({mib:.0f} MiB, "
                              f"{self.behind_s:.1f} s behind) are written")
+        self._stopping = True
         self.queue.put(req)
         if not req.done.wait(timeout):
             raise DatasetError(
                 f"finishing episode {idx} took longer than {timeout:.0f} s: the writer still has "
                 f"{self.queue.qsize()} messages ({self.backlog_bytes / 2**20:.0f} MiB) to write, {self.behind_s:.0f} s "
-                "behind. It finishes the episode once it reaches the stop; /recorder/status says when")
+                "behind. It finishes the episode when it reaches the stop (the recorder's status says when)")
         if req.error:
             raise DatasetError(req.error)
         return req.result or {}
@@ -225,7 +252,7 @@ class Recorder:
             self._finish(item)
             return
         stream, msg, t_recv, _, nbytes = item
-        self.backlog_bytes -= nbytes
+        self._bytes_out += nbytes
         if ep is None:
             return
         try:
@@ -256,7 +283,6 @@ class Recorder:
         finally:
             with self.lock:
                 self.episode = None
-            self.shed.clear()
             req.done.set()
 
     def _run(self) -> None:
@@ -268,8 +294,9 @@ class Recorder:
             if item is not None:
                 # the depth is sampled here, on the writer's thread: the callbacks only enqueue
                 self.backlog_max = max(self.backlog_max, self.queue.qsize() + 1)
-                self._oldest = None if isinstance(item, _Stop) else item[3]
-                self._handle(item)
+                self._oldest = None if isinstance(item, _Stop) else item[3]  # until the next is taken:
+                self._handle(item)  # flushing it may be where the time goes
+            else:
                 self._oldest = None
                 if isinstance(item, _Stop):  # the episode's buffers are garbage now
                     ep = item = None

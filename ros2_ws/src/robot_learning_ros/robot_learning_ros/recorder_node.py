@@ -23,7 +23,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from robot_learning.config import load_yaml
-from robot_learning.data.recorder import MAX_BACKLOG_BYTES, Recorder
+from robot_learning.data.recorder import MAX_BACKLOG_BYTES, MAX_BEHIND_S, Recorder
 from robot_learning.data.schema import StreamSpec, load_recipe
 from robot_learning.data.store import DatasetError
 from robot_learning.paths import resolve
@@ -75,7 +75,8 @@ class RecorderNode(Node):
                 self.base_meta[key] = load_yaml(f)
         self.next_meta: dict = {}
         self.rec = Recorder(resolve(path), recipe, log=self._log, flush_interval=float(p("flush_interval", 0.5).value),
-                            max_backlog_bytes=int(float(p("max_backlog_mb", MAX_BACKLOG_BYTES >> 20).value) * 2**20))
+                            max_backlog_bytes=int(float(p("max_backlog_mb", MAX_BACKLOG_BYTES >> 20).value) * 2**20),
+                            max_behind_s=float(p("max_behind_s", MAX_BEHIND_S).value))
         self.pub_status = self.create_publisher(String, "/recorder/status", LATCHED_QOS)
         self.subs: dict[str, tuple[object, ReliabilityPolicy]] = {}  # stream -> (subscription, its reliability)
         for name, spec in recipe.streams.items():
@@ -139,12 +140,15 @@ class RecorderNode(Node):
 
     def _status(self) -> None:
         ep = self.rec.episode
+        self._said_recording = ep is not None
         self.pub_status.publish(String(data=json.dumps(
             {"recording": ep is not None, "episode": ep.index if ep else None, "finished": self.rec.finished,
              "error": self.rec.error, "next_meta": self.next_meta})))
 
     def _diagnostics(self) -> None:
         s = self.rec.stats()
+        if s["recording"] != self._said_recording:  # an episode finished outside a service call
+            self._status()                           # (a stop that timed out while the writer caught up)
         self.backlogs = (self.backlogs + [s["backlog"]])[-BACKLOG_GROWING - 1:]
         growing = len(self.backlogs) > BACKLOG_GROWING and all(
             a < b for a, b in zip(self.backlogs, self.backlogs[1:]))
