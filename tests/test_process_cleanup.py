@@ -138,7 +138,13 @@ def test_a_test_run_stopped_with_sigterm_leaves_no_process_behind(tmp_path):
                 break
             time.sleep(0.2)
         run.send_signal(signal.SIGTERM)
-        assert run.wait(90) != 0
+        try:
+            assert run.wait(90) != 0
+        except subprocess.TimeoutExpired:  # say where it hung (a busy run hung here once, unexplained)
+            stacks = subprocess.run(["ps", "-o", "pid,stat,etime,args", "--ppid", str(run.pid)],
+                                    capture_output=True, text=True).stdout
+            pytest.fail(f"the run did not end within 90 s of SIGTERM; its children:\n{stacks}\n"
+                        f"its output:\n{log.read_text()[-3000:]}")
         alive = wait_gone(started, 10.0)
         assert not alive, f"outlived the test run: {[cmdline(p) for p in alive]}\n{log.read_text()[-3000:]}"
     finally:
