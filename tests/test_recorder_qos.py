@@ -53,6 +53,16 @@ def _ranges(xs: list[int]) -> str:
     return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
+def _shut_down(client: GraphClient, proc: subprocess.Popen) -> None:
+    """The test's client, then the recorder with SIGINT as a launcher stops it (killed after 30 s)."""
+    client.close()
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _wait(pred, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while not pred():
@@ -113,12 +123,7 @@ def test_recorder_keeps_every_reliable_sensor_message_through_a_stall(tmp_path):
         saved = json.loads(res.message)
         print("STOP", res.message)
     finally:
-        client.close()
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _shut_down(client, proc)
     ep = Dataset(tmp_path / "qos.zarr").episode(saved.get("index", 0))
     got = set(ep.stream("wrench")["data"][:, 0].astype(int).tolist())
     lost = [i for i in range(n) if i not in got]
@@ -237,12 +242,7 @@ def test_the_recorder_node_sheds_frames_past_its_backlog_bound_and_says_so(tmp_p
         assert res.success, res.message
         saved = json.loads(res.message)
     finally:
-        client.close()
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _shut_down(client, proc)
     assert saved["shed"] == {"cam": 100}, saved
     ep = Dataset(tmp_path / "shed.zarr").episode(saved["index"])
     assert ep.meta["shed"] == {"cam": 100}
