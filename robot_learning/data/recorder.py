@@ -296,11 +296,11 @@ class Recorder:
                 self.backlog_max = max(self.backlog_max, self.queue.qsize() + 1)
                 self._oldest = None if isinstance(item, _Stop) else item[3]  # until the next is taken:
                 self._handle(item)  # flushing it may be where the time goes
-            else:
-                self._oldest = None
                 if isinstance(item, _Stop):  # the episode's buffers are garbage now
                     ep = item = None
                     release_free_memory()
+            else:
+                self._oldest = None
             ep = self.episode
             if ep is not None and time.monotonic() - ep.last_flush >= self.flush_interval:
                 try:
