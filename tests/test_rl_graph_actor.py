@@ -173,3 +173,45 @@ def test_on_peg_insert_the_graph_actor_acts_within_the_task_as_the_env_does(tmp_
     rel = s[:, 0:3] - np.c_[s[:, 14:16], np.full(len(s), 0.04)]
     assert np.abs(rel[:, :2]).max() <= 0.07 + 0.01, np.abs(rel[:, :2]).max()
     assert rel[:, 2].min() >= -0.01 and rel[:, 2].max() <= 0.16 + 0.01, (rel[:, 2].min(), rel[:, 2].max())
+
+
+def test_a_residual_on_a_frozen_base_learns_through_the_graph_and_deploys(tmp_path):
+    """hil_rl.launch with ``base:=`` (residual SAC on the robot): the actor plans the frozen
+    base's chunks from the graph and sends the base alone (a zero correction) until the
+    learner's first weights, then corrections within [-1, 1] of the bound; the learner starts
+    from "no correction", clips its critic's targets to the task's returns, and its checkpoint
+    loads as a ``residual_sac`` policy on that base, as the policy server would load it."""
+    from test_rl_on_base import KEYS, TINY
+
+    from robot_learning.policies.registry import load_policy, read_checkpoint
+    from robot_learning.policies.untrained import save_untrained
+
+    base = save_untrained(tmp_path / "base", **TINY)
+    run = tmp_path / "learner"
+    llog = (tmp_path / "learner.log").open("w")
+    with SimGraph(tmp_path / "graph.log", "hil_rl.launch.yaml", task="pick_place", outbox=tmp_path / "outbox",
+                  base=base, noise_scale=0.5, max_episode_steps=30) as g:
+        learner = start("rl_learner", llog, run_dir=str(run), batch_size=16, hidden="32,32", learning_starts=40,
+                        publish_every=10, updates_per_transition=0.5, checkpoint_every=20)
+        try:
+            wait_until(lambda: any(np.any(t.arrays["action"] != 0.0) for t in transitions(run)),
+                       "a correction sampled from the learner's policy", 240)
+        finally:
+            learner.send_signal(signal.SIGINT)
+            learner.wait(timeout=30)
+            llog.close()
+        log = g.log_path.read_text()
+    assert "Traceback" not in log + (tmp_path / "learner.log").read_text(), log[-3000:]
+    assert "policy version" in log
+    spec = json.loads((run / "spec.json").read_text())
+    assert spec["state_keys"] == [*KEYS, "base_action"] and spec["action_low"] == [-1.0] * 7
+    assert spec["env"] == "graph/pick_place/residual" and spec["return_range"] == [0.0, 1.0]
+    trs = sorted(transitions(run), key=lambda t: t.seq)
+    u = np.array([t.arrays["action"] for t in trs])
+    assert not any(t.arrays["intervention"] for t in trs)
+    assert np.all(u[:40] == 0.0)  # no weights before learning_starts: the base alone
+    assert np.abs(u).max() <= 1.0  # then the agent's samples, within the bound
+    meta = read_checkpoint(run / "checkpoints" / "last")
+    assert meta.kind == "residual_sac" and meta.config["q_range"] == [0.0, 1.0] and meta.raw["obs_keys"] == KEYS
+    policy = load_policy(run / "checkpoints" / "last")
+    assert policy.spec.action_dim == 7 and policy.base_keys == KEYS

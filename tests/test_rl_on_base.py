@@ -215,6 +215,7 @@ def test_dsrl_and_residual_train_resume_and_deploy_as_any_kind(base, tmp_path):
                                      hidden=[16, 16], out=str(tmp_path), threads=1), progress=False)
     meta = read_checkpoint(dsrl / "checkpoints" / "last")
     assert meta.kind == "dsrl" and len(meta.config["action_low"]) == 8 * 7
+    assert meta.config["q_range"] == [0.0, 1.0]   # the task's returns: the critic's targets are clipped there
     policy = load_policy(dsrl / "checkpoints" / "last")
     rng = np.random.default_rng(4)
     w = window(rng)
@@ -229,6 +230,7 @@ def test_dsrl_and_residual_train_resume_and_deploy_as_any_kind(base, tmp_path):
     assert [r["env_steps"] for r in rows if "eval_success" in r] == [0, 6, 12]   # 0: the base alone
     meta = read_checkpoint(res / "checkpoints" / "last")
     assert meta.kind == "residual_sac" and meta.raw["obs_keys"] == KEYS and len(meta.raw["bound"]) == 7
+    assert meta.config["q_range"] == [0.0, 1.0]
     res = train_sac(ResidualSacTrainConfig(resume=str(res), steps=18), progress=False)
     assert read_checkpoint(res / "checkpoints" / "last").raw["env_steps"] == 18
     r = evaluate_env(res / "checkpoints" / "last", 1, max_steps=12)
@@ -295,3 +297,35 @@ def test_a_residual_on_a_pose_base_reaches_the_arm_tick_by_tick_not_as_plans(tmp
     assert not corrected.plannable and corrected.plan(0.2, -1) is None
     # the tick tracks the corrected pose: a twist toward +x that the base alone does not ask for
     assert corrected.tick(0.2)[0] - plain.tick(0.2)[0] > 0.1
+
+
+def test_the_robots_residual_plans_the_base_as_the_env_does_and_reads_takeovers_as_corrections(base):
+    """``ResidualOnRobot`` (the graph actor with ``base:=``): a chunk per ``horizon`` steps from
+    a window of the observations, as ``BaseDrivenEnvs`` plans it; the command is the base's
+    action plus at most the bound; an operator's command reads back as the correction that
+    would have given it (clipped to [-1, 1])."""
+    from robot_learning.rl.base_envs import window_input
+    from robot_learning.rl.residual_env import BASE_ACTION, ResidualOnRobot
+
+    res = ResidualOnRobot(str(base), scale=0.1, noise_scale=0.0)
+    rng = np.random.default_rng(3)
+    seen = [{k: rng.uniform(-1, 1, d).astype(np.float32) for k, d in TINY["obs_dims"].items()} for _ in range(6)]
+    first = res.first(seen[0])
+    want = res.base.executed(res.base.chunks(window_input(KEYS, [[seen[0], seen[0]]])))[0]
+    assert np.allclose(first, want[0])
+    assert res.horizon == 4
+    for i in range(1, 4):  # the rest of the chunk, then a new one from the last two observations
+        assert np.allclose(res.next(seen[i]), want[i])
+    again = res.base.executed(res.base.chunks(window_input(KEYS, [[seen[3], seen[4]]])))[0]
+    assert np.allclose(res.next(seen[4]), again[0])
+    base_now = res.next(seen[5])
+    u = np.array([0.5, -0.25, 1.0, -1.0, 0.0, 0.1, -0.6], np.float32)
+    command = res.command(base_now, u, seen[5])   # a twist base: the corrected action itself
+    assert np.allclose(command, base_now + res.bound * u)
+    assert np.allclose(res.command(base_now, 5 * u, seen[5]) - base_now, res.bound * np.clip(5 * u, -1, 1))
+    assert np.allclose(res.taken_over(command, base_now, seen[5]), u, atol=1e-6)
+    assert np.array_equal(res.taken_over(base_now + 3 * res.bound, base_now, seen[5]), np.ones(7, np.float32))
+    o = res.agent_obs(seen[5], KEYS[:2], base_now)
+    assert list(o) == [*KEYS[:2], BASE_ACTION] and np.abs(o[BASE_ACTION]).max() <= 1.0 + 1e-6
+    extra = res.spec_extra(KEYS)
+    assert extra["checkpoint"]["policy"] == "residual_sac" and extra["return_range"] == [0.0, 1.0]

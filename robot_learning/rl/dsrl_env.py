@@ -41,6 +41,7 @@ class DsrlAdapter:
         n = int(np.prod(self.shape))
         self.low, self.high = [-float(noise_bound)] * n, [float(noise_bound)] * n
         self.dt = base.spec.dt * base.horizon            # one agent step per chunk
+        self.return_range = self.envs.return_range  # the critic's targets are clipped to it
         o, _ = self.reset(0)
         self.spec = ObsSpec(tuple(keys), tuple(int(np.size(o[k])) for k in keys))
 

@@ -21,14 +21,16 @@ from robot_learning.rl.rlif import q_range
 
 
 def spec_json(spec: ObsSpec, low: list[float], high: list[float], dt: float, name: str,
-              action_dims: list[int] = (), rlif: bool = False) -> str:
+              action_dims: list[int] = (), rlif: bool = False, extra: dict | None = None) -> str:
     """What a learner needs to know of an actor, as the actor publishes it; ``action_dims``: the
     dims the policy chooses (the task's; the rest are the task's own, as in ``SACConfig``);
-    ``rlif``: its rewards are RLIF's (the demonstrations' are then 0 too)."""
+    ``rlif``: its rewards are RLIF's (the demonstrations' are then 0 too); ``extra``: a residual
+    actor's (``ResidualOnRobot.spec_extra``: the agent starts at no correction, its returns'
+    range, what its checkpoints must say to deploy)."""
     return json.dumps({**spec.to_json(), "action_low": [float(x) for x in low],
                        "action_high": [float(x) for x in high], "dt": float(dt), "env": name}
                       | ({"action_dims": [int(d) for d in action_dims]} if action_dims else {})
-                      | ({"reward": "rlif"} if rlif else {}))
+                      | ({"reward": "rlif"} if rlif else {}) | (extra or {}))
 
 
 def transition_arrays(spec: ObsSpec, obs: dict[str, np.ndarray], action: np.ndarray, reward: float,
@@ -91,7 +93,11 @@ class Learner:
                             action_dims=list(spec.get("action_dims", [])), **(sac or {}))
             if spec.get("reward") == "rlif":  # returns in RLIF's range, whatever gamma was chosen
                 cfg.q_range = q_range(cfg.gamma)
+            elif spec.get("return_range"):  # the task's (a residual's: success ends it, 1)
+                cfg.q_range = [float(x) for x in spec["return_range"]]
             self.agent = SAC(cfg)
+            if spec.get("zero_correction"):  # a residual: the untrained agent is the base, exactly
+                self.agent.actor.zero_mean()
             if self.demo is not None:
                 st = self.demo.in_order()["state"]
                 self.agent.set_obs_normalization(st.mean(0), st.std(0))
@@ -145,7 +151,7 @@ class Learner:
         sp = self.actor_spec  # what the policy server needs to deploy the checkpoint (runtime.policy)
         self.agent.save(self.run / "checkpoints" / "last", optimizers=True,
                         extra={"policy_version": self.version, "received": self.received, "obs_keys": sp["state_keys"],
-                               "dt": sp["dt"], "env": sp["env"]})
+                               "dt": sp["dt"], "env": sp["env"], **sp.get("checkpoint", {})})
         row = {"time": time.time(), "updates": self.agent.updates, "received": self.received,
                "version": self.version, **self.last_update}
         self.metrics.write(json.dumps(row) + "\n")

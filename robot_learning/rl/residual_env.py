@@ -11,11 +11,14 @@ loop (RLPD updates, evaluation, checkpoints with resume, TensorBoard, curves) un
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 from robot_learning.policies.checkpoint import PolicyError
-from robot_learning.rl.base_envs import BaseDrivenEnvs
+from robot_learning.rl.base_envs import RETURN_RANGE, BaseDrivenEnvs, window_input
 from robot_learning.rl.replay import ObsSpec
+from robot_learning.runtime.actions import TCP_POSE_KEY, pose_command
 
 BASE_ACTION = "base_action"
 
@@ -27,17 +30,32 @@ def base_action_range(base) -> tuple[np.ndarray, np.ndarray]:
     return (hi + lo) / 2, np.maximum((hi - lo) / 2, 1e-3)
 
 
+def load_base(base_path: str, noise_scale: float, who: str):
+    """The frozen diffusion policy a residual corrects, sampling from ``noise_scale``; a base
+    that is missing, damaged or not a diffusion policy ends ``who`` with one sentence."""
+    from robot_learning.policies.registry import load_policy
+
+    try:
+        base = load_policy(base_path, noise_scale=float(noise_scale))
+    except PolicyError as e:
+        raise SystemExit(f"{who}: base: {e}") from None
+    if not hasattr(base, "chunks"):
+        raise SystemExit(f"{who}: the base {base_path} is not a diffusion policy")
+    if base.spec.image_keys:
+        raise SystemExit(f"{who}: the base observes cameras ({', '.join(base.spec.image_keys)}); a residual "
+                         "runs on low-dimensional bases only so far (train one with --images '')")
+    return base
+
+
+def scaled_base_action(base_now: np.ndarray, mid: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """The base's action as the agent sees it: in [-1, 1] over the base's data range."""
+    return ((base_now - mid) / half).astype(np.float32)
+
+
 class ResidualAdapter:
     def __init__(self, base_path: str, task: str, keys: list[str], max_steps: int = 0, randomization: str = "",
                  scale: float = 0.1, noise_scale: float = 1.0):
-        from robot_learning.policies.registry import load_policy
-
-        try:
-            base = load_policy(base_path, noise_scale=float(noise_scale))
-        except PolicyError as e:
-            raise SystemExit(f"train residual-sac: --base: {e}") from None
-        if not hasattr(base, "chunks"):
-            raise SystemExit(f"train residual-sac: --base {base_path} is not a diffusion policy")
+        base = load_base(base_path, noise_scale, "train residual-sac")
         self.base = base
         self.envs = BaseDrivenEnvs(base, task, 1, keys, randomization, max_steps)
         self.env = self.envs.vec.envs[0].unwrapped      # the WorkcellEnv (renders)
@@ -47,12 +65,13 @@ class ResidualAdapter:
         n = base.spec.action_dim
         self.low, self.high = [-1.0] * n, [1.0] * n
         self.dt = base.spec.dt
+        self.return_range = self.envs.return_range  # the critic's targets are clipped to it
         o, _ = self.reset(0)
         self.spec = ObsSpec((*self.keys, BASE_ACTION), tuple(int(np.size(o[k])) for k in (*self.keys, BASE_ACTION)))
 
     def _mine(self, obs: dict[str, np.ndarray], base_now: np.ndarray) -> dict[str, np.ndarray]:
         out = {k: np.asarray(obs[k][0]) for k in self.keys}
-        out[BASE_ACTION] = ((base_now - self.mid) / self.half).astype(np.float32)
+        out[BASE_ACTION] = scaled_base_action(base_now, self.mid, self.half)
         return out
 
     def reset(self, seed: int):
@@ -82,3 +101,76 @@ class ResidualAdapter:
 
     def close(self):
         self.envs.close()
+
+
+class ResidualOnRobot:
+    """The frozen base and the residual's bound as the graph's RL actor runs them
+    (``rl_graph_actor`` with ``base:=``): one chunk per ``horizon`` steps from a window of the
+    base's observations, as ``BaseDrivenEnvs`` runs it in the env, so a transition on the robot
+    means what one from ``train residual-sac`` means and the learner's checkpoint deploys as a
+    ``residual_sac`` policy. No ROS here: the node hands it observations and sends what it says."""
+
+    def __init__(self, base_path: str, scale: float = 0.1, noise_scale: float = 1.0):
+        from robot_learning.policies.registry import base_ref
+
+        self.base = load_base(base_path, noise_scale, "rl_graph_actor")
+        spec = self.base.spec
+        self.keys, self.dt, self.horizon = list(spec.obs_keys), spec.dt, self.base.horizon
+        self.mid, self.half = base_action_range(self.base)
+        self.bound = float(scale) * self.half
+        self.window: deque = deque(maxlen=spec.obs_horizon)
+        self.chunk = np.zeros((self.horizon, spec.action_dim))
+        self.k = self.horizon
+        self.ref = base_ref(base_path)
+        self.noise_scale = float(noise_scale)
+
+    def first(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """A new episode (or the arm moved while the actor held): the window is ``obs``
+        repeated and a chunk is planned from it; the base's action due now."""
+        self.window.clear()
+        self.window.extend([{k: np.asarray(obs[k]) for k in self.keys}] * self.window.maxlen)
+        self.k = self.horizon
+        return self._due()
+
+    def next(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """One step on: ``obs`` joins the window; the base's action due now (a new chunk when
+        the last ran out)."""
+        self.window.append({k: np.asarray(obs[k]) for k in self.keys})
+        self.k += 1
+        return self._due()
+
+    def _due(self) -> np.ndarray:
+        if self.k >= self.horizon:
+            self.chunk = self.base.executed(self.base.chunks(window_input(self.keys, [self.window])))[0]
+            self.k = 0
+        return np.asarray(self.chunk[self.k], np.float64)
+
+    def agent_obs(self, obs: dict[str, np.ndarray], keys: list[str], base_now: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: obs[k] for k in keys} | {BASE_ACTION: scaled_base_action(base_now, self.mid, self.half)}
+
+    def command(self, base_now: np.ndarray, u: np.ndarray, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The arm's ``[twist(6), gripper]`` for the base's action corrected by ``u`` (clipped to
+        [-1, 1]); a ``tcp_pose`` base's pose is tracked from the TCP pose now, as in the env."""
+        a = base_now + self.bound * np.clip(u, -1.0, 1.0)
+        if self.base.spec.action_kind == "tcp_pose":
+            return pose_command(a, np.asarray(obs[TCP_POSE_KEY], np.float64), self.dt)
+        return a
+
+    def taken_over(self, executed: np.ndarray, base_now: np.ndarray, next_obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The operator's command of a step, as the agent's ``u``: how far from the base's action
+        it was, in bounds (clipped to [-1, 1]). A ``tcp_pose`` base's action is where the TCP is
+        one step later, so the operator's is the pose it reached (as demonstrations are made)."""
+        if self.base.spec.action_kind == "tcp_pose":
+            pose = np.asarray(next_obs[TCP_POSE_KEY], np.float64).copy()
+            if np.dot(pose[3:7], base_now[3:7]) < 0:  # the same rotation, the base's sign
+                pose[3:7] = -pose[3:7]
+            executed = np.concatenate([pose, np.asarray(executed, np.float64)[6:]])
+        return np.clip((executed - base_now) / self.bound, -1.0, 1.0).astype(np.float32)
+
+    def spec_extra(self, keys: list[str]) -> dict:
+        """What the learner needs beyond the spec: the agent starts as "no correction", its
+        critic's targets are clipped to the task's returns, and its checkpoints name the base
+        so the policy server deploys them as ``residual_sac``."""
+        return {"zero_correction": True, "return_range": list(RETURN_RANGE),
+                "checkpoint": {"policy": "residual_sac", "base": self.ref, "obs_keys": list(keys),
+                               "bound": self.bound.tolist(), "base_options": {"noise_scale": self.noise_scale}}}

@@ -379,7 +379,8 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         scfg = SACConfig(obs_dim=spec.state_dim, action_low=env.low, action_high=env.high, hidden=list(cfg.hidden),
                          n_critics=cfg.n_critics, target_subsample=cfg.target_subsample, gamma=cfg.gamma, lr=cfg.lr,
                          init_temperature=cfg.init_temperature, utd=cfg.utd, bc_weight=cfg.bc_weight,
-                         backup_entropy=cfg.backup_entropy, q_range=q_range(cfg.gamma) if cfg.rlif else [],
+                         backup_entropy=cfg.backup_entropy,
+                         q_range=q_range(cfg.gamma) if cfg.rlif else list(getattr(env, "return_range", [])),
                          image_keys=list(spec.image_keys),
                          image_size=list(spec.image_shape[:2]),
                          action_dims=getattr(env, "action_dims", []))  # a workcell task's free dims

@@ -18,7 +18,11 @@ robot's: a joint trajectory to the home pose through the mux, then the operator'
 arm); a paused or holding actor sends nothing.
 ``images:=front_color,wrist_color`` adds cameras to the observation (the recipe's colour
 streams, shrunk to ``image_size`` as recorded frames are for training), for a policy from pixels.
-``rlif:=true`` makes the reward RLIF's (``rl.rlif``): -1 on the policy's step a takeover
+``base:=CKPT`` makes the policy a residual on a frozen diffusion policy (``train residual-sac``
+on the robot; ``rl.residual_env.ResidualOnRobot``): the base plans its chunks from the graph's
+observations, the agent sees its action due now and corrects it by at most ``residual_scale``
+of each action's range; the step rate is the base's. The learner's checkpoints then deploy as
+``residual_sac`` policies. ``rlif:=true`` makes the reward RLIF's (``rl.rlif``): -1 on the policy's step a takeover
 followed and at a protective stop, 0 otherwise. ``record:=true`` has the
 recorder keep every episode, interventions included (``/intervention`` is in the recipe).
 Each episode's return, length, success and intervention rate go to ``report_dir/episodes.jsonl``.
@@ -41,6 +45,7 @@ from robot_learning.data.schema import load_recipe
 from robot_learning.paths import project_root, resolve
 from robot_learning.rl.learner import spec_json, transition_arrays
 from robot_learning.rl.replay import ObsSpec
+from robot_learning.rl.residual_env import BASE_ACTION, ResidualOnRobot
 from robot_learning.rl.rlif import RlifRewards
 from robot_learning.sim.tasks import make_task
 from robot_learning_ros.episodes import EpisodeNode
@@ -86,6 +91,18 @@ class GraphActor(EpisodeNode):
         self.image_size = (size, size)
         self.base_frame = self.robot.base_frame
         self.step_hz = float(p("step_rate", 10.0).value)
+        base = str(p("base", "").value)
+        self.residual = ResidualOnRobot(str(resolve(base)), float(p("residual_scale", 0.1).value),
+                                        float(p("noise_scale", 1.0).value)) if base else None
+        self.observed = list(self.keys)
+        if self.residual is not None:
+            if self.images:
+                raise ValueError("a residual (base:=) sees the state only: leave images empty")
+            self.step_hz = 1.0 / self.residual.dt  # the base's chunks are timed in its own steps
+            self.observed = list(dict.fromkeys([*self.keys, *self.residual.keys]))
+            for k in self.residual.keys:
+                if k.split(".", 1)[0] not in self.recipe.streams:
+                    raise ValueError(f"the base observes '{k}', which is not a stream of {recipe}")
         self.command_hz = float(p("command_rate", 50.0).value)
         # the task's action space and shaping, as in the env (peg_insert: 10 cm/s, the gripper
         # closed, roll and pitch held, the hand in a box around the hole)
@@ -114,7 +131,7 @@ class GraphActor(EpisodeNode):
         for b in self.task_model.object_bodies:
             self.create_subscription(PoseStamped, f"/sim/objects/{b}/pose",
                                      lambda m, b=b: self.objects.__setitem__(b, pose_from_msg(m)), LATEST_QOS)
-        for stream in sorted({k.split(".", 1)[0] for k in self.keys} | set(self.images)):
+        for stream in sorted({k.split(".", 1)[0] for k in self.observed} | set(self.images)):
             spec = self.recipe.streams[stream]
             self.create_subscription(message_class(spec.type), spec.topic,
                                      lambda m, n=stream, s=spec: self._on_obs(n, s, m),
@@ -190,13 +207,13 @@ class GraphActor(EpisodeNode):
 
     def observe(self, newer_than: float = -np.inf, timeout: float = 10.0) -> dict[str, np.ndarray]:
         """The newest value of every observed key and camera, each stamped after ``newer_than``."""
-        streams = {k.split(".", 1)[0] for k in self.keys} | set(self.images)
+        streams = {k.split(".", 1)[0] for k in self.observed} | set(self.images)
         end = time.monotonic() + timeout
         while True:
             with self.lock:
                 if all(s in self.latest and self.latest[s][0] > newer_than for s in streams):
                     obs = {k: np.asarray(self.latest[k.split(".", 1)[0]][1][k.split(".", 1)[1]], np.float32).ravel()
-                           for k in self.keys}
+                           for k in self.observed}
                     return obs | {c: self.latest[c][1]["data"] for c in self.images}
             if not self.running():
                 raise KeyboardInterrupt  # asked to stop while waiting
@@ -234,12 +251,37 @@ class GraphActor(EpisodeNode):
 
     def announce(self) -> ObsSpec:
         obs = self.observe(timeout=60.0)
+        res = self.residual
+        if res is not None:  # the agent: the state and the base's action, a correction in [-1, 1]
+            keys = (*self.keys, BASE_ACTION)
+            sizes = tuple(int(obs[k].size) for k in self.keys) + (len(res.bound),)
+            spec = ObsSpec(keys, sizes)
+            n = len(res.bound)
+            self.link.announce(spec_json(spec, [-1.0] * n, [1.0] * n, 1.0 / self.step_hz,
+                                         f"graph/{self.task}/residual", rlif=self.rlif,
+                                         extra=res.spec_extra(self.keys)))
+            return spec
         spec = ObsSpec(tuple(self.keys), tuple(int(obs[k].size) for k in self.keys), tuple(self.images),
                        (*self.image_size, 3))
         low, high = self.bounds
         self.link.announce(spec_json(spec, low.tolist(), high.tolist(), 1.0 / self.step_hz, f"graph/{self.task}",
                                      list(self.task_model.action_dims), self.rlif))
         return spec
+
+    def choose(self, obs: dict[str, np.ndarray], rng, grip: float) -> tuple[np.ndarray, np.ndarray]:
+        """(the agent's action, the arm's command): the learner's policy, uniform in the bounds
+        before its first weights; with a base, the agent's correction ``u`` (none before the
+        first weights: the base alone) and the corrected action as a command."""
+        policy, res = self.link.policy, self.residual
+        if res is None:
+            low, high = self.bounds
+            a = (rng.uniform(low, high).astype(np.float32) if policy.agent is None
+                 else policy.act(self.spec.agent_obs(obs), gripper_now=grip))
+            return a, a
+        aobs = res.agent_obs(obs, self.keys, self.base_now)
+        u = (np.zeros(len(res.bound), np.float32) if policy.agent is None
+             else policy.act(self.spec.agent_obs(aobs)))
+        return u, res.command(self.base_now, u, obs)
 
     # --- episodes ---
     def drive(self, index: int, info: dict) -> None:
@@ -249,6 +291,9 @@ class GraphActor(EpisodeNode):
         self.pub_episode.publish(String(data=json.dumps({"episode": index, "seed": info.get("seed"),
                                                          "actor": link.outbox.actor})))
         obs = self.observe(newer_than=self.t_now)
+        res = self.residual
+        if res is not None:
+            self.base_now = res.first(obs)
         self.reward_success = False  # (a reward topic that still says success says it again)
         grip, total, n, inter, takeovers, was, stale = float(low[-1]), 0.0, 0, 0, 0, False, False
         rlif = RlifRewards() if self.rlif else None  # RLIF's -1 lands on the step before a takeover
@@ -260,20 +305,27 @@ class GraphActor(EpisodeNode):
                 continue
             if stale:  # the arm may have been moved while the actor held
                 obs, stale = self.observe(newer_than=self.t_now), False
-            a = (rng.uniform(low, high).astype(np.float32) if link.policy.agent is None
-                 else link.policy.act(spec.agent_obs(obs), gripper_now=grip))
-            if not np.all(np.isfinite(a)):
+                if res is not None:
+                    self.base_now = res.first(obs)
+            a, command = self.choose(obs, rng, grip)
+            if not np.all(np.isfinite(command)):
                 # nothing is sent (the mux and the arm hold) and nothing is stored
                 self.get_logger().error(f"the policy (version {link.policy.version}) gave a non-finite action: "
                                         "holding until new weights arrive", throttle_duration_sec=5.0)
                 time.sleep(0.1)
                 continue
-            executed, intervened = self.apply(self.shaped(a))
+            executed, intervened = self.apply(self.shaped(command))
             nobs = self.observe()
             success = self.reward_success
             began = intervened and not was
+            before, after, stored = obs, nobs, executed
+            if res is not None:  # the agent's view and action (the operator's as a correction)
+                base_next = res.next(nobs)
+                before, after = (res.agent_obs(o, self.keys, b) for o, b in ((obs, self.base_now), (nobs, base_next)))
+                stored = res.taken_over(executed, self.base_now, nobs) if intervened else np.clip(a, -1.0, 1.0)
+                self.base_now = base_next
             # a protective stop is terminal too: nothing follows it until a person resets the arm
-            tr = transition_arrays(spec, obs, executed, float(success), nobs, success or bool(self.fault),
+            tr = transition_arrays(spec, before, stored, float(success), after, success or bool(self.fault),
                                    intervened, grip)
             for ready in ([tr] if rlif is None else rlif.step(tr, began, bool(self.fault))):
                 link.send(ready)
