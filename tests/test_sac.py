@@ -387,3 +387,50 @@ def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_rest
     from robot_learning.policies.registry import load_policy
 
     assert load_policy(tmp_path / "run" / "checkpoints" / "last").spec.obs_keys == keys
+
+
+def test_a_learner_stores_no_transition_laid_out_for_another_actor(tmp_path):
+    """An outbox an earlier run left behind (another task, or the actor with ``base:=`` toggled)
+    is resent to whatever learner is up: those transitions are counted, not stored, and the
+    learner goes on with the ones that fit its spec."""
+    from robot_learning.rl.learner import Learner, transition_arrays
+    from robot_learning.rl.link import Outbox
+    from robot_learning.rl.replay import ObsSpec
+
+    spec = {"state_keys": ["ee_pose.data"], "state_dims": [7], "action_low": [-1.0] * 7, "action_high": [1.0] * 7,
+            "dt": 0.1, "env": "test"}
+    other = ObsSpec(("ee_pose.data", "base_action"), (7, 7))
+    learner = Learner(tmp_path / "run", spec, hidden=(16, 16))
+    out = Outbox(tmp_path / "outbox", "actor-1")
+    o, wide = {"ee_pose.data": np.zeros(7, np.float32)}, {"ee_pose.data": np.zeros(7, np.float32),
+                                                           "base_action": np.zeros(7, np.float32)}
+    learner.receive(out.push(transition_arrays(other, wide, np.zeros(7), 0.0, wide, False, False, 0.0))[1])
+    learner.receive(out.push(transition_arrays(learner.spec, o, np.zeros(7), 0.0, o, False, False, 0.0))[1])
+    assert learner.misfits == 1 and learner.received == 1 and len(learner.online) == 1
+    learner.close()
+
+
+def test_a_learner_for_a_residual_starts_at_no_correction_and_resumes_without_the_base(tmp_path):
+    """A residual actor's spec: the learner's agent starts with a zero mean (the base alone),
+    its critic's targets clipped to the returns' range; its checkpoints name the base, yet a
+    restarted learner on a machine without that base resumes (only deploying needs the base)."""
+    from robot_learning.rl.learner import Learner
+
+    spec = {"state_keys": ["ee_pose.data", "base_action"], "state_dims": [7, 7], "action_low": [-1.0] * 7,
+            "action_high": [1.0] * 7, "dt": 0.1, "env": "graph/pick_place/residual", "zero_correction": True,
+            "return_range": [0.0, 1.0],
+            "checkpoint": {"policy": "residual_sac", "base": {"path": str(tmp_path / "gone"), "sha256": "0" * 64},
+                           "obs_keys": ["ee_pose.data"], "bound": [0.01] * 7, "base_options": {}}}
+    learner = Learner(tmp_path / "run", spec, hidden=(16, 16))
+    assert learner.agent.cfg.q_range == [0.0, 1.0]
+    for x in np.random.default_rng(0).normal(size=(5, 14)).astype(np.float32):
+        assert np.all(learner.agent.act({"state": x}, deterministic=True) == 0.0)
+    learner.checkpoint()
+    learner.close()
+    raw = json.loads((tmp_path / "run" / "checkpoints" / "last" / "config.json").read_text())
+    assert raw["policy"] == "residual_sac" and raw["obs_keys"] == ["ee_pose.data"]
+    again = Learner(tmp_path / "run", spec, hidden=(16, 16))   # the base is not on this machine
+    assert again.agent.cfg.q_range == [0.0, 1.0]
+    again.close()
+    with pytest.raises(ValueError, match="without demos"):
+        Learner(tmp_path / "run2", spec, demos=str(tmp_path / "demos.zarr"), hidden=(16, 16))

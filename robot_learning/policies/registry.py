@@ -127,9 +127,11 @@ def _check_base(path: Path, raw: Any) -> None:
                           f"{digest[:12]}, trained on {raw['sha256'][:12]}); {RETRAIN}")
 
 
-def read_checkpoint(path: str | Path) -> CheckpointMeta:
-    """config.json of the checkpoint at ``path``, checked by its kind, its base checked by hash.
-    Anything wrong is one PolicyError sentence that names the file and what to do."""
+def read_checkpoint(path: str | Path, check_base: bool = True) -> CheckpointMeta:
+    """config.json of the checkpoint at ``path``, checked by its kind, its base checked by hash
+    (``check_base=False``: for a learner resuming its agent, which never runs the base and may be
+    on another machine than the actor that has it). Anything wrong is one PolicyError sentence
+    that names the file and what to do."""
     path = Path(path)
     cfg = path / "config.json"
     if not cfg.is_file():
@@ -151,7 +153,7 @@ def read_checkpoint(path: str | Path) -> CheckpointMeta:
     if problems:
         raise PolicyError(f"{cfg} is not a valid {name} checkpoint configuration: {'; '.join(problems)}; "
                           "re-export the checkpoint")
-    if "base" in raw:
+    if "base" in raw and check_base:
         _check_base(path, raw["base"])
     return CheckpointMeta(path, name, raw)
 

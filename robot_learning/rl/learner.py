@@ -56,6 +56,7 @@ class Learner:
         be the same learner; the demonstrations are read as ``train sac`` reads them."""
         import torch
 
+        from robot_learning.policies.registry import read_checkpoint
         from robot_learning.policies.sac import SAC, SACConfig, load_sac
 
         self.run = Path(run)
@@ -75,16 +76,20 @@ class Learner:
         act_dim = len(spec["action_low"])
         self.online = ReplayBuffer(buffer_size, self.spec, act_dim)
         self.demo = None
+        if demos and spec.get("zero_correction"):
+            raise ValueError("a residual actor's transitions hold the base's action, which demonstrations do not: "
+                             "start the learner without demos")
         if demos:  # room for the operator's corrections, which join the demonstrations (HIL-SERL)
             self.demo = demo_buffer(demos, self.spec, spec["action_low"], spec["action_high"], demo_successes_only,
                                     demo_drop_idle, room=buffer_size, rlif=spec.get("reward") == "rlif")
         self.inbox = Inbox(self.run / "journal")
         self.received = 0
+        self.misfits = 0  # transitions laid out for another spec (an earlier run's outbox resent)
         for tr in self.inbox.replay():  # a restart: the buffers are what the actors sent
             self._store(tr)
         last = self.run / "checkpoints" / "last"
-        if (last / "config.json").exists():
-            self.agent, meta = load_sac(last, optimizers=True)
+        if (last / "config.json").exists():  # its base (a residual's) is the actor's business
+            self.agent, meta = load_sac(read_checkpoint(last, check_base=False), optimizers=True)
             self.version = int(meta.get("policy_version", 0))
         else:
             cfg = SACConfig(obs_dim=self.spec.state_dim, action_low=spec["action_low"],
@@ -107,8 +112,12 @@ class Learner:
 
     def _store(self, tr: Transition) -> None:
         """Into the online buffer; an intervention (the operator's action) into the
-        demonstrations' too, as HIL-SERL does."""
+        demonstrations' too, as HIL-SERL does. A transition of another layout (an outbox an
+        earlier run left behind, resent to this learner) is counted in ``misfits``, not stored."""
         a = tr.arrays
+        if np.size(a.get("state", ())) != self.spec.state_dim or np.size(a.get("action", ())) != self.online.act_dim:
+            self.misfits += 1
+            return
         keys = ["state", "next_state", "action", "reward", "terminal", "intervention", "grip_before"]
         keys += [f"{kind}/{k}" for k in self.spec.image_keys for kind in ("image", "next_image")]
         row = {k: np.asarray(a[k])[None] for k in keys} | {"seq": np.int64([tr.seq])}

@@ -98,7 +98,9 @@ class GraphActor(EpisodeNode):
         if self.residual is not None:
             if self.images:
                 raise ValueError("a residual (base:=) sees the state only: leave images empty")
-            self.step_hz = 1.0 / self.residual.dt  # the base's chunks are timed in its own steps
+            if abs(self.step_hz * self.residual.dt - 1.0) > 1e-6:  # its chunks are timed in its own steps
+                raise ValueError(f"the base {base} steps at {1.0 / self.residual.dt:g} Hz: set "
+                                 f"step_rate:={1.0 / self.residual.dt:g} (the operator's clock takes it too)")
             self.observed = list(dict.fromkeys([*self.keys, *self.residual.keys]))
             for k in self.residual.keys:
                 if k.split(".", 1)[0] not in self.recipe.streams:
@@ -320,7 +322,13 @@ class GraphActor(EpisodeNode):
             began = intervened and not was
             before, after, stored = obs, nobs, executed
             if res is not None:  # the agent's view and action (the operator's as a correction)
+                t_plan = time.monotonic()
                 base_next = res.next(nobs)
+                if time.monotonic() - t_plan > 0.25 / self.step_hz:  # the arm goes on with the last twist meanwhile
+                    self.get_logger().warning(
+                        f"the base took {1e3 * (time.monotonic() - t_plan):.0f} ms to plan a chunk, more than a "
+                        "quarter of a step: that step lasts longer than in training (use a GPU, fewer inference "
+                        "steps, or a smaller base)", throttle_duration_sec=30.0)
                 before, after = (res.agent_obs(o, self.keys, b) for o, b in ((obs, self.base_now), (nobs, base_next)))
                 stored = res.taken_over(executed, self.base_now, nobs) if intervened else np.clip(a, -1.0, 1.0)
                 self.base_now = base_next

@@ -89,9 +89,13 @@ class LearnerNode(Node):
             time.sleep(0.1)
         if not running():
             return
-        learner = Learner(self.run_dir, self.spec, self.demos, self.batch_size, self.utd, self.hidden,
-                          learning_starts=self.learning_starts, sac=self.sac,
-                          demo_successes_only=self.demo_successes_only, demo_drop_idle=self.demo_drop_idle)
+        try:
+            learner = Learner(self.run_dir, self.spec, self.demos, self.batch_size, self.utd, self.hidden,
+                              learning_starts=self.learning_starts, sac=self.sac,
+                              demo_successes_only=self.demo_successes_only, demo_drop_idle=self.demo_drop_idle)
+        except ValueError as e:  # another actor's run dir, demonstrations that do not fit: one sentence
+            log.error(str(e))
+            raise SystemExit(1) from None
         log.info(f"learning for {self.spec['env']}: {learner.received} transitions from the journal, "
                  f"{len(learner.demo) if learner.demo else 0} from demonstrations, version {learner.version}")
         self.publish_weights(learner)
@@ -100,6 +104,10 @@ class LearnerNode(Node):
             while running():
                 for _ in range(min(len(self.queue), 500)):  # bounded: acks and updates go on under a flood
                     learner.receive(self.queue.popleft())
+                if learner.misfits:
+                    log.warning(f"{learner.misfits} transitions were laid out for another actor's spec and not "
+                                f"stored (this run learns {self.spec['env']}): an earlier run's outbox, resent; "
+                                "give each run its own outbox:=", throttle_duration_sec=30.0)
                 now = time.monotonic()
                 if now >= next_ack:
                     self.commit(learner)
