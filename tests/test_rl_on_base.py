@@ -329,3 +329,26 @@ def test_the_robots_residual_plans_the_base_as_the_env_does_and_reads_takeovers_
     assert list(o) == [*KEYS[:2], BASE_ACTION] and np.abs(o[BASE_ACTION]).max() <= 1.0 + 1e-6
     extra = res.spec_extra(KEYS)
     assert extra["checkpoint"]["policy"] == "residual_sac" and extra["return_range"] == [0.0, 1.0]
+
+
+def test_on_a_pose_base_the_robots_residual_tracks_the_corrected_pose_and_reads_a_reached_pose_back(tmp_path):
+    """A ``tcp_pose`` base on the robot: the command is the twist that tracks the corrected pose
+    from the TCP pose now over one step (as the env does), and an operator's takeover reads back
+    as the correction towards the pose the TCP reached, whatever the sign of its quaternion."""
+    from robot_learning.policies.untrained import untrained_pose_policy
+    from robot_learning.rl.residual_env import ResidualOnRobot
+    from robot_learning.runtime.actions import pose_command
+
+    center = np.r_[0.45, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0]
+    path = save_untrained(tmp_path / "pose", untrained_pose_policy(center, 0.005))
+    res = ResidualOnRobot(str(path), scale=0.5, noise_scale=0.0)
+    obs = {"ee_pose.data": center.astype(np.float32), "gripper_state.position": np.zeros(2, np.float32)}
+    base_now = res.first(obs)
+    u = np.array([1.0, -1.0, 0.5, 0, 0, 0, 0, 0], np.float32)
+    cmd = res.command(base_now, u, obs)
+    assert cmd.shape == (7,)
+    assert np.allclose(cmd, pose_command(base_now + res.bound * u, center, res.dt))
+    reached = np.r_[base_now[:7] + res.bound[:7] * u[:7]]
+    reached[3:7] = -reached[3:7]   # the same rotation, the other sign
+    back = res.taken_over(np.r_[np.zeros(6), base_now[7]], base_now, {"ee_pose.data": reached})
+    assert np.allclose(back, u, atol=1e-4)
