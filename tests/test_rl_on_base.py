@@ -216,6 +216,7 @@ def test_dsrl_and_residual_train_resume_and_deploy_as_any_kind(base, tmp_path):
     meta = read_checkpoint(dsrl / "checkpoints" / "last")
     assert meta.kind == "dsrl" and len(meta.config["action_low"]) == 8 * 7
     assert meta.config["q_range"] == [0.0, 1.0]   # the task's returns: the critic's targets are clipped there
+    assert not meta.config["backup_entropy"]       # (returns alone, no entropy bonus in them)
     policy = load_policy(dsrl / "checkpoints" / "last")
     rng = np.random.default_rng(4)
     w = window(rng)

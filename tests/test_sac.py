@@ -422,7 +422,7 @@ def test_a_learner_for_a_residual_starts_at_no_correction_and_resumes_without_th
             "checkpoint": {"policy": "residual_sac", "base": {"path": str(tmp_path / "gone"), "sha256": "0" * 64},
                            "obs_keys": ["ee_pose.data"], "bound": [0.01] * 7, "base_options": {}}}
     learner = Learner(tmp_path / "run", spec, hidden=(16, 16))
-    assert learner.agent.cfg.q_range == [0.0, 1.0]
+    assert learner.agent.cfg.q_range == [0.0, 1.0] and not learner.agent.cfg.backup_entropy
     for x in np.random.default_rng(0).normal(size=(5, 14)).astype(np.float32):
         assert np.all(learner.agent.act({"state": x}, deterministic=True) == 0.0)
     learner.checkpoint()

@@ -379,7 +379,9 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         scfg = SACConfig(obs_dim=spec.state_dim, action_low=env.low, action_high=env.high, hidden=list(cfg.hidden),
                          n_critics=cfg.n_critics, target_subsample=cfg.target_subsample, gamma=cfg.gamma, lr=cfg.lr,
                          init_temperature=cfg.init_temperature, utd=cfg.utd, bc_weight=cfg.bc_weight,
-                         backup_entropy=cfg.backup_entropy,
+                         # an env on a base gives its returns' range: targets of returns alone, clipped
+                         # to it (with the entropy bonus in them, the clip would cut every soft value to 1)
+                         backup_entropy=cfg.backup_entropy and not getattr(env, "return_range", None),
                          q_range=q_range(cfg.gamma) if cfg.rlif else list(getattr(env, "return_range", [])),
                          image_keys=list(spec.image_keys),
                          image_size=list(spec.image_shape[:2]),
