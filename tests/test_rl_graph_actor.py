@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +27,20 @@ def transitions(run) -> list:
     for f in sorted((run / "journal").glob("*.journal")) if (run / "journal").exists() else []:
         out += read_journal(f)[0]
     return out
+
+
+def learn_until(learner, llog, g: SimGraph, run, cond, what: str, timeout: float) -> dict:
+    """Wait for ``cond`` while ``learner`` learns, stop it, check that neither the graph nor the
+    learner logged a traceback, and return the actor's spec as the learner saved it."""
+    try:
+        wait_until(cond, what, timeout)
+    finally:
+        learner.send_signal(signal.SIGINT)
+        learner.wait(timeout=30)
+        llog.close()
+    log = g.log_path.read_text()
+    assert "Traceback" not in log + Path(llog.name).read_text(), log[-3000:]
+    return json.loads((run / "spec.json").read_text())
 
 
 def test_the_graph_actor_sends_the_operators_takeovers_and_pauses(tmp_path):
@@ -150,15 +165,7 @@ def test_on_peg_insert_the_graph_actor_acts_within_the_task_as_the_env_does(tmp_
                   max_episode_steps=40) as g:
         learner = start("rl_learner", llog, run_dir=str(run), batch_size=32, hidden="32,32",
                         learning_starts=1_000_000, gamma=0.97)
-        try:
-            wait_until(lambda: len(transitions(run)) >= 100, "100 stored transitions", 240)
-        finally:
-            learner.send_signal(signal.SIGINT)
-            learner.wait(timeout=30)
-            llog.close()
-        log = g.log_path.read_text()
-    assert "Traceback" not in log + (tmp_path / "learner.log").read_text(), log[-3000:]
-    spec = json.loads((run / "spec.json").read_text())
+        spec = learn_until(learner, llog, g, run, lambda: len(transitions(run)) >= 100, "100 stored transitions", 240)
     assert spec["action_dims"] == [0, 1, 2, 5] and spec["env"] == "graph/peg_insert"
     assert np.allclose(spec["action_high"], [0.1, 0.1, 0.1, 1.5, 1.5, 0.6, 1.0])
     trs = transitions(run)
@@ -196,16 +203,10 @@ def test_a_residual_on_a_frozen_base_learns_through_the_graph_and_deploys(tmp_pa
         wait_until(lambda: len(list(outbox.glob("*.tr"))) >= 12, "12 steps of the base alone", 180)
         learner = start("rl_learner", llog, run_dir=str(run), batch_size=16, hidden="32,32", learning_starts=20,
                         publish_every=10, updates_per_transition=0.5, checkpoint_every=20)
-        try:
-            wait_until(lambda: any(np.any(t.arrays["action"] != 0.0) for t in transitions(run)),
-                       "a correction sampled from the learner's policy", 180)
-        finally:
-            learner.send_signal(signal.SIGINT)
-            learner.wait(timeout=30)
-            llog.close()
-        log = g.log_path.read_text()
-    assert "Traceback" not in log + (tmp_path / "learner.log").read_text(), log[-3000:]
-    spec = json.loads((run / "spec.json").read_text())
+        spec = learn_until(learner, llog, g, run, lambda: any(np.any(t.arrays["action"] != 0.0)
+                                                              for t in transitions(run)),
+                           "a correction sampled from the learner's policy", 180)
+    assert "policy version" in g.log_path.read_text()
     assert spec["state_keys"] == [*KEYS, "base_action"] and spec["action_low"] == [-1.0] * 7
     assert spec["env"] == "graph/pick_place/residual" and spec["return_range"] == [0.0, 1.0]
     trs = sorted(transitions(run), key=lambda t: t.seq)
