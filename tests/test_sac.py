@@ -127,6 +127,27 @@ def test_pretraining_clones_the_demonstrations_and_bc_keeps_the_actor_near_them(
     assert finals[0.0] < -0.5 and finals[2.5] > finals[0.0] + 0.3, finals
 
 
+def test_the_centre_pull_keeps_a_residual_at_no_correction_where_the_critic_says_little():
+    """A residual's critic that barely prefers a = -1 (rewards 0.02 * -(a + 1)^2: the noise of a
+    sparse task's values): alone, the actor's mean follows it to the edge of its bound; with
+    ``centre_weight`` it stays near no correction, which is the base."""
+    rng = np.random.default_rng(5)
+    n = 256
+    s = rng.uniform(-1, 1, (n, 1)).astype(np.float32)
+    probe = {"state": np.array([0.3], np.float32)}
+    finals = {}
+    for w in (0.0, 1.0):
+        torch.manual_seed(0)
+        agent = SAC(SACConfig(obs_dim=1, action_low=[-1.0], action_high=[1.0], hidden=[32, 32], lr=3e-3,
+                              init_temperature=0.01, backup_entropy=False, centre_weight=w))
+        agent.actor.zero_mean()
+        for _ in range(400):
+            a = rng.uniform(-1, 1, (n, 1)).astype(np.float32)
+            agent.update(_batch(n, s, a, -0.02 * (a[:, 0] + 1) ** 2, True))
+        finals[w] = float(agent.act(probe, deterministic=True)[0])
+    assert finals[0.0] < -0.5 and abs(finals[1.0]) < 0.2, finals
+
+
 def test_rlpd_batch_shuffles_demonstrations_into_every_slice():
     spec = ObsSpec(("x",), (1,))
     online, demo = ReplayBuffer(50, spec, 1), ReplayBuffer(50, spec, 1)

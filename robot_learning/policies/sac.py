@@ -63,6 +63,9 @@ class SACConfig:
     q_range: list[float] = field(default_factory=list)  # [lo, hi] the returns can reach: targets clipped to it
                                                          # (RLIF's rewards, ``rl.rlif``); empty: no clipping
     bc_weight: float = 0.0                # behaviour cloning on the demonstration rows of a batch
+    centre_weight: float = 0.0            # a pull of the mean toward the box's centre (a residual's "no
+                                          # correction"), scaled as BC is: where the critic says nothing
+                                          # the residual stays at its base
     utd: int = 1
     discrete_gripper: bool = False        # last action dim in [low, high]: open .. closed
     action_dims: list[int] = field(default_factory=list)  # continuous dims the agent chooses (all when
@@ -208,6 +211,11 @@ class Actor(nn.Module):
         with torch.no_grad():
             last.weight[:n].zero_()
             last.bias[:n].zero_()
+
+    def centre_loss(self, feat: torch.Tensor) -> torch.Tensor:
+        """Squared distance of the mean action to the box's centre, per row, in [-1, 1] units."""
+        mean, _ = self.net(feat).chunk(2, dim=-1)
+        return (torch.tanh(mean) ** 2).mean(-1)
 
     def bc_loss(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Squared distance of the mean action to the demonstrated one, per row, in the
@@ -381,6 +389,10 @@ class SAC(nn.Module):
             bc = self.actor.bc_loss(feat[demo], part["action"][demo]).mean()
             loss = loss + self.cfg.bc_weight * q.abs().mean().detach().clamp(min=1.0) * bc
             info["bc_loss"] = float(bc.detach())
+        if self.cfg.centre_weight > 0:
+            centre = self.actor.centre_loss(feat).mean()
+            loss = loss + self.cfg.centre_weight * q.abs().mean().detach().clamp(min=1.0) * centre
+            info["centre_loss"] = float(centre.detach())
         self.opt_actor.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_actor.step()

@@ -103,6 +103,7 @@ class ResidualSacTrainConfig(SACTrainConfig):
     noise_scale: float = 1.0          # the base samples from this much noise (a setting kept with the checkpoint)
     env: str = "workcell/pick_place"
     start_steps: int = 0              # the agent acts from the start: its untrained correction is zero
+    centre_weight: float = 0.0        # pull of the correction's mean toward zero (SACConfig.centre_weight)
     eval_every: int = 3000
 
 
@@ -379,6 +380,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         scfg = SACConfig(obs_dim=spec.state_dim, action_low=env.low, action_high=env.high, hidden=list(cfg.hidden),
                          n_critics=cfg.n_critics, target_subsample=cfg.target_subsample, gamma=cfg.gamma, lr=cfg.lr,
                          init_temperature=cfg.init_temperature, utd=cfg.utd, bc_weight=cfg.bc_weight,
+                         centre_weight=getattr(cfg, "centre_weight", 0.0),
                          # an env on a base gives its returns' range: targets of returns alone, clipped
                          # to it (with the entropy bonus in them, the clip would cut every soft value to 1)
                          backup_entropy=cfg.backup_entropy and not getattr(env, "return_range", None),

@@ -43,7 +43,8 @@ class LearnerNode(Node):
         # the agent's choices as train sac takes them (its defaults), so both can be one learner
         self.sac = {"gamma": float(p("gamma", 0.99).value), "n_critics": int(p("n_critics", 2).value),
                     "target_subsample": int(p("target_subsample", 2).value),
-                    "backup_entropy": bool(p("backup_entropy", True).value)}
+                    "backup_entropy": bool(p("backup_entropy", True).value),
+                    "centre_weight": float(p("centre_weight", 0.0).value)}
         self.demo_successes_only = bool(p("demo_successes_only", True).value)
         self.demo_drop_idle = bool(p("demo_drop_idle", True).value)
         self.session = uuid.uuid4().hex[:8]
