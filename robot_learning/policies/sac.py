@@ -72,6 +72,13 @@ class SACConfig:
                                                           # empty); the task sets the rest (peg_insert)
     shift_pad: int = 4
 
+    def bound_to_returns(self, return_range: list[float]) -> None:
+        """Clip the critic's targets to the returns' range, and make them targets of returns
+        alone: soft values carry the entropy bonus of every step to come, and a clip at the
+        returns' top would flatten them all to it (an agent on a base: ``base_envs.RETURN_RANGE``)."""
+        self.q_range = [float(x) for x in return_range]
+        self.backup_entropy = False
+
     @property
     def act_dim(self) -> int:
         return len(self.action_low)
@@ -212,17 +219,19 @@ class Actor(nn.Module):
             last.weight[:n].zero_()
             last.bias[:n].zero_()
 
-    def centre_loss(self, feat: torch.Tensor) -> torch.Tensor:
-        """Squared distance of the mean action to the box's centre, per row, in [-1, 1] units."""
+    def _mean_gap(self, feat: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
+        """Squared distance of the mean action to ``target``, per row, in the box's [-1, 1]
+        units (so a gripper and a velocity weigh alike)."""
         mean, _ = self.net(feat).chunk(2, dim=-1)
-        return (torch.tanh(mean) ** 2).mean(-1)
+        return ((torch.tanh(mean) - target) ** 2).mean(-1)
+
+    def centre_loss(self, feat: torch.Tensor) -> torch.Tensor:
+        """Squared distance of the mean action to the box's centre (a residual's "no correction")."""
+        return self._mean_gap(feat, 0.0)
 
     def bc_loss(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Squared distance of the mean action to the demonstrated one, per row, in the
-        box's [-1, 1] units (so a gripper and a velocity weigh alike)."""
-        mean, _ = self.net(feat).chunk(2, dim=-1)
-        target = ((action[:, self.dims] - self.centre) / self.scale).clamp(-1, 1)
-        return ((torch.tanh(mean) - target) ** 2).mean(-1)
+        """Squared distance of the mean action to the demonstrated one."""
+        return self._mean_gap(feat, ((action[:, self.dims] - self.centre) / self.scale).clamp(-1, 1))
 
 
 class SAC(nn.Module):

@@ -98,9 +98,8 @@ class Learner:
                             action_dims=list(spec.get("action_dims", [])), **(sac or {}))
             if spec.get("reward") == "rlif":  # returns in RLIF's range, whatever gamma was chosen
                 cfg.q_range = q_range(cfg.gamma)
-            elif spec.get("return_range"):  # the task's (a residual's: success ends it, 1), of returns
-                cfg.q_range = [float(x) for x in spec["return_range"]]  # alone: no entropy bonus in them
-                cfg.backup_entropy = False
+            elif spec.get("return_range"):  # the task's (a residual's: success ends it, 1)
+                cfg.bound_to_returns(spec["return_range"])
             self.agent = SAC(cfg)
             if spec.get("zero_correction"):  # a residual: the untrained agent is the base, exactly
                 self.agent.actor.zero_mean()

@@ -381,13 +381,12 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
                          n_critics=cfg.n_critics, target_subsample=cfg.target_subsample, gamma=cfg.gamma, lr=cfg.lr,
                          init_temperature=cfg.init_temperature, utd=cfg.utd, bc_weight=cfg.bc_weight,
                          centre_weight=getattr(cfg, "centre_weight", 0.0),
-                         # an env on a base gives its returns' range: targets of returns alone, clipped
-                         # to it (with the entropy bonus in them, the clip would cut every soft value to 1)
-                         backup_entropy=cfg.backup_entropy and not getattr(env, "return_range", None),
-                         q_range=q_range(cfg.gamma) if cfg.rlif else list(getattr(env, "return_range", [])),
+                         backup_entropy=cfg.backup_entropy, q_range=q_range(cfg.gamma) if cfg.rlif else [],
                          image_keys=list(spec.image_keys),
                          image_size=list(spec.image_shape[:2]),
                          action_dims=getattr(env, "action_dims", []))  # a workcell task's free dims
+        if getattr(env, "return_range", None) and not cfg.rlif:  # an env on a base: its returns' range
+            scfg.bound_to_returns(env.return_range)
         agent = SAC(scfg)
         if isinstance(cfg, ResidualSacTrainConfig):
             agent.actor.zero_mean()  # no correction until it learns one: the base, exactly
