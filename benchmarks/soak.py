@@ -14,6 +14,7 @@ curve goes to ``docs/img/soak_memory.png``."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from benchmarks.policy import LOWDIM, _intervals
 from robot_learning.policies.untrained import save_untrained
 
 SWITCH_S = 15.0     # the operator takes over, then hands back, this often
-EPISODE_S = 300.0   # recorder episodes, back to back
+EPISODE_S = float(os.environ.get("SOAK_EPISODE_S", "300"))  # recorder episodes, back to back
 # streams a subscriber in this process also receives, reliably as the recorder does (their
 # publishers offer it), to tell what the recorder lost from what never arrived
 COMPARED = ("joint_states", "wrench", "tactile_left")
@@ -124,12 +125,15 @@ def soak(minutes: float, workdir: Path, client) -> dict:
     backlog_mib: list[float] = []
     shed: dict[str, int] = {}
 
+    heap: dict[str, float] = {}  # the recorder's glibc heap, as its last diagnostics said
+
     def on_diag(m: DiagnosticArray) -> None:
         for st in m.status:
             if st.name == "recorder":
                 v = {kv.key: kv.value for kv in st.values}
                 backlog.append((time.monotonic(), int(v.get("backlog_max", 0))))
                 backlog_mib.append(float(v.get("backlog_mib_max", 0.0)))
+                heap.update({k.split("/", 1)[1]: float(x) for k, x in v.items() if k.startswith("heap_mib/")})
 
     client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
     cmd_times: list[float] = []
@@ -140,6 +144,7 @@ def soak(minutes: float, workdir: Path, client) -> dict:
     stop = threading.Event()
     memory: list[tuple[float, dict[str, float]]] = []
     after_episode: list[tuple[float, dict[str, float]]] = []  # settled after each finish: same phase
+    heap_after: list[dict[str, float]] = []  # the recorder's heap then
     saved = []
     with SimGraph(workdir / "soak.log", "deploy_policy.launch.yaml", **args) as g:
         end = time.monotonic() + 120
@@ -169,6 +174,7 @@ def soak(minutes: float, workdir: Path, client) -> dict:
                 if res is not None:
                     saved.append(json.loads(res.message)["index"])
                 after_episode.append((time.monotonic() - t0, _settled(pids)))
+                heap_after.append(dict(heap))
         finally:
             stop.set()
             bar.close()
@@ -184,7 +190,8 @@ def soak(minutes: float, workdir: Path, client) -> dict:
     last = ends[-1][1]
     growth = {n: (last[n] - warm[n]) / warm[n] for n in warm}
     trend = _trend([(t, m) for t, m in ends if t >= min(300.0, seconds / 4)])
-    (workdir / "soak_memory.json").write_text(json.dumps({"memory": memory, "after_episode": after_episode}))
+    (workdir / "soak_memory.json").write_text(json.dumps({"memory": memory, "after_episode": after_episode,
+                                                                "recorder_heap": heap_after}))
     # drops: messages the client received inside each episode's span, missing from the dataset
     ds = Dataset(store)
     compared = {n: {"recorded": 0, "lost": 0, "client_missed": 0} for n in COMPARED}
@@ -213,7 +220,7 @@ def soak(minutes: float, workdir: Path, client) -> dict:
             "memory_warm": warm, "memory_last": last, "growth": growth, "trend": trend, "compared": compared,
             "gaps": gaps, "losses": losses, "episodes": len(saved),
             "backlog_max": max((b for _, b in backlog), default=0), "backlog_mib_max": max(backlog_mib, default=0.0),
-            "shed": shed,
+            "shed": shed, "recorder_heap": heap_after,
             "commands": _intervals(cmd_times)}
 
 
@@ -310,6 +317,9 @@ def section(minutes: float, workdir: Path, client) -> list[str]:
         f"them, up to their configured size). The recorder's write backlog peaked at {r['backlog_max']} "
         f"messages ({r['backlog_mib_max']:.0f} MiB); camera frames it shed past its bound: "
         f"{', '.join(f'{n} {k}' for n, k in r['shed'].items()) or 'none'}.\n",
+        "The recorder's glibc heap at each episode's end (MiB; `mallinfo2`: blocks in use, and freed "
+        "blocks the heap holds for reuse, which is fragmentation): " + (", ".join(
+            f"{h['in_use']:.0f}/{h['free_held']:.0f}" for h in r["recorder_heap"] if h) or "not reported") + ".\n",
         "Messages a subscriber in the same run received (with the recorder's QoS) inside the recorded "
         "episodes, against what the recorder stored:\n",
         "| stream | stored by the recorder | received by the subscriber, not stored (goal 0) "

@@ -81,3 +81,36 @@ def test_a_recorder_gives_an_episodes_memory_back_when_it_ends():
     assert out.returncode == 0, out.stderr
     kept = float(out.stdout)
     assert kept < 100, f"the recorder kept {kept:.0f} MiB after its episodes ended"
+
+
+ACCOUNT = textwrap.dedent("""
+    import ctypes
+    from robot_learning.heap import heap_stats
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.free(libc.malloc(921_600))  # as a camera reader does: later frames come from the heap
+    before = heap_stats()
+    blocks, live = [], []
+    for _ in range(100):  # each with a live block above it (too big for the holes lower down)
+        blocks.append(libc.malloc(921_600))
+        live.append(libc.malloc(65_536))
+    held = heap_stats()
+    for b in blocks:
+        libc.free(b)
+    freed = heap_stats()
+    print(held["in_use"] - before["in_use"], freed["in_use"] - before["in_use"],
+          freed["free_held"] - before["free_held"])
+""")
+
+
+def test_the_heap_account_tells_live_blocks_from_freed_ones_it_holds():
+    """What the recorder reports on /diagnostics (``heap_mib/...``) so a soak can tell a leak
+    (blocks in use grow) from fragmentation (freed blocks held grow): 100 frames (88 MiB) and
+    100 blocks of 64 KiB (6 MiB) allocated count as in use; the frames freed below the live
+    blocks count as held, no longer in use."""
+    out = subprocess.run([sys.executable, "-c", ACCOUNT], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    in_use, after, held = map(float, out.stdout.split())
+    assert 93 < in_use < 98 and 5 < after < 8 and 85 < held < 92, out.stdout

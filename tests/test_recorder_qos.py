@@ -238,6 +238,9 @@ def test_the_recorder_node_sheds_frames_past_its_backlog_bound_and_says_so(tmp_p
         _wait(lambda: values().get("received/wrench") == "300" and values().get("shed/cam") == "100", 30,
               f"the recorder did not report 300 wrenches and 100 shed frames: {values()}")
         assert "backlog_mib" in values() and "behind_s" in values()
+        # its heap's account, for a soak to tell a leak from fragmentation (what the numbers mean:
+        # test_heap.py): a node with DDS readers and frames passing through holds tens of MiB
+        assert float(values()["heap_mib/in_use"]) > 10 and "heap_mib/free_held" in values(), values()
         res = client.call(SetBool, "/recorder/stop_episode", timeout=60, data=True)
         assert res.success, res.message
         saved = json.loads(res.message)

@@ -90,7 +90,7 @@ class ArmController:
     def sync(self, state: ArmState, clear_fault: bool = False) -> None:
         """Adopt the measured position as the held one (start-up, e-stop reset, a sim reset;
         ``clear_fault`` only where the arm was put somewhere new, as a sim reset does)."""
-        self.safety.reset(state.q)
+        self.safety.reset(state.q, new_start=clear_fault)
         self._q_sent = None
         self.traj = self.pending = None
         if clear_fault:
@@ -215,7 +215,10 @@ class ArmController:
         if start > now:
             self.pending = traj  # the running motion carries on until the start
         else:
-            self._begin(traj, now)
+            try:
+                self._begin(traj, now)
+            except CommandRejected as e:
+                self._refuse(now, e)
 
     def command_tcp_plan(self, times: np.ndarray, positions: np.ndarray, quats: np.ndarray, now: float,
                          start: float | None = None, frame: str = "") -> None:
@@ -257,11 +260,18 @@ class ArmController:
 
     def _begin(self, traj: Trajectory, now: float) -> None:
         """Start a trajectory from the commanded position: points already due are dropped and the
-        next one is reached at its own due time (the last one, if a late start left none)."""
+        next one is reached at its own due time (the last one, if a late start left none).
+        CommandRejected (nothing changed) when a joint trajectory's first segment, from where
+        the arm is, would take the TCP out of the box: known only now, not when it was sent."""
         elapsed = now - traj.start
         due = traj.times <= elapsed
         if due.all():
             due[-1] = False
+        if not traj.tcp:  # a TCP plan moves in straight lines inside the (convex) box
+            why = self.safety.check_path_from(self.safety.q, traj.points[~due][0], int(np.argmax(~due)))
+            if why:
+                self.pending = None
+                raise CommandRejected(f"trajectory: {why}")
         traj.times, traj.points = traj.times[~due], traj.points[~due]
         traj.t_begin = min(elapsed, traj.times[0])
         if traj.tcp:
@@ -297,7 +307,11 @@ class ArmController:
         self.sync(state)
 
     def reset_protective_stop(self, state: ArmState) -> None:
-        """Release a protective stop once someone has looked at why it tripped."""
+        """Release a protective stop once someone has looked at why it tripped; CommandRejected
+        (still latched) while the arm stands further outside the workspace box than allowed."""
+        why = self.safety.release_refusal(state.q) if self.fault else None
+        if why:
+            raise CommandRejected(why)
         if self.fault:
             self._log(f"protective stop released (it was: {self.fault}); holding the current position")
         self.fault = None
@@ -331,7 +345,10 @@ class ArmController:
             self.timed_out = True
             self.hold()
         if self.pending is not None and now >= self.pending.start:
-            self._begin(self.pending, now)
+            try:
+                self._begin(self.pending, now)
+            except CommandRejected as e:
+                self.refuse(now, str(e))  # the running motion carries on
         if self.mode == Mode.TWIST:
             q_des = self._twist_target(self.twist)
         elif self.mode == Mode.POSE:

@@ -5,6 +5,11 @@ this filter turns it into what the arm is actually sent: non-finite targets are 
 positions clamped inside the joint limits, velocity and acceleration limited (braking in time
 to stop at a target that jumped ahead, and in time to stop inside the workspace box), and a
 target whose TCP would leave the workspace box is not sent. Each refusal is reported with its reason.
+
+It also keeps the one number the measured-state monitor judges the box by: how far outside it
+the arm may be (``allowed_outside``). That is zero for an arm that started inside, and it only
+ever shrinks: releasing a protective stop holds the arm where it was found, but never lets the
+monitor tolerate more than before, so the box cannot creep outwards release by release.
 """
 
 from __future__ import annotations
@@ -22,13 +27,39 @@ from robot_learning.config import SafetyLimits
 from robot_learning.control.kinematics import Kinematics, tcp_positions
 
 LOG_EVERY_S = 1.0
+# A joint trajectory moves on straight lines in joint space between its points; the TCP's
+# path bulges away from the chord between them. Sampled every PATH_STEP rad of the largest
+# joint's motion, the TCP strays < 0.02 mm between samples on a 1 m arm; a path needing more
+# than PATH_SAMPLES samples (thousands of radians of motion) is no plan, and is refused.
+PATH_STEP = 0.01
+PATH_SAMPLES = 200_000
 _NUMBERS = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")
 
 
 def box_distance(pos: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
-    """How far a point lies outside an axis-aligned box (0 inside)."""
+    """How far a point lies outside an axis-aligned box (0 inside; inf for a non-finite or
+    absurd point, whose square would overflow)."""
     off = np.maximum(lower - pos, 0.0) + np.maximum(pos - upper, 0.0)
+    if not np.all(off < 1e100):
+        return math.inf
     return math.sqrt(float(off @ off))
+
+
+def box_distances(pos: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """``box_distance`` for many points (n, 3) at once."""
+    off = np.maximum(lower - pos, 0.0) + np.maximum(pos - upper, 0.0)
+    return np.linalg.norm(off, axis=1)
+
+
+def joint_path(qs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Samples of the straight joint-space segments through ``qs`` (k, dof), each segment from
+    just after its start to its end, and for each sample the index of the segment's end point."""
+    steps = np.abs(np.diff(qs, axis=0)).max(axis=1)
+    n = np.maximum(np.ceil(steps / PATH_STEP).astype(int), 1)
+    seg = np.repeat(np.arange(len(n)), n)
+    # fraction along its segment: 1/n .. n/n
+    frac = (np.arange(len(seg)) - np.repeat(np.cumsum(n) - n, n) + 1) / np.repeat(n, n)
+    return qs[seg] + frac[:, None] * (qs[seg + 1] - qs[seg]), seg + 1
 
 
 class CommandRejected(ValueError):
@@ -63,16 +94,21 @@ class SafetyFilter:
         self.rejections: deque[Rejection] = deque(maxlen=256)
         self._log = log or (lambda msg: None)
         self._logged: dict[str, tuple[float, int]] = {}  # kind of reason -> (last logged, suppressed since)
-        self._outside = 0.0
-        self._pos = np.zeros(3)  # the TCP at ``q``
+        self._outside = 0.0  # how far outside the box the commanded TCP is
+        self._allowance: float | None = None  # how far outside the arm may be: see ``allowed_outside``
 
-    def reset(self, q: np.ndarray) -> None:
-        """Start from the measured position at rest (start-up, after an e-stop)."""
+    def reset(self, q: np.ndarray, new_start: bool = False) -> None:
+        """Start from the measured position at rest (start-up, an e-stop or protective stop).
+
+        ``new_start``: the arm was put somewhere new (start-up, a sim reset), so where it stands
+        sets how far outside the box it may be. Anywhere else the allowance is kept: holding an
+        arm where it was dragged to must not excuse the drag."""
         self.q = np.clip(np.asarray(q, dtype=float), self.lower, self.upper)
         self.v = np.zeros_like(self.q)
         self._q_des = self.q.copy()
-        self._pos = self.kin.fk(self.q)[0]
-        self._outside = self.outside_distance(self._pos)
+        self._outside = self.outside_distance(self.kin.fk(self.q)[0])
+        if new_start or self._allowance is None:
+            self._allowance = self._outside
 
     def reject(self, stamp: float, reason: str) -> None:
         """Record a refusal and log it: at once the first time, then at most once per
@@ -98,9 +134,25 @@ class SafetyFilter:
 
     @property
     def allowed_outside(self) -> float:
-        """How far outside the box the commanded TCP may be: 0, or less each period for an arm
-        that started outside and is moving back."""
-        return self._outside
+        """How far outside the box the arm may be: 0 for an arm that started inside; for one
+        that started outside, where it started, shrinking as it moves back in. The monitor
+        trips past this plus ``workspace_tolerance``, whatever the commanded TCP does."""
+        return self._outside if self._allowance is None else self._allowance
+
+    def release_refusal(self, q: np.ndarray) -> str | None:
+        """Why a protective stop may not be released with the arm measured at ``q``, or None.
+
+        An arm further outside the box than the monitor allows would trip it again at once;
+        releasing it there and letting the monitor measure from there on would move the box
+        out by the tolerance at every release (a hand dragged along the table, released and
+        dragged again, was measured 31.5 mm outside a box with a 10 mm tolerance)."""
+        out = self.outside_distance(self.kin.fk(np.asarray(q, dtype=float))[0])
+        limit = self.allowed_outside + self.limits.workspace_tolerance
+        if out > limit:
+            return (f"the TCP is measured {out * 1000:.1f} mm outside the workspace box, more than the "
+                    f"{limit * 1000:.1f} mm allowed: guide the arm back inside by hand (or reset the sim) "
+                    "before releasing the protective stop")
+        return None
 
     def _stops_inside(self, q: np.ndarray, v: np.ndarray) -> bool:
         """Whether braking every joint at its acceleration limit from ``q`` at ``v`` ends with the
@@ -129,7 +181,42 @@ class SafetyFilter:
         if off.any():
             i = int(np.nonzero(off)[0][0])
             return f"point {i}: joint target puts the TCP at {np.round(pos[i], 3).tolist()}, outside the workspace box"
-        return None
+        return self._check_path(qs, first=0)
+
+    def check_path_from(self, q0: np.ndarray, q1: np.ndarray, index: int = 0) -> str | None:
+        """Why the straight joint-space segment from the commanded ``q0`` to point ``index``
+        (``q1``) may not run, or None (the segments between points are ``check_joint_targets``'s).
+
+        From inside the box it must stay inside; from outside (an arm held where a protective
+        stop found it) it may never go further out than it was (``filter`` holds a step that does)."""
+        return self._check_path(np.vstack([q0, q1]), first=index - 1, from_arm=True)
+
+    def _check_path(self, qs: np.ndarray, first: int, from_arm: bool = False) -> str | None:
+        """Sample the joint-space path through ``qs``, whose row 0 is point ``first`` (or, with
+        ``from_arm``, where the arm is: it may lie outside the box, but never go further out)."""
+        if len(qs) < 2:
+            return None
+        steps = np.ceil(np.abs(np.diff(qs, axis=0)).max(axis=1) / PATH_STEP)
+        if steps.sum() > PATH_SAMPLES:
+            return (f"its joint-space path is {steps.sum() * PATH_STEP:.0f} rad long, too long to check "
+                    "against the workspace box: split it")
+        samples, end = joint_path(qs)
+        pos = tcp_positions(self.kin.robot, samples)
+        out = box_distances(pos, self.limits.workspace_min, self.limits.workspace_max)
+        if from_arm:
+            start = self.outside_distance(tcp_positions(self.kin.robot, qs[:1])[0])
+            bad = out > np.minimum.accumulate(np.r_[start, out])[:-1] + 1e-9
+        else:
+            bad = out > 0.0
+        if not bad.any():
+            return None
+        k = int(np.argmax(bad))
+        k += int(np.argmax(np.where(end[k:] == end[k], out[k:], -1.0)))  # the worst of that segment
+        i = int(end[k]) + first
+        frm = "where the arm is" if from_arm and end[k] == 1 else f"point {i - 1}"
+        return (f"the straight joint-space path from {frm} to point {i} takes the TCP to "
+                f"{np.round(pos[k], 3).tolist()}, {out[k] * 1000:.1f} mm outside the workspace box: "
+                "add a waypoint that keeps it inside")
 
     def filter(self, q_des: np.ndarray, stamp: float) -> np.ndarray:
         """The next joint position to send, one period after the previous one."""
@@ -160,22 +247,20 @@ class SafetyFilter:
             q_new = np.minimum(np.maximum(self.q + v * self.dt, self.lower), self.upper)
         pos, _ = self.kin.fk(q_new)
         # Outside the box (an arm started there, or one held where a protective stop found it)
-        # only motion that brings the TCP back towards the box runs (mostly: its distance to
-        # the box shrinks by at least half the distance it moves): moving along a face, a
-        # servo's lag and a push against the table would carry the arm a little further out
-        # each time it is released, and the box would creep outwards stop by stop. The braking
-        # above makes this last resort rare: it stops at once.
+        # no step may end further out than the last: the arm comes back in, or moves along the
+        # face it is outside of (a joint trajectory home from there usually starts along it).
+        # The braking above makes this last resort rare: it stops at once.
         outside = self.outside_distance(pos)
-        moved = float(np.linalg.norm(pos - self._pos))
-        if outside > self._outside + 1e-9 or (outside > 0.0 and self._outside - outside < 0.5 * moved):
+        if outside > self._outside + 1e-9:
             if self._outside == 0.0:
                 self.reject(stamp, f"safety: TCP would leave the workspace box at {np.round(pos, 3).tolist()}, holding")
             else:
-                self.reject(stamp, f"safety: the TCP is outside the workspace box; only motion back towards it "
-                                   f"runs (this one ends at {np.round(pos, 3).tolist()}), holding")
+                self.reject(stamp, f"safety: the TCP is outside the workspace box; no motion that takes it further "
+                                   f"out runs (this one ends at {np.round(pos, 3).tolist()}), holding")
             q_new = self.q
         else:
-            self._outside, self._pos = outside, pos
+            self._outside = outside
+            self._allowance = min(self._allowance, outside) if self._allowance is not None else outside
         self.v = (q_new - self.q) / self.dt
         self.q = q_new
         return q_new.copy()

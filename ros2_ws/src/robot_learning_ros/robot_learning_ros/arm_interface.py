@@ -140,7 +140,12 @@ class ArmInterface:
     def _on_reset_protective_stop(self, req, res):
         with self.lock:
             was = self.ctl.fault
-            self.ctl.reset_protective_stop(self.read_state())
+            try:
+                self.ctl.reset_protective_stop(self.read_state())
+            except CommandRejected as e:
+                res.success, res.message = False, f"protective stop not released: {e}"
+                self.node.get_logger().warning(res.message, throttle_duration_sec=1.0)
+                return res
         res.success = True
         res.message = (f"protective stop released (it was: {was}); the arm holds its current position"
                        if was else "no protective stop was latched")

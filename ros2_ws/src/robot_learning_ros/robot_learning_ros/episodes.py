@@ -30,6 +30,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from robot_learning.config import load_robot
+from robot_learning.control.route import route_home, segment_times
 from robot_learning_ros.msgs import (
     COMMAND_QOS,
     LATCHED_QOS,
@@ -220,17 +221,24 @@ class EpisodeNode(Node):
             raise RuntimeError(f"{e} (on a robot, start with reset:=home)") from None
 
     def move_home(self) -> None:
-        """A joint trajectory to the home pose at a fifth of the joints' speed limits (the arm
-        checks every point against its limits and the workspace box) and the gripper opened,
-        then wait until the arm is there."""
+        """A joint trajectory to the home pose at a fifth of the joints' speed limits, routed
+        round the workspace box where the straight line would leave it (the arm refuses such a
+        line whole), and the gripper opened, then wait until the arm is there."""
         q = self.observe_q()
         home = self.robot.home
-        duration = float(np.max(np.abs(home - q) / (0.2 * self.robot.limits.qd_max))) + 1.0
+        route = route_home(self.robot, q)
+        if route is None:
+            raise RuntimeError("no route home inside the workspace box from here (the hand is pressed into a "
+                               "corner of it): move the arm towards the middle of the box, then reset again")
+        times = segment_times(self.robot, q, route)
         msg = JointTrajectory(joint_names=list(self.robot.joint_names))
-        pt = JointTrajectoryPoint(positions=[float(x) for x in home], velocities=[0.0] * len(home))
-        pt.time_from_start.sec, pt.time_from_start.nanosec = to_sec_ns(duration)
-        msg.points.append(pt)
+        for point, t in zip(route, times):
+            pt = JointTrajectoryPoint(positions=[float(x) for x in point])
+            pt.time_from_start.sec, pt.time_from_start.nanosec = to_sec_ns(t)
+            msg.points.append(pt)
+        msg.points[-1].velocities = [0.0] * len(home)
         self.pub_home.publish(msg)
+        duration = times[-1]
         end = time.monotonic() + 3 * duration + 30.0
         while np.max(np.abs(self.observe_q() - home)) > 0.02:
             if time.monotonic() > end:

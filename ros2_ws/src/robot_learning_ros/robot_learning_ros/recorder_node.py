@@ -26,6 +26,7 @@ from robot_learning.config import load_yaml
 from robot_learning.data.recorder import MAX_BACKLOG_BYTES, MAX_BEHIND_S, Recorder
 from robot_learning.data.schema import StreamSpec, load_recipe
 from robot_learning.data.store import DatasetError
+from robot_learning.heap import heap_stats
 from robot_learning.paths import resolve
 from robot_learning_ros.msgs import LATCHED_QOS, message_class
 from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params, spin_main
@@ -168,6 +169,7 @@ class RecorderNode(Node):
                                     "behind_s", "finished")}
         values |= {f"received/{n}": v for n, v in sorted(s["received"].items())}
         values |= {f"shed/{n}": v for n, v in sorted(s["shed"].items())}
+        values |= {f"heap_mib/{k}": round(v, 1) for k, v in heap_stats().items()}
         st.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[st])
         msg.header.stamp = self.get_clock().now().to_msg()
