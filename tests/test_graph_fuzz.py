@@ -155,6 +155,13 @@ def test_the_arm_holds_every_limit_under_a_command_fuzzer(tmp_path):
                 assert client.call(Trigger, "/sim/reset").success
                 route = [robot.home]
             home, news = go_home(route)
+            if not home and "PROTECTIVE STOP" in news:
+                # the box bounds the TCP only: on its way home the hand can still meet the object on
+                # the table; a person releases the stop and sends it again from where it stopped
+                assert client.call(Trigger, "/arm/reset_protective_stop").success, news[-2000:]
+                route = route_home(robot, client.latest("/joint_states")[1])
+                home, again = go_home(route)
+                news += "\n(released, and sent again:)\n" + again
             assert home, (
                 f"not home after the trajectory through {len(route)} point(s); /joint_states advanced "
                 f"{client.latest('/joint_states')[0] - t_home:.2f} s on the sim's clock after it was sent; resets "

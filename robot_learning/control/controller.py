@@ -32,7 +32,7 @@ from robot_learning.control.backend import ArmState
 from robot_learning.control.kinematics import Kinematics, damped_pinv_step
 from robot_learning.control.monitor import JointMonitor
 from robot_learning.control.safety import CommandRejected, SafetyFilter, require_finite
-from robot_learning.transforms import orientation_error, quat_slerp, quat_to_mat
+from robot_learning.transforms import axis_angle_quat, orientation_error, quat_mul, quat_slerp, quat_to_mat
 
 # A Cartesian command this many times over its speed limit is a bug (units, a bad scale, an
 # uninitialized value), not a request to move at the limit: refused rather than clipped.
@@ -63,7 +63,10 @@ class ArmController:
     """Turns commands into safe joint targets at a fixed control period."""
 
     POSE_GAIN = 4.0        # 1/s, pose error to TCP velocity
-    NULLSPACE_GAIN = 1.0   # 1/s, pulls the redundant joint towards home
+    NULLSPACE_GAIN = 1.0   # 1/s, pulls the redundant joint towards home ...
+    NULLSPACE_SPEED = 0.1  # ... at most this fraction of each joint's speed limit
+    TWIST_GAIN = 10.0      # 1/s, a twist's reference pose error to TCP velocity
+    TWIST_LEAD = (0.005, 0.05)  # m, rad: the reference leads the commanded TCP by at most this
 
     def __init__(self, robot: RobotConfig, dt: float, log: Callable[[str], None] | None = None):
         self.robot = robot
@@ -85,6 +88,7 @@ class ArmController:
         self.fault: str | None = None  # why the protective stop is latched
         self.timed_out = False
         self._q_sent: np.ndarray | None = None  # last joint target sent to the backend
+        self._twist_ref: tuple[np.ndarray, np.ndarray] | None = None  # where the twists so far lead the TCP
 
     # ---- start-up -------------------------------------------------------------------
     def sync(self, state: ArmState, clear_fault: bool = False) -> None:
@@ -151,6 +155,8 @@ class ArmController:
         if frame in self.tool_frames:
             rot = quat_to_mat(self.kin.fk(self.safety.q)[1])
             twist = np.concatenate([rot @ twist[:3], rot @ twist[3:]])
+        if self.mode != Mode.TWIST:
+            self._twist_ref = None
         self.twist = self._clip_speed(twist)
         self.mode = Mode.TWIST
 
@@ -318,6 +324,7 @@ class ArmController:
         self.sync(state)
 
     def hold(self) -> None:
+        self._twist_ref = None
         self.mode = Mode.ESTOP if self.estopped else Mode.PROTECTIVE_STOP if self.fault else Mode.HOLD
 
     def _protective_stop(self, why: str, state: ArmState | None, now: float) -> None:
@@ -350,7 +357,7 @@ class ArmController:
             except CommandRejected as e:
                 self.refuse(now, str(e))  # the running motion carries on
         if self.mode == Mode.TWIST:
-            q_des = self._twist_target(self.twist)
+            q_des = self._twist_target(self._tracked_twist())
         elif self.mode == Mode.POSE:
             q_des = self._twist_target(self._pose_twist())
         elif self.mode == Mode.TRAJECTORY:
@@ -379,6 +386,32 @@ class ArmController:
             w = w * lim.max_angular_speed / nw
         return np.concatenate([v, w])
 
+    def _tracked_twist(self) -> np.ndarray:
+        """The streamed twist plus a pull towards the pose it has led to so far: a twist integrated
+        open loop drifts wherever the joints cannot give what it asks (a joint on its limit, the
+        speed limits, a near-singular pose, the nullspace pull leaking through the damping), and
+        the drift adds up (a 5 cm rise from awkward poses ended 23 mm sideways, median). The
+        reference leads the commanded TCP by at most ``TWIST_LEAD``, so a blocked arm does not
+        wind it up into a jump when it is freed."""
+        pos, quat = self.kin.fk(self.safety.q)
+        if self._twist_ref is None:
+            self._twist_ref = (pos, quat)
+        ref_pos, ref_quat = self._twist_ref
+        ref_pos = ref_pos + self.twist[:3] * self.dt
+        angle = float(np.linalg.norm(self.twist[3:])) * self.dt
+        if angle > 0.0:
+            ref_quat = quat_mul(axis_angle_quat(self.twist[3:], angle), ref_quat)
+        lead_m, lead_rad = self.TWIST_LEAD
+        off = ref_pos - pos
+        if np.linalg.norm(off) > lead_m:
+            ref_pos = pos + off * (lead_m / np.linalg.norm(off))
+        rot = orientation_error(ref_quat, quat)
+        if np.linalg.norm(rot) > lead_rad:
+            rot = rot * (lead_rad / np.linalg.norm(rot))
+            ref_quat = quat_mul(axis_angle_quat(rot, lead_rad), quat)
+        self._twist_ref = (ref_pos, ref_quat)
+        return self._clip_speed(self.twist + self.TWIST_GAIN * np.concatenate([ref_pos - pos, rot]))
+
     def _twist_target(self, twist: np.ndarray) -> np.ndarray:
         q = self.safety.q
         pos, _ = self.kin.fk(q)
@@ -392,7 +425,20 @@ class ArmController:
                 twist[ax] = 0.0
                 self.safety.reject(self.last_command, f"twist: motion along {'xyz'[ax]} stopped at the workspace box")
         jac = self.kin.jacobian(q)
-        qd = damped_pinv_step(jac, twist, self.NULLSPACE_GAIN * (self.robot.home - q))
+        cap = self.NULLSPACE_SPEED * lim.qd_max
+        v_null = np.minimum(np.maximum(self.NULLSPACE_GAIN * (self.robot.home - q), -cap), cap)
+        qd = damped_pinv_step(jac, twist, v_null)
+        # a joint on its limit that the solution drives further into it is clamped by the filter,
+        # and the motion the other joints were given assumes it moved: solve without it
+        for _ in range(2):
+            stuck = ((q <= lim.soft_lower + 1e-6) & (qd < 0)) | ((q >= lim.soft_upper - 1e-6) & (qd > 0))
+            if not stuck.any():
+                break
+            jac = jac.copy()
+            jac[:, stuck] = 0.0
+            v_null = np.where(stuck, 0.0, v_null)
+            qd = damped_pinv_step(jac, twist, v_null)
+            qd[stuck] = 0.0
         return q + qd * self.dt
 
     def _pose_twist(self) -> np.ndarray:
