@@ -252,3 +252,21 @@ def test_the_recorder_node_sheds_frames_past_its_backlog_bound_and_says_so(tmp_p
     assert sorted(ep.stream("wrench")["data"][:, 0].astype(int).tolist()) == list(range(300))
     log = log_path.read_text()
     assert "shedding camera frames" in log and "100 frame(s) of /shed_test/image shed" in log, log
+
+
+def test_the_recorder_logs_at_every_level_without_dying():
+    """rclpy keys a logging call by the line it is made from and raises when one line logs at
+    two severities: the recorder logged every level from one line, and a soak's recorder died
+    the first time it shed frames (a warning where it had logged info), mid-episode."""
+    import rclpy
+    from robot_learning_ros.recorder_node import RecorderNode
+
+    ctx = rclpy.Context()
+    ctx.init()
+    node = rclpy.create_node("recorder_log_levels", context=ctx)
+    try:
+        for level in ("info", "warn", "error", "info", "warn"):
+            RecorderNode._log(node, level, f"a message at {level}")
+    finally:
+        node.destroy_node()
+        ctx.shutdown()
