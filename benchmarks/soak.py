@@ -52,6 +52,9 @@ def _processes(root: int) -> dict[int, str]:
 
 
 PRIVATE = " (private)"
+# the recorder's glibc heap, blocks in use (mallinfo2, from its /diagnostics): where a leak in
+# the recorder would show; its RSS also holds freed heap pages the streaming frames touch again
+HEAP = "recorder_node (heap in use)"
 
 
 def _rss(pids: dict[int, str]) -> dict[str, float]:
@@ -173,7 +176,10 @@ def soak(minutes: float, workdir: Path, client) -> dict:
                 res = client.call(SetBool, "/recorder/stop_episode", timeout=120.0, data=False)
                 if res is not None:
                     saved.append(json.loads(res.message)["index"])
-                after_episode.append((time.monotonic() - t0, _settled(pids)))
+                settled = _settled(pids)
+                if "in_use" in heap:
+                    settled[HEAP] = heap["in_use"]
+                after_episode.append((time.monotonic() - t0, settled))
                 heap_after.append(dict(heap))
         finally:
             stop.set()
@@ -188,7 +194,7 @@ def soak(minutes: float, workdir: Path, client) -> dict:
     ends = after_episode or memory[-1:]
     warm = next((m for t, m in ends if t >= min(300.0, seconds / 4)), ends[0][1])
     last = ends[-1][1]
-    growth = {n: (last[n] - warm[n]) / warm[n] for n in warm}
+    growth = {n: (last[n] - warm[n]) / warm[n] for n in warm if n in last}
     trend = _trend([(t, m) for t, m in ends if t >= min(300.0, seconds / 4)])
     (workdir / "soak_memory.json").write_text(json.dumps({"memory": memory, "after_episode": after_episode,
                                                                 "recorder_heap": heap_after}))
@@ -254,7 +260,7 @@ def _trend(ends: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
     t = np.array([x for x, _ in ends])
     out = {}
     for n in ends[0][1]:
-        y = np.array([m[n] for _, m in ends])
+        y = np.array([m.get(n, np.nan) for _, m in ends])
         if np.all(np.isfinite(y)):
             slope, start = np.polyfit(t - t[0], y, 1)
             out[n] = float(slope * (t[-1] - t[0]) / start)
@@ -274,6 +280,9 @@ def _plot(memory, after_episode, backlog, t0: float, losses: list[tuple[float, f
         line, = ax.plot([t / 60 for t, _ in memory], [m[name] for _, m in memory], label=name)
         ax.plot([t / 60 for t, _ in after_episode], [m[name] for _, m in after_episode], "o",
                 color=line.get_color())
+    heap = [(t / 60, m[HEAP]) for t, m in after_episode if HEAP in m]
+    if heap:
+        ax.plot(*zip(*heap), "x", color="black", label="recorder heap in use (glibc)")
     ax.set_ylabel("RSS (MiB)")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Soak: memory of the deployed graph (dots: the least in the 5 s after each episode)")
@@ -318,7 +327,9 @@ def section(minutes: float, workdir: Path, client) -> list[str]:
         f"messages ({r['backlog_mib_max']:.0f} MiB); camera frames it shed past its bound: "
         f"{', '.join(f'{n} {k}' for n, k in r['shed'].items()) or 'none'}.\n",
         "The recorder's glibc heap at each episode's end (MiB; `mallinfo2`: blocks in use, and freed "
-        "blocks the heap holds for reuse, which is fragmentation): " + (", ".join(
+        "blocks the heap holds for reuse, which is fragmentation; the \"heap in use\" row above is the "
+        "first, where a leak in the recorder would grow: its RSS also holds those freed pages that the "
+        "streaming camera frames have touched again since the episode's trim): " + (", ".join(
             f"{h['in_use']:.0f}/{h['free_held']:.0f}" for h in r["recorder_heap"] if h) or "not reported") + ".\n",
         "Messages a subscriber in the same run received (with the recorder's QoS) inside the recorded "
         "episodes, against what the recorder stored:\n",
