@@ -40,13 +40,14 @@ def test_windows_pad_at_episode_edges_and_never_cross_episodes(store):  # noqa: 
     assert np.allclose(w1["action"][1:], ds.episode(1).steps["action"][:7])
 
 
-def tiny_policy(sampler: WindowSampler) -> DiffusionPolicy:
+def tiny_policy(sampler: WindowSampler, **cfg_args) -> DiffusionPolicy:
     norm = Normalizer()
     norm.fit("joint_states.position", sampler.all_obs("joint_states.position"))
     norm.fit("action", sampler.all_actions())
     cfg = DiffusionConfig(obs_dims={"joint_states.position": 9}, action_dim=7,
                           image_shapes={"front_color": [32, 32, 3]}, obs_horizon=2, pred_horizon=8,
-                          down_dims=[16, 32], image_feature_dim=8, train_timesteps=20, inference_steps=4)
+                          down_dims=[16, 32], image_feature_dim=8, train_timesteps=20, inference_steps=4,
+                          **cfg_args)
     return DiffusionPolicy(cfg, norm)
 
 
@@ -128,3 +129,35 @@ def test_actions_relative_to_the_tcp_cover_every_window_and_come_back_absolute(s
     (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(PolicyError, match="action_origin 'cube_pose.data' must be an observed pose"):
         load_checkpoint(path)
+
+
+class _Fixed(torch.nn.Module):
+    """A denoiser that always outputs one tensor (broadcast to the batch)."""
+
+    def __init__(self, out: torch.Tensor):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x, k, cond):
+        return self.out.expand_as(x)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver"])
+def test_a_sample_predicting_network_is_trained_on_and_sampled_as_the_clean_chunk(store, sampler):  # noqa: F811
+    s = WindowSampler(Dataset(store), SPEC)
+    policy = tiny_policy(s, prediction="sample")
+    b = batch(s, [0, 5, 30])
+    policy.net = _Fixed(torch.zeros(1, 8, 7))
+    # the target is the normalized action chunk itself, not the noise drawn for it
+    target = policy.normalizer.normalize("action", b["action"])
+    assert torch.allclose(policy.loss(b), (target ** 2).mean())
+    # a network sure of one chunk gets exactly that chunk, whatever the initial noise
+    chunk = torch.linspace(-0.9, 0.9, 56).reshape(1, 8, 7)
+    policy.net = _Fixed(chunk)
+    out = policy.predict(b, sampler=sampler, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(out, policy.normalizer.unnormalize("action", chunk).expand(3, 8, 7), atol=1e-4)
+    # the same network read as predicting noise gives something else
+    policy.cfg.prediction = "epsilon"
+    policy._samplers.clear()
+    assert not torch.allclose(policy.predict(b, sampler=sampler, generator=torch.Generator().manual_seed(3)), out,
+                              atol=1e-2)

@@ -75,6 +75,7 @@ def _object(v: Any) -> bool:
 
 
 SAMPLERS = ("ddim", "dpmsolver", "ddpm")     # what policies.diffusion.make_scheduler builds
+PREDICTIONS = ("epsilon", "sample")          # what policies.diffusion's network outputs
 ACTION_KINDS = ("twist", "tcp_pose")         # runtime.actions.ACTION_KINDS (kept torch-free here)
 COUNT = "an integer >= 1"
 
@@ -102,6 +103,7 @@ CONFIG_SCHEMA: dict[str, Rule] = {
     "train_timesteps": (False, COUNT, _count),
     "sampler": (False, "one of " + ", ".join(SAMPLERS), lambda v: isinstance(v, str) and v in SAMPLERS),
     "inference_steps": (False, COUNT, _count),
+    "prediction": (False, "one of " + ", ".join(PREDICTIONS), lambda v: isinstance(v, str) and v in PREDICTIONS),
     "relative": (False, "a list of [a, b] observation key pairs",
                  _list_of(_list_of(lambda x: isinstance(x, str), 2))),
     "dt": (False, "a number > 0", lambda v: _real(v) and v > 0),

@@ -32,6 +32,9 @@ class DiffusionConfig:
     image_feature_dim: int = 64
     crop_fraction: float = 0.9
     train_timesteps: int = 100
+    # what the network outputs: "epsilon" (the noise, as in Diffusion Policy) or "sample" (the
+    # clean chunk itself); measured on the demo's budget in docs/learning.md
+    prediction: str = "epsilon"
     sampler: str = "ddim"                          # ddim or dpmsolver
     inference_steps: int = 10
     # [a, b] pairs of pose keys: the policy also sees position a - position b (e.g. cube relative
@@ -59,11 +62,11 @@ def relative_key(a: str, b: str) -> str:
     return f"{a}-{b}"
 
 
-def make_scheduler(kind: str, train_timesteps: int):
+def make_scheduler(kind: str, train_timesteps: int, prediction: str = "epsilon"):
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     common = {"num_train_timesteps": train_timesteps, "beta_schedule": "squaredcos_cap_v2", "clip_sample": True,
-              "prediction_type": "epsilon"}
+              "prediction_type": prediction}
     if kind == "ddpm":
         return DDPMScheduler(**common)
     if kind == "ddim":
@@ -84,7 +87,7 @@ class DiffusionPolicy(nn.Module):
         per_step = (sum(cfg.obs_dims.values()) + 3 * len(cfg.relative)
                     + cfg.image_feature_dim * len(cfg.image_shapes))
         self.net = ConditionalUnet1D(cfg.action_dim, per_step * cfg.obs_horizon, tuple(cfg.down_dims))
-        self.train_scheduler = make_scheduler("ddpm", cfg.train_timesteps)
+        self.train_scheduler = make_scheduler("ddpm", cfg.train_timesteps, cfg.prediction)
 
     def encode(self, batch: dict[str, torch.Tensor], train: bool) -> torch.Tensor:
         """Observation window [B, To, ...] per key -> conditioning vector [B, To * per_step]."""
@@ -128,12 +131,12 @@ class DiffusionPolicy(nn.Module):
         noise = torch.randn_like(action)
         k = torch.randint(0, self.cfg.train_timesteps, (action.shape[0],), device=action.device)
         noisy = self.train_scheduler.add_noise(action, noise, k)
-        return F.mse_loss(self.net(noisy, k, cond), noise)
+        return F.mse_loss(self.net(noisy, k, cond), noise if self.cfg.prediction == "epsilon" else action)
 
     def _sampler(self, kind: str):
         """One inference scheduler per kind, built once (building one costs up to 1.6 ms an inference)."""
         if kind not in self._samplers:
-            self._samplers[kind] = make_scheduler(kind, self.cfg.train_timesteps)
+            self._samplers[kind] = make_scheduler(kind, self.cfg.train_timesteps, self.cfg.prediction)
         return self._samplers[kind]
 
     @torch.no_grad()
@@ -155,8 +158,8 @@ class DiffusionPolicy(nn.Module):
         else:
             x = noise_scale * torch.randn(shape, generator=generator, device=cond.device)
         for k in sched.timesteps:
-            eps = self.net(x, k.to(cond.device).expand(x.shape[0]), cond)
-            x = sched.step(eps, k, x).prev_sample
+            out = self.net(x, k.to(cond.device).expand(x.shape[0]), cond)  # noise or chunk, as trained
+            x = sched.step(out, k, x).prev_sample
         origin = self._origin(batch)
         out = self.normalizer.unnormalize("action", x)
         return out if origin is None else out + origin

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from robot_learning.data.schema import parse_recipe
 from robot_learning.data.store import Dataset
-from robot_learning.policies.checkpoint import PolicyError, load_weights, read_json
+from robot_learning.policies.checkpoint import PREDICTIONS, PolicyError, load_weights, read_json
 from robot_learning.policies.registry import read_checkpoint
 from robot_learning.runtime.actions import TCP_POSE_KEY, TWIST_DIMS, check_action_kind, pose_actions
 from robot_learning.train import distributed
@@ -62,6 +62,7 @@ class TrainConfig:
     eval_noise_scale: float = 1.0                         # the eval rollouts' sampling noise (deploy with the same)
     sampler: str = "ddim"
     inference_steps: int = 10
+    prediction: str = "epsilon"                           # the network outputs the noise, or the clean chunk (sample)
     device: str = "auto"
     seed: int = 0
     resume: str = ""
@@ -102,6 +103,8 @@ def _check_action(cfg: TrainConfig, recipe, obs_keys: list[str]) -> None:
         check_action_kind(cfg.action)
     except ValueError as e:
         raise SystemExit(f"train: --action: {e}") from None
+    if cfg.prediction not in PREDICTIONS:
+        raise SystemExit(f"train: --prediction is one of {', '.join(PREDICTIONS)}, not '{cfg.prediction}'")
     if cfg.action_origin and (cfg.action != "tcp_pose" or cfg.action_origin not in obs_keys):
         raise SystemExit(f"train: --action-origin {cfg.action_origin} needs --action tcp_pose and "
                          f"{cfg.action_origin} among --obs")
@@ -286,7 +289,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            obs_horizon=cfg.obs_horizon, pred_horizon=cfg.pred_horizon,
                            action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
                            relative=[list(p) for p in pairs],
-                           inference_steps=cfg.inference_steps, dt=1.0 / rate, task=task,
+                           inference_steps=cfg.inference_steps, prediction=cfg.prediction, dt=1.0 / rate, task=task,
                            action_kind=cfg.action, action_origin=cfg.action_origin)
     model = DiffusionPolicy(dcfg, normalizer).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
