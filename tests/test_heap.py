@@ -21,10 +21,13 @@ FRAMES = textwrap.dedent("""
     libc.free(libc.malloc(921_600))  # glibc's default: a freed 0.9 MiB block raises the threshold to it
     private = lambda: (psutil.Process().memory_info().rss - psutil.Process().memory_info().shared) / 2**20
     frames, small = [], []
-    for _ in range(150):  # a backlog of 640x480 frames, with the small blocks a reader allocates between them
+    for _ in range(150):  # a backlog of 640x480 frames, with the messages a reader keeps between them
         frames.append(libc.malloc(921_600))
         libc.memset(frames[-1], 1, 921_600)
-        small.append(libc.malloc(64))
+        # 100 kB: larger than the holes Python's start-up leaves, so it lands after the frame (64-byte
+        # blocks all fitted in those holes on one machine, the frames were the heap's top, and free
+        # gave them back by itself: the control case then proved nothing)
+        small.append(libc.malloc(102_400))
     before = private()
     for f in frames:
         libc.free(f)
@@ -36,7 +39,7 @@ FRAMES = textwrap.dedent("""
 
 @pytest.mark.parametrize("how", ["trimmed", "default"])
 def test_freed_frames_leave_the_process(how):
-    """150 camera frames (132 MiB) freed among small live blocks: ``release_free_memory`` gives
+    """150 camera frames (132 MiB) freed among smaller live blocks: ``release_free_memory`` gives
     them back to the system; without it (the control case) the process keeps them."""
     out = subprocess.run([sys.executable, "-c", FRAMES, how], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
