@@ -152,24 +152,3 @@ def test_a_test_run_stopped_with_sigterm_leaves_no_process_behind(tmp_path):
             run.kill()
             run.wait()
         kill_all(started)
-
-
-LATE_SIGNAL = """
-import os, signal, sys, time
-from robot_learning_ros.runtime import begin_cleanup, stop_on_first_signal
-stop_on_first_signal()
-if sys.argv[1] == "cleaning":
-    begin_cleanup()  # as the sim node does once a publish failed under rclpy's shutdown
-os.kill(os.getpid(), signal.SIGINT)
-time.sleep(0.2)  # Python runs the handler here
-print("clean-up ran to its end", flush=True)
-"""
-
-
-@pytest.mark.parametrize("phase", ["running", "cleaning"])
-def test_a_stop_signal_due_during_the_clean_up_does_not_cut_it_short(phase):
-    out = subprocess.run([sys.executable, "-c", LATE_SIGNAL, phase], capture_output=True, text=True, timeout=60)
-    if phase == "running":  # the first signal stops a running node
-        assert "KeyboardInterrupt" in out.stderr and "clean-up ran" not in out.stdout
-    else:
-        assert out.returncode == 0 and "clean-up ran to its end" in out.stdout, out.stderr

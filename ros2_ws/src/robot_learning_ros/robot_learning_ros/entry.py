@@ -33,10 +33,7 @@ def _entry(name: str):
             main = importlib.import_module(f"robot_learning_ros.{name}").main
         except KeyboardInterrupt:
             sys.exit(0)  # stopped before it started: nothing to clean up
-        try:
-            main()
-        except KeyboardInterrupt:
-            sys.exit(0)  # a stop that landed after main's own handling: its clean-up has run
+        main()
 
     run.__name__ = run.__qualname__ = name
     return run

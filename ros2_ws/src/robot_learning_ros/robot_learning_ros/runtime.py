@@ -99,18 +99,6 @@ def ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-_cleaning_up = False
-
-
-def begin_cleanup() -> None:
-    """Call first in a node's clean-up. rclpy's handler shuts the context down at the signal,
-    and ours runs at Python's next check: a publish in flight then fails first (RCLError), and
-    the KeyboardInterrupt still due would land inside the clean-up (it cut the sim node's short
-    in a test run). From here on a stop signal is only ignored."""
-    global _cleaning_up
-    _cleaning_up = True
-
-
 def stop_on_first_signal() -> None:
     """The first SIGINT or SIGTERM raises KeyboardInterrupt in the main thread and turns both
     off (``ignore_stop_signals``), so no later one can interrupt the clean-up, however soon it
@@ -119,8 +107,7 @@ def stop_on_first_signal() -> None:
 
     def first(signum: int, frame: object) -> None:
         ignore_stop_signals()
-        if not _cleaning_up:
-            raise KeyboardInterrupt(signal.Signals(signum).name)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, first)

@@ -350,7 +350,7 @@ class SimNode(Node):
 def main(args=None) -> None:
     """Run the workcell until Ctrl-C or SIGTERM; any further signal cannot interrupt the clean-up
     (camera threads must free their GL contexts before the interpreter exits, or it aborts)."""
-    from robot_learning_ros.runtime import begin_cleanup, stop_on_first_signal, use_headless_gl
+    from robot_learning_ros.runtime import stop_on_first_signal, use_headless_gl
 
     use_headless_gl()  # no display: EGL or OSMesa instead of GLFW, which would hang the cameras
     stop_on_first_signal()
@@ -361,12 +361,7 @@ def main(args=None) -> None:
         node.loop()
     except KeyboardInterrupt:
         pass
-    except RuntimeError:  # rclpy's RCLError
-        if rclpy.ok(context=node.context):
-            raise
-        # a stop signal: rclpy's handler shut the context down under a publish, before ours ran
     finally:
-        begin_cleanup()
         if node.async_cams is not None:
             node.async_cams.close()
         spin.close()
