@@ -39,7 +39,7 @@ from robot_learning.control.ros2_control import SILENT_S, CommandOutput, JointSt
 from robot_learning.description import urdf
 from robot_learning_ros.arm_interface import ArmInterface
 from robot_learning_ros.msgs import COMMAND_QOS, LATEST_QOS, from_stamp, to_sec_ns
-from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params
+from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params, run_then_clean_up
 
 BACKENDS = ("ros2_control",)
 
@@ -209,19 +209,14 @@ def main(args=None) -> None:
         # ordinary thread preempted while holding it would hold the loop up (priority inversion)
         make_realtime(max(node.thread_priority - 1, 1), node.cpu_affinity, tid=spin.thread.native_id)
     node.get_logger().info(f"control loop: {node.scheduling}")
-    try:
-        if node.backend.input.sim_time:
-            node.run_on_states(running)
-        else:
-            node.loop.run(node.tick, running)
-    except KeyboardInterrupt:
-        pass
-    except Exception:
-        if rclpy.ok():  # a publish racing the shutdown of a signalled process is not an error
-            raise
-    finally:
+    loop = (lambda: node.run_on_states(running)) if node.backend.input.sim_time else (
+        lambda: node.loop.run(node.tick, running))
+
+    def clean_up() -> None:
         stop.set()
         spin.close()
+
+    run_then_clean_up(loop, clean_up)  # a publish racing the shutdown of a signalled process is a stop
     if spin.failed:
         raise SystemExit(1)
 

@@ -41,7 +41,7 @@ from robot_learning_ros.msgs import (
     pose_from_msg,
     to_sec_ns,
 )
-from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params
+from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params, run_then_clean_up
 
 RESETS = ("sim", "home", "home_sim")
 
@@ -308,29 +308,32 @@ def run_episodes(factory, args=None) -> None:
     spin = BackgroundSpin(node)
     results = []
     code = 0
-    try:
-        for i in range(node.episodes):
-            r = node.run_episode(i)
-            results.append(r)
-            why = f" (protective stop: {r['protective_stop']})" if "protective_stop" in r else ""
-            node.get_logger().info(f"episode {i} (seed {r['seed']}): {'success' if r['success'] else 'FAILED'}"
-                                   f"{why} in {r['duration']:.1f} s")
-        rate = float(np.mean([r["success"] for r in results])) if results else 0.0
-        node.get_logger().info(f"success rate {rate:.0%} over {len(results)} episodes of {node.task}")
-        if node.report_dir:
-            node.report_dir.mkdir(parents=True, exist_ok=True)
-            (node.report_dir / "results.json").write_text(json.dumps(
-                {"task": node.task, "operator": node.operator, "success_rate": rate, "episodes": results,
-                 **node.extra_results()}, indent=1))
-    except KeyboardInterrupt:
-        pass
-    except RuntimeError as e:
-        # a stop signal shuts the context down under a call in flight ("context is invalid"):
-        # a normal stop, not an error
-        if rclpy.ok():
-            node.get_logger().error(str(e))
+
+    def episodes() -> None:
+        nonlocal code
+        try:
+            for i in range(node.episodes):
+                r = node.run_episode(i)
+                results.append(r)
+                why = f" (protective stop: {r['protective_stop']})" if "protective_stop" in r else ""
+                node.get_logger().info(f"episode {i} (seed {r['seed']}): "
+                                       f"{'success' if r['success'] else 'FAILED'}{why} in {r['duration']:.1f} s")
+            rate = float(np.mean([r["success"] for r in results])) if results else 0.0
+            node.get_logger().info(f"success rate {rate:.0%} over {len(results)} episodes of {node.task}")
+            if node.report_dir:
+                node.report_dir.mkdir(parents=True, exist_ok=True)
+                (node.report_dir / "results.json").write_text(json.dumps(
+                    {"task": node.task, "operator": node.operator, "success_rate": rate, "episodes": results,
+                     **node.extra_results()}, indent=1))
+        except RuntimeError as e:
+            if not rclpy.ok():
+                raise  # a stop signal shut the context down under a call in flight: a stop
+            node.get_logger().error(str(e))  # one sentence, not a traceback
             code = 1
-    finally:
+
+    def clean_up() -> None:
         node.finish()
         spin.close()
+
+    run_then_clean_up(episodes, clean_up)
     raise SystemExit(1 if spin.failed else code)

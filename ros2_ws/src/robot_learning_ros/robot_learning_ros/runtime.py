@@ -139,14 +139,44 @@ def run_until_stopped(factory, args=None) -> None:
     stop = init_with_graceful_stop(args)
     node = factory()
     spin = BackgroundSpin(node)
+    run_then_clean_up(lambda: node.run(lambda: not stop.is_set() and rclpy.ok() and spin.failed is None),
+                      spin.close)
+    if spin.failed:
+        raise SystemExit(1)
+
+
+def run_then_clean_up(loop, clean_up, context=None) -> None:
+    """Run a node's main-thread ``loop`` until a stop, then ``clean_up`` to its end, always.
+
+    A stop signal reaches rclpy first, which shuts the context down at once, and Python's
+    handler (the KeyboardInterrupt) only at the main thread's next Python call. A call in flight
+    when the context goes down (a publish, a take) fails first ("context is invalid"), and the
+    KeyboardInterrupt still due then landed in the clean-up: the sim node's spin thread was left
+    running, a test found the traceback in the graph's log, and the interpreter aborted at exit
+    (-6, "terminate called without an active exception"). So an error raised once rclpy is down
+    (or within 0.5 s of it: an invalidated handle can fail a take before the shutdown completes)
+    is a stop; the clean-up starts by turning the stop signals off in a loop that takes the
+    KeyboardInterrupt still due, wherever it lands; only then does the clean-up run, and no
+    signal can cut it short (``ignore_stop_signals``). A real error is raised after it."""
     try:
-        node.run(lambda: not stop.is_set() and rclpy.ok() and spin.failed is None)
+        try:
+            loop()
+        except Exception:
+            end = time.monotonic() + 0.5
+            while rclpy.ok(context=context) and time.monotonic() < end:
+                time.sleep(0.05)
+            if rclpy.ok(context=context):
+                raise
     except KeyboardInterrupt:
         pass
     finally:
-        spin.close()
-    if spin.failed:
-        raise SystemExit(1)
+        while True:
+            try:
+                ignore_stop_signals()  # Python runs a signal still due first, here at the latest
+                break
+            except KeyboardInterrupt:
+                pass
+        clean_up()
 
 
 def spin_main(node: Node, on_shutdown=None) -> None:
@@ -156,23 +186,18 @@ def spin_main(node: Node, on_shutdown=None) -> None:
     # with SIGINT ignored, see BackgroundSpin) never woke an endless wait: the recorder hung
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
-    try:
+
+    def spin() -> None:
         while rclpy.ok(context=node.context):
             executor.spin_once(timeout_sec=0.2)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RuntimeError:
-        # Ctrl-C/SIGTERM can invalidate a handle while a message is being taken; rclpy's
-        # shutdown follows within moments. Anything else is a real error.
-        time.sleep(0.5)
-        if rclpy.ok():
-            raise
-    finally:
-        ignore_stop_signals()
+
+    def clean_up() -> None:
         if on_shutdown is not None:
             on_shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+
+    run_then_clean_up(spin, clean_up, node.context)  # ExternalShutdownException too is a stop
 
 
 def run_node(factory, args=None) -> None:

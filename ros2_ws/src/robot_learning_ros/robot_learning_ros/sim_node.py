@@ -65,7 +65,7 @@ from robot_learning_ros.msgs import (
     to_sec_ns,
     wrench_msg,
 )
-from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params
+from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params, run_then_clean_up
 
 
 class Rate:
@@ -357,18 +357,16 @@ def main(args=None) -> None:
     init_ros(args=args)
     node = SimNode()
     spin = BackgroundSpin(node)
-    try:
-        node.loop()
-    except KeyboardInterrupt:
-        pass
-    finally:
+
+    def clean_up() -> None:
         if node.async_cams is not None:
             node.async_cams.close()
         spin.close()
         node.cell.close()
+
+    run_then_clean_up(node.loop, clean_up)
     if spin.failed:
         raise SystemExit(1)
-
 
 if __name__ == "__main__":
     main()
