@@ -1,9 +1,9 @@
-"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,arm,learner,rl,residual,soak] [--quick]``):
+"""``make bench`` (``python -m benchmarks [--only sim,ingest,policy,image,arm,learner,rl,residual,soak] [--quick]``):
 the sim node against raw MuJoCo, the gym env's speed, command-to-state latency through the graph, the
-recorder's ingest, policy latency and command jitter, the SAC learner's update rate, a residual's
-per-tick cost and batched envs for RL on a diffusion policy, and (on
-request: ``--only soak``, ``SOAK_MINUTES``) an hour's soak of the deployed graph. ``ARM_CLOCKS=wall``
-runs only the wall-clock row of the arm section (the goal's).
+recorder's ingest, policy latency and command jitter, image training and inference by precision,
+the SAC learner's update rate, a residual's per-tick cost and batched envs for RL on a diffusion
+policy, and (on request: ``--only soak``, ``SOAK_MINUTES``) an hour's soak of the deployed graph.
+``ARM_CLOCKS=wall`` runs only the wall-clock row of the arm section (the goal's).
 Results go to docs/benchmarks.md with the machine and date. Benchmarks live outside the
 library: nothing in robot_learning imports them, and they use only its public modules."""
 
@@ -214,7 +214,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, MuJoCo {mujoco.__version__}"
 
 
-SECTIONS = ("sim", "ingest", "camera", "policy", "arm", "learner", "rl", "residual", "soak")
+SECTIONS = ("sim", "ingest", "camera", "policy", "image", "arm", "learner", "rl", "residual", "soak")
 ON_REQUEST = ("soak",)  # an hour long: only with --only soak (SOAK_MINUTES sets its length)
 
 
@@ -251,6 +251,10 @@ def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> i
                 sections[name] = f"_Measured {stamp}._\n\n" + "\n".join(fn(quick, tmp, client)) + "\n"
             finally:
                 client.close()
+    if "image" in todo:
+        from benchmarks.image_training import section as image_section
+
+        sections["image"] = f"_Measured {stamp}._\n\n" + "\n".join(image_section(quick, tmp)) + "\n"
     if "rl" in todo:
         from benchmarks.rl_actor import section as rl_section
 

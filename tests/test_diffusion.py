@@ -161,3 +161,73 @@ def test_a_sample_predicting_network_is_trained_on_and_sampled_as_the_clean_chun
     policy._samplers.clear()
     assert not torch.allclose(policy.predict(b, sampler=sampler, generator=torch.Generator().manual_seed(3)), out,
                               atol=1e-2)
+
+
+def _fit(policy, b, precision: str, steps: int) -> None:
+    from robot_learning.nets.precision import autocast
+
+    torch.manual_seed(1)  # the same noise and diffusion steps for both precisions
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    for _ in range(steps):
+        with autocast("cpu", precision):
+            loss = policy.loss(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _denoising_loss(policy, b) -> float:
+    """The loss over fixed draws of noise and diffusion steps (in float32)."""
+    torch.manual_seed(123)
+    with torch.no_grad():
+        return float(np.mean([float(policy.loss(b)) for _ in range(20)]))
+
+
+def test_bf16_autocast_trains_as_fp32_does_and_infers_the_same_chunk(store):  # noqa: F811
+    """``--precision bf16`` (the default where the CPU has bf16 units): products and convolutions
+    run in bfloat16, the weights and the loss stay float32. It must learn what float32 learns from
+    the same start, and a bf16 inference must give float32's chunk up to bf16's rounding."""
+    from robot_learning.policies.diffusion import DiffusionRunner
+
+    s = WindowSampler(Dataset(store), SPEC)
+    b = batch(s, list(range(0, len(s), max(1, len(s) // 16)))[:16])
+    torch.manual_seed(0)
+    before = _denoising_loss(tiny_policy(s), b)
+    after = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        policy = tiny_policy(s)
+        _fit(policy, b, precision, 80)
+        assert all(p.dtype == torch.float32 for p in policy.parameters())
+        after[precision] = _denoising_loss(policy, b)
+    print(f"denoising loss: {before:.3f} untrained, fp32 {after['fp32']:.3f}, bf16 {after['bf16']:.3f}")
+    assert after["fp32"] < 0.85 * before and after["bf16"] < 0.85 * before
+    assert after["bf16"] < 1.1 * after["fp32"]
+    policy.eval()
+    win = {k: v[0].numpy() for k, v in batch(s, [30]).items() if k.startswith(("obs/", "image/"))}
+    chunks = {p: DiffusionRunner(policy, precision=p, noise_scale=0.0).chunks({k: v[None] for k, v in win.items()})
+              for p in ("fp32", "bf16")}
+    span = s.all_actions().max(0) - s.all_actions().min(0)
+    moving = span > 1e-3  # dims the demonstrations never changed are sampled at their one value
+    dev = np.abs(chunks["bf16"] - chunks["fp32"])[..., moving] / span[moving]
+    print(f"bf16 chunk: at most {dev.max():.2%} of a dimension's range from fp32's")
+    assert dev.max() < 0.05
+    with pytest.raises(PolicyError, match="precision is one of auto, fp32, bf16, not 'fp8'"):
+        DiffusionRunner(policy, precision="fp8")
+
+
+def test_the_resnet18_size_encoder_round_trips_and_an_unknown_encoder_is_refused(store, tmp_path):  # noqa: F811
+    s = WindowSampler(Dataset(store), SPEC)
+    policy = tiny_policy(s, image_encoder="resnet18").eval()
+    widths = [m.out_channels for m in policy.encoders["front_color"].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert max(widths) == 512 and any(isinstance(m, torch.nn.MaxPool2d) for m in policy.encoders.modules())
+    path = save_checkpoint(policy, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(path)
+    b = batch(s, [0, 30])
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert torch.allclose(policy.predict(b, generator=g()), loaded.predict(b, generator=g()))
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["config"]["image_encoder"] = "vgg16"
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PolicyError, match="image_encoder must be one of small, resnet18, not 'vgg16'"):
+        load_checkpoint(path)

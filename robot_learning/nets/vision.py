@@ -34,14 +34,23 @@ class SpatialSoftmax(nn.Module):
         return torch.cat([(p.sum(3) * ys).sum(-1), (p.sum(2) * xs).sum(-1)], dim=-1)
 
 
+# The encoders a policy can have. "small": half a ResNet18's widths and a 5x5 stem without pooling
+# (the default; what the results in docs/learning.md used). "resnet18": ResNet18's layout (7x7
+# stem, max-pool, 64-512 wide), GroupNorm instead of batch statistics: the size the peers train
+# (LeRobot's and Diffusion Policy's image encoder), for comparisons at the same network.
+ENCODERS = {"small": {"widths": (32, 64, 128, 256), "stem_kernel": 5, "stem_pool": False},
+            "resnet18": {"widths": (64, 128, 256, 512), "stem_kernel": 7, "stem_pool": True}}
+
+
 class ImageEncoder(nn.Module):
     """[B, C, H, W] uint8 or float in [0, 1] -> [B, out_dim]. ``channels`` 3 for RGB, 1 for depth."""
 
     def __init__(self, channels: int = 3, out_dim: int = 64, widths: tuple[int, ...] = (32, 64, 128, 256),
-                 groups: int = 8):
+                 groups: int = 8, stem_kernel: int = 5, stem_pool: bool = False):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(channels, widths[0], 5, 2, 2, bias=False), nn.GroupNorm(groups, widths[0]),
-                                  nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(channels, widths[0], stem_kernel, 2, stem_kernel // 2, bias=False),
+                                  nn.GroupNorm(groups, widths[0]), nn.ReLU(),
+                                  *([nn.MaxPool2d(3, 2, 1)] if stem_pool else []))
         layers, c = [], widths[0]
         for i, w in enumerate(widths):
             layers += [BasicBlock(c, w, 1 if i == 0 else 2, groups), BasicBlock(w, w, 1, groups)]

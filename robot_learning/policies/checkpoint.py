@@ -76,6 +76,7 @@ def _object(v: Any) -> bool:
 
 SAMPLERS = ("ddim", "dpmsolver", "ddpm")     # what policies.diffusion.make_scheduler builds
 PREDICTIONS = ("epsilon", "sample")          # what policies.diffusion's network outputs
+IMAGE_ENCODERS = ("small", "resnet18")       # nets.vision.ENCODERS (kept torch-free here)
 ACTION_KINDS = ("twist", "tcp_pose")         # runtime.actions.ACTION_KINDS (kept torch-free here)
 COUNT = "an integer >= 1"
 
@@ -99,6 +100,8 @@ CONFIG_SCHEMA: dict[str, Rule] = {
     "action_horizon": (False, COUNT, _count),
     "down_dims": (False, "a non-empty list of integers >= 1", lambda v: _list_of(_count)(v) and len(v) > 0),
     "image_feature_dim": (False, COUNT, _count),
+    "image_encoder": (False, "one of " + ", ".join(IMAGE_ENCODERS),
+                      lambda v: isinstance(v, str) and v in IMAGE_ENCODERS),
     "crop_fraction": (False, "a number in (0, 1]", lambda v: _real(v) and 0 < v <= 1),
     "train_timesteps": (False, COUNT, _count),
     "sampler": (False, "one of " + ", ".join(SAMPLERS), lambda v: isinstance(v, str) and v in SAMPLERS),

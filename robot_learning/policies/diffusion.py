@@ -12,8 +12,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robot_learning.nets.precision import autocast
+from robot_learning.nets.precision import resolve as resolve_precision
 from robot_learning.nets.unet1d import ConditionalUnet1D
-from robot_learning.nets.vision import ImageEncoder, crop
+from robot_learning.nets.vision import ENCODERS, ImageEncoder, crop
 from robot_learning.policies.checkpoint import diffusion_problems
 from robot_learning.policies.normalizer import Normalizer
 from robot_learning.policies.registry import PolicyKind, register_kind
@@ -30,6 +32,7 @@ class DiffusionConfig:
     action_horizon: int = 8
     down_dims: list[int] = field(default_factory=lambda: [128, 256, 512])
     image_feature_dim: int = 64
+    image_encoder: str = "small"                   # a key of nets.vision.ENCODERS
     crop_fraction: float = 0.9
     train_timesteps: int = 100
     # what the network outputs: "epsilon" (the noise, as in Diffusion Policy) or "sample" (the
@@ -82,8 +85,12 @@ class DiffusionPolicy(nn.Module):
         super().__init__()
         self.cfg, self.normalizer = cfg, normalizer
         self._samplers: dict[str, object] = {}
-        self.encoders = nn.ModuleDict({k.replace(".", "_"): ImageEncoder(shape[2], cfg.image_feature_dim)
+        self.encoders = nn.ModuleDict({k.replace(".", "_"): ImageEncoder(shape[2], cfg.image_feature_dim,
+                                                                         **ENCODERS[cfg.image_encoder])
                                        for k, shape in cfg.image_shapes.items()})
+        # frames arrive as [H, W, C] and permuting them gives channels-last strides: weights in the
+        # same layout spare oneDNN a conversion each way (measured in benchmarks/image_training.py)
+        self.encoders.to(memory_format=torch.channels_last)
         per_step = (sum(cfg.obs_dims.values()) + 3 * len(cfg.relative)
                     + cfg.image_feature_dim * len(cfg.image_shapes))
         self.net = ConditionalUnet1D(cfg.action_dim, per_step * cfg.obs_horizon, tuple(cfg.down_dims))
@@ -172,8 +179,14 @@ class DiffusionRunner:
 
     def __init__(self, policy: DiffusionPolicy, device: str = "cpu", horizon: int | None = None, seed: int = 0,
                  sampler: str | None = None, inference_steps: int | None = None,
-                 noise_scale: float | None = None):
+                 noise_scale: float | None = None, precision: str = "fp32"):
+        from robot_learning.policies.checkpoint import PolicyError
+
         self.policy, self.device = policy, device
+        try:  # bf16: autocast where the hardware has bf16 units (nets.precision); auto picks it there
+            self.precision = resolve_precision(precision, device)
+        except ValueError as e:
+            raise PolicyError(str(e)) from None
         cfg = policy.cfg
         self.set_sampling(sampler, inference_steps, noise_scale)
         self.horizon = min(horizon or cfg.action_horizon, cfg.pred_horizon - cfg.obs_horizon + 1)
@@ -229,8 +242,10 @@ class DiffusionRunner:
         and DSRL envs use, one inference for many envs."""
         batch = {k: torch.as_tensor(np.ascontiguousarray(v), device=self.device) for k, v in obs.items() if k != "t"}
         x = None if noise is None else torch.as_tensor(np.asarray(noise, np.float32), device=self.device)
-        return self.policy.predict(batch, steps=self.steps, sampler=self.sampler, generator=self.generator,
-                                   noise=x, noise_scale=self.noise_scale).cpu().numpy().astype(np.float64)
+        with autocast(self.device, self.precision):
+            out = self.policy.predict(batch, steps=self.steps, sampler=self.sampler, generator=self.generator,
+                                      noise=x, noise_scale=self.noise_scale)
+        return out.float().cpu().numpy().astype(np.float64)
 
     def executed(self, chunks: np.ndarray) -> np.ndarray:
         """The part of predicted chunks [..., pred_horizon, A] that is executed: the actions

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from robot_learning.data.schema import parse_recipe
 from robot_learning.data.store import Dataset
-from robot_learning.policies.checkpoint import PREDICTIONS, PolicyError, load_weights, read_json
+from robot_learning.nets.precision import PRECISIONS, autocast, resolve
+from robot_learning.policies.checkpoint import IMAGE_ENCODERS, PREDICTIONS, PolicyError, load_weights, read_json
 from robot_learning.policies.registry import read_checkpoint
 from robot_learning.runtime.actions import TCP_POSE_KEY, TWIST_DIMS, check_action_kind, pose_actions
 from robot_learning.train import distributed
@@ -44,6 +45,7 @@ class TrainConfig:
     action: str = "twist"                                 # twist (as recorded) or tcp_pose (runtime.actions)
     action_origin: str = ""                               # tcp_pose positions relative to this pose obs
     image_size: list[int] = field(default_factory=lambda: [96, 96])
+    image_encoder: str = "small"                          # small, or resnet18 (the peers' size; nets.vision)
     obs_horizon: int = 2
     pred_horizon: int = 16
     action_horizon: int = 8                               # actions executed of each chunk, from the newest obs
@@ -68,6 +70,7 @@ class TrainConfig:
     resume: str = ""
     only_success: bool = True                             # train on successful episodes only
     threads: int = 0                                      # torch CPU threads (0: torch's default)
+    precision: str = "auto"                               # auto: bfloat16 where the hardware has it (nets.precision)
     max_minutes: float = 0.0                              # stop (evaluate, save) after this long; 0: no limit
 
 
@@ -105,6 +108,10 @@ def _check_action(cfg: TrainConfig, recipe, obs_keys: list[str]) -> None:
         raise SystemExit(f"train: --action: {e}") from None
     if cfg.prediction not in PREDICTIONS:
         raise SystemExit(f"train: --prediction is one of {', '.join(PREDICTIONS)}, not '{cfg.prediction}'")
+    if cfg.image_encoder not in IMAGE_ENCODERS:
+        raise SystemExit(f"train: --image-encoder is one of {', '.join(IMAGE_ENCODERS)}, not '{cfg.image_encoder}'")
+    if cfg.precision not in PRECISIONS:
+        raise SystemExit(f"train: --precision is one of {', '.join(PRECISIONS)}, not '{cfg.precision}'")
     if cfg.action_origin and (cfg.action != "tcp_pose" or cfg.action_origin not in obs_keys):
         raise SystemExit(f"train: --action-origin {cfg.action_origin} needs --action tcp_pose and "
                          f"{cfg.action_origin} among --obs")
@@ -288,10 +295,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            action_dim=int(sample["action"].shape[-1]), image_shapes=image_shapes,
                            obs_horizon=cfg.obs_horizon, pred_horizon=cfg.pred_horizon,
                            action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
+                           image_encoder=cfg.image_encoder,
                            relative=[list(p) for p in pairs],
                            inference_steps=cfg.inference_steps, prediction=cfg.prediction, dt=1.0 / rate, task=task,
                            action_kind=cfg.action, action_origin=cfg.action_origin)
     model = DiffusionPolicy(dcfg, normalizer).to(device)
+    precision = resolve(cfg.precision, device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     t_start = time.monotonic()
@@ -324,7 +333,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"train: {len(train_eps)} training and {len(val_eps)} validation episodes, {len(train_set)} windows; "
               f"obs {', '.join(obs_keys)}{'; images ' + ', '.join(cfg.images) if cfg.images else ''}; "
-              f"{n_params / 1e6:.1f}M parameters on {device}{f' x{world}' if world > 1 else ''}; run dir {run}",
+              f"{n_params / 1e6:.1f}M parameters on {device}{f' x{world}' if world > 1 else ''} ({precision}); "
+              f"run dir {run}",
               flush=True)
     best_path = run / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else {"score": -math.inf}
@@ -337,7 +347,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     cpu = CpuClock(run / "metrics.jsonl")
     for step in bar:
         model.train()
-        loss = net(_to(next(batches), device))
+        with autocast(device, precision):
+            loss = net(_to(next(batches), device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -373,7 +384,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 with torch.no_grad():
                     for b in range(0, len(idx), cfg.batch_size):
                         chunk = idx[b:b + cfg.batch_size]
-                        loss_b = float(policy.loss(_to(_collate(val_set, chunk), device)))
+                        with autocast(device, precision):
+                            loss_b = float(policy.loss(_to(_collate(val_set, chunk), device)))
                         vals.append((loss_b * len(chunk), len(chunk)))
                 torch.set_rng_state(rng_state)
                 vals = distributed.gather(vals, ranks)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# LeRobot itself (0.4.4, its diffusion policy and training code) in an environment of its own, for
+# the side-by-side benchmark `python -m benchmarks --only peer` (benchmarks/peer.py). Never a
+# dependency of the project: LeRobot pins torch < 2.11, the project uses 2.13. About 8 GB (the
+# PyPI torch wheel brings CUDA libraries; it runs on the CPU too).
+set -euo pipefail
+ENV="${1:-.venv-lerobot-peer}"
+if [ ! -x "$ENV/bin/python" ]; then
+    python3.11 -m venv "$ENV"
+fi
+"$ENV/bin/pip" install -q --disable-pip-version-check "lerobot==0.4.4" "torch==2.10.*" "torchvision==0.25.*" \
+    2>&1 | grep -v "^WARNING: Location" || true
+"$ENV/bin/python" -c "import lerobot.policies.diffusion.modeling_diffusion" && echo "lerobot peer env: ready ($ENV)"
