@@ -2,7 +2,8 @@
 the sim node against raw MuJoCo, the gym env's speed, command-to-state latency through the graph, the
 recorder's ingest, policy latency and command jitter, image training and inference by precision,
 the SAC learner's update rate, a residual's per-tick cost and batched envs for RL on a diffusion
-policy, and (on request: ``--only soak``, ``SOAK_MINUTES``) an hour's soak of the deployed graph.
+policy, and on request an hour's soak of the deployed graph (``--only soak``, ``SOAK_MINUTES``)
+and the side-by-side against LeRobot (``--only peer``, its own environment: scripts/lerobot_peer_env.sh).
 ``ARM_CLOCKS=wall`` runs only the wall-clock row of the arm section (the goal's).
 Results go to docs/benchmarks.md with the machine and date. Benchmarks live outside the
 library: nothing in robot_learning imports them, and they use only its public modules."""
@@ -214,8 +215,8 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, MuJoCo {mujoco.__version__}"
 
 
-SECTIONS = ("sim", "ingest", "camera", "policy", "image", "arm", "learner", "rl", "residual", "soak")
-ON_REQUEST = ("soak",)  # an hour long: only with --only soak (SOAK_MINUTES sets its length)
+SECTIONS = ("sim", "ingest", "camera", "policy", "image", "peer", "arm", "learner", "rl", "residual", "soak")
+ON_REQUEST = ("soak", "peer")  # only with --only: an hour long (SOAK_MINUTES), LeRobot's own 8 GB environment
 
 
 def _previous_sections(path: Path) -> dict[str, str]:
@@ -255,6 +256,10 @@ def run_bench(out: str, quick: bool = False, only: list[str] | None = None) -> i
         from benchmarks.image_training import section as image_section
 
         sections["image"] = f"_Measured {stamp}._\n\n" + "\n".join(image_section(quick, tmp)) + "\n"
+    if "peer" in todo:
+        from benchmarks.peer import section as peer_section
+
+        sections["peer"] = f"_Measured {stamp}._\n\n" + "\n".join(peer_section(quick)) + "\n"
     if "rl" in todo:
         from benchmarks.rl_actor import section as rl_section
 

@@ -1,0 +1,127 @@
+"""``--only peer`` (on request): our diffusion policy against LeRobot's at the same network, side
+by side on this machine. LeRobot runs in its own environment (``scripts/lerobot_peer_env.sh``,
+about 8 GB; ``LEROBOT_PEER_ENV`` points elsewhere), never in the project's.
+
+The network is issue 15's: a ResNet18-size image encoder with GroupNorm for each of two 96x96
+cameras cropped to 84x84, two observation frames, a 9-dim state, a U-Net 256/512/1024 over a
+16-step chunk of 7-dim actions, DDIM with 10 steps, batch 64, two torch threads. Both sides run
+the same work on random tensors in fresh processes, alternating, so the machine's drift falls on
+both: a training step as each trainer takes it (forward, backward, clipping, optimizer; ours also
+updates its EMA) and one chunk's inference. Each side runs in float32 and in its mixed precision
+(ours: ``--precision auto``, bf16 where the CPU has bf16 units; LeRobot: ``use_amp``, torch's
+CPU autocast, also bf16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+NET = {"state_dim": 9, "action_dim": 7, "image": 96, "crop": 84, "down_dims": [256, 512, 1024], "inference_steps": 10,
+       "batch": 64, "threads": 2}
+
+
+def ours(args: dict) -> dict:
+    """Our side of the comparison (run in a fresh process of the project's venv)."""
+    import time
+
+    import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from robot_learning.nets.precision import autocast, resolve
+    from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy, DiffusionRunner
+    from robot_learning.policies.normalizer import Normalizer
+
+    torch.set_num_threads(args["threads"])
+    torch.manual_seed(0)
+    cams = ["front_color", "wrist_color"]
+    n, a = args["state_dim"], args["action_dim"]
+    stats = {"state": {"min": [-1.0] * n, "max": [1.0] * n}, "action": {"min": [-1.0] * a, "max": [1.0] * a}}
+    shape = [args["image"], args["image"], 3]
+    cfg = DiffusionConfig(obs_dims={"state": n}, action_dim=a, image_shapes={c: shape for c in cams},
+                          down_dims=list(args["down_dims"]), image_encoder="resnet18",
+                          crop_fraction=args["crop"] / args["image"], inference_steps=args["inference_steps"])
+    policy = DiffusionPolicy(cfg, Normalizer(stats))
+    precision = resolve(args["precision"], "cpu")
+    ema = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(0.995), use_buffers=True)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    b = args["batch"]
+    batch = {"obs/state": torch.randn(b, 2, n), "action": torch.randn(b, 16, a),
+             **{f"image/{c}": torch.randint(0, 255, (b, 2, args["image"], args["image"], 3), dtype=torch.uint8)
+                for c in cams}}
+    step_s = []
+    for i in range(args["train_steps"] + 1):
+        t0 = time.perf_counter()
+        policy.train()
+        with autocast("cpu", precision):
+            loss = policy.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        ema.update_parameters(policy)
+        if i:
+            step_s.append(time.perf_counter() - t0)
+    runner = DiffusionRunner(policy.eval(), "cpu", precision=precision)
+    window = {k: v[0].numpy() for k, v in batch.items() if k != "action"}
+    infer_ms = []
+    for i in range(args["infer_calls"] + 1):
+        t0 = time.perf_counter()
+        runner.act(window)
+        if i:
+            infer_ms.append((time.perf_counter() - t0) * 1e3)
+    return {"step_s": step_s, "infer_ms": infer_ms, "params": sum(p.numel() for p in policy.parameters()),
+            "torch": torch.__version__, "precision": precision}
+
+
+def _run(python: Path, argv: list[str]) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(NET["threads"])}
+    out = subprocess.run([str(python), *argv], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:2])} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def section(quick: bool) -> list[str]:
+    peer_env = Path(os.environ.get("LEROBOT_PEER_ENV", ROOT / ".venv-lerobot-peer"))
+    if not (peer_env / "bin" / "python").exists():
+        raise SystemExit(f"bench peer: no LeRobot environment at {peer_env}: run `bash scripts/lerobot_peer_env.sh` "
+                         "(about 8 GB) or set LEROBOT_PEER_ENV")
+    args = {**NET, "train_steps": 2 if quick else 6, "infer_calls": 3 if quick else 15}
+    runs = {("ours", "fp32"): [], ("ours", "auto"): [], ("LeRobot 0.4.4", "fp32"): [], ("LeRobot 0.4.4", "amp"): []}
+    for r in range(1 if quick else 2):
+        for who, mode in runs:
+            print(f"bench: peer round {r + 1}: {who} {mode} ...", flush=True)
+            if who == "ours":
+                res = _run(Path(sys.executable), ["-m", "benchmarks.peer", json.dumps({**args, "precision": mode})])
+            else:
+                res = _run(peer_env / "bin" / "python", [str(ROOT / "benchmarks" / "peer_lerobot_worker.py"),
+                                                         json.dumps({**args, "amp": mode == "amp"})])
+            runs[(who, mode)].append(res)
+    sps = {k: args["batch"] / np.median([s for r in v for s in r["step_s"]]) for k, v in runs.items()}
+    p50 = {k: np.median([m for r in v for m in r["infer_ms"]]) for k, v in runs.items()}
+    p99 = {k: np.percentile([m for r in v for m in r["infer_ms"]], 99) for k, v in runs.items()}
+    base = ("LeRobot 0.4.4", "fp32")
+    rows = ["## Against LeRobot: the same diffusion network, side by side\n",
+            "A ResNet18-size encoder (GroupNorm) per 96x96 camera, two cameras cropped to 84x84, two observation "
+            "frames, U-Net 256/512/1024, 16-step chunks, DDIM 10, batch 64, two torch threads, random tensors "
+            f"(data loading not included), fresh processes alternating over {1 if quick else 2} round(s). Parameters: "
+            f"ours {runs[('ours', 'fp32')][0]['params'] / 1e6:.1f}M (an encoder per camera), LeRobot "
+            f"{runs[base][0]['params'] / 1e6:.1f}M (one shared); torch {runs[('ours', 'fp32')][0]['torch']} against "
+            f"{runs[base][0]['torch']} (LeRobot pins < 2.11). Ours `auto` ran in "
+            f"{runs[('ours', 'auto')][0]['precision']} here.\n",
+            "| policy | precision | training samples/s | vs LeRobot fp32 | inference p50 (ms) | p99 (ms) "
+            "| vs LeRobot fp32 |", "|---|---|---|---|---|---|---|"]
+    for k in runs:
+        rows.append(f"| {k[0]} | {k[1]} | {sps[k]:.1f} | {sps[k] / sps[base]:.2f}x | {p50[k]:.0f} | {p99[k]:.0f} | "
+                    f"{p50[base] / p50[k]:.2f}x |")
+    return rows + [""]
+
+
+if __name__ == "__main__":
+    print(json.dumps(ours(json.loads(sys.argv[1]))), flush=True)
