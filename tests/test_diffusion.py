@@ -214,6 +214,11 @@ def test_bf16_autocast_trains_as_fp32_does_and_infers_the_same_chunk(store):  # 
     assert dev.max() < 0.05
     with pytest.raises(PolicyError, match="precision is one of auto, fp32, bf16, not 'fp8'"):
         DiffusionRunner(policy, precision="fp8")
+    # auto: bf16 only for a network that reads images, and only on hardware with bf16 units
+    from robot_learning.nets.precision import bf16_is_fast, resolve
+
+    assert resolve("auto", "cpu", images=False) == "fp32"
+    assert resolve("auto", "cpu", images=True) == ("bf16" if bf16_is_fast("cpu") else "fp32")
 
 
 def test_the_resnet18_size_encoder_round_trips_and_an_unknown_encoder_is_refused(store, tmp_path):  # noqa: F811

@@ -34,13 +34,16 @@ def bf16_is_fast(device: str) -> bool:
     return device == "cpu" and _cpu_has_bf16_units()
 
 
-def resolve(precision: str, device: str) -> str:
-    """"fp32" or "bf16" for ``precision`` on ``device``; "auto" picks bf16 where it is fast.
-    An unknown name is a ValueError naming the choices."""
+def resolve(precision: str, device: str, images: bool = True) -> str:
+    """"fp32" or "bf16" for ``precision`` on ``device``; "auto" picks bf16 where it is fast and
+    the network reads images. A policy without cameras is a few small products per step, where
+    autocast's casts cost more than bf16 saves: the demo's low-dim policy trained 1.5x slower in
+    bf16 on a CPU with AMX (``benchmarks/image_training.py`` has the image case). An unknown name
+    is a ValueError naming the choices."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision is one of {', '.join(PRECISIONS)}, not '{precision}'")
     if precision == "auto":
-        return "bf16" if bf16_is_fast(device) else "fp32"
+        return "bf16" if images and bf16_is_fast(device) else "fp32"
     return precision
 
 

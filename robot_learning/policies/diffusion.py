@@ -184,7 +184,7 @@ class DiffusionRunner:
 
         self.policy, self.device = policy, device
         try:  # bf16: autocast where the hardware has bf16 units (nets.precision); auto picks it there
-            self.precision = resolve_precision(precision, device)
+            self.precision = resolve_precision(precision, device, images=bool(policy.cfg.image_shapes))
         except ValueError as e:
             raise PolicyError(str(e)) from None
         cfg = policy.cfg

@@ -70,7 +70,7 @@ class TrainConfig:
     resume: str = ""
     only_success: bool = True                             # train on successful episodes only
     threads: int = 0                                      # torch CPU threads (0: torch's default)
-    precision: str = "auto"                               # auto: bfloat16 where the hardware has it (nets.precision)
+    precision: str = "auto"                               # auto: bf16 for image policies where the hardware has it
     max_minutes: float = 0.0                              # stop (evaluate, save) after this long; 0: no limit
 
 
@@ -300,7 +300,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            inference_steps=cfg.inference_steps, prediction=cfg.prediction, dt=1.0 / rate, task=task,
                            action_kind=cfg.action, action_origin=cfg.action_origin)
     model = DiffusionPolicy(dcfg, normalizer).to(device)
-    precision = resolve(cfg.precision, device)
+    precision = resolve(cfg.precision, device, images=bool(cfg.images))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     t_start = time.monotonic()
