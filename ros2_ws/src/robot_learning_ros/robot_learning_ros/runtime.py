@@ -152,8 +152,8 @@ def run_then_clean_up(loop, clean_up, context=None) -> None:
     handler (the KeyboardInterrupt) only at the main thread's next Python call. A call in flight
     when the context goes down (a publish, a take) fails first ("context is invalid"), and the
     KeyboardInterrupt still due then landed in the clean-up: the sim node's spin thread was left
-    running, a test found the traceback in the graph's log, and the interpreter aborted at exit
-    (-6, "terminate called without an active exception"). So an error raised once rclpy is down
+    running and a test found the traceback in the graph's log (the likely cause, too, of one
+    abort at exit: -6, "terminate called without an active exception"). So an error raised once rclpy is down
     (or within 0.5 s of it: an invalidated handle can fail a take before the shutdown completes)
     is a stop; the clean-up starts by turning the stop signals off in a loop that takes the
     KeyboardInterrupt still due, wherever it lands; only then does the clean-up run, and no
