@@ -51,7 +51,6 @@ def step_breakdown(sampler, precision: str, steps: int) -> dict[str, float]:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from robot_learning.nets.precision import autocast
-    from robot_learning.nets.vision import crop
     from robot_learning.train.diffusion import _collate, _to
 
     policy = _policy(sampler)
@@ -74,10 +73,9 @@ def step_breakdown(sampler, precision: str, steps: int) -> dict[str, float]:
         ema.update_parameters(policy)
         t4 = time.perf_counter()
         # the encoders alone on the same frames, as encode() feeds them
-        imgs = [batch[f"image/{c}"].reshape(-1, 96, 96, 3).permute(0, 3, 1, 2).float() / 255.0 for c in CAMERAS]
         t5 = time.perf_counter()
         with autocast("cpu", precision):
-            feats = [policy.encoders[c](crop(x, (86, 86), True)) for c, x in zip(CAMERAS, imgs)]
+            feats = [policy.image_features(batch, c, train=True) for c in CAMERAS]
         torch.stack(feats).float().sum().backward()
         t6 = time.perf_counter()
         if i >= 2:

@@ -105,14 +105,19 @@ class DiffusionPolicy(nn.Module):
         for a, b in self.cfg.relative:
             d = batch[f"obs/{a}"][..., :3] - batch[f"obs/{b}"][..., :3]
             feats.append(self.normalizer.normalize(relative_key(a, b), d))
-        for k, shape in self.cfg.image_shapes.items():
-            img = batch[f"image/{k}"]                     # [B, To, H, W(, C)] uint8
-            b, to = img.shape[:2]
-            scale = 255.0 if img.dtype == torch.uint8 else 1000.0   # colour 0..255; depth in mm -> m
-            img = img.reshape(b * to, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2).float() / scale
-            size = (int(shape[0] * self.cfg.crop_fraction), int(shape[1] * self.cfg.crop_fraction))
-            feats.append(self.encoders[k.replace(".", "_")](crop(img, size, train)).reshape(b, to, -1))
+        for k in self.cfg.image_shapes:
+            feats.append(self.image_features(batch, k, train))
         return torch.cat(feats, dim=-1).flatten(1)
+
+    def image_features(self, batch: dict[str, torch.Tensor], camera: str, train: bool) -> torch.Tensor:
+        """One camera's frames [B, To, H, W(, C)] through its encoder (cropped) -> [B, To, features]."""
+        shape = self.cfg.image_shapes[camera]
+        img = batch[f"image/{camera}"]
+        b, to = img.shape[:2]
+        scale = 255.0 if img.dtype == torch.uint8 else 1000.0   # colour 0..255; depth in mm -> m
+        img = img.reshape(b * to, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2).float() / scale
+        size = (int(shape[0] * self.cfg.crop_fraction), int(shape[1] * self.cfg.crop_fraction))
+        return self.encoders[camera.replace(".", "_")](crop(img, size, train)).reshape(b, to, -1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss (what DistributedDataParallel wraps)."""
