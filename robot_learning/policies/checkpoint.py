@@ -100,6 +100,9 @@ CONFIG_SCHEMA: dict[str, Rule] = {
     "action_horizon": (False, COUNT, _count),
     "down_dims": (False, "a non-empty list of integers >= 1", lambda v: _list_of(_count)(v) and len(v) > 0),
     "image_feature_dim": (False, COUNT, _count),
+    "tactile_shapes": (False, "an object of observation key -> [rows, cols, C], each >= 1",
+                       _names_to(_list_of(_count, 3))),
+    "tactile_feature_dim": (False, COUNT, _count),
     "image_encoder": (False, "one of " + ", ".join(IMAGE_ENCODERS),
                       lambda v: isinstance(v, str) and v in IMAGE_ENCODERS),
     "crop_fraction": (False, "a number in (0, 1]", lambda v: _real(v) and 0 < v <= 1),
@@ -159,7 +162,13 @@ def _consistency_problems(cfg: dict, stats: dict) -> list[str]:
     if cfg.get("inference_steps", 1) > cfg.get("train_timesteps", math.inf):
         problems.append(f"config.inference_steps {cfg['inference_steps']} exceeds config.train_timesteps "
                         f"{cfg['train_timesteps']}")
+    grids = cfg.get("tactile_shapes", {})
+    for key, (rows, cols, ch) in grids.items():
+        if cfg["obs_dims"].get(key) != rows * cols * ch:
+            problems.append(f"config.tactile_shapes '{key}' is {rows}x{cols}x{ch}, but config.obs_dims gives it "
+                            f"{cfg['obs_dims'].get(key, 'no')} values")
     sizes = dict(cfg["obs_dims"])
+    sizes.update({k: shape[2] for k, shape in grids.items()})   # a grid's stats are per force axis
     sizes.update({f"{a}-{b}": 3 for a, b in cfg.get("relative", [])})   # policies.diffusion.relative_key
     sizes["action"] = cfg["action_dim"]
     if origin:   # the absolute actions' range (the network's are relative to the origin)

@@ -1,4 +1,4 @@
-"""The diffusion policy: observations (proprioception, wrench, taxels, camera images) are encoded
+"""The diffusion policy: observations (proprioception, wrench, taxel grids, camera images) are encoded
 into one conditioning vector; a conditional 1-D U-Net denoises a chunk of ``pred_horizon``
 actions from Gaussian noise, trained with DDPM and sampled with DDIM or DPM-Solver++ in a
 configurable number of steps."""
@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from robot_learning.nets.precision import autocast
 from robot_learning.nets.precision import resolve as resolve_precision
+from robot_learning.nets.tactile import TaxelEncoder
 from robot_learning.nets.unet1d import ConditionalUnet1D
 from robot_learning.nets.vision import ENCODERS, ImageEncoder, crop
 from robot_learning.policies.checkpoint import diffusion_problems
@@ -33,6 +34,10 @@ class DiffusionConfig:
     down_dims: list[int] = field(default_factory=lambda: [128, 256, 512])
     image_feature_dim: int = 64
     image_encoder: str = "small"                   # a key of nets.vision.ENCODERS
+    # observation keys that are taxel grids (key -> [rows, cols, C]; they stay in obs_dims too,
+    # flat size): each goes through its own nets.tactile.TaxelEncoder instead of being flattened
+    tactile_shapes: dict[str, list[int]] = field(default_factory=dict)
+    tactile_feature_dim: int = 32
     crop_fraction: float = 0.9
     train_timesteps: int = 100
     # what the network outputs: "epsilon" (the noise, as in Diffusion Policy) or "sample" (the
@@ -91,8 +96,10 @@ class DiffusionPolicy(nn.Module):
         # frames arrive as [H, W, C] and permuting them gives channels-last strides: weights in the
         # same layout spare oneDNN a conversion each way (measured in benchmarks/image_training.py)
         self.encoders.to(memory_format=torch.channels_last)
-        per_step = (sum(cfg.obs_dims.values()) + 3 * len(cfg.relative)
-                    + cfg.image_feature_dim * len(cfg.image_shapes))
+        self.tactile = nn.ModuleDict({k.replace(".", "_"): TaxelEncoder(*shape, out_dim=cfg.tactile_feature_dim)
+                                      for k, shape in cfg.tactile_shapes.items()})
+        per_step = (sum(n for k, n in cfg.obs_dims.items() if k not in cfg.tactile_shapes) + 3 * len(cfg.relative)
+                    + cfg.image_feature_dim * len(cfg.image_shapes) + cfg.tactile_feature_dim * len(cfg.tactile_shapes))
         self.net = ConditionalUnet1D(cfg.action_dim, per_step * cfg.obs_horizon, tuple(cfg.down_dims))
         self.train_scheduler = make_scheduler("ddpm", cfg.train_timesteps, cfg.prediction)
 
@@ -101,7 +108,12 @@ class DiffusionPolicy(nn.Module):
         feats = []
         for k in self.cfg.obs_dims:
             x = batch[f"obs/{k}"]
-            feats.append(self.normalizer.normalize(k, x.reshape(*x.shape[:2], -1)))
+            if k in self.cfg.tactile_shapes:   # normalized per force axis (the stats are per channel)
+                b, to = x.shape[:2]
+                grid = self.normalizer.normalize(k, x.reshape(b * to, *self.cfg.tactile_shapes[k]).float())
+                feats.append(self.tactile[k.replace(".", "_")](grid).reshape(b, to, -1))
+            else:
+                feats.append(self.normalizer.normalize(k, x.reshape(*x.shape[:2], -1)))
         for a, b in self.cfg.relative:
             d = batch[f"obs/{a}"][..., :3] - batch[f"obs/{b}"][..., :3]
             feats.append(self.normalizer.normalize(relative_key(a, b), d))

@@ -46,6 +46,7 @@ class TrainConfig:
     action_origin: str = ""                               # tcp_pose positions relative to this pose obs
     image_size: list[int] = field(default_factory=lambda: [96, 96])
     image_encoder: str = "small"                          # small, or resnet18 (the peers' size; nets.vision)
+    tactile: str = "grid"                                 # taxel grids through a conv encoder (nets.tactile), or flat
     obs_horizon: int = 2
     pred_horizon: int = 16
     action_horizon: int = 8                               # actions executed of each chunk, from the newest obs
@@ -57,7 +58,7 @@ class TrainConfig:
     steps: int = 3000
     ema_decay: float = 0.995
     val_fraction: float = 0.1
-    eval_every: int = 500
+    eval_every: int = 500                                 # steps between evaluations (0: only at the end)
     eval_episodes: int = 10
     eval_seed: int = 100_000
     eval_max_steps: int = 0                               # policy steps per eval rollout (0: the task's own limit)
@@ -131,6 +132,22 @@ def _default_obs(ds: Dataset, episode: int) -> list[str]:
     for stream, g in steps.groups():
         keys += [f"{stream}.{a}" for a, _ in g.arrays()]
     return sorted(k for k in keys if not k.endswith(".effort"))
+
+
+TACTILE_MODES = ("grid", "flat")
+
+
+def _taxel_grids(recipe, obs_keys, steps_obs) -> dict[str, list[int]]:
+    """The observations that are taxel grids: float images ([rows, cols, C] forces, as the tactile
+    drivers publish them) among the low-dim keys -> their shape (as stored in a step table)."""
+    grids = {}
+    for k in obs_keys:
+        stream = recipe.streams.get(k.split(".", 1)[0])
+        shape = steps_obs[k].shape[1:]
+        if stream is not None and stream.kind == "image" and (stream.encoding or "").startswith("32FC") \
+                and len(shape) == 3:
+            grids[k] = [int(n) for n in shape]
+    return grids
 
 
 def _collate(sampler, idx) -> dict[str, np.ndarray]:
@@ -262,6 +279,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if cam not in recipe.streams or recipe.streams[cam].kind != "image":
             raise SystemExit(f"train: '{cam}' is not a camera stream of {cfg.dataset}")
     _check_action(cfg, recipe, obs_keys)
+    if cfg.tactile not in TACTILE_MODES:
+        raise SystemExit(f"train: --tactile is one of {', '.join(TACTILE_MODES)}, not '{cfg.tactile}'")
     spec = WindowSpec(cfg.obs_horizon, cfg.pred_horizon, tuple(obs_keys), tuple(cfg.images), tuple(cfg.image_size),
                       zero_pad_dims=tuple(range(TWIST_DIMS)) if cfg.action == "twist" else ())
     torch.manual_seed(cfg.seed + rank)
@@ -273,12 +292,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if len(train_set) == 0:
         raise SystemExit(f"train: the episodes of {cfg.dataset} have no steps")
 
+    grids = _taxel_grids(recipe, obs_keys, ds.episode(train_eps[0]).steps["obs"]) if cfg.tactile == "grid" else {}
     if resume is not None:
         normalizer = Normalizer(read_checkpoint(run / "checkpoints" / "last").normalizer)
     else:
         normalizer = Normalizer()
         for k in obs_keys:
-            normalizer.fit(k, train_set.all_obs(k))
+            x = train_set.all_obs(k)
+            normalizer.fit(k, x.reshape(-1, grids[k][2]) if k in grids else x)   # grids: one scale per force axis
         for a, b in pairs:
             normalizer.fit(relative_key(a, b), train_set.all_obs(a)[:, :3] - train_set.all_obs(b)[:, :3])
         if cfg.action_origin:
@@ -295,7 +316,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            action_dim=int(sample["action"].shape[-1]), image_shapes=image_shapes,
                            obs_horizon=cfg.obs_horizon, pred_horizon=cfg.pred_horizon,
                            action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
-                           image_encoder=cfg.image_encoder,
+                           image_encoder=cfg.image_encoder, tactile_shapes=grids,
                            relative=[list(p) for p in pairs],
                            inference_steps=cfg.inference_steps, prediction=cfg.prediction, dt=1.0 / rate, task=task,
                            action_kind=cfg.action, action_origin=cfg.action_origin)
@@ -370,7 +391,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             with (run / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps({"step": done, "train_loss": float(np.mean(losses)), "samples_per_s": sps}) + "\n")
             losses, n_window, t_window = [], 0, time.perf_counter()
-        evaluate_now = done % cfg.eval_every == 0 or done == cfg.steps or out_of_time
+        evaluate_now = (cfg.eval_every > 0 and done % cfg.eval_every == 0) or done == cfg.steps or out_of_time
         if evaluate_now:
             # every rank takes its part of the validation windows and of the rollouts
             row = {"step": done, "val_loss": None, "success_rate": None, "cpu_s": cpu()}

@@ -1,0 +1,92 @@
+"""Taxel grids in the diffusion policy: encoded as grids (``nets.tactile``), found in a
+recording's float-image streams by ``train diffusion``, and kept through a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_dataset import store  # noqa: F401  (fixture: 2 recorded episodes on real zarr)
+
+from robot_learning.policies.checkpoint import PolicyError, load_checkpoint
+from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
+from robot_learning.policies.normalizer import Normalizer
+from robot_learning.policies.registry import load_policy
+from robot_learning.train.diffusion import TrainConfig, train
+
+GRID = "tactile_left.data"
+
+
+def _contacts(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """[n, 4, 4, 3] pads each pressed at one random point (2 N normal force, spread over the four
+    taxels around it as the sim does), and that point's (u, v) in [0, 3]."""
+    uv = rng.uniform(0, 3, (n, 2))
+    grids = np.zeros((n, 4, 4, 3), np.float32)
+    for i, (u, v) in enumerate(uv):
+        c0, r0 = min(int(u), 2), min(int(v), 2)
+        fu, fv = u - c0, v - r0
+        for dr, dc, w in ((0, 0, (1 - fu) * (1 - fv)), (0, 1, fu * (1 - fv)), (1, 0, (1 - fu) * fv), (1, 1, fu * fv)):
+            grids[i, r0 + dr, c0 + dc, 2] += 2.0 * w
+    return grids, uv
+
+
+def test_the_grid_encoder_learns_where_on_the_pad_a_contact_is():
+    """What the tactile input is for: the action depends on where the object touches the pad.
+    The policy is trained on grids alone and must say where the contact is (a pooled encoder
+    could not: its features are the same wherever the contact sits)."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # a tiny network: two threads only wait on each other, the more so on a busy machine
+    rng = np.random.default_rng(0)
+    grids, uv = _contacts(512, rng)
+    norm = Normalizer()
+    norm.fit(GRID, grids.reshape(-1, 3))
+    actions = np.repeat(uv[:, None, :], 4, axis=1).astype(np.float32)   # the chunk: go to that point
+    norm.fit("action", actions.reshape(-1, 2))
+    cfg = DiffusionConfig(obs_dims={GRID: 48}, action_dim=2, tactile_shapes={GRID: [4, 4, 3]}, obs_horizon=1,
+                          pred_horizon=4, down_dims=[16, 32], train_timesteps=20, inference_steps=5)
+    policy = DiffusionPolicy(cfg, norm)
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    for _ in range(250):
+        idx = rng.integers(0, 512, 64)
+        loss = policy.loss({f"obs/{GRID}": torch.as_tensor(grids[idx, None]), "action": torch.as_tensor(actions[idx])})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    test_grids, test_uv = _contacts(64, np.random.default_rng(1))
+    policy.eval()
+    out = policy.predict({f"obs/{GRID}": torch.as_tensor(test_grids[:, None])},
+                         generator=torch.Generator().manual_seed(0), noise_scale=0.0)
+    torch.set_num_threads(threads)
+    err = np.abs(out.mean(1).numpy() - test_uv).mean()
+    print(f"contact position from the grid: mean error {err:.2f} taxels (a guess of the middle: "
+          f"{np.abs(test_uv - 1.5).mean():.2f})")
+    assert err < 0.3
+
+
+def test_training_on_a_recording_encodes_its_taxel_grids_and_the_checkpoint_keeps_them(store, tmp_path):  # noqa: F811
+    obs = ["joint_states.position", GRID, "wrench.data"]
+    run = train(TrainConfig(dataset=str(store), out=str(tmp_path / "run"), obs=obs, steps=3, eval_every=3, threads=1,
+                            eval_episodes=0, batch_size=8, down_dims=[16, 32], pred_horizon=8, action_horizon=4),
+                progress=False)
+    ck = run / "checkpoints" / "last"
+    meta = json.loads((ck / "config.json").read_text())
+    assert meta["config"]["tactile_shapes"] == {GRID: [4, 4, 3]}
+    assert len(meta["normalizer"][GRID]["min"]) == 3          # one scale per force axis, not per taxel
+    policy, _ = load_checkpoint(ck)
+    assert GRID.replace(".", "_") in policy.tactile
+    runner = load_policy(ck)
+    window = {"obs/joint_states.position": np.zeros((2, 9), np.float32),
+              f"obs/{GRID}": np.ones((2, 4, 4, 3), np.float32), "obs/wrench.data": np.zeros((2, 6), np.float32)}
+    assert runner.act(window).shape == (4, 7)
+    flat = train(TrainConfig(dataset=str(store), out=str(tmp_path / "flat"), obs=obs, steps=1, eval_every=1, threads=1,
+                             eval_episodes=0, batch_size=8, down_dims=[16, 32], tactile="flat"), progress=False)
+    assert json.loads((flat / "checkpoints" / "last" / "config.json").read_text())["config"]["tactile_shapes"] == {}
+
+    meta["config"]["tactile_shapes"][GRID] = [4, 4, 2]   # edited apart from obs_dims
+    (ck / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match="tactile_shapes 'tactile_left.data' is 4x4x2, but config.obs_dims gives "
+                                          "it 48 values"):
+        load_checkpoint(ck)
