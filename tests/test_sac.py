@@ -410,6 +410,27 @@ def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_rest
     assert load_policy(tmp_path / "run" / "checkpoints" / "last").spec.obs_keys == keys
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without a GPU says")
+def test_a_learner_or_trainer_told_to_use_a_gpu_that_is_not_there_says_so_before_starting(tmp_path):
+    """``device:=cuda`` on the wrong machine (the learner is meant for the GPU box): one sentence
+    at start, not a CUDA error at the first update minutes later, and no run directory left."""
+    from robot_learning.nets.device import pick_device
+    from robot_learning.rl.learner import Learner
+    from robot_learning.train.sac import SACTrainConfig, train_sac
+
+    assert pick_device("auto") == "cpu" and pick_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="device 'tpu0' is not a torch device: use auto, cpu, cuda or cuda:N"):
+        pick_device("tpu0")
+    spec = {"state_keys": ["ee_pose.data"], "state_dims": [7], "action_low": [-1.0] * 7, "action_high": [1.0] * 7,
+            "dt": 0.1, "env": "test"}
+    with pytest.raises(ValueError, match="device 'cuda': this machine has no CUDA GPU torch can use; use cpu"):
+        Learner(tmp_path / "run", spec, device="cuda")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit, match="train sac: device 'cuda:1': this machine has no CUDA GPU"):
+        train_sac(SACTrainConfig(env="Pendulum-v1", device="cuda:1", out=str(tmp_path / "runs")), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_learner_stores_no_transition_laid_out_for_another_actor(tmp_path):
     """An outbox an earlier run left behind (another task, or the actor with ``base:=`` toggled)
     is resent to whatever learner is up: those transitions are counted, not stored, and the

@@ -50,15 +50,19 @@ class Learner:
     def __init__(self, run: str | Path, spec: dict, demos: str = "", batch_size: int = 256, utd: int = 1,
                  hidden: tuple[int, ...] = (256, 256), demo_ratio: float = 0.5, learning_starts: int = 200,
                  buffer_size: int = 200_000, seed: int = 0, sac: dict | None = None,
-                 demo_successes_only: bool = True, demo_drop_idle: bool = True):
+                 demo_successes_only: bool = True, demo_drop_idle: bool = True, device: str = "auto"):
         """``sac``: more of the agent's choices (``SACConfig`` fields: ``gamma``, ``n_critics``,
         ``backup_entropy``, ...) as ``train sac`` takes them, so a graph run and an env run can
-        be the same learner; the demonstrations are read as ``train sac`` reads them."""
+        be the same learner; the demonstrations are read as ``train sac`` reads them. ``device``:
+        where the updates run (``nets.device.pick_device``; the weights go out as CPU tensors
+        whatever it is, so the actor needs no GPU)."""
         import torch
 
+        from robot_learning.nets.device import pick_device
         from robot_learning.policies.registry import read_checkpoint
         from robot_learning.policies.sac import SAC, SACConfig, load_sac
 
+        self.device = pick_device(device)
         self.run = Path(run)
         self.run.mkdir(parents=True, exist_ok=True)
         saved = self.run / "spec.json"
@@ -89,7 +93,8 @@ class Learner:
             self._store(tr)
         last = self.run / "checkpoints" / "last"
         if (last / "config.json").exists():  # its base (a residual's) is the actor's business
-            self.agent, meta = load_sac(read_checkpoint(last, check_base=False), optimizers=True)
+            self.agent, meta = load_sac(read_checkpoint(last, check_base=False), self.device,
+                                         optimizers=True)
             self.version = int(meta.get("policy_version", 0))
         else:
             cfg = SACConfig(obs_dim=self.spec.state_dim, action_low=spec["action_low"],
@@ -100,7 +105,7 @@ class Learner:
                 cfg.q_range = q_range(cfg.gamma)
             elif spec.get("return_range"):  # the task's (a residual's: success ends it, 1)
                 cfg.bound_to_returns(spec["return_range"])
-            self.agent = SAC(cfg)
+            self.agent = SAC(cfg, self.device)
             if spec.get("zero_correction"):  # a residual: the untrained agent is the base, exactly
                 self.agent.actor.zero_mean()
             if self.demo is not None:
@@ -144,7 +149,7 @@ class Learner:
         import torch
 
         batch = rlpd_batch(self.online, self.demo, self.demo_ratio, self.batch_size * self.agent.cfg.utd, self.rng)
-        self.last_update = self.agent.update({k: torch.as_tensor(v) for k, v in batch.items()})
+        self.last_update = self.agent.update({k: torch.as_tensor(v, device=self.device) for k, v in batch.items()})
         return self.last_update
 
     def weights(self) -> tuple[int, str, bytes]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from robot_learning.data.schema import parse_recipe
 from robot_learning.data.store import Dataset
+from robot_learning.nets.device import pick_device
 from robot_learning.nets.precision import PRECISIONS, autocast, resolve
 from robot_learning.policies.checkpoint import IMAGE_ENCODERS, PREDICTIONS, PolicyError, load_weights, read_json
 from robot_learning.policies.registry import read_checkpoint
@@ -73,16 +73,6 @@ class TrainConfig:
     threads: int = 0                                      # torch CPU threads (0: torch's default)
     precision: str = "auto"                               # auto: bf16 for image policies where the hardware has it
     max_minutes: float = 0.0                              # stop (evaluate, save) after this long; 0: no limit
-
-
-def _device(cfg: TrainConfig) -> str:
-    import torch
-
-    if cfg.device != "auto":
-        return cfg.device
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return "cpu"
 
 
 def _split(ds: Dataset, cfg: TrainConfig) -> tuple[list[int], list[int], str]:
@@ -247,7 +237,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     ranks = distributed.init()
     rank, world, lead = ranks.rank, ranks.world, ranks.lead
-    device = _device(cfg)
+    try:
+        device = pick_device(cfg.device)
+    except ValueError as e:
+        raise SystemExit(f"train: {e}") from None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     resume = Path(cfg.resume) if cfg.resume else None

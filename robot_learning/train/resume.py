@@ -15,7 +15,9 @@ def save_config(run: Path, cfg, trainer: str) -> None:
 
 def resumed_config(cfg, resume: Path, trainer: str):
     """The configuration ``resume`` was started with, as the same dataclass as ``cfg``, running
-    to ``cfg.steps`` when that is longer. A run started by another ``train`` command is refused."""
+    to ``cfg.steps`` when that is longer, on this command's device and threads (the machine's
+    business, not the run's: a run started on a CPU may go on on a GPU). A run started by
+    another ``train`` command is refused."""
     path = Path(resume) / "train_config.json"
     if not path.is_file():
         raise SystemExit(f"--resume {resume}: there is no train_config.json there (is it a run directory?)")
@@ -26,4 +28,5 @@ def resumed_config(cfg, resume: Path, trainer: str):
         raise SystemExit(f"--resume {resume}: that run was started by `robot-learning train "
                          f"{started if started != trainer else 'another kind'}` (its train_config.json has "
                          f"{', '.join(unknown) or 'trainer ' + started}); resume it with that command")
-    return type(cfg)(**{**saved, "resume": str(resume), "steps": max(cfg.steps, saved["steps"])})
+    here = {k: getattr(cfg, k) for k in ("device", "threads") if k in saved}
+    return type(cfg)(**{**saved, **here, "resume": str(resume), "steps": max(cfg.steps, saved["steps"])})

@@ -80,6 +80,7 @@ class SACTrainConfig:
     out: str = "runs"
     resume: str = ""
     threads: int = 0
+    device: str = "auto"              # where the updates run: cuda (images want it), cpu; auto: the GPU if any
 
 
 @dataclass
@@ -339,6 +340,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
+    from robot_learning.nets.device import pick_device
     from robot_learning.policies.registry import base_ref
     from robot_learning.policies.sac import SAC, SACConfig, load_sac
     from robot_learning.train.cpu_clock import CpuClock
@@ -348,6 +350,10 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         torch.set_num_threads(cfg.threads)
     resume = Path(cfg.resume) if cfg.resume else None
     trainer = {DsrlTrainConfig: "dsrl", ResidualSacTrainConfig: "residual-sac"}.get(type(cfg), "sac")
+    try:
+        device = pick_device(cfg.device)
+    except ValueError as e:
+        raise SystemExit(f"train {trainer}: {e}") from None
     if resume:
         cfg = resumed_config(cfg, resume, trainer)
         run = resume
@@ -368,7 +374,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     start, episode, best = 0, 0, {"eval_success": -1.0, "eval_return": -np.inf}
     if resume:
-        agent, meta = load_sac(resume / "checkpoints" / "last", optimizers=True)
+        agent, meta = load_sac(resume / "checkpoints" / "last", device, optimizers=True)
         online.load(resume / "checkpoints" / "last" / "online.npz")
         if demo is not None:  # the operator's corrections belong with the demonstrations again
             kept = online.in_order()
@@ -387,7 +393,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
                          action_dims=getattr(env, "action_dims", []))  # a workcell task's free dims
         if getattr(env, "return_range", None) and not cfg.rlif:  # an env on a base: its returns' range
             scfg.bound_to_returns(env.return_range)
-        agent = SAC(scfg)
+        agent = SAC(scfg, device)
         if isinstance(cfg, ResidualSacTrainConfig):
             agent.actor.zero_mean()  # no correction until it learns one: the base, exactly
         if demo is not None:  # normalize by what the demonstrations span
@@ -429,7 +435,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
             raise SystemExit("train sac: --pretrain-steps needs --demos (it learns from them before any robot time)")
         for _ in tqdm(range(cfg.pretrain_steps), desc="pretrain on demos", unit="step", disable=not progress,
                       dynamic_ncols=True):
-            upd = agent.pretrain(_to_torch(demo.sample(cfg.batch_size, rng), "cpu"))
+            upd = agent.pretrain(_to_torch(demo.sample(cfg.batch_size, rng), device))
         video = run / "videos" / "pretrained.mp4" if cfg.video else None
         ev = evaluate(agent, eval_env, cfg.eval_episodes, 1_000_000, video)
         log({**upd, **ev}, 0)
@@ -499,7 +505,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
                     st = online.in_order()["state"]
                     agent.set_obs_normalization(st.mean(0), st.std(0))
                 upd = agent.update(_to_torch(rlpd_batch(online, demo, cfg.demo_ratio, cfg.batch_size * cfg.utd, rng),
-                                             "cpu"))
+                                             device))
                 if (step + 1) % 250 == 0:
                     log(upd, step + 1)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:

@@ -47,6 +47,7 @@ class LearnerNode(Node):
                     "centre_weight": float(p("centre_weight", 0.0).value)}
         self.demo_successes_only = bool(p("demo_successes_only", True).value)
         self.demo_drop_idle = bool(p("demo_drop_idle", True).value)
+        self.device = str(p("device", "auto").value)
         self.session = uuid.uuid4().hex[:8]
         self.spec: dict | None = None
         self.queue: collections.deque[bytes] = collections.deque()
@@ -93,7 +94,8 @@ class LearnerNode(Node):
         try:
             learner = Learner(self.run_dir, self.spec, self.demos, self.batch_size, self.utd, self.hidden,
                               learning_starts=self.learning_starts, sac=self.sac,
-                              demo_successes_only=self.demo_successes_only, demo_drop_idle=self.demo_drop_idle)
+                              demo_successes_only=self.demo_successes_only, demo_drop_idle=self.demo_drop_idle,
+                              device=self.device)
         except ValueError as e:  # another actor's run dir, demonstrations that do not fit: one sentence
             log.error(str(e))
             raise SystemExit(1) from None
