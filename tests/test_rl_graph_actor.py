@@ -158,13 +158,27 @@ def test_on_peg_insert_the_graph_actor_acts_within_the_task_as_the_env_does(tmp_
     """peg_insert through the graph: the actor announces the task's free action dims and its
     narrowed action space, and every action it sends (uniform exploration, which pushes at
     every edge) is shaped as in the env: gripper closed, at most 10 cm/s, the hand kept in the
-    box around the hole it sees on /sim/objects/hole/pose."""
-    run = tmp_path / "learner"
+    box around the hole it sees on /sim/objects/hole/pose.
+
+    And the operator's success button (teleop's ``stop_success`` on /teleop/event) ends an
+    episode as a success, rewarded and terminal, whatever the sim says: on a robot it is the
+    reward when there is no classifier."""
+    from robot_learning_ros.client import GraphClient
+    from std_msgs.msg import String
+
+    run, report = tmp_path / "learner", tmp_path / "report"
     llog = (tmp_path / "learner.log").open("w")
     with SimGraph(tmp_path / "graph.log", "hil_rl.launch.yaml", task="peg_insert", outbox=tmp_path / "outbox",
-                  max_episode_steps=40) as g:
+                  max_episode_steps=40, report_dir=report) as g:
         learner = start("rl_learner", llog, run_dir=str(run), batch_size=32, hidden="32,32",
                         learning_starts=1_000_000, gamma=0.97)
+        client = GraphClient("operator_buttons")
+        try:
+            wait_until(lambda: len(transitions(run)) >= 50, "50 stored transitions", 240)
+            client.publisher("/teleop/event", String).publish(String(data="stop_success"))
+            wait_until(lambda: "the operator says: success" in g.log_path.read_text(), "the operator's label", 30)
+        finally:
+            client.close()
         spec = learn_until(learner, llog, g, run, lambda: len(transitions(run)) >= 100, "100 stored transitions", 240)
     assert spec["action_dims"] == [0, 1, 2, 5] and spec["env"] == "graph/peg_insert"
     assert np.allclose(spec["action_high"], [0.1, 0.1, 0.1, 1.5, 1.5, 0.6, 1.0])
@@ -180,6 +194,12 @@ def test_on_peg_insert_the_graph_actor_acts_within_the_task_as_the_env_does(tmp_
     rel = s[:, 0:3] - np.c_[s[:, 14:16], np.full(len(s), 0.04)]
     assert np.abs(rel[:, :2]).max() <= 0.07 + 0.01, np.abs(rel[:, :2]).max()
     assert rel[:, 2].min() >= -0.01 and rel[:, 2].max() <= 0.16 + 0.01, (rel[:, 2].min(), rel[:, 2].max())
+    rows = [json.loads(x) for x in (report / "episodes.jsonl").read_text().splitlines()]
+    labelled = [r for r in rows if r.get("operator_label")]
+    assert [r["operator_label"] for r in labelled] == ["success"] and labelled[0]["success"], rows
+    assert labelled[0]["steps"] < 40   # it ended the episode
+    done = [t for t in trs if float(t.arrays["reward"]) == 1.0]
+    assert len(done) == 1 and bool(done[0].arrays["terminal"])
 
 
 def test_a_residual_on_a_frozen_base_learns_through_the_graph_and_deploys(tmp_path):

@@ -191,3 +191,46 @@ def test_a_stopped_plan_policy_s_gripper_is_not_sent_on():
     assert all(o.source == "policy" for _, o in late)   # the plan is still fresh...
     stale = [o.gripper for t, o in late if t > t_last + mux.cfg.command_timeout + 1e-6]
     assert stale and all(g is None for g in stale), stale   # ...its gripper command is not
+
+
+@pytest.mark.graph
+def test_the_teleop_node_publishes_each_button_press_for_the_rl_actor(tmp_path):
+    """The operator's success and failure buttons reach whoever listens on /teleop/event (the RL
+    actor ends its episode on them) once per press; with ``label_recorder:=false`` they leave
+    the recordings to the node that owns them."""
+    import time
+
+    from robot_learning_ros.client import GraphClient
+    from sensor_msgs.msg import Joy
+    from std_msgs.msg import String
+    from test_rl_actor_learner import start, wait_until
+
+    log = (tmp_path / "teleop.log").open("w")
+    node = start("teleop_node", log, device="gamepad", label_recorder="false")
+    client = GraphClient("buttons")
+    try:
+        client.subscribe("/teleop/event", String, transform=lambda m: m.data)
+        joy = client.publisher("/joy", Joy)
+
+        def press(button: int) -> None:
+            for down in (1, 0, 0):   # pressed, released (and the release seen again)
+                buttons = [0] * 11
+                buttons[button] = down
+                joy.publish(Joy(axes=[0.0] * 8, buttons=buttons))
+                time.sleep(0.1)
+
+        wait_until(lambda: client.node.count_subscribers("/joy") > 0 and
+                   client.node.count_publishers("/teleop/event") > 0, "the teleop node", 30)
+        time.sleep(0.5)
+        press(7)   # start: success
+        press(6)   # back: failure
+        assert client.wait_for("/teleop/event", 2, timeout=10) == ["stop_success", "stop_failure"]
+        time.sleep(0.5)
+        assert len(client.msgs["/teleop/event"]) == 2
+    finally:
+        client.close()
+        node.terminate()
+        node.wait(timeout=15)
+        log.close()
+    text = (tmp_path / "teleop.log").read_text()
+    assert "stop_success pressed" in text and "recorder is not running" not in text, text

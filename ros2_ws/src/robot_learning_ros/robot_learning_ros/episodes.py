@@ -63,6 +63,9 @@ class EpisodeNode(Node):
         self.lock = threading.Lock()
         self.t_now = 0.0
         self.success = False
+        # the operator's verdict on this episode (teleop's success / failure button, on
+        # /teleop/event), None until pressed: it overrides the sim's or a classifier's
+        self.label: bool | None = None
         self.fault = ""  # the arm's protective stop, "" when clear
         self.gripper_opening = 0.08
         self.t_start: float | None = None
@@ -95,6 +98,7 @@ class EpisodeNode(Node):
         self.create_subscription(JointState, "/gripper/state", self._on_gripper, LATEST_QOS)
         self.create_subscription(Bool, "/sim/task/success", self._on_success, LATCHED_QOS)
         self.create_subscription(String, "/arm/protective_stop", self._on_fault, LATCHED_QOS)
+        self.create_subscription(String, "/teleop/event", self._on_teleop_event, COMMAND_QOS)
         if self.report_dir:
             for cam in ("front", "wrist"):
                 self.create_subscription(Image, f"/{cam}/color/image_raw",
@@ -127,6 +131,15 @@ class EpisodeNode(Node):
 
     def _on_success(self, m: Bool) -> None:
         self.success = bool(m.data)
+
+    def _on_teleop_event(self, m: String) -> None:
+        if m.data in ("stop_success", "stop_failure") and self.t_start is not None and self.t_end is None:
+            self.label = m.data == "stop_success"
+            self.get_logger().info(f"the operator says: {'success' if self.label else 'failure'}")
+
+    def episode_success(self, measured: bool) -> bool:
+        """The episode's outcome: the operator's button when pressed, else ``measured``."""
+        return measured if self.label is None else self.label
 
     def _on_fault(self, m: String) -> None:
         self.fault = m.data
@@ -269,17 +282,20 @@ class EpisodeNode(Node):
             if self.recorder_status.get("next_meta") != meta:
                 self.get_logger().warning("the recorder did not confirm this episode's metadata within 10 s")
             self.call(self.rec_start, Trigger.Request(), "recorder")
+        self.label = None
         self.start_clock()
         self.drive(index, info)
         self.stop_clock()
-        result = {"episode": index, "seed": info["seed"], "success": self.success,
+        result = {"episode": index, "seed": info["seed"], "success": self.episode_success(self.success),
                   "duration": self.trajectory[-1][0] if self.trajectory else 0.0}
+        if self.label is not None:
+            result["operator_label"] = "success" if self.label else "failure"
         if self.fault:  # the arm stopped itself (blocked or collided): say why the episode failed
             result["protective_stop"] = self.fault
         if self.record:
             self.wait_sim(0.2)
             req = SetBool.Request()
-            req.data = bool(self.success)
+            req.data = bool(result["success"])
             saved = json.loads(self.call(self.rec_stop, req, "recorder").message)
             result["dataset_episode"] = saved.get("index")
         if self.report_dir:

@@ -10,10 +10,12 @@ while the mux reports ``/intervention`` the operator's, averaged from what the m
 the intervention flag, and goes to the learner through ``learner_link.LearnerLink``.
 
 Episodes (``episodes.EpisodeNode``): a reset, then steps until success (``reward_topic``: the
-sim's ``/sim/task/success``, or ``/reward/success`` from ``reward_node``'s classifier), the
-step limit, or a protective stop. ``reset:=sim`` calls ``/sim/reset``; ``reset:=home`` is the
-robot's: a joint trajectory to the home pose through the mux, then the operator's go
-(``/rl/go``; ``auto_go:=true`` skips it); ``reset:=home_sim`` is the sim as hardware's.
+sim's ``/sim/task/success``, or ``/reward/success`` from ``reward_node``'s classifier, or the
+operator's success button: ``stop_success`` on ``/teleop/event``), the operator's failure
+button (the episode ends, not as a terminal state), the step limit, or a protective stop.
+``reset:=sim`` calls ``/sim/reset``; ``reset:=home`` is the robot's: a joint trajectory to the
+home pose through the mux, then the operator's go (``/rl/go``; ``auto_go:=true`` skips it);
+``reset:=home_sim`` is the sim as hardware's.
 ``/rl/pause`` and ``/rl/resume`` hold the actor between steps (the mux and the arm hold the
 arm); a paused or holding actor sends nothing.
 ``images:=front_color,wrist_color`` adds cameras to the observation (the recipe's colour
@@ -318,7 +320,7 @@ class GraphActor(EpisodeNode):
                 continue
             executed, intervened = self.apply(self.shaped(command))
             nobs = self.observe()
-            success = self.reward_success
+            success = self.reward_success or self.label is True   # the operator's success button too
             began = intervened and not was
             before, after, stored = obs, nobs, executed
             if res is not None:  # the agent's view and action (the operator's as a correction)
@@ -341,19 +343,22 @@ class GraphActor(EpisodeNode):
             grip, obs, was = float(executed[-1]), nobs, intervened
             n, self.steps = n + 1, self.steps + 1
             inter, takeovers = inter + intervened, takeovers + began
-            if success or self.fault:
+            if success or self.fault or self.label is False:   # failure button: over, not terminal
                 break
         for ready in (rlif.flush() if rlif is not None else []):  # the episode's last step
             link.send(ready)
             total += float(ready["reward"])
         # leave the arm at rest until the next episode's reset
         self.pub_twist.publish(twist_msg(np.zeros(6), self.t_now, self.base_frame))
-        row = {"episode": index, "seed": info.get("seed"), "steps": n, "return": total, "success": self.success
-               if self.reset_mode != "home" else self.reward_success, "intervention_rate": inter / max(n, 1),
+        measured = self.success if self.reset_mode != "home" else self.reward_success
+        row = {"episode": index, "seed": info.get("seed"), "steps": n, "return": total,
+               "success": self.episode_success(measured), "intervention_rate": inter / max(n, 1),
                "takeovers": takeovers, "policy_version": link.policy.version, "total_steps": self.steps,
                "robot_time_s": self.steps / self.step_hz}
         if self.fault:
             row["protective_stop"] = self.fault
+        if self.label is not None:
+            row["operator_label"] = "success" if self.label else "failure"
         self.get_logger().info(json.dumps(row))
         if self.rows is not None:
             self.rows.write(json.dumps(row) + "\n")

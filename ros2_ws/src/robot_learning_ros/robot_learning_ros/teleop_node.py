@@ -3,8 +3,11 @@
 SpaceMouse and gamepad come in as sensor_msgs/Joy from their drivers (spacenav, joy);
 ``device:=spacemouse_hid`` reads a SpaceMouse directly over HID and ``device:=keyboard`` the
 terminal it runs in. Twists are published in the arm's base frame (a tool-frame device is
-rotated with /arm/ee_pose). Episode buttons call the recorder's services; an e-stop button
-latches /emergency_stop.
+rotated with /arm/ee_pose). Every button press is published on /teleop/event (its name:
+start_episode, stop_success, stop_failure, discard_episode, estop), where the RL actor takes
+the operator's success and failure; the episode buttons also call the recorder's services
+(``label_recorder:=false`` where another node owns the recordings: hil_rl.launch.yaml); an
+e-stop button latches /emergency_stop.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import rclpy
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Joy
-from std_msgs.msg import Bool, Float64
+from std_msgs.msg import Bool, Float64, String
 from std_srvs.srv import SetBool, Trigger
 
 from robot_learning.teleop.devices import JoyTeleop, KeyboardAxes, load_teleop_config, spacemouse_hid_report
@@ -41,6 +44,7 @@ class TeleopNode(Node):
         self.cfg = load_teleop_config(p("config", "").value or CONFIGS[self.device])
         self.base_frame = str(p("base_frame", "panda_link0").value)
         self.stale = float(p("input_timeout", 0.5).value)
+        self.label_recorder = bool(p("label_recorder", True).value)
         self.teleop = JoyTeleop(self.cfg)
         self.axes, self.buttons, self.t_input = [], [], -1e9
         self.quat = np.array([1.0, 0, 0, 0])
@@ -49,6 +53,7 @@ class TeleopNode(Node):
         self.pub_grip = self.create_publisher(Float64, "/teleop/gripper", COMMAND_QOS)
         self.pub_engaged = self.create_publisher(Bool, "/teleop/engaged", LATCHED_QOS)
         self.pub_estop = self.create_publisher(Bool, "/emergency_stop", LATCHED_QOS)
+        self.pub_event = self.create_publisher(String, "/teleop/event", COMMAND_QOS)  # events, not state: volatile
         self.create_subscription(PoseStamped, "/arm/ee_pose", self._on_pose, LATEST_QOS)
         self.recorder_clients = {"start_episode": self.create_client(Trigger, "/recorder/start_episode"),
                         "stop_success": self.create_client(SetBool, "/recorder/stop_episode"),
@@ -80,9 +85,13 @@ class TeleopNode(Node):
             self._event(ev)
 
     def _event(self, ev: str) -> None:
+        self.pub_event.publish(String(data=ev))
         if ev == "estop":
             self.pub_estop.publish(Bool(data=True))
             self.get_logger().error("e-stop pressed")
+            return
+        if not self.label_recorder:
+            self.get_logger().info(f"{ev} pressed")
             return
         cli = self.recorder_clients[ev]
         if not cli.service_is_ready():
