@@ -410,6 +410,48 @@ def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_rest
     assert load_policy(tmp_path / "run" / "checkpoints" / "last").spec.obs_keys == keys
 
 
+def test_a_learner_started_afresh_rebuilds_its_buffers_from_recorded_online_episodes(store, tmp_path):  # noqa: F811
+    """``online_datasets``: the recorder's copy of earlier runs' online episodes. A learner on a
+    new run directory (another machine) starts from them: every recorded step in the online
+    buffer, the operator's steps in the demonstrations' too; an episode that did not succeed
+    is cut, not over (no terminal state); RLIF's -1 on the step before each takeover."""
+    from robot_learning.rl.learner import Learner, transition_arrays
+    from robot_learning.rl.link import Outbox
+
+    keys = ["ee_pose.data", "gripper_state.position"]
+    spec = {"state_keys": keys, "state_dims": [7, 2], "action_low": [-1.0] * 7, "action_high": [1.0] * 7,
+            "dt": 0.1, "env": "test"}
+    whole = from_dataset(Dataset(store), obs_spec_from_dataset(Dataset(store), keys)).in_order()
+    learner = Learner(tmp_path / "new", spec, demos=str(store), hidden=(16, 16), demo_successes_only=False,
+                      demo_drop_idle=False, online_datasets=(str(store),))
+    got = learner.online.in_order()
+    assert learner.from_datasets == len(learner.online) == len(whole["state"])
+    for k in ("state", "next_state", "action", "intervention"):
+        assert np.array_equal(got[k], whole[k]), k
+    # two episodes, a failure then a success: only the success ends in a terminal state
+    assert whole["terminal"].sum() == 2 and np.flatnonzero(got["terminal"]).tolist() == [len(got["state"]) - 1]
+    assert len(learner.demo) == len(whole["state"]) + got["intervention"].sum() > len(whole["state"])
+    # this run's own transitions come from its journal, on top of the recordings, at every start
+    o = {"ee_pose.data": np.zeros(7, np.float32), "gripper_state.position": np.zeros(2, np.float32)}
+    out = Outbox(tmp_path / "outbox", "actor-1")
+    learner.receive(out.push(transition_arrays(learner.spec, o, np.zeros(7), 0.0, o, False, False, 0.0))[1])
+    learner.acks()
+    learner.close()
+    again = Learner(tmp_path / "new", spec, hidden=(16, 16), online_datasets=(str(store),))
+    assert len(again.online) == len(whole["state"]) + 1 and again.received == 1
+    again.close()
+
+    rlif = Learner(tmp_path / "rlif", {**spec, "reward": "rlif"}, hidden=(16, 16), online_datasets=(str(store),))
+    r = rlif.online.in_order()
+    penalized = np.flatnonzero(r["reward"] == -1.0)
+    assert len(penalized) == 2 and set(np.unique(r["reward"])) == {-1.0, 0.0}   # one takeover an episode
+    assert all(not r["intervention"][i] and r["intervention"][i + 1] for i in penalized)
+    rlif.close()
+    with pytest.raises(ValueError, match="online_datasets: .* has 7-D actions, this actor's are 4-D"):
+        Learner(tmp_path / "other", {**spec, "action_low": [-1.0] * 4, "action_high": [1.0] * 4}, hidden=(16, 16),
+                online_datasets=(str(store),))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without a GPU says")
 def test_a_learner_or_trainer_told_to_use_a_gpu_that_is_not_there_says_so_before_starting(tmp_path):
     """``device:=cuda`` on the wrong machine (the learner is meant for the GPU box): one sentence

@@ -50,12 +50,16 @@ class Learner:
     def __init__(self, run: str | Path, spec: dict, demos: str = "", batch_size: int = 256, utd: int = 1,
                  hidden: tuple[int, ...] = (256, 256), demo_ratio: float = 0.5, learning_starts: int = 200,
                  buffer_size: int = 200_000, seed: int = 0, sac: dict | None = None,
-                 demo_successes_only: bool = True, demo_drop_idle: bool = True, device: str = "auto"):
+                 demo_successes_only: bool = True, demo_drop_idle: bool = True, device: str = "auto",
+                 online_datasets: tuple[str, ...] = ()):
         """``sac``: more of the agent's choices (``SACConfig`` fields: ``gamma``, ``n_critics``,
         ``backup_entropy``, ...) as ``train sac`` takes them, so a graph run and an env run can
         be the same learner; the demonstrations are read as ``train sac`` reads them. ``device``:
         where the updates run (``nets.device.pick_device``; the weights go out as CPU tensors
-        whatever it is, so the actor needs no GPU)."""
+        whatever it is, so the actor needs no GPU). ``online_datasets``: what the recorder kept of
+        earlier runs' online episodes (``record:=true``), read into the buffers first, at every
+        start (this run's own are in its journal): a learner started afresh, on another
+        machine, loses nothing the robot has done."""
         import torch
 
         from robot_learning.nets.device import pick_device
@@ -83,12 +87,16 @@ class Learner:
         if demos and spec.get("zero_correction"):
             raise ValueError("a residual actor's transitions hold the base's action, which demonstrations do not: "
                              "start the learner without demos")
+        if online_datasets and spec.get("zero_correction"):
+            raise ValueError("a residual actor's transitions hold its corrections, which a recording does not: "
+                             "start the learner without online_datasets")
         if demos:  # room for the operator's corrections, which join the demonstrations (HIL-SERL)
             self.demo = demo_buffer(demos, self.spec, spec["action_low"], spec["action_high"], demo_successes_only,
                                     demo_drop_idle, room=buffer_size, rlif=spec.get("reward") == "rlif")
         self.inbox = Inbox(self.run / "journal")
         self.received = 0
         self.misfits = 0  # transitions laid out for another spec (an earlier run's outbox resent)
+        self.from_datasets = sum(self._read_online(p, spec.get("reward") == "rlif") for p in online_datasets)
         for tr in self.inbox.replay():  # a restart: the buffers are what the actors sent
             self._store(tr)
         last = self.run / "checkpoints" / "last"
@@ -114,6 +122,27 @@ class Learner:
             self.version = 0
         self.metrics = (self.run / "metrics.jsonl").open("a")
         self.last_update: dict = {}
+
+    def _read_online(self, path: str, rlif: bool) -> int:
+        """A recorded online dataset into the online buffer, its interventions into the
+        demonstrations' too (as ``_store`` does); returns how many transitions."""
+        from robot_learning.data.store import Dataset, DatasetError
+        from robot_learning.rl.replay import from_dataset
+
+        try:
+            ds = Dataset(path)
+        except DatasetError as e:
+            raise ValueError(f"online_datasets: {e}") from None
+        eps = [i for i in ds.indices if ds.episode(i).meta.get("status") == "complete"]
+        got = from_dataset(ds, self.spec, episodes=eps, online=True, rlif=rlif)
+        if got.act_dim != self.online.act_dim:
+            raise ValueError(f"online_datasets: {path} has {got.act_dim}-D actions, this actor's are "
+                             f"{self.online.act_dim}-D: it was recorded for another task")
+        rows = got.in_order()
+        self.online.add_batch(rows)
+        if self.demo is not None:
+            self.demo.add_batch({k: v[rows["intervention"]] for k, v in rows.items()})
+        return len(got)
 
     def _store(self, tr: Transition) -> None:
         """Into the online buffer; an intervention (the operator's action) into the

@@ -190,12 +190,17 @@ def obs_spec_from_dataset(dataset, state_keys: list[str], image_keys: list[str] 
 
 
 def from_dataset(dataset, spec: ObsSpec, buffer: ReplayBuffer | None = None, episodes: list[int] | None = None,
-                 capacity: int | None = None, progress: bool = False, drop_idle: bool = False) -> ReplayBuffer:
+                 capacity: int | None = None, progress: bool = False, drop_idle: bool = False,
+                 online: bool = False, rlif: bool = False) -> ReplayBuffer:
     """Every transition of the dataset's episodes (or ``episodes``), in order, into ``buffer``
     (a new one sized to fit when None). Interventions keep their flag; rewards and ends are the
     step table's (reward 1 on the last step of a successful episode). ``drop_idle`` leaves out
     steps where the operator commanded nothing (no motion, the gripper command unchanged, not
-    the last step): a person's pauses teach a cloned actor to stop where the task goes on."""
+    the last step): a person's pauses teach a cloned actor to stop where the task goes on.
+
+    ``online``: the episodes are a policy's (RL with the recorder on): only a successful one
+    ends in a terminal state, a timed-out one is cut, not over. ``rlif``: rewards as RLIF's
+    (``rl.rlif``): -1 on the step before each takeover, 0 elsewhere."""
     from tqdm import tqdm
 
     chosen = episodes if episodes is not None else dataset.indices
@@ -211,11 +216,16 @@ def from_dataset(dataset, spec: ObsSpec, buffer: ReplayBuffer | None = None, epi
         nxt = np.r_[np.arange(1, n), n - 1]
         batch = {"state": obs["state"], "next_state": obs["state"][nxt], "action": action,
                  "reward": ep.steps["reward"][:].astype(np.float32),
-                 "terminal": np.arange(n) == n - 1,
+                 "terminal": (np.arange(n) == n - 1) & (not online or ep.meta.get("success") is True),
                  "intervention": ep.steps["intervention"][:].astype(bool),
                  "grip_before": np.r_[0.0, action[:-1, -1]].astype(np.float32)}
         for cam in spec.image_keys:
             batch[f"image/{cam}"], batch[f"next_image/{cam}"] = obs[cam], obs[cam][nxt]
+        if rlif:
+            iv = batch["intervention"]
+            began = np.flatnonzero(iv & ~np.r_[False, iv[:-1]])
+            batch["reward"] = np.zeros(n, np.float32)
+            batch["reward"][began[began > 0] - 1] = -1.0
         if drop_idle:
             idle = (np.abs(action[:, :-1]).max(1) < 1e-9) & (action[:, -1] == batch["grip_before"])
             idle[-1] = False

@@ -48,6 +48,7 @@ class LearnerNode(Node):
         self.demo_successes_only = bool(p("demo_successes_only", True).value)
         self.demo_drop_idle = bool(p("demo_drop_idle", True).value)
         self.device = str(p("device", "auto").value)
+        self.online_datasets = tuple(x for x in str(p("online_datasets", "").value).split(",") if x)
         self.session = uuid.uuid4().hex[:8]
         self.spec: dict | None = None
         self.queue: collections.deque[bytes] = collections.deque()
@@ -95,11 +96,12 @@ class LearnerNode(Node):
             learner = Learner(self.run_dir, self.spec, self.demos, self.batch_size, self.utd, self.hidden,
                               learning_starts=self.learning_starts, sac=self.sac,
                               demo_successes_only=self.demo_successes_only, demo_drop_idle=self.demo_drop_idle,
-                              device=self.device)
+                              device=self.device, online_datasets=self.online_datasets)
         except ValueError as e:  # another actor's run dir, demonstrations that do not fit: one sentence
             log.error(str(e))
             raise SystemExit(1) from None
         log.info(f"learning for {self.spec['env']}: {learner.received} transitions from the journal, "
+                 f"{learner.from_datasets} from online_datasets, "
                  f"{len(learner.demo) if learner.demo else 0} from demonstrations, version {learner.version}")
         self.publish_weights(learner)
         next_ack, published_at = 0.0, learner.agent.updates
