@@ -52,6 +52,28 @@ def test_critic_learns_the_value_of_a_known_mdp():
     assert info["critic_loss"] < first["critic_loss"]
 
 
+def test_the_discrete_gripper_critic_learns_when_to_open_and_when_to_close():
+    """HIL-SERL's gripper: open, stay or close chosen by its own critic (double DQN) from the
+    recorded commands. A one-step task where closing pays in one state and opening in the
+    other: the greedy choice is right in both, whatever the arm's continuous action."""
+    torch.manual_seed(0)
+    agent = SAC(SACConfig(obs_dim=1, action_low=[-1.0, 0.0], action_high=[1.0, 1.0], hidden=[32, 32], lr=3e-3,
+                          discrete_gripper=True, backup_entropy=False))
+    rng = np.random.default_rng(0)
+    n = 128
+    for _ in range(300):
+        s = rng.integers(0, 2, n).astype(np.float32)
+        choice = rng.integers(0, 3, n)                       # open, stay, close from a half-open gripper
+        grip = np.choose(choice, [0.0, 0.5, 1.0])
+        reward = ((s == 1) & (choice == 2)) | ((s == 0) & (choice == 0))
+        b = _batch(n, s[:, None], np.c_[rng.uniform(-1, 1, n), grip], reward.astype(np.float32), True)
+        b["grip_before"] = torch.full((n,), 0.5)
+        agent.update(b)
+    close = agent.act({"state": np.ones(1, np.float32)}, deterministic=True, gripper_now=0.5)
+    open_ = agent.act({"state": np.zeros(1, np.float32)}, deterministic=True, gripper_now=0.5)
+    assert close[-1] == 1.0 and open_[-1] == 0.0, (close, open_)
+
+
 def test_a_return_range_bounds_what_the_critic_values():
     """The same MDP (Q* = 10) with returns declared in [0, 3] (``q_range``, as RLIF's rewards
     declare [-1 / (1 - gamma), 0]): the critic's values go to the bound, not past it."""

@@ -67,6 +67,7 @@ class SACTrainConfig:
     batch_size: int = 256
     utd: int = 1
     n_critics: int = 2                # 10 (RLPD) on a GPU
+    discrete_gripper: bool = False    # the gripper by its own critic: open, stay or close (HIL-SERL's)
     target_subsample: int = 2
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     lr: float = 3e-4
@@ -386,6 +387,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         scfg = SACConfig(obs_dim=spec.state_dim, action_low=env.low, action_high=env.high, hidden=list(cfg.hidden),
                          n_critics=cfg.n_critics, target_subsample=cfg.target_subsample, gamma=cfg.gamma, lr=cfg.lr,
                          init_temperature=cfg.init_temperature, utd=cfg.utd, bc_weight=cfg.bc_weight,
+                         discrete_gripper=cfg.discrete_gripper,
                          centre_weight=getattr(cfg, "centre_weight", 0.0),
                          backup_entropy=cfg.backup_entropy, q_range=q_range(cfg.gamma) if cfg.rlif else [],
                          image_keys=list(spec.image_keys),

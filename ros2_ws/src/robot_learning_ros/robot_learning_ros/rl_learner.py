@@ -44,7 +44,8 @@ class LearnerNode(Node):
         self.sac = {"gamma": float(p("gamma", 0.99).value), "n_critics": int(p("n_critics", 2).value),
                     "target_subsample": int(p("target_subsample", 2).value),
                     "backup_entropy": bool(p("backup_entropy", True).value),
-                    "centre_weight": float(p("centre_weight", 0.0).value)}
+                    "centre_weight": float(p("centre_weight", 0.0).value),
+                    "discrete_gripper": bool(p("discrete_gripper", False).value)}
         self.demo_successes_only = bool(p("demo_successes_only", True).value)
         self.demo_drop_idle = bool(p("demo_drop_idle", True).value)
         self.device = str(p("device", "auto").value)
