@@ -444,6 +444,12 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
         tqdm.write(f"train sac: after {cfg.pretrain_steps} offline steps on the demos (no robot time): "
                    f"success {ev['eval_success']:.0%}, return {ev['eval_return']:.2f}")
         checkpoint(0, "pretrained")
+    warm = demo is not None   # the agent starts from data: it acts from the first step, normalized by the demos
+    if warm and cfg.pretrain_steps and cfg.demo_ratio == 0 and not cfg.intervene:
+        # WSRL: online without retaining the offline data (also after a resume)
+        tqdm.write(f"train sac: --demo-ratio 0 after pretraining: the {len(demo)} demonstration transitions are "
+                   "let go")
+        demo = None
     if isinstance(cfg, ResidualSacTrainConfig) and start == 0:  # the untrained residual: the base alone
         ev = evaluate(agent, eval_env, cfg.eval_episodes, 1_000_000)
         log(ev, 0)
@@ -468,7 +474,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
                disable=not progress, dynamic_ncols=True)
     try:
         for step in bar:
-            if demo is None and step < cfg.start_steps:
+            if not warm and step < cfg.start_steps:
                 a = rng.uniform(env.low, env.high).astype(np.float32)
             else:
                 a = agent.act(env.spec.agent_obs(obs), gripper_now=grip)
@@ -503,7 +509,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
                 obs, _ = env.reset(cfg.seed * 100_000 + episode)
                 ep_return, ep_len, grip, ep_takeovers, ep_intervened = 0.0, 0, env.low[-1], 0, 0
             if step + 1 >= cfg.learning_starts and len(online) + (len(demo) if demo else 0) >= cfg.batch_size:
-                if demo is None and step + 1 == cfg.learning_starts:  # normalize by the first data
+                if not warm and step + 1 == cfg.learning_starts:  # normalize by the first data
                     st = online.in_order()["state"]
                     agent.set_obs_normalization(st.mean(0), st.std(0))
                 upd = agent.update(_to_torch(rlpd_batch(online, demo, cfg.demo_ratio, cfg.batch_size * cfg.utd, rng),
