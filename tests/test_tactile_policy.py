@@ -90,3 +90,37 @@ def test_training_on_a_recording_encodes_its_taxel_grids_and_the_checkpoint_keep
     with pytest.raises(PolicyError, match="tactile_shapes 'tactile_left.data' is 4x4x2, but config.obs_dims gives "
                                           "it 48 values"):
         load_checkpoint(ck)
+
+
+def test_the_fast_policy_learns_to_correct_the_slow_plans_and_deploys_as_a_per_tick_correction(store, tmp_path):  # noqa: F811
+    """``train slow-fast``: a frozen diffusion policy plans chunks; the fast policy learns, from
+    the demonstrations, what to add to each planned action given the newest state, wrench and
+    taxel grids. Its error against the demonstrations falls well below the plans' own, and the
+    checkpoint runs in the server's interface: chunks from the slow policy, and a correction of
+    the action due at every tick, bounded, from the newest observations."""
+    from robot_learning.train.slow_fast import SlowFastTrainConfig, train_slow_fast
+
+    base = train(TrainConfig(dataset=str(store), out=str(tmp_path / "slow"), obs=["ee_pose.data"], steps=3,
+                             eval_every=3, eval_episodes=0, threads=1, batch_size=8, down_dims=[16, 32],
+                             pred_horizon=8, action_horizon=4, only_success=False), progress=False)
+    keys = ["ee_pose.data", "wrench.data", GRID]
+    run = train_slow_fast(SlowFastTrainConfig(base=str(base / "checkpoints" / "last"), dataset=str(store), obs=keys,
+                                              steps=300, hidden=[64, 64], eval_episodes=0, threads=1,
+                                              out=str(tmp_path / "fast")), progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    print(f"error against the demonstrations, in units of the bound: plans {rows[0]['train_loss']:.3f}, "
+          f"corrected {rows[-1]['train_loss']:.3f}")
+    assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"]
+    ck = run / "checkpoints" / "last"
+    meta = json.loads((ck / "config.json").read_text())
+    assert meta["policy"] == "slow_fast" and meta["config"]["tactile_shapes"] == {GRID: [4, 4, 3]}
+    runner = load_policy(ck)
+    assert set(keys) <= set(runner.spec.obs_keys)
+    window = {"obs/ee_pose.data": np.tile(np.r_[0.3, 0, 0.3, 1, 0, 0, 0].astype(np.float32), (2, 1))}
+    chunk = runner.act(window)
+    assert chunk.shape == (4, 7)
+    newest = {"ee_pose.data": window["obs/ee_pose.data"][-1], "wrench.data": np.zeros(6),
+              GRID: np.full((4, 4, 3), 50.0)}
+    out = runner.correct(chunk[0], newest)
+    bound = np.asarray(meta["config"]["scale"])
+    assert np.all(np.abs(out - chunk[0]) <= bound + 1e-6) and np.any(np.abs(out - chunk[0]) > 1e-4)

@@ -25,7 +25,7 @@ from robot_learning.policies.checkpoint import PolicyError, read_json
 FORMATS = {"robot_learning.policy": 1, "robot_learning.sac": 1}   # what config.json's "format" may say
 BUILTIN = {"diffusion": "robot_learning.policies.diffusion", "sac": "robot_learning.policies.sac",
            "residual": "robot_learning.policies.residual", "dsrl": "robot_learning.policies.dsrl",
-           "residual_sac": "robot_learning.policies.residual"}
+           "residual_sac": "robot_learning.policies.residual", "slow_fast": "robot_learning.policies.slow_fast"}
 RETRAIN = "retrain it on the base you have, or put back the base it was trained on"
 
 

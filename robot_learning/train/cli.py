@@ -1,8 +1,9 @@
 """``robot-learning train diffusion --dataset ...`` (and, under torchrun, on several GPUs);
 ``robot-learning train sac --env ...`` (off-policy RL on a gymnasium env or the workcell);
 ``robot-learning train residual --base CKPT`` (PPO), ``train residual-sac --base CKPT`` and
-``train dsrl --base CKPT`` (RL on top of a frozen diffusion policy); ``robot-learning train
-classifier --dataset ...`` (a success detector, served as a reward).
+``train dsrl --base CKPT`` (RL on top of a frozen diffusion policy); ``train slow-fast --base
+CKPT --dataset ...`` (touch and wrench correcting a frozen diffusion policy at the control
+rate); ``robot-learning train classifier --dataset ...`` (a success detector, served as a reward).
 
 Each kind's flags are its config dataclass's fields, so a field added there is a flag here."""
 
@@ -17,6 +18,7 @@ from robot_learning.train.diffusion import TrainConfig
 _DIFFUSION_LISTS = {"obs": str, "images": str, "image_size": int, "down_dims": int, "relative": str}
 _SAC_LISTS = {"obs": str, "images": str, "hidden": int}
 _RESIDUAL_LISTS = {"obs": str, "hidden": int}
+_SLOW_FAST_LISTS = {"obs": str, "hidden": int}
 _CLASSIFIER_LISTS = {"dataset": str, "obs": str, "images": str, "image_size": int, "hidden": int}
 
 
@@ -49,6 +51,7 @@ def add_parser(sub) -> None:
     from robot_learning.train.classifier import ClassifierTrainConfig
     from robot_learning.train.residual import ResidualTrainConfig
     from robot_learning.train.sac import DsrlTrainConfig, ResidualSacTrainConfig, SACTrainConfig
+    from robot_learning.train.slow_fast import SlowFastTrainConfig
 
     tr = sub.add_parser("train", help="train a policy on a dataset (torchrun for several GPUs)")
     kinds = tr.add_subparsers(dest="kind", required=True)
@@ -67,6 +70,9 @@ def add_parser(sub) -> None:
     add_config_arguments(kinds.add_parser("residual-sac", help="a residual policy on a frozen diffusion policy "
                                           "(--base), trained with SAC (off-policy)", formatter_class=fmt),
                          ResidualSacTrainConfig(), _SAC_LISTS)
+    add_config_arguments(kinds.add_parser("slow-fast", help="the fast half of a slow-fast policy: touch and wrench "
+                                          "correct a frozen diffusion policy (--base) at the control rate",
+                                          formatter_class=fmt), SlowFastTrainConfig(), _SLOW_FAST_LISTS)
     add_config_arguments(kinds.add_parser("classifier", help="success classifier (a reward) on labelled datasets",
                                           formatter_class=fmt), ClassifierTrainConfig(), _CLASSIFIER_LISTS)
 
@@ -82,6 +88,11 @@ def run(a) -> int:
 
         cls = {"dsrl": DsrlTrainConfig, "residual-sac": ResidualSacTrainConfig}.get(a.kind, SACTrainConfig)
         train_sac(config_from_args(a, cls, _SAC_LISTS))
+        return 0
+    if a.kind == "slow-fast":
+        from robot_learning.train.slow_fast import SlowFastTrainConfig, train_slow_fast
+
+        train_slow_fast(config_from_args(a, SlowFastTrainConfig, _SLOW_FAST_LISTS))
         return 0
     if a.kind == "residual":
         from robot_learning.train.residual import ResidualTrainConfig, train_residual

@@ -1,0 +1,179 @@
+"""``robot-learning train slow-fast --base CKPT --dataset D``: the fast half of a slow-fast
+policy (``policies.slow_fast``) on a frozen diffusion policy, from the demonstrations.
+
+1. The slow policy plans a chunk from every window of the demonstrations (batched, as it is
+   deployed: its sampler, steps and noise scale), and its executed part is kept.
+2. Each step a chunk covers becomes one example: the newest observations the fast policy reads
+   at that step (state, wrench, taxel grids), the planned action due then, and the target
+   correction, what the demonstrator did minus that plan, bounded by ``scale``.
+3. The fast policy regresses the correction (mean squared error in units of the bound), on a
+   held-out share of the episodes as well; then seeded env rollouts of the slow policy alone
+   and of slow-fast, on the same seeds.
+
+Progress: a tqdm bar, ``metrics.jsonl``; the checkpoint in ``<run>/checkpoints/last``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+
+@dataclass
+class SlowFastTrainConfig:
+    base: str = ""                    # the slow diffusion checkpoint (frozen)
+    dataset: str = ""                 # demonstrations (with the fast policy's observations recorded)
+    obs: list[str] = field(default_factory=lambda: ["ee_pose.data", "wrench.data", "tactile_left.data",
+                                                    "tactile_right.data"])
+    scale: float = 0.25               # the largest correction, as a share of each action's half-range
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    val_fraction: float = 0.1
+    noise_scale: float = -1.0         # the slow policy's sampling noise (< 0: its checkpoint's default)
+    eval_episodes: int = 20
+    eval_seed: int = 2_000_000
+    seed: int = 0
+    threads: int = 0
+    out: str = ""
+
+
+def _plans(runner, sampler, batch_size: int, progress: bool) -> np.ndarray:
+    """[N, horizon, A] the slow policy's executed actions from every window, in sampler order."""
+    out = []
+    for i in tqdm(range(0, len(sampler), batch_size), desc="slow plans", unit="batch", disable=not progress):
+        items = [sampler[j] for j in range(i, min(i + batch_size, len(sampler)))]
+        win = {k: np.stack([it[k] for it in items]) for k in items[0] if k.startswith(("obs/", "image/"))}
+        out.append(runner.executed(runner.chunks(win)))
+    return np.concatenate(out)
+
+
+def examples(sampler, plans: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
+    """One row per (window, step of its executed chunk) inside the episode: the newest values of
+    ``keys`` at that step, the planned action and the demonstrated one, and the episode."""
+    horizon = plans.shape[1]
+    obs, slow, demo, episode = [], [], [], []
+    for i, (e, t) in enumerate(sampler.index):
+        ep = sampler.episodes[e]
+        for j in range(min(horizon, ep["n"] - t)):
+            obs.append(np.concatenate([ep["obs"][k][t + j] for k in keys]))
+            slow.append(plans[i, j])
+            demo.append(ep["action"][t + j])
+            episode.append(e)
+    return {"obs": np.asarray(obs, np.float32), "slow": np.asarray(slow, np.float32),
+            "demo": np.asarray(demo, np.float32), "episode": np.asarray(episode)}
+
+
+def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
+    import torch
+
+    from robot_learning.data.sampler import WindowSampler, WindowSpec
+    from robot_learning.data.store import Dataset
+    from robot_learning.evaluate import evaluate_env
+    from robot_learning.policies.registry import load_policy
+    from robot_learning.policies.slow_fast import FastConfig, FastPolicy
+    from robot_learning.runtime.actions import TCP_POSE_KEY, pose_actions
+
+    if not cfg.base or not cfg.dataset:
+        raise SystemExit("train slow-fast: --base (a diffusion checkpoint) and --dataset are both needed")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run = Path(cfg.out or f"runs/slow_fast-{time.strftime('%Y%m%d-%H%M%S')}")
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    options = {} if cfg.noise_scale < 0 else {"noise_scale": cfg.noise_scale}
+    slow = load_policy(cfg.base, **options)
+    if not hasattr(slow, "policy") or not hasattr(slow, "executed"):
+        raise SystemExit(f"train slow-fast: {cfg.base} is not a diffusion policy (the slow half plans chunks)")
+    dcfg = slow.policy.cfg
+    ds = Dataset(cfg.dataset)
+    eps = [i for i in ds.indices if ds.episode(i).meta.get("status") == "complete"
+           and ds.episode(i).meta.get("success") is not False]
+    steps_obs = ds.episode(eps[0]).steps["obs"]
+    missing = [k for k in cfg.obs if k not in steps_obs]
+    if missing:
+        raise SystemExit(f"train slow-fast: {cfg.dataset} has no {', '.join(missing)} among its observations")
+    keys = list(dict.fromkeys([*dcfg.obs_dims, *cfg.obs]))
+    size = tuple(next(iter(dcfg.image_shapes.values()))[:2]) if dcfg.image_shapes else (96, 96)
+    spec = WindowSpec(dcfg.obs_horizon, dcfg.pred_horizon, tuple(keys), tuple(dcfg.image_shapes), size)
+    sampler = WindowSampler(ds, spec, eps, progress=progress)
+    if dcfg.action_kind == "tcp_pose":   # the slow policy's actions, as it was trained on them
+        for ep in sampler.episodes:
+            ep["action"] = pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"])
+    data = examples(sampler, _plans(slow, sampler, 64, progress), cfg.obs)
+
+    lo, hi = slow.policy.action_bounds()
+    scale = (cfg.scale * (hi - lo) / 2).astype(np.float32)
+    grids = {k: [int(n) for n in steps_obs[k].shape[1:]] for k in cfg.obs
+             if steps_obs[k].ndim == 4 and np.issubdtype(steps_obs[k].dtype, np.floating)}
+    dims = [int(np.prod(steps_obs[k].shape[1:])) for k in cfg.obs]
+    fcfg = FastConfig(obs_keys=list(cfg.obs), obs_dims=dims, action_dim=int(lo.size), scale=scale.tolist(),
+                      action_low=lo.tolist(), action_high=hi.tolist(), tactile_shapes=grids, hidden=list(cfg.hidden))
+    model = FastPolicy(fcfg)
+    mean, std = data["obs"].mean(0), data["obs"].std(0)
+    at = 0
+    for k, d in zip(cfg.obs, dims):   # a grid: one spread per force axis over all its taxels
+        if k in grids:
+            c = grids[k][2]
+            v = data["obs"][:, at:at + d].reshape(-1, c)
+            mean[at:at + d], std[at:at + d] = np.tile(np.zeros(c), d // c), np.tile(v.std(0), d // c)
+        at += d
+    model.set_obs_normalization(mean, std)
+
+    rng = np.random.default_rng(cfg.seed)
+    n_eps = len(sampler.episodes)
+    val_eps = set(rng.permutation(n_eps)[:int(round(n_eps * cfg.val_fraction))].tolist()) if n_eps >= 5 else set()
+    is_val = np.isin(data["episode"], list(val_eps))
+    free = scale > 1e-9   # a dimension the demonstrations never moved has no correction to learn
+    target = np.clip((data["demo"] - data["slow"])[:, free] / scale[free], -1.0, 1.0)
+    t = {k: torch.as_tensor(v) for k, v in (("obs", data["obs"]), ("slow", data["slow"]), ("u", target))}
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    bound, cols = torch.as_tensor(scale[free]), torch.as_tensor(np.flatnonzero(free))
+
+    def loss_on(idx) -> torch.Tensor:
+        i = torch.as_tensor(idx)
+        return torch.nn.functional.mse_loss(model(t["obs"][i], t["slow"][i])[:, cols] / bound, t["u"][i])
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    metrics = (run / "metrics.jsonl").open("a")
+    with torch.no_grad():   # what no correction scores: the slow policy's own error
+        start = {"step": 0, "train_loss": float(loss_on(train_idx)),
+                 "val_loss": float(loss_on(val_idx)) if len(val_idx) else None}
+    metrics.write(json.dumps(start) + "\n")
+    held = "-" if start["val_loss"] is None else f"{start['val_loss']:.3f}"
+    tqdm.write(f"train slow-fast: {len(data['obs'])} examples from {n_eps} episodes ({len(val_eps)} held out); "
+               f"obs {', '.join(cfg.obs)} (grids: {', '.join(grids) or 'none'}); the slow plans' error "
+               f"{start['train_loss']:.3f} (train), {held} (held out), in units of the bound")
+    bar = tqdm(range(cfg.steps), desc="train slow-fast", unit="step", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        loss = loss_on(rng.choice(train_idx, min(cfg.batch_size, len(train_idx)), replace=False))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
+            row = {"step": step + 1, "train_loss": float(loss)}
+            if len(val_idx):
+                with torch.no_grad():
+                    row["val_loss"] = float(loss_on(val_idx))
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
+    path = model.eval().save(run / "checkpoints" / "last", cfg.base, extra={"train": {"steps": cfg.steps}})
+    if cfg.eval_episodes:
+        seeds = {"seed": cfg.eval_seed}
+        res = {name: evaluate_env(ck, cfg.eval_episodes, **seeds, noise_scale=options.get("noise_scale"))
+               for name, ck in (("slow", cfg.base), ("slow_fast", path))}
+        row = {"step": cfg.steps, **{f"{k}_success": v["success_rate"] for k, v in res.items()}}
+        metrics.write(json.dumps(row) + "\n")
+        tqdm.write(f"train slow-fast: over {cfg.eval_episodes} seeded env episodes: slow alone "
+                   f"{row['slow_success']:.0%}, slow-fast {row['slow_fast_success']:.0%}")
+    metrics.close()
+    tqdm.write(f"train slow-fast: {path}")
+    return run
