@@ -124,3 +124,5 @@ def test_the_fast_policy_learns_to_correct_the_slow_plans_and_deploys_as_a_per_t
     out = runner.correct(chunk[0], newest)
     bound = np.asarray(meta["config"]["scale"])
     assert np.all(np.abs(out - chunk[0]) <= bound + 1e-6) and np.any(np.abs(out - chunk[0]) > 1e-4)
+    alone = load_policy(run / "checkpoints" / "slow_alone")   # the slow policy alone, on the same per-tick path
+    assert np.array_equal(alone.correct(chunk[0], newest), chunk[0])

@@ -8,9 +8,10 @@ policy (``policies.slow_fast``) on a frozen diffusion policy, from the demonstra
    correction, what the demonstrator did minus that plan, bounded by ``scale``.
 3. The fast policy regresses the correction (mean squared error in units of the bound), on a
    held-out share of the episodes as well; then seeded env rollouts of the slow policy alone
-   and of slow-fast, on the same seeds.
+   and of slow-fast, on the same seeds and the same execution path.
 
-Progress: a tqdm bar, ``metrics.jsonl``; the checkpoint in ``<run>/checkpoints/last``.
+Progress: a tqdm bar, ``metrics.jsonl``; the checkpoint in ``<run>/checkpoints/last``, and the
+untrained fast policy (no correction: the slow policy alone) in ``checkpoints/slow_alone``.
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
             mean[at:at + d], std[at:at + d] = np.tile(np.zeros(c), d // c), np.tile(v.std(0), d // c)
         at += d
     model.set_obs_normalization(mean, std)
+    # the untrained fast policy corrects nothing: the slow policy alone, through the same per-tick
+    # path as slow-fast (a tcp_pose policy alone would go to the arm as timed plans instead)
+    alone = model.save(run / "checkpoints" / "slow_alone", cfg.base)
 
     rng = np.random.default_rng(cfg.seed)
     n_eps = len(sampler.episodes)
@@ -169,7 +173,7 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
     if cfg.eval_episodes:
         seeds = {"seed": cfg.eval_seed}
         res = {name: evaluate_env(ck, cfg.eval_episodes, **seeds, noise_scale=options.get("noise_scale"))
-               for name, ck in (("slow", cfg.base), ("slow_fast", path))}
+               for name, ck in (("slow", alone), ("slow_fast", path))}
         row = {"step": cfg.steps, **{f"{k}_success": v["success_rate"] for k, v in res.items()}}
         metrics.write(json.dumps(row) + "\n")
         tqdm.write(f"train slow-fast: over {cfg.eval_episodes} seeded env episodes: slow alone "
