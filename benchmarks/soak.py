@@ -206,8 +206,11 @@ def soak(minutes: float, workdir: Path, client) -> dict:
     for i in saved:
         ep = ds.episode(i)
         for n in COMPARED:
-            t = ep.stream(n)["t"]
+            t = ep.stream(n).get("t", np.zeros(0))
             t = np.round(t[np.isfinite(t)], 6)
+            if len(t) == 0:   # nothing of it recorded (an episode cut short at the end): say so, go on
+                compared[n]["empty_episodes"] = compared[n].get("empty_episodes", 0) + 1
+                continue
             got = np.array(seen[n])
             got = np.round(got[(got >= t.min()) & (got <= t.max())], 6)
             lost = np.setdiff1d(got, t)
@@ -336,6 +339,8 @@ def section(minutes: float, workdir: Path, client) -> list[str]:
         "| stream | stored by the recorder | received by the subscriber, not stored (goal 0) "
         "| stored, not received by the subscriber |", "|---|---|---|---|",
         *[f"| {n} | {c['recorded']} | **{c['lost']}** | {c['client_missed']} |" for n, c in r["compared"].items()],
+        *[f"\n{n}: nothing stored in {c['empty_episodes']} episode(s) (cut short as the run ended)"
+          for n, c in r["compared"].items() if c.get("empty_episodes")],
         "\nWhere the losses fell: " + ("; ".join(
             f"{n}: " + ", ".join(f"{k} in {d:.1f} s at minute {m:.1f}" for m, d, k in runs)
             for n, runs in r["losses"].items()) or "nowhere") + " (red in the plot's backlog panel).\n",
