@@ -103,6 +103,12 @@ def test_the_graph_actor_sends_the_operators_takeovers_and_pauses(tmp_path):
 
     got = read_metrics(report)
     assert [r["episode_success"] for r in got] == [float(r["success"]) for r in rows]
+    # and TensorBoard shows both sides under train sac's names: the actor's episodes, the learner's updates
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    actor_tb = EventAccumulator(str(report / "tb")).Reload().Tags()["scalars"]
+    assert {"episode_return", "episode_success", "intervention_rate"} <= set(actor_tb)
+    assert "critic_loss" in EventAccumulator(str(run / "tb")).Reload().Tags()["scalars"]
     assert got[0]["robot_time_s"] == pytest.approx(first * 0.1) and got[0]["intervention_rate"] > 0
 
 

@@ -121,6 +121,7 @@ class Learner:
                 self.agent.set_obs_normalization(st.mean(0), st.std(0))
             self.version = 0
         self.metrics = (self.run / "metrics.jsonl").open("a")
+        self.tb = None   # TensorBoard scalars, under the names train sac uses, by transitions received
         self.last_update: dict = {}
 
     def _read_online(self, path: str, rlif: bool) -> int:
@@ -199,10 +200,20 @@ class Learner:
                "version": self.version, **self.last_update}
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
+        if self.tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run / "tb"))
+        for k, v in row.items():
+            if k not in ("time", "received") and isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, self.received)
+        self.tb.flush()
 
     def close(self) -> None:
         self.inbox.close()
         self.metrics.close()
+        if self.tb is not None:
+            self.tb.close()
 
 
 class ActorPolicy:

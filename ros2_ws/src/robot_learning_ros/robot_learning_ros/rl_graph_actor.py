@@ -154,6 +154,9 @@ class GraphActor(EpisodeNode):
         if self.report_dir:
             self.report_dir.mkdir(parents=True, exist_ok=True)
             self.rows = (self.report_dir / "episodes.jsonl").open("a")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.report_dir / "tb"))   # as train sac names them, by robot steps
 
     # --- callbacks ---
     def _on_obs(self, name: str, spec, msg) -> None:
@@ -363,6 +366,11 @@ class GraphActor(EpisodeNode):
         if self.rows is not None:
             self.rows.write(json.dumps(row) + "\n")
             self.rows.flush()
+            for k, v in (("episode_return", total), ("episode_success", float(row["success"])),
+                         ("episode_length", n), ("intervention_rate", row["intervention_rate"]),
+                         ("takeovers", takeovers), ("robot_time_s", row["robot_time_s"])):
+                self.tb.add_scalar(k, v, self.steps)
+            self.tb.flush()
 
     def run(self, running) -> None:
         self.running = running
@@ -386,6 +394,7 @@ class GraphActor(EpisodeNode):
                                    f"{len(self.link.outbox.pending)} transitions kept for the next run")
             if self.rows is not None:
                 self.rows.close()
+                self.tb.close()
 
 
 def main(args=None) -> None:
