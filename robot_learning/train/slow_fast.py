@@ -174,6 +174,8 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
         seeds = {"seed": cfg.eval_seed}
         res = {name: evaluate_env(ck, cfg.eval_episodes, **seeds, noise_scale=options.get("noise_scale"))
                for name, ck in (("slow", alone), ("slow_fast", path))}
+        for k, v in res.items():   # each episode, for paired comparisons
+            (run / f"eval_{k}.json").write_text(json.dumps({kk: vv for kk, vv in v.items() if kk != "frames"}))
         row = {"step": cfg.steps, **{f"{k}_success": v["success_rate"] for k, v in res.items()}}
         metrics.write(json.dumps(row) + "\n")
         tqdm.write(f"train slow-fast: over {cfg.eval_episodes} seeded env episodes: slow alone "
