@@ -18,7 +18,7 @@ from robot_learning.train.diffusion import TrainConfig
 _DIFFUSION_LISTS = {"obs": str, "images": str, "image_size": int, "down_dims": int, "relative": str}
 _SAC_LISTS = {"obs": str, "images": str, "hidden": int}
 _RESIDUAL_LISTS = {"obs": str, "hidden": int}
-_SLOW_FAST_LISTS = {"obs": str, "hidden": int}
+_SLOW_FAST_LISTS = {"obs": str, "hidden": int, "dims": int}
 _CLASSIFIER_LISTS = {"dataset": str, "obs": str, "images": str, "image_size": int, "hidden": int}
 
 

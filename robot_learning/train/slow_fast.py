@@ -34,6 +34,7 @@ class SlowFastTrainConfig:
     # above the hole: 0 of 25 where the slow policy alone made 24 (docs/learning.md)
     obs: list[str] = field(default_factory=lambda: ["wrench.data", "tactile_left.data", "tactile_right.data"])
     scale: float = 0.25               # the largest correction, as a share of each action's half-range
+    dims: list[int] = field(default_factory=list)   # the action dims it may correct (empty: all)
     steps: int = 3000
     batch_size: int = 256
     lr: float = 1e-3
@@ -114,6 +115,8 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
 
     lo, hi = slow.policy.action_bounds()
     scale = (cfg.scale * (hi - lo) / 2).astype(np.float32)
+    if cfg.dims:   # the others keep the slow policy's value (a zero bound)
+        scale[np.setdiff1d(np.arange(scale.size), cfg.dims)] = 0.0
     grids = {k: [int(n) for n in steps_obs[k].shape[1:]] for k in cfg.obs
              if steps_obs[k].ndim == 4 and np.issubdtype(steps_obs[k].dtype, np.floating)}
     dims = [int(np.prod(steps_obs[k].shape[1:])) for k in cfg.obs]
