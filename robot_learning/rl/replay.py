@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from robot_learning.rl.rlif import rewards_before_takeovers
+
 
 @dataclass
 class ObsSpec:
@@ -222,10 +224,7 @@ def from_dataset(dataset, spec: ObsSpec, buffer: ReplayBuffer | None = None, epi
         for cam in spec.image_keys:
             batch[f"image/{cam}"], batch[f"next_image/{cam}"] = obs[cam], obs[cam][nxt]
         if rlif:
-            iv = batch["intervention"]
-            began = np.flatnonzero(iv & ~np.r_[False, iv[:-1]])
-            batch["reward"] = np.zeros(n, np.float32)
-            batch["reward"][began[began > 0] - 1] = -1.0
+            batch["reward"] = rewards_before_takeovers(batch["intervention"])
         if drop_idle:
             idle = (np.abs(action[:, :-1]).max(1) < 1e-9) & (action[:, -1] == batch["grip_before"])
             idle[-1] = False

@@ -26,6 +26,16 @@ def q_range(gamma: float) -> list[float]:
     return [-1.0 / (1.0 - gamma), 0.0]
 
 
+def rewards_before_takeovers(intervention: np.ndarray) -> np.ndarray:
+    """RLIF's rewards for one recorded episode's steps at once (its intervention flags): -1 on
+    each policy step a takeover followed, 0 elsewhere, as ``RlifRewards`` labels them live."""
+    iv = np.asarray(intervention, bool)
+    began = np.flatnonzero(iv & ~np.r_[False, iv[:-1]])
+    reward = np.zeros(len(iv), np.float32)
+    reward[began[began > 0] - 1] = -1.0
+    return reward
+
+
 class RlifRewards:
     """Holds each transition (a dict with a ``reward`` entry) one step, so a takeover's -1
     lands on the step that led to it. ``step`` returns what is ready to store or send;

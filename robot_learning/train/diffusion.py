@@ -127,7 +127,7 @@ def _default_obs(ds: Dataset, episode: int) -> list[str]:
 TACTILE_MODES = ("grid", "flat")
 
 
-def _taxel_grids(recipe, obs_keys, steps_obs) -> dict[str, list[int]]:
+def taxel_grids(recipe, obs_keys, steps_obs) -> dict[str, list[int]]:
     """The observations that are taxel grids: float images ([rows, cols, C] forces, as the tactile
     drivers publish them) among the low-dim keys -> their shape (as stored in a step table)."""
     grids = {}
@@ -285,7 +285,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if len(train_set) == 0:
         raise SystemExit(f"train: the episodes of {cfg.dataset} have no steps")
 
-    grids = _taxel_grids(recipe, obs_keys, ds.episode(train_eps[0]).steps["obs"]) if cfg.tactile == "grid" else {}
+    grids = taxel_grids(recipe, obs_keys, ds.episode(train_eps[0]).steps["obs"]) if cfg.tactile == "grid" else {}
     if resume is not None:
         normalizer = Normalizer(read_checkpoint(run / "checkpoints" / "last").normalizer)
     else:

@@ -78,11 +78,13 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
     import torch
 
     from robot_learning.data.sampler import WindowSampler, WindowSpec
+    from robot_learning.data.schema import parse_recipe
     from robot_learning.data.store import Dataset
     from robot_learning.evaluate import evaluate_env
     from robot_learning.policies.registry import load_policy
     from robot_learning.policies.slow_fast import FastConfig, FastPolicy
     from robot_learning.runtime.actions import TCP_POSE_KEY, pose_actions
+    from robot_learning.train.diffusion import taxel_grids
 
     if not cfg.base or not cfg.dataset:
         raise SystemExit("train slow-fast: --base (a diffusion checkpoint) and --dataset are both needed")
@@ -117,8 +119,7 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
     scale = (cfg.scale * (hi - lo) / 2).astype(np.float32)
     if cfg.dims:   # the others keep the slow policy's value (a zero bound)
         scale[np.setdiff1d(np.arange(scale.size), cfg.dims)] = 0.0
-    grids = {k: [int(n) for n in steps_obs[k].shape[1:]] for k in cfg.obs
-             if steps_obs[k].ndim == 4 and np.issubdtype(steps_obs[k].dtype, np.floating)}
+    grids = taxel_grids(parse_recipe(ds.episode(eps[0]).meta["recipe"], "dataset recipe"), cfg.obs, steps_obs)
     dims = [int(np.prod(steps_obs[k].shape[1:])) for k in cfg.obs]
     fcfg = FastConfig(obs_keys=list(cfg.obs), obs_dims=dims, action_dim=int(lo.size), scale=scale.tolist(),
                       action_low=lo.tolist(), action_high=hi.tolist(), tactile_shapes=grids, hidden=list(cfg.hidden))
