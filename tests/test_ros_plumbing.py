@@ -82,14 +82,21 @@ def test_participants_at_the_top_of_the_id_range_find_each_other(tmp_path):
     """Node ids climb through a long run (every id stays used while its port is in /dev/shm, and
     a crashed node's stays there): the project's profile must let the last two ids reach each
     other. With rmw's own localhost discovery ids above 31 never met, and a test run that had
-    used 32 ids saw its next graph's services as unreachable."""
+    used 32 ids saw its next graph's services as unreachable.
+
+    The pair runs in a domain of its own: in the run's domain the climbing ids of the suite's
+    other nodes had reached 118 by the time this test ran in CI, and the pinned 118 heard
+    nothing (a live or dead participant already held its port)."""
     profile = Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]).read_text()
+    domain = next(d for d in range(200, 100, -1)  # a high domain no process has a port in
+                  if unused_participant_id(d) == 0 and d != int(os.environ["ROS_DOMAIN_ID"]))
     procs = []
     for pid in (MAX_PARTICIPANT_ID - 1, MAX_PARTICIPANT_ID):
         pinned = tmp_path / f"p{pid}.xml"
         pinned.write_text(profile.replace("<rtps>", f"<rtps><participantID>{pid}</participantID>", 1))
         procs.append(subprocess.Popen([sys.executable, "-c", TALKER, str(pid)], stdout=subprocess.PIPE, text=True,
-                                      env={**os.environ, "FASTDDS_DEFAULT_PROFILES_FILE": str(pinned)}))
+                                      env={**os.environ, "FASTDDS_DEFAULT_PROFILES_FILE": str(pinned),
+                                           "ROS_DOMAIN_ID": str(domain)}))
     heard = [p.communicate(timeout=90)[0].strip() for p in procs]
     assert heard == [f"['{MAX_PARTICIPANT_ID}']", f"['{MAX_PARTICIPANT_ID - 1}']"], heard
 
