@@ -165,6 +165,25 @@ def test_nodes_started_together_take_different_participant_ids():
     assert all(o[1] == "True" for o in out)  # the recorder's longer shared-memory check is in its profile
 
 
+def test_a_recorder_started_when_every_id_has_a_port_still_gets_its_longer_shared_memory_check(
+        tmp_path, monkeypatch):
+    """A long busy test run had used all 120 ids (crashed nodes leave their ports): the recorder
+    then joined with the stock profile, Fast DDS's 1 s check, and lost everything after a 3 s
+    stall. Fast DDS may pick the id, but the tuning must still be in the profile it reads."""
+    from robot_learning_ros import runtime
+    domain = int(os.environ["ROS_DOMAIN_ID"])
+    for i in range(MAX_PARTICIPANT_ID + 1):
+        (tmp_path / f"fastdds_port{7411 + 250 * domain + 2 * i}").touch()
+    monkeypatch.setattr(runtime, "SHM_DIR", tmp_path)
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", os.environ["FASTDDS_DEFAULT_PROFILES_FILE"])
+    monkeypatch.delenv("RMW_FASTRTPS_USE_QOS_FROM_XML", raising=False)
+    said = []
+    assert runtime.join_with_fresh_participant_id(said.append, shm_healthy_check_ms=4000) is None
+    profile = Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]).read_text()
+    assert "<healthy_check_timeout_ms>4000</healthy_check_timeout_ms>" in profile
+    assert "participantID" not in profile and "Fast DDS picks" in said[0]
+
+
 def test_a_callback_that_raises_stops_the_node_with_an_error_instead_of_a_silent_hang():
     """A node whose main thread waits for its callbacks (the scripted operator, the arm node)
     must not wait forever once a callback has died: it logs the traceback and exits non-zero."""

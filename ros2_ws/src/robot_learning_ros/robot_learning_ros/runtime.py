@@ -210,7 +210,7 @@ SHM_DIR = Path("/dev/shm")
 MAX_PARTICIPANT_ID = 119  # RTPS port mapping: 250 ports per domain, 2 per participant
 
 
-def unused_participant_id(domain: int, shm_dir: Path = SHM_DIR, taken: set[int] = frozenset()) -> int | None:
+def unused_participant_id(domain: int, shm_dir: Path | None = None, taken: set[int] = frozenset()) -> int | None:
     """A participant id above every id that has a Fast DDS shared-memory port in ``domain``,
     live or left by a process that died; once the range is used up, the lowest id with no port
     at all (None when every id has one).
@@ -225,7 +225,7 @@ def unused_participant_id(domain: int, shm_dir: Path = SHM_DIR, taken: set[int] 
     ``taken``: ids to count as used besides the ports (locked by a node still starting)."""
     base = 7411 + 250 * domain
     used = set(taken)
-    for f in shm_dir.glob("fast*_port*"):
+    for f in (shm_dir or SHM_DIR).glob("fast*_port*"):
         m = re.fullmatch(r"fast(?:dds|rtps)_port(\d+)", f.name)
         if m and base <= int(m.group(1)) <= base + 2 * MAX_PARTICIPANT_ID:
             used.add((int(m.group(1)) - base) // 2)
@@ -238,7 +238,7 @@ def unused_participant_id(domain: int, shm_dir: Path = SHM_DIR, taken: set[int] 
 _RESERVED: list[int] = []  # lock files held for the life of the process (one per pinned id)
 
 
-def _id_file(domain: int, pid: int, suffix: str) -> Path:
+def _id_file(domain: int, pid: int | str, suffix: str) -> Path:
     """This user's file for participant id ``pid`` in ``domain`` (its lock, its profile copy)."""
     return Path(tempfile.gettempdir()) / f"robot_learning_fastdds_{os.getuid()}_d{domain}_p{pid}{suffix}"
 
@@ -290,24 +290,33 @@ def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None =
     while pid is not None and not _reserve(domain, pid):
         locked.add(pid)
         pid = unused_participant_id(domain, taken=locked)
-    if pid is None:
+    if pid is None and shm_healthy_check_ms is None and not release_reader_memory:
         return None
     rtps = default.find(f"{ns}rtps")
     if rtps is None:
         rtps = ElementTree.SubElement(default, f"{ns}rtps")
-    el = rtps.find(f"{ns}participantID")
-    if el is None:
-        el = ElementTree.Element(f"{ns}participantID")
-        rtps.insert(0, el)
-    el.text = str(pid)
+    if pid is not None:
+        el = rtps.find(f"{ns}participantID")
+        if el is None:
+            el = ElementTree.Element(f"{ns}participantID")
+            rtps.insert(0, el)
+        el.text = str(pid)
+    else:
+        # every id has a port (a long test run with crashed nodes, a robot PC up for weeks):
+        # Fast DDS picks the id, but the recorder still needs its longer shared-memory check.
+        # Without it a full busy test run's recorder lost everything after a 3 s stall.
+        log(f"every DDS participant id in domain {domain} has a port in {SHM_DIR}: Fast DDS picks "
+            "this process's id (a peer that still holds a crashed node's port may not reach it)")
     if shm_healthy_check_ms is not None:
         _set_shm_healthy_check(tree, ns, shm_healthy_check_ms)
     if release_reader_memory:
         _release_reader_memory(tree, ns, rtps)
     if ns:
         ElementTree.register_namespace("", ns[1:-1])
-    # one file per domain and id (bounded, overwritten on reuse; a killed node leaves nothing else)
-    out = _id_file(domain, pid, ".xml")
+    # one file per domain and id (bounded, overwritten on reuse; a killed node leaves nothing else);
+    # with no id, one per set of tunings
+    out = _id_file(domain, pid, ".xml") if pid is not None else _id_file(
+        domain, f"any_hc{shm_healthy_check_ms}_rm{int(release_reader_memory)}", ".xml")
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     tree.write(tmp, encoding="UTF-8", xml_declaration=True)
     os.replace(tmp, out)
