@@ -212,7 +212,8 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
                                       steps=plan.train_steps, batch_size=plan.batch_size, eval_every=plan.eval_every,
                                       eval_episodes=plan.train_eval_episodes, eval_max_steps=plan.train_eval_max_steps,
                                       eval_noise_scale=plan.noise_scale,
-                                      warmup_steps=min(200, plan.train_steps // 5), max_minutes=minutes))
+                                      warmup_steps=min(200, plan.train_steps // 5), max_minutes=minutes,
+                                      threads=-1))   # one thread when another process keeps a core busy
         timings["train"] = time.monotonic() - t0
         print(f"demo [3/4] deploy + evaluate: launch/deploy_policy.launch.yaml (sim, mux, policy server, "
               f"evaluator), {plan.eval_episodes} seeded episodes", flush=True)

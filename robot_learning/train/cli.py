@@ -28,7 +28,8 @@ def add_config_arguments(p, defaults, lists: dict[str, type], helps: dict[str, s
     for f in fields(cls):
         name, value = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
         if helps and f.name in helps:
-            p.add_argument(name, default=value, help=helps[f.name])
+            typed = {} if f.name in lists or isinstance(value, (bool, str)) else {"type": type(value)}
+            p.add_argument(name, default=value, help=helps[f.name], **typed)
         elif f.name in lists:
             p.add_argument(name, default=",".join(str(v) for v in value), help="comma-separated")
         elif isinstance(value, bool):
@@ -58,7 +59,9 @@ def add_parser(sub) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     add_config_arguments(kinds.add_parser("diffusion", help="diffusion policy", formatter_class=fmt),
                          TrainConfig(dataset=""), _DIFFUSION_LISTS,
-                         {"dataset": "zarr dataset to train on (with --resume: the run's own)"})
+                         {"dataset": "zarr dataset to train on (with --resume: the run's own)",
+                          "threads": "torch CPU threads: 0 torch's default (every core), -1 the faster of 1 and "
+                                     "all, timed every minute against what else runs"})
     add_config_arguments(kinds.add_parser("sac", help="SAC (RLPD choices) on a gymnasium env or workcell/<task>, "
                                           "optionally from demonstrations", formatter_class=fmt),
                          SACTrainConfig(), _SAC_LISTS)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from robot_learning.data.schema import parse_recipe
 from robot_learning.data.store import Dataset
-from robot_learning.nets.device import pick_device
+from robot_learning.nets.device import AdaptiveThreads, pick_device
 from robot_learning.nets.precision import PRECISIONS, autocast, resolve
 from robot_learning.policies.checkpoint import IMAGE_ENCODERS, PREDICTIONS, PolicyError, load_weights, read_json
 from robot_learning.policies.registry import read_checkpoint
@@ -70,7 +70,7 @@ class TrainConfig:
     seed: int = 0
     resume: str = ""
     only_success: bool = True                             # train on successful episodes only
-    threads: int = 0                                      # torch CPU threads (0: torch's default)
+    threads: int = 0    # torch CPU threads (0: torch's default; -1: timed against the load: AdaptiveThreads)
     precision: str = "auto"                               # auto: bf16 for image policies where the hardware has it
     max_minutes: float = 0.0                              # stop (evaluate, save) after this long; 0: no limit
 
@@ -241,7 +241,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         device = pick_device(cfg.device)
     except ValueError as e:
         raise SystemExit(f"train: {e}") from None
-    if cfg.threads:
+    if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     resume = Path(cfg.resume) if cfg.resume else None
     if resume is not None:
@@ -359,7 +359,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     t_window, n_window, losses = time.perf_counter(), 0, []
     t_start = time.monotonic()  # the budget counts training, not loading
     cpu = CpuClock(run / "metrics.jsonl")
+    tuner = AdaptiveThreads(log=bar.write) if cfg.threads < 0 and device == "cpu" else None
     for step in bar:
+        t_step = time.perf_counter()
         model.train()
         with autocast(device, precision):
             loss = net(_to(next(batches), device))
@@ -370,6 +372,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         sched.step()
         ema.update_parameters(model)
         losses.append(loss.item())
+        if tuner is not None:
+            tuner.step_done(time.perf_counter() - t_step)
         n_window += cfg.batch_size
         done = step + 1
         # rank 0's clock for every rank: all stop, evaluate and save at the same step
