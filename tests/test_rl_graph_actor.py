@@ -7,6 +7,7 @@ learner's weights come back to the actor, and /rl/pause stops the stepping until
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -50,7 +51,8 @@ def test_the_graph_actor_sends_the_operators_takeovers_and_pauses(tmp_path):
     llog = (tmp_path / "learner.log").open("w")
     learner = None
     with SimGraph(tmp_path / "graph.log", "hil_rl.launch.yaml", task="peg_in_hole", operator="scripted",
-                  outbox=tmp_path / "outbox", report_dir=report, max_episode_steps=60) as g:
+                  outbox=tmp_path / "outbox", report_dir=report, max_episode_steps=60, cameras="front",
+                  eval_every=1, eval_episodes=1) as g:
         client = GraphClient("hil_watcher")
         try:
             # the actor explores (uniform random actions) before any learner is up; the
@@ -70,6 +72,8 @@ def test_the_graph_actor_sends_the_operators_takeovers_and_pauses(tmp_path):
             assert len(transitions(run)) == paused_at  # nothing stepped while paused
             assert client.call(Trigger, "/rl/resume").success
             wait_until(lambda: len(transitions(run)) >= paused_at + 10, "steps after /rl/resume", 60)
+            # with weights, every other episode is an evaluation (eval_every:=1)
+            wait_until(lambda: "eval_success" in (report / "episodes.jsonl").read_text(), "an evaluation", 240)
         finally:
             client.close()
         log = g.log_path.read_text()
@@ -95,6 +99,18 @@ def test_the_graph_actor_sends_the_operators_takeovers_and_pauses(tmp_path):
     assert binary[inter].mean() > 0.6, binary[inter].mean()
     assert np.all(a >= [-0.5] * 3 + [-1.5] * 3 + [0.0]) and np.all(a <= [0.5] * 3 + [1.5] * 3 + [1.0])
     rows = [json.loads(x) for x in (report / "episodes.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_success" in r]
+    rows = [r for r in rows if "success" in r]
+    eval_eps = [r for r in rows if r.get("eval")]
+    assert eval_eps and eval_eps[0]["policy_version"] > 0 and not rows[0].get("eval")
+    assert evals[0]["eval_episodes"] == 1 and evals[0]["eval_success"] == float(eval_eps[0]["success"])
+    videos = sorted((report / "videos").glob("step_*.mp4"))
+    assert videos, "no evaluation video"
+    import cv2
+
+    cap = cv2.VideoCapture(str(videos[0]))
+    assert cap.read()[0] and cap.get(cv2.CAP_PROP_FRAME_COUNT) >= 5  # 60 steps at 10 Hz: 6 s of sim at 5 fps
+    assert (report / "curves.png").stat().st_size > 10_000
     first = rows[0]["steps"]  # the first episode's rate is its share of flagged transitions
     assert rows[0]["intervention_rate"] == pytest.approx(inter[:first].mean())
     assert rows[0]["takeovers"] >= 1
@@ -102,14 +118,82 @@ def test_the_graph_actor_sends_the_operators_takeovers_and_pauses(tmp_path):
     from robot_learning.train.compare import read_metrics
 
     got = read_metrics(report)
-    assert [r["episode_success"] for r in got] == [float(r["success"]) for r in rows]
+    assert [r["episode_success"] for r in got if "episode_success" in r] == [
+        float(r["success"]) for r in rows if not r.get("eval")]
+    assert [r["eval_success"] for r in got if "eval_success" in r] == [r["eval_success"] for r in evals]
     # and TensorBoard shows both sides under train sac's names: the actor's episodes, the learner's updates
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     actor_tb = EventAccumulator(str(report / "tb")).Reload().Tags()["scalars"]
-    assert {"episode_return", "episode_success", "intervention_rate"} <= set(actor_tb)
+    assert {"episode_return", "episode_success", "intervention_rate", "eval_success"} <= set(actor_tb)
     assert "critic_loss" in EventAccumulator(str(run / "tb")).Reload().Tags()["scalars"]
     assert got[0]["robot_time_s"] == pytest.approx(first * 0.1) and got[0]["intervention_rate"] > 0
+
+
+def test_killing_the_graph_actor_and_the_learner_loses_and_repeats_no_transition(tmp_path):
+    """The env actor's kill test (test_rl_actor_learner) on the ROS graph: SIGKILL the learner
+    while the graph actor steps the sim through the mux (it goes on with its last policy, its
+    transitions waiting on disk), start a new learner, then SIGKILL the actor and start it
+    again beside the running sim. Each actor run's transitions are stored once, numbered from
+    0 without a gap, and none is left in the outbox."""
+    import psutil
+    from test_rl_actor_learner import journal
+
+    run, outbox = tmp_path / "learner", tmp_path / "outbox"
+    llog, alog = (tmp_path / "learner.log").open("w"), (tmp_path / "actor.log").open("w")
+    learner_params = dict(run_dir=str(run), batch_size=32, hidden="32,32", learning_starts=50, publish_every=10,
+                          updates_per_transition=0.2, checkpoint_every=100)
+    procs = []
+    report = tmp_path / "report"
+    with SimGraph(tmp_path / "graph.log", "hil_rl.launch.yaml", task="peg_insert", outbox=outbox,
+                  max_episode_steps=40, report_dir=report) as g:
+        try:
+            procs.append(learner := start("rl_learner", llog, **learner_params))
+            wait_until(lambda: len(transitions(run)) >= 60 and "policy version" in g.log_path.read_text(),
+                       "60 stored transitions and a policy at the actor", 240)
+            learner.send_signal(signal.SIGKILL)
+            learner.wait()
+            wait_until(lambda: "going on with the last policy" in g.log_path.read_text(),
+                       "the actor to go on without its learner", 60)
+            waiting = len(list(outbox.glob("*.tr")))
+            before = len(transitions(run))
+            procs.append(learner := start("rl_learner", llog, **learner_params))
+            wait_until(lambda: len(transitions(run)) >= before + waiting + 20, "the restarted learner to catch up",
+                       180)
+            actor = next(c for c in psutil.Process(g.proc.pid).children(recursive=True)
+                         if any("rl_graph_actor" in a for a in c.cmdline()))
+            actor.send_signal(signal.SIGKILL)
+            actor.wait(timeout=10)
+            procs.append(actor := start("rl_graph_actor", alog, use_sim_time="true", task="peg_insert",
+                                        outbox=str(outbox), max_episode_steps=40, report_dir=str(report)))
+            wait_until(lambda: len(journal(run)) == 2 and min(len(v) for v in journal(run).values()) >= 40,
+                       "the second actor run's transitions", 180)
+            actor.send_signal(signal.SIGINT)
+            assert actor.wait(timeout=60) == 0
+            learner.send_signal(signal.SIGINT)
+            assert learner.wait(timeout=30) == 0
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            llog.close()
+            alog.close()
+    logs = g.log_path.read_text() + (tmp_path / "actor.log").read_text() + (tmp_path / "learner.log").read_text()
+    assert "Traceback" not in logs, logs[-4000:]
+    seqs = journal(run)
+    assert len(seqs) == 2
+    for actor_id, got in seqs.items():
+        assert got == list(range(len(got))), actor_id  # from 0, in order, none missing, none twice
+    assert waiting > 0                    # there was something to lose while no learner ran
+    assert not list(outbox.glob("*.tr"))  # everything either actor run stepped was stored
+    reloaded = [int(n) for n in re.findall(r"learning for graph/peg_insert: (\d+) transitions from the journal",
+                                           (tmp_path / "learner.log").read_text())]
+    assert len(reloaded) == 2 and reloaded[0] == 0 and reloaded[1] >= 60, reloaded  # the new learner rebuilt
+    # the restarted actor's report goes on from the killed one's: new episodes (new seeds), robot time
+    rows = [json.loads(x) for x in (report / "episodes.jsonl").read_text().splitlines() if x.endswith("}")]
+    episodes, steps = [r["episode"] for r in rows], [r["total_steps"] for r in rows]
+    assert len(rows) >= 3 and episodes == sorted(set(episodes)) and steps == sorted(steps), rows
 
 
 def test_a_policy_that_outputs_nan_never_moves_the_arm(tmp_path):
@@ -181,8 +265,20 @@ def test_on_peg_insert_the_graph_actor_acts_within_the_task_as_the_env_does(tmp_
         client = GraphClient("operator_buttons")
         try:
             wait_until(lambda: len(transitions(run)) >= 50, "50 stored transitions", 240)
-            client.publisher("/teleop/event", String).publish(String(data="stop_success"))
-            wait_until(lambda: "the operator says: success" in g.log_path.read_text(), "the operator's label", 30)
+            press = client.publisher("/teleop/event", String)
+            wait_until(lambda: press.get_subscription_count() > 0, "the actor to hear the teleop events", 30)
+
+            last = [-1e9]
+
+            def pressed() -> bool:  # again every 3 s until it lands in an episode (not between two)
+                if "the operator says: success" in g.log_path.read_text():
+                    return True
+                if time.monotonic() - last[0] > 3.0:
+                    press.publish(String(data="stop_success"))
+                    last[0] = time.monotonic()
+                return False
+
+            wait_until(pressed, "the operator's label", 60)
         finally:
             client.close()
         spec = learn_until(learner, llog, g, run, lambda: len(transitions(run)) >= 100, "100 stored transitions", 240)

@@ -88,7 +88,7 @@ def test_participants_at_the_top_of_the_id_range_find_each_other(tmp_path):
     other nodes had reached 118 by the time this test ran in CI, and the pinned 118 heard
     nothing (a live or dead participant already held its port)."""
     profile = Path(os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]).read_text()
-    domain = next(d for d in range(200, 100, -1)  # a high domain no process has a port in
+    domain = next(d for d in range(231, 214, -1)  # no process has a port there; its ports above the ephemeral range
                   if unused_participant_id(d) == 0 and d != int(os.environ["ROS_DOMAIN_ID"]))
     procs = []
     for pid in (MAX_PARTICIPANT_ID - 1, MAX_PARTICIPANT_ID):

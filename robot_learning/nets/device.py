@@ -32,7 +32,9 @@ class AdaptiveThreads:
     each step waits for its slower thread and one step took 540-1010 ms against 190-200 ms
     with one thread (docs/learning.md): the demo then trained half the steps it needed. Load
     comes and goes (a sim collecting, a test run), so the choice is timed again every
-    ``recheck_s`` seconds: ``probe_steps`` steps at each count, the faster one kept.
+    ``recheck_s`` seconds: ``probe_steps`` steps at each count, the fastest one kept. A round
+    that took long (steps of seconds) waits ten times its own length before the next, so timing
+    the slower counts never costs more than a tenth of the run.
 
     Call ``step_done(seconds)`` after each step with its wall time; it sets the thread count
     for the next one."""
@@ -51,9 +53,11 @@ class AdaptiveThreads:
         self._probe: list[int] = []          # counts still to time in this round
         self._times: dict[int, list[float]] = {}
         self._chosen_at = 0.0
+        self._round_s = 0.0
         self._start_round()
 
     def _start_round(self) -> None:
+        self._round_began = self._clock()
         self._probe = list(self.counts)
         self._times = {c: [] for c in self.counts}
         self._torch.set_num_threads(self._probe[0])
@@ -73,6 +77,7 @@ class AdaptiveThreads:
                         self.log(f"threads: {best} ({', '.join(f'{k}: {1e3 * t:.0f} ms' for k, t in per.items())}"
                                  " a step)")
                     self.chosen, self._chosen_at = best, self._clock()
+                    self._round_s = self._chosen_at - self._round_began
                     self._torch.set_num_threads(best)
-        elif self._clock() - self._chosen_at > self.recheck_s:
+        elif self._clock() - self._chosen_at > max(self.recheck_s, 10 * self._round_s):
             self._start_round()

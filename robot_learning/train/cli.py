@@ -60,8 +60,8 @@ def add_parser(sub) -> None:
     add_config_arguments(kinds.add_parser("diffusion", help="diffusion policy", formatter_class=fmt),
                          TrainConfig(dataset=""), _DIFFUSION_LISTS,
                          {"dataset": "zarr dataset to train on (with --resume: the run's own)",
-                          "threads": "torch CPU threads: 0 torch's default (every core), -1 the faster of 1 and "
-                                     "all, timed every minute against what else runs"})
+                          "threads": "torch CPU threads: 0 torch's default (every core), -1 the fastest of 1, half "
+                                     "and all cores, timed every minute against what else runs"})
     add_config_arguments(kinds.add_parser("sac", help="SAC (RLPD choices) on a gymnasium env or workcell/<task>, "
                                           "optionally from demonstrations", formatter_class=fmt),
                          SACTrainConfig(), _SAC_LISTS)

@@ -39,12 +39,14 @@ def read_metrics(run: Path) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             continue  # a line cut short by a kill: the rest of the run is still worth plotting
-    if graph:
+    if graph:  # training episodes, evaluation episodes ("eval"), and evaluations ("eval_success")
         rows = [r for r in rows if "total_steps" in r]
         operator = any(r.get("intervention_rate", 0.0) > 0 for r in rows)  # 0 throughout: nobody was there
-        rows = [{"env_steps": r["total_steps"], "robot_time_s": r.get("robot_time_s", r["total_steps"] / 10.0),
-                 "episode_success": float(r["success"])}
-                | ({"intervention_rate": r.get("intervention_rate", 0.0)} if operator else {}) for r in rows]
+        rows = [{"env_steps": r["total_steps"], "robot_time_s": r.get("robot_time_s", r["total_steps"] / 10.0)}
+                | ({k: r[k] for k in ("eval_success", "eval_return", "eval_length")} if "eval_success" in r
+                   else {"episode_success": float(r["success"])}
+                   | ({"intervention_rate": r.get("intervention_rate", 0.0)} if operator else {}))
+                for r in rows if not r.get("eval")]
     return rows
 
 

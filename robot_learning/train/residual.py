@@ -146,7 +146,7 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
     from robot_learning.train.resume import resumed_config, save_config
     from robot_learning.train.sac import WORKCELL_OBS
 
-    if cfg.threads:
+    if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     resume = Path(cfg.resume) if cfg.resume else None
     if resume:

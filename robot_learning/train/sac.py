@@ -347,7 +347,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
     from robot_learning.train.cpu_clock import CpuClock
     from robot_learning.train.resume import resumed_config, save_config
 
-    if cfg.threads:
+    if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     resume = Path(cfg.resume) if cfg.resume else None
     trainer = {DsrlTrainConfig: "dsrl", ResidualSacTrainConfig: "residual-sac"}.get(type(cfg), "sac")

@@ -88,7 +88,7 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
 
     if not cfg.base or not cfg.dataset:
         raise SystemExit("train slow-fast: --base (a diffusion checkpoint) and --dataset are both needed")
-    if cfg.threads:
+    if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     run = Path(cfg.out or f"runs/slow_fast-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -137,6 +137,12 @@ class EpisodeNode(Node):
             self.label = m.data == "stop_success"
             self.get_logger().info(f"the operator says: {'success' if self.label else 'failure'}")
 
+    def measured_success(self) -> bool:
+        """What the graph says of the episode's outcome: the sim's ``/sim/task/success`` (a
+        subclass that listens to a classifier on a robot says so here; it also labels the
+        recording)."""
+        return self.success
+
     def episode_success(self, measured: bool) -> bool:
         """The episode's outcome: the operator's button when pressed, else ``measured``."""
         return measured if self.label is None else self.label
@@ -286,7 +292,7 @@ class EpisodeNode(Node):
         self.start_clock()
         self.drive(index, info)
         self.stop_clock()
-        result = {"episode": index, "seed": info["seed"], "success": self.episode_success(self.success),
+        result = {"episode": index, "seed": info["seed"], "success": self.episode_success(self.measured_success()),
                   "duration": self.trajectory[-1][0] if self.trajectory else 0.0}
         if self.label is not None:
             result["operator_label"] = "success" if self.label else "failure"

@@ -72,11 +72,14 @@ class LearnerLink:
         self._publish(data)
         return seq
 
-    def sync(self) -> None:
-        """Acks and weights that arrived (taken on the stepping thread), and resends."""
+    def sync(self, load_weights: bool = True) -> None:
+        """Acks and weights that arrived (taken on the stepping thread), and resends.
+        ``load_weights`` False leaves new weights waiting (the newest kept) until a later sync."""
         with self.lock:
             acks, self.pending_acks = self.pending_acks, None
-            weights, self.pending_weights = self.pending_weights, None
+            weights = self.pending_weights if load_weights else None
+            if load_weights:
+                self.pending_weights = None
         if acks is not None:
             if acks["learner"] != self.learner:
                 self.learner = acks["learner"]

@@ -27,7 +27,16 @@ of each action's range; the step rate is the base's. The learner's checkpoints t
 ``residual_sac`` policies. ``rlif:=true`` makes the reward RLIF's (``rl.rlif``): -1 on the policy's step a takeover
 followed and at a protective stop, 0 otherwise. ``record:=true`` has the
 recorder keep every episode, interventions included (``/intervention`` is in the recipe).
-Each episode's return, length, success and intervention rate go to ``report_dir/episodes.jsonl``.
+Each episode's return, length, success and intervention rate go to ``report_dir/episodes.jsonl``
+and TensorBoard (``report_dir/tb``).
+
+Evaluation (``eval_every:=N``, once the learner's weights have arrived): after every N
+training episodes, ``eval_episodes`` episodes with the policy's mean action (no exploration;
+the operator may still take over, and their transitions still go to the learner: robot time is
+too dear to throw away). Their success and return go to ``episodes.jsonl`` as a row with
+``eval_success``, to TensorBoard, and to ``report_dir/curves.png``; the first one of each is
+a video (``report_dir/videos/step_<steps>.mp4``) from ``video_camera`` (its
+``/<camera>/color/image_raw``, at the 5 frames per second the episode's snapshots keep).
 """
 
 from __future__ import annotations
@@ -118,6 +127,17 @@ class GraphActor(EpisodeNode):
             raise ValueError(f"on_learner_lost must be 'keep' or 'hold', not '{self.on_lost}'")
         self.rlif = bool(p("rlif", False).value)
         self.seed = int(p("seed", 0).value)
+        self.eval_every = int(p("eval_every", 0).value)
+        self.eval_episodes = int(p("eval_episodes", 3).value)
+        if self.eval_every < 0 or self.eval_episodes < 1:
+            raise ValueError(f"eval_every ({self.eval_every}) must be 0 (never) or more, and eval_episodes "
+                             f"({self.eval_episodes}) at least 1")
+        self.video_camera = str(p("video_camera", "front").value)
+        if self.video_camera not in ("front", "wrist", ""):
+            raise ValueError(f"video_camera '{self.video_camera}': the episodes keep snapshots of front and wrist "
+                             "only (or '' for no video)")
+        self.evaluating = False
+        self.eval_rows: list[dict] = []
         import robot_learning.policies.sac  # noqa: F401  torch now, not in the middle of an episode
         # (importing it when the first weights arrive held the arm still for seconds)
         self.link = LearnerLink(self, str(p("outbox", "runs/actor_outbox").value),
@@ -151,12 +171,35 @@ class GraphActor(EpisodeNode):
         self.create_service(Trigger, "/rl/pause", self._on_pause)
         self.create_service(Trigger, "/rl/resume", self._on_resume)
         self.rows = None
+        self.steps_before, self.episodes_before = 0, 0  # a restarted actor's earlier runs in the same report
         if self.report_dir:
             self.report_dir.mkdir(parents=True, exist_ok=True)
+            self.steps_before, self.episodes_before = self._earlier_runs(self.report_dir / "episodes.jsonl")
             self.rows = (self.report_dir / "episodes.jsonl").open("a")
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.report_dir / "tb"))   # as train sac names them, by robot steps
+
+    @staticmethod
+    def _earlier_runs(path) -> tuple[int, int]:
+        """(robot steps, episodes) that earlier runs of this actor wrote to its report: a
+        restarted actor's curves, TensorBoard steps and video names go on from there, and its
+        episodes take new seeds."""
+        steps, episodes = 0, 0
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                steps = max(steps, int(row.get("total_steps", 0)))
+                episodes = max(episodes, int(row.get("episode", -1)) + 1)
+        return steps, episodes
+
+    @property
+    def robot_steps(self) -> int:
+        """Steps on the robot over every run in this report (``steps``: this run's)."""
+        return self.steps_before + self.steps
 
     # --- callbacks ---
     def _on_obs(self, name: str, spec, msg) -> None:
@@ -280,14 +323,15 @@ class GraphActor(EpisodeNode):
         before its first weights; with a base, the agent's correction ``u`` (none before the
         first weights: the base alone) and the corrected action as a command."""
         policy, res = self.link.policy, self.residual
+        mean = self.evaluating  # an evaluation takes the mean action, as train sac's does
         if res is None:
             low, high = self.bounds
             a = (rng.uniform(low, high).astype(np.float32) if policy.agent is None
-                 else policy.act(self.spec.agent_obs(obs), gripper_now=grip))
+                 else policy.act(self.spec.agent_obs(obs), deterministic=mean, gripper_now=grip))
             return a, a
         aobs = res.agent_obs(obs, self.keys, self.base_now)
         u = (np.zeros(len(res.bound), np.float32) if policy.agent is None
-             else policy.act(self.spec.agent_obs(aobs)))
+             else policy.act(self.spec.agent_obs(aobs), deterministic=mean))
         return u, res.command(self.base_now, u, obs)
 
     # --- episodes ---
@@ -305,8 +349,10 @@ class GraphActor(EpisodeNode):
         grip, total, n, inter, takeovers, was, stale = float(low[-1]), 0.0, 0, 0, 0, False, False
         rlif = RlifRewards() if self.rlif else None  # RLIF's -1 lands on the step before a takeover
         while self.running() and n < self.max_steps and not (self.total_steps and self.steps >= self.total_steps):
-            link.sync()
+            link.sync(load_weights=not self.evaluating)  # an evaluation is of one policy version
             if self.paused.is_set() or link.holding(self.on_lost):
+                if self.label is False:  # the operator's failure button, pressed while paused: over
+                    break
                 time.sleep(0.05)  # nothing is sent: the mux and the arm hold
                 stale = True
                 continue
@@ -353,34 +399,102 @@ class GraphActor(EpisodeNode):
             total += float(ready["reward"])
         # leave the arm at rest until the next episode's reset
         self.pub_twist.publish(twist_msg(np.zeros(6), self.t_now, self.base_frame))
-        measured = self.success if self.reset_mode != "home" else self.reward_success
         row = {"episode": index, "seed": info.get("seed"), "steps": n, "return": total,
-               "success": self.episode_success(measured), "intervention_rate": inter / max(n, 1),
-               "takeovers": takeovers, "policy_version": link.policy.version, "total_steps": self.steps,
-               "robot_time_s": self.steps / self.step_hz}
+               "success": self.episode_success(self.measured_success()), "intervention_rate": inter / max(n, 1),
+               "takeovers": takeovers, "policy_version": link.policy.version, "total_steps": self.robot_steps,
+               "robot_time_s": self.robot_steps / self.step_hz}
         if self.fault:
             row["protective_stop"] = self.fault
         if self.label is not None:
             row["operator_label"] = "success" if self.label else "failure"
+        if self.evaluating:
+            row["eval"] = True
+            self.eval_rows.append(row)
         self.get_logger().info(json.dumps(row))
         if self.rows is not None:
             self.rows.write(json.dumps(row) + "\n")
             self.rows.flush()
+        if self.rows is not None and not self.evaluating:  # training episodes' curves
             for k, v in (("episode_return", total), ("episode_success", float(row["success"])),
                          ("episode_length", n), ("intervention_rate", row["intervention_rate"]),
                          ("takeovers", takeovers), ("robot_time_s", row["robot_time_s"])):
-                self.tb.add_scalar(k, v, self.steps)
+                self.tb.add_scalar(k, v, self.robot_steps)
             self.tb.flush()
+
+    def measured_success(self) -> bool:
+        """On a robot (``reset:=home``) the reward topic's verdict (the classifier), also for
+        the recording's label: nothing publishes the sim's there."""
+        return self.success if self.reset_mode != "home" else self.reward_success
+
+    def run_episode(self, index: int) -> dict:
+        result = super().run_episode(index)
+        if self.evaluating and len(self.eval_rows) == 1:
+            self.write_video()
+        return result
+
+    def write_video(self) -> None:
+        """The evaluation's first episode as an MP4 (its snapshots, taken every 0.2 s)."""
+        if self.report_dir is None or not self.video_camera:
+            return
+        with self.lock:
+            frames = [f for _, f in self.frames.get(self.video_camera, [])]
+        if not frames:
+            self.get_logger().warning(
+                f"no frames on /{self.video_camera}/color/image_raw for the evaluation's video: start that "
+                f"camera (cameras:={self.video_camera}) or set video_camera:=", once=True)
+            return
+        from robot_learning.data.view import write_video
+
+        try:
+            write_video(frames, self.report_dir / "videos" / f"step_{self.robot_steps:07d}.mp4", 5.0)
+        except Exception as e:  # a full disk must not stop the robot's training
+            self.get_logger().warning(f"the evaluation's video was not written: {e}")
+
+    def report_evaluation(self) -> None:
+        """One row for the evaluation (as train sac writes its own), TensorBoard, and curves.png."""
+        rows, self.eval_rows, self.evaluating = self.eval_rows, [], False
+        if not rows:
+            return
+        ev = {"eval_success": float(np.mean([r["success"] for r in rows])),
+              "eval_return": float(np.mean([r["return"] for r in rows])),
+              "eval_length": float(np.mean([r["steps"] for r in rows])), "eval_episodes": len(rows),
+              "policy_version": rows[-1]["policy_version"], "total_steps": self.robot_steps,
+              "robot_time_s": self.robot_steps / self.step_hz}
+        self.get_logger().info(f"evaluation: {json.dumps(ev)}")
+        if self.rows is None:
+            return
+        self.rows.write(json.dumps(ev) + "\n")
+        self.rows.flush()
+        for k in ("eval_success", "eval_return", "eval_length"):
+            self.tb.add_scalar(k, ev[k], self.robot_steps)
+        self.tb.flush()
+        from robot_learning.train.compare import plot_runs
+
+        try:
+            plot_runs([(self.report_dir, "graph")], self.report_dir / "curves.png", smooth=10)
+        except Exception as e:  # as for the video: a figure is not worth the run
+            self.get_logger().warning(f"curves.png was not drawn: {e}")
 
     def run(self, running) -> None:
         self.running = running
-        self.steps, index = 0, 0
+        self.steps, index = 0, self.episodes_before
         try:
             self.spec = self.announce()
-            while running() and (self.episodes <= 0 or index < self.episodes) and not (
+            trained = 0  # training episodes since the last evaluation
+            while running() and (self.episodes <= 0 or index - self.episodes_before < self.episodes) and not (
                     self.total_steps and self.steps >= self.total_steps):
+                self.evaluating = bool(self.eval_every and trained >= self.eval_every
+                                       and self.link.policy.agent is not None)
+                if self.evaluating and not self.eval_rows:
+                    self.get_logger().info(f"evaluating policy version {self.link.policy.version} "
+                                           f"({self.eval_episodes} episodes, mean action)")
                 self.run_episode(index)
                 index += 1
+                if not self.evaluating:
+                    trained += 1
+                elif len(self.eval_rows) >= self.eval_episodes:
+                    self.report_evaluation()
+                    trained = 0
         except KeyboardInterrupt:
             pass  # stopped while waiting (for observations, the reset pose, the go)
         except RuntimeError as e:
@@ -389,8 +503,9 @@ class GraphActor(EpisodeNode):
             self.get_logger().error(str(e))  # one sentence: what is missing and where
             raise SystemExit(1) from None
         finally:
+            self.eval_rows = []  # an evaluation cut short by the stop is not reported
             self.link.drain()
-            self.get_logger().info(f"stopped after {self.steps} steps ({index} episodes); "
+            self.get_logger().info(f"stopped after {self.steps} steps ({index - self.episodes_before} episodes); "
                                    f"{len(self.link.outbox.pending)} transitions kept for the next run")
             if self.rows is not None:
                 self.rows.close()

@@ -49,7 +49,7 @@ class LearnerNode(Node):
         self.demo_successes_only = bool(p("demo_successes_only", True).value)
         self.demo_drop_idle = bool(p("demo_drop_idle", True).value)
         self.device = str(p("device", "auto").value)
-        self.online_datasets = tuple(x for x in str(p("online_datasets", "").value).split(",") if x)
+        self.online_datasets = tuple(x.strip() for x in str(p("online_datasets", "").value).split(",") if x.strip())
         self.session = uuid.uuid4().hex[:8]
         self.spec: dict | None = None
         self.queue: collections.deque[bytes] = collections.deque()

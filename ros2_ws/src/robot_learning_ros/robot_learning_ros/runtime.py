@@ -295,13 +295,15 @@ def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None =
     rtps = default.find(f"{ns}rtps")
     if rtps is None:
         rtps = ElementTree.SubElement(default, f"{ns}rtps")
+    el = rtps.find(f"{ns}participantID")
     if pid is not None:
-        el = rtps.find(f"{ns}participantID")
         if el is None:
             el = ElementTree.Element(f"{ns}participantID")
             rtps.insert(0, el)
         el.text = str(pid)
     else:
+        if el is not None:  # a pin inherited from the parent's profile copy: that id is in use
+            rtps.remove(el)
         # every id has a port (a long test run with crashed nodes, a robot PC up for weeks):
         # Fast DDS picks the id, but the recorder still needs its longer shared-memory check.
         # Without it a full busy test run's recorder lost everything after a 3 s stall.
