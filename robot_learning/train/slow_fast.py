@@ -168,7 +168,7 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
         loss.backward()
         opt.step()
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            row = {"step": step + 1, "train_loss": float(loss)}
+            row = {"step": step + 1, "train_loss": float(loss.detach())}
             if len(val_idx):
                 with torch.no_grad():
                     row["val_loss"] = float(loss_on(val_idx))
