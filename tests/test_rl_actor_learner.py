@@ -40,6 +40,23 @@ def wait_until(cond, what: str, timeout: float = 90.0) -> None:
         time.sleep(0.2)
 
 
+def stop_in_order(actor, learner, actor_timeout: float = 30.0) -> None:
+    """SIGINT to the actor (it drains what is pending to the learner), then to the learner: both
+    end cleanly."""
+    actor.send_signal(signal.SIGINT)
+    assert actor.wait(timeout=actor_timeout) == 0
+    learner.send_signal(signal.SIGINT)
+    assert learner.wait(timeout=30) == 0
+
+
+def kill_left(procs) -> None:
+    """Whatever a failed test left running."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def stored(run) -> int:
     return sum(len(v) for v in journal(run).values()) if (run / "journal").exists() else 0
 
@@ -72,15 +89,9 @@ def test_killing_learner_and_actor_loses_and_repeats_no_transition(tmp_path):
         procs.append(actor)
         wait_until(lambda: len(journal(run)) == 2 and min(len(v) for v in journal(run).values()) >= 50,
                    "the second actor run's transitions")
-        actor.send_signal(signal.SIGINT)
-        assert actor.wait(timeout=30) == 0
-        learner.send_signal(signal.SIGINT)
-        assert learner.wait(timeout=30) == 0
+        stop_in_order(actor, learner)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_left(procs)
     alog_text, llog_text = (tmp_path / "actor.log").read_text(), (tmp_path / "learner.log").read_text()
     assert "Traceback" not in alog_text + llog_text, alog_text[-2000:] + llog_text[-2000:]
     seqs = journal(run)

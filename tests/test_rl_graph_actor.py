@@ -137,7 +137,7 @@ def test_killing_the_graph_actor_and_the_learner_loses_and_repeats_no_transition
     again beside the running sim. Each actor run's transitions are stored once, numbered from
     0 without a gap, and none is left in the outbox."""
     import psutil
-    from test_rl_actor_learner import journal
+    from test_rl_actor_learner import journal, kill_left, stop_in_order
 
     run, outbox = tmp_path / "learner", tmp_path / "outbox"
     llog, alog = (tmp_path / "learner.log").open("w"), (tmp_path / "actor.log").open("w")
@@ -168,15 +168,9 @@ def test_killing_the_graph_actor_and_the_learner_loses_and_repeats_no_transition
                                         outbox=str(outbox), max_episode_steps=40, report_dir=str(report)))
             wait_until(lambda: len(journal(run)) == 2 and min(len(v) for v in journal(run).values()) >= 40,
                        "the second actor run's transitions", 180)
-            actor.send_signal(signal.SIGINT)
-            assert actor.wait(timeout=60) == 0
-            learner.send_signal(signal.SIGINT)
-            assert learner.wait(timeout=30) == 0
+            stop_in_order(actor, learner, actor_timeout=60)
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+            kill_left(procs)
             llog.close()
             alog.close()
     logs = g.log_path.read_text() + (tmp_path / "actor.log").read_text() + (tmp_path / "learner.log").read_text()
