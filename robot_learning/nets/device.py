@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 
 
 def pick_device(name: str) -> str:
@@ -71,7 +72,7 @@ class AdaptiveThreads:
                 if self._probe:
                     self._torch.set_num_threads(self._probe[0])
                 else:
-                    per = {k: float(sorted(v[1:])[len(v[1:]) // 2]) for k, v in self._times.items()}
+                    per = {k: statistics.median(v[1:]) for k, v in self._times.items()}
                     best = min(per, key=per.get)
                     if best != self.chosen:
                         self.log(f"threads: {best} ({', '.join(f'{k}: {1e3 * t:.0f} ms' for k, t in per.items())}"

@@ -23,6 +23,29 @@ def moving_average(values: np.ndarray, n: int = 10) -> np.ndarray:
     return np.convolve(values, np.ones(n), mode="full")[:len(values)] / np.minimum(np.arange(1, len(values) + 1), n)
 
 
+def read_rows(path: Path) -> list[dict]:
+    """A JSON-lines file's rows, leaving out a line cut short by a kill (the rest of the run is
+    still worth reading)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _graph_row(r: dict, operator: bool) -> dict:
+    """One row of the graph actor's ``episodes.jsonl`` keyed as train sac keys its own."""
+    row = {"env_steps": r["total_steps"], "robot_time_s": r.get("robot_time_s", r["total_steps"] / 10.0)}
+    if "eval_success" in r:  # an evaluation
+        return row | {k: r[k] for k in ("eval_success", "eval_return", "eval_length")}
+    row["episode_success"] = float(r["success"])
+    if operator:
+        row["intervention_rate"] = r.get("intervention_rate", 0.0)
+    return row
+
+
 def read_metrics(run: Path) -> list[dict]:
     """A run's rows: ``metrics.jsonl`` of train sac, dsrl or residual, or the ``episodes.jsonl``
     that the graph's RL actor writes to its ``report_dir`` (its training episodes, keyed here
@@ -33,20 +56,11 @@ def read_metrics(run: Path) -> list[dict]:
     if not path.is_file():
         raise SystemExit(f"plot: {run} has no metrics.jsonl (train sac, dsrl, residual) or episodes.jsonl "
                          "(the graph's RL actor, its report_dir)")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill: the rest of the run is still worth plotting
-    if graph:  # training episodes, evaluation episodes ("eval"), and evaluations ("eval_success")
-        rows = [r for r in rows if "total_steps" in r]
+    rows = read_rows(path)
+    if graph:  # training episodes, evaluation episodes ("eval": left out), and evaluations
+        rows = [r for r in rows if "total_steps" in r and not r.get("eval")]
         operator = any(r.get("intervention_rate", 0.0) > 0 for r in rows)  # 0 throughout: nobody was there
-        rows = [{"env_steps": r["total_steps"], "robot_time_s": r.get("robot_time_s", r["total_steps"] / 10.0)}
-                | ({k: r[k] for k in ("eval_success", "eval_return", "eval_length")} if "eval_success" in r
-                   else {"episode_success": float(r["success"])}
-                   | ({"intervention_rate": r.get("intervention_rate", 0.0)} if operator else {}))
-                for r in rows if not r.get("eval")]
+        rows = [_graph_row(r, operator) for r in rows]
     return rows
 
 

@@ -185,16 +185,11 @@ class GraphActor(EpisodeNode):
         """(robot steps, episodes) that earlier runs of this actor wrote to its report: a
         restarted actor's curves, TensorBoard steps and video names go on from there, and its
         episodes take new seeds."""
-        steps, episodes = 0, 0
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill
-                steps = max(steps, int(row.get("total_steps", 0)))
-                episodes = max(episodes, int(row.get("episode", -1)) + 1)
-        return steps, episodes
+        from robot_learning.train.compare import read_rows
+
+        rows = read_rows(path) if path.is_file() else []
+        return (max((int(r.get("total_steps", 0)) for r in rows), default=0),
+                max((int(r.get("episode", -1)) + 1 for r in rows), default=0))
 
     @property
     def robot_steps(self) -> int:

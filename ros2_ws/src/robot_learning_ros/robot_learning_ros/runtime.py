@@ -290,20 +290,17 @@ def join_with_fresh_participant_id(log=print, shm_healthy_check_ms: int | None =
     while pid is not None and not _reserve(domain, pid):
         locked.add(pid)
         pid = unused_participant_id(domain, taken=locked)
-    if pid is None and shm_healthy_check_ms is None and not release_reader_memory:
-        return None
     rtps = default.find(f"{ns}rtps")
     if rtps is None:
         rtps = ElementTree.SubElement(default, f"{ns}rtps")
-    el = rtps.find(f"{ns}participantID")
+    inherited = rtps.find(f"{ns}participantID")  # a parent's pinned copy: that id is in use
+    if inherited is not None:
+        rtps.remove(inherited)
     if pid is not None:
-        if el is None:
-            el = ElementTree.Element(f"{ns}participantID")
-            rtps.insert(0, el)
+        el = ElementTree.Element(f"{ns}participantID")
         el.text = str(pid)
+        rtps.insert(0, el)
     else:
-        if el is not None:  # a pin inherited from the parent's profile copy: that id is in use
-            rtps.remove(el)
         # every id has a port (a long test run with crashed nodes, a robot PC up for weeks):
         # Fast DDS picks the id, but the recorder still needs its longer shared-memory check.
         # Without it a full busy test run's recorder lost everything after a 3 s stall.
