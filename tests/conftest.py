@@ -88,3 +88,36 @@ def _no_ignored_stop_signals():
     for s in leaked:
         signal.signal(s, signal.default_int_handler if s == signal.SIGINT else _stop_on_sigterm)
     assert not leaked, f"this test left {sorted(signal.Signals(s).name for s in leaked)} ignored in pytest's process"
+
+
+def _started_by_tests() -> set[psutil.Process]:
+    """pytest's descendants, less Python's own helpers (multiprocessing's resource tracker)."""
+    out = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if not any("multiprocessing" in a for a in p.cmdline()):
+                out.add(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_process_outlives_its_module():
+    """Every process a module's tests started has ended when its last fixture is torn down. A
+    node left running (a learner, an actor, a sim) talks to the next module's graph on the same
+    domain: an actor of an earlier test sending the next test's learner transitions is a failure
+    far from its cause. Name what was left, then end it, so the rest of the run is sound."""
+    before = _started_by_tests()
+    yield
+    left = _started_by_tests() - before
+    if left:
+        _, alive = psutil.wait_procs(list(left), timeout=5.0)  # a clean exit may be under way
+        names = []
+        for p in alive:
+            try:
+                names.append(" ".join(p.cmdline()[:4]))
+            except psutil.Error:
+                pass
+        stop_processes(alive)
+        assert not names, f"processes this module started are still running: {names}"

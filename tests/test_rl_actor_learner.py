@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,11 +33,15 @@ def journal(run) -> dict[str, list[int]]:
     return seqs
 
 
-def wait_until(cond, what: str, timeout: float = 90.0) -> None:
+def wait_until(cond, what: str, timeout: float = 90.0, logs: tuple = ()) -> None:
+    """Poll ``cond``; on time-out, fail with the end of each of ``logs`` (paths), so that a
+    failure on a machine nobody can log in to says what the processes were doing."""
     end = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
+            tails = "".join(f"\n--- {Path(f).name} ---\n{Path(f).read_text(errors='replace')[-3000:]}"
+                            for f in logs if Path(f).exists())
+            raise AssertionError(f"timed out waiting for {what}{tails}")
         time.sleep(0.2)
 
 

@@ -145,21 +145,22 @@ def test_killing_the_graph_actor_and_the_learner_loses_and_repeats_no_transition
                           updates_per_transition=0.2, checkpoint_every=100)
     procs = []
     report = tmp_path / "report"
+    log_files = (tmp_path / "graph.log", tmp_path / "actor.log", tmp_path / "learner.log")
     with SimGraph(tmp_path / "graph.log", "hil_rl.launch.yaml", task="peg_insert", outbox=outbox,
                   max_episode_steps=40, report_dir=report) as g:
         try:
             procs.append(learner := start("rl_learner", llog, **learner_params))
             wait_until(lambda: len(transitions(run)) >= 60 and "policy version" in g.log_path.read_text(),
-                       "60 stored transitions and a policy at the actor", 240)
+                       "60 stored transitions and a policy at the actor", 240, log_files)
             learner.send_signal(signal.SIGKILL)
             learner.wait()
             wait_until(lambda: "going on with the last policy" in g.log_path.read_text(),
-                       "the actor to go on without its learner", 60)
+                       "the actor to go on without its learner", 60, log_files)
             waiting = len(list(outbox.glob("*.tr")))
             before = len(transitions(run))
             procs.append(learner := start("rl_learner", llog, **learner_params))
             wait_until(lambda: len(transitions(run)) >= before + waiting + 20, "the restarted learner to catch up",
-                       180)
+                       180, log_files)
             actor = next(c for c in psutil.Process(g.proc.pid).children(recursive=True)
                          if any("rl_graph_actor" in a for a in c.cmdline()))
             actor.send_signal(signal.SIGKILL)
@@ -167,7 +168,7 @@ def test_killing_the_graph_actor_and_the_learner_loses_and_repeats_no_transition
             procs.append(actor := start("rl_graph_actor", alog, use_sim_time="true", task="peg_insert",
                                         outbox=str(outbox), max_episode_steps=40, report_dir=str(report)))
             wait_until(lambda: len(journal(run)) == 2 and min(len(v) for v in journal(run).values()) >= 40,
-                       "the second actor run's transitions", 180)
+                       "the second actor run's transitions", 180, log_files)
             stop_in_order(actor, learner, actor_timeout=60)
         finally:
             kill_left(procs)
