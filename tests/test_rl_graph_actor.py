@@ -134,8 +134,9 @@ def test_killing_the_graph_actor_and_the_learner_loses_and_repeats_no_transition
     """The env actor's kill test (test_rl_actor_learner) on the ROS graph: SIGKILL the learner
     while the graph actor steps the sim through the mux (it goes on with its last policy, its
     transitions waiting on disk), start a new learner, then SIGKILL the actor and start it
-    again beside the running sim. Each actor run's transitions are stored once, numbered from
-    0 without a gap, and none is left in the outbox."""
+    again beside the running sim: it acts with the policy the killed run kept until the learner
+    sends weights. Each actor run's transitions are stored once, numbered from 0 without a gap,
+    and none is left in the outbox."""
     import psutil
     from test_rl_actor_learner import journal, kill_left, stop_in_order
 
@@ -181,6 +182,8 @@ def test_killing_the_graph_actor_and_the_learner_loses_and_repeats_no_transition
     for actor_id, got in seqs.items():
         assert got == list(range(len(got))), actor_id  # from 0, in order, none missing, none twice
     assert waiting > 0                    # there was something to lose while no learner ran
+    # the restarted actor did not start from scratch: it acted with the policy the killed one kept
+    assert "kept by an earlier run" in (tmp_path / "actor.log").read_text()
     assert not list(outbox.glob("*.tr"))  # everything either actor run stepped was stored
     reloaded = [int(n) for n in re.findall(r"learning for graph/peg_insert: (\d+) transitions from the journal",
                                            (tmp_path / "learner.log").read_text())]
@@ -220,9 +223,9 @@ def test_a_policy_that_outputs_nan_never_moves_the_arm(tmp_path):
             with torch.no_grad():
                 for p in learner.agent.parameters():
                     p.fill_(float("nan"))
-            version, config, data = learner.weights()
+            version, meta, data = learner.weights()
             msg = UInt8MultiArray()
-            msg.layout.dim = [MultiArrayDimension(label=json.dumps({"version": version, "config": json.loads(config)}),
+            msg.layout.dim = [MultiArrayDimension(label=json.dumps({"version": version, "meta": json.loads(meta)}),
                                                   size=len(data), stride=len(data))]
             msg.data = data
             client.publisher("/rl/policy_weights", UInt8MultiArray, latched=True).publish(msg)

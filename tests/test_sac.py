@@ -428,8 +428,64 @@ def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_rest
     assert again.version == 2
     again.close()
     from robot_learning.policies.registry import load_policy
+    from robot_learning.rl.learner import ActorPolicy
 
-    assert load_policy(tmp_path / "run" / "checkpoints" / "last").spec.obs_keys == keys
+    deployed = load_policy(tmp_path / "run" / "checkpoints" / "last")
+    assert deployed.spec.obs_keys == keys
+    # the actor runs the weights it is sent through the server's plug-in: its mean action is
+    # what the server will command for the same observation; exploring, it samples around it
+    actor = ActorPolicy()
+    actor.load(*again_weights(tmp_path / "run", spec))
+    o = {"ee_pose.data": np.linspace(-1, 1, 7, dtype=np.float32), "gripper_state.position": np.ones(2, np.float32)}
+    mean = actor.act(o, deterministic=True)
+    assert mean.dtype == np.float32 and mean.shape == (7,)
+    assert np.allclose(mean, deployed.act({f"obs/{k}": v[None] for k, v in o.items()})[0], atol=1e-6)
+    explored = np.array([actor.act(o) for _ in range(20)])
+    assert np.all(explored >= -1) and np.all(explored <= 1) and np.ptp(explored[:, :3], axis=0).min() > 0
+
+
+def test_a_restarted_actor_acts_with_the_policy_it_kept_not_with_another_runs(tmp_path):
+    """An actor restarted while no learner is up acts with the weights its earlier run last
+    loaded (kept beside its outbox) instead of exploring from scratch on the robot; weights kept
+    for another env or layout, or cut off by a crash, are not used and the log says why."""
+    from robot_learning.rl.learner import ActorPolicy, Learner
+
+    keys = ["ee_pose.data", "gripper_state.position"]
+    spec = {"state_keys": keys, "state_dims": [7, 2], "action_low": [-1.0] * 7, "action_high": [1.0] * 7,
+            "dt": 0.1, "env": "graph/peg_insert"}
+    learner = Learner(tmp_path / "run", spec, hidden=(16, 16))
+    first = ActorPolicy(keep=tmp_path / "outbox")
+    first.load(*learner.weights())
+    learner.close()
+    o = {"ee_pose.data": np.linspace(-1, 1, 7, dtype=np.float32), "gripper_state.position": np.ones(2, np.float32)}
+
+    again = ActorPolicy(keep=tmp_path / "outbox")
+    assert "version 1, kept by an earlier run" in again.restore(spec)
+    assert again.restored and np.array_equal(again.act(o, deterministic=True), first.act(o, deterministic=True))
+    assert ActorPolicy(keep=tmp_path / "empty").restore(spec) is None
+
+    other = ActorPolicy(keep=tmp_path / "outbox")
+    said = other.restore(spec | {"env": "graph/peg_in_hole"})
+    assert "is for graph/peg_insert" in said and other.agent is None
+    said = other.restore(spec | {"state_keys": keys[:1], "state_dims": [7]})
+    assert "observing" in said and other.agent is None
+
+    w = tmp_path / "outbox" / "policy.safetensors"
+    w.write_bytes(w.read_bytes()[:100])  # a crash while the weights were written
+    assert "cut off" in other.restore(spec) and other.agent is None
+    (tmp_path / "outbox" / "policy.json").write_text("{not json")
+    assert "unreadable" in other.restore(spec) and other.agent is None
+
+
+def again_weights(run, spec) -> tuple[int, str, bytes]:
+    """What a learner restarted on ``run`` publishes first."""
+    from robot_learning.rl.learner import Learner
+
+    learner = Learner(run, spec, hidden=(16, 16))
+    try:
+        return learner.weights()
+    finally:
+        learner.close()
 
 
 def test_a_learner_started_afresh_rebuilds_its_buffers_from_recorded_online_episodes(store, tmp_path):  # noqa: F811

@@ -503,9 +503,14 @@ class SacRunner:
     arrays the recorder stores and the actor observed. A policy trained on a task that shapes
     its actions (peg_insert: gripper closed, hand level, TCP kept in a box around the hole) is
     shaped here the same way, from the TCP and fixture poses it observes: it never saw an
-    action go to the arm unshaped, and half its action dims were never its to choose."""
+    action go to the arm unshaped, and half its action dims were never its to choose.
 
-    def __init__(self, agent: SAC, meta: dict, path: Path):
+    The RL actor acts through this plug-in too (``rl.learner.ActorPolicy``), with ``explore``
+    (the agent's sampled action while training), ``gripper`` set from the arm before each step
+    (an operator may have moved it) and ``shape`` False: it shapes from the TCP at the moment
+    it commands, as the env does."""
+
+    def __init__(self, agent: SAC, meta: dict, path: Path, shape: bool = True):
         from robot_learning.policies.checkpoint import PolicyError
 
         cfg = agent.cfg
@@ -519,7 +524,7 @@ class SacRunner:
                                np.asarray(cfg.action_low, np.float64), np.asarray(cfg.action_high, np.float64),
                                env_task(meta), "twist")
         self.task = None  # the checkpoint's task, when it shapes actions
-        if self.spec.task:
+        if self.spec.task and shape:
             from robot_learning.sim.tasks import make_task
 
             task = make_task(self.spec.task)
@@ -529,20 +534,21 @@ class SacRunner:
                                   f"{', '.join(task.shaping_keys)}, but it observes no {', '.join(missing)} "
                                   "(retrain it with those state keys)")
             self.task = task if task.shaping_keys else None
-        self._gripper: float | None = None
+        self.explore = False  # the mean action, as deployed
+        self.gripper: float | None = None  # the gripper's command now: this policy's last one
 
     def reset(self) -> None:
-        self._gripper = None
+        self.gripper = None
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         o = {k: np.asarray(obs[f"image/{k}"][-1]) for k in self.spec.image_keys}
         if self.spec.obs_keys:
             o["state"] = np.concatenate([np.asarray(obs[f"obs/{k}"][-1], np.float32).ravel()
                                          for k in self.spec.obs_keys])
-        a = self.agent.act(o, deterministic=True, gripper_now=self._gripper)
+        a = self.agent.act(o, deterministic=not self.explore, gripper_now=self.gripper)
         if self.task is not None:
             a = self.task.shape_observed(a, {k: obs[f"obs/{k}"][-1] for k in self.task.shaping_keys}, self.spec.dt)
-        self._gripper = float(a[-1])
+        self.gripper = float(a[-1])
         # tanh-squashed into the box already; the clip only removes float32 rounding at its edges
         return np.clip(np.asarray(a, np.float64), self.spec.action_low, self.spec.action_high)[None]
 

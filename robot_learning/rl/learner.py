@@ -9,6 +9,7 @@ transition received (``journal/``, see ``rl.link``), the agent with its optimize
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -182,20 +183,27 @@ class Learner:
         self.last_update = self.agent.update({k: torch.as_tensor(v, device=self.device) for k, v in batch.items()})
         return self.last_update
 
+    def agent_meta(self) -> dict:
+        """What the policy server's SAC plug-in needs besides the weights to run the agent
+        itself: its state's keys in order, its step and env (a residual's checkpoint says more,
+        ``spec["checkpoint"]``: its base, and the keys the server observes for it)."""
+        sp = self.actor_spec
+        return {"obs_keys": sp["state_keys"], "dt": sp["dt"], "env": sp["env"]}
+
     def weights(self) -> tuple[int, str, bytes]:
-        """(version, the agent's config as JSON, the weights the actor needs as safetensors bytes)."""
+        """(version, the agent's config and ``agent_meta`` as JSON, the weights the actor needs
+        as safetensors bytes): what ``ActorPolicy`` builds the server's plug-in from."""
         from safetensors.torch import save
 
         self.version += 1
         keep = ("encoder.", "actor.", "grip.")
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.agent.state_dict().items() if k.startswith(keep)}
-        return self.version, json.dumps(self.agent.cfg.to_json()), save(tensors)
+        return self.version, json.dumps({"config": self.agent.cfg.to_json(), **self.agent_meta()}), save(tensors)
 
     def checkpoint(self) -> None:
-        sp = self.actor_spec  # what the policy server needs to deploy the checkpoint (runtime.policy)
         self.agent.save(self.run / "checkpoints" / "last", optimizers=True,
-                        extra={"policy_version": self.version, "received": self.received, "obs_keys": sp["state_keys"],
-                               "dt": sp["dt"], "env": sp["env"], **sp.get("checkpoint", {})})
+                        extra={"policy_version": self.version, "received": self.received, **self.agent_meta(),
+                               **self.actor_spec.get("checkpoint", {})})
         row = {"time": time.time(), "updates": self.agent.updates, "received": self.received,
                "version": self.version, **self.last_update}
         self.metrics.write(json.dumps(row) + "\n")
@@ -217,11 +225,24 @@ class Learner:
 
 
 class ActorPolicy:
-    """The actor's copy of the policy, rebuilt from the weights the learner publishes."""
+    """The actor's copy of the learner's policy, rebuilt from the weights the learner publishes
+    and run through the policy server's SAC plug-in (``policies.sac.SacRunner``): the actor
+    assembles the state, keeps the gripper and bounds the action with the code that deploys
+    the checkpoint, so what is trained on the robot is what the server will run."""
 
-    def __init__(self):
-        self.agent = None
+    def __init__(self, keep: str | Path | None = None):
+        """``keep``: a folder (the actor's outbox) where the policy last loaded is kept, so that
+        an actor restarted while no learner is up acts with it (``restore``) rather than
+        exploring from scratch on the robot."""
+        self.runner = None
         self.version = 0
+        self.restored = False  # acting with a kept policy: the next weights replace it, whatever their version
+        self.keep = Path(keep) if keep else None
+
+    @property
+    def agent(self):
+        """The SAC agent (None before the first weights: the actor explores uniformly)."""
+        return None if self.runner is None else self.runner.agent
 
     @staticmethod
     def warm_up() -> None:
@@ -231,19 +252,62 @@ class ActorPolicy:
 
         SAC(SACConfig(obs_dim=1, action_low=[-1.0, 0.0], action_high=[1.0, 1.0], hidden=[4]))
 
-    def load(self, version: int, config: str, weights: bytes) -> None:
+    def load(self, version: int, meta: str, weights: bytes) -> None:
+        """``meta``: the agent's config and deploy metadata (``Learner.weights``)."""
         from safetensors.torch import load
 
-        from robot_learning.policies.sac import SAC, SACConfig
+        from robot_learning.policies.sac import SAC, SACConfig, SacRunner
 
-        if self.agent is None or json.loads(config) != self.agent.cfg.to_json():
-            self.agent = SAC(SACConfig(**json.loads(config)))
-        state = load(bytes(weights))
-        self.agent.load_state_dict(state, strict=False)
-        self.version = version
+        meta_d = json.loads(meta)
+        agent = self.agent
+        if agent is None or meta_d["config"] != agent.cfg.to_json():
+            agent = SAC(SACConfig(**meta_d["config"]))
+            agent.eval()
+        agent.load_state_dict(load(bytes(weights)), strict=False)
+        self.runner = SacRunner(agent, meta_d, Path(f"learner weights, version {version}"), shape=False)
+        self.version, self.restored = version, False
+        if self.keep is not None:
+            self._write_kept(version, meta_d, bytes(weights))
+
+    def _write_kept(self, version: int, meta: dict, weights: bytes) -> None:
+        """The weights, then their record with a hash of them: a record whose weights were cut
+        off by a crash does not match and is not used."""
+        self.keep.mkdir(parents=True, exist_ok=True)
+        for name, data in (("policy.safetensors", weights),
+                           ("policy.json", json.dumps({"version": version, "meta": meta,
+                                                       "sha256": hashlib.sha256(weights).hexdigest()}).encode())):
+            tmp = self.keep / f"{name}.partial"
+            tmp.write_bytes(data)
+            tmp.replace(self.keep / name)
+
+    def restore(self, spec: dict) -> str | None:
+        """Act with the policy an earlier run of this actor kept, if it was for the same env and
+        observation layout (``spec``: the actor's, ``spec_json``); a sentence for the log, None
+        when nothing was kept. It stands until a learner sends weights."""
+        if self.keep is None or not (self.keep / "policy.json").exists():
+            return None
+        try:
+            rec = json.loads((self.keep / "policy.json").read_text())
+            weights = (self.keep / "policy.safetensors").read_bytes()
+            meta, version = rec["meta"], int(rec["version"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"the policy kept in {self.keep} is unreadable ({e}): exploring until a learner sends weights"
+        if hashlib.sha256(weights).hexdigest() != rec.get("sha256"):
+            return (f"the policy kept in {self.keep} was cut off while being written: exploring until a learner "
+                    "sends weights")
+        if meta.get("env") != spec.get("env") or meta.get("obs_keys") != spec.get("state_keys"):
+            return (f"the policy kept in {self.keep} is for {meta.get('env')} observing {meta.get('obs_keys')}, "
+                    f"not this actor's {spec.get('env')}: exploring until a learner sends weights")
+        self.load(version, json.dumps(meta), weights)
+        self.restored = True
+        return f"acting with policy version {version}, kept by an earlier run, until a learner sends weights"
 
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = False,
             gripper_now: float | None = None) -> np.ndarray:
-        """``obs``: ``ObsSpec.agent_obs`` of an observation (the flat state and camera frames)."""
-        return self.agent.act(obs, deterministic, gripper_now)
-
+        """``obs``: one observation keyed like the step table (the spec's state keys, camera
+        frames by stream) -> the agent's action; the mean with ``deterministic``."""
+        r = self.runner
+        r.explore, r.gripper = not deterministic, gripper_now
+        window = {f"obs/{k}": np.asarray(obs[k])[None] for k in r.spec.obs_keys}
+        window |= {f"image/{k}": np.asarray(obs[k], np.uint8)[None] for k in r.spec.image_keys}
+        return r.act(window)[0].astype(np.float32)

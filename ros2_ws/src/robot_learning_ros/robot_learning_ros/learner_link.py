@@ -29,7 +29,7 @@ class LearnerLink:
         self.node = node
         self.log = node.get_logger()
         self.learner_timeout = learner_timeout
-        self.policy = ActorPolicy()
+        self.policy = ActorPolicy(keep=outbox_dir)
         self.policy.warm_up()  # before the first step, not when the first weights arrive
         self.outbox = Outbox(outbox_dir, new_actor_id(node.get_name()))
         self.lock = threading.Lock()
@@ -51,9 +51,12 @@ class LearnerLink:
     def _on_weights(self, m: UInt8MultiArray) -> None:
         head = json.loads(m.layout.dim[0].label)
         with self.lock:
-            self.pending_weights = (int(head["version"]), json.dumps(head["config"]), bytes(m.data))
+            self.pending_weights = (int(head["version"]), json.dumps(head["meta"]), bytes(m.data))
 
     def announce(self, spec: str) -> None:
+        said = self.policy.restore(json.loads(spec))
+        if said:
+            self.log.info(said)
         self.pub_spec.publish(String(data=spec))
         self.log.info(f"actor {self.outbox.actor}: {len(self.outbox.pending)} transitions of earlier runs to resend")
 
@@ -86,7 +89,7 @@ class LearnerLink:
                 self.log.info(f"learner {self.learner} is up (version {acks['version']})")
                 self.outbox.resend_all()  # a new learner: send everything unacknowledged now
             self.outbox.ack(acks["stored"])
-        if weights is not None and weights[0] != self.policy.version:
+        if weights is not None and (weights[0] != self.policy.version or self.policy.restored):
             self.policy.load(*weights)
             self.log.info(f"policy version {weights[0]}")
         for data in self.outbox.due():

@@ -58,7 +58,7 @@ class ActorNode(Node):
                 if link.policy.agent is None:
                     a = rng.uniform(env.low, env.high).astype(np.float32)
                 else:
-                    a = link.policy.act(env.spec.agent_obs(obs), gripper_now=grip)
+                    a = link.policy.act(obs, gripper_now=grip)
                 a = env.executed(a)  # what reaches the arm (the task's shaping): what the learner keeps
                 nobs, r, term, trunc, info = env.step(a)
                 link.send(transition_arrays(env.spec, obs, a, r, nobs, term, False, grip))

@@ -322,11 +322,11 @@ class GraphActor(EpisodeNode):
         if res is None:
             low, high = self.bounds
             a = (rng.uniform(low, high).astype(np.float32) if policy.agent is None
-                 else policy.act(self.spec.agent_obs(obs), deterministic=mean, gripper_now=grip))
+                 else policy.act(obs, deterministic=mean, gripper_now=grip))
             return a, a
         aobs = res.agent_obs(obs, self.keys, self.base_now)
         u = (np.zeros(len(res.bound), np.float32) if policy.agent is None
-             else policy.act(self.spec.agent_obs(aobs), deterministic=mean))
+             else policy.act(aobs, deterministic=mean))
         return u, res.command(self.base_now, u, obs)
 
     # --- episodes ---

@@ -78,10 +78,10 @@ class LearnerNode(Node):
         self._heartbeat()
 
     def publish_weights(self, learner: Learner) -> None:
-        version, config, data = learner.weights()
+        version, meta, data = learner.weights()
         self.version = version
         msg = UInt8MultiArray()
-        msg.layout.dim = [MultiArrayDimension(label=json.dumps({"version": version, "config": json.loads(config)}),
+        msg.layout.dim = [MultiArrayDimension(label=json.dumps({"version": version, "meta": json.loads(meta)}),
                                               size=len(data), stride=len(data))]
         msg.data = data
         self.pub_weights.publish(msg)
