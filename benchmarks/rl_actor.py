@@ -68,6 +68,39 @@ def actor_jitter(seconds: float, workdir: Path, client, with_learner: bool) -> d
     return {**_intervals(got), "weights_pushed": pushed, "seconds": seconds}
 
 
+def plugin_costs(workdir: Path, versions: int = 50) -> dict:
+    """In one process: what loading one version of the bench's agent (256x256, peg-in-hole's
+    state) costs the actor's stepping thread, with and without keeping it for a restart, and
+    one action through the server's SAC plug-in (ms, medians)."""
+    import numpy as np
+
+    from robot_learning.rl.learner import ActorPolicy, Learner
+
+    keys = ["ee_pose.data", "peg_pose.data", "hole_pose.data"]
+    spec = {"state_keys": keys, "state_dims": [7, 7, 7], "action_low": [-1.0] * 7, "action_high": [1.0] * 7,
+            "dt": 0.1, "env": "graph/peg_in_hole"}
+    learner = Learner(workdir / "plugin_run", spec, hidden=(256, 256))
+    sent = [learner.weights() for _ in range(versions)]
+    learner.close()
+    out = {}
+    for name, keep in (("load_ms", None), ("load_kept_ms", workdir / "plugin_outbox")):
+        policy = ActorPolicy(keep=keep)
+        policy.load(*sent[0])
+        times = []
+        for w in sent:
+            t = time.perf_counter()
+            policy.load(*w)
+            times.append(time.perf_counter() - t)
+        out[name] = 1e3 * float(np.median(times))
+    obs = {k: np.zeros(7, np.float32) for k in keys}
+    times = []
+    for _ in range(200):
+        t = time.perf_counter()
+        policy.act(obs)
+        times.append(time.perf_counter() - t)
+    return out | {"act_ms": 1e3 * float(np.median(times))}
+
+
 def section(quick: bool, workdir: Path, client) -> list[str]:
     secs = 20.0 if quick else 120.0
     rows = []
@@ -78,6 +111,7 @@ def section(quick: bool, workdir: Path, client) -> list[str]:
         rows.append(f"| {'learner pushing weights' if with_learner else 'no learner'} | {r.get('n', 0)} | "
                     f"{r.get('weights_pushed', 0)} | {r.get('p50_ms', float('nan')):.1f} | "
                     f"{r.get('p99_ms', float('nan')):.1f} | {r.get('max_ms', float('nan')):.1f} |")
+    c = plugin_costs(workdir)
     return ["## RL actor: command intervals while the learner pushes weights\n",
             "hil_rl.launch.yaml on peg-in-hole (the sim at real time, the mux, rl_graph_actor at 10 policy steps/s "
             "commanding at 50 Hz within each), and rl_learner in its own process publishing the actor's weights "
@@ -85,4 +119,8 @@ def section(quick: bool, workdir: Path, client) -> list[str]:
             "as a separate process receives them; the gap between two policy steps (observe, act, send the "
             "transition) is in the figures.\n",
             "| actor | commands | weight versions received | p50 (ms) | p99 (ms) | max (ms) |",
-            "|---|---|---|---|---|---|", *rows, ""]
+            "|---|---|---|---|---|---|", *rows, "",
+            f"The actor runs each version through the policy server's SAC plug-in and keeps it in its outbox for "
+            f"a restart. Measured in one process: loading a version takes {c['load_kept_ms']:.2f} ms "
+            f"({c['load_ms']:.2f} ms without keeping it), one action {c['act_ms']:.2f} ms; the p99 with a learner "
+            "is the learner's updates competing for the cores.\n"]
