@@ -91,13 +91,17 @@ def _no_ignored_stop_signals():
 
 
 def _started_by_tests() -> set[psutil.Process]:
-    """pytest's descendants, less Python's own helpers (multiprocessing's resource tracker)."""
+    """pytest's descendants, less Python's own helpers: multiprocessing's resource tracker and
+    fork-started workers (a pool kept alive has pytest's own command line)."""
+    me = psutil.Process()
+    own = me.cmdline()
     out = set()
-    for p in psutil.Process().children(recursive=True):
+    for p in me.children(recursive=True):
         try:
-            if not any("multiprocessing" in a for a in p.cmdline()):
+            cmd = p.cmdline()
+            if not any("multiprocessing" in a for a in cmd) and cmd != own:
                 out.add(p)
-        except psutil.Error:
+        except psutil.Error:  # gone, or a zombie
             pass
     return out
 

@@ -447,7 +447,7 @@ def test_the_learner_puts_interventions_with_the_demos_and_rebuilds_both_on_rest
 def test_a_restarted_actor_acts_with_the_policy_it_kept_not_with_another_runs(tmp_path):
     """An actor restarted while no learner is up acts with the weights its earlier run last
     loaded (kept beside its outbox) instead of exploring from scratch on the robot; weights kept
-    for another env or layout, or cut off by a crash, are not used and the log says why."""
+    for another spec, damaged, or that no longer build, are not used and the log says why."""
     from robot_learning.rl.learner import ActorPolicy, Learner
 
     keys = ["ee_pose.data", "gripper_state.position"]
@@ -455,6 +455,7 @@ def test_a_restarted_actor_acts_with_the_policy_it_kept_not_with_another_runs(tm
             "dt": 0.1, "env": "graph/peg_insert"}
     learner = Learner(tmp_path / "run", spec, hidden=(16, 16))
     first = ActorPolicy(keep=tmp_path / "outbox")
+    assert first.restore(spec) is None  # nothing kept yet: the actor announces its spec
     first.load(*learner.weights())
     learner.close()
     o = {"ee_pose.data": np.linspace(-1, 1, 7, dtype=np.float32), "gripper_state.position": np.ones(2, np.float32)}
@@ -462,19 +463,27 @@ def test_a_restarted_actor_acts_with_the_policy_it_kept_not_with_another_runs(tm
     again = ActorPolicy(keep=tmp_path / "outbox")
     assert "version 1, kept by an earlier run" in again.restore(spec)
     assert again.restored and np.array_equal(again.act(o, deterministic=True), first.act(o, deterministic=True))
-    assert ActorPolicy(keep=tmp_path / "empty").restore(spec) is None
+    assert ActorPolicy(keep=tmp_path / "outbox", tag="another_actor").restore(spec) is None
 
-    other = ActorPolicy(keep=tmp_path / "outbox")
-    said = other.restore(spec | {"env": "graph/peg_in_hole"})
-    assert "is for graph/peg_insert" in said and other.agent is None
-    said = other.restore(spec | {"state_keys": keys[:1], "state_dims": [7]})
-    assert "observing" in said and other.agent is None
+    def refused(spec_now: dict) -> str:
+        other = ActorPolicy(keep=tmp_path / "outbox")
+        said = other.restore(spec_now)
+        assert other.agent is None and not other.restored, said
+        return said
 
-    w = tmp_path / "outbox" / "policy.safetensors"
-    w.write_bytes(w.read_bytes()[:100])  # a crash while the weights were written
-    assert "cut off" in other.restore(spec) and other.agent is None
-    (tmp_path / "outbox" / "policy.json").write_text("{not json")
-    assert "unreadable" in other.restore(spec) and other.agent is None
+    assert "another actor spec (graph/peg_insert" in refused(spec | {"env": "graph/peg_in_hole"})
+    assert "another actor spec" in refused(spec | {"state_dims": [7, 3]})      # another robot, same keys
+    assert "another actor spec" in refused(spec | {"action_high": [0.5] * 7})  # the task's bounds changed
+    record = tmp_path / "outbox" / "policy_actor.json"
+    kept = json.loads(record.read_text())
+    record.write_text(json.dumps(kept | {"meta": kept["meta"] | {"config": {"hiden": [3]}}}))
+    assert "does not load" in refused(spec)                     # a config this code no longer builds
+    record.write_text(json.dumps(kept))
+    w = tmp_path / "outbox" / kept["weights"]
+    w.write_bytes(w.read_bytes()[:100])
+    assert "damaged" in refused(spec)
+    record.write_text("{not json")
+    assert "unreadable" in refused(spec)
 
 
 def again_weights(run, spec) -> tuple[int, str, bytes]:

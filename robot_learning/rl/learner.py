@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -230,14 +231,19 @@ class ActorPolicy:
     assembles the state, keeps the gripper and bounds the action with the code that deploys
     the checkpoint, so what is trained on the robot is what the server will run."""
 
-    def __init__(self, keep: str | Path | None = None):
+    KEEP_EVERY_S = 2.0  # at most one kept version per this long: the write is on the stepping thread
+
+    def __init__(self, keep: str | Path | None = None, tag: str = "actor"):
         """``keep``: a folder (the actor's outbox) where the policy last loaded is kept, so that
         an actor restarted while no learner is up acts with it (``restore``) rather than
-        exploring from scratch on the robot."""
+        exploring from scratch on the robot; ``tag``: the actor's name, one kept policy each."""
         self.runner = None
         self.version = 0
         self.restored = False  # acting with a kept policy: the next weights replace it, whatever their version
         self.keep = Path(keep) if keep else None
+        self.tag = tag
+        self.spec: dict | None = None  # the actor's, as announced: what a kept policy must have been trained for
+        self._kept_at = -np.inf
 
     @property
     def agent(self):
@@ -253,7 +259,7 @@ class ActorPolicy:
         SAC(SACConfig(obs_dim=1, action_low=[-1.0, 0.0], action_high=[1.0, 1.0], hidden=[4]))
 
     def load(self, version: int, meta: str, weights: bytes) -> None:
-        """``meta``: the agent's config and deploy metadata (``Learner.weights``)."""
+        """``meta``: the agent's config and what the plug-in needs to run it (``Learner.weights``)."""
         from safetensors.torch import load
 
         from robot_learning.policies.sac import SAC, SACConfig, SacRunner
@@ -266,39 +272,54 @@ class ActorPolicy:
         agent.load_state_dict(load(bytes(weights)), strict=False)
         self.runner = SacRunner(agent, meta_d, Path(f"learner weights, version {version}"), shape=False)
         self.version, self.restored = version, False
-        if self.keep is not None:
+        if self.keep is not None and self.spec is not None and time.monotonic() - self._kept_at >= self.KEEP_EVERY_S:
             self._write_kept(version, meta_d, bytes(weights))
+            self._kept_at = time.monotonic()
+
+    def _kept(self, suffix: str) -> Path:
+        return self.keep / f"policy_{self.tag}{suffix}"
 
     def _write_kept(self, version: int, meta: dict, weights: bytes) -> None:
-        """The weights, then their record with a hash of them: a record whose weights were cut
-        off by a crash does not match and is not used."""
+        """The weights under their version's name, then the record naming them (with their hash
+        and the actor's spec), then the older weights go: a crash at any point leaves a record
+        whose weights are whole, or none. Temporary names carry the pid (two processes on one
+        outbox never rename each other's files)."""
         self.keep.mkdir(parents=True, exist_ok=True)
-        for name, data in (("policy.safetensors", weights),
-                           ("policy.json", json.dumps({"version": version, "meta": meta,
-                                                       "sha256": hashlib.sha256(weights).hexdigest()}).encode())):
-            tmp = self.keep / f"{name}.partial"
+        name = self._kept(f"-{version}.safetensors")
+        record = {"version": version, "meta": meta, "spec": self.spec, "weights": name.name,
+                  "sha256": hashlib.sha256(weights).hexdigest()}
+        for path, data in ((name, weights), (self._kept(".json"), json.dumps(record).encode())):
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
             tmp.write_bytes(data)
-            tmp.replace(self.keep / name)
+            tmp.replace(path)
+        for old in self.keep.glob(f"policy_{self.tag}-*.safetensors"):
+            if old != name:
+                old.unlink(missing_ok=True)
 
     def restore(self, spec: dict) -> str | None:
-        """Act with the policy an earlier run of this actor kept, if it was for the same env and
-        observation layout (``spec``: the actor's, ``spec_json``); a sentence for the log, None
-        when nothing was kept. It stands until a learner sends weights."""
-        if self.keep is None or not (self.keep / "policy.json").exists():
+        """Act with the policy an earlier run of this actor kept, if it was trained for this very
+        spec (``spec_json``: env, keys and sizes, cameras, bounds, a residual's base); a sentence
+        for the log, None when nothing was kept. It stands until a learner sends weights."""
+        self.spec = spec
+        if self.keep is None or not self._kept(".json").exists():
             return None
+        where = self._kept(".json")
         try:
-            rec = json.loads((self.keep / "policy.json").read_text())
-            weights = (self.keep / "policy.safetensors").read_bytes()
-            meta, version = rec["meta"], int(rec["version"])
+            rec = json.loads(where.read_text())
+            weights = (self.keep / rec["weights"]).read_bytes()
+            version = int(rec["version"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            return f"the policy kept in {self.keep} is unreadable ({e}): exploring until a learner sends weights"
+            return f"the policy kept in {where} is unreadable ({e}): exploring until a learner sends weights"
         if hashlib.sha256(weights).hexdigest() != rec.get("sha256"):
-            return (f"the policy kept in {self.keep} was cut off while being written: exploring until a learner "
-                    "sends weights")
-        if meta.get("env") != spec.get("env") or meta.get("obs_keys") != spec.get("state_keys"):
-            return (f"the policy kept in {self.keep} is for {meta.get('env')} observing {meta.get('obs_keys')}, "
-                    f"not this actor's {spec.get('env')}: exploring until a learner sends weights")
-        self.load(version, json.dumps(meta), weights)
+            return f"the policy kept in {where} is damaged: exploring until a learner sends weights"
+        if rec.get("spec") != spec:
+            return (f"the policy kept in {where} was trained for another actor spec ({rec.get('meta', {}).get('env')}"
+                    f" observing {rec.get('meta', {}).get('obs_keys')}): exploring until a learner sends weights")
+        try:
+            self.load(version, json.dumps(rec["meta"]), weights)
+        except Exception as e:  # a kept config this code no longer builds: never a crash at every start
+            self.runner = None
+            return f"the policy kept in {where} does not load ({e}): exploring until a learner sends weights"
         self.restored = True
         return f"acting with policy version {version}, kept by an earlier run, until a learner sends weights"
 

@@ -29,7 +29,7 @@ class LearnerLink:
         self.node = node
         self.log = node.get_logger()
         self.learner_timeout = learner_timeout
-        self.policy = ActorPolicy(keep=outbox_dir)
+        self.policy = ActorPolicy(keep=outbox_dir, tag=node.get_name())
         self.policy.warm_up()  # before the first step, not when the first weights arrive
         self.outbox = Outbox(outbox_dir, new_actor_id(node.get_name()))
         self.lock = threading.Lock()
@@ -50,6 +50,10 @@ class LearnerLink:
 
     def _on_weights(self, m: UInt8MultiArray) -> None:
         head = json.loads(m.layout.dim[0].label)
+        if "meta" not in head:  # a learner of an earlier release: its label says less than the plug-in needs
+            self.log.error("weights ignored: their label has no 'meta' (a learner from an older robot-learning?); "
+                           "run the same version on both sides", throttle_duration_sec=30.0)
+            return
         with self.lock:
             self.pending_weights = (int(head["version"]), json.dumps(head["meta"]), bytes(m.data))
 
