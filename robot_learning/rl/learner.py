@@ -228,8 +228,8 @@ class Learner:
 class ActorPolicy:
     """The actor's copy of the learner's policy, rebuilt from the weights the learner publishes
     and run through the policy server's SAC plug-in (``policies.sac.SacRunner``): the actor
-    assembles the state, keeps the gripper and bounds the action with the code that deploys
-    the checkpoint, so what is trained on the robot is what the server will run."""
+    assembles the state, keeps the gripper and bounds the action with the code that deploys a
+    SAC checkpoint, so a layout mistake shows while training on the robot, not after it."""
 
     KEEP_EVERY_S = 2.0  # at most one kept version per this long: the write is on the stepping thread
 
