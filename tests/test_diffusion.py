@@ -56,10 +56,11 @@ def batch(sampler, idx):
     return {k: torch.as_tensor(np.stack([it[k] for it in items])) for k in items[0] if k != "action_is_pad"}
 
 
-def test_checkpoint_round_trip_gives_the_same_actions(store, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("denoiser", ["unet", "mlp"])
+def test_checkpoint_round_trip_gives_the_same_actions(store, tmp_path, denoiser):  # noqa: F811
     torch.manual_seed(0)
     s = WindowSampler(Dataset(store), SPEC)
-    policy = tiny_policy(s)
+    policy = tiny_policy(s, denoiser=denoiser, mlp_width=32, mlp_depth=2)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     for step in range(3):
         loss = policy.loss(batch(s, range(step * 8, step * 8 + 8)))
@@ -75,6 +76,23 @@ def test_checkpoint_round_trip_gives_the_same_actions(store, tmp_path):  # noqa:
         a = policy.predict(b, sampler=sampler, generator=torch.Generator().manual_seed(1))
         c = loaded.predict(b, sampler=sampler, generator=torch.Generator().manual_seed(1))
         assert a.shape == (3, 8, 7) and torch.allclose(a, c)
+    assert type(loaded.net) is type(policy.net)
+
+
+def test_the_mlp_denoiser_fits_a_batch_and_refuses_a_chunk_of_another_length(store):  # noqa: F811
+    """The MLP over the flattened chunk learns: its denoising loss on a fixed batch falls well
+    below where it started (as the U-Net's does), and it names the chunk shape it was built for."""
+    s = WindowSampler(Dataset(store), SPEC)
+    torch.manual_seed(0)
+    policy = tiny_policy(s, denoiser="mlp", mlp_width=64, mlp_depth=2)
+    b = batch(s, range(0, 40, 3))
+    before = _denoising_loss(policy, b)
+    _fit(policy, b, "fp32", 300, lr=1e-3)
+    assert _denoising_loss(policy, b) < 0.5 * before
+    with pytest.raises(ValueError, match=r"chunk must be \[B, 8, 7\]"):
+        policy.net(torch.zeros(2, 16, 7), torch.zeros(2), torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="denoiser is one of unet, mlp, not 'gru'"):
+        tiny_policy(s, denoiser="gru")
 
 
 def test_mismatched_spec_and_foreign_files_are_refused(store, tmp_path):  # noqa: F811
@@ -163,11 +181,11 @@ def test_a_sample_predicting_network_is_trained_on_and_sampled_as_the_clean_chun
                               atol=1e-2)
 
 
-def _fit(policy, b, precision: str, steps: int) -> None:
+def _fit(policy, b, precision: str, steps: int, lr: float = 1e-2) -> None:
     from robot_learning.nets.precision import autocast
 
     torch.manual_seed(1)  # the same noise and diffusion steps for both precisions
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr)
     for _ in range(steps):
         with autocast("cpu", precision):
             loss = policy.loss(b)

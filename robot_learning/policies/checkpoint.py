@@ -76,6 +76,7 @@ def _object(v: Any) -> bool:
 
 SAMPLERS = ("ddim", "dpmsolver", "ddpm")     # what policies.diffusion.make_scheduler builds
 PREDICTIONS = ("epsilon", "sample")          # what policies.diffusion's network outputs
+DENOISERS = ("unet", "mlp")                   # policies.diffusion's networks (nets.unet1d, nets.mlp_denoiser)
 IMAGE_ENCODERS = ("small", "resnet18")       # nets.vision.ENCODERS (kept torch-free here)
 ACTION_KINDS = ("twist", "tcp_pose")         # runtime.actions.ACTION_KINDS (kept torch-free here)
 COUNT = "an integer >= 1"
@@ -99,6 +100,9 @@ CONFIG_SCHEMA: dict[str, Rule] = {
     "pred_horizon": (False, COUNT, _count),
     "action_horizon": (False, COUNT, _count),
     "down_dims": (False, "a non-empty list of integers >= 1", lambda v: _list_of(_count)(v) and len(v) > 0),
+    "denoiser": (False, "one of " + ", ".join(DENOISERS), lambda v: isinstance(v, str) and v in DENOISERS),
+    "mlp_width": (False, COUNT, _count),
+    "mlp_depth": (False, COUNT, _count),
     "image_feature_dim": (False, COUNT, _count),
     "tactile_shapes": (False, "an object of observation key -> [rows, cols, C], each >= 1",
                        _names_to(_list_of(_count, 3))),

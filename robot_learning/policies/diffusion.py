@@ -12,12 +12,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robot_learning.nets.mlp_denoiser import ConditionalMLPDenoiser
 from robot_learning.nets.precision import autocast
 from robot_learning.nets.precision import resolve as resolve_precision
 from robot_learning.nets.tactile import TaxelEncoder
 from robot_learning.nets.unet1d import ConditionalUnet1D
 from robot_learning.nets.vision import ENCODERS, ImageEncoder, crop
-from robot_learning.policies.checkpoint import diffusion_problems
+from robot_learning.policies.checkpoint import DENOISERS, diffusion_problems
 from robot_learning.policies.normalizer import Normalizer
 from robot_learning.policies.registry import PolicyKind, register_kind
 from robot_learning.runtime.policy import PolicySpec
@@ -32,6 +33,12 @@ class DiffusionConfig:
     pred_horizon: int = 16
     action_horizon: int = 8
     down_dims: list[int] = field(default_factory=lambda: [128, 256, 512])
+    # the network that denoises the chunk: a 1-D U-Net over time (down_dims), or an MLP over the
+    # flattened chunk (mlp_width x mlp_depth residual blocks), far cheaper a step for low-dim
+    # observations (nets.mlp_denoiser)
+    denoiser: str = "unet"
+    mlp_width: int = 512
+    mlp_depth: int = 3
     image_feature_dim: int = 64
     image_encoder: str = "small"                   # a key of nets.vision.ENCODERS
     # observation keys that are taxel grids (key -> [rows, cols, C]; they stay in obs_dims too,
@@ -100,7 +107,13 @@ class DiffusionPolicy(nn.Module):
                                       for k, shape in cfg.tactile_shapes.items()})
         per_step = (sum(n for k, n in cfg.obs_dims.items() if k not in cfg.tactile_shapes) + 3 * len(cfg.relative)
                     + cfg.image_feature_dim * len(cfg.image_shapes) + cfg.tactile_feature_dim * len(cfg.tactile_shapes))
-        self.net = ConditionalUnet1D(cfg.action_dim, per_step * cfg.obs_horizon, tuple(cfg.down_dims))
+        if cfg.denoiser == "mlp":
+            self.net = ConditionalMLPDenoiser(cfg.action_dim, cfg.pred_horizon, per_step * cfg.obs_horizon,
+                                              cfg.mlp_width, cfg.mlp_depth)
+        elif cfg.denoiser == "unet":
+            self.net = ConditionalUnet1D(cfg.action_dim, per_step * cfg.obs_horizon, tuple(cfg.down_dims))
+        else:
+            raise ValueError(f"denoiser is one of {', '.join(DENOISERS)}, not '{cfg.denoiser}'")
         self.train_scheduler = make_scheduler("ddpm", cfg.train_timesteps, cfg.prediction)
 
     def encode(self, batch: dict[str, torch.Tensor], train: bool) -> torch.Tensor:

@@ -26,7 +26,14 @@ from robot_learning.data.schema import parse_recipe
 from robot_learning.data.store import Dataset
 from robot_learning.nets.device import AdaptiveThreads, pick_device
 from robot_learning.nets.precision import PRECISIONS, autocast, resolve
-from robot_learning.policies.checkpoint import IMAGE_ENCODERS, PREDICTIONS, PolicyError, load_weights, read_json
+from robot_learning.policies.checkpoint import (
+    DENOISERS,
+    IMAGE_ENCODERS,
+    PREDICTIONS,
+    PolicyError,
+    load_weights,
+    read_json,
+)
 from robot_learning.policies.registry import read_checkpoint
 from robot_learning.runtime.actions import TCP_POSE_KEY, TWIST_DIMS, check_action_kind, pose_actions
 from robot_learning.train import distributed
@@ -51,6 +58,9 @@ class TrainConfig:
     pred_horizon: int = 16
     action_horizon: int = 8                               # actions executed of each chunk, from the newest obs
     down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
+    denoiser: str = "unet"                                # unet (down_dims), or mlp (mlp_width x mlp_depth)
+    mlp_width: int = 512
+    mlp_depth: int = 3
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-6
@@ -97,6 +107,8 @@ def _check_action(cfg: TrainConfig, recipe, obs_keys: list[str]) -> None:
         check_action_kind(cfg.action)
     except ValueError as e:
         raise SystemExit(f"train: --action: {e}") from None
+    if cfg.denoiser not in DENOISERS:
+        raise SystemExit(f"train: --denoiser is one of {', '.join(DENOISERS)}, not '{cfg.denoiser}'")
     if cfg.prediction not in PREDICTIONS:
         raise SystemExit(f"train: --prediction is one of {', '.join(PREDICTIONS)}, not '{cfg.prediction}'")
     if cfg.image_encoder not in IMAGE_ENCODERS:
@@ -309,6 +321,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            action_dim=int(sample["action"].shape[-1]), image_shapes=image_shapes,
                            obs_horizon=cfg.obs_horizon, pred_horizon=cfg.pred_horizon,
                            action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
+                           denoiser=cfg.denoiser, mlp_width=cfg.mlp_width, mlp_depth=cfg.mlp_depth,
                            image_encoder=cfg.image_encoder, tactile_shapes=grids,
                            relative=[list(p) for p in pairs],
                            inference_steps=cfg.inference_steps, prediction=cfg.prediction, dt=1.0 / rate, task=task,
@@ -316,7 +329,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     model = DiffusionPolicy(dcfg, normalizer).to(device)
     precision = resolve(cfg.precision, device, images=bool(cfg.images))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for all parameters (halves the optimizer step on a 2-core CPU)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     t_start = time.monotonic()
 
     def lr_factor(step: int) -> float:
