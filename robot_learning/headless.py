@@ -39,8 +39,12 @@ def use_headless_gl(log: Callable[[str], None] | None = None) -> None:
     nothing, forever (its camera threads stuck in MuJoCo's renderer set-up, holding the GIL, so
     not even Ctrl-C got through). MuJoCo picks its backend once, at import, hence the re-exec;
     and the backend it took is checked rather than ``MUJOCO_GL``, which an import may have set
-    since (``robot_learning.sim.workcell`` does, after MuJoCo is imported)."""
-    import mujoco
+    since (``robot_learning.sim.workcell`` does, after MuJoCo is imported). Without MuJoCo (a
+    training machine given a dataset) there is nothing to render and nothing to do."""
+    try:
+        import mujoco
+    except ImportError:
+        return
 
     context = getattr(mujoco, "GLContext", None)  # absent with MUJOCO_GL=disable
     if (context is None or not context.__module__.startswith("mujoco.glfw") or os.environ.get("DISPLAY")

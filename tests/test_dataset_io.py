@@ -127,3 +127,60 @@ def test_viewer_writes_contact_sheet_and_video(store, tmp_path, capsys):  # noqa
     print_info(Dataset(store))
     out = capsys.readouterr().out
     assert "pick_place" in out and "total: 2 episodes" in out
+
+
+def test_shrink_keeps_the_steps_and_resizes_only_the_frames_they_use(tmp_path):
+    from test_dataset import RECIPE, record_episode
+
+    from robot_learning.data.sampler import WindowSampler, WindowSpec, resize_frame
+    from robot_learning.data.shrink import shrink_dataset
+    from robot_learning.data.store import DatasetError, DatasetWriter
+
+    rng = np.random.default_rng(0)
+    w = DatasetWriter(tmp_path / "d.zarr", RECIPE)
+    ep = w.start_episode({"task": "pick_place"})
+    add = ep.add_message
+
+    def textured(stream, msg, t):  # noise frames: a resize by the wrong method or of the wrong row shows
+        if stream in ("front_color", "front_depth"):
+            dtype = np.uint8 if stream == "front_color" else np.uint16
+            msg.data = rng.integers(0, 250 if dtype == np.uint8 else 4000, len(msg.data) // dtype().itemsize,
+                                    dtype=dtype).tobytes()
+        add(stream, msg, t)
+
+    ep.add_message = textured
+    record_episode(ep, seconds=3.0, depth=True)
+    ep.finish(success=True)
+    w.close()
+
+    src, out = tmp_path / "d.zarr", tmp_path / "small.zarr"
+    sizes = shrink_dataset(src, out, (24, 32), drop=("wrench",), progress=False)
+    assert validate_store(out)[1] == [] and sizes["after"] < sizes["before"]
+    a, b = Dataset(src).episode(0), Dataset(out).episode(0)
+    assert "wrench" not in b.streams and "wrench.data" not in b.steps["obs"]
+    assert not (out.parent / "small.zarr.partial").exists()
+    for cam, method in (("front_color", cv2.INTER_AREA), ("front_depth", cv2.INTER_NEAREST)):
+        old, new = a.steps["index"][cam][:], b.steps["index"][cam][:]
+        used = np.unique(old[old >= 0])
+        assert b.streams[cam]["data"].shape[:3] == (len(used), 24, 32) < a.streams[cam]["data"].shape[:3]
+        assert np.array_equal(new >= 0, old >= 0)
+        for s in np.flatnonzero(old >= 0):
+            want = cv2.resize(a.streams[cam]["data"][old[s]], (32, 24), interpolation=method)
+            assert np.array_equal(b.streams[cam]["data"][new[s]], want)
+            assert b.streams[cam]["t"][new[s]] == a.streams[cam]["t"][old[s]]
+    for k in ("action", "obs/ee_pose.data", "obs/joint_states.position"):
+        assert np.array_equal(a.steps[k][:], b.steps[k][:])
+
+    # a policy's training windows are the same from either copy
+    spec = WindowSpec(obs_keys=("ee_pose.data",), image_keys=("front_color",), image_size=(24, 32))
+    wa, wb = WindowSampler(Dataset(src), spec), WindowSampler(Dataset(out), spec)
+    assert len(wa) == len(wb) > 0
+    for i in (0, len(wa) // 2, len(wa) - 1):
+        for k, v in wa[i].items():
+            assert np.array_equal(v, wb[i][k]), k
+    assert resize_frame(b.streams["front_color"]["data"][0], (24, 32)).shape == (24, 32, 3)
+
+    with pytest.raises(DatasetError, match="exists"):
+        shrink_dataset(src, out, (24, 32), progress=False)
+    with pytest.raises(DatasetError, match="no episode"):
+        shrink_dataset(src, tmp_path / "x.zarr", (24, 32), drop=("front_dept",), progress=False)

@@ -69,6 +69,25 @@ def test_each_rank_trains_on_its_own_shard_of_every_epoch():
     assert all(len(t) == 8 and t.max() < 5 for t in tiny) and not np.array_equal(*tiny)
 
 
+def test_prefetched_batches_come_in_order_and_an_error_in_the_thread_reaches_the_trainer():
+    import pytest
+
+    from robot_learning.train.distributed import prefetched
+
+    def items(fail_at=None):
+        for i in range(50):
+            if i == fail_at:
+                raise ValueError(f"bad window {i}")
+            yield {"x": np.full(3, i)}
+
+    got = [b["x"][0] for b in prefetched(items(), lambda b: {"x": b["x"] * 2})]
+    assert got == [2 * i for i in range(50)]
+    it = prefetched(items(fail_at=7), lambda b: b)
+    assert [next(it)["x"][0] for _ in range(7)] == list(range(7))
+    with pytest.raises(ValueError, match="bad window 7"):
+        next(it)
+
+
 def test_torchrun_data_parallel_on_cpu(store, tmp_path):  # noqa: F811
     """Two gloo ranks: they stop at the same step on rank 0's clock (--max-minutes), share the
     evaluation's rollouts, and end with identical weights."""

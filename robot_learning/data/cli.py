@@ -33,6 +33,12 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=("lerobot", "mcap"), required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--episodes", default=None, help="comma-separated indices (mcap; default all)")
+    p = dsub.add_parser("shrink", help="a copy with camera frames resized, only those the steps use (for a "
+                        "training machine)")
+    p.add_argument("path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--image-size", default="96,96", help="H,W of every camera frame in the copy")
+    p.add_argument("--drop", default="", help="comma-separated streams to leave out (e.g. front_depth)")
     p = dsub.add_parser("import", help="import rosbag2/MCAP bags (one episode each) into a dataset")
     p.add_argument("bags", nargs="+")
     p.add_argument("--dataset", required=True)
@@ -135,6 +141,17 @@ def _run(a: argparse.Namespace) -> int:
         out = Path(a.out or f"runs/view/{Path(a.path).stem}_episode_{ep.index:06d}.png")
         path = video(ep, out) if out.suffix == ".mp4" else contact_sheet(ep, out)
         print(f"wrote {path}")
+        return 0
+    if cmd == "shrink":
+        from robot_learning.data.shrink import shrink_dataset
+
+        try:
+            size = tuple(int(v) for v in a.image_size.split(","))
+            assert len(size) == 2 and min(size) > 0
+        except (ValueError, AssertionError):
+            raise DatasetError(f"--image-size is H,W in pixels (e.g. 96,96), not '{a.image_size}'") from None
+        s = shrink_dataset(a.path, a.out, size, tuple(d for d in a.drop.split(",") if d))
+        print(f"wrote {a.out}: {s['episodes']} episodes, {s['before'] / 1e6:.1f} MB -> {s['after'] / 1e6:.1f} MB")
         return 0
     if cmd == "export":
         if a.format == "lerobot":

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mujoco
 import numpy as np
 
 from robot_learning.transforms import xyzw_to_wxyz
@@ -56,6 +55,8 @@ def replay(episode, task: str = "", randomization: str | dict | None = None, thr
            seed: int | None = None) -> Divergence:
     """Replay ``episode`` (a ``data.store`` episode recorded from the workcell's topics) in a
     fresh sim of ``task`` (the episode's own by default) and compare."""
+    import mujoco  # here, not at the top: the CLI imports this module's parser on machines without MuJoCo
+
     from robot_learning.sim.workcell import Workcell
 
     task = task or episode.meta.get("task") or "pick_place"
@@ -290,6 +291,8 @@ class Follower:
             elif body in c.task.qadr:
                 a = c.task.qadr[body]
                 c.data.qpos[a:a + 3], c.data.qpos[a + 3:a + 7] = pose[:3], xyzw_to_wxyz(pose[3:7])
+        import mujoco
+
         mujoco.mj_forward(c.model, c.data)
         self.updates += 1
         return []
@@ -300,6 +303,8 @@ class Follower:
     def contacts(self) -> list[Contact]:
         """Every contact of the posed sim: where, between which bodies, and the force the first
         body's geom exerts on the second's (world frame, N), from MuJoCo's constraint solver."""
+        import mujoco
+
         m, d = self.cell.model, self.cell.data
         out, f6 = [], np.zeros(6)
         for i in range(d.ncon):

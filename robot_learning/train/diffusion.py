@@ -160,6 +160,9 @@ def _collate(sampler, idx) -> dict[str, np.ndarray]:
 def _to(batch: dict, device: str):
     import torch
 
+    if device.startswith("cuda"):  # pinned, then copied without a wait (see distributed.prefetched)
+        return {k: torch.as_tensor(v).pin_memory().to(device, non_blocking=True) for k, v in batch.items()
+                if k != "action_is_pad"}
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items() if k != "action_is_pad"}
 
 
@@ -368,6 +371,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     best = json.loads(best_path.read_text()) if best_path.exists() else {"score": -math.inf}
     batches = distributed.batches(lambda idx: _collate(train_set, idx), len(train_set), cfg.batch_size, rng_seed,
                                   ranks)
+    if device.startswith("cuda"):
+        batches = distributed.prefetched(batches, lambda b: _to(b, device))
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train diffusion", unit="step",
                disable=not (progress and lead), dynamic_ncols=True)
     t_window, n_window, losses = time.perf_counter(), 0, []
@@ -378,7 +383,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         t_step = time.perf_counter()
         model.train()
         with autocast(device, precision):
-            loss = net(_to(next(batches), device))
+            batch = next(batches)
+            loss = net(batch if device.startswith("cuda") else _to(batch, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
