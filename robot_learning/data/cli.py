@@ -147,9 +147,10 @@ def _run(a: argparse.Namespace) -> int:
 
         try:
             size = tuple(int(v) for v in a.image_size.split(","))
-            assert len(size) == 2 and min(size) > 0
-        except (ValueError, AssertionError):
-            raise DatasetError(f"--image-size is H,W in pixels (e.g. 96,96), not '{a.image_size}'") from None
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) <= 0:
+            raise DatasetError(f"--image-size is H,W in pixels (e.g. 96,96), not '{a.image_size}'")
         s = shrink_dataset(a.path, a.out, size, tuple(d for d in a.drop.split(",") if d))
         print(f"wrote {a.out}: {s['episodes']} episodes, {s['before'] / 1e6:.1f} MB -> {s['after'] / 1e6:.1f} MB")
         return 0
