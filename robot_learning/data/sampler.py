@@ -29,13 +29,15 @@ class WindowSpec:
     extra: dict = field(default_factory=dict)
 
 
-def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A camera frame at the policy's input size (H, W); area averaging, as when training."""
+def resize_frame(frame: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """A camera frame at the policy's input size (H, W); area averaging, as when training
+    (``nearest``: nearest neighbour, for depth, where averaging invents values never measured)."""
     import cv2
 
     if frame.shape[:2] == tuple(size):
         return frame
-    return cv2.resize(frame, (int(size[1]), int(size[0])), interpolation=cv2.INTER_AREA)
+    return cv2.resize(frame, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST if nearest
+                      else cv2.INTER_AREA)
 
 
 class WindowSampler:

@@ -26,17 +26,6 @@ from robot_learning.data.sampler import resize_frame
 from robot_learning.data.store import IMAGE_CHUNK, WRITE_CONFIG, Dataset, DatasetError, fsync_tree
 
 
-def resize_image(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """One frame at ``size`` (H, W): area averaging for RGB, nearest neighbour otherwise."""
-    if frame.ndim == 3 and frame.shape[2] == 3:
-        return resize_frame(frame, size)
-    import cv2
-
-    if frame.shape[:2] == tuple(size):
-        return frame
-    return cv2.resize(frame, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
-
-
 def _is_camera(stream: zarr.Group, min_pixels: int) -> bool:
     """An image stream worth shrinking: frames [n, H, W(, C)] larger than ``min_pixels``
     (tactile taxel grids are images too, 4x4, and stay as they are)."""
@@ -49,7 +38,8 @@ def _shrink_stream(src: zarr.Group, dst: zarr.Group, rows: np.ndarray, size: tup
     """Frames ``rows`` of ``src`` at ``size``, with their stamps, into the new group ``dst``."""
     dst.attrs.update(dict(src.attrs))
     data = src["data"]
-    frames = [resize_image(data[int(r)], size) for r in rows]
+    colour = data.ndim == 4 and data.shape[3] == 3  # area averaging for RGB, nearest for depth
+    frames = [resize_frame(data[int(r)], size, nearest=not colour) for r in rows]
     shape = frames[0].shape if frames else (*size, *data.shape[3:])
     out = dst.create_array("data", shape=(len(frames), *shape), dtype=data.dtype, chunks=(IMAGE_CHUNK, *shape),
                            compressors=compressors(data.dtype, True), config=WRITE_CONFIG)
@@ -69,7 +59,8 @@ def shrink_dataset(src: str | Path, out: str | Path, image_size: tuple[int, int]
     if out.exists():
         raise DatasetError(f"{out} exists: choose a new --out (the copy never overwrites a dataset)")
     ds = Dataset(src)
-    missing = [d for d in drop if not any(d in ep.streams for ep in ds.episodes())]
+    present = {n for ep in ds.episodes() for n in ep.streams}
+    missing = [d for d in drop if d not in present]
     if missing:
         raise DatasetError(f"--drop names {', '.join(missing)}, which no episode of {src} has")
     tmp = out.with_name(out.name + ".partial")

@@ -373,6 +373,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                                   ranks)
     if device.startswith("cuda"):
         batches = distributed.prefetched(batches, lambda b: _to(b, device))
+    else:
+        batches = (_to(b, device) for b in batches)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train diffusion", unit="step",
                disable=not (progress and lead), dynamic_ncols=True)
     t_window, n_window, losses = time.perf_counter(), 0, []
@@ -383,8 +385,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         t_step = time.perf_counter()
         model.train()
         with autocast(device, precision):
-            batch = next(batches)
-            loss = net(batch if device.startswith("cuda") else _to(batch, device))
+            loss = net(next(batches))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
