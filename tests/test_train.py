@@ -8,8 +8,10 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 import torch
 from test_dataset import store  # noqa: F401  (fixture: 2 recorded episodes on real zarr)
 
@@ -55,6 +57,27 @@ def test_train_checkpoints_evaluates_and_resumes(store, tmp_path):  # noqa: F811
     assert torch.load(run / "train_state" / "optim.pt", weights_only=True)["scheduler"]["last_epoch"] == 30
 
 
+def test_init_starts_from_a_checkpoints_weights_and_refuses_another_network(store, tmp_path):  # noqa: F811
+    """--init: a run whose optimizer state is gone goes on from its weights (and its normalizer)."""
+    from safetensors.torch import load_file
+
+    from robot_learning.policies.checkpoint import PolicyError
+
+    first = train(TrainConfig(dataset=str(store), out=str(tmp_path / "a"), steps=3, eval_every=0, eval_episodes=0,
+                              **TINY), progress=False) / "checkpoints" / "last"
+    # the learning rate of the first step is 1e-12: the weights must come out as they went in
+    second = train(TrainConfig(dataset=str(store), out=str(tmp_path / "b"), steps=1, eval_every=0, eval_episodes=0,
+                               init=str(first), **{**TINY, "warmup_steps": 10**10, "lr": 1e-2}),
+                   progress=False) / "checkpoints" / "last"
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    norm = [json.loads((c / "config.json").read_text())["normalizer"] for c in (first, second)]
+    assert norm[0] == norm[1]
+    with pytest.raises(PolicyError, match="another network.*down_dims"):
+        train(TrainConfig(dataset=str(store), out=str(tmp_path / "c"), steps=1, eval_every=0, eval_episodes=0,
+                          init=str(first), **{**TINY, "down_dims": [8, 16]}), progress=False)
+
+
 def test_each_rank_trains_on_its_own_shard_of_every_epoch():
     from robot_learning.train.distributed import Ranks, shard_indices
 
@@ -82,6 +105,12 @@ def test_prefetched_batches_come_in_order_and_an_error_in_the_thread_reaches_the
 
     got = [b["x"][0] for b in prefetched(items(), lambda b: {"x": b["x"] * 2})]
     assert got == [2 * i for i in range(50)]
+
+    def slow_double(b):  # later jobs finish first: the order must still hold
+        time.sleep(0.002 * (7 - int(b["x"][0]) % 7))
+        return {"x": b["x"] * 2}
+
+    assert [b["x"][0] for b in prefetched(items(), slow_double, workers=4)] == [2 * i for i in range(50)]
     it = prefetched(items(fail_at=7), lambda b: b)
     assert [next(it)["x"][0] for _ in range(7)] == list(range(7))
     with pytest.raises(ValueError, match="bad window 7"):

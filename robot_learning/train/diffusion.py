@@ -79,6 +79,9 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     resume: str = ""
+    init: str = ""                 # start from this checkpoint's weights and normalizer (same network; _init_from)
+    compile: bool = False          # torch.compile the network for the training step (eager if compiling fails)
+    loaders: int = 0               # threads collating batches ahead (0: 4 on CUDA; none on a CPU, whose cores it needs)
     only_success: bool = True                             # train on successful episodes only
     threads: int = 0    # torch CPU threads (0: torch's default; -1: timed against the load: AdaptiveThreads)
     precision: str = "auto"                               # auto: bf16 for image policies where the hardware has it
@@ -164,6 +167,22 @@ def _to(batch: dict, device: str):
         return {k: torch.as_tensor(v).pin_memory().to(device, non_blocking=True) for k, v in batch.items()
                 if k != "action_is_pad"}
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items() if k != "action_is_pad"}
+
+
+def _init_from(meta, dcfg, model, device: str) -> None:
+    """Copies the weights of the checkpoint ``meta`` into ``model``. It must be a diffusion policy
+    with the network this run builds (inference settings may differ); otherwise one sentence
+    names what differs, before anything trains."""
+    if meta.kind != "diffusion":
+        raise PolicyError(f"--init {meta.path} is a {meta.kind} checkpoint; it takes a diffusion policy's")
+    mine = asdict(dcfg)
+    inference_only = {"sampler", "inference_steps", "action_horizon", "task"}
+    diff = [f"{k}: {meta.config.get(k)!r} there, {v!r} here" for k, v in mine.items()
+            if k not in inference_only and json.loads(json.dumps(meta.config.get(k))) != json.loads(json.dumps(v))]
+    if diff:
+        raise PolicyError(f"--init {meta.path} has another network than this run would train ({'; '.join(diff[:4])}); "
+                          "give the same --obs/--images/--image-size/network flags, or train without --init")
+    load_weights(model, meta.path / "model.safetensors", device)
 
 
 def _save_state(run: Path, model, ema, opt, sched, step: int, rng_state: dict) -> None:
@@ -301,8 +320,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         raise SystemExit(f"train: the episodes of {cfg.dataset} have no steps")
 
     grids = taxel_grids(recipe, obs_keys, ds.episode(train_eps[0]).steps["obs"]) if cfg.tactile == "grid" else {}
+    init = read_checkpoint(cfg.init) if cfg.init and resume is None else None
     if resume is not None:
         normalizer = Normalizer(read_checkpoint(run / "checkpoints" / "last").normalizer)
+    elif init is not None:
+        normalizer = Normalizer(init.normalizer)  # the weights were trained on its scaling
     else:
         normalizer = Normalizer()
         for k in obs_keys:
@@ -330,11 +352,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            inference_steps=cfg.inference_steps, prediction=cfg.prediction, dt=1.0 / rate, task=task,
                            action_kind=cfg.action, action_origin=cfg.action_origin)
     model = DiffusionPolicy(dcfg, normalizer).to(device)
+    if init is not None:
+        _init_from(init, dcfg, model, device)
     precision = resolve(cfg.precision, device, images=bool(cfg.images))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     # fused: one kernel for all parameters (halves the optimizer step on a 2-core CPU)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    t_start = time.monotonic()
+    spent = [0.0]  # seconds of training by rank 0's clock, agreed every step
 
     def lr_factor(step: int) -> float:
         """Linear warm-up, then cosine decay over the steps, or over the time budget if that ends first."""
@@ -342,7 +366,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             return (step + 1) / cfg.warmup_steps
         progress = step / cfg.steps
         if cfg.max_minutes > 0:
-            progress = max(progress, (time.monotonic() - t_start) / (cfg.max_minutes * 60))
+            progress = max(progress, spent[0] / (cfg.max_minutes * 60))
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
@@ -369,27 +393,39 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
               flush=True)
     best_path = run / "best.json"
     best = json.loads(best_path.read_text()) if best_path.exists() else {"score": -math.inf}
-    batches = distributed.batches(lambda idx: _collate(train_set, idx), len(train_set), cfg.batch_size, rng_seed,
-                                  ranks)
-    if device.startswith("cuda"):
-        batches = distributed.prefetched(batches, lambda b: _to(b, device))
+    loaders = cfg.loaders or (4 if device.startswith("cuda") else 0)
+    indices = distributed.batch_indices(len(train_set), cfg.batch_size, rng_seed, ranks)
+    if loaders > 0:
+        batches = distributed.prefetched(indices, lambda idx: _to(_collate(train_set, idx), device), loaders)
     else:
-        batches = (_to(b, device) for b in batches)
+        batches = (_to(_collate(train_set, idx), device) for idx in indices)
+    step_net = torch.compile(net) if cfg.compile else net  # compiled at its first call
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train diffusion", unit="step",
                disable=not (progress and lead), dynamic_ncols=True)
-    t_window, n_window, losses = time.perf_counter(), 0, []
+    t_window, n_window, losses, t_data = time.perf_counter(), 0, [], 0.0
     t_start = time.monotonic()  # the budget counts training, not loading
     cpu = CpuClock(run / "metrics.jsonl")
     tuner = AdaptiveThreads(log=bar.write) if cfg.threads < 0 and device == "cpu" else None
     for step in bar:
         t_step = time.perf_counter()
         model.train()
+        batch = next(batches)
+        t_data += time.perf_counter() - t_step
         with autocast(device, precision):
-            loss = net(next(batches))
+            try:
+                loss = step_net(batch)
+            except Exception as e:  # noqa: BLE001  (compilation fails inside the first call)
+                if step_net is net:
+                    raise
+                tqdm.write(f"train: torch.compile failed ({str(e).strip().splitlines()[0][:160]}); training eagerly")
+                step_net = net
+                loss = net(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        # rank 0's clock for every rank: one learning rate, and all stop, evaluate and save at one step
+        spent[0] = distributed.agree(time.monotonic() - t_start, ranks)
         sched.step()
         ema.update_parameters(model)
         losses.append(loss.item())
@@ -397,18 +433,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             tuner.step_done(time.perf_counter() - t_step)
         n_window += cfg.batch_size
         done = step + 1
-        # rank 0's clock for every rank: all stop, evaluate and save at the same step
-        out_of_time = distributed.agree(cfg.max_minutes > 0 and time.monotonic() - t_start > cfg.max_minutes * 60,
-                                        ranks)
+        out_of_time = cfg.max_minutes > 0 and spent[0] > cfg.max_minutes * 60
         if lead and (done % 50 == 0 or done == cfg.steps):
-            sps = n_window / (time.perf_counter() - t_window)
+            elapsed = time.perf_counter() - t_window
+            sps, data_share = n_window / elapsed, t_data / elapsed  # data_share: the step waiting for its batch
             writer.add_scalar("train/loss", np.mean(losses), done)
             writer.add_scalar("train/lr", sched.get_last_lr()[0], done)
             writer.add_scalar("train/samples_per_s", sps, done)
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}", sps=f"{sps:.0f}")
+            writer.add_scalar("train/data_share", data_share, done)
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", sps=f"{sps:.0f}", data=f"{data_share:.0%}")
             with (run / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps({"step": done, "train_loss": float(np.mean(losses)), "samples_per_s": sps}) + "\n")
-            losses, n_window, t_window = [], 0, time.perf_counter()
+                f.write(json.dumps({"step": done, "train_loss": float(np.mean(losses)), "samples_per_s": sps,
+                                    "data_share": data_share}) + "\n")
+            losses, n_window, t_window, t_data = [], 0, time.perf_counter(), 0.0
         evaluate_now = (cfg.eval_every > 0 and done % cfg.eval_every == 0) or done == cfg.steps or out_of_time
         if evaluate_now:
             # every rank takes its part of the validation windows and of the rollouts

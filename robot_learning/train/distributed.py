@@ -74,67 +74,65 @@ def shard_indices(n: int, per_rank: int, rng: np.random.Generator, ranks: Ranks)
 def batches(collate: Callable[[np.ndarray], dict], n: int, batch_size: int, seed: int,
             ranks: Ranks) -> Iterator[dict]:
     """Endless collated batches of this rank's share: ``batch_size`` is the batch of all ranks together."""
-    per = max(1, batch_size // ranks.world)
-    for idx in shard_indices(n, per, np.random.default_rng(seed), ranks):
+    for idx in batch_indices(n, batch_size, seed, ranks):
         yield collate(idx)
 
 
-_END = object()  # the end of a finite stream of items
+def batch_indices(n: int, batch_size: int, seed: int, ranks: Ranks) -> Iterator[np.ndarray]:
+    """This rank's batches of window indices; ``batch_size`` is the batch of all ranks together."""
+    return shard_indices(n, max(1, batch_size // ranks.world), np.random.default_rng(seed), ranks)
 
 
-def prefetched(items: Iterator[dict], to_device: Callable[[dict], dict], depth: int = 3) -> Iterator[dict]:
-    """``items`` made ready ``depth`` ahead by a thread, each already through ``to_device``.
+def prefetched(jobs: Iterator, make: Callable[[object], dict], workers: int = 1, depth: int = 0) -> Iterator[dict]:
+    """``make(job)`` for each of ``jobs``, in order, made ``depth`` ahead (default: two per
+    worker) by ``workers`` threads.
 
-    On a GPU the collating of the next batches on the CPU (numpy gathers, which release the
-    GIL) then runs while the GPU computes the current one, and the copy is issued from pinned
-    memory without a wait. On a 2-core CPU the thread would take a core from the step itself,
-    so ``train`` uses it on GPUs only. An error in the thread is raised in the consumer."""
-    import queue
-    import threading
+    On a GPU the collating of the next batches on the CPU (numpy gathers and copies, which
+    release the GIL) then runs while the GPU computes the current one, and the copy is issued
+    from pinned memory without a wait; several threads keep up with a GPU that one could not.
+    On a 2-core CPU the threads would take cores from the step itself, so ``train`` uses this
+    on GPUs only. An error, in ``jobs`` or in ``make``, is raised in the consumer at its turn."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(to_device(item), timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(_END)
-        except BaseException as e:  # handed to the consumer, which raises it
-            q.put(e)
-
-    threading.Thread(target=work, name="prefetch", daemon=True).start()
+    depth = depth or 2 * workers
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="prefetch")
+    pending: deque = deque()
+    jobs = iter(jobs)
+    exhausted = False
     try:
         while True:
-            item = q.get()
-            if item is _END:
+            while not exhausted and len(pending) < depth:
+                try:
+                    pending.append(pool.submit(make, next(jobs)))
+                except StopIteration:
+                    exhausted = True
+                except Exception as e:  # raised after the batches made before it
+                    pending.append(e)
+                    exhausted = True
+            if not pending:
                 return
-            if isinstance(item, BaseException):
+            item = pending.popleft()
+            if isinstance(item, Exception):
                 raise item
-            yield item
+            yield item.result()
     finally:
-        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
-def agree(flag: bool, ranks: Ranks) -> bool:
-    """Rank 0's ``flag`` on every rank (a stop decision all ranks act on at the same step)."""
+def agree(value: float, ranks: Ranks) -> float:
+    """Rank 0's ``value`` on every rank: the clock that all ranks stop by and that the learning
+    rate follows (each rank's own would drift apart, and so would their optimizer steps)."""
     if ranks.world == 1:
-        return flag
+        return value
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    t = torch.tensor([value], dtype=torch.float64)
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.broadcast(t, 0)
-    return bool(t.item())
+    return float(t.item())
 
 
 def mine(items: list, ranks: Ranks) -> list:
