@@ -71,6 +71,11 @@ class SafetyLimits:
     tracking_lag: float = 0.15     # ... plus this many seconds' worth of the commanded joint speed
     state_timeout: float = 0.05    # s: an older joint state is stale
     workspace_tolerance: float = 0.01  # m the measured TCP may lie further outside the box than commanded
+    # a joint at stall_effort of its effort limit, moving slower than stall_speed, for stall_time: pressing on something
+    effort_max: np.ndarray | None = None  # N m per joint (the description's limits.effort); None: no stall monitor
+    stall_effort: float = 0.95
+    stall_speed: float = 0.05      # rad/s
+    stall_time: float = 0.05       # s
 
     @property
     def soft_lower(self) -> np.ndarray:
@@ -129,7 +134,8 @@ def _monitor_limits(mon: dict[str, Any], src: str) -> dict[str, float]:
     """The measured-state monitors' thresholds (optional keys; defaults from SafetyLimits)."""
     if not isinstance(mon, dict):
         raise ConfigError(f"{src}: 'safety.monitor' must be a mapping")
-    known = {"velocity_margin", "tracking_error", "tracking_lag", "state_timeout", "workspace_tolerance"}
+    known = {"velocity_margin", "tracking_error", "tracking_lag", "state_timeout", "workspace_tolerance",
+             "stall_effort", "stall_speed", "stall_time"}
     unknown = sorted(set(mon) - known)
     if unknown:
         raise ConfigError(f"{src}: unknown key(s) {unknown} in safety.monitor (known: {sorted(known)})")
@@ -164,6 +170,7 @@ def load_robot(path: str | Path = DEFAULT_ROBOT) -> RobotConfig:
         max_angular_speed=float(_get(saf, "max_angular_speed", src)),
         command_timeout=float(_get(saf, "command_timeout", src)),
         command_max_age=float(saf.get("command_max_age", 1.0)),
+        effort_max=_vec(lim, "effort", n, src),
         **_monitor_limits(saf.get("monitor", {}), src),
     )
     if np.any(limits.q_lower >= limits.q_upper):
@@ -185,7 +192,7 @@ def load_robot(path: str | Path = DEFAULT_ROBOT) -> RobotConfig:
         tcp_offset=float(_get(d, "tcp_offset", src)),
         home=home,
         links=links,
-        effort=_vec(lim, "effort", n, src),
+        effort=limits.effort_max,
         joint_damping=float(d.get("joint_damping", 0.0)),
         servo_kp=_vec(d, "servo_kp", n, src),
         servo_kv=_vec(d, "servo_kv", n, src),

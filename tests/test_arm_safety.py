@@ -135,6 +135,78 @@ def test_tracking_error_stale_state_and_a_pushed_joint_trip_the_monitor(robot):
         assert c.fault is not None and expect in c.fault
 
 
+def test_a_joint_stalled_at_its_torque_limit_trips_after_the_stall_time_and_only_then(robot):
+    """Pressing on something: a joint at its effort limit that does not move. Free motion
+    saturates a joint only while it accelerates (moving), and a brief stall is let go."""
+    lim = robot.limits
+
+    def state(t, q, j6_effort, j6_speed=0.0):
+        effort, qd = np.zeros(7), np.zeros(7)
+        effort[5], qd[5] = j6_effort, j6_speed
+        return ArmState(t, q, qd, effort, 0.08)
+
+    def feed(efforts_and_speeds):
+        c = ArmController(robot, DT)
+        c.sync(at_rest(robot.home, 0.0))
+        q, _ = c.step(at_rest(robot.home, 0.0), 0.0)
+        for k, (e, v) in enumerate(efforts_and_speeds, start=1):
+            q, _ = c.step(state(k * DT, q, e, v), k * DT)
+            if c.fault:
+                return c.fault, k * DT
+        return None, None
+
+    n = int(round(lim.stall_time / DT))
+    limit = lim.effort_max[5]
+    fault, at = feed([(-limit, 0.0)] * (n + 3))  # the sign does not matter
+    assert fault and "joint 6 held at 12.0 N m (limit 12 N m)" in fault and "pressing on something" in fault
+    assert lim.stall_time + DT - 1e-9 <= at <= lim.stall_time + 2 * DT + 1e-9  # the first sample past stall_time
+    assert feed([(limit, 0.0)] * (n - 1))[0] is None  # shorter than stall_time
+    assert feed([(limit, 1.0)] * (5 * n))[0] is None  # saturated, advancing: accelerating, not pressing
+    assert feed([(-limit, 1.0)] * (n + 3))[0]  # saturated and pushed back: a hand pressed on the table
+    assert feed([(0.9 * limit, 0.0)] * (5 * n))[0] is None  # below stall_effort of the limit
+    # a stall broken by one moving sample starts again from zero
+    assert feed(([(limit, 0.0)] * (n - 2) + [(limit, 0.5)]) * 4)[0] is None
+    # a backend that reports no efforts (an empty list in /joint_states) leaves the check out
+    c = ArmController(robot, DT)
+    c.sync(at_rest(robot.home, 0.0))
+    q, _ = c.step(at_rest(robot.home, 0.0), 0.0)
+    for k in range(1, 5 * n):
+        q, _ = c.step(ArmState(k * DT, q, np.zeros(7), np.zeros(0), 0.08), k * DT)
+    assert c.fault is None
+
+
+def test_pressing_the_hand_into_the_table_stops_before_the_tracking_error_winds_up():
+    """On MuJoCo physics: valid twists straight down into the table. The stall monitor stops the
+    arm within tens of ms of a joint reaching its torque limit, while the command is still close
+    to the measured joints: no wound-up push is left to throw a joint when the contact lets go
+    (the graph fuzzer's slip: 0.25 rad of windup released, a wrist thrown at 3x its speed limit).
+    Without it, the tracking-error monitor trips only once that windup has built up."""
+    cell = Workcell("pick_place")
+    try:
+        lim = cell.robot.limits
+
+        def press(limits) -> tuple[str | None, float, float]:
+            """The trip's reason, when it came, and how far the joints were from their command then."""
+            cell.controller.monitor = type(cell.controller.monitor)(limits)
+            cell.reset(0)
+            t0 = cell.time
+            while cell.time - t0 < 6.0 and not cell.controller.fault:
+                sent = cell.controller.safety.q.copy()  # the command the next state answers to
+                cell.controller.command_twist([0.0, 0.0, -0.5, 0.0, 0.0, 0.0], cell.time)
+                cell.step_control()
+            return (cell.controller.fault, cell.time - t0,
+                    float(np.max(np.abs(cell.backend.read_state().q - sent))))
+
+        fault, at, windup = press(lim)
+        assert fault and "pressing on something" in fault, fault
+        assert windup < 0.6 * lim.tracking_error, windup  # seen: 0.12 rad, half the tracking monitor's
+        unwatched, at_before, windup_before = press(dataclasses.replace(lim, effort_max=None))
+        assert unwatched and "from where it was commanded" in unwatched, unwatched
+        assert windup_before > lim.tracking_error and at_before > at + 0.2, (at_before, at)
+    finally:
+        cell.close()
+
+
 def test_a_tcp_dragged_out_of_the_workspace_box_trips_the_monitor(robot):
     """The filter keeps every command inside the box; what it cannot see is the arm itself
     leaving it (dragged, or overshooting): the monitor checks the measured TCP too. An arm
@@ -309,7 +381,7 @@ def test_pushing_along_the_table_stops_before_the_joints_overspeed():
     cell = Workcell("pick_place")
     try:
         cell.reset(0)
-        off = dataclasses.replace(cell.robot.limits, tracking_error=1e9, velocity_margin=1e9)
+        off = dataclasses.replace(cell.robot.limits, tracking_error=1e9, velocity_margin=1e9, effort_max=None)
         monitor = cell.controller.monitor
         cell.controller.monitor = type(monitor)(off)
         unwatched = _push_along_the_table(cell)
@@ -511,7 +583,7 @@ def test_a_protective_stop_is_a_terminal_state_of_the_env_not_a_time_limit():
             _, r, term, trunc, info = env.step(a)
             if term or trunc:
                 break
-        assert "blocked or collided" in info.get("protective_stop", ""), info
+        assert "pressing on something" in info.get("protective_stop", ""), info
         assert term and not trunc and r == 0.0 and not info["success"]
     finally:
         env.close()
@@ -532,5 +604,5 @@ def test_a_protective_stop_ends_a_rollout_as_a_failure_that_names_it():
     recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
     res = rollout(ReplayPolicy(push, 0.1, "ee_pose.data"), recipe, "pick_place", [0, 1])
     for r in res:
-        assert not r.success and r.fault and "blocked or collided" in r.fault, r
+        assert not r.success and r.fault and "pressing on something" in r.fault, r
         assert r.steps < 80  # ended at the stop, not run to the task's time limit

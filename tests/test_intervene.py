@@ -104,10 +104,12 @@ def test_train_sac_with_interventions_and_rlif_rewards(tmp_path):
     run = train_sac(cfg, progress=False)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     eps = [r for r in rows if "intervention_rate" in r]
-    assert len(eps) == 3 and all(0 < r["intervention_rate"] < 1 for r in eps)
+    assert len(eps) >= 3 and all(0 < r["intervention_rate"] < 1 for r in eps)
     online = ReplayBuffer(1000, ObsSpec(("x",), (23,)), 7)
     online.load(run / "checkpoints" / "last" / "online.npz")
-    got = online.in_order()
+    # the logged episodes' steps (a protective stop ends an episode early, leaving a partial last one)
+    logged = sum(r["episode_length"] for r in eps)
+    got = {k: v[:logged] for k, v in online.in_order().items()}
     inter = got["intervention"]
     starts = inter & ~np.r_[False, inter[:-1]]
     assert starts.sum() == sum(r["takeovers"] for r in eps)

@@ -95,6 +95,7 @@ class ArmController:
         """Adopt the measured position as the held one (start-up, e-stop reset, a sim reset;
         ``clear_fault`` only where the arm was put somewhere new, as a sim reset does)."""
         self.safety.reset(state.q, new_start=clear_fault)
+        self.monitor.reset()
         self._q_sent = None
         self.traj = self.pending = None
         if clear_fault:

@@ -16,6 +16,12 @@ the same evidence:
 - the measured TCP further outside the workspace box than the command was, by more than
   ``workspace_tolerance``: the filter keeps every command inside, so the arm was dragged, or
   overshot its command, out of the space it may use;
+- a joint stalled at its torque limit: measured effort at ``stall_effort`` of the limit while
+  the joint advances slower than ``stall_speed`` the way it pushes (or is pushed back), for
+  ``stall_time``. That is a joint pressing on something: free motion saturates a joint only
+  while it accelerates. Caught there, before the tracking error winds up, no stored push is
+  left to throw the joint when the contact lets go (a hand pressed on the table backdrives a
+  12 Nm wrist; released, it slips);
 - a stale or missing joint state (older than ``state_timeout``), or a non-finite one.
 
 A trip is reported once with the joint and the numbers; the controller then holds (where
@@ -39,6 +45,27 @@ class JointMonitor:
         self.qd_trip = limits.qd_max * (1.0 + limits.velocity_margin)
         self.soft_lower, self.soft_upper = limits.soft_lower, limits.soft_upper
         self.q_tolerance = 0.5 * limits.position_margin
+        self._stalled_since = np.full(len(limits.qd_max), np.nan)  # per joint: when its stall began
+
+    def reset(self) -> None:
+        """Forget stalls in progress (the arm was released, or put somewhere new)."""
+        self._stalled_since[:] = np.nan
+
+    def _stall(self, state: ArmState, now: float) -> str | None:
+        lim = self.limits
+        effort = np.abs(np.asarray(state.effort, dtype=float))
+        if lim.effort_max is None or effort.shape != self._stalled_since.shape:
+            return None  # a backend that reports no efforts (an empty list): nothing to judge by
+        # not advancing the way it pushes: blocked, or pushed back by what it presses on
+        advancing = np.sign(np.asarray(state.effort, dtype=float)) * np.asarray(state.qd, dtype=float)
+        stalled = (effort >= lim.stall_effort * lim.effort_max) & (advancing < lim.stall_speed)
+        self._stalled_since = np.where(stalled, np.fmin(self._stalled_since, now), np.nan)
+        held = np.where(stalled, now - self._stalled_since, -np.inf)
+        j = int(np.argmax(held))
+        if held[j] < lim.stall_time:
+            return None
+        return (f"joint {j + 1} held at {effort[j]:.1f} N m (limit {lim.effort_max[j]:g} N m) for "
+                f"{held[j] * 1000:.0f} ms without advancing: pressing on something?")
 
     def trustworthy(self, state: ArmState, now: float) -> bool:
         """A measurement recent and finite enough to hold the arm where it says the arm is."""
@@ -64,6 +91,9 @@ class JointMonitor:
         if over[j] > 1.0:
             return (f"joint {j + 1} measured at {abs(qd[j]):.2f} rad/s, over its limit "
                     f"{self.limits.qd_max[j]:.2f} rad/s (+{self.limits.velocity_margin:.0%})")
+        stall = self._stall(state, now)
+        if stall:
+            return stall
         past = np.maximum(self.soft_lower - q, q - self.soft_upper) - self.q_tolerance
         j = int(np.argmax(past))
         if past[j] > 0:
