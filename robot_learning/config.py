@@ -71,11 +71,11 @@ class SafetyLimits:
     tracking_lag: float = 0.15     # ... plus this many seconds' worth of the commanded joint speed
     state_timeout: float = 0.05    # s: an older joint state is stale
     workspace_tolerance: float = 0.01  # m the measured TCP may lie further outside the box than commanded
-    # a joint at stall_effort of its effort limit, moving slower than stall_speed, for stall_time: pressing on something
+    # at stall_effort of its effort limit for stall_time, not advancing by stall_speed: pressing (monitor.py)
     effort_max: np.ndarray | None = None  # N m per joint (the description's limits.effort); None: no stall monitor
     stall_effort: float = 0.95
     stall_speed: float = 0.05      # rad/s
-    stall_time: float = 0.05       # s
+    stall_time: float = 0.15       # s
 
     @property
     def soft_lower(self) -> np.ndarray:

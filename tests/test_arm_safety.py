@@ -162,7 +162,10 @@ def test_a_joint_stalled_at_its_torque_limit_trips_after_the_stall_time_and_only
     assert lim.stall_time + DT - 1e-9 <= at <= lim.stall_time + 2 * DT + 1e-9  # the first sample past stall_time
     assert feed([(limit, 0.0)] * (n - 1))[0] is None  # shorter than stall_time
     assert feed([(limit, 1.0)] * (5 * n))[0] is None  # saturated, advancing: accelerating, not pressing
-    assert feed([(-limit, 1.0)] * (n + 3))[0]  # saturated and pushed back: a hand pressed on the table
+    # saturated against its motion, for long: braking (gains speed the way it pushes) is let be ...
+    assert feed([(-limit, 2.0 - 0.01 * k) for k in range(5 * n)])[0] is None
+    # ... pushed back (loses speed the way it pushes: a hand pressed on the table) is not
+    assert feed([(-limit, 0.002 * k) for k in range(n + 3)])[0]
     assert feed([(0.9 * limit, 0.0)] * (5 * n))[0] is None  # below stall_effort of the limit
     # a stall broken by one moving sample starts again from zero
     assert feed(([(limit, 0.0)] * (n - 2) + [(limit, 0.5)]) * 4)[0] is None
@@ -177,10 +180,9 @@ def test_a_joint_stalled_at_its_torque_limit_trips_after_the_stall_time_and_only
 
 def test_pressing_the_hand_into_the_table_stops_before_the_tracking_error_winds_up():
     """On MuJoCo physics: valid twists straight down into the table. The stall monitor stops the
-    arm within tens of ms of a joint reaching its torque limit, while the command is still close
-    to the measured joints: no wound-up push is left to throw a joint when the contact lets go
-    (the graph fuzzer's slip: 0.25 rad of windup released, a wrist thrown at 3x its speed limit).
-    Without it, the tracking-error monitor trips only once that windup has built up."""
+    arm once a joint has been held at its torque limit for its stall time, with half the wound-up
+    push that the tracking-error monitor waits for (the graph fuzzer's slip: that push released,
+    a wrist thrown at 3x its speed limit), and 0.7 s sooner."""
     cell = Workcell("pick_place")
     try:
         lim = cell.robot.limits
@@ -199,10 +201,10 @@ def test_pressing_the_hand_into_the_table_stops_before_the_tracking_error_winds_
 
         fault, at, windup = press(lim)
         assert fault and "pressing on something" in fault, fault
-        assert windup < 0.6 * lim.tracking_error, windup  # seen: 0.12 rad, half the tracking monitor's
         unwatched, at_before, windup_before = press(dataclasses.replace(lim, effort_max=None))
         assert unwatched and "from where it was commanded" in unwatched, unwatched
-        assert windup_before > lim.tracking_error and at_before > at + 0.2, (at_before, at)
+        # seen: 0.17 rad at 1.62 s against 0.35 rad at 2.32 s
+        assert windup < 0.6 * windup_before and at_before > at + 0.3, (windup, windup_before, at, at_before)
     finally:
         cell.close()
 

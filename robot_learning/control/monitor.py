@@ -16,12 +16,13 @@ the same evidence:
 - the measured TCP further outside the workspace box than the command was, by more than
   ``workspace_tolerance``: the filter keeps every command inside, so the arm was dragged, or
   overshot its command, out of the space it may use;
-- a joint stalled at its torque limit: measured effort at ``stall_effort`` of the limit while
-  the joint advances slower than ``stall_speed`` the way it pushes (or is pushed back), for
-  ``stall_time``. That is a joint pressing on something: free motion saturates a joint only
-  while it accelerates. Caught there, before the tracking error winds up, no stored push is
-  left to throw the joint when the contact lets go (a hand pressed on the table backdrives a
-  12 Nm wrist; released, it slips);
+- a joint stalled at its torque limit: measured effort at ``stall_effort`` of the limit for
+  ``stall_time`` while the joint neither moves the way it pushes (faster than ``stall_speed``)
+  nor gains that much speed that way (blocked, or pushed back). That is a joint pressing on
+  something: in free motion a saturated joint accelerates, or brakes, fast. Caught there,
+  with half the push wound up that the tracking error waits for, less is stored to throw the
+  joint when the contact lets go (a hand pressed on the table backdrives a 12 Nm wrist;
+  released, it slips);
 - a stale or missing joint state (older than ``state_timeout``), or a non-finite one.
 
 A trip is reported once with the joint and the numbers; the controller then holds (where
@@ -45,26 +46,37 @@ class JointMonitor:
         self.qd_trip = limits.qd_max * (1.0 + limits.velocity_margin)
         self.soft_lower, self.soft_upper = limits.soft_lower, limits.soft_upper
         self.q_tolerance = 0.5 * limits.position_margin
-        self._stalled_since = np.full(len(limits.qd_max), np.nan)  # per joint: when its stall began
+        n = len(limits.qd_max)
+        # per joint: when its stall window began, with the joint's speed and push direction then
+        self._stalled_since, self._stall_speed0, self._stall_push = np.full(n, np.nan), np.zeros(n), np.zeros(n)
 
     def reset(self) -> None:
         """Forget stalls in progress (the arm was released, or put somewhere new)."""
         self._stalled_since[:] = np.nan
 
-    def _stall(self, state: ArmState, now: float) -> str | None:
-        lim = self.limits
-        effort = np.abs(np.asarray(state.effort, dtype=float))
+    def _stall(self, state: ArmState) -> str | None:
+        """Timed on the states' own stamps: a state stream that arrives late or repeats its last
+        sample (a busy host, a bursty link to the arm) adds no stall time that was not measured."""
+        lim, now = self.limits, state.stamp
+        effort = np.asarray(state.effort, dtype=float)
         if lim.effort_max is None or effort.shape != self._stalled_since.shape:
             return None  # a backend that reports no efforts (an empty list): nothing to judge by
-        # not advancing the way it pushes: blocked, or pushed back by what it presses on
-        advancing = np.sign(np.asarray(state.effort, dtype=float)) * np.asarray(state.qd, dtype=float)
-        stalled = (effort >= lim.stall_effort * lim.effort_max) & (advancing < lim.stall_speed)
-        self._stalled_since = np.where(stalled, np.fmin(self._stalled_since, now), np.nan)
+        push = np.sign(effort)
+        advancing = push * np.asarray(state.qd, dtype=float)  # joint speed the way it pushes
+        stalled = (np.abs(effort) >= lim.stall_effort * lim.effort_max) & (advancing < lim.stall_speed)
+        # A window starts where a stall begins, and starts again wherever the push has made
+        # progress (a joint braking at its limit gains speed the way it pushes, fast): what
+        # trips is stall_time at the limit with no progress, blocked or pushed back.
+        restart = stalled & (np.isnan(self._stalled_since) | (push != self._stall_push)
+                             | (advancing - self._stall_speed0 >= lim.stall_speed))
+        self._stalled_since = np.where(stalled, np.where(restart, now, self._stalled_since), np.nan)
+        self._stall_speed0 = np.where(restart, advancing, self._stall_speed0)
+        self._stall_push = np.where(restart, push, self._stall_push)
         held = np.where(stalled, now - self._stalled_since, -np.inf)
         j = int(np.argmax(held))
         if held[j] < lim.stall_time:
             return None
-        return (f"joint {j + 1} held at {effort[j]:.1f} N m (limit {lim.effort_max[j]:g} N m) for "
+        return (f"joint {j + 1} held at {abs(effort[j]):.1f} N m (limit {lim.effort_max[j]:g} N m) for "
                 f"{held[j] * 1000:.0f} ms without advancing: pressing on something?")
 
     def trustworthy(self, state: ArmState, now: float) -> bool:
@@ -91,7 +103,7 @@ class JointMonitor:
         if over[j] > 1.0:
             return (f"joint {j + 1} measured at {abs(qd[j]):.2f} rad/s, over its limit "
                     f"{self.limits.qd_max[j]:.2f} rad/s (+{self.limits.velocity_margin:.0%})")
-        stall = self._stall(state, now)
+        stall = self._stall(state)
         if stall:
             return stall
         past = np.maximum(self.soft_lower - q, q - self.soft_upper) - self.q_tolerance
