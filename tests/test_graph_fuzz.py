@@ -87,8 +87,9 @@ def test_the_arm_holds_every_limit_under_a_command_fuzzer(tmp_path):
             worst = np.unravel_index(np.argmax(over), over.shape)
             assert over.max() <= end_stop, (f"joint {worst[1] + 1} at {q[worst]:.4f} rad, {over[worst]:.5f} past its "
                                      f"limit, t = {t[worst[0]]:.3f} s (sample {worst[0]} of {len(q)})")
-            # What no monitor can stop is a slip: a hand pressed on the table, its wrist servo at
-            # its torque limit, lets go and the joint is thrown. The monitor trips at the first
+            # What no monitor can stop once it starts is a slip: a hand pressed on the table, its
+            # wrist servo at its torque limit, lets go and the joint is thrown (the stall monitor
+            # now stops most presses first, with half the push wound up). The monitor trips at the first
             # sample over its level and holds where the arm was then, but a 12 Nm wrist brakes
             # slowly: seen, joint 6 went on from 1.8x to 3.1x its speed limit, 0.21 rad past the
             # hold, and took 1 s to come back; such a throw took a TCP 22.5 mm out of the box
