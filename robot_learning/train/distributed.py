@@ -71,13 +71,6 @@ def shard_indices(n: int, per_rank: int, rng: np.random.Generator, ranks: Ranks)
             yield shard[b:b + per_rank]
 
 
-def batches(collate: Callable[[np.ndarray], dict], n: int, batch_size: int, seed: int,
-            ranks: Ranks) -> Iterator[dict]:
-    """Endless collated batches of this rank's share: ``batch_size`` is the batch of all ranks together."""
-    for idx in batch_indices(n, batch_size, seed, ranks):
-        yield collate(idx)
-
-
 def batch_indices(n: int, batch_size: int, seed: int, ranks: Ranks) -> Iterator[np.ndarray]:
     """This rank's batches of window indices; ``batch_size`` is the batch of all ranks together."""
     return shard_indices(n, max(1, batch_size // ranks.world), np.random.default_rng(seed), ranks)
