@@ -87,6 +87,28 @@ def record_episode(ep, t0=10.0, seconds=2.0, intervene=(0.8, 1.2), lose_joints=(
 _PRISTINE: list[Path] = []  # written once per test run; each test gets its own copy
 
 
+def record_textured(path, depth=True, seconds=3.0):
+    """One successful episode whose camera frames are noise: a resize by the wrong method, of
+    the wrong row or of the wrong region of the view shows in every pixel."""
+    rng = np.random.default_rng(0)
+    w = DatasetWriter(path, RECIPE)
+    ep = w.start_episode({"task": "pick_place"})
+    add = ep.add_message
+
+    def textured(stream, msg, t):
+        if stream in ("front_color", "front_depth"):
+            dtype = np.uint8 if stream == "front_color" else np.uint16
+            msg.data = rng.integers(0, 250 if dtype == np.uint8 else 4000, len(msg.data) // dtype().itemsize,
+                                    dtype=dtype).tobytes()
+        add(stream, msg, t)
+
+    ep.add_message = textured
+    record_episode(ep, seconds=seconds, depth=depth)
+    ep.finish(success=True)
+    w.close()
+    return path
+
+
 @pytest.fixture
 def store(tmp_path, tmp_path_factory):
     """Two recorded episodes (a failure, then a success) on real zarr, the test's own copy."""

@@ -130,29 +130,13 @@ def test_viewer_writes_contact_sheet_and_video(store, tmp_path, capsys):  # noqa
 
 
 def test_shrink_keeps_the_steps_and_resizes_only_the_frames_they_use(tmp_path):
-    from test_dataset import RECIPE, record_episode
+    from test_dataset import record_textured
 
     from robot_learning.data.sampler import WindowSampler, WindowSpec, resize_frame
     from robot_learning.data.shrink import shrink_dataset
-    from robot_learning.data.store import DatasetError, DatasetWriter
+    from robot_learning.data.store import DatasetError
 
-    rng = np.random.default_rng(0)
-    w = DatasetWriter(tmp_path / "d.zarr", RECIPE)
-    ep = w.start_episode({"task": "pick_place"})
-    add = ep.add_message
-
-    def textured(stream, msg, t):  # noise frames: a resize by the wrong method or of the wrong row shows
-        if stream in ("front_color", "front_depth"):
-            dtype = np.uint8 if stream == "front_color" else np.uint16
-            msg.data = rng.integers(0, 250 if dtype == np.uint8 else 4000, len(msg.data) // dtype().itemsize,
-                                    dtype=dtype).tobytes()
-        add(stream, msg, t)
-
-    ep.add_message = textured
-    record_episode(ep, seconds=3.0, depth=True)
-    ep.finish(success=True)
-    w.close()
-
+    record_textured(tmp_path / "d.zarr")
     src, out = tmp_path / "d.zarr", tmp_path / "small.zarr"
     sizes = shrink_dataset(src, out, (24, 32), drop=("wrench",), progress=False)
     assert validate_store(out)[1] == [] and sizes["after"] < sizes["before"]

@@ -78,6 +78,48 @@ def test_init_starts_from_a_checkpoints_weights_and_refuses_another_network(stor
                           init=str(first), **{**TINY, "down_dims": [8, 16]}), progress=False)
 
 
+def test_the_region_of_the_view_a_policy_trained_on_is_cut_from_live_frames(tmp_path):
+    """``dataset shrink --roi`` cuts a camera's view down to the workspace; a policy trained on
+    that copy must read the same region of the full frames the server gets, not the whole view."""
+    from test_dataset import record_textured
+
+    from robot_learning.data.sampler import resize_frame
+    from robot_learning.data.shrink import shrink_dataset
+    from robot_learning.runtime.buffers import ObsBuffers
+
+    roi = (0.25, 0.5, 0.75, 1.0)
+    store, small = record_textured(tmp_path / "d.zarr"), tmp_path / "small.zarr"
+    shrink_dataset(store, small, (32, 32), rois={"front_color": roi}, progress=False)
+    run = train(TrainConfig(dataset=str(small), out=str(tmp_path / "a"), steps=2, eval_every=0, eval_episodes=0,
+                            **TINY), progress=False)
+    spec = load_policy(run / "checkpoints" / "last").spec
+    assert spec.image_rois == {"front_color": roi}
+    assert json.loads((run / "train_config.json").read_text())["image_roi"] == ["front_color:0.25:0.5:0.75:1"]
+
+    raw, cut = Dataset(store).episode(0), Dataset(small).episode(0)
+    rows_raw, rows_cut = raw.steps["index"]["front_color"][:], cut.steps["index"]["front_color"][:]
+    s = int(np.flatnonzero(rows_raw >= 0)[3])
+    frame = raw.streams["front_color"]["data"][rows_raw[s]]
+    buffers = ObsBuffers(spec.obs_keys, spec.image_keys, spec.obs_horizon, spec.dt, spec.image_size,
+                         image_rois=spec.image_rois)
+    buffers.add("joint_states", 0.0, {"position": np.zeros(7)})
+    buffers.add("front_color", 0.0, {"data": frame})
+    live = buffers.window()[1]["image/front_color"][-1]
+    assert np.array_equal(live, cut.streams["front_color"]["data"][rows_cut[s]])
+    assert not np.array_equal(live, resize_frame(frame, (32, 32)))   # the whole view would differ
+
+    # the same region from the full recording trains on the same windows; another is refused
+    spec_w = WindowSpec(2, 8, ("joint_states.position",), ("front_color",), (32, 32), image_rois={"front_color": roi})
+    a, b = WindowSampler(Dataset(store), spec_w)[7], WindowSampler(Dataset(small), spec_w)[7]
+    assert np.array_equal(a["image/front_color"], b["image/front_color"])
+    with pytest.raises(SystemExit, match=r"region \[0.25, 0.5, 0.75, 1\].*not \[0, 0, 1, 0.5\]"):
+        train(TrainConfig(dataset=str(small), out=str(tmp_path / "b"), steps=1, eval_every=0, eval_episodes=0,
+                          image_roi=["front_color:0:0:1:0.5"], **TINY), progress=False)
+    with pytest.raises(SystemExit, match="camera:x0:y0:x1:y1"):
+        train(TrainConfig(dataset=str(store), out=str(tmp_path / "c"), steps=1, eval_every=0, eval_episodes=0,
+                          image_roi=["front_color:0.5:0:0.2:1"], **TINY), progress=False)
+
+
 def test_each_rank_trains_on_its_own_shard_of_every_epoch():
     from robot_learning.train.distributed import Ranks, shard_indices
 

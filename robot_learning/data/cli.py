@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--image-size", default="96,96", help="H,W of every camera frame in the copy")
     p.add_argument("--drop", default="", help="comma-separated streams to leave out (e.g. front_depth)")
+    p.add_argument("--roi", default="", help="comma-separated camera:x0:y0:x1:y1: keep only that region of a "
+                   "camera's view (fractions of its width and height), e.g. front_color:0.23:0.27:0.84:0.78; "
+                   "policies trained on the copy cut the same region from live frames")
     p = dsub.add_parser("import", help="import rosbag2/MCAP bags (one episode each) into a dataset")
     p.add_argument("bags", nargs="+")
     p.add_argument("--dataset", required=True)
@@ -151,7 +154,13 @@ def _run(a: argparse.Namespace) -> int:
             size = ()
         if len(size) != 2 or min(size) <= 0:
             raise DatasetError(f"--image-size is H,W in pixels (e.g. 96,96), not '{a.image_size}'")
-        s = shrink_dataset(a.path, a.out, size, tuple(d for d in a.drop.split(",") if d))
+        from robot_learning.data.sampler import parse_rois
+
+        try:
+            rois = parse_rois([r for r in a.roi.split(",") if r], "--roi")
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
+        s = shrink_dataset(a.path, a.out, size, tuple(d for d in a.drop.split(",") if d), rois=rois)
         print(f"wrote {a.out}: {s['episodes']} episodes, {s['before'] / 1e6:.1f} MB -> {s['after'] / 1e6:.1f} MB")
         return 0
     if cmd == "export":

@@ -6,7 +6,10 @@ about 19 MB an episode, while a policy reads a camera at 96x96 and only at the c
 are and, for each camera stream, only the frames the step table points at, resized: area
 averaging for colour (what training does itself, so a policy trains on the same pixels from
 either copy), nearest neighbour for depth and other single-channel images (no depth value that
-was never measured is invented). Streams named in ``drop`` are left out of the copy.
+was never measured is invented). Streams named in ``drop`` are left out of the copy. A camera
+with a region in ``rois`` keeps only that part of its view (``resize_frame``'s crop): the
+episode's ``shrunk`` attributes record it, training adopts it, and the checkpoint carries it to
+the policy server, which cuts the same region from the live frames.
 
 The copy is written beside its destination as ``<out>.partial`` and renamed when whole: a copy
 cut off by a crash is never mistaken for a dataset.
@@ -22,7 +25,7 @@ import zarr
 from tqdm import tqdm
 
 from robot_learning.data.layout import compressors
-from robot_learning.data.sampler import resize_frame
+from robot_learning.data.sampler import Roi, resize_frame
 from robot_learning.data.store import IMAGE_CHUNK, WRITE_CONFIG, Dataset, DatasetError, fsync_tree
 
 
@@ -34,12 +37,13 @@ def _is_camera(stream: zarr.Group, min_pixels: int) -> bool:
             and data.shape[1] * data.shape[2] > min_pixels)
 
 
-def _shrink_stream(src: zarr.Group, dst: zarr.Group, rows: np.ndarray, size: tuple[int, int]) -> None:
-    """Frames ``rows`` of ``src`` at ``size``, with their stamps, into the new group ``dst``."""
+def _shrink_stream(src: zarr.Group, dst: zarr.Group, rows: np.ndarray, size: tuple[int, int],
+                   roi: Roi | None = None) -> None:
+    """Frames ``rows`` of ``src`` (their ``roi``) at ``size``, with their stamps, into the new group ``dst``."""
     dst.attrs.update(dict(src.attrs))
     data = src["data"]
     colour = data.ndim == 4 and data.shape[3] == 3  # area averaging for RGB, nearest for depth
-    frames = [resize_frame(data[int(r)], size, nearest=not colour) for r in rows]
+    frames = [resize_frame(data[int(r)], size, nearest=not colour, roi=roi) for r in rows]
     shape = frames[0].shape if frames else (*size, *data.shape[3:])
     out = dst.create_array("data", shape=(len(frames), *shape), dtype=data.dtype, chunks=(IMAGE_CHUNK, *shape),
                            compressors=compressors(data.dtype, True), config=WRITE_CONFIG)
@@ -53,8 +57,9 @@ def _shrink_stream(src: zarr.Group, dst: zarr.Group, rows: np.ndarray, size: tup
 
 
 def shrink_dataset(src: str | Path, out: str | Path, image_size: tuple[int, int], drop: tuple[str, ...] = (),
-                   min_pixels: int = 16 * 16, progress: bool = True) -> dict:
+                   min_pixels: int = 16 * 16, progress: bool = True, rois: dict[str, Roi] | None = None) -> dict:
     """Write the shrunk copy of ``src`` to ``out``; returns the sizes in bytes before and after."""
+    rois = dict(rois or {})
     src, out = Path(src), Path(out)
     if out.exists():
         raise DatasetError(f"{out} exists: choose a new --out (the copy never overwrites a dataset)")
@@ -63,6 +68,11 @@ def shrink_dataset(src: str | Path, out: str | Path, image_size: tuple[int, int]
     missing = [d for d in drop if d not in present]
     if missing:
         raise DatasetError(f"--drop names {', '.join(missing)}, which no episode of {src} has")
+    cams = {n for ep in ds.episodes() for n, g in ep.streams.items() if _is_camera(g, min_pixels)} - set(drop)
+    stray = [c for c in rois if c not in cams]
+    if stray:
+        raise DatasetError(f"--roi names {', '.join(stray)}, which is not a camera kept in the copy "
+                           f"(cameras: {', '.join(sorted(cams)) or 'none'})")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -93,12 +103,13 @@ def shrink_dataset(src: str | Path, out: str | Path, image_size: tuple[int, int]
             old = index[:]
             rows = np.unique(old[old >= 0])
             index[:] = np.where(old >= 0, np.searchsorted(rows, np.maximum(old, 0)), -1).astype(old.dtype)
-            _shrink_stream(ep.streams[cam], group["streams"].create_group(cam), rows, image_size)
+            _shrink_stream(ep.streams[cam], group["streams"].create_group(cam), rows, image_size, rois.get(cam))
             counts[cam] = len(rows)
         for d in drop:
             counts.pop(d, None)
         group.attrs["stream_counts"] = counts
-        group.attrs["shrunk"] = {"image_size": list(image_size), "dropped": list(drop), "from": str(src)}
+        group.attrs["shrunk"] = {"image_size": list(image_size), "dropped": list(drop), "from": str(src),
+                                 "rois": {c: list(r) for c, r in rois.items() if c in cameras}}
     fsync_tree(tmp)
     tmp.rename(out)
     return {"before": _size(src), "after": _size(out), "episodes": len(ds)}

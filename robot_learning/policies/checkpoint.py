@@ -96,6 +96,8 @@ CONFIG_SCHEMA: dict[str, Rule] = {
     "obs_dims": (True, "an object of observation key -> size >= 1", _names_to(_count)),
     "action_dim": (True, COUNT, _count),
     "image_shapes": (False, "an object of camera key -> [H, W, C], each >= 1", _names_to(_list_of(_count, 3))),
+    "image_rois": (False, "an object of camera key -> [x0, y0, x1, y1], fractions with x0 < x1 and y0 < y1",
+                   _names_to(lambda v: _list_of(_real, 4)(v) and 0 <= v[0] < v[2] <= 1 and 0 <= v[1] < v[3] <= 1)),
     "obs_horizon": (False, COUNT, _count),
     "pred_horizon": (False, COUNT, _count),
     "action_horizon": (False, COUNT, _count),

@@ -29,6 +29,9 @@ class DiffusionConfig:
     obs_dims: dict[str, int]                      # low-dim observation key -> flat size
     action_dim: int
     image_shapes: dict[str, list[int]] = field(default_factory=dict)  # camera key -> [H, W, C] as sampled
+    # camera key -> [x0, y0, x1, y1]: the region of the camera's frame (fractions of its width and
+    # height) that is resized to image_shapes; a camera not named here is read whole
+    image_rois: dict[str, list[float]] = field(default_factory=dict)
     obs_horizon: int = 2
     pred_horizon: int = 16
     action_horizon: int = 8
@@ -226,7 +229,8 @@ class DiffusionRunner:
         if cfg.image_shapes:
             image_size = tuple(next(iter(cfg.image_shapes.values()))[:2])
         self.spec = PolicySpec(list(cfg.obs_dims), list(cfg.image_shapes), image_size, cfg.obs_horizon, cfg.dt,
-                               cfg.action_dim, lo - margin, hi + margin, cfg.task, cfg.action_kind)
+                               cfg.action_dim, lo - margin, hi + margin, cfg.task, cfg.action_kind,
+                               {c: tuple(r) for c, r in cfg.image_rois.items()})
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.seed = seed
 

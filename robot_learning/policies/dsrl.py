@@ -10,12 +10,13 @@ base's weights never change. The agent is the project's SAC (``policies.sac``), 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from robot_learning.policies.checkpoint import PolicyError
 from robot_learning.policies.registry import PolicyKind, load_policy, register_kind
 from robot_learning.policies.sac import load_sac, on_base_problems
-from robot_learning.runtime.policy import PolicySpec
 
 DETERMINISTIC = ("ddim", "dpmsolver")
 
@@ -37,8 +38,7 @@ class DsrlRunner:
         self.base, self.agent, self.agent_keys = base, agent, list(obs_keys)
         s = base.spec
         self.base_keys = list(s.obs_keys)
-        self.spec = PolicySpec(list(dict.fromkeys([*s.obs_keys, *obs_keys])), list(s.image_keys), s.image_size,
-                               s.obs_horizon, s.dt, s.action_dim, s.action_low, s.action_high, s.task, s.action_kind)
+        self.spec = replace(s, obs_keys=list(dict.fromkeys([*s.obs_keys, *obs_keys])))
 
     def reset(self) -> None:
         self.base.reset()

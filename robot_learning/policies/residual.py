@@ -15,7 +15,7 @@ microseconds of numpy, no torch on that path).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,6 @@ from robot_learning.policies.checkpoint import (
     write_checkpoint,
 )
 from robot_learning.policies.registry import PolicyKind, base_ref, load_policy, register_kind
-from robot_learning.runtime.policy import PolicySpec
 
 
 @dataclass
@@ -175,8 +174,7 @@ class ResidualRunner:
         s = base.spec
         keys = list(dict.fromkeys([*s.obs_keys, *self.obs_keys]))
         scale = np.asarray(scale, np.float64)
-        self.spec = PolicySpec(keys, list(s.image_keys), s.image_size, s.obs_horizon, s.dt, s.action_dim,
-                               s.action_low - scale, s.action_high + scale, s.task, s.action_kind)
+        self.spec = replace(s, obs_keys=keys, action_low=s.action_low - scale, action_high=s.action_high + scale)
         self.base_keys = list(s.obs_keys)
 
     def reset(self) -> None:

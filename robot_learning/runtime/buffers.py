@@ -45,9 +45,10 @@ class StreamBuffer:
 
 class ObsBuffers:
     def __init__(self, obs_keys: list[str], image_keys: list[str], obs_horizon: int, dt: float,
-                 image_size: tuple[int, int] | None = None, keep_s: float = 2.0):
+                 image_size: tuple[int, int] | None = None, keep_s: float = 2.0, image_rois: dict | None = None):
         self.obs_keys, self.image_keys = list(obs_keys), list(image_keys)
         self.obs_horizon, self.dt, self.image_size = obs_horizon, dt, image_size
+        self.image_rois = dict(image_rois or {})
         self.streams = sorted({k.split(".", 1)[0] for k in self.obs_keys} | set(self.image_keys))
         self.buffers = {s: StreamBuffer(keep_s + obs_horizon * dt) for s in self.streams}
 
@@ -90,6 +91,6 @@ class ObsBuffers:
         for cam in self.image_keys:
             frames = [self.buffers[cam].at(t)["data"] for t in times]
             if self.image_size is not None:
-                frames = [resize_frame(f, self.image_size) for f in frames]
+                frames = [resize_frame(f, self.image_size, roi=self.image_rois.get(cam)) for f in frames]
             out[f"image/{cam}"] = np.stack(frames)
         return float(t_ref), out

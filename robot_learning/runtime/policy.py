@@ -6,7 +6,7 @@ registers it (``policies.registry``) and the server runs them all unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +24,8 @@ class PolicySpec:
     action_high: np.ndarray
     task: str = ""
     action_kind: str = "twist"              # what an action means (runtime.actions): twist or tcp_pose
+    # camera -> (x0, y0, x1, y1): the region of its frames (fractions) resized to image_size
+    image_rois: dict = field(default_factory=dict)
 
 
 class Policy(Protocol):

@@ -73,7 +73,8 @@ class PolicyServerCore:
             raise ValueError(f"a tcp_pose policy must observe {TCP_POSE_KEY}: the server tracks its plan against it")
         with self.lock:
             self.policy = policy
-            self.buffers = ObsBuffers(s.obs_keys, s.image_keys, s.obs_horizon, s.dt, s.image_size)
+            self.buffers = ObsBuffers(s.obs_keys, s.image_keys, s.obs_horizon, s.dt, s.image_size,
+                                      image_rois=s.image_rois)
             self.scheduler = ChunkScheduler(SchedulerConfig(s.dt, self.cfg.blend, self.cfg.ensemble_k,
                                                             self.cfg.crossfade_s, self.cfg.interpolate))
             self._last_obs_t = None

@@ -15,7 +15,8 @@ from dataclasses import fields
 from robot_learning.train.diffusion import TrainConfig
 
 # fields given as comma-separated lists, with the type of their items
-_DIFFUSION_LISTS = {"obs": str, "images": str, "image_size": int, "down_dims": int, "relative": str}
+_DIFFUSION_LISTS = {"obs": str, "images": str, "image_size": int, "image_roi": str, "down_dims": int,
+                    "relative": str}
 _SAC_LISTS = {"obs": str, "images": str, "hidden": int}
 _RESIDUAL_LISTS = {"obs": str, "hidden": int}
 _SLOW_FAST_LISTS = {"obs": str, "hidden": int, "dims": int}
@@ -60,6 +61,9 @@ def add_parser(sub) -> None:
     add_config_arguments(kinds.add_parser("diffusion", help="diffusion policy", formatter_class=fmt),
                          TrainConfig(dataset=""), _DIFFUSION_LISTS,
                          {"dataset": "zarr dataset to train on (with --resume: the run's own)",
+                          "image_roi": "comma-separated camera:x0:y0:x1:y1: the region of a camera's view the "
+                                       "policy reads (fractions of the frame; the server cuts it from live frames "
+                                       "too); default: the region `dataset shrink --roi` cut, if any",
                           "threads": "torch CPU threads: 0 torch's default (every core), -1 the fastest of 1, half "
                                      "and all cores, timed every minute against what else runs"})
     add_config_arguments(kinds.add_parser("sac", help="SAC (RLPD choices) on a gymnasium env or workcell/<task>, "

@@ -52,6 +52,9 @@ class TrainConfig:
     action: str = "twist"                                 # twist (as recorded) or tcp_pose (runtime.actions)
     action_origin: str = ""                               # tcp_pose positions relative to this pose obs
     image_size: list[int] = field(default_factory=lambda: [96, 96])
+    # camera:x0:y0:x1:y1, the region of a camera's view the policy reads (fractions of the frame;
+    # the server cuts it from live frames too). Empty: what `dataset shrink --roi` cut, if anything
+    image_roi: list[str] = field(default_factory=list)
     image_encoder: str = "small"                          # small, or resnet18 (the peers' size; nets.vision)
     tactile: str = "grid"                                 # taxel grids through a conv encoder (nets.tactile), or flat
     obs_horizon: int = 2
@@ -169,6 +172,24 @@ def _to(batch: dict, device: str):
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items() if k != "action_is_pad"}
 
 
+def _image_rois(cfg: TrainConfig, first_episode_meta: dict) -> dict:
+    """The region of each camera's view the policy reads: ``--image-roi``, or else the one
+    ``dataset shrink --roi`` cut (the sampler refuses an episode cut otherwise)."""
+    from robot_learning.data.sampler import parse_rois, shrunk_rois
+
+    try:
+        rois = parse_rois(cfg.image_roi)
+    except ValueError as e:
+        raise SystemExit(f"train: {e}") from None
+    stray = [c for c in rois if c not in cfg.images]
+    if stray:
+        raise SystemExit(f"train: --image-roi names {', '.join(stray)}, which is not among --images")
+    if not cfg.image_roi:
+        rois = {c: r for c, r in shrunk_rois(first_episode_meta).items() if c in cfg.images}
+        cfg.image_roi = [":".join([c, *(f"{v:g}" for v in r)]) for c, r in rois.items()]
+    return rois
+
+
 def _init_from(meta, dcfg, model, device: str) -> None:
     """Copies the weights of the checkpoint ``meta`` into ``model``. It must be a diffusion policy
     with the network this run builds (inference settings may differ); otherwise one sentence
@@ -176,7 +197,7 @@ def _init_from(meta, dcfg, model, device: str) -> None:
     if meta.kind != "diffusion":
         raise PolicyError(f"--init {meta.path} is a {meta.kind} checkpoint; it takes a diffusion policy's")
     mine = asdict(dcfg)
-    inference_only = {"sampler", "inference_steps", "action_horizon", "task"}
+    inference_only = {"sampler", "inference_steps", "action_horizon", "task", "image_rois"}  # a new view fine-tunes
     diff = [f"{k}: {meta.config.get(k)!r} there, {v!r} here" for k, v in mine.items()
             if k not in inference_only and json.loads(json.dumps(meta.config.get(k))) != json.loads(json.dumps(v))]
     if diff:
@@ -306,13 +327,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if cam not in recipe.streams or recipe.streams[cam].kind != "image":
             raise SystemExit(f"train: '{cam}' is not a camera stream of {cfg.dataset}")
     _check_action(cfg, recipe, obs_keys)
+    rois = _image_rois(cfg, ds.episode(train_eps[0]).meta)
     if cfg.tactile not in TACTILE_MODES:
         raise SystemExit(f"train: --tactile is one of {', '.join(TACTILE_MODES)}, not '{cfg.tactile}'")
     spec = WindowSpec(cfg.obs_horizon, cfg.pred_horizon, tuple(obs_keys), tuple(cfg.images), tuple(cfg.image_size),
-                      zero_pad_dims=tuple(range(TWIST_DIMS)) if cfg.action == "twist" else ())
+                      zero_pad_dims=tuple(range(TWIST_DIMS)) if cfg.action == "twist" else (), image_rois=rois)
     torch.manual_seed(cfg.seed + rank)
-    train_set = WindowSampler(ds, spec, train_eps, progress=progress and rank == 0)
-    val_set = WindowSampler(ds, spec, val_eps) if val_eps else None
+    try:
+        train_set = WindowSampler(ds, spec, train_eps, progress=progress and rank == 0)
+        val_set = WindowSampler(ds, spec, val_eps) if val_eps else None
+    except ValueError as e:   # frames cut to another region than this run reads
+        raise SystemExit(f"train: {e}") from None
     if cfg.action == "tcp_pose":
         for ep in train_set.episodes + (val_set.episodes if val_set else []):
             ep["action"] = pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"])
@@ -348,6 +373,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
                            denoiser=cfg.denoiser, mlp_width=cfg.mlp_width, mlp_depth=cfg.mlp_depth,
                            image_encoder=cfg.image_encoder, tactile_shapes=grids,
+                           image_rois={c: list(r) for c, r in rois.items()},
                            relative=[list(p) for p in pairs],
                            inference_steps=cfg.inference_steps, prediction=cfg.prediction, dt=1.0 / rate, task=task,
                            action_kind=cfg.action, action_origin=cfg.action_origin)
