@@ -88,15 +88,15 @@ def test_the_region_of_the_view_a_policy_trained_on_is_cut_from_live_frames(tmp_
     from robot_learning.runtime.buffers import ObsBuffers
 
     roi = (0.25, 0.5, 0.75, 1.0)
-    store, small = record_textured(tmp_path / "d.zarr"), tmp_path / "small.zarr"
-    shrink_dataset(store, small, (32, 32), rois={"front_color": roi}, progress=False)
+    full, small = record_textured(tmp_path / "d.zarr"), tmp_path / "small.zarr"
+    shrink_dataset(full, small, (32, 32), rois={"front_color": roi}, progress=False)
     run = train(TrainConfig(dataset=str(small), out=str(tmp_path / "a"), steps=2, eval_every=0, eval_episodes=0,
                             **TINY), progress=False)
     spec = load_policy(run / "checkpoints" / "last").spec
     assert spec.image_rois == {"front_color": roi}
     assert json.loads((run / "train_config.json").read_text())["image_roi"] == ["front_color:0.25:0.5:0.75:1"]
 
-    raw, cut = Dataset(store).episode(0), Dataset(small).episode(0)
+    raw, cut = Dataset(full).episode(0), Dataset(small).episode(0)
     rows_raw, rows_cut = raw.steps["index"]["front_color"][:], cut.steps["index"]["front_color"][:]
     s = int(np.flatnonzero(rows_raw >= 0)[3])
     frame = raw.streams["front_color"]["data"][rows_raw[s]]
@@ -110,13 +110,13 @@ def test_the_region_of_the_view_a_policy_trained_on_is_cut_from_live_frames(tmp_
 
     # the same region from the full recording trains on the same windows; another is refused
     spec_w = WindowSpec(2, 8, ("joint_states.position",), ("front_color",), (32, 32), image_rois={"front_color": roi})
-    a, b = WindowSampler(Dataset(store), spec_w)[7], WindowSampler(Dataset(small), spec_w)[7]
+    a, b = WindowSampler(Dataset(full), spec_w)[7], WindowSampler(Dataset(small), spec_w)[7]
     assert np.array_equal(a["image/front_color"], b["image/front_color"])
     with pytest.raises(SystemExit, match=r"region \[0.25, 0.5, 0.75, 1\].*not \[0, 0, 1, 0.5\]"):
         train(TrainConfig(dataset=str(small), out=str(tmp_path / "b"), steps=1, eval_every=0, eval_episodes=0,
                           image_roi=["front_color:0:0:1:0.5"], **TINY), progress=False)
     with pytest.raises(SystemExit, match="camera:x0:y0:x1:y1"):
-        train(TrainConfig(dataset=str(store), out=str(tmp_path / "c"), steps=1, eval_every=0, eval_episodes=0,
+        train(TrainConfig(dataset=str(full), out=str(tmp_path / "c"), steps=1, eval_every=0, eval_episodes=0,
                           image_roi=["front_color:0.5:0:0.2:1"], **TINY), progress=False)
 
 
