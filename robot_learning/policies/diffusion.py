@@ -215,11 +215,17 @@ class DiffusionRunner:
                  noise_scale: float | None = None, precision: str = "fp32"):
         from robot_learning.policies.checkpoint import PolicyError
 
-        self.policy, self.device = policy, device
-        try:  # bf16: autocast where the hardware has bf16 units (nets.precision); auto picks it there
+        try:  # bf16: where the hardware has bf16 units (nets.precision); auto picks it there for images
             self.precision = resolve_precision(precision, device, images=bool(policy.cfg.image_shapes))
         except ValueError as e:
             raise PolicyError(str(e)) from None
+        # auto with bf16 units: both kept until warmup() times them (bf16 sampled 2.6x faster on an
+        # EPYC with AVX512-BF16 and no faster on a Xeon with AMX, docs/design.md); bf16 until then
+        self._choices = {"fp32": policy} if precision == "auto" and self.precision == "bf16" else {}
+        if self.precision == "bf16":
+            policy = _bf16_copy(policy)
+            self._choices = {**self._choices, "bf16": policy} if self._choices else {}
+        self.policy, self.device = policy, device
         cfg = policy.cfg
         self.set_sampling(sampler, inference_steps, noise_scale)
         self.horizon = min(horizon or cfg.action_horizon, cfg.pred_horizon - cfg.obs_horizon + 1)
@@ -262,12 +268,30 @@ class DiffusionRunner:
         self.sampler, self.steps, self.noise_scale = name, steps, scale
 
     def warmup(self) -> None:
-        """One call on a blank window, so the first real inference is not slowed by torch's set-up."""
+        """One call on a blank window, so the first real inference is not slowed by torch's set-up;
+        with ``auto`` precision on bf16 hardware, also the choice of the faster of float32 and
+        bfloat16 here, by the median of three timed calls each."""
+        import time
+
         cfg = self.policy.cfg
         obs = {f"obs/{k}": np.zeros((cfg.obs_horizon, d), np.float32) for k, d in cfg.obs_dims.items()}
         obs.update({f"image/{k}": np.zeros((cfg.obs_horizon, *shape), np.uint8)
                     for k, shape in cfg.image_shapes.items()})
-        self.act(obs)
+        timed = {}
+        for name, policy in (self._choices or {self.precision: self.policy}).items():
+            self.policy, self.precision = policy, name
+            self.act(obs)
+            if self._choices:
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    self.act(obs)
+                    times.append(time.perf_counter() - t0)
+                timed[name] = float(np.median(times))
+        if timed:
+            self.precision = min(timed, key=timed.get)
+            self.policy = self._choices[self.precision]
+            self.timed_ms = {k: round(v * 1e3, 1) for k, v in timed.items()}
         self.reset()
 
     def chunks(self, obs: dict[str, np.ndarray], noise: np.ndarray | None = None) -> np.ndarray:
@@ -291,12 +315,28 @@ class DiffusionRunner:
         return self.executed(self.chunks({k: np.asarray(v)[None] for k, v in obs.items() if k != "t"})[0])
 
 
+def _bf16_copy(policy: DiffusionPolicy) -> DiffusionPolicy:
+    """A copy whose networks hold bfloat16 weights, for inference under autocast. Autocast alone
+    casts every weight at every call: at batch 1 that traffic is most of a denoising step, and a
+    small image policy inferred slower in bf16 than in float32 that way (``docs/benchmarks.md``).
+    The normalizer stays float32 (positions in bf16 would be millimetres off), and so does the
+    caller's policy (a trainer's weights must not be rounded)."""
+    import copy
+
+    twin = copy.deepcopy(policy)
+    for net in (twin.encoders, twin.tactile, twin.net):
+        net.to(torch.bfloat16)
+    return twin.eval()
+
+
 def _load(meta, device: str, sampler: str | None = None, inference_steps: int | None = None,
           noise_scale: float | None = None) -> DiffusionRunner:
     from robot_learning.policies.checkpoint import load_checkpoint
 
     policy, _ = load_checkpoint(meta, device=device)
-    return DiffusionRunner(policy, device, sampler=sampler, inference_steps=inference_steps, noise_scale=noise_scale)
+    # auto: image policies in bf16 where the hardware has it (equal success measured in docs/learning.md)
+    return DiffusionRunner(policy, device, sampler=sampler, inference_steps=inference_steps, noise_scale=noise_scale,
+                           precision="auto")
 
 
 register_kind(PolicyKind("diffusion", diffusion_problems, _load, ("sampler", "inference_steps", "noise_scale")))

@@ -121,6 +121,10 @@ class PolicyServerNode(Node):
             self.subs.append(self.create_subscription(message_class(spec.type), spec.topic,
                                                       lambda m, n=name, s=spec: self._on_obs(n, s, m), qos))
         topics = ", ".join(recipe.streams[n].topic for n in self.core.streams)
+        timed = getattr(policy, "timed_ms", None)   # auto precision: what warmup() measured
+        if timed:
+            self.get_logger().info(f"inference in {policy.precision}: a chunk took "
+                                   + ", ".join(f"{v} ms in {k}" for k, v in timed.items()))
         self.get_logger().info(f"loaded {path} ({meta.kind}, task '{policy.spec.task}'): observes {topics}; "
                                f"{'running' if not self.core.paused else 'paused: call /policy/resume to start'}")
 
