@@ -30,7 +30,8 @@ def add_config_arguments(p, defaults, lists: dict[str, type], helps: dict[str, s
         name, value = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
         if helps and f.name in helps:
             typed = {} if f.name in lists or isinstance(value, (bool, str)) else {"type": type(value)}
-            p.add_argument(name, default=value, help=helps[f.name], **typed)
+            default = ",".join(str(v) for v in value) if f.name in lists else value
+            p.add_argument(name, default=default, help=helps[f.name], **typed)
         elif f.name in lists:
             p.add_argument(name, default=",".join(str(v) for v in value), help="comma-separated")
         elif isinstance(value, bool):
