@@ -219,12 +219,12 @@ class DiffusionRunner:
             self.precision = resolve_precision(precision, device, images=bool(policy.cfg.image_shapes))
         except ValueError as e:
             raise PolicyError(str(e)) from None
-        # auto with bf16 units: both kept until warmup() times them (bf16 sampled 2.6x faster on an
-        # EPYC with AVX512-BF16 and no faster on a Xeon with AMX, docs/design.md); bf16 until then
-        self._choices = {"fp32": policy} if precision == "auto" and self.precision == "bf16" else {}
+        fp32 = policy
         if self.precision == "bf16":
             policy = _bf16_copy(policy)
-            self._choices = {**self._choices, "bf16": policy} if self._choices else {}
+        # auto with bf16 units: both kept until warmup() times them (bf16 sampled 2.6x faster on an
+        # EPYC with AVX512-BF16 and no faster on a Xeon with AMX, docs/design.md); bf16 until then
+        self._choices = {"fp32": fp32, "bf16": policy} if precision == "auto" and self.precision == "bf16" else {}
         self.policy, self.device = policy, device
         cfg = policy.cfg
         self.set_sampling(sampler, inference_steps, noise_scale)
