@@ -178,33 +178,34 @@ def test_a_joint_stalled_at_its_torque_limit_trips_after_the_stall_time_and_only
     assert c.fault is None
 
 
-def test_pressing_the_hand_into_the_table_stops_before_the_tracking_error_winds_up():
-    """On MuJoCo physics: valid twists straight down into the table. The stall monitor stops the
-    arm once a joint has been held at its torque limit for its stall time, with half the wound-up
-    push that the tracking-error monitor waits for (the graph fuzzer's slip: that push released,
-    a wrist thrown at 3x its speed limit), and 0.7 s sooner."""
+def test_pressing_the_hand_into_the_table_stops_before_the_push_slips():
+    """On MuJoCo physics: valid twists straight down into the table, through a box whose floor
+    lies 10 cm below it (as for something on the table the box does not know of), so the filter
+    lets the press through. The stall monitor stops the arm once a joint has been held at its
+    torque limit for its stall time; without it the push winds up until it slips (the graph
+    fuzzer's slip: a wrist thrown past its speed limit), 0.3 s later."""
     cell = Workcell("pick_place")
     try:
         lim = cell.robot.limits
+        lim = dataclasses.replace(lim, workspace_min=lim.workspace_min - np.array([0.0, 0.0, 0.1]))
 
-        def press(limits) -> tuple[str | None, float, float]:
-            """The trip's reason, when it came, and how far the joints were from their command then."""
+        def press(limits) -> tuple[str | None, float]:
+            """The trip's reason, when it came."""
             cell.controller.monitor = type(cell.controller.monitor)(limits)
+            cell.controller.safety.limits = limits
             cell.reset(0)
             t0 = cell.time
             while cell.time - t0 < 6.0 and not cell.controller.fault:
-                sent = cell.controller.safety.q.copy()  # the command the next state answers to
                 cell.controller.command_twist([0.0, 0.0, -0.5, 0.0, 0.0, 0.0], cell.time)
                 cell.step_control()
-            return (cell.controller.fault, cell.time - t0,
-                    float(np.max(np.abs(cell.backend.read_state().q - sent))))
+            return cell.controller.fault, cell.time - t0
 
-        fault, at, windup = press(lim)
+        fault, at = press(lim)
         assert fault and "pressing on something" in fault, fault
-        unwatched, at_before, windup_before = press(dataclasses.replace(lim, effort_max=None))
-        assert unwatched and "from where it was commanded" in unwatched, unwatched
-        # seen: 0.17 rad at 1.62 s against 0.35 rad at 2.32 s
-        assert windup < 0.6 * windup_before and at_before > at + 0.3, (windup, windup_before, at, at_before)
+        unwatched, at_before = press(dataclasses.replace(lim, effort_max=None))
+        assert unwatched and "pressing on something" not in unwatched, unwatched
+        # seen: the stall at 1.38 s; unwatched, joint 6 thrown at 2.98 rad/s (limit 2.61) at 1.71 s
+        assert at_before > at + 0.2, (at, at_before)
     finally:
         cell.close()
 
@@ -359,11 +360,12 @@ def test_a_route_home_is_found_from_nearly_anywhere_near_the_faces_of_the_box(ro
     assert found >= 0.99 * len(starts), found
 
 
-def _push_along_the_table(cell: Workcell, seconds: float = 8.0) -> float:
+def _push_along_the_table(cell: Workcell, seconds: float = 8.0) -> tuple[float, float]:
     """Valid twists (every one within the speed limits) that press the hand into the table
-    while circling and turning it: the worst measured joint speed as a fraction of its limit."""
+    while circling and turning it: the worst measured joint speed as a fraction of its limit,
+    over all and before the sample the monitor tripped on (all of them if it did not)."""
     lim = cell.robot.limits
-    worst = 0.0
+    speeds, before = [], None
     for _ in range(int(seconds / cell.control_dt)):
         t = cell.time
         twist = [0.5 * np.cos(3 * t), 0.5 * np.sin(3 * t), -0.5, 1.5 * np.sin(5 * t), 1.5 * np.cos(5 * t), 1.5]
@@ -371,29 +373,33 @@ def _push_along_the_table(cell: Workcell, seconds: float = 8.0) -> float:
             cell.controller.command_twist(twist, t)
         except CommandRejected:
             pass  # refused during a protective stop: the test looks at what the joints do
-        worst = max(worst, float(np.max(np.abs(cell.backend.read_state().qd) / lim.qd_max)))
+        speeds.append(float(np.max(np.abs(cell.backend.read_state().qd) / lim.qd_max)))
         cell.step_control()
-    return worst
+        if cell.controller.fault and before is None:
+            before = max(speeds[:-1], default=0.0)  # the last one is the sample it tripped on
+    return max(speeds), max(speeds) if before is None else before
 
 
 def test_pushing_along_the_table_stops_before_the_joints_overspeed():
     """On MuJoCo physics: without the monitor the joints reach about 1.5x their velocity limit
-    (stick-slip against the table), with it the arm stops on the tracking error first, or on the
-    speed monitor at the sample a slip crosses its trip level (seen: 1.103x against 1.1x)."""
+    (stick-slip against the table); with it the arm stops on the first sample a slip crosses
+    the trip level (seen: 1.099x, then 1.131x 4 ms later, against 1.1x), or sooner on another
+    monitor, and never gets near the unwatched speeds."""
     cell = Workcell("pick_place")
     try:
         cell.reset(0)
         off = dataclasses.replace(cell.robot.limits, tracking_error=1e9, velocity_margin=1e9, effort_max=None)
         monitor = cell.controller.monitor
         cell.controller.monitor = type(monitor)(off)
-        unwatched = _push_along_the_table(cell)
+        unwatched, _ = _push_along_the_table(cell)
         assert unwatched > 1.3  # the tester's finding (2.2-2.4x before the filter brakes for the box), reproduced
 
         cell.controller.monitor = monitor
         cell.reset(0)
-        watched = _push_along_the_table(cell)
+        watched, before_trip = _push_along_the_table(cell)
         assert cell.controller.fault is not None
-        assert watched <= 1.0 + cell.robot.limits.velocity_margin + 0.01
+        assert before_trip <= 1.0 + cell.robot.limits.velocity_margin + 1e-9
+        assert watched < 1.2
         # stopped and at rest where it stopped
         assert np.max(np.abs(cell.backend.read_state().qd)) < 0.05
         cell.reset(1)  # a sim reset puts the arm somewhere new: the latch is cleared

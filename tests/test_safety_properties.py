@@ -136,12 +136,11 @@ def test_a_trajectory_accepted_near_the_box_gets_there_inside_it(start, data):
     assert np.allclose(q, pts[-1], atol=1e-6), "accepted, but it did not get there"
 
 
-@pytest.mark.xfail(strict=True, reason="known hole (2026-12-04): the filter limits each joint's acceleration on "
-                   "its own, the executed path leaves the checked straight one and is held at the box's face for good")
 def test_a_feasible_trajectory_from_just_below_the_top_face_arrives():
     """Hypothesis's counterexample to the property above, pinned: the straight joint path to the
     point stays inside the box (so it is accepted) and needs at most 0.84 of a joint's speed
-    limit, yet the arm stops at the top face 1.1 rad short. Remove the mark with the fix."""
+    limit. While the filter limited each joint on its own, the executed path bent off that line
+    and the arm was held at the top face 1.1 rad short for good."""
     c = ArmController(ROBOT, DT)
     start = np.array([-1.1450972415944731, -1.0091861963448991, 1.192787438670389, -1.0981127732564864,
                       -0.48243416601853417, 0.8711186807577204, 1.741293526524355])   # TCP 1.6 cm below the top

@@ -155,13 +155,37 @@ class SafetyFilter:
         return None
 
     def _stops_inside(self, q: np.ndarray, v: np.ndarray) -> bool:
-        """Whether braking every joint at its acceleration limit from ``q`` at ``v`` ends with the
-        TCP no further outside the box than now (discrete braking runs about v*dt further)."""
+        """Whether braking from ``q`` at ``v`` as ``filter`` brakes (all joints together, along
+        ``v``, the one with the least room at its acceleration limit) ends with the TCP no
+        further outside the box than now (discrete braking runs about v*dt further)."""
         if not np.any(v):
             return True
-        reach = np.abs(v) * (np.abs(v) / (2.0 * self.limits.qdd_max) + self.dt)
-        q_stop = np.minimum(np.maximum(q + np.sign(v) * reach, self.lower), self.upper)
+        t_stop = float(np.max(np.abs(v) / self.limits.qdd_max))
+        q_stop = np.minimum(np.maximum(q + v * (t_stop / 2.0 + self.dt), self.lower), self.upper)
         return self.outside_distance(tcp_positions(self.kin.robot, q_stop)[0]) <= self._outside + 1e-9
+
+    @staticmethod
+    def _common_scale(u: np.ndarray, v_stop: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float | None:
+        """The multiple ``s`` of ``u`` (the step straight to the target, per second) to move at:
+        as near 1 as the stopping speeds ``v_stop`` allow, within ``lo <= s*u <= hi`` for every
+        joint (acceleration and speed limits), or None where no multiple is within them (the
+        target turned, or the arm is moving across it): then each joint is limited on its own.
+
+        Why one multiple for all joints: the joint path a trajectory is checked on is the straight
+        line to its target. Limiting each joint on its own bends the executed path off that line
+        (the joint with most room gets there first), and near the box's face the bend reached the
+        face and held the arm there for good; scaled together, the arm stays on the checked line."""
+        moving = np.abs(u) > 1e-12  # a joint 1e-14 rad from its target is there (and 1/u overflows)
+        if not np.all((lo[~moving] <= 0.0) & (hi[~moving] >= 0.0)):
+            return None
+        um = u[moving]
+        a, b = lo[moving] / um, hi[moving] / um
+        s_lo = float(np.max(np.minimum(a, b), initial=-math.inf))
+        s_hi = float(np.min(np.maximum(a, b), initial=math.inf))
+        if s_lo > s_hi:
+            return None
+        want = min(1.0, float(np.min(v_stop[moving] / np.abs(um), initial=math.inf)))
+        return min(max(want, s_lo), s_hi)
 
     def check_joint_targets(self, qs: np.ndarray) -> str | None:
         """Why a list of joint targets (n, dof) may not be commanded at all, or None if it may.
@@ -235,15 +259,20 @@ class SafetyFilter:
         v_target = np.abs(clamped - self._q_des) / self.dt
         self._q_des = clamped
         v_stop = np.sqrt(2.0 * self.limits.qdd_max * np.abs(err)) + v_target
-        v = np.minimum(np.maximum(err / self.dt, -v_stop), v_stop)
         dv = self.limits.qdd_max * self.dt
-        v = np.minimum(np.maximum(v, self.v - dv), self.v + dv)
-        v = np.minimum(np.maximum(v, -self.limits.qd_max), self.limits.qd_max)
+        u = err / self.dt
+        lo = np.maximum(self.v - dv, -self.limits.qd_max)
+        hi = np.minimum(self.v + dv, self.limits.qd_max)
+        s = self._common_scale(u, v_stop, lo, hi)
+        v = s * u if s is not None else np.minimum(np.maximum(u, -v_stop), v_stop)
+        v = np.minimum(np.maximum(v, lo), hi)  # (a no-op for s, but for rounding)
         q_new = np.minimum(np.maximum(self.q + v * self.dt, self.lower), self.upper)
         if not self._stops_inside(q_new, v):
-            # Going on, the arm could no longer stop inside the box: brake at the acceleration
-            # limit instead, so the box never has to be enforced by an instant stop.
-            v = self.v - np.sign(self.v) * np.minimum(np.abs(self.v), dv)
+            # Going on, the arm could no longer stop inside the box: brake instead, all joints
+            # together along their motion (as ``_stops_inside`` assumes) and the one with the
+            # least room at its acceleration limit, so the box never needs an instant stop.
+            speed = np.abs(self.v)
+            v = self.v * (1.0 - min(1.0, float(np.min(np.where(speed > 0, dv / np.maximum(speed, 1e-300), np.inf)))))
             q_new = np.minimum(np.maximum(self.q + v * self.dt, self.lower), self.upper)
         pos, _ = self.kin.fk(q_new)
         # Outside the box (an arm started there, or one held where a protective stop found it)
