@@ -117,8 +117,17 @@ def test_peg_insert_lets_through_only_what_the_peers_task_allows():
     assert np.allclose(high, [0.1, 0.1, 0.1, 1.5, 1.5, 0.6, 1.0]) and np.allclose(low, [-h for h in high[:6]] + [0])
 
 
+def _progress(env: WorkcellEnv) -> float:
+    """The task's progress measure (what reward shaping reads) from the sim's poses."""
+    obs = {"ee_pose.data": env.cell.tcp_pose()[0][None]}
+    obs.update({f"{b}_pose.data": p[None] for b, (p, _) in env.cell.object_poses().items()})
+    return float(env.cell.task.progress(obs)[0])
+
+
 @pytest.mark.parametrize("task", ["pick_place", "peg_in_hole", "peg_insert"])
 def test_scripted_expert_succeeds_in_the_env(task):
+    """... and the task's progress measure rises along its episodes to within 3 cm of done
+    (seen: from -0.10 to -0.85 at the start to -0.001 to -0.024 at success)."""
     env = gym.make("robot_learning/Workcell-v0", task=task).unwrapped
     assert isinstance(env, WorkcellEnv)
     results = []
@@ -126,12 +135,15 @@ def test_scripted_expert_succeeds_in_the_env(task):
         env.reset(seed=seed)
         e = ScriptedExpert(task)
         info = {"success": False}
+        start = _progress(env)
         for k in range(env.cell.task.max_steps):
             tw, g = e.act(expert_obs_from_env(env, k / env.control_hz))
             _, _, term, trunc, info = env.step(np.r_[tw, g])
             if term or trunc:
                 break
         results.append(info["success"])
+        if info["success"]:
+            assert _progress(env) > -0.03 and _progress(env) > start + 0.07, (seed, start, _progress(env))
     assert np.mean(results) >= 0.95, results
 
 

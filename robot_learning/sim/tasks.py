@@ -45,6 +45,7 @@ class Task:
     object_bodies: tuple[str, ...] = ()
     action_dims: tuple[int, ...] = ()  # the action dims a policy chooses (all when empty; see shape_action)
     shaping_keys: tuple[str, ...] = ()  # recorded poses shape_action needs: the TCP's, then the fixtures'
+    progress_keys: tuple[str, ...] = ()  # recorded poses ``progress`` reads
 
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
@@ -79,6 +80,13 @@ class Task:
 
     def success(self, model: mujoco.MjModel, data: mujoco.MjData, gripper_opening: float) -> bool:
         raise NotImplementedError
+
+    def progress(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """How near success each state is, from observed poses (``progress_keys``, batched
+        [n, 7] each): minus the distances still to cover, in metres; 0 for a task without a
+        measure. A learner whose only reward is success at the end shapes it with this
+        measure's change (potential-based shaping, which leaves the best policy as it was)."""
+        return np.zeros(len(next(iter(obs.values()))))
 
     def hand_start(self) -> tuple[np.ndarray, float, float] | None:
         """Where the last ``reset`` wants the hand, for tasks that start with an object in it:
@@ -115,9 +123,19 @@ class Task:
         return self.shape_action(action, *_pose(state[tcp]), dt)
 
 
+def _gap(obs: dict[str, np.ndarray], a: str, b: str, dims: int = 3) -> np.ndarray:
+    """The distance between two observed poses' positions (their first ``dims`` coordinates)."""
+    return np.linalg.norm(np.asarray(obs[a])[:, :dims] - np.asarray(obs[b])[:, :dims], axis=1)
+
+
 class PickPlace(Task):
     name = "pick_place"
     object_bodies = ("cube", "target")
+    progress_keys = ("ee_pose.data", "cube_pose.data", "target_pose.data")
+
+    def progress(self, obs):
+        """The hand to the cube, then the cube over the target (a cube held sits at the TCP)."""
+        return -(_gap(obs, "ee_pose.data", "cube_pose.data") + _gap(obs, "cube_pose.data", "target_pose.data", 2))
 
     def xml(self) -> str:
         c, t = self.cfg["cube"], self.cfg["target"]
@@ -149,6 +167,18 @@ class PickPlace(Task):
 class PegInHole(Task):
     name = "peg_in_hole"
     object_bodies = ("peg", "hole")
+    progress_keys = ("ee_pose.data", "peg_pose.data", "hole_pose.data")
+
+    def progress(self, obs):
+        """The hand to the peg, then the peg into the hole."""
+        return -(_gap(obs, "ee_pose.data", "peg_pose.data") + self._to_seated(obs))
+
+    def _to_seated(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """How far the peg's centre is from where it is when inserted just deep enough (the
+        hole's pose is at the table, its opening ``depth`` above)."""
+        seated = self.cfg["hole"]["depth"] - self.cfg["success"]["min_depth"] + self.cfg["peg"]["half_length"]
+        return np.linalg.norm(np.asarray(obs["peg_pose.data"])[:, :3] - np.asarray(obs["hole_pose.data"])[:, :3]
+                              - [0.0, 0.0, seated], axis=1)
 
     @property
     def hole_half(self) -> float:
@@ -203,6 +233,11 @@ class PegInsert(PegInHole):
     name = "peg_insert"
     action_dims = (0, 1, 2, 5)  # x, y, z and yaw velocities
     shaping_keys = ("ee_pose.data", "hole_pose.data")
+    progress_keys = ("peg_pose.data", "hole_pose.data")
+
+    def progress(self, obs):
+        """The peg (in the hand from the start) into the hole."""
+        return -self._to_seated(obs)
 
     def reset(self, model, data, rng) -> None:
         ho, st = self.cfg["hole"], self.cfg["start"]
