@@ -210,7 +210,7 @@ def residual_problems(meta: dict) -> list[str]:
             problems.append("config.scale must not be negative")
     if "base" not in meta:
         problems.append("'base' (the diffusion checkpoint it corrects) is missing")
-    return problems
+    return problems + _base_options(meta)
 
 
 def load_residual(path, device: str = "cpu") -> tuple[ResidualPolicy, dict]:
@@ -225,8 +225,15 @@ def load_residual(path, device: str = "cpu") -> tuple[ResidualPolicy, dict]:
     return model.eval(), meta.raw
 
 
+def _base_options(meta: dict) -> list[str]:
+    """What is wrong with a checkpoint's ``base_options`` (the base's deploy settings it learned on)."""
+    return [] if isinstance(meta.get("base_options", {}), dict) else [
+        "'base_options' must map deploy settings of the base to values"]
+
+
 def _load(meta, device: str, **options) -> ResidualRunner:
-    base = load_policy(meta.base.path, device, **options)
+    trained_with = meta.raw.get("base_options") or {}   # the base as the residual learned on it, unless told
+    base = load_policy(meta.base.path, device, **{**trained_with, **options})
     if base.spec.action_dim != meta.config["action_dim"]:
         raise PolicyError(f"{meta.path}: corrects {meta.config['action_dim']} actions, its base makes "
                           f"{base.spec.action_dim}; retrain it on this base")
@@ -242,16 +249,14 @@ def residual_sac_problems(meta: dict) -> list[str]:
     if not (isinstance(bound, list) and bound and all(isinstance(x, (int, float)) and np.isfinite(x) and x >= 0
                                                       for x in bound)):
         problems.append("'bound' (the largest correction per action dimension) must be non-negative numbers")
-    if not isinstance(meta.get("base_options", {}), dict):
-        problems.append("'base_options' must map deploy settings of the base to values")
-    return problems
+    return problems + _base_options(meta)
 
 
 def _load_sac(meta, device: str, **options) -> ResidualRunner:
     from robot_learning.policies.sac import load_sac
     from robot_learning.rl.residual_env import base_action_range
 
-    trained_with = meta.raw.get("base_options") or {}   # the base as the residual learned on it, unless told
+    trained_with = meta.raw.get("base_options") or {}
     base = load_policy(meta.base.path, device, **{**trained_with, **options})   # options: those set
     agent, raw = load_sac(meta, "cpu")   # read into numpy for the tick (SacCorrection), whatever the device
     bound = np.asarray(raw["bound"], np.float64)

@@ -43,6 +43,7 @@ class ResidualTrainConfig:
     gae_lambda: float = 0.95
     clip: float = 0.2
     ent_coef: float = 0.0
+    noise_scale: float = 1.0          # the base samples from this much noise (a setting kept with the checkpoint)
     # Potential-based shaping: each step's reward gains shaping x the change in the task's progress
     # measure (minus the distances left, metres; ``Task.progress``), discounted as the return is.
     # 0: the success reward alone, which gave PPO too little to climb on the weak pick_place base.
@@ -142,12 +143,10 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from robot_learning.policies.checkpoint import PolicyError
-    from robot_learning.policies.registry import load_policy
     from robot_learning.policies.residual import ResidualConfig, ResidualPolicy, load_residual
     from robot_learning.rl.base_envs import BaseDrivenEnvs
     from robot_learning.rl.ppo import PPOConfig, Rollout, ppo_update
-    from robot_learning.rl.residual_env import base_action_range
+    from robot_learning.rl.residual_env import base_action_range, load_base
     from robot_learning.sim.tasks import make_task
     from robot_learning.train.cpu_clock import CpuClock
     from robot_learning.train.resume import resumed_config, save_config
@@ -160,12 +159,7 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
         cfg = resumed_config(cfg, resume, "residual")
     if not cfg.base:
         raise SystemExit("train residual: --base is required: the diffusion checkpoint to correct")
-    try:
-        base = load_policy(cfg.base)
-    except PolicyError as e:
-        raise SystemExit(f"train residual: --base: {e}") from None
-    if not hasattr(base, "chunks"):
-        raise SystemExit(f"train residual: --base {cfg.base} is not a diffusion policy")
+    base = load_base(cfg.base, cfg.noise_scale, "train residual")
     keys = cfg.obs or WORKCELL_OBS.get(cfg.task) or ["ee_pose.data"]
     task = make_task(cfg.task)
     if cfg.shaping and not task.progress_keys:
@@ -215,6 +209,7 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
     def checkpoint(step: int, name: str) -> None:
         d = model.save(run / "checkpoints" / name, cfg.base,
                        extra={"env": f"workcell/{cfg.task}", "env_steps": step, "best": best,
+                              "base_options": {"noise_scale": float(cfg.noise_scale)},
                               "train": {"step": step, "algorithm": "ppo"}})
         if name == "last":
             torch.save(opt.state_dict(), d / "optim.pt.partial")
