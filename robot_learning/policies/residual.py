@@ -231,9 +231,13 @@ def _base_options(meta: dict) -> list[str]:
         "'base_options' must map deploy settings of the base to values"]
 
 
+def _base(meta, device: str, options: dict):
+    """The base as the residual learned on it (its ``base_options``), unless ``options`` say otherwise."""
+    return load_policy(meta.base.path, device, **{**(meta.raw.get("base_options") or {}), **options})
+
+
 def _load(meta, device: str, **options) -> ResidualRunner:
-    trained_with = meta.raw.get("base_options") or {}   # the base as the residual learned on it, unless told
-    base = load_policy(meta.base.path, device, **{**trained_with, **options})
+    base = _base(meta, device, options)
     if base.spec.action_dim != meta.config["action_dim"]:
         raise PolicyError(f"{meta.path}: corrects {meta.config['action_dim']} actions, its base makes "
                           f"{base.spec.action_dim}; retrain it on this base")
@@ -256,8 +260,7 @@ def _load_sac(meta, device: str, **options) -> ResidualRunner:
     from robot_learning.policies.sac import load_sac
     from robot_learning.rl.residual_env import base_action_range
 
-    trained_with = meta.raw.get("base_options") or {}
-    base = load_policy(meta.base.path, device, **{**trained_with, **options})   # options: those set
+    base = _base(meta, device, options)
     agent, raw = load_sac(meta, "cpu")   # read into numpy for the tick (SacCorrection), whatever the device
     bound = np.asarray(raw["bound"], np.float64)
     if len(bound) != base.spec.action_dim or agent.cfg.act_dim != base.spec.action_dim:
