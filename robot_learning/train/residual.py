@@ -164,11 +164,12 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
     task = make_task(cfg.task)
     if cfg.shaping and not task.progress_keys:
         raise SystemExit(f"train residual: --shaping: task {cfg.task} has no progress measure to shape with")
-    keys = list(dict.fromkeys([*keys, *(task.progress_keys if cfg.shaping else ())]))
+    # the envs observe what shaping reads too; the residual sees only its own keys
+    env_keys = list(dict.fromkeys([*keys, *(task.progress_keys if cfg.shaping else ())]))
     run = resume or Path(cfg.out) / f"residual-{time.strftime('%Y%m%d-%H%M%S')}"
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    envs = BaseDrivenEnvs(base, cfg.task, cfg.envs, keys, cfg.randomization, cfg.max_episode_steps)
+    envs = BaseDrivenEnvs(base, cfg.task, cfg.envs, env_keys, cfg.randomization, cfg.max_episode_steps)
     obs = envs.reset(cfg.seed * 100_000)
     start, best = 0, {"eval_success": -1.0}
     if resume:
