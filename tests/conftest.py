@@ -31,13 +31,50 @@ except ImportError:
     pass
 
 
+# s: the teardown's own waits add up to 35 s (a graph's 20, then 15 for the rest); a test of the
+# last resort itself sets less
+SIGTERM_GRACE = float(os.environ.get("ROBOT_LEARNING_TEST_SIGTERM_GRACE", "60"))
+_config: list[pytest.Config] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _config.append(config)
+
+
+def _last_resort(grace: float) -> None:
+    """A clean stop that has not ended the run ``grace`` s after SIGTERM never will: a busy run
+    twice hung there with its launcher and a node alive, cause not found. A CI job's timeout
+    would then SIGKILL pytest and leave its processes running. So: print where every thread is
+    (for the report), kill everything the tests started and exit, as SIGTERM's default would."""
+    import faulthandler
+    import time
+
+    time.sleep(grace)
+    capman = _config[0].pluginmanager.getplugin("capturemanager") if _config else None
+    if capman is not None:
+        capman.suspend_global_capture(in_=True)
+    sys.stderr.write(f"\nconftest: the run has not ended {grace:.0f} s after SIGTERM; its threads:\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    for p in psutil.Process().children(recursive=True):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    os._exit(128 + signal.SIGTERM)
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     """pytest has no SIGTERM handler: the default action ended it on the spot, with no teardown,
     and the graph processes it had started (each launcher in a session of its own) ran on at full
     speed. As a KeyboardInterrupt, pytest stops as on Ctrl-C: fixtures are torn down, stopping
-    their graphs, and ``pytest_sessionfinish`` ends whatever is left. Later SIGTERMs do nothing,
-    so the clean-up finishes (a no-op handler rather than SIG_IGN, which children would inherit)."""
+    their graphs, and ``pytest_sessionfinish`` ends whatever is left; ``_last_resort`` ends a
+    teardown that hangs. Later SIGTERMs do nothing, so the clean-up finishes (a no-op handler
+    rather than SIG_IGN, which children would inherit)."""
+    import threading
+
     signal.signal(signal.SIGTERM, lambda *_: None)
+    threading.Thread(target=_last_resort, args=(SIGTERM_GRACE,), daemon=True, name="sigterm-last-resort").start()
     raise KeyboardInterrupt("SIGTERM")
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -91,13 +92,15 @@ def test_nodes_die_with_a_sigkilled_launcher(tmp_path):
 
 
 INNER_TEST = '''
-import os, subprocess, time
+import faulthandler, os, signal, subprocess, time
 from pathlib import Path
 
 import pytest
 
 from robot_learning.graph import SimGraph
 from robot_learning.launch import find_executable
+
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the outer test asks where a hung run is
 
 
 @pytest.fixture(scope="module")
@@ -140,13 +143,72 @@ def test_a_test_run_stopped_with_sigterm_leaves_no_process_behind(tmp_path):
         run.send_signal(signal.SIGTERM)
         try:
             assert run.wait(90) != 0
-        except subprocess.TimeoutExpired:  # say where it hung (a busy run hung here once, unexplained)
+        except subprocess.TimeoutExpired:  # say where it hung (a busy run hung here twice, unexplained)
             stacks = subprocess.run(["ps", "-o", "pid,stat,etime,args", "--ppid", str(run.pid)],
                                     capture_output=True, text=True).stdout
+            run.send_signal(signal.SIGUSR1)  # its Python stacks, into its log
+            time.sleep(2.0)
             pytest.fail(f"the run did not end within 90 s of SIGTERM; its children:\n{stacks}\n"
                         f"its output:\n{log.read_text()[-3000:]}")
         alive = wait_gone(started, 10.0)
         assert not alive, f"outlived the test run: {[cmdline(p) for p in alive]}\n{log.read_text()[-3000:]}"
+        if "after SIGTERM; its threads" in log.read_text():  # ended by the last resort: say where it hung
+            warnings.warn(f"the clean stop hung; conftest's last resort ended it:\n{log.read_text()[-3000:]}",
+                          stacklevel=1)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        kill_all(started)
+
+
+HUNG_TEARDOWN = '''
+import os, subprocess, time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def stuck():
+    subprocess.Popen(["sleep", "600"], start_new_session=True)
+    yield
+    time.sleep(600)  # a teardown that never ends (a wait with no timeout on a process that hangs)
+
+
+def test_until_stopped(stuck):
+    Path(os.environ["READY_FILE"]).touch()
+    time.sleep(600)
+'''
+
+
+def test_a_test_run_whose_clean_stop_hangs_still_ends_with_all_it_started(tmp_path):
+    """When the teardown after SIGTERM hangs, pytest sat in it until a CI job's timeout
+    SIGKILLed it, and what the tests had started ran on. conftest's last resort says where every
+    thread was, kills what the tests started and exits (the grace is shortened here)."""
+    inner = tmp_path / "test_inner.py"
+    inner.write_text(HUNG_TEARDOWN)
+    ready, log = tmp_path / "ready", tmp_path / "pytest.log"
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "READY_FILE": str(ready),
+           "ROBOT_LEARNING_TEST_SIGTERM_GRACE": "3"}
+    with log.open("wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                                str(inner)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    started: list[psutil.Process] = []
+    try:
+        end = time.monotonic() + 60
+        while not (ready.exists() and (started := psutil.Process(run.pid).children(recursive=True))):
+            assert run.poll() is None and time.monotonic() < end, log.read_text()[-3000:]
+            time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        try:
+            assert run.wait(60) == 128 + signal.SIGTERM
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run did not end within 60 s of SIGTERM:\n{log.read_text()[-3000:]}")
+        text = log.read_text()
+        assert "has not ended 3 s after SIGTERM; its threads" in text and "in stuck" in text, text[-3000:]
+        assert not wait_gone(started, 5.0), [cmdline(p) for p in started]
     finally:
         if run.poll() is None:
             run.kill()

@@ -201,12 +201,16 @@ def test_dsrl_and_residual_train_resume_and_deploy_as_any_kind(base, tmp_path):
 
     run = train_residual(ResidualTrainConfig(base=str(base), envs=2, steps=32, rollout=8, eval_every=16,
                                              eval_episodes=2, max_episode_steps=12, video=False, shaping=1.0,
-                                             noise_scale=0.5, out=str(tmp_path), threads=1), progress=False)
+                                             noise_scale=0.5, anneal_lr=True, out=str(tmp_path), threads=1),
+                         progress=False)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["env_steps"] for r in rows if "eval_success" in r] == [0, 16, 32]
+    assert [r["lr"] for r in rows if "lr" in r] == pytest.approx([3e-4, 1.5e-4])  # linear to 0 at 32 steps
     assert (run / "curves.png").is_file()
     run = train_residual(ResidualTrainConfig(resume=str(run), steps=48), progress=False)
     assert read_checkpoint(run / "checkpoints" / "last").raw["env_steps"] == 48
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-2]["lr"] == pytest.approx(3e-4 * (1 - 32 / 48))  # resumed: the same schedule, to its new end
     # the base samples as the residual learned on it (noise 0.5), unless the deployment says otherwise
     assert load_policy(run / "checkpoints" / "last").base.noise_scale == 0.5
     assert load_policy(run / "checkpoints" / "last", noise_scale=0.25).base.noise_scale == 0.25

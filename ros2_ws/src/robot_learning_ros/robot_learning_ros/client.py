@@ -103,4 +103,5 @@ class GraphClient:
     def close(self):
         rclpy.try_shutdown(context=self.ctx)
         self.thread.join(timeout=5)
+        self.ex.shutdown(timeout_sec=1.0)  # not left to Executor.__del__ (see runtime.spin_main)
         self.node.destroy_node()

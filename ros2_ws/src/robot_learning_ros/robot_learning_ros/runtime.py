@@ -194,6 +194,10 @@ def spin_main(node: Node, on_shutdown=None) -> None:
     def clean_up() -> None:
         if on_shutdown is not None:
             on_shutdown()
+        # shut down here, not in Executor.__del__: at exit the collector may free its signal
+        # guard condition first, and the executor's own destroy of it then prints a traceback
+        # into the node's log (seen in the camera node as "Exception ignored ... InvalidHandle")
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
 
