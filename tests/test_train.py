@@ -176,3 +176,28 @@ def test_torchrun_data_parallel_on_cpu(store, tmp_path):  # noqa: F811
     assert (out / "checkpoints" / "last" / "model.safetensors").exists()
     ev = [x for x in rows(out) if "success_rate" in x]
     assert len(ev) == 1 and (ev[0]["eval_episodes"], ev[0]["eval_steps"]) == (2, 10.0)  # one rollout per rank
+
+
+def test_every_train_flag_is_explained_by_its_configs_comment():
+    """``--help`` is the field's comment in the config dataclass, the lines above it and the one
+    beside it (a subclass's fields too), so the explanation lives in one place."""
+    import argparse
+
+    from robot_learning.train.cli import add_parser, field_comments
+    from robot_learning.train.residual import ResidualTrainConfig
+    from robot_learning.train.sac import DsrlTrainConfig
+
+    helps = field_comments(ResidualTrainConfig)
+    assert helps["scale"].startswith("the largest correction, as a share of each action's half-range")
+    assert helps["shaping"].startswith("Potential-based shaping:") and helps["shaping"].endswith("pick_place base.")
+    assert "noise_bound" in field_comments(DsrlTrainConfig) and "demo_ratio" in field_comments(DsrlTrainConfig)
+    parser = argparse.ArgumentParser(prog="robot-learning")
+    add_parser(parser.add_subparsers(dest="command"))
+    train = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    kinds = next(a for a in train._actions if isinstance(a, argparse._SubParsersAction)).choices
+    text = " ".join(kinds["residual"].format_help().split())
+    assert "--scale SCALE the largest correction, as a share of each action's half-range in the data" in text
+    assert "--hidden HIDDEN the residual's MLP (actor and critic) (comma-" in text  # (wrapped at the hyphen)
+    for kind in ("residual", "diffusion"):
+        unexplained = [a.dest for a in kinds[kind]._actions if a.option_strings and a.dest != "help" and not a.help]
+        assert not unexplained, f"train {kind}: flags with no comment in the config: {unexplained}"

@@ -10,6 +10,8 @@ Each kind's flags are its config dataclass's fields, so a field added there is a
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 from dataclasses import fields
 
 from robot_learning.train.diffusion import TrainConfig
@@ -23,21 +25,52 @@ _SLOW_FAST_LISTS = {"obs": str, "hidden": int, "dims": int}
 _CLASSIFIER_LISTS = {"dataset": str, "obs": str, "images": str, "image_size": int, "hidden": int}
 
 
+_FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
+_COMMENT = re.compile(r"^\s+#\s?(.*)$")
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comments in the config's source (the lines above it and the one beside it),
+    as its flag's help: the config is where a field is explained, so ``--help`` says the same."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if "__dataclass_fields__" not in vars(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()[1:]
+        except (OSError, TypeError):  # no source (a frozen build): flags without help
+            continue
+        above: list[str] = []
+        for line in lines:
+            if m := _COMMENT.match(line):
+                above.append(m.group(1).strip())
+            elif (m := _FIELD.match(line)) and m.group(1) in klass.__dataclass_fields__:
+                text = " ".join([*above, m.group(2) or ""]).strip()
+                if text:
+                    out[m.group(1)] = text
+                above = []
+            else:
+                above = []
+    return out
+
+
 def add_config_arguments(p, defaults, lists: dict[str, type], helps: dict[str, str] | None = None) -> None:
-    """One flag per field of the dataclass instance ``defaults`` (``lists`` comma-separated)."""
+    """One flag per field of the dataclass instance ``defaults`` (``lists`` comma-separated), its
+    help the field's comment unless ``helps`` says otherwise."""
     cls = type(defaults)
+    helps = {**field_comments(cls), **(helps or {})}
     for f in fields(cls):
         name, value = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
-        if helps and f.name in helps:
-            typed = {} if f.name in lists or isinstance(value, (bool, str)) else {"type": type(value)}
-            default = ",".join(str(v) for v in value) if f.name in lists else value
-            p.add_argument(name, default=default, help=helps[f.name], **typed)
-        elif f.name in lists:
-            p.add_argument(name, default=",".join(str(v) for v in value), help="comma-separated")
+        text = helps.get(f.name, "")
+        if f.name in lists:
+            text = f"{text} (comma-separated)".strip()
+            p.add_argument(name, default=",".join(str(v) for v in value), help=text)
         elif isinstance(value, bool):
-            p.add_argument(name, default=value, action=argparse.BooleanOptionalAction)
+            p.add_argument(name, default=value, action=argparse.BooleanOptionalAction, help=text or None)
+        elif isinstance(value, str):
+            p.add_argument(name, default=value, help=text or None)
         else:
-            p.add_argument(name, type=type(value), default=value)
+            p.add_argument(name, type=type(value), default=value, help=text or None)
 
 
 def config_from_args(a, cls, lists: dict[str, type]):

@@ -45,43 +45,43 @@ RESUME_FIX = "resume from an intact copy of the run, or train afresh"
 @dataclass
 class TrainConfig:
     dataset: str
-    out: str = ""
+    out: str = ""                                         # the run directory (default: runs/train-<date>-<time>)
     obs: list[str] = field(default_factory=list)         # step obs keys; empty: every low-dim one
     images: list[str] = field(default_factory=list)      # camera streams
     relative: list[str] = field(default_factory=list)    # "a-b": also observe position a minus position b
     action: str = "twist"                                 # twist (as recorded) or tcp_pose (runtime.actions)
     action_origin: str = ""                               # tcp_pose positions relative to this pose obs
-    image_size: list[int] = field(default_factory=lambda: [96, 96])
+    image_size: list[int] = field(default_factory=lambda: [96, 96])   # height, width the encoder sees
     # camera:x0:y0:x1:y1, the region of a camera's view the policy reads (fractions of the frame;
     # the server cuts it from live frames too). Empty: what `dataset shrink --roi` cut, if anything
     image_roi: list[str] = field(default_factory=list)
     image_encoder: str = "small"                          # small, or resnet18 (the peers' size; nets.vision)
     tactile: str = "grid"                                 # taxel grids through a conv encoder (nets.tactile), or flat
-    obs_horizon: int = 2
-    pred_horizon: int = 16
+    obs_horizon: int = 2                                  # observations the policy conditions on
+    pred_horizon: int = 16                                # actions per predicted chunk
     action_horizon: int = 8                               # actions executed of each chunk, from the newest obs
-    down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
+    down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])   # the U-Net's channels per level
     denoiser: str = "unet"                                # unet (down_dims), or mlp (mlp_width x mlp_depth)
-    mlp_width: int = 512
-    mlp_depth: int = 3
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    warmup_steps: int = 200
-    steps: int = 3000
-    ema_decay: float = 0.995
-    val_fraction: float = 0.1
+    mlp_width: int = 512                                  # the MLP denoiser's hidden width
+    mlp_depth: int = 3                                    # and its hidden layers
+    batch_size: int = 256                                 # windows per step
+    lr: float = 1e-3                                      # AdamW, cosine decay after the warm-up
+    weight_decay: float = 1e-6                            # AdamW's
+    warmup_steps: int = 200                               # linear learning-rate warm-up
+    steps: int = 3000                                     # optimizer steps in all (a resumed run goes on to it)
+    ema_decay: float = 0.995                              # the EMA weights that are saved and evaluated
+    val_fraction: float = 0.1                             # episodes held out for the validation loss
     eval_every: int = 500                                 # steps between evaluations (0: only at the end)
-    eval_episodes: int = 10
-    eval_seed: int = 100_000
+    eval_episodes: int = 10                               # sim rollouts per evaluation (0: none)
+    eval_seed: int = 100_000                              # the evaluations' first seed (the same episodes each time)
     eval_max_steps: int = 0                               # policy steps per eval rollout (0: the task's own limit)
     eval_noise_scale: float = 1.0                         # the eval rollouts' sampling noise (deploy with the same)
-    sampler: str = "ddim"
-    inference_steps: int = 10
+    sampler: str = "ddim"                                 # ddim, ddpm or dpmsolver, at deployment too
+    inference_steps: int = 10                             # denoising steps per chunk at deployment
     prediction: str = "epsilon"                           # the network outputs the noise, or the clean chunk (sample)
-    device: str = "auto"
-    seed: int = 0
-    resume: str = ""
+    device: str = "auto"                                  # auto (CUDA when there is one), cuda, cpu
+    seed: int = 0                                         # initial weights, batches and the validation split
+    resume: str = ""                                      # a run directory to continue, from its last checkpoint
     init: str = ""                 # start from this checkpoint's weights and normalizer (same network; _init_from)
     compile: bool = False          # torch.compile the network for the training step (eager if compiling fails)
     loaders: int = 0               # threads collating batches ahead (0: 4 on CUDA; none on a CPU, whose cores it needs)

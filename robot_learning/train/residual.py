@@ -30,19 +30,19 @@ WARMUP_STEPS = 20   # per env: the base alone, to fit the residual's input norma
 @dataclass
 class ResidualTrainConfig:
     base: str = ""                    # the diffusion checkpoint to correct (its weights never change)
-    task: str = "pick_place"
+    task: str = "pick_place"               # the workcell task the envs run
     obs: list[str] = field(default_factory=list)   # state keys the residual sees (default: the task's)
     scale: float = 0.1                # the largest correction, as a share of each action's half-range in the data
     envs: int = 8                     # envs stepped together
     steps: int = 200_000              # env steps, all envs together
     rollout: int = 64                 # steps per env between PPO updates
-    epochs: int = 4
-    minibatches: int = 4
-    lr: float = 3e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip: float = 0.2
-    ent_coef: float = 0.0
+    epochs: int = 4                   # passes over each rollout per PPO update
+    minibatches: int = 4              # per epoch
+    lr: float = 3e-4                  # Adam, for the actor and the critic
+    gamma: float = 0.99               # discount per control step
+    gae_lambda: float = 0.95          # GAE's lambda (advantages)
+    clip: float = 0.2                 # PPO's ratio clip (and the value clip)
+    ent_coef: float = 0.0             # entropy bonus in the loss
     # An update's epochs stop once the policy has moved this far (approximate KL); 0.03-0.04 per
     # update with clip fractions near 0.3 went with the drift after the best evaluation.
     target_kl: float = 0.05
@@ -53,16 +53,16 @@ class ResidualTrainConfig:
     # 0: the success reward alone, which gave PPO too little to climb on the weak pick_place base.
     shaping: float = 0.0
     init_log_std: float = -1.0        # exploration at the start, in units of the bound
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    max_episode_steps: int = 0        # the task's own when 0
-    randomization: str = ""
-    eval_every: int = 20_000
-    eval_episodes: int = 20
-    video: bool = True
-    seed: int = 0
-    out: str = "runs"
-    resume: str = ""
-    threads: int = 0
+    hidden: list[int] = field(default_factory=lambda: [256, 256])   # the residual's MLP (actor and critic)
+    max_episode_steps: int = 0        # the episodes' time limit (0: the task's own)
+    randomization: str = ""           # domain randomization file (sim/randomization.yaml), train and eval
+    eval_every: int = 20_000          # env steps between evaluations (seeded episodes, the best kept)
+    eval_episodes: int = 20           # per evaluation, seeds 1,000,000 on
+    video: bool = True                # an MP4 of each evaluation's first episode
+    seed: int = 0                     # envs' and the sampling's seed
+    out: str = "runs"                 # a run directory is made under it
+    resume: str = ""                  # a run directory to continue, with its own config (a longer --steps applies)
+    threads: int = 0                  # torch CPU threads (0: torch's default)
 
 
 def _states(obs: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
