@@ -364,3 +364,27 @@ def test_on_a_pose_base_the_robots_residual_tracks_the_corrected_pose_and_reads_
     reached[3:7] = -reached[3:7]   # the same rotation, the other sign
     back = res.taken_over(np.r_[np.zeros(6), base_now[7]], base_now, {"ee_pose.data": reached})
     assert np.allclose(back, u, atol=1e-4)
+
+
+def test_dsrl_shaping_adds_the_progress_made_over_each_chunk(base):
+    """With shaping (gamma 1 here) an episode's rewards sum to its successes plus the progress
+    from its first state to its last: per chunk, the potential's change and nothing else; the
+    critic's targets are widened to hold it."""
+    from robot_learning.rl.dsrl_env import PROGRESS_BOUND, DsrlAdapter
+    from robot_learning.sim.tasks import make_task
+
+    keys = ["ee_pose.data", "cube_pose.data", "target_pose.data"]  # the agent sees what progress reads
+    env = DsrlAdapter(str(base), "pick_place", keys, max_steps=20, shaping=2.0, gamma=1.0)
+    assert env.return_range == [-2.0 * PROGRESS_BOUND, 1.0 + 2.0 * PROGRESS_BOUND]
+    task, rng = make_task("pick_place"), np.random.default_rng(0)
+    batch = lambda o: {k: o[k][None] for k in keys}  # noqa: E731
+    obs, _ = env.reset(7)
+    first, total, successes, steps = batch(obs), 0.0, 0, 0
+    while True:
+        obs, r, term, trunc, info = env.step(rng.standard_normal(len(env.low)))
+        total, successes, steps = total + r, successes + info["success"], steps + 1
+        if term or trunc:
+            break
+    assert steps == 5  # 20 env steps, 4 (the base's action horizon) per agent step
+    made = float(task.progress(batch(obs))[0] - task.progress(first)[0])
+    assert abs(made) > 1e-4 and total - successes == pytest.approx(2.0 * made, abs=1e-9)

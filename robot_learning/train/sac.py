@@ -89,6 +89,9 @@ class DsrlTrainConfig(SACTrainConfig):
     """``train dsrl``: SAC in the noise space of a frozen diffusion policy, one step per chunk."""
     base: str = ""                    # the diffusion checkpoint to steer (its weights never change)
     noise_bound: float = 1.5          # the agent's noise stays within +-this (a standard normal's mostly does)
+    # Potential-based shaping per chunk: the reward gains shaping x (gamma x the task's progress
+    # after the chunk - before it), progress being minus the distances left (``Task.progress``)
+    shaping: float = 0.0
     env: str = "workcell/pick_place"
     steps: int = 3000                 # agent steps, each one chunk of the base
     start_steps: int = 200
@@ -249,7 +252,7 @@ def make_env(cfg: SACTrainConfig, render: bool = False):
 
         task = cfg.env.split("/", 1)[1]
         return DsrlAdapter(cfg.base, task, cfg.obs or WORKCELL_OBS.get(task) or ["ee_pose.data"],
-                           cfg.max_episode_steps, cfg.randomization, cfg.noise_bound)
+                           cfg.max_episode_steps, cfg.randomization, cfg.noise_bound, cfg.shaping, cfg.gamma)
     if isinstance(cfg, ResidualSacTrainConfig):
         if not cfg.base:
             raise SystemExit("train residual-sac: --base is required: the diffusion checkpoint to correct")
