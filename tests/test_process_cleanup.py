@@ -46,7 +46,11 @@ def cmdline(p: psutil.Process) -> str:
         return ""
 
 
-def kill_all(procs: list[psutil.Process]) -> None:
+def kill_all(procs: list[psutil.Process], popen: subprocess.Popen | None = None) -> None:
+    """A test's clean-up: ``popen`` (a launcher, a pytest run) and ``procs``, whatever is left."""
+    if popen is not None and popen.poll() is None:
+        popen.kill()
+        popen.wait()
     for p in still_running(procs):
         p.kill()
 
@@ -85,22 +89,17 @@ def test_nodes_die_with_a_sigkilled_launcher(tmp_path):
         alive = wait_gone(nodes, 5.0)
         assert not alive, f"outlived the launcher: {[cmdline(p) for p in alive]}"
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
-        kill_all(nodes)
+        kill_all(nodes, launcher)
 
 
 INNER_TEST = '''
-import faulthandler, os, signal, subprocess, time
+import os, subprocess, time
 from pathlib import Path
 
 import pytest
 
 from robot_learning.graph import SimGraph
 from robot_learning.launch import find_executable
-
-faulthandler.register(signal.SIGUSR1, all_threads=True)  # the outer test asks where a hung run is
 
 
 @pytest.fixture(scope="module")
@@ -118,17 +117,24 @@ def test_until_stopped(graph):
 '''
 
 
-def test_a_test_run_stopped_with_sigterm_leaves_no_process_behind(tmp_path):
-    """A pytest run (with this directory's conftest) holding a launched sim graph and a node of
-    its own is sent SIGTERM, as a CI job's timeout does: it must end, and all it started with it."""
+def start_inner_run(tmp_path: Path, code: str, **env: str) -> tuple[subprocess.Popen, Path, Path]:
+    """``pytest`` on ``code`` with this directory's conftest, in a session of its own (as CI
+    runs it); the test touches the returned ready file once it is where SIGTERM should find it."""
     inner = tmp_path / "test_inner.py"
-    inner.write_text(INNER_TEST)
+    inner.write_text(code)
     ready, log = tmp_path / "ready", tmp_path / "pytest.log"
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "READY_FILE": str(ready)}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "READY_FILE": str(ready), **env}
     with log.open("wb") as out:
         run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
                                 str(inner)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
                                start_new_session=True)
+    return run, ready, log
+
+
+def test_a_test_run_stopped_with_sigterm_leaves_no_process_behind(tmp_path):
+    """A pytest run (with this directory's conftest) holding a launched sim graph and a node of
+    its own is sent SIGTERM, as a CI job's timeout does: it must end, and all it started with it."""
+    run, ready, log = start_inner_run(tmp_path, INNER_TEST)
     started: list[psutil.Process] = []
     try:
         end = time.monotonic() + 120
@@ -146,8 +152,6 @@ def test_a_test_run_stopped_with_sigterm_leaves_no_process_behind(tmp_path):
         except subprocess.TimeoutExpired:  # say where it hung (a busy run hung here twice, unexplained)
             stacks = subprocess.run(["ps", "-o", "pid,stat,etime,args", "--ppid", str(run.pid)],
                                     capture_output=True, text=True).stdout
-            run.send_signal(signal.SIGUSR1)  # its Python stacks, into its log
-            time.sleep(2.0)
             pytest.fail(f"the run did not end within 90 s of SIGTERM; its children:\n{stacks}\n"
                         f"its output:\n{log.read_text()[-3000:]}")
         alive = wait_gone(started, 10.0)
@@ -156,10 +160,7 @@ def test_a_test_run_stopped_with_sigterm_leaves_no_process_behind(tmp_path):
             warnings.warn(f"the clean stop hung; conftest's last resort ended it:\n{log.read_text()[-3000:]}",
                           stacklevel=1)
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-        kill_all(started)
+        kill_all(started, run)
 
 
 HUNG_TEARDOWN = '''
@@ -186,15 +187,7 @@ def test_a_test_run_whose_clean_stop_hangs_still_ends_with_all_it_started(tmp_pa
     """When the teardown after SIGTERM hangs, pytest sat in it until a CI job's timeout
     SIGKILLed it, and what the tests had started ran on. conftest's last resort says where every
     thread was, kills what the tests started and exits (the grace is shortened here)."""
-    inner = tmp_path / "test_inner.py"
-    inner.write_text(HUNG_TEARDOWN)
-    ready, log = tmp_path / "ready", tmp_path / "pytest.log"
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "READY_FILE": str(ready),
-           "ROBOT_LEARNING_TEST_SIGTERM_GRACE": "3"}
-    with log.open("wb") as out:
-        run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
-                                str(inner)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    run, ready, log = start_inner_run(tmp_path, HUNG_TEARDOWN, ROBOT_LEARNING_TEST_SIGTERM_GRACE="3")
     started: list[psutil.Process] = []
     try:
         end = time.monotonic() + 60
@@ -210,10 +203,7 @@ def test_a_test_run_whose_clean_stop_hangs_still_ends_with_all_it_started(tmp_pa
         assert "has not ended 3 s after SIGTERM; its threads" in text and "in stuck" in text, text[-3000:]
         assert not wait_gone(started, 5.0), [cmdline(p) for p in started]
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-        kill_all(started)
+        kill_all(started, run)
 
 
 LATE_SIGNAL = """
