@@ -26,6 +26,22 @@ from robot_learning.sim.recipe_env import RecipeKeyEnv
 RETURN_RANGE = [0.0, 1.0]
 
 
+def observed_keys(task, keys: list[str], shaping: float, who: str) -> list[str]:
+    """What envs driven for a learner observe: the learner's ``keys``, and with ``shaping`` the
+    poses ``task.progress`` reads (the learner still sees only its own keys)."""
+    if shaping and not task.progress_keys:
+        raise SystemExit(f"{who}: --shaping: task {task.name} has no progress measure to shape with")
+    return list(dict.fromkeys([*keys, *(task.progress_keys if shaping else ())]))
+
+
+def shaping_reward(task, before: dict, after: dict, shaping: float, gamma: float) -> np.ndarray:
+    """Potential-based shaping, per env: shaping x (gamma x progress ``after`` - progress ``before``)
+    (0 without shaping); the best policy is the one the success reward alone defines."""
+    if not shaping:
+        return np.zeros(len(next(iter(before.values()))))
+    return shaping * (gamma * task.progress(after) - task.progress(before))
+
+
 def window_input(keys: list[str], windows: list[deque]) -> dict[str, np.ndarray]:
     """A base's input from windows of observations (each a deque of dicts by key):
     ``obs/<key>`` [B, obs_horizon, ...], as the policy server's buffers give it."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from robot_learning.policies.checkpoint import PolicyError
-from robot_learning.rl.base_envs import BaseDrivenEnvs
+from robot_learning.rl.base_envs import BaseDrivenEnvs, observed_keys, shaping_reward
 from robot_learning.rl.replay import ObsSpec
 
 PROGRESS_BOUND = 2.0  # m: |progress| above this would take the hand or the object off the workcell
@@ -40,10 +40,7 @@ class DsrlAdapter:
                              f"{' or '.join(DETERMINISTIC)} (deterministic from the noise)")
         self.base = base
         self.task, self._task, self.shaping, self.gamma = task, make_task(task), float(shaping), float(gamma)
-        if self.shaping and not self._task.progress_keys:
-            raise SystemExit(f"train dsrl: --shaping: task {task} has no progress measure to shape with")
-        # the env observes what shaping reads too; the agent sees only its own keys
-        env_keys = list(dict.fromkeys([*keys, *(self._task.progress_keys if self.shaping else ())]))
+        env_keys = observed_keys(self._task, keys, self.shaping, "train dsrl")
         self.envs = BaseDrivenEnvs(base, task, 1, env_keys, randomization, max_steps)
         self.env = self.envs.vec.envs[0].unwrapped      # the WorkcellEnv (renders, the expert reads it)
         self.keys = list(keys)
@@ -65,9 +62,7 @@ class DsrlAdapter:
         return self._mine(self._obs), {}
 
     def _shaped(self, after: dict[str, np.ndarray]) -> float:
-        if not self.shaping:
-            return 0.0
-        return self.shaping * float(self.gamma * self._task.progress(after)[0] - self._task.progress(self._obs)[0])
+        return float(shaping_reward(self._task, self._obs, after, self.shaping, self.gamma)[0])
 
     def executed(self, a: np.ndarray) -> np.ndarray:
         return a  # the agent's noise, as the base policy will take it

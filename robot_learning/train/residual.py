@@ -148,7 +148,7 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
     from torch.utils.tensorboard import SummaryWriter
 
     from robot_learning.policies.residual import ResidualConfig, ResidualPolicy, load_residual
-    from robot_learning.rl.base_envs import BaseDrivenEnvs
+    from robot_learning.rl.base_envs import BaseDrivenEnvs, observed_keys, shaping_reward
     from robot_learning.rl.ppo import PPOConfig, Rollout, ppo_update
     from robot_learning.rl.residual_env import base_action_range, load_base
     from robot_learning.sim.tasks import make_task
@@ -166,10 +166,7 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
     base = load_base(cfg.base, cfg.noise_scale, "train residual")
     keys = cfg.obs or WORKCELL_OBS.get(cfg.task) or ["ee_pose.data"]
     task = make_task(cfg.task)
-    if cfg.shaping and not task.progress_keys:
-        raise SystemExit(f"train residual: --shaping: task {cfg.task} has no progress measure to shape with")
-    # the envs observe what shaping reads too; the residual sees only its own keys
-    env_keys = list(dict.fromkeys([*keys, *(task.progress_keys if cfg.shaping else ())]))
+    env_keys = observed_keys(task, keys, cfg.shaping, "train residual")
     run = resume or Path(cfg.out) / f"residual-{time.strftime('%Y%m%d-%H%M%S')}"
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -254,12 +251,11 @@ def train_residual(cfg: ResidualTrainConfig, progress: bool = True) -> Path:
                     logp = d.log_prob(u).sum(-1)
                     v = model.value(x)
                     corr = model.correction(u).double().numpy()
-                before = task.progress(obs) if cfg.shaping else 0.0
                 st = envs.step(base_a + corr)
                 corr_sq.append(np.mean((corr / np.asarray(model.cfg.scale)) ** 2))
                 done = st.terminated | st.truncated
                 # an ended episode's own last state (st.obs holds the next one's first)
-                shaped = cfg.shaping * (cfg.gamma * task.progress(st.final) - before) if cfg.shaping else 0.0
+                shaped = shaping_reward(task, obs, st.final, cfg.shaping, cfg.gamma)
                 ro.add(x.numpy(), u.numpy(), logp.numpy(), st.reward + shaped, done, v.numpy())
                 ended += int(done.sum())
                 succeeded += int(st.success.sum())
