@@ -37,11 +37,12 @@ def evaluate_graph(checkpoint: str | Path, task: str, episodes: int, report_dir:
 def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: str = "",
                  blend: str = "ensemble", video: Path | None = None, sampler: str = "",
                  inference_steps: int = 0, latency: float = 0.0, max_steps: int = 0,
-                 noise_scale: float | None = None) -> dict:
+                 noise_scale: float | None = None, randomization: str = "") -> dict:
     """Seeded episodes in the gymnasium env; with ``video`` the first one is filmed (and its
     frames returned under "frames"). ``latency``: seconds each chunk takes to arrive, as the
     robot's inference would (0: instantaneous, which flatters twist policies). ``max_steps``:
-    policy steps before an episode counts as failed (0: the task's limit)."""
+    policy steps before an episode counts as failed (0: the task's limit). ``randomization``: a sim
+    parameter file the episodes' physics is drawn from (a perturbed "real" sim, sysid's fit)."""
     from robot_learning.policies.registry import checkpoint_recipe, load_policy, read_checkpoint
     from robot_learning.train.rollout import rollout
 
@@ -51,7 +52,7 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
     task = task or policy.spec.task
     res = rollout(policy, recipe, task, [seed + i for i in range(episodes)], blend=blend,
                   replan_every=4, record_video=1 if video else 0, progress=True, latency=latency,
-                  max_steps=max_steps)
+                  max_steps=max_steps, randomization=randomization or None)
     if video and res and res[0].frames:
         from robot_learning.data.view import write_video
 
@@ -73,7 +74,7 @@ def run_evaluate(a) -> int:
         if a.where == "env":
             r = evaluate_env(a.checkpoint, a.episodes, a.seed, a.task, a.blend, out / "rollout.mp4",
                              sampler=a.sampler, inference_steps=a.inference_steps, latency=a.latency,
-                             noise_scale=a.noise_scale)
+                             noise_scale=a.noise_scale, randomization=a.randomization)
             r.pop("frames", None)
         else:
             from robot_learning.policies.registry import load_policy
@@ -95,6 +96,7 @@ def run_evaluate(a) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # what was evaluated, with the deploy-time settings (defaults: the checkpoint's own)
     r |= {"checkpoint": str(resolve(a.checkpoint)), "where": a.where,
+          "randomization": a.randomization or None,
           "sampling": {"sampler": a.sampler or None, "inference_steps": a.inference_steps or None,
                        "noise_scale": a.noise_scale}}
     (out / "results.json").write_text(json.dumps(r, indent=1))
@@ -119,6 +121,9 @@ def add_parser(sub) -> None:
                          "most typical chunk, no sampling diversity)")
     ev.add_argument("--latency", type=float, default=0.0,
                     help="env: seconds of sim time each chunk takes to arrive (inference latency)")
+    ev.add_argument("--randomization", default="",
+                    help="env: a sim parameter file the physics is drawn from per episode (sim/randomization.yaml's "
+                         "terms, or sysid's fit); graph: pass randomization:=FILE to the sim node instead")
     ev.add_argument("--real-time-factor", type=float, default=1.0)
     ev.add_argument("--cameras", default="none", help="graph: cameras the sim renders (none for low-dim policies)")
     ev.add_argument("--record", action="store_true", help="graph: record the episodes into --dataset")

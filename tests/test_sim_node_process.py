@@ -92,6 +92,34 @@ def test_cameras_render_without_a_display(tmp_path):
             proc.wait()
 
 
+@pytest.mark.graph
+def test_the_sim_node_runs_the_physics_a_parameter_file_gives(tmp_path):
+    """``randomization:=FILE`` (a perturbed "real" sim, or sysid's fit) is how collection and
+    deployment through the graph run on other physics; the node used to die on it, declaring
+    the parameter twice. It now draws from the file and says what it drew."""
+    import json
+
+    from robot_learning_ros.client import GraphClient
+    from std_msgs.msg import String
+
+    params = tmp_path / "real.yaml"
+    params.write_text("arm:\n  kp_scale: [0.5, 0.5]\nobjects:\n  mass_scale: [2.0, 2.0]\n")
+    log = tmp_path / "sim.log"
+    client = GraphClient("draw_probe")
+    client.subscribe("/sim/randomization", String, latched=True, transform=lambda m: json.loads(m.data))
+    proc = start_sim(log, "cameras:=none", f"randomization:={params}")
+    try:
+        draw = client.wait_for("/sim/randomization", 1, timeout=90)[-1]
+        assert draw["kp_scale"] == 0.5 and draw["mass_scale"] == [2.0], draw  # one per movable object
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 class _Exec(Exception):
     """Stands for os.execv, which would replace the test process."""
 

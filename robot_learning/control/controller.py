@@ -328,6 +328,11 @@ class ArmController:
         self._twist_ref = None
         self.mode = Mode.ESTOP if self.estopped else Mode.PROTECTIVE_STOP if self.fault else Mode.HOLD
 
+    def protective_stop(self, why: str, now: float) -> None:
+        """A stop from outside the arm's own monitor (a simulator that lost its state): latched
+        as the monitor's are, the arm braked from its last command."""
+        self._protective_stop(why, None, now)
+
     def _protective_stop(self, why: str, state: ArmState | None, now: float) -> None:
         """Latch and hold. With a fresh measurement: where the arm is (releasing whatever it was
         pushing against). Without one (stale, NaN): brake the command within the acceleration

@@ -4,7 +4,9 @@ commands the robot was sent, at their stamps, and compared with what the robot d
 Where the two part says what the sim gets wrong about the robot (friction, masses, servo gains,
 latency), which is what system identification then fits. The report gives, per joint, the RMS
 tracking difference; the TCP's position difference over time and the first time it exceeds a
-threshold; and the wrist wrench and tactile differences where both were recorded.
+threshold; the moving objects' position differences (a cube that slips from a grasp in one
+and not the other: mass and friction); and the wrist wrench and tactile differences where
+both were recorded.
 
 The commands replayed are the episode's TCP twists and gripper commands (``cmd_twist``,
 ``cmd_gripper``: what the command mux sent the arm), each held until the next, and dropped
@@ -35,6 +37,7 @@ class Divergence:
     first_parting_s: float | None           # first time the TCP error exceeds ``threshold``
     wrench_rms: float | None = None         # N (force part), where the episode has a wrench stream
     tactile_rms: float | None = None        # N per taxel
+    object_error: dict[str, np.ndarray] = field(default_factory=dict)  # m, per moving object with a recorded pose
     series: dict[str, np.ndarray] = field(default_factory=dict)  # for the plots: real and sim q, tcp
 
     def summary(self) -> dict:
@@ -43,6 +46,8 @@ class Divergence:
                 "tcp_error_m": {"median": round(float(np.median(self.tcp_error)), 5),
                                 "max": round(float(self.tcp_error.max()), 5)},
                 "threshold_m": self.threshold, "first_parting_s": self.first_parting_s,
+                "object_error_m": {k: {"median": round(float(np.median(v)), 5), "max": round(float(v.max()), 5)}
+                                   for k, v in self.object_error.items()},
                 "wrench_force_rms_n": self.wrench_rms, "tactile_rms_n": self.tactile_rms}
 
 
@@ -83,6 +88,8 @@ def replay(episode, task: str = "", randomization: str | dict | None = None, thr
         lag = cell.draw.action_latency  # a parameter file's command latency (sysid fits it)
         t0, sim0 = t_js[0], cell.time
         out_t, out_q, out_tcp, out_w, out_tac = [], [], [], [], []
+        moving = [b for b in cell.task.qadr if f"{b}_pose" in episode.streams]
+        out_obj: dict[str, list[np.ndarray]] = {b: [] for b in moving}
         while cell.time - sim0 < t_js[-1] - t0:
             now = t0 + cell.time - sim0 - lag
             for name, (tc, vc) in cmd.items():
@@ -100,6 +107,9 @@ def replay(episode, task: str = "", randomization: str | dict | None = None, thr
             out_w.append(cell.wrist_wrench()[:3])
             grids = cell.tactile_grids()
             out_tac.append(np.concatenate([g.ravel() for g in grids.values()]))
+            poses = cell.object_poses()
+            for b in moving:
+                out_obj[b].append(np.array(poses[b][0], float))
     finally:
         cell.close()
     t = np.array(out_t)
@@ -113,6 +123,10 @@ def replay(episode, task: str = "", randomization: str | dict | None = None, thr
     div = Divergence(t - t0, list(cell.robot.joint_names), np.sqrt(np.mean((q_sim - q_real) ** 2, axis=0)), err,
                      threshold, float(t[parted[0]] - t0) if parted.size else None,
                      series={"q_real": q_real, "q_sim": q_sim, "tcp_real": tcp_real, "tcp_sim": tcp_sim})
+    for b, sim_pos in out_obj.items():
+        o = _finite(episode, f"{b}_pose")
+        if len(o["t"]) > 1:
+            div.object_error[b] = np.linalg.norm(np.array(sim_pos) - _interp(t, o["t"], o["data"][:, :3]), axis=1)
     if "wrench" in episode.streams:
         w = episode.stream("wrench")
         ok = np.isfinite(w["t"])
@@ -191,11 +205,15 @@ def plot(div: Divergence, path: str | Path) -> Path:
         ax.set_ylabel(f"{div.joint_names[k]}\n(rad)", fontsize=8)
     axes[0].legend(loc="upper right", fontsize=8)
     ax = axes[-1]
-    ax.plot(div.times, div.tcp_error * 1000, color="black")
+    ax.plot(div.times, div.tcp_error * 1000, color="black", label="TCP")
+    for b, e in div.object_error.items():
+        ax.plot(div.times, e * 1000, lw=1.0, label=b)
+    if div.object_error:
+        ax.legend(loc="upper left", fontsize=8)
     ax.axhline(div.threshold * 1000, color="red", ls=":", lw=1)
     if div.first_parting_s is not None:
         ax.axvline(div.first_parting_s, color="red", lw=1)
-    ax.set_ylabel("TCP difference\n(mm)", fontsize=8)
+    ax.set_ylabel("position difference\n(mm)", fontsize=8)
     ax.set_xlabel("seconds from the episode's start")
     fig.suptitle("Mirror: the recorded episode replayed in the sim")
     fig.tight_layout()

@@ -168,7 +168,7 @@ def workcell_xml(
     max_h = max([c.height for c in calib.cameras.values()] + [480])
     return f"""<mujoco model="workcell">
 <compiler angle="radian" autolimits="true"/>
-<option timestep="{workcell["physics_dt"]}" integrator="implicitfast" cone="elliptic" impratio="10"/>
+<option timestep="{workcell["physics_dt"]}" integrator="implicit" cone="elliptic" impratio="10"/>
 <default><joint solreflimit="{2 * workcell["physics_dt"]} 1" solimplimit="0.99 0.999 0.001"/></default>
 <visual><global offwidth="{max_w}" offheight="{max_h}"/><quality offsamples="0" shadowsize="0"/>
 <headlight ambient="0.35 0.35 0.35" diffuse="0.5 0.5 0.5"/><map znear="0.01"/></visual>

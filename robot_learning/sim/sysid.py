@@ -2,7 +2,9 @@
 command latency and the objects' mass and friction, fitted to recorded episodes.
 
 The cost is what the mirror measures: each episode replayed in the sim with candidate values
-(``sim.mirror.replay``), the joints' RMS tracking difference plus the TCP's. SciPy's Powell
+(``sim.mirror.replay``), the joints' RMS tracking difference plus the TCP's and the moving
+objects' (the arm's own motion says little about a cube's mass and friction; whether the cube
+stays in the grasp, and where it lands, does). SciPy's Powell
 search (no gradients: a replay is a simulation, not a formula) varies the chosen parameters
 within bounds, the scale factors in log space so that halving and doubling weigh alike. The
 result is a parameter file in ``sim/randomization.yaml``'s terms (each value as a one-value
@@ -40,13 +42,15 @@ def params_file(values: dict[str, float]) -> dict[str, dict[str, list[float]]]:
 
 
 def divergence_cost(episodes, values: dict[str, float], task: str = "") -> float:
-    """Mean over ``episodes`` of the joints' RMS difference (rad) plus TCP_WEIGHT times the TCP's (m)."""
+    """Mean over ``episodes`` of the joints' RMS difference (rad) plus TCP_WEIGHT times the TCP's
+    and each moving object's (m)."""
     from robot_learning.sim.mirror import replay
 
     costs = []
     for ep in episodes:
         d = replay(ep, task, params_file(values) or None)
-        costs.append(float(np.sqrt(np.mean(d.joint_rms ** 2)) + TCP_WEIGHT * np.sqrt(np.mean(d.tcp_error ** 2))))
+        metres = np.sqrt(np.mean(d.tcp_error ** 2)) + sum(np.sqrt(np.mean(e ** 2)) for e in d.object_error.values())
+        costs.append(float(np.sqrt(np.mean(d.joint_rms ** 2)) + TCP_WEIGHT * metres))
     return float(np.mean(costs))
 
 

@@ -32,6 +32,9 @@ from robot_learning.sim.tasks import make_task
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+# MuJoCo's "the simulation is unstable" warnings: it has reset its state to the model's
+# defaults (the arm at zero, objects at their origins) by the time the step returns
+UNSTABLE = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC)
 HAND_SETTLE_S = 0.3  # a reset with an object in the hand: the fingers close on it first
 
 
@@ -187,7 +190,26 @@ class Workcell:
 
     def physics_step(self) -> None:
         """The physics substeps of one control period, servos at whatever targets were written."""
+        t = self.time
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
+        if any(self.data.warning[w].number for w in UNSTABLE):
+            self._unstable(t + self.control_dt)
+
+    def _unstable(self, t: float) -> None:
+        """MuJoCo lost the state and reset it: say so in one sentence and end the episode as a
+        protective stop (env rollouts, training and the graph all end an episode on one), with
+        the clock kept monotonic (the reset set MuJoCo's own time back to zero)."""
+        w = next(w for w in UNSTABLE if self.data.warning[w].number)
+        dof = int(self.data.warning[w].lastinfo)
+        body = mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_BODY, int(self.model.dof_bodyid[dof])) \
+            if 0 <= dof < self.model.nv else "?"
+        for k in UNSTABLE:
+            self.data.warning[k].number = 0
+        self._t0 = t - float(self.data.time)
+        why = (f"the simulation went unstable at {t:.3f} s ({w.name.removeprefix('mjWARN_BAD')} of DOF {dof}, "
+               f"body '{body}') and MuJoCo reset its state: this episode is void; if it recurs, the model or "
+               f"the parameter file's values are at fault")
+        self.controller.protective_stop(why, self.time)  # which logs it
 
     def advance(self, duration: float) -> None:
         for _ in range(max(1, round(duration / self.control_dt))):

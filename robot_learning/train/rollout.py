@@ -34,7 +34,7 @@ class RolloutResult:
 def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: str = "ensemble",
             replan_every: int = 4, record_video: int = 0, progress: bool = False,
             control_hz: float = 100.0, latency: float = 0.0, max_steps: int = 0,
-            plans: bool = True) -> list[RolloutResult]:
+            plans: bool = True, randomization: str | dict | None = None) -> list[RolloutResult]:
     """One episode per seed; the first ``record_video`` episodes keep front-camera frames.
     ``max_steps``: policy steps before an episode counts as failed (0: the task's limit; a
     smaller one gives a quick look during training).
@@ -44,7 +44,11 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
     to the arm controller. Each chunk reaches the server ``latency`` seconds of sim time after
     its observations (what inference takes on the robot's computer), while the arm runs on.
     ``plans``: a ``tcp_pose`` policy's chunks go to the arm as timed plans (the policy server's
-    default); False: each tick's pose becomes a twist (its ``plans:=false``)."""
+    default); False: each tick's pose becomes a twist (its ``plans:=false``).
+    ``randomization``: a sim parameter file (``sim/randomization.yaml``'s terms, or sysid's
+    fitted one): the model's physics, lights and cameras drawn per episode from its seed, as a
+    stand-in for a robot that is not the nominal sim. The env's own latency and sensor noise do
+    not apply here: the server's engine drives the arm directly (``latency`` is inference's)."""
     from robot_learning.control.safety import CommandRejected
     from robot_learning.sim.env import WorkcellEnv
     from robot_learning.teleop.mux import CommandMux
@@ -53,7 +57,7 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
     s = policy.spec
     streams = {name: recipe.streams[name].topic for name in
                sorted({k.split(".", 1)[0] for k in s.obs_keys} | set(s.image_keys))}
-    env = WorkcellEnv(task, control_hz=1.0 / s.dt)
+    env = WorkcellEnv(task, control_hz=1.0 / s.dt, randomization=randomization)
     cell = env.cell
     clock = {"t": 0.0}
     core = PolicyServerCore(policy, ServerConfig(control_hz=control_hz, blend=blend, replan_every=replan_every,

@@ -36,9 +36,9 @@ class MirrorNode(Node):
     def __init__(self):
         super().__init__("mirror")
         p = lenient_params(self)
+        randomization = str(p("randomization", "none").value).strip()
         self.follower = Follower(str(p("task", "pick_place").value),
-                                 None if str(p("randomization", "none").value) in ("", "none")
-                                 else str(p("randomization", "none").value))
+                                 None if randomization in ("", "none") else randomization)
         cell = self.follower.cell
         cams = str(p("cameras", "front,wrist").value)
         self.cameras = [c for c in (s.strip() for s in cams.split(",")) if c and c != "none"]

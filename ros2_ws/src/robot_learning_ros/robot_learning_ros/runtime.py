@@ -391,7 +391,9 @@ def lenient_params(node: Node):
     from rcl_interfaces.msg import ParameterDescriptor
 
     def declare(name: str, default):
-        v = node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True)).value
+        # a second read of the same parameter gets its value (rclpy refuses a second declaration)
+        v = (node.get_parameter(name) if node.has_parameter(name) else
+             node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True))).value
         if isinstance(default, bool) or default is None or v is None:
             return _Value(v)
         if isinstance(default, (int, float)) and isinstance(v, (int, float)) and not isinstance(v, bool):

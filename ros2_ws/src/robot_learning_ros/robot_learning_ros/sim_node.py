@@ -100,13 +100,13 @@ class SimNode(Node):
         clock_display = str(p("clock_display", "none").value).strip()
         clock_display = "" if clock_display == "none" else clock_display
         self.camera_latency = float(p("camera_latency", 0.0).value)
+        randomization = str(p("randomization", "none").value).strip()
         self.cell = Workcell(
             task,
             robot_path=p("robot", "hardware/robots/panda.yaml").value,
             calibration_path=p("calibration", "calibration/workcell.yaml").value,
             log=lambda msg: self.get_logger().warning(msg),
-            randomization=None if str(p("randomization", "none").value) in ("", "none") else
-            str(p("randomization", "none").value),
+            randomization=None if randomization in ("", "none") else randomization,
             extra=clock_display_mjcf() if clock_display else ("", ""),
         )
         cfg = self.cell.cfg
