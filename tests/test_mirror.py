@@ -22,9 +22,10 @@ STATES = ("joint_states", "ee_pose", "gripper_state", "wrench", "tactile_left", 
           "target_pose")
 
 
-def record(path, seed: int = 5, seconds: float = 6.0, randomization=None) -> None:
+def record(path, seed: int = 5, seconds: float = 6.0, randomization=None, commands_from: float = 0.0) -> None:
     """An episode as the recorder stores one: the expert's twists at 10 Hz, the states at the
-    control rate, each stream by its stamp (the sim's clock)."""
+    control rate, each stream by its stamp (the sim's clock). ``commands_from``: seconds of the
+    commands missing at the start (a recorder that matched the command topic late)."""
     recipe = load_recipe("datasets/recipes/workcell.yaml")
     cell = Workcell("pick_place", randomization=randomization)
     cell.reset(seed)
@@ -39,8 +40,9 @@ def record(path, seed: int = 5, seconds: float = 6.0, randomization=None) -> Non
                                            cell.object_poses()))
         cell.controller.command_twist(twist, cell.time)
         cell.controller.command_gripper(grip, cell.time)
-        ep.add("cmd_twist", cell.time, cell.time, {"data": np.asarray(twist, float)})
-        ep.add("cmd_gripper", cell.time, cell.time, {"data": np.array([grip], float)})
+        if cell.time - t_end + seconds >= commands_from:
+            ep.add("cmd_twist", cell.time, cell.time, {"data": np.asarray(twist, float)})
+            ep.add("cmd_gripper", cell.time, cell.time, {"data": np.array([grip], float)})
         for _ in range(25):
             cell.step_control()
             for s in STATES:
@@ -68,6 +70,19 @@ def test_an_episode_replayed_in_its_own_sim_agrees_and_a_heavier_arm_parts(tmp_p
     report = json.loads((out / "report.json").read_text())
     assert report["first_parting_s"] is None and len(report["joint_rms_rad"]) == 7
     assert (out / "mirror.png").stat().st_size > 0
+
+
+def test_an_episode_missing_its_first_commands_is_refused_with_the_reason(tmp_path):
+    """Its replay would part at once and sysid would fit the gap in the recording, not the sim
+    (the first episode of a graph whose recorder matched the command topic late)."""
+    from robot_learning.sim.mirror import late_commands
+
+    record(tmp_path / "late.zarr", seconds=2.0, commands_from=0.8)
+    ep = Dataset(tmp_path / "late.zarr").episode(0)
+    why = late_commands(ep)
+    assert why and "before its first recorded command" in why
+    with pytest.raises(ValueError, match="before its first recorded command"):
+        replay(ep)
 
 
 def test_sysid_fits_a_perturbed_arm_and_the_divergence_drops(tmp_path):

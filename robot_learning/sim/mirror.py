@@ -70,6 +70,8 @@ def replay(episode, task: str = "", randomization: str | dict | None = None, thr
     t_js, q_js = js["t"][ok], js["position"][ok]
     if len(t_js) < 2:
         raise ValueError(f"episode {episode.index} has fewer than two joint states: nothing to replay")
+    if why := late_commands(episode):
+        raise ValueError(why)
     cell = Workcell(task, randomization=randomization)
     try:
         names = list(episode.streams["joint_states"].attrs.get("names") or cell.robot.joint_names)
@@ -139,6 +141,26 @@ def replay(episode, task: str = "", randomization: str | dict | None = None, thr
                               axis=1)
         div.tactile_rms = float(np.sqrt(np.mean((real - np.array(out_tac)) ** 2)))
     return div
+
+
+def late_commands(episode, tolerance_rad: float = 0.005) -> str | None:
+    """Why ``episode`` cannot be replayed, if the arm moved before its first recorded command:
+    the commands that moved it are not in the recording (a recorder whose command subscription
+    matched late, at a graph's start), so a replay would part at once and measure the gap in
+    the recording, not the sim."""
+    if "cmd_twist" not in episode.streams or "joint_states" not in episode.streams:
+        return None
+    js, cmd = _finite(episode, "joint_states"), _finite(episode, "cmd_twist")
+    if not len(cmd["t"]) or len(js["t"]) < 2:
+        return None
+    before = js["position"][js["t"] < cmd["t"][0]]
+    moved = float(np.abs(before - js["position"][0]).max()) if len(before) else 0.0
+    if moved <= tolerance_rad:
+        return None
+    gap = cmd["t"][0] - js["t"][0]
+    return (f"episode {episode.index}: the arm moved {moved:.3f} rad in the {gap:.2f} s before its "
+            f"first recorded command, so the recording lacks the commands that moved it (the recorder matched "
+            f"the command topic late?); a replay would measure that gap, not the sim: use other episodes")
 
 
 def _finite(episode, name: str) -> dict[str, np.ndarray]:

@@ -133,16 +133,27 @@ def add_parser(sub) -> None:
 
 
 def run(a) -> int:
+    import sys
+
     from robot_learning.data.store import Dataset
+    from robot_learning.sim.mirror import late_commands
 
     ds = Dataset(a.dataset)
-    chosen = [int(x) for x in a.episodes.split(",") if x.strip()] or [
-        i for i in ds.indices if ds.episode(i).meta.get("status") == "complete"]
+    chosen = [int(x) for x in a.episodes.split(",") if x.strip()]
+    if not chosen:  # every complete episode that can be replayed
+        for i in ds.indices:
+            ep = ds.episode(i)
+            if ep.meta.get("status") != "complete":
+                continue
+            if why := late_commands(ep):
+                print(f"sysid: skipping {why}", file=sys.stderr)
+                continue
+            chosen.append(i)
     try:
         res = fit([ds.episode(i) for i in chosen], [n.strip() for n in a.params.split(",") if n.strip()],
                   a.task, a.max_evals)
     except (ValueError, KeyError) as e:
-        print(f"sysid: {e}")
+        print(f"sysid: {e}", file=sys.stderr)
         return 1
     out = write(a.out, res, f"{a.dataset} episodes {','.join(map(str, chosen))}")
     print(f"sysid: {', '.join(f'{k} {v:.4g}' for k, v in res.values.items())}; divergence {res.cost_before:.4f} -> "
