@@ -8,6 +8,7 @@ dataset's summary is printed at the end.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def run_collect(device: str, task: str, episodes: int, dataset: str, real_time_f
             s = collect_scripted(task, episodes, dataset, run_dir, run_dir / "graph.log", real_time_factor, cameras,
                                  **more)
         except (RuntimeError, LaunchError) as e:
-            print(f"collect: {e}")
+            print(f"collect: {e}", file=sys.stderr)
             return 1
         print(f"collect: {task}: operator success {s['success_rate']:.0%} over {len(s['episodes'])} episodes")
     else:
@@ -55,6 +56,6 @@ def run_collect(device: str, task: str, episodes: int, dataset: str, real_time_f
     try:
         print_info(Dataset(resolve(dataset)))
     except DatasetError as e:
-        print(f"collect: {e}")
+        print(f"collect: {e}", file=sys.stderr)
         return 1
     return 0

@@ -66,6 +66,7 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
 
 
 def run_evaluate(a) -> int:
+    from robot_learning.config import ConfigError
     from robot_learning.launch import LaunchError, parse_launch_args
     from robot_learning.policies.checkpoint import PolicyError
 
@@ -90,7 +91,7 @@ def run_evaluate(a) -> int:
                                a.cameras, a.seed, a.blend, record=a.record, dataset=a.dataset,
                                sampler=a.sampler, inference_steps=a.inference_steps, noise_scale=a.noise_scale,
                                **more)
-    except (PolicyError, RuntimeError, FileNotFoundError, LaunchError) as e:
+    except (PolicyError, RuntimeError, FileNotFoundError, LaunchError, ConfigError) as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,14 @@ def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_pa
 
     from tqdm import tqdm
 
+    randomization = str(launch_args.get("randomization", "none"))
+    if randomization not in ("", "none"):  # a bad file is one sentence here, not a sim node dying in the log
+        from robot_learning.sim.randomize import load_randomization
+
+        try:
+            load_randomization(randomization)
+        except ValueError as e:  # ConfigError
+            raise RuntimeError(str(e)) from None
     report_dir.mkdir(parents=True, exist_ok=True)
     with SimGraph(log_path, launch_file, episodes=episodes, report_dir=report_dir, **launch_args) as g:
         bar = tqdm(total=episodes, desc=desc, unit="ep", disable=not progress)

@@ -85,6 +85,16 @@ def test_the_sim_as_hardware_streams_its_renders_through_camera_nodes():
     assert "reset:=home_sim" in rl["rl_graph_actor"]
 
 
+@pytest.mark.parametrize("launch_file", ["teleop_collect", "deploy_policy", "hil_rl"])
+def test_a_sim_parameter_file_reaches_the_sim_in_every_graph(launch_file):
+    """Collecting, deploying and learning on a perturbed "real" sim or on sysid's fit."""
+    f = project_root() / "launch" / f"{launch_file}.launch.yaml"
+    for args in ({}, {"sim": "false", "sim_hardware": "true", "use_sim_time": "true"}):
+        nodes = _by_name(plan(f, {**args, "randomization": "/cell/fitted.yaml", "checkpoint": "x"}))
+        assert "randomization:=/cell/fitted.yaml" in nodes["sim"], (args, nodes["sim"])
+    assert "randomization:=none" in _by_name(plan(f, {"checkpoint": "x"}))["sim"]
+
+
 def test_errors_are_clear(tmp_path):
     with pytest.raises(LaunchError, match="not found"):
         plan(tmp_path / "missing.launch.yaml", {})

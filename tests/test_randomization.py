@@ -23,6 +23,20 @@ def test_a_bad_randomization_file_is_one_sentence(cfg, msg):
         load_randomization(cfg)
 
 
+def test_a_bad_parameter_file_stops_collection_before_the_graph_starts(tmp_path):
+    """Not a sim node dying inside the launch log with a traceback, and no dataset begun."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "real.yaml"
+    bad.write_text("arm:\n  kp_scale: [2, 1]\n")
+    r = subprocess.run([sys.executable, "-m", "robot_learning.cli", "collect", "--episodes", "1", "--dataset",
+                        str(tmp_path / "d.zarr"), f"randomization:={bad}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "'arm.kp_scale' must be [low, high]" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "d.zarr").exists()
+
+
 def test_each_episode_draws_from_its_seed_and_never_compounds():
     cell = Workcell("peg_in_hole", randomization="sim/randomization.yaml")
     peg = cell.task.body_ids["peg"]
