@@ -15,6 +15,7 @@ episode.
 from __future__ import annotations
 
 import json
+import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
@@ -54,6 +55,11 @@ SMALL_DEPTH = 5000
 FRAME_DEPTH = {ReliabilityPolicy.RELIABLE: 1000, ReliabilityPolicy.BEST_EFFORT: 100}
 SMALL_IMAGE = 64 * 64  # pixels: a tactile grid is an Image too, of a few taxels
 
+# The first episode waits at most this long for every required stream to have a matched
+# publisher: an episode started 0.25 s after the recorder came up once lacked its first 0.6 s of
+# arm commands (discovery had not matched the command topic yet) while the arm moved 0.25 rad.
+FIRST_MATCH_S = 3.0
+
 
 def record_qos(spec: StreamSpec, reliable: bool) -> QoSProfile:
     """The QoS the recorder subscribes ``spec`` with, reliable or best-effort."""
@@ -75,6 +81,7 @@ class RecorderNode(Node):
             if f:
                 self.base_meta[key] = load_yaml(f)
         self.next_meta: dict = {}
+        self._first_start = True
         self.rec = Recorder(resolve(path), recipe, log=self._log, flush_interval=float(p("flush_interval", 0.5).value),
                             max_backlog_bytes=int(float(p("max_backlog_mb", MAX_BACKLOG_BYTES >> 20).value) * 2**20),
                             max_behind_s=float(p("max_behind_s", MAX_BEHIND_S).value))
@@ -192,7 +199,31 @@ class RecorderNode(Node):
             return
         self._status()  # says which metadata the next episode gets: a client waits for it before starting one
 
+    def _unmatched(self) -> list[str]:
+        """Required streams no publisher is matched to yet (a sensor stream is subscribed only
+        once a publisher shows, by the main thread's timer)."""
+        out = []
+        for name, spec in self.rec.recipe.streams.items():
+            sub = self.subs.get(name)
+            if spec.required and (sub is None or sub[0].get_publisher_count() == 0):
+                out.append(name)
+        return out
+
+    def _await_discovery(self) -> None:
+        """Before the first episode: give discovery up to FIRST_MATCH_S to match every required
+        stream, so that the episode does not start before its commands can be recorded (a
+        stream that has no publisher at all, a camera not started, costs this wait once)."""
+        t0 = time.monotonic()
+        while (waiting := self._unmatched()) and time.monotonic() - t0 < FIRST_MATCH_S:
+            time.sleep(0.05)
+        if time.monotonic() - t0 > 0.1:
+            self.get_logger().info(f"first episode: waited {time.monotonic() - t0:.1f} s for publishers"
+                                   + (f"; still none on {', '.join(waiting)}" if waiting else ""))
+
     def _on_start(self, req, res):
+        if self._first_start:
+            self._first_start = False
+            self._await_discovery()
         silent = self.rec.silent_streams()
         if silent:
             topics = ", ".join(self.rec.recipe.streams[n].topic for n in silent)
