@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST} MUJOCO_GL=${MUJOCO_GL:-egl}
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((RANDOM % 100 + 100))}
+export AMENT_PREFIX_PATH=$PWD/.venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}   # as the Makefile does
+export FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-$PWD/ros2_ws/src/robot_learning_ros/config/fastdds_localhost.xml}
 RL=${RL:-.venv/bin/robot-learning}
 OUT=${OUT:-runs/sim_to_sim}
 REAL=${REAL:-sim/perturbed_real.yaml}          # the "robot"
