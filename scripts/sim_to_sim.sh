@@ -2,7 +2,8 @@
 # The sim-to-sim study (docs/learning.md, "Sim-to-sim"): a perturbed sim stands in for a real
 # robot; a policy trained on the nominal sim is evaluated there, then one trained on the
 # parameters system identification fitted from the "robot's" logs, one trained with domain
-# randomization, and one trained on the "robot" itself (the upper bound).
+# randomization, one on the fit with the objects (which the logs do not identify) randomized,
+# and one trained on the "robot" itself (the upper bound).
 #   scripts/sim_to_sim.sh                  # everything, about an hour on 2 cores
 #   OUT=runs/s2s STEPS=12000 scripts/sim_to_sim.sh
 # Each stage leaves its output in $OUT and is skipped when that output is there, so a run that
@@ -22,6 +23,7 @@ DEMOS=${DEMOS:-40}       # demonstrations per training set (the demo's)
 STEPS=${STEPS:-12000}    # training steps per policy
 EVAL=${EVAL:-50}         # seeded evaluation episodes on the "robot"
 SEED=${SEED:-3000000}
+ARMS=${ARMS:-nominal fitted randomized fitted_objects robot}
 PARAMS=${PARAMS:-kp_scale,damping_scale,friction_nm,latency_s}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -50,13 +52,27 @@ for which in nominal fitted; do
     fi
 done
 
+# the fit for the arm, the randomization's ranges for the objects
+if [ ! -f "$OUT/fitted_objects.yaml" ]; then
+    .venv/bin/python - "$OUT/fitted.yaml" "$WIDE" "$OUT/fitted_objects.yaml" <<'EOF'
+import sys
+import yaml
+fit, wide = (yaml.safe_load(open(f)) for f in sys.argv[1:3])
+fit["objects"] = wide["objects"]
+open(sys.argv[3], "w").write("# sysid's fit for the arm, " + sys.argv[2] + "'s ranges for the objects\n"
+                             + yaml.safe_dump(fit, sort_keys=False))
+EOF
+fi
+
 # 3. a policy per training sim: demonstrations there, the demo's recipe, evaluated on the robot
-for arm in nominal fitted randomized robot; do
+for arm in $ARMS; do
     case $arm in
         nominal) params=none ;;
         fitted) params=$OUT/fitted.yaml ;;
         randomized) params=$PWD/$WIDE ;;
+        fitted_objects) params=$OUT/fitted_objects.yaml ;;
         robot) params=$PWD/$REAL ;;
+        *) echo "sim_to_sim: unknown arm '$arm'" >&2; exit 2 ;;
     esac
     if [ ! -f "$OUT/demos_$arm.done" ]; then
         rm -rf "$OUT/demos_$arm.zarr"
@@ -88,14 +104,43 @@ for arm in nominal fitted randomized robot; do
         cp "$(ls -td "$OUT"/eval_tmp/eval-* | head -1)/results.json" "$res"
     done
 done
-.venv/bin/python - "$OUT" <<'EOF'
-import json, sys
+.venv/bin/python - "$OUT" $ARMS <<'EOF'
+import json
+import sys
 from pathlib import Path
-out = Path(sys.argv[1])
-for arm in ("nominal", "fitted", "randomized", "robot"):
-    cells = []
-    for on in ("robot", "nominal"):
-        f = out / f"eval_{arm}_on_{on}.json"
-        cells.append(f"{json.loads(f.read_text())['success_rate']:.0%}" if f.exists() else "-")
-    print(f"sim_to_sim: trained on {arm:>10}: {cells[0]:>4} on the robot, {cells[1]:>4} on the nominal sim")
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+out, arms = Path(sys.argv[1]), sys.argv[2:]
+label = {"nominal": "nominal sim", "fitted": "sysid's fit", "randomized": "randomized\ndynamics",
+         "fitted_objects": "fit + randomized\nobjects", "robot": "the robot\n(upper bound)"}
+
+
+def rate(arm, on):
+    f = out / f"eval_{arm}_on_{on}.json"
+    return json.loads(f.read_text())["success_rate"] * 100 if f.exists() else float("nan")
+
+
+fig, ax = plt.subplots(figsize=(8, 3.8))
+for k, (on, colour, name) in enumerate((("robot", "tab:red", 'on the "robot" (perturbed sim)'),
+                                         ("nominal", "tab:gray", "on the nominal sim"))):
+    values = [rate(a, on) for a in arms]
+    ax.bar([i - 0.2 + 0.4 * k for i in range(len(arms))], values, 0.4, color=colour, label=name,
+           alpha=1.0 if k == 0 else 0.6)
+    for i, v in enumerate(values):
+        ax.text(i - 0.2 + 0.4 * k, v + 1.5, f"{v:.0f}%", ha="center", fontsize=8)
+    print("sim_to_sim: success " + on + ": " + ", ".join(f"{a} {v:.0f}%" for a, v in zip(arms, values)))
+ax.set_xticks(range(len(arms)), [label.get(a, a) for a in arms], fontsize=8)
+ax.set_xlabel("demonstrations collected on")
+ax.set_ylabel(f"success over {len(json.loads((out / f'eval_{arms[0]}_on_robot.json').read_text())['episodes'])} "
+              "seeded episodes (%)")
+ax.set_ylim(0, 112)
+ax.legend(loc="upper left", fontsize=8)
+ax.set_title("Sim-to-sim: pick-and-place, a low-dimensional diffusion policy per training sim")
+fig.tight_layout()
+fig.savefig(out / "sim_to_sim.png", dpi=90)
+print(f"sim_to_sim: {out / 'sim_to_sim.png'}")
 EOF
