@@ -22,10 +22,12 @@ STATES = ("joint_states", "ee_pose", "gripper_state", "wrench", "tactile_left", 
           "target_pose")
 
 
-def record(path, seed: int = 5, seconds: float = 6.0, randomization=None, commands_from: float = 0.0) -> None:
+def record(path, seed: int = 5, seconds: float = 6.0, randomization=None, commands_from: float = 0.0,
+           latency: float = 0.0) -> None:
     """An episode as the recorder stores one: the expert's twists at 10 Hz, the states at the
     control rate, each stream by its stamp (the sim's clock). ``commands_from``: seconds of the
-    commands missing at the start (a recorder that matched the command topic late)."""
+    commands missing at the start (a recorder that matched the command topic late). ``latency``:
+    the commands are stamped this long before the arm gets them (transport, a driver's queue)."""
     recipe = load_recipe("datasets/recipes/workcell.yaml")
     cell = Workcell("pick_place", randomization=randomization)
     cell.reset(seed)
@@ -41,8 +43,8 @@ def record(path, seed: int = 5, seconds: float = 6.0, randomization=None, comman
         cell.controller.command_twist(twist, cell.time)
         cell.controller.command_gripper(grip, cell.time)
         if cell.time - t_end + seconds >= commands_from:
-            ep.add("cmd_twist", cell.time, cell.time, {"data": np.asarray(twist, float)})
-            ep.add("cmd_gripper", cell.time, cell.time, {"data": np.array([grip], float)})
+            ep.add("cmd_twist", cell.time - latency, cell.time, {"data": np.asarray(twist, float)})
+            ep.add("cmd_gripper", cell.time - latency, cell.time, {"data": np.array([grip], float)})
         for _ in range(25):
             cell.step_control()
             for s in STATES:
@@ -96,6 +98,19 @@ def test_sysid_fits_a_perturbed_arm_and_the_divergence_drops(tmp_path):
     ep = Dataset(tmp_path / "real.zarr").episode(0)
     res = fit([ep], ["kp_scale", "damping_scale"], max_evals=25, progress=False)
     assert res.reduction >= 0.7, (res.cost_before, res.cost_after, res.values)
+    assert res.values["kp_scale"] == pytest.approx(0.5, rel=0.2), res.values
+
+
+def test_sysid_finds_the_command_latency_of_a_soft_arm(tmp_path):
+    """What a policy lives with: the time from a command's stamp to the arm acting on it, here
+    40 ms, with servos at half their stiffness beside it."""
+    from robot_learning.sim.sysid import fit, params_file
+
+    record(tmp_path / "real.zarr", seconds=2.5, randomization=params_file({"kp_scale": 0.5}), latency=0.04)
+    ep = Dataset(tmp_path / "real.zarr").episode(0)
+    res = fit([ep], ["kp_scale", "latency_s"], max_evals=30, progress=False)
+    assert res.reduction >= 0.7, (res.cost_before, res.cost_after, res.values)
+    assert res.values["latency_s"] == pytest.approx(0.04, abs=0.008), res.values
     assert res.values["kp_scale"] == pytest.approx(0.5, rel=0.2), res.values
 
 
