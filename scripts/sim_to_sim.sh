@@ -116,7 +116,7 @@ import matplotlib.pyplot as plt
 
 out, arms = Path(sys.argv[1]), sys.argv[2:]
 label = {"nominal": "nominal sim", "fitted": "sysid's fit", "randomized": "randomized\ndynamics",
-         "fitted_objects": "fit + randomized\nobjects", "robot": "the robot\n(upper bound)"}
+         "fitted_objects": "fit + randomized\nobjects", "robot": "the robot\nitself"}
 
 
 def rate(arm, on):
