@@ -247,51 +247,6 @@ def test_a_pose_chunk_becomes_one_plan_of_unit_poses_one_step_after_each_action(
     assert core.plan(0.05, since=version) is None         # nothing new: no plan
 
 
-class PegPlan:
-    """A peg_insert tcp_pose policy whose plan is to be at ``target`` a step from now, gripper open."""
-
-    def __init__(self, target: np.ndarray, keys=(TCP_POSE_KEY, "hole_pose.data")):
-        self.target = target
-        lo, hi = np.full(8, -2.0), np.full(8, 2.0)
-        self.spec = PolicySpec(list(keys), [], None, 1, DT, 8, lo, hi, task="peg_insert", action_kind="tcp_pose")
-
-    def reset(self) -> None:
-        pass
-
-    def act(self, obs):
-        return np.tile(np.r_[self.target, 0.0], (8, 1))
-
-
-@pytest.mark.parametrize("sees_hole", [True, False])
-def test_a_task_that_shapes_its_actions_gets_them_shaped_by_the_server(sees_hole):
-    """peg_insert shapes every action in the env a policy learns in (10 cm/s at most, 5 cm/s
-    down with the peg near the block, the gripper closed): the server applies the same shaping
-    each tick from the observed TCP and hole, and sends twists rather than a plan the arm would
-    run unshaped. A policy that does not observe the hole is told why its actions go unshaped."""
-    clock, said = {"t": 0.0}, []
-    tcp = _yaw_pose(0.5, 0.0)
-    tcp[1:3] = 0.15, 0.04 + 0.062 + 0.01      # the peg's bottom 1 cm above the block's top face
-    target = tcp.copy()
-    target[2] -= 0.05                           # 5 cm down in one step: 0.5 m/s into the block
-    keys = (TCP_POSE_KEY, "hole_pose.data") if sees_hole else (TCP_POSE_KEY,)
-    core = PolicyServerCore(PegPlan(target, keys), ServerConfig(max_obs_age=0.2), lambda: clock["t"],
-                            log=said.append)
-    core.resume()
-    core.add_sample("ee_pose", 0.0, {"data": tcp})
-    if sees_hole:
-        core.add_sample("hole_pose", 0.0, {"data": np.array([0.5, 0.15, 0.0, 0.0, 0.0, 0.0, 1.0])})
-    assert core.infer_once()
-    a = core.tick(0.0)
-    if sees_hole:
-        assert not core.plannable and not said
-        np.testing.assert_allclose(a[2], -0.05, atol=1e-9)     # the task's contact speed
-        assert a[6] == 1.0                                       # gripper kept closed
-    else:
-        assert core.plannable and "hole_pose.data" in said[0]
-        np.testing.assert_allclose(a[2], -0.5, atol=1e-9)      # as the plan asks
-        assert a[6] == 0.0
-
-
 @pytest.mark.parametrize("action_horizon", [3, 8])
 def test_a_diffusion_policy_executes_action_horizon_actions_of_each_chunk(action_horizon):
     """``--action-horizon`` at run time: the chunk the server schedules starts at the newest
