@@ -104,7 +104,7 @@ for arm in $ARMS; do
         cp "$(ls -td "$OUT"/eval_tmp/eval-* | head -1)/results.json" "$res"
     done
 done
-.venv/bin/python - "$OUT" $ARMS <<'EOF'
+.venv/bin/python - "$OUT" "$EVAL" $ARMS <<'EOF'
 import json
 import sys
 from pathlib import Path
@@ -114,7 +114,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-out, arms = Path(sys.argv[1]), sys.argv[2:]
+out, episodes, arms = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 label = {"nominal": "nominal sim", "fitted": "sysid's fit", "randomized": "randomized\ndynamics",
          "fitted_objects": "fit + randomized\nobjects", "robot": "the robot\nitself"}
 
@@ -135,8 +135,7 @@ for k, (on, colour, name) in enumerate((("robot", "tab:red", 'on the "robot" (pe
     print("sim_to_sim: success " + on + ": " + ", ".join(f"{a} {v:.0f}%" for a, v in zip(arms, values)))
 ax.set_xticks(range(len(arms)), [label.get(a, a) for a in arms], fontsize=8)
 ax.set_xlabel("demonstrations collected on")
-ax.set_ylabel(f"success over {len(json.loads((out / f'eval_{arms[0]}_on_robot.json').read_text())['episodes'])} "
-              "seeded episodes (%)")
+ax.set_ylabel(f"success over {episodes} seeded episodes (%)")
 ax.set_ylim(0, 112)
 ax.legend(loc="upper left", fontsize=8)
 ax.set_title("Sim-to-sim: pick-and-place, a low-dimensional diffusion policy per training sim")
