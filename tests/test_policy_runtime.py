@@ -247,6 +247,55 @@ def test_a_pose_chunk_becomes_one_plan_of_unit_poses_one_step_after_each_action(
     assert core.plan(0.05, since=version) is None         # nothing new: no plan
 
 
+class PegPlan:
+    """A peg_insert tcp_pose policy whose plan is to be at ``target`` a step from now, gripper
+    open; ``on_base``: RL on top of a base (a residual or DSRL runner, which holds ``base``)."""
+
+    def __init__(self, target: np.ndarray, keys=(TCP_POSE_KEY, "hole_pose.data"), on_base: bool = True):
+        self.target = target
+        lo, hi = np.full(8, -2.0), np.full(8, 2.0)
+        self.spec = PolicySpec(list(keys), [], None, 1, DT, 8, lo, hi, task="peg_insert", action_kind="tcp_pose")
+        self.base = object() if on_base else None
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs):
+        return np.tile(np.r_[self.target, 0.0], (8, 1))
+
+
+@pytest.mark.parametrize("kind", ["on base", "on base, hole unseen", "cloned"])
+def test_rl_on_a_base_gets_its_tasks_shaping_from_the_server(kind):
+    """peg_insert shapes every action in the env RL on a base learns in (10 cm/s at most,
+    5 cm/s down with the peg near the block, the gripper closed): the server applies the same
+    shaping each tick from the observed TCP and hole, and sends twists rather than a plan the
+    arm would run unshaped. A policy that does not observe the hole is told why its actions go
+    unshaped; a base cloned from demonstrations goes out as its plan."""
+    clock, said = {"t": 0.0}, []
+    tcp = _yaw_pose(0.5, 0.0)
+    tcp[1:3] = 0.15, 0.04 + 0.062 + 0.01      # the peg's bottom 1 cm above the block's top face
+    target = tcp.copy()
+    target[2] -= 0.05                           # 5 cm down in one step: 0.5 m/s into the block
+    sees_hole = kind != "on base, hole unseen"
+    keys = (TCP_POSE_KEY, "hole_pose.data") if sees_hole else (TCP_POSE_KEY,)
+    core = PolicyServerCore(PegPlan(target, keys, on_base=kind != "cloned"), ServerConfig(max_obs_age=0.2),
+                            lambda: clock["t"], log=said.append)
+    core.resume()
+    core.add_sample("ee_pose", 0.0, {"data": tcp})
+    if sees_hole:
+        core.add_sample("hole_pose", 0.0, {"data": np.array([0.5, 0.15, 0.0, 0.0, 0.0, 0.0, 1.0])})
+    assert core.infer_once()
+    a = core.tick(0.0)
+    if kind == "on base":
+        assert not core.plannable and not said
+        np.testing.assert_allclose(a[2], -0.05, atol=1e-9)     # the task's contact speed
+        assert a[6] == 1.0                                       # gripper kept closed
+    else:
+        assert core.plannable and (("hole_pose.data" in said[0]) if kind != "cloned" else not said)
+        np.testing.assert_allclose(a[2], -0.5, atol=1e-9)      # as the plan asks
+        assert a[6] == 0.0
+
+
 @pytest.mark.parametrize("action_horizon", [3, 8])
 def test_a_diffusion_policy_executes_action_horizon_actions_of_each_chunk(action_horizon):
     """``--action-horizon`` at run time: the chunk the server schedules starts at the newest

@@ -78,6 +78,31 @@ class PolicyServerCore:
             self.scheduler = ChunkScheduler(SchedulerConfig(s.dt, self.cfg.blend, self.cfg.ensemble_k,
                                                             self.cfg.crossfade_s, self.cfg.interpolate))
             self._last_obs_t = None
+            self.shaping = self._task_shaping(policy)
+
+    def _task_shaping(self, policy: Policy):
+        """The task whose action shaping the server applies each tick, or None. A task like
+        peg_insert shapes every action in the env (speed caps, a slow descent near contact, the
+        hand kept in a box, the gripper closed), and RL on top of a base (a residual, DSRL)
+        learns in that env: it leans on the shaping, and sent unshaped the same policy pushes
+        the peg into the block until the arm's monitor stops it (8% against 68%;
+        ``docs/learning.md``). A base cloned from demonstrations learnt from the arm's own
+        motion, goes out as a plan and is left alone (shaped as twists it fell from 14% to 0%),
+        as is a policy that shapes its own actions (an env-trained SAC agent)."""
+        s = policy.spec
+        if not s.task or getattr(policy, "base", None) is None or getattr(policy, "task", None) is not None:
+            return None
+        from robot_learning.sim.tasks import TASKS, make_task
+
+        if s.task not in TASKS:
+            return None
+        task = make_task(s.task)
+        missing = [k for k in task.shaping_keys if k not in s.obs_keys]
+        if missing:
+            self.log(f"the {s.task} task shapes its actions from {', '.join(task.shaping_keys)}, but this policy "
+                     f"observes no {', '.join(missing)}: its actions go to the arm as it outputs them")
+            return None
+        return task if task.shaping_keys else None
 
     @property
     def streams(self) -> list[str]:
@@ -120,6 +145,8 @@ class PolicyServerCore:
                 tcp = self.buffers.newest(TCP_POSE_KEY)
                 fresh = tcp is not None and now - tcp[0] <= self.cfg.max_obs_age
                 a = pose_command(a, tcp[1], s.dt) if fresh else None   # no TCP pose to track against: hold
+            if a is not None and self.shaping is not None:
+                a = self._shaped(a, now)
         self.stats["tick"].append(time.perf_counter() - t0)
         return a
 
@@ -142,12 +169,25 @@ class PolicyServerCore:
             return None
         return out
 
+    def _shaped(self, a: np.ndarray, now: float) -> np.ndarray | None:
+        """The due twist as the policy's task lets it through (``Task.shape_observed``) from the
+        newest poses it needs; held (None) when one of them is stale."""
+        state = {}
+        for key in self.shaping.shaping_keys:
+            got = self.buffers.newest(key)
+            if got is None or now - got[0] > self.cfg.max_obs_age:
+                return None
+            state[key] = got[1]
+        return self.shaping.shape_observed(a, state, self.policy.spec.dt)
+
     @property
     def plannable(self) -> bool:
         """Chunks may go to the arm as timed plans: a ``tcp_pose`` policy without per-tick
-        corrections. A residual corrects each tick's action from the newest observation; a plan
-        sent ahead would carry the base's poses alone and the correction would never reach the arm."""
-        return self.policy.spec.action_kind == "tcp_pose" and not hasattr(self.policy, "correct")
+        corrections or task shaping. A residual corrects each tick's action from the newest
+        observation, and a task's shaping caps each tick's twist from the pose now; a plan sent
+        ahead would carry the base's poses alone and neither would reach the arm."""
+        return (self.policy.spec.action_kind == "tcp_pose" and not hasattr(self.policy, "correct")
+                and self.shaping is None)
 
     def plan(self, now: float, since: int) -> tuple[int, np.ndarray, np.ndarray] | None:
         """A ``tcp_pose`` policy's plan, when a chunk has arrived since version ``since``:

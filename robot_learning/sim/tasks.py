@@ -115,12 +115,16 @@ class Task:
     def shape_observed(self, action: np.ndarray, state: dict[str, np.ndarray], dt: float) -> np.ndarray:
         """``shape_action`` from the recorded pose vectors of ``shaping_keys`` (x y z qx qy qz qw,
         as the recipes store ``*_pose.data``), for a caller that knows the robot and the fixtures
-        only by what it observes: the policy server, deploying a policy trained on this task."""
+        only by what it observes: the policy server, deploying a policy trained on this task.
+        The task's speed caps (``action_bounds``) come first, as the env's action space applies
+        them: a pose plan tracked as twists asks for whatever speed reaches its next pose."""
         if not self.shaping_keys:
             return action
         tcp, *fixtures = self.shaping_keys
         self.locate({k.removesuffix("_pose.data"): _pose(state[k]) for k in fixtures})
-        return self.shape_action(action, *_pose(state[tcp]), dt)
+        a = np.asarray(action, np.float64)
+        low, high = self.action_bounds(np.full(a.shape, -np.inf), np.full(a.shape, np.inf))
+        return self.shape_action(np.clip(a, low, high), *_pose(state[tcp]), dt)
 
 
 def _gap(obs: dict[str, np.ndarray], a: str, b: str, dims: int = 3) -> np.ndarray:
