@@ -88,21 +88,23 @@ class PolicyServerCore:
         the peg into the block until the arm's monitor stops it (8% against 68%;
         ``docs/learning.md``). A base cloned from demonstrations learnt from the arm's own
         motion, goes out as a plan and is left alone (shaped as twists it fell from 14% to 0%),
-        as is a policy that shapes its own actions (an env-trained SAC agent)."""
+        as is an env-trained SAC agent, whose plug-in shapes its own actions."""
         s = policy.spec
-        if not s.task or getattr(policy, "base", None) is None or getattr(policy, "task", None) is not None:
+        if not s.task or getattr(policy, "base", None) is None:
             return None
         from robot_learning.sim.tasks import TASKS, make_task
 
         if s.task not in TASKS:
             return None
         task = make_task(s.task)
+        if not task.shaping_keys:
+            return None
         missing = [k for k in task.shaping_keys if k not in s.obs_keys]
         if missing:
             self.log(f"the {s.task} task shapes its actions from {', '.join(task.shaping_keys)}, but this policy "
                      f"observes no {', '.join(missing)}: its actions go to the arm as it outputs them")
             return None
-        return task if task.shaping_keys else None
+        return task
 
     @property
     def streams(self) -> list[str]:
@@ -154,12 +156,9 @@ class PolicyServerCore:
         """A per-tick policy's correction (a residual) of the action due, from the newest
         observation; held (None) when that observation is stale or the result is not finite
         or leaves the policy's bounds, like a refused chunk."""
-        newest = {}
-        for key in self.policy.spec.obs_keys:
-            got = self.buffers.newest(key)
-            if got is None or now - got[0] > self.cfg.max_obs_age:
-                return None
-            newest[key] = got[1]
+        newest = self._fresh(self.policy.spec.obs_keys, now)
+        if newest is None:
+            return None
         out = np.asarray(self.policy.correct(a, newest), np.float64)
         s = self.policy.spec
         if out.shape != a.shape or not np.all(np.isfinite(out)) or np.any(out < s.action_low) \
@@ -172,13 +171,19 @@ class PolicyServerCore:
     def _shaped(self, a: np.ndarray, now: float) -> np.ndarray | None:
         """The due twist as the policy's task lets it through (``Task.shape_observed``) from the
         newest poses it needs; held (None) when one of them is stale."""
-        state = {}
-        for key in self.shaping.shaping_keys:
+        state = self._fresh(self.shaping.shaping_keys, now)
+        return None if state is None else self.shaping.shape_observed(a, state, self.policy.spec.dt)
+
+    def _fresh(self, keys, now: float) -> dict[str, np.ndarray] | None:
+        """The newest value of each of ``keys``, or None when one is missing or older than
+        ``max_obs_age`` (the tick then holds rather than act on a stale view)."""
+        out = {}
+        for key in keys:
             got = self.buffers.newest(key)
             if got is None or now - got[0] > self.cfg.max_obs_age:
                 return None
-            state[key] = got[1]
-        return self.shaping.shape_observed(a, state, self.policy.spec.dt)
+            out[key] = got[1]
+        return out
 
     @property
     def plannable(self) -> bool:
