@@ -7,9 +7,19 @@ positions through to the joints' servos; a forward velocity controller integrate
 (and, like the real one, keeps the last velocity until told otherwise); a
 joint_trajectory_controller interpolates from where it is to the points at their due times.
 Everything the arm node's safety must catch reaches the joints, as it would on a real arm.
+
+``CommandLockstep`` keeps the sim in step with the arm node that drives it, as a simulator
+running ros2_control inside its own step does (gz_ros2_control): after each joint state it
+publishes, the sim waits for the controller's next command before it steps on. A robot's
+real-time controller meets its period; a sim and an arm node sharing a busy host do not, and
+a stiff servo fed commands in bursts (nothing for 20 ms, then the newest, several periods
+ahead) saturates a 12 N m wrist in free motion, which the arm node rightly stops on.
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 import numpy as np
 
@@ -95,3 +105,46 @@ class SimControllers:
         lim = self.robot.limits
         self.target = np.clip(self.target, lim.q_lower, lim.q_upper)  # the joints' own end stops
         return self.target, self.opening
+
+
+class CommandLockstep:
+    """The sim's wait, after each joint state it publishes, for the command that answers it.
+
+    Only while an arm node is answering: with none (not started yet, killed, paused) the sim
+    runs free after one ``timeout``, so the arm node's own watchdogs, not the sim, notice a
+    silent side, and a sim with nothing connected does not crawl."""
+
+    def __init__(self, timeout: float = 0.1, live: float = 1.0):
+        self.timeout, self.live = timeout, live      # wall seconds
+        self._cond = threading.Condition()
+        self._count = 0
+        self._last = -np.inf                         # monotonic time of the newest command
+        self.waits = 0
+        self.timeouts = 0
+
+    def arrived(self) -> None:
+        """A command reached the controller (any thread)."""
+        with self._cond:
+            self._count += 1
+            self._last = time.monotonic()
+            self._cond.notify_all()
+
+    def mark(self) -> int:
+        """Called just before a joint state goes out: what ``wait`` must see exceeded."""
+        with self._cond:
+            return self._count
+
+    def wait(self, mark: int) -> bool:
+        """Block until a command newer than ``mark`` arrived, or ``timeout``; True if one did.
+        Returns at once while no arm node has answered within ``live`` seconds."""
+        with self._cond:
+            if self._count > mark:
+                return True
+            if time.monotonic() - self._last > self.live:
+                return False
+            self.waits += 1
+            ok = self._cond.wait_for(lambda: self._count > mark, timeout=self.timeout)
+            if not ok:
+                self.timeouts += 1
+                self._last = -np.inf  # stopped answering: run free until it answers again
+            return ok

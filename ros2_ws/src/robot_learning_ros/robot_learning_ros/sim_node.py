@@ -11,7 +11,9 @@ With ``hardware:=true`` it stands in for a robot behind ros2_control instead: no
 of ours inside, ``/joint_states`` as joint_state_broadcaster publishes it, and the command
 topic of the controller named in the robot file's ``ros2_control`` section
 (``robot_learning.sim.hardware``); the arm node (``backend:=ros2_control``) then drives it
-exactly as it would drive a real arm. ``camera_namespace:=sim`` moves the renders to
+exactly as it would drive a real arm; ``lockstep:=true`` (the default; the launch files pass
+``use_sim_time``) waits after each joint state for the arm node's command before stepping on
+(``CommandLockstep``). ``camera_namespace:=sim`` moves the renders to
 ``/sim/<camera>/...``, where camera nodes stream them through librealsense as a real
 RealSense's frames (``camera_node``'s ``software_source``) and publish them at the driver's
 names.
@@ -47,7 +49,7 @@ from trajectory_msgs.msg import JointTrajectory
 from robot_learning.calibrate.sim_views import SimClockDisplay, clock_display_mjcf
 from robot_learning.control.ros2_control import load_ros2_control
 from robot_learning.description import FT_FRAME, urdf
-from robot_learning.sim.hardware import ControllerRejected, SimControllers
+from robot_learning.sim.hardware import CommandLockstep, ControllerRejected, SimControllers
 from robot_learning.sim.render import AsyncCameras, camera_specs
 from robot_learning.sim.topics import arm_state_arrays
 from robot_learning.sim.workcell import Workcell
@@ -130,6 +132,8 @@ class SimNode(Node):
             self.clock_display.place_in_front_of(clock_display)
         self.origin = time.time()  # sim time 0 is the wall-clock time of launch
         self.hardware = bool(p("hardware", False).value)
+        # hardware mode: step in time with the arm node's commands (sim.hardware.CommandLockstep)
+        self.lockstep = CommandLockstep() if self.hardware and bool(p("lockstep", True).value) else None
         self.arm = None if self.hardware else ArmInterface(self, self.cell.controller, self.now,
                                                            self.cell.backend.read_state,
                                                            description=urdf(self.cell.robot, self.cell.calib))
@@ -194,7 +198,8 @@ class SimNode(Node):
             self.create_subscription(JointTrajectory, rc.arm.topic, self._on_hw_trajectory, COMMAND_QOS)
         else:
             self.create_subscription(Float64MultiArray, rc.arm.topic,
-                                     lambda m: self._hw(lambda: self.controllers.command_arm(m.data, self.now())),
+                                     lambda m: self._hw(lambda: self.controllers.command_arm(m.data, self.now()),
+                                                        arm=True),
                                      COMMAND_QOS)
         if rc.gripper is not None:
             self.create_subscription(Float64MultiArray, rc.gripper.topic,
@@ -203,12 +208,14 @@ class SimNode(Node):
         self.get_logger().info(f"hardware mode: {rc.joint_states} out, {rc.arm.interface} commands on "
                                f"{rc.arm.topic} in; no controller or safety filter of ours runs here")
 
-    def _hw(self, fn) -> None:
+    def _hw(self, fn, arm: bool = False) -> None:
         with self.hw_lock:
             try:
                 fn()
             except ControllerRejected as e:
                 self.get_logger().warning(f"controller refused a command: {e}", throttle_duration_sec=1.0)
+        if arm and self.lockstep:
+            self.lockstep.arrived()  # refused or not, the arm node answered
 
     def _on_hw_trajectory(self, m: JointTrajectory) -> None:
         try:
@@ -217,7 +224,7 @@ class SimNode(Node):
         except ValueError:
             return
         self._hw(lambda: self.controllers.command_trajectory(list(m.joint_names), times, pts,
-                                                             from_stamp(m.header.stamp), self.now()))
+                                                             from_stamp(m.header.stamp), self.now()), arm=True)
 
     def _step_hardware(self) -> None:
         """One control period of the robot itself: its controllers' targets to the servos."""
@@ -262,7 +269,9 @@ class SimNode(Node):
                 self._step_hardware()
             else:
                 cell.step_control(self.arm.step, self.origin)
-            self._publish(self.now())
+            mark = self.lockstep.mark() if self.lockstep else 0
+            if self._publish(self.now()) and self.lockstep:
+                self.lockstep.wait(mark)  # the arm node's answer to this state, before the next step
             wall = time.monotonic()
             if wall - self._diag_last[0] >= 1.0:
                 self._diagnostics(wall)
@@ -273,9 +282,11 @@ class SimNode(Node):
                 elif ahead < -0.5:  # far behind (slow machine): do not try to catch up in a burst
                     wall0, sim0 = wall, cell.time
 
-    def _publish(self, t: float) -> None:
+    def _publish(self, t: float) -> bool:
+        """The streams due at ``t``; True if a joint state went out."""
         cell = self.cell
-        if self.state_rate.due(cell.time):
+        state_due = self.state_rate.due(cell.time)
+        if state_due:
             self._msg_clock.clock.sec, self._msg_clock.clock.nanosec = to_sec_ns(t)
             self.pub_clock.publish(self._msg_clock)
             if self.hardware:  # joint_state_broadcaster: every joint, arm and gripper, in one message
@@ -306,6 +317,7 @@ class SimNode(Node):
             if self.clock_display is not None:
                 self.clock_display.show(t)
             self.async_cams.capture(cell.data, t + self.camera_latency)
+        return state_due
 
     def _diagnostics(self, wall: float) -> None:
         """Real-time factor and camera frame rate over the last wall second."""
@@ -321,6 +333,9 @@ class SimNode(Node):
             ("real_time_factor_target", "max" if self.rtf <= 0 else f"{self.rtf:g}"),
             ("sim_time", f"{self.cell.time:.3f}"), ("wall_time", f"{wall:.3f}"),
             ("camera_frames_per_s", f"{(self._frames - last[2]) / (wall - last[0]):.1f}"))]
+        if self.lockstep:  # hardware mode: how often the sim waited for the arm node, and gave up
+            st.values += [KeyValue(key="lockstep_waits", value=str(self.lockstep.waits)),
+                          KeyValue(key="lockstep_timeouts", value=str(self.lockstep.timeouts))]
         if st.level == DiagnosticStatus.WARN:
             self.get_logger().warning(st.message, throttle_duration_sec=30.0)
         msg = DiagnosticArray(status=[st])
