@@ -25,7 +25,9 @@ PIP="$VENV/bin/pip --disable-pip-version-check -q"
 $VENV/bin/python -c "import torch" 2>/dev/null || $PIP install torch==2.13.0
 $PIP install -r requirements-ros.txt
 $PIP install -e ".[learning,devices,dev]"
-$PIP install ./ros2_ws/src/robot_learning_ros
+# PEP 517 build: an older pip (Debian's 23.0) would otherwise run `setup.py install`, which puts
+# copies of the nodes in lib/robot_learning_ros/ itself, in the way of the links below
+$PIP install --use-pep517 ./ros2_ws/src/robot_learning_ros
 
 # --- the ament layout ros2 launch expects: a package's nodes in <prefix>/lib/<package>/ ---
 # colcon installs them there (setup.cfg); pip puts console scripts in bin/ only, and ros2 launch
@@ -37,6 +39,6 @@ print(*sorted(e.name for e in distribution("robot_learning_ros").entry_points if
 mkdir -p "$LIBEXEC"
 find "$LIBEXEC" -maxdepth 1 -type l -delete
 for exe in $NODES; do
-    ln -s "../../bin/$exe" "$LIBEXEC/$exe"
+    ln -sf "../../bin/$exe" "$LIBEXEC/$exe"  # -f: over a copy an older set-up left there
 done
 echo "setup: done ($VENV)"
