@@ -388,3 +388,49 @@ def test_dsrl_shaping_adds_the_progress_made_over_each_chunk(base):
     assert steps == 5  # 20 env steps, 4 (the base's action horizon) per agent step
     made = float(task.progress(batch(obs))[0] - task.progress(first)[0])
     assert abs(made) > 1e-4 and total - successes == pytest.approx(2.0 * made, abs=1e-9)
+
+
+def test_a_residual_trains_through_the_servers_engine_and_its_correction_reaches_the_arm(tmp_path):
+    """``train residual-sac --served``: the agent's correction goes through the path it deploys
+    on (the server's engine, per-tick pose tracking, the command mux) and moves the arm by what
+    it asks; its observation is what the runner gave the correction; it trains, checkpoints and
+    is evaluated like the plain env's."""
+    from robot_learning.config import load_robot
+    from robot_learning.control.kinematics import Kinematics
+    from robot_learning.evaluate import evaluate_env
+    from robot_learning.policies.untrained import untrained_pose_policy
+    from robot_learning.rl.residual_env import BASE_ACTION, ServedResidualAdapter
+    from robot_learning.train.sac import ResidualSacTrainConfig, train_sac
+    from robot_learning.transforms import wxyz_to_xyzw
+
+    robot = load_robot()
+    pos, quat = Kinematics(robot).fk(robot.home)
+    base = save_untrained(tmp_path / "pose", untrained_pose_policy(np.r_[pos, wxyz_to_xyzw(quat)], 0.005))
+    env = ServedResidualAdapter(str(base), "pick_place", ["ee_pose.data"], max_steps=20, scale=4.0)
+    assert env.spec.state_keys == ("ee_pose.data", BASE_ACTION) and env.spec.state_dims == (7, 8)
+
+    def moved(u: np.ndarray) -> float:
+        torch.manual_seed(0)
+        obs, _ = env.reset(3)
+        x0 = obs["ee_pose.data"][0]
+        for _ in range(10):
+            obs, r, term, trunc, info = env.step(u)
+            assert not term and not trunc and np.all(np.abs(obs[BASE_ACTION]) <= 1.01)
+        newest = env.sim.core.buffers.newest("ee_pose.data")[1]
+        assert np.allclose(obs["ee_pose.data"], newest, atol=0.01)   # the runner's view, one tick old at most
+        return float(obs["ee_pose.data"][0] - x0)
+
+    u = np.zeros(8, np.float32)
+    plain = moved(u)
+    u[0] = 1.0                                   # the most the bound allows along x: 2 cm past the base's pose
+    assert moved(u) - plain == pytest.approx(env.bound[0], rel=0.35)
+    env.close()
+
+    run = train_sac(ResidualSacTrainConfig(base=str(base), served=True, scale=1.0, steps=8, learning_starts=4,
+                                           batch_size=4, eval_every=8, eval_episodes=1, max_episode_steps=6,
+                                           video=False, hidden=[16, 16], out=str(tmp_path), threads=1),
+                    progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in rows if "eval_success" in r] == [0, 8]
+    assert read_checkpoint(run / "checkpoints" / "last").kind == "residual_sac"
+    assert evaluate_env(run / "checkpoints" / "last", 1, max_steps=6)["episodes"][0]["steps"] == 6

@@ -103,6 +103,104 @@ class ResidualAdapter:
         self.envs.close()
 
 
+class HeldCorrection:
+    """The residual's correction while it trains through the server's engine: the agent's ``u``
+    for this step, held over the step's ticks (a ``ResidualRunner``'s ``net``), and what the
+    runner showed it last (the state and the base's action due), the agent's next observation."""
+
+    def __init__(self, bound: np.ndarray):
+        self.bound = bound
+        self.u = np.zeros_like(bound)
+        self.seen: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, state: np.ndarray, base_action: np.ndarray) -> np.ndarray:
+        self.seen = (np.array(state), np.array(base_action))
+        return self.bound * self.u
+
+
+class ServedResidualAdapter:
+    """``train residual-sac --served``: the residual learns on the path it deploys on. The
+    policy server's engine (``train.rollout.ServedSim``) runs the frozen base as it serves it
+    (chunks blended and replanned every 4 steps, each tick's pose tracked as a twist, the task's
+    shaping, the command mux's acceleration bound), with ``ResidualRunner`` applying the agent's
+    correction at every tick. A residual trained in the plain env (one chunk at a time, one twist
+    held a whole step, no mux) learnt to lean on what the deploy path does not do: 68% there,
+    8% through the server's engine.
+
+    The agent acts once a policy step; its ``u`` holds over the step's ticks (at deployment the
+    actor's mean is evaluated at each tick, on that tick's observation). It observes what the
+    runner gave the correction at the step's last tick."""
+
+    def __init__(self, base_path: str, task: str, keys: list[str], max_steps: int = 0, randomization: str = "",
+                 scale: float = 0.1, noise_scale: float = 1.0):
+        from robot_learning.policies.registry import checkpoint_recipe, read_checkpoint
+        from robot_learning.policies.residual import ResidualRunner
+        from robot_learning.train.rollout import ServedSim
+
+        self.base = base = load_base(base_path, noise_scale, "train residual-sac")
+        self.keys, self.task = list(keys), task
+        self.mid, self.half = base_action_range(base)
+        self.bound = float(scale) * self.half
+        self.held = HeldCorrection(self.bound)
+        runner = ResidualRunner(base, self.held, self.keys, self.bound)
+        self.sim = ServedSim(runner, checkpoint_recipe(read_checkpoint(base_path)), task,
+                             randomization=randomization or None)
+        self.env = self.sim.env
+        self.max_steps = max_steps or self.sim.cell.task.max_steps
+        n = base.spec.action_dim
+        self.low, self.high = [-1.0] * n, [1.0] * n
+        self.dt = base.spec.dt
+        self.return_range = list(RETURN_RANGE)
+        o, _ = self.reset(0)
+        self.spec = ObsSpec((*self.keys, BASE_ACTION), tuple(int(np.size(o[k])) for k in (*self.keys, BASE_ACTION)))
+
+    def _observed(self) -> dict[str, np.ndarray]:
+        state, base_now = self.held.seen
+        out, i = {}, 0
+        for k in self.keys:
+            n = self.sizes[k]
+            out[k] = state[i:i + n].astype(np.float32)
+            i += n
+        out[BASE_ACTION] = scaled_base_action(base_now, self.mid, self.half)
+        return out
+
+    def reset(self, seed: int):
+        sim = self.sim
+        sim.reset(seed)
+        self.held.u[:] = 0.0
+        self.held.seen = None
+        self.steps = 0
+        while self.held.seen is None and sim.fault is None and self.steps < self.max_steps:
+            sim.step()   # the base's first chunk, uncorrected: the agent's first look at it
+            self.steps += 1
+        if self.held.seen is None:
+            raise RuntimeError(f"the base made no action in {self.steps} steps of episode {seed}"
+                               + (f" ({sim.fault})" if sim.fault else ""))
+        self.sizes = {k: int(np.size(sim.core.buffers.newest(k)[1])) for k in self.keys}
+        return self._observed(), {}
+
+    def step(self, a):
+        self.held.u = self.executed(a)
+        self.sim.step()
+        self.steps += 1
+        success = bool(self.sim.cell.success())
+        fault = self.sim.fault
+        # success or a protective stop ends the episode, as in the workcell env
+        terminated = success or fault is not None
+        truncated = not terminated and self.steps >= self.max_steps
+        info = {"success": success} | ({"protective_stop": fault} if fault else {})
+        return self._observed(), float(success), terminated, truncated, info
+
+    def executed(self, a: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(a, np.float32), -1.0, 1.0)  # the agent's u, held over the step
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        self.sim.close()
+
+
 class ResidualOnRobot:
     """The frozen base and the residual's bound as the graph's RL actor runs them
     (``rl_graph_actor`` with ``base:=``): one chunk per ``horizon`` steps from a window of the

@@ -31,13 +31,8 @@ class RolloutResult:
     fault: str | None = None  # the protective stop that ended the episode, if one did
 
 
-def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: str = "ensemble",
-            replan_every: int = 4, record_video: int = 0, progress: bool = False,
-            control_hz: float = 100.0, latency: float = 0.0, max_steps: int = 0,
-            plans: bool = True, randomization: str | dict | None = None) -> list[RolloutResult]:
-    """One episode per seed; the first ``record_video`` episodes keep front-camera frames.
-    ``max_steps``: policy steps before an episode counts as failed (0: the task's limit; a
-    smaller one gives a quick look during training).
+class ServedSim:
+    """The workcell env driven by the policy server's engine, one policy step at a time.
 
     As on the graph: observations arrive and the server's timer ticks at ``control_hz``, the
     due action (a zero twist when starved) goes through the command mux (bounded acceleration)
@@ -48,27 +43,103 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
     ``randomization``: a sim parameter file (``sim/randomization.yaml``'s terms, or sysid's
     fitted one): the model's physics, lights and cameras drawn per episode from its seed, as a
     stand-in for a robot that is not the nominal sim. The env's own latency and sensor noise do
-    not apply here: the server's engine drives the arm directly (``latency`` is inference's)."""
-    from robot_learning.control.safety import CommandRejected
-    from robot_learning.sim.env import WorkcellEnv
-    from robot_learning.teleop.mux import CommandMux
-    from robot_learning.transforms import xyzw_to_wxyz
+    not apply here: the server's engine drives the arm directly (``latency`` is inference's).
+    ``rollout`` evaluates with it; ``rl.residual_env.ServedResidualAdapter`` trains through it."""
 
-    s = policy.spec
-    streams = {name: recipe.streams[name].topic for name in
-               sorted({k.split(".", 1)[0] for k in s.obs_keys} | set(s.image_keys))}
-    env = WorkcellEnv(task, control_hz=1.0 / s.dt, randomization=randomization)
-    cell = env.cell
-    clock = {"t": 0.0}
-    core = PolicyServerCore(policy, ServerConfig(control_hz=control_hz, blend=blend, replan_every=replan_every,
-                                                 max_obs_age=np.inf), lambda: clock["t"], log=lambda m: None)
-    plans = plans and core.plannable   # a tcp_pose policy without per-tick corrections
-    # timer ticks per policy step, each a whole number of the sim's control periods
-    per_step = max(1, round(s.dt / cell.control_dt))
-    sub = max(1, min(per_step, round(s.dt * control_hz)))
-    while per_step % sub:
-        sub -= 1
-    tick_s = per_step // sub * cell.control_dt
+    def __init__(self, policy: Policy, recipe: Recipe, task: str, blend: str = "ensemble", replan_every: int = 4,
+                 control_hz: float = 100.0, latency: float = 0.0, plans: bool = True,
+                 randomization: str | dict | None = None):
+        from robot_learning.sim.env import WorkcellEnv
+
+        s = self.spec = policy.spec
+        self.streams = {name: recipe.streams[name].topic for name in
+                        sorted({k.split(".", 1)[0] for k in s.obs_keys} | set(s.image_keys))}
+        self.env = WorkcellEnv(task, control_hz=1.0 / s.dt, randomization=randomization)
+        self.cell = cell = self.env.cell
+        self.clock = {"t": 0.0}
+        self.core = PolicyServerCore(policy, ServerConfig(control_hz=control_hz, blend=blend,
+                                                          replan_every=replan_every, max_obs_age=np.inf),
+                                     lambda: self.clock["t"], log=lambda m: None)
+        self.plans = plans and self.core.plannable   # a tcp_pose policy without per-tick corrections
+        self.latency = latency
+        # timer ticks per policy step, each a whole number of the sim's control periods
+        per_step = max(1, round(s.dt / cell.control_dt))
+        sub = max(1, min(per_step, round(s.dt * control_hz)))
+        while per_step % sub:
+            sub -= 1
+        self.sub, self.tick_s = sub, per_step // sub * cell.control_dt
+
+    def reset(self, seed: int) -> None:
+        from robot_learning.teleop.mux import CommandMux
+
+        self.env.reset(seed=seed)
+        self.core.resume()
+        self.mux = CommandMux()
+        self.t_action = -np.inf
+        self.pending = None  # (due time, chunk) of the inference in flight
+        self.version = 0     # of the newest plan sent
+        self.t0 = self.cell.time
+
+    @property
+    def fault(self) -> str | None:
+        """The protective stop that ended the episode: the arm refuses commands until reset."""
+        return self.cell.controller.fault
+
+    def step(self) -> None:
+        """One policy step of the server's ticks, each followed by its share of the physics."""
+        from robot_learning.control.safety import CommandRejected
+        from robot_learning.transforms import xyzw_to_wxyz
+
+        cell, core, mux = self.cell, self.core, self.mux
+        for _ in range(self.sub):
+            if self.fault is not None:
+                break
+            t = self.clock["t"] = cell.time - self.t0 + self.tick_s
+            for name, topic in self.streams.items():
+                core.add_sample(name, t, topic_sample(cell, topic))
+            if self.pending is None and (win := core.inference_due(t)) is not None:
+                self.pending = (t + self.latency, core.run_policy(win))
+            if self.pending is not None and t >= self.pending[0] - 1e-9:
+                core.deliver(*self.pending[1])
+                self.pending = None
+            if self.plans:
+                if (plan := core.plan(t, self.version)) is not None:
+                    self.version, offsets, acts = plan
+                    try:  # a refused plan (outside the box) is not executed, as on the arm
+                        cell.controller.command_tcp_plan(offsets, acts[:, :3], xyzw_to_wxyz(acts[:, 3:7]),
+                                                         cell.time, start=cell.time)
+                    except CommandRejected:
+                        pass
+                    mux.set_policy_plan(t)
+                a = core.due_action(t)
+                if a is not None and len(a) > 7:
+                    mux.set_policy(None, float(a[7]), t)
+            elif (a := core.tick(t)) is not None:
+                self.t_action = t
+                mux.set_policy(a[:6], float(a[6]), t)
+            elif t - self.t_action < HOLD_TWIST_S:  # the server's hold: zero twist, then quiet
+                mux.set_policy(np.zeros(6), None, t)
+            out = mux.step(t)
+            if out.moving:  # the mux goes quiet once at rest; the arm's watchdog holds
+                cell.controller.command_twist(out.twist, cell.time)
+            if out.gripper is not None and out.source != "hold":
+                cell.controller.command_gripper(out.gripper, cell.time)
+            cell.advance(self.tick_s)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: str = "ensemble",
+            replan_every: int = 4, record_video: int = 0, progress: bool = False,
+            control_hz: float = 100.0, latency: float = 0.0, max_steps: int = 0,
+            plans: bool = True, randomization: str | dict | None = None) -> list[RolloutResult]:
+    """One episode per seed through the server's engine (``ServedSim``, which says what the
+    other arguments do); the first ``record_video`` episodes keep front-camera frames.
+    ``max_steps``: policy steps before an episode counts as failed (0: the task's limit; a
+    smaller one gives a quick look during training)."""
+    sim = ServedSim(policy, recipe, task, blend, replan_every, control_hz, latency, plans, randomization)
+    cell = sim.cell
     results = []
     limit = max_steps or cell.task.max_steps
     import torch
@@ -77,64 +148,26 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
     torch.set_num_threads(1)  # batch-1 inference: one thread is fastest, and never oversubscribes a small CPU
     try:
         for n, seed in enumerate(tqdm(seeds, desc="rollouts", unit="ep", disable=not progress, leave=False)):
-            env.reset(seed=seed)
-            core.resume()
-            mux = CommandMux()
-            frames, success, steps, t_action, t_ok = [], False, 0, -np.inf, None
-            pending = None  # (due time, chunk) of the inference in flight
-            version = 0     # of the newest plan sent
-            t0 = cell.time
+            sim.reset(seed)
+            frames, success, steps, t_ok = [], False, 0, None
             while steps < limit or t_ok is not None:  # as the graph's evaluator:
                 # success first seen, then judged again SUCCESS_SETTLE_S later
-                if cell.controller.fault is not None:
+                if sim.fault is not None:
                     # a protective stop (the arm blocked or collided) ends the episode as a
                     # failure, as it does on the robot: the arm refuses commands until reset
                     break
                 steps += 1
-                for _ in range(sub):
-                    if cell.controller.fault is not None:
-                        break
-                    t = clock["t"] = cell.time - t0 + tick_s
-                    for name, topic in streams.items():
-                        core.add_sample(name, t, topic_sample(cell, topic))
-                    if pending is None and (win := core.inference_due(t)) is not None:
-                        pending = (t + latency, core.run_policy(win))
-                    if pending is not None and t >= pending[0] - 1e-9:
-                        core.deliver(*pending[1])
-                        pending = None
-                    if plans:
-                        if (plan := core.plan(t, version)) is not None:
-                            version, offsets, acts = plan
-                            try:  # a refused plan (outside the box) is not executed, as on the arm
-                                cell.controller.command_tcp_plan(offsets, acts[:, :3], xyzw_to_wxyz(acts[:, 3:7]),
-                                                                 cell.time, start=cell.time)
-                            except CommandRejected:
-                                pass
-                            mux.set_policy_plan(t)
-                        a = core.due_action(t)
-                        if a is not None and len(a) > 7:
-                            mux.set_policy(None, float(a[7]), t)
-                    elif (a := core.tick(t)) is not None:
-                        t_action = t
-                        mux.set_policy(a[:6], float(a[6]), t)
-                    elif t - t_action < HOLD_TWIST_S:  # the server's hold: zero twist, then quiet
-                        mux.set_policy(np.zeros(6), None, t)
-                    out = mux.step(t)
-                    if out.moving:  # the mux goes quiet once at rest; the arm's watchdog holds
-                        cell.controller.command_twist(out.twist, cell.time)
-                    if out.gripper is not None and out.source != "hold":
-                        cell.controller.command_gripper(out.gripper, cell.time)
-                    cell.advance(tick_s)
+                sim.step()
                 if n < record_video:
-                    frames.append(env.render())
+                    frames.append(sim.env.render())
                 ok = cell.success()
                 if t_ok is None and ok:
                     t_ok = cell.time
                 if t_ok is not None and cell.time - t_ok >= SUCCESS_SETTLE_S - 1e-9:
                     success = ok
                     break
-            results.append(RolloutResult(seed, bool(success), steps, frames, cell.controller.fault))
+            results.append(RolloutResult(seed, bool(success), steps, frames, sim.fault))
     finally:
         torch.set_num_threads(threads)
-        env.close()
+        sim.close()
     return results

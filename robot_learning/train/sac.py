@@ -110,6 +110,9 @@ class ResidualSacTrainConfig(SACTrainConfig):
     start_steps: int = 0              # the agent acts from the start: its untrained correction is zero
     centre_weight: float = 0.0        # pull of the correction's mean toward zero (SACConfig.centre_weight)
     eval_every: int = 3000
+    # train (and evaluate) through the policy server's engine, the path the residual deploys on
+    # (rl.residual_env.ServedResidualAdapter); off: the plain env, one chunk and one twist a step
+    served: bool = False
 
 
 class GymAdapter:
@@ -259,11 +262,12 @@ def make_env(cfg: SACTrainConfig, render: bool = False):
         if not cfg.env.startswith("workcell/") or cfg.images or cfg.intervene or cfg.demos or cfg.reward != "sim":
             raise SystemExit("train residual-sac: runs on workcell/<task> from the state and the sim's reward, "
                              "without --images, --intervene, --demos or --reward")
-        from robot_learning.rl.residual_env import ResidualAdapter
+        from robot_learning.rl.residual_env import ResidualAdapter, ServedResidualAdapter
 
         task = cfg.env.split("/", 1)[1]
-        return ResidualAdapter(cfg.base, task, cfg.obs or WORKCELL_OBS.get(task) or ["ee_pose.data"],
-                               cfg.max_episode_steps, cfg.randomization, cfg.scale, cfg.noise_scale)
+        adapter = ServedResidualAdapter if cfg.served else ResidualAdapter
+        return adapter(cfg.base, task, cfg.obs or WORKCELL_OBS.get(task) or ["ee_pose.data"],
+                       cfg.max_episode_steps, cfg.randomization, cfg.scale, cfg.noise_scale)
     if cfg.env.startswith("workcell/"):
         return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render, cfg.max_episode_steps, cfg.reward,
                                cfg.images, cfg.image_size, cfg.randomization)
