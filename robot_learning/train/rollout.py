@@ -79,6 +79,18 @@ class ServedSim:
         self.pending = None  # (due time, chunk) of the inference in flight
         self.version = 0     # of the newest plan sent
         self.t0 = self.cell.time
+        self.t_ok: float | None = None  # when success was first seen
+
+    def judge(self) -> bool | None:
+        """After a step, the verdict as the graph's evaluator gives it: success first seen, then
+        judged again ``SUCCESS_SETTLE_S`` later (a peg pulled out again, a cube knocked off, is
+        a failure); None until then."""
+        ok = self.cell.success()
+        if self.t_ok is None and ok:
+            self.t_ok = self.cell.time
+        if self.t_ok is not None and self.cell.time - self.t_ok >= SUCCESS_SETTLE_S - 1e-9:
+            return bool(ok)
+        return None
 
     @property
     def fault(self) -> str | None:
@@ -149,9 +161,8 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
     try:
         for n, seed in enumerate(tqdm(seeds, desc="rollouts", unit="ep", disable=not progress, leave=False)):
             sim.reset(seed)
-            frames, success, steps, t_ok = [], False, 0, None
-            while steps < limit or t_ok is not None:  # as the graph's evaluator:
-                # success first seen, then judged again SUCCESS_SETTLE_S later
+            frames, success, steps = [], False, 0
+            while steps < limit or sim.t_ok is not None:  # a success seen is judged past the limit
                 if sim.fault is not None:
                     # a protective stop (the arm blocked or collided) ends the episode as a
                     # failure, as it does on the robot: the arm refuses commands until reset
@@ -160,11 +171,8 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
                 sim.step()
                 if n < record_video:
                     frames.append(sim.env.render())
-                ok = cell.success()
-                if t_ok is None and ok:
-                    t_ok = cell.time
-                if t_ok is not None and cell.time - t_ok >= SUCCESS_SETTLE_S - 1e-9:
-                    success = ok
+                if (verdict := sim.judge()) is not None:
+                    success = verdict
                     break
             results.append(RolloutResult(seed, bool(success), steps, frames, sim.fault))
     finally:
