@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 
 import rclpy
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
@@ -31,6 +32,11 @@ class GraphClient:
             self.ex.spin()
         except ExternalShutdownException:
             pass
+        except InvalidHandle:
+            # close() shut the context down while the executor was gathering a wait set: an
+            # entity it was adding is being destroyed. Anywhere else it is a real error.
+            if rclpy.ok(context=self.ctx):
+                raise
 
     def subscribe(self, topic: str, msg_type, sensor: bool = False, latched: bool = False, transform=None,
                   depth: int = 10):
