@@ -55,17 +55,23 @@ def scaled_base_action(base_now: np.ndarray, mid: np.ndarray, half: np.ndarray) 
 class ResidualAdapter:
     def __init__(self, base_path: str, task: str, keys: list[str], max_steps: int = 0, randomization: str = "",
                  scale: float = 0.1, noise_scale: float = 1.0):
-        base = load_base(base_path, noise_scale, "train residual-sac")
-        self.base = base
-        self.envs = BaseDrivenEnvs(base, task, 1, keys, randomization, max_steps)
+        self._correcting(load_base(base_path, noise_scale, "train residual-sac"), task, keys, scale)
+        self.envs = BaseDrivenEnvs(self.base, task, 1, keys, randomization, max_steps)
         self.env = self.envs.vec.envs[0].unwrapped      # the WorkcellEnv (renders)
-        self.keys, self.task = list(keys), task
+        self._spec_from_first_episode()
+
+    def _correcting(self, base, task: str, keys: list[str], scale: float) -> None:
+        """The agent's spaces on ``base``: ``u`` in [-1, 1] per action, ``bound`` the largest
+        correction; the critic's targets are clipped to the task's returns."""
+        self.base, self.task, self.keys = base, task, list(keys)
         self.mid, self.half = base_action_range(base)
         self.bound = float(scale) * self.half
         n = base.spec.action_dim
         self.low, self.high = [-1.0] * n, [1.0] * n
         self.dt = base.spec.dt
-        self.return_range = self.envs.return_range  # the critic's targets are clipped to it
+        self.return_range = list(RETURN_RANGE)
+
+    def _spec_from_first_episode(self) -> None:
         o, _ = self.reset(0)
         self.spec = ObsSpec((*self.keys, BASE_ACTION), tuple(int(np.size(o[k])) for k in (*self.keys, BASE_ACTION)))
 
@@ -118,7 +124,7 @@ class HeldCorrection:
         return self.bound * self.u
 
 
-class ServedResidualAdapter:
+class ServedResidualAdapter(ResidualAdapter):
     """``train residual-sac --served``: the residual learns on the path it deploys on. The
     policy server's engine (``train.rollout.ServedSim``) runs the frozen base as it serves it
     (chunks blended and replanned every 4 steps, each tick's pose tracked as a twist, the task's
@@ -138,22 +144,14 @@ class ServedResidualAdapter:
         from robot_learning.policies.residual import ResidualRunner
         from robot_learning.train.rollout import ServedSim
 
-        self.base = base = load_base(base_path, noise_scale, "train residual-sac")
-        self.keys, self.task = list(keys), task
-        self.mid, self.half = base_action_range(base)
-        self.bound = float(scale) * self.half
+        self._correcting(load_base(base_path, noise_scale, "train residual-sac"), task, keys, scale)
         self.held = HeldCorrection(self.bound)
-        runner = ResidualRunner(base, self.held, self.keys, self.bound)
+        runner = ResidualRunner(self.base, self.held, self.keys, self.bound)
         self.sim = ServedSim(runner, checkpoint_recipe(read_checkpoint(base_path)), task,
                              randomization=randomization or None)
         self.env = self.sim.env
         self.max_steps = max_steps or self.sim.cell.task.max_steps
-        n = base.spec.action_dim
-        self.low, self.high = [-1.0] * n, [1.0] * n
-        self.dt = base.spec.dt
-        self.return_range = list(RETURN_RANGE)
-        o, _ = self.reset(0)
-        self.spec = ObsSpec((*self.keys, BASE_ACTION), tuple(int(np.size(o[k])) for k in (*self.keys, BASE_ACTION)))
+        self._spec_from_first_episode()
 
     def _observed(self) -> dict[str, np.ndarray]:
         state, base_now = self.held.seen
@@ -195,12 +193,6 @@ class ServedResidualAdapter:
         truncated = not terminated and self.steps >= self.max_steps and sim.t_ok is None
         info = {"success": success} | ({"protective_stop": fault} if fault else {})
         return self._observed(), float(success), terminated, truncated, info
-
-    def executed(self, a: np.ndarray) -> np.ndarray:
-        return np.clip(np.asarray(a, np.float32), -1.0, 1.0)  # the agent's u, held over the step
-
-    def render(self):
-        return self.env.render()
 
     def close(self):
         self.sim.close()

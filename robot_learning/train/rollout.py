@@ -51,7 +51,7 @@ class ServedSim:
                  randomization: str | dict | None = None):
         from robot_learning.sim.env import WorkcellEnv
 
-        s = self.spec = policy.spec
+        s = policy.spec
         self.streams = {name: recipe.streams[name].topic for name in
                         sorted({k.split(".", 1)[0] for k in s.obs_keys} | set(s.image_keys))}
         self.env = WorkcellEnv(task, control_hz=1.0 / s.dt, randomization=randomization)
