@@ -36,11 +36,13 @@ def evaluate_graph(checkpoint: str | Path, task: str, episodes: int, report_dir:
 
 def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: str = "",
                  blend: str = "ensemble", video: Path | None = None, sampler: str = "",
-                 inference_steps: int = 0, latency: float = 0.0, max_steps: int = 0,
-                 noise_scale: float | None = None, randomization: str = "") -> dict:
+                 inference_steps: int = 0, latency: float | tuple[float, float] = 0.0, max_steps: int = 0,
+                 noise_scale: float | None = None, randomization: str = "",
+                 lags: tuple[float, float] = (0.0, 0.0)) -> dict:
     """Seeded episodes in the gymnasium env; with ``video`` the first one is filmed (and its
     frames returned under "frames"). ``latency``: seconds each chunk takes to arrive, as the
-    robot's inference would (0: instantaneous, which flatters twist policies). ``max_steps``:
+    robot's inference would (0: instantaneous, which flatters twist policies); a (low, high)
+    range is drawn per chunk, and ``lags`` are the transport's (``train.rollout.ServedSim``). ``max_steps``:
     policy steps before an episode counts as failed (0: the task's limit). ``randomization``: a sim
     parameter file the episodes' physics is drawn from (a perturbed "real" sim, sysid's fit)."""
     from robot_learning.policies.registry import checkpoint_recipe, load_policy, read_checkpoint
@@ -52,7 +54,7 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
     task = task or policy.spec.task
     res = rollout(policy, recipe, task, [seed + i for i in range(episodes)], blend=blend,
                   replan_every=4, record_video=1 if video else 0, progress=True, latency=latency,
-                  max_steps=max_steps, randomization=randomization or None)
+                  max_steps=max_steps, randomization=randomization or None, lags=lags)
     if video and res and res[0].frames:
         from robot_learning.data.view import write_video
 
@@ -65,6 +67,17 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
     return out
 
 
+def _seconds(text: str) -> tuple[float, float]:
+    import argparse
+
+    from robot_learning.train.rollout import seconds_range
+
+    try:
+        return seconds_range(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def run_evaluate(a) -> int:
     from robot_learning.config import ConfigError
     from robot_learning.launch import LaunchError, parse_launch_args
@@ -75,7 +88,7 @@ def run_evaluate(a) -> int:
         if a.where == "env":
             r = evaluate_env(a.checkpoint, a.episodes, a.seed, a.task, a.blend, out / "rollout.mp4",
                              sampler=a.sampler, inference_steps=a.inference_steps, latency=a.latency,
-                             noise_scale=a.noise_scale, randomization=a.randomization)
+                             noise_scale=a.noise_scale, randomization=a.randomization, lags=a.lags)
             r.pop("frames", None)
         else:
             from robot_learning.policies.registry import load_policy
@@ -120,8 +133,12 @@ def add_parser(sub) -> None:
     ev.add_argument("--noise-scale", type=float, default=None,
                     help="diffusion: scale of the initial noise, 0..2 (default 1, as trained; 0 with DDIM: the "
                          "most typical chunk, no sampling diversity)")
-    ev.add_argument("--latency", type=float, default=0.0,
-                    help="env: seconds of sim time each chunk takes to arrive (inference latency)")
+    ev.add_argument("--latency", type=_seconds, default=(0.0, 0.0),
+                    help="env: seconds of sim time each chunk takes to arrive (inference latency); LOW,HIGH: "
+                         "drawn per chunk (the graph's varies: see the policy server's obs_to_chunk diagnostics)")
+    ev.add_argument("--lags", type=_seconds, default=(0.0, 0.0),
+                    help="env: OBS,CMD: the most seconds the transport adds to the observations' age and to the "
+                         "commands' way to the arm (DDS hops, the mux's timer), drawn per episode")
     ev.add_argument("--randomization", default="",
                     help="env: a sim parameter file the physics is drawn from per episode (sim/randomization.yaml's "
                          "terms, or sysid's fit); graph: pass randomization:=FILE to the sim node instead")

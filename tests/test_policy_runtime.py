@@ -348,3 +348,46 @@ def test_env_rollout_drives_a_pose_policy_the_way_the_server_does(plans):
     assert np.linalg.norm(start - home) < 0.01
     assert np.linalg.norm(tcp - policy.goal) < 0.01, (tcp, policy.goal)
     assert opening < 0.01   # closed (the fingers are 0.08 apart at the start)
+
+
+def test_the_engine_draws_the_graphs_timing_from_each_episodes_seed():
+    """``ServedSim``'s ``lags``: the transport's delays, drawn per episode in whole ticks from its
+    seed, within their bounds; a command delayed by one policy step's ticks moves the arm exactly
+    one step later than an undelayed one."""
+    from robot_learning.data.schema import load_recipe
+    from robot_learning.paths import project_root
+    from robot_learning.train.rollout import ServedSim, seconds_range
+
+    assert seconds_range("0.06") == (0.06, 0.06) and seconds_range("0.04,0.16") == (0.04, 0.16)
+    for bad in ("0.2,0.1", "-1", "fast", "1,2,3"):
+        with pytest.raises(ValueError, match="is not seconds"):
+            seconds_range(bad)
+    recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
+    home = np.array([0.307, 0.0, 0.487])
+    sim = ServedSim(GoToPosePolicy(home + [0.1, 0.08, -0.12]), recipe, "pick_place", plans=False,
+                    latency=(0.04, 0.16), lags=(0.04, 0.1))
+    per_step = sim.sub
+    assert sim.tick_s * per_step == pytest.approx(DT)
+    draws = {}
+    for seed in range(12):
+        sim.reset(seed)
+        draws[seed] = (sim.obs_lag, sim.cmd_lag)
+    assert all(0 <= o <= round(0.04 / sim.tick_s) and 0 <= c <= per_step for o, c in draws.values())
+    assert len(set(draws.values())) > 3
+    sim.reset(5)
+    assert (sim.obs_lag, sim.cmd_lag) == draws[5]
+
+    def moved(seed: int, lags: tuple[float, float]) -> tuple[int, list[float]]:
+        sim.lags, sim.latency = lags, (0.0, 0.0)
+        sim.reset(seed)
+        start, out = sim.cell.tcp_pose()[0].copy(), []
+        for _ in range(3):
+            sim.step()
+            out.append(float(np.linalg.norm(sim.cell.tcp_pose()[0] - start)))
+        return sim.cmd_lag, out
+
+    _, late = next(r for s in range(20) if (r := moved(s, (0.0, DT)))[0] == per_step)
+    _, now = moved(0, (0.0, 0.0))
+    assert now[1] > 0.005 and late[0] < 1e-4
+    assert late[1:] == pytest.approx(now[:-1], abs=1e-4)
+    sim.close()

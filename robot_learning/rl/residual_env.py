@@ -19,6 +19,7 @@ from robot_learning.policies.checkpoint import PolicyError
 from robot_learning.rl.base_envs import RETURN_RANGE, BaseDrivenEnvs, window_input
 from robot_learning.rl.replay import ObsSpec
 from robot_learning.runtime.actions import TCP_POSE_KEY, pose_command
+from robot_learning.sim.tasks import SUCCESS_SETTLE_S
 
 BASE_ACTION = "base_action"
 
@@ -136,10 +137,17 @@ class ServedResidualAdapter(ResidualAdapter):
     The agent acts once a policy step; its ``u`` holds over the step's ticks (at deployment the
     actor's mean is evaluated at each tick, on that tick's observation). It observes what the
     runner gave the correction at the step's last tick. An episode ends as the evaluator ends it:
-    success first seen is judged again half a second later (``ServedSim.judge``)."""
+    success first seen is judged again ``settle`` seconds later (``ServedSim.judge``).
+
+    The graph's timing varies, so training draws it (``latency`` per chunk, ``lags`` per
+    episode): with one fixed timing the agent learnt to have the peg in at the moment of the
+    verdict (98% in the engine, 42% through the graph, its insertions undone by the next chunk a
+    few tens of milliseconds later than in training). A ``settle`` longer than the evaluator's
+    asks it to keep the peg in rather than to time it."""
 
     def __init__(self, base_path: str, task: str, keys: list[str], max_steps: int = 0, randomization: str = "",
-                 scale: float = 0.1, noise_scale: float = 1.0):
+                 scale: float = 0.1, noise_scale: float = 1.0, latency: tuple[float, float] = (0.0, 0.0),
+                 lags: tuple[float, float] = (0.0, 0.0), settle: float = SUCCESS_SETTLE_S):
         from robot_learning.policies.registry import checkpoint_recipe, read_checkpoint
         from robot_learning.policies.residual import ResidualRunner
         from robot_learning.train.rollout import ServedSim
@@ -147,8 +155,8 @@ class ServedResidualAdapter(ResidualAdapter):
         self._correcting(load_base(base_path, noise_scale, "train residual-sac"), task, keys, scale)
         self.held = HeldCorrection(self.bound)
         runner = ResidualRunner(self.base, self.held, self.keys, self.bound)
-        self.sim = ServedSim(runner, checkpoint_recipe(read_checkpoint(base_path)), task,
-                             randomization=randomization or None)
+        self.sim = ServedSim(runner, checkpoint_recipe(read_checkpoint(base_path)), task, latency=latency,
+                             randomization=randomization or None, lags=lags, settle=settle)
         self.env = self.sim.env
         self.max_steps = max_steps or self.sim.cell.task.max_steps
         self._spec_from_first_episode()

@@ -22,6 +22,18 @@ from robot_learning.sim.tasks import SUCCESS_SETTLE_S
 from robot_learning.sim.topics import topic_sample
 
 
+def seconds_range(text: str) -> tuple[float, float]:
+    """``"0.06"`` or ``"0.04,0.16"`` (a range, low to high) as (low, high) seconds: the
+    command line's form of ``ServedSim``'s ``latency`` and ``lags``."""
+    try:
+        parts = [float(x) for x in str(text).split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 0 or parts[0] > parts[-1]:
+        raise ValueError(f"'{text}' is not seconds: give one number or LOW,HIGH (for example 0.04,0.16), none negative")
+    return parts[0], parts[-1]
+
+
 @dataclass
 class RolloutResult:
     seed: int
@@ -44,11 +56,20 @@ class ServedSim:
     fitted one): the model's physics, lights and cameras drawn per episode from its seed, as a
     stand-in for a robot that is not the nominal sim. The env's own latency and sensor noise do
     not apply here: the server's engine drives the arm directly (``latency`` is inference's).
+
+    The graph's timing is not one number, and a policy tuned to one timing can fail on another (a
+    residual at 98% here with fixed timing made 42% through the graph): ``latency`` may be a
+    (low, high) range, drawn per chunk (the graph's inference took 72 ms at the median, 140 ms at
+    p99); ``lags`` = (observation, command) are the most the DDS hops and the mux's own timer add,
+    drawn per episode in whole ticks: the age of what the server reads, the delay from the mux to
+    the arm. All draws come from the episode's seed. ``settle``: how long a success must hold
+    before it counts (the evaluator's half second; longer asks a policy to stay, not to time).
     ``rollout`` evaluates with it; ``rl.residual_env.ServedResidualAdapter`` trains through it."""
 
     def __init__(self, policy: Policy, recipe: Recipe, task: str, blend: str = "ensemble", replan_every: int = 4,
-                 control_hz: float = 100.0, latency: float = 0.0, plans: bool = True,
-                 randomization: str | dict | None = None):
+                 control_hz: float = ServerConfig.control_hz, latency: float | tuple[float, float] = 0.0,
+                 plans: bool = True, randomization: str | dict | None = None,
+                 lags: tuple[float, float] = (0.0, 0.0), settle: float = SUCCESS_SETTLE_S):
         from robot_learning.sim.env import WorkcellEnv
 
         s = policy.spec
@@ -61,7 +82,8 @@ class ServedSim:
                                                           replan_every=replan_every, max_obs_age=np.inf),
                                      lambda: self.clock["t"], log=lambda m: None)
         self.plans = plans and self.core.plannable   # a tcp_pose policy without per-tick corrections
-        self.latency = latency
+        self.latency = latency if isinstance(latency, tuple) else (latency, latency)
+        self.lags, self.settle = lags, settle
         # timer ticks per policy step, each a whole number of the sim's control periods
         per_step = max(1, round(s.dt / cell.control_dt))
         sub = max(1, min(per_step, round(s.dt * control_hz)))
@@ -80,15 +102,19 @@ class ServedSim:
         self.version = 0     # of the newest plan sent
         self.t0 = self.cell.time
         self.t_ok: float | None = None  # when success was first seen
+        self.rng = np.random.default_rng([seed, 0x1A7])  # the timing's draws, apart from the sim's
+        self.obs_lag, self.cmd_lag = (int(self.rng.integers(0, round(d / self.tick_s) + 1)) for d in self.lags)
+        self.seen: list[dict] = []     # the newest observations, the oldest of them the one the server reads
+        self.sent: list = []           # the mux's outputs on their way to the arm
 
     def judge(self) -> bool | None:
         """After a step, the verdict as the graph's evaluator gives it: success first seen, then
-        judged again ``SUCCESS_SETTLE_S`` later (a peg pulled out again, a cube knocked off, is
-        a failure); None until then."""
+        judged again ``settle`` later (a peg pulled out again, a cube knocked off, is a failure);
+        None until then."""
         ok = self.cell.success()
         if self.t_ok is None and ok:
             self.t_ok = self.cell.time
-        if self.t_ok is not None and self.cell.time - self.t_ok >= SUCCESS_SETTLE_S - 1e-9:
+        if self.t_ok is not None and self.cell.time - self.t_ok >= self.settle - 1e-9:
             return bool(ok)
         return None
 
@@ -107,10 +133,12 @@ class ServedSim:
             if self.fault is not None:
                 break
             t = self.clock["t"] = cell.time - self.t0 + self.tick_s
-            for name, topic in self.streams.items():
-                core.add_sample(name, t, topic_sample(cell, topic))
+            now = {name: topic_sample(cell, topic) for name, topic in self.streams.items()}
+            self.seen = [*self.seen[len(self.seen) - self.obs_lag:], now]
+            for name, value in self.seen[0].items():
+                core.add_sample(name, t, value)
             if self.pending is None and (win := core.inference_due(t)) is not None:
-                self.pending = (t + self.latency, core.run_policy(win))
+                self.pending = (t + self.rng.uniform(*self.latency), core.run_policy(win))
             if self.pending is not None and t >= self.pending[0] - 1e-9:
                 core.deliver(*self.pending[1])
                 self.pending = None
@@ -131,11 +159,13 @@ class ServedSim:
                 mux.set_policy(a[:6], float(a[6]), t)
             elif t - self.t_action < HOLD_TWIST_S:  # the server's hold: zero twist, then quiet
                 mux.set_policy(np.zeros(6), None, t)
-            out = mux.step(t)
-            if out.moving:  # the mux goes quiet once at rest; the arm's watchdog holds
-                cell.controller.command_twist(out.twist, cell.time)
-            if out.gripper is not None and out.source != "hold":
-                cell.controller.command_gripper(out.gripper, cell.time)
+            self.sent.append(mux.step(t))
+            if len(self.sent) > self.cmd_lag:
+                out = self.sent.pop(0)
+                if out.moving:  # the mux goes quiet once at rest; the arm's watchdog holds
+                    cell.controller.command_twist(out.twist, cell.time)
+                if out.gripper is not None and out.source != "hold":
+                    cell.controller.command_gripper(out.gripper, cell.time)
             cell.advance(self.tick_s)
 
     def close(self) -> None:
@@ -144,13 +174,14 @@ class ServedSim:
 
 def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: str = "ensemble",
             replan_every: int = 4, record_video: int = 0, progress: bool = False,
-            control_hz: float = 100.0, latency: float = 0.0, max_steps: int = 0,
-            plans: bool = True, randomization: str | dict | None = None) -> list[RolloutResult]:
+            control_hz: float = ServerConfig.control_hz, latency: float | tuple[float, float] = 0.0, max_steps: int = 0,
+            plans: bool = True, randomization: str | dict | None = None,
+            lags: tuple[float, float] = (0.0, 0.0)) -> list[RolloutResult]:
     """One episode per seed through the server's engine (``ServedSim``, which says what the
     other arguments do); the first ``record_video`` episodes keep front-camera frames.
     ``max_steps``: policy steps before an episode counts as failed (0: the task's limit; a
     smaller one gives a quick look during training)."""
-    sim = ServedSim(policy, recipe, task, blend, replan_every, control_hz, latency, plans, randomization)
+    sim = ServedSim(policy, recipe, task, blend, replan_every, control_hz, latency, plans, randomization, lags)
     cell = sim.cell
     results = []
     limit = max_steps or cell.task.max_steps

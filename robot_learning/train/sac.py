@@ -113,6 +113,12 @@ class ResidualSacTrainConfig(SACTrainConfig):
     # train (and evaluate) through the policy server's engine, the path the residual deploys on
     # (rl.residual_env.ServedResidualAdapter); off: the plain env, one chunk and one twist a step
     served: bool = False
+    # served: seconds each chunk takes, drawn per chunk from LOW,HIGH (the graph's: 72 ms median, 140 ms p99)
+    latency: str = "0.04,0.16"
+    # served: OBS,CMD: the most seconds the transport adds to what the server reads and to the command's way
+    lags: str = "0.01,0.02"
+    # served: seconds a success must hold for the reward (the evaluations judge as the evaluator does, 0.5)
+    hold: float = 1.0
 
 
 class GymAdapter:
@@ -244,7 +250,7 @@ class WorkcellAdapter:
         self.env.close()
 
 
-def make_env(cfg: SACTrainConfig, render: bool = False):
+def make_env(cfg: SACTrainConfig, render: bool = False, evaluation: bool = False):
     if isinstance(cfg, DsrlTrainConfig):
         if not cfg.base:
             raise SystemExit("train dsrl: --base is required: the diffusion checkpoint to steer")
@@ -265,9 +271,19 @@ def make_env(cfg: SACTrainConfig, render: bool = False):
         from robot_learning.rl.residual_env import ResidualAdapter, ServedResidualAdapter
 
         task = cfg.env.split("/", 1)[1]
-        adapter = ServedResidualAdapter if cfg.served else ResidualAdapter
-        return adapter(cfg.base, task, cfg.obs or WORKCELL_OBS.get(task) or ["ee_pose.data"],
-                       cfg.max_episode_steps, cfg.randomization, cfg.scale, cfg.noise_scale)
+        keys = cfg.obs or WORKCELL_OBS.get(task) or ["ee_pose.data"]
+        if not cfg.served:
+            return ResidualAdapter(cfg.base, task, keys, cfg.max_episode_steps, cfg.randomization, cfg.scale,
+                                   cfg.noise_scale)
+        from robot_learning.sim.tasks import SUCCESS_SETTLE_S
+        from robot_learning.train.rollout import seconds_range
+
+        try:
+            timing = {"latency": seconds_range(cfg.latency), "lags": seconds_range(cfg.lags)}
+        except ValueError as e:
+            raise SystemExit(f"train residual-sac: --latency / --lags: {e}") from None
+        return ServedResidualAdapter(cfg.base, task, keys, cfg.max_episode_steps, cfg.randomization, cfg.scale,
+                                     cfg.noise_scale, settle=SUCCESS_SETTLE_S if evaluation else cfg.hold, **timing)
     if cfg.env.startswith("workcell/"):
         return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render, cfg.max_episode_steps, cfg.reward,
                                cfg.images, cfg.image_size, cfg.randomization)
@@ -368,7 +384,7 @@ def train_sac(cfg: SACTrainConfig, progress: bool = True) -> Path:
     else:
         run = Path(cfg.out) / f"{trainer.replace('-', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     env = make_env(cfg, render=cfg.video)
-    eval_env = make_env(cfg, render=cfg.video)
+    eval_env = make_env(cfg, render=cfg.video, evaluation=True)
     spec = env.spec
     demo = None
     if cfg.demos:

@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 
 import rclpy
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -32,9 +33,10 @@ class GraphClient:
             self.ex.spin()
         except ExternalShutdownException:
             pass
-        except InvalidHandle:
+        except (InvalidHandle, RCLError):
             # close() shut the context down while the executor was gathering a wait set: an
-            # entity it was adding is being destroyed. Anywhere else it is a real error.
+            # entity it was adding is being destroyed, or the wait set's context is no longer
+            # valid. Anywhere else it is a real error.
             if rclpy.ok(context=self.ctx):
                 raise
 
