@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from robot_learning.runtime.actions import TCP_POSE_KEY, pose_actions, track_pose
+from robot_learning.runtime.actions import TCP_POSE_KEY, commanded_pose_actions, pose_actions, track_pose
 from robot_learning.runtime.buffers import ObsBuffers
 from robot_learning.runtime.policy import PolicySpec
 from robot_learning.runtime.scheduler import ChunkScheduler, SchedulerConfig
@@ -190,6 +190,20 @@ def test_pose_actions_are_the_next_steps_pose_then_the_gripper():
     acts = pose_actions(poses, recorded)
     np.testing.assert_allclose(acts[:, 0], [0.31, 0.32, 0.33, 0.33], atol=1e-6)    # the last one: stay
     np.testing.assert_allclose(acts[:, 7], [0, 1, 2, 3])
+
+
+def test_commanded_pose_actions_are_the_poses_the_recorded_twists_ask_for():
+    """The pose a twist commands a step on is the one the server, tracking it, turns back into
+    that twist, whatever the arm then reached (here it never moved: a blocked arm)."""
+    rng = np.random.default_rng(0)
+    poses = np.stack([_yaw_pose(0.3, 0.1 * k) for k in range(5)])
+    recorded = np.concatenate([rng.normal(0, 0.1, (5, 3)), rng.normal(0, 0.5, (5, 3)), np.ones((5, 1))], axis=1)
+    acts = commanded_pose_actions(poses, recorded, DT)
+    assert acts.shape == (5, 8) and np.all(acts[:, 7] == 1.0)
+    for pose, act, twist in zip(poses, acts, recorded):
+        np.testing.assert_allclose(track_pose(act, pose, DT), twist[:6], atol=1e-5)
+    still = commanded_pose_actions(poses, np.zeros((5, 7)), DT)
+    np.testing.assert_allclose(still[:, :7], poses, atol=1e-6)
 
 
 class PosePlan:

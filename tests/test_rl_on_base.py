@@ -370,7 +370,8 @@ def test_dsrl_shaping_adds_the_progress_made_over_each_chunk(base):
     """With shaping (gamma 1 here) an episode's rewards sum to its successes plus the progress
     from its first state to its last: per chunk, the potential's change and nothing else; the
     critic's targets are widened to hold it."""
-    from robot_learning.rl.dsrl_env import PROGRESS_BOUND, DsrlAdapter
+    from robot_learning.rl.base_envs import PROGRESS_BOUND
+    from robot_learning.rl.dsrl_env import DsrlAdapter
     from robot_learning.sim.tasks import make_task
 
     keys = ["ee_pose.data", "cube_pose.data", "target_pose.data"]  # the agent sees what progress reads
@@ -434,3 +435,29 @@ def test_a_residual_trains_through_the_servers_engine_and_its_correction_reaches
     assert [r["env_steps"] for r in rows if "eval_success" in r] == [0, 8]
     assert read_checkpoint(run / "checkpoints" / "last").kind == "residual_sac"
     assert evaluate_env(run / "checkpoints" / "last", 1, max_steps=6)["episodes"][0]["steps"] == 6
+
+
+@pytest.mark.parametrize("served", [False, True])
+def test_residual_sac_shaping_adds_the_progress_made_over_each_step(base, served):
+    """``train residual-sac --shaping``, in the plain env and through the server's engine: with
+    gamma 1 an episode's rewards sum to its successes plus the progress from its first state to
+    its last, and the critic's targets are widened to hold it."""
+    from robot_learning.rl.base_envs import PROGRESS_BOUND
+    from robot_learning.rl.residual_env import ResidualAdapter, ServedResidualAdapter
+    from robot_learning.sim.tasks import make_task
+
+    keys = ["ee_pose.data", "cube_pose.data", "target_pose.data"]
+    adapter = ServedResidualAdapter if served else ResidualAdapter
+    env = adapter(str(base), "pick_place", keys, max_steps=12, scale=0.5, shaping=2.0, gamma=1.0)
+    assert env.return_range == [-2.0 * PROGRESS_BOUND, 1.0 + 2.0 * PROGRESS_BOUND]
+    task, rng = make_task("pick_place"), np.random.default_rng(0)
+    measured = env._progress_obs if served else (lambda: {k: env._obs[k] for k in keys})
+    env.reset(7)
+    first, total, successes = measured(), 0.0, 0
+    for _ in range(8):   # within the episode (the plain env starts the next one at its end)
+        obs, r, term, trunc, info = env.step(rng.uniform(-1, 1, len(env.low)))
+        total, successes = total + r, successes + info["success"]
+        assert not term and not trunc
+    made = float(task.progress(measured())[0] - task.progress(first)[0])
+    assert abs(made) > 1e-4 and total - successes == pytest.approx(2.0 * made, abs=1e-6)
+    env.close()

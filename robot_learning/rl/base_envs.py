@@ -26,6 +26,16 @@ from robot_learning.sim.recipe_env import RecipeKeyEnv
 RETURN_RANGE = [0.0, 1.0]
 
 
+PROGRESS_BOUND = 2.0  # m: |progress| above this would take the hand or the object off the workcell
+
+
+def shaped_return_range(shaping: float) -> list[float]:
+    """The critic's targets' range for a learner whose reward gains potential-based shaping:
+    the success's [0, 1] widened by ``shaping`` x ``PROGRESS_BOUND`` each way."""
+    lo, hi = RETURN_RANGE
+    return [lo - shaping * PROGRESS_BOUND, hi + shaping * PROGRESS_BOUND]
+
+
 def observed_keys(task, keys: list[str], shaping: float, who: str) -> list[str]:
     """What envs driven for a learner observe: the learner's ``keys``, and with ``shaping`` the
     poses ``task.progress`` reads (the learner still sees only its own keys)."""

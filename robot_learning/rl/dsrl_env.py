@@ -16,10 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from robot_learning.policies.checkpoint import PolicyError
-from robot_learning.rl.base_envs import BaseDrivenEnvs, observed_keys, shaping_reward
+from robot_learning.rl.base_envs import BaseDrivenEnvs, observed_keys, shaped_return_range, shaping_reward
 from robot_learning.rl.replay import ObsSpec
-
-PROGRESS_BOUND = 2.0  # m: |progress| above this would take the hand or the object off the workcell
 
 
 class DsrlAdapter:
@@ -49,8 +47,7 @@ class DsrlAdapter:
         n = int(np.prod(self.shape))
         self.low, self.high = [-float(noise_bound)] * n, [float(noise_bound)] * n
         self.dt = base.spec.dt * base.horizon            # one agent step per chunk
-        lo, hi = self.envs.return_range  # the critic's targets are clipped to it
-        self.return_range = [lo - self.shaping * PROGRESS_BOUND, hi + self.shaping * PROGRESS_BOUND]
+        self.return_range = shaped_return_range(self.shaping)  # the critic's targets are clipped to it
         o, _ = self.reset(0)
         self.spec = ObsSpec(tuple(keys), tuple(int(np.size(o[k])) for k in keys))
 

@@ -6,7 +6,10 @@ The agent's action is ``u`` in [-1, 1] per action dimension; the arm gets ``base
 Its observation is the task's state keys plus ``base_action``, the base's action due now scaled
 to [-1, 1] by that same range. It has the interface ``train sac`` drives (``reset``, ``step``,
 ``spec``, ``low``/``high``, ``dt``, ``render``, ``executed``), so the residual gets SAC's whole
-loop (RLPD updates, evaluation, checkpoints with resume, TensorBoard, curves) unchanged.
+loop (RLPD updates, evaluation, checkpoints with resume, TensorBoard, curves) unchanged. With
+``shaping`` each step's reward gains shaping x (gamma x progress after - progress before), the
+task's potential-based shaping (``base_envs.shaping_reward``), as ``train residual`` and
+``train dsrl`` have it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from collections import deque
 import numpy as np
 
 from robot_learning.policies.checkpoint import PolicyError
-from robot_learning.rl.base_envs import RETURN_RANGE, BaseDrivenEnvs, window_input
+from robot_learning.rl.base_envs import (
+    RETURN_RANGE,
+    BaseDrivenEnvs,
+    observed_keys,
+    shaped_return_range,
+    shaping_reward,
+    window_input,
+)
 from robot_learning.rl.replay import ObsSpec
 from robot_learning.runtime.actions import TCP_POSE_KEY, pose_command
 from robot_learning.sim.tasks import SUCCESS_SETTLE_S
@@ -55,22 +65,29 @@ def scaled_base_action(base_now: np.ndarray, mid: np.ndarray, half: np.ndarray) 
 
 class ResidualAdapter:
     def __init__(self, base_path: str, task: str, keys: list[str], max_steps: int = 0, randomization: str = "",
-                 scale: float = 0.1, noise_scale: float = 1.0):
-        self._correcting(load_base(base_path, noise_scale, "train residual-sac"), task, keys, scale)
-        self.envs = BaseDrivenEnvs(self.base, task, 1, keys, randomization, max_steps)
+                 scale: float = 0.1, noise_scale: float = 1.0, shaping: float = 0.0, gamma: float = 0.99):
+        self._correcting(load_base(base_path, noise_scale, "train residual-sac"), task, keys, scale, shaping, gamma)
+        env_keys = observed_keys(self._task, self.keys, self.shaping, "train residual-sac")
+        self.envs = BaseDrivenEnvs(self.base, task, 1, env_keys, randomization, max_steps)
         self.env = self.envs.vec.envs[0].unwrapped      # the WorkcellEnv (renders)
         self._spec_from_first_episode()
 
-    def _correcting(self, base, task: str, keys: list[str], scale: float) -> None:
+    def _correcting(self, base, task: str, keys: list[str], scale: float, shaping: float, gamma: float) -> None:
         """The agent's spaces on ``base``: ``u`` in [-1, 1] per action, ``bound`` the largest
-        correction; the critic's targets are clipped to the task's returns."""
+        correction; the critic's targets are clipped to the task's returns (shaped or not)."""
+        from robot_learning.sim.tasks import make_task
+
         self.base, self.task, self.keys = base, task, list(keys)
+        self._task, self.shaping, self.gamma = make_task(task), float(shaping), float(gamma)
         self.mid, self.half = base_action_range(base)
         self.bound = float(scale) * self.half
         n = base.spec.action_dim
         self.low, self.high = [-1.0] * n, [1.0] * n
         self.dt = base.spec.dt
-        self.return_range = list(RETURN_RANGE)
+        self.return_range = shaped_return_range(self.shaping)
+
+    def _shaped(self, before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> float:
+        return float(shaping_reward(self._task, before, after, self.shaping, self.gamma)[0])
 
     def _spec_from_first_episode(self) -> None:
         o, _ = self.reset(0)
@@ -82,9 +99,9 @@ class ResidualAdapter:
         return out
 
     def reset(self, seed: int):
-        obs = self.envs.reset(seed)
+        self._obs = self.envs.reset(seed)
         self.base_now = self.envs.base_actions()[0]
-        return self._mine(obs, self.base_now), {}
+        return self._mine(self._obs, self.base_now), {}
 
     def executed(self, a: np.ndarray) -> np.ndarray:
         return np.clip(np.asarray(a, np.float32), -1.0, 1.0)  # the agent's u; the arm gets base + bound * u
@@ -99,9 +116,13 @@ class ResidualAdapter:
             # first): only a bootstrap past a time limit reads it
             nxt = e.chunk[0, min(k + 1, e.horizon - 1)]
             info = {"success": bool(st.success[0])}
-            return self._mine(st.final, nxt), float(st.reward[0]), bool(st.terminated[0]), bool(st.truncated[0]), info
+            r = float(st.reward[0]) + self._shaped(self._obs, st.final)
+            self._obs = st.obs
+            return self._mine(st.final, nxt), r, bool(st.terminated[0]), bool(st.truncated[0]), info
         self.base_now = e.base_actions()[0]
-        return self._mine(st.obs, self.base_now), float(st.reward[0]), False, False, {"success": False}
+        r = float(st.reward[0]) + self._shaped(self._obs, st.obs)
+        self._obs = st.obs
+        return self._mine(st.obs, self.base_now), r, False, False, {"success": False}
 
     def render(self):
         return self.env.render()
@@ -146,20 +167,31 @@ class ServedResidualAdapter(ResidualAdapter):
     asks it to keep the peg in rather than to time it."""
 
     def __init__(self, base_path: str, task: str, keys: list[str], max_steps: int = 0, randomization: str = "",
-                 scale: float = 0.1, noise_scale: float = 1.0, latency: tuple[float, float] = (0.0, 0.0),
-                 lags: tuple[float, float] = (0.0, 0.0), settle: float = SUCCESS_SETTLE_S):
+                 scale: float = 0.1, noise_scale: float = 1.0, shaping: float = 0.0, gamma: float = 0.99,
+                 latency: tuple[float, float] = (0.0, 0.0), lags: tuple[float, float] = (0.0, 0.0),
+                 settle: float = SUCCESS_SETTLE_S):
         from robot_learning.policies.registry import checkpoint_recipe, read_checkpoint
         from robot_learning.policies.residual import ResidualRunner
         from robot_learning.train.rollout import ServedSim
 
-        self._correcting(load_base(base_path, noise_scale, "train residual-sac"), task, keys, scale)
+        self._correcting(load_base(base_path, noise_scale, "train residual-sac"), task, keys, scale, shaping, gamma)
         self.held = HeldCorrection(self.bound)
         runner = ResidualRunner(self.base, self.held, self.keys, self.bound)
         self.sim = ServedSim(runner, checkpoint_recipe(read_checkpoint(base_path)), task, latency=latency,
                              randomization=randomization or None, lags=lags, settle=settle)
         self.env = self.sim.env
         self.max_steps = max_steps or self.sim.cell.task.max_steps
+        unseen = [k for k in observed_keys(self._task, [], self.shaping, "train residual-sac")
+                  if k.split(".", 1)[0] not in self.sim.streams]
+        if unseen:
+            raise SystemExit(f"train residual-sac --shaping: the base does not observe {', '.join(unseen)}, "
+                             "which the task's progress is measured from; train without --shaping")
         self._spec_from_first_episode()
+
+    def _progress_obs(self) -> dict[str, np.ndarray]:
+        """The poses the task's progress reads, as the server has them now (a batch of one)."""
+        return {k: np.asarray(self.sim.core.buffers.newest(k)[1])[None] for k in self._task.progress_keys} \
+            if self.shaping else {}
 
     def _observed(self) -> dict[str, np.ndarray]:
         state, base_now = self.held.seen
@@ -184,6 +216,7 @@ class ServedResidualAdapter(ResidualAdapter):
             raise RuntimeError(f"the base made no action in {self.steps} steps of episode {seed}"
                                + (f" ({sim.fault})" if sim.fault else ""))
         self.sizes = {k: int(np.size(sim.core.buffers.newest(k)[1])) for k in self.keys}
+        self._before = self._progress_obs()
         return self._observed(), {}
 
     def step(self, a):
@@ -200,7 +233,10 @@ class ServedResidualAdapter(ResidualAdapter):
         terminated = verdict is not None or fault is not None
         truncated = not terminated and self.steps >= self.max_steps and sim.t_ok is None
         info = {"success": success} | ({"protective_stop": fault} if fault else {})
-        return self._observed(), float(success), terminated, truncated, info
+        after = self._progress_obs()
+        reward = float(success) + (self._shaped(self._before, after) if self.shaping else 0.0)
+        self._before = after
+        return self._observed(), reward, terminated, truncated, info
 
     def close(self):
         self.sim.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robot_learning.transforms import orientation_error, xyzw_to_wxyz
+from robot_learning.transforms import axis_angle_quat, orientation_error, quat_mul, wxyz_to_xyzw, xyzw_to_wxyz
 
 ACTION_KINDS = ("twist", "tcp_pose")
 TCP_POSE_KEY = "ee_pose.data"   # the observation a tcp_pose policy is tracked against
@@ -37,6 +37,23 @@ def pose_actions(tcp_pose: np.ndarray, recorded: np.ndarray) -> np.ndarray:
     The last step's target is its own pose: the arm stops there."""
     nxt = np.concatenate([tcp_pose[1:], tcp_pose[-1:]]).astype(np.float32)
     return np.concatenate([nxt, recorded[:, TWIST_DIMS:]], axis=1)
+
+
+def commanded_pose_actions(tcp_pose: np.ndarray, recorded: np.ndarray, dt: float) -> np.ndarray:
+    """``tcp_pose`` actions of one episode as the demonstrator *commanded* them: each step's
+    pose moved by its recorded twist for one step (``track_pose``'s inverse), then the extra
+    columns. ``pose_actions`` gives where the arm got to instead, which lags the command
+    wherever something resists it: pressing a peg into its hole, the reached pose says "slow
+    down" where the command says "push on"."""
+    tcp_pose = np.asarray(tcp_pose, np.float64)
+    twist = np.asarray(recorded[:, :TWIST_DIMS], np.float64)
+    out = np.empty((len(tcp_pose), 7))
+    out[:, :3] = tcp_pose[:, :3] + twist[:, :3] * dt
+    for i, (q, w) in enumerate(zip(tcp_pose[:, 3:7], twist[:, 3:])):
+        angle = float(np.linalg.norm(w)) * dt
+        turn = axis_angle_quat(w, angle) if angle > 1e-12 else np.array([1.0, 0.0, 0.0, 0.0])
+        out[i, 3:] = wxyz_to_xyzw(quat_mul(turn, xyzw_to_wxyz(q)))
+    return np.concatenate([out.astype(np.float32), recorded[:, TWIST_DIMS:]], axis=1)
 
 
 def track_pose(target: np.ndarray, pose: np.ndarray, horizon: float) -> np.ndarray:

@@ -178,11 +178,14 @@ class PegInHole(Task):
         return -(_gap(obs, "ee_pose.data", "peg_pose.data") + self._to_seated(obs))
 
     def _to_seated(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """How far the peg's centre is from where it is when inserted just deep enough (the
-        hole's pose is at the table, its opening ``depth`` above)."""
+        """How far the peg's centre still has to go to where it is when inserted just deep
+        enough (the hole's pose is at the table, its opening ``depth`` above); deeper than that
+        is no further to go, so a learner shaped by it is not drawn back to the threshold, where
+        the next push out undoes the insertion."""
         seated = self.cfg["hole"]["depth"] - self.cfg["success"]["min_depth"] + self.cfg["peg"]["half_length"]
-        return np.linalg.norm(np.asarray(obs["peg_pose.data"])[:, :3] - np.asarray(obs["hole_pose.data"])[:, :3]
-                              - [0.0, 0.0, seated], axis=1)
+        d = np.asarray(obs["peg_pose.data"])[:, :3] - np.asarray(obs["hole_pose.data"])[:, :3] - [0.0, 0.0, seated]
+        d[:, 2] = np.maximum(d[:, 2], 0.0)
+        return np.linalg.norm(d, axis=1)
 
     @property
     def hole_half(self) -> float:

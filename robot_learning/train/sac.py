@@ -109,6 +109,9 @@ class ResidualSacTrainConfig(SACTrainConfig):
     env: str = "workcell/pick_place"
     start_steps: int = 0              # the agent acts from the start: its untrained correction is zero
     centre_weight: float = 0.0        # pull of the correction's mean toward zero (SACConfig.centre_weight)
+    # potential-based shaping per step: the reward gains shaping x (gamma x the task's progress after
+    # the step - before it), progress being minus the distances left (``Task.progress``)
+    shaping: float = 0.0
     eval_every: int = 3000
     # train (and evaluate) through the policy server's engine, the path the residual deploys on
     # (rl.residual_env.ServedResidualAdapter); off: the plain env, one chunk and one twist a step
@@ -274,7 +277,7 @@ def make_env(cfg: SACTrainConfig, render: bool = False, evaluation: bool = False
         keys = cfg.obs or WORKCELL_OBS.get(task) or ["ee_pose.data"]
         if not cfg.served:
             return ResidualAdapter(cfg.base, task, keys, cfg.max_episode_steps, cfg.randomization, cfg.scale,
-                                   cfg.noise_scale)
+                                   cfg.noise_scale, cfg.shaping, cfg.gamma)
         from robot_learning.sim.tasks import SUCCESS_SETTLE_S
         from robot_learning.train.rollout import seconds_range
 
@@ -283,7 +286,8 @@ def make_env(cfg: SACTrainConfig, render: bool = False, evaluation: bool = False
         except ValueError as e:
             raise SystemExit(f"train residual-sac: --latency / --lags: {e}") from None
         return ServedResidualAdapter(cfg.base, task, keys, cfg.max_episode_steps, cfg.randomization, cfg.scale,
-                                     cfg.noise_scale, settle=SUCCESS_SETTLE_S if evaluation else cfg.hold, **timing)
+                                     cfg.noise_scale, cfg.shaping, cfg.gamma,
+                                     settle=SUCCESS_SETTLE_S if evaluation else cfg.hold, **timing)
     if cfg.env.startswith("workcell/"):
         return WorkcellAdapter(cfg.env.split("/", 1)[1], cfg.obs, render, cfg.max_episode_steps, cfg.reward,
                                cfg.images, cfg.image_size, cfg.randomization)

@@ -5,7 +5,11 @@ policy (``policies.slow_fast``) on a frozen diffusion policy, from the demonstra
    deployed: its sampler, steps and noise scale), and its executed part is kept.
 2. Each step a chunk covers becomes one example: the newest observations the fast policy reads
    at that step (state, wrench, taxel grids), the planned action due then, and the target
-   correction, what the demonstrator did minus that plan, bounded by ``scale``.
+   correction, what the demonstrator did minus that plan, bounded by ``scale``. "What the
+   demonstrator did" is what it commanded (``labels``: commanded, the default): the pose its
+   twist asked for a step on. The pose the arm reached instead lags the command where contact
+   resists, so as labels it taught the fast policy to ease off exactly where the plan had to
+   push on (0 of 25, docs/learning.md).
 3. The fast policy regresses the correction (mean squared error in units of the bound), on a
    held-out share of the episodes as well; then seeded env rollouts of the slow policy alone
    and of slow-fast, on the same seeds and the same execution path.
@@ -33,6 +37,7 @@ class SlowFastTrainConfig:
     # demonstrations' small steps from wherever the arm was, and in closed loop it held the peg
     # above the hole: 0 of 25 where the slow policy alone made 24 (docs/learning.md)
     obs: list[str] = field(default_factory=lambda: ["wrench.data", "tactile_left.data", "tactile_right.data"])
+    labels: str = "commanded"         # the demonstrator's action: commanded (its twist, a step on) or reached
     scale: float = 0.25               # the largest correction, as a share of each action's half-range
     dims: list[int] = field(default_factory=list)   # the action dims it may correct (empty: all)
     steps: int = 3000
@@ -60,7 +65,8 @@ def _plans(runner, sampler, batch_size: int, progress: bool) -> np.ndarray:
 
 def examples(sampler, plans: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
     """One row per (window, step of its executed chunk) inside the episode: the newest values of
-    ``keys`` at that step, the planned action and the demonstrated one, and the episode."""
+    ``keys`` at that step, the planned action and the demonstrated one (its ``label``), and the
+    episode."""
     horizon = plans.shape[1]
     obs, slow, demo, episode = [], [], [], []
     for i, (e, t) in enumerate(sampler.index):
@@ -68,7 +74,7 @@ def examples(sampler, plans: np.ndarray, keys: list[str]) -> dict[str, np.ndarra
         for j in range(min(horizon, ep["n"] - t)):
             obs.append(np.concatenate([ep["obs"][k][t + j] for k in keys]))
             slow.append(plans[i, j])
-            demo.append(ep["action"][t + j])
+            demo.append(ep["label"][t + j])
             episode.append(e)
     return {"obs": np.asarray(obs, np.float32), "slow": np.asarray(slow, np.float32),
             "demo": np.asarray(demo, np.float32), "episode": np.asarray(episode)}
@@ -83,11 +89,13 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
     from robot_learning.evaluate import evaluate_env
     from robot_learning.policies.registry import load_policy
     from robot_learning.policies.slow_fast import FastConfig, FastPolicy
-    from robot_learning.runtime.actions import TCP_POSE_KEY, pose_actions
+    from robot_learning.runtime.actions import TCP_POSE_KEY, commanded_pose_actions, pose_actions
     from robot_learning.train.diffusion import taxel_grids
 
     if not cfg.base or not cfg.dataset:
         raise SystemExit("train slow-fast: --base (a diffusion checkpoint) and --dataset are both needed")
+    if cfg.labels not in ("commanded", "reached"):
+        raise SystemExit(f"train slow-fast: --labels is commanded or reached, not '{cfg.labels}'")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -110,8 +118,14 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
     size = tuple(next(iter(dcfg.image_shapes.values()))[:2]) if dcfg.image_shapes else (96, 96)
     spec = WindowSpec(dcfg.obs_horizon, dcfg.pred_horizon, tuple(keys), tuple(dcfg.image_shapes), size)
     sampler = WindowSampler(ds, spec, eps, progress=progress)
-    if dcfg.action_kind == "tcp_pose":   # the slow policy's actions, as it was trained on them
-        for ep in sampler.episodes:
+    for ep in sampler.episodes:   # the labels first: the recorded twists are still there
+        if dcfg.action_kind != "tcp_pose":
+            ep["label"] = ep["action"]
+        elif cfg.labels == "commanded":
+            ep["label"] = commanded_pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"], slow.spec.dt)
+        else:
+            ep["label"] = pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"])
+        if dcfg.action_kind == "tcp_pose":   # the slow policy's actions, as it was trained on them
             ep["action"] = pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"])
     data = examples(sampler, _plans(slow, sampler, 64, progress), cfg.obs)
 
