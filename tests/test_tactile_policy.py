@@ -126,3 +126,46 @@ def test_the_fast_policy_learns_to_correct_the_slow_plans_and_deploys_as_a_per_t
     assert np.all(np.abs(out - chunk[0]) <= bound + 1e-6) and np.any(np.abs(out - chunk[0]) > 1e-4)
     alone = load_policy(run / "checkpoints" / "slow_alone")   # the slow policy alone, on the same per-tick path
     assert np.array_equal(alone.correct(chunk[0], newest), chunk[0])
+
+
+def test_dagger_labels_every_tick_slow_fast_visits_with_what_the_expert_commands_there(store, tmp_path):  # noqa: F811
+    """``train slow-fast --dagger``: slow-fast acts through the server's engine while the
+    scripted expert labels each tick with what it commands from that state, in the slow policy's
+    action space (this slow policy's: twists)."""
+    from robot_learning.data.schema import load_recipe
+    from robot_learning.paths import project_root
+    from robot_learning.policies.slow_fast import FastConfig, FastCorrection, FastPolicy
+    from robot_learning.sim.expert import ScriptedExpert
+    from robot_learning.train import dagger
+
+    base = train(TrainConfig(dataset=str(store), out=str(tmp_path / "slow"), obs=["ee_pose.data"], steps=3,
+                             eval_every=3, eval_episodes=0, threads=1, batch_size=8, down_dims=[16, 32],
+                             pred_horizon=8, action_horizon=4, only_success=False), progress=False)
+    slow = load_policy(base / "checkpoints" / "last")
+    lo, hi = slow.policy.action_bounds()
+    scale = np.ones(7)   # wide: this 3-step slow policy's chunks leave its data's range
+    fast = FastPolicy(FastConfig(["wrench.data"], [6], 7, scale.tolist(), lo.tolist(), hi.tolist(), hidden=[8]))
+    commanded = []
+    act = ScriptedExpert.act
+
+    def spy(self, obs):
+        out = act(self, obs)
+        commanded.append((out, obs.tcp_pos.copy()))
+        return out
+
+    ScriptedExpert.act = spy
+    try:
+        recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
+        data, rate = dagger.expert_examples(slow, FastCorrection(fast), ["wrench.data"], scale, recipe,
+                                            "pick_place", [5], progress=False, max_steps=6)
+    finally:
+        ScriptedExpert.act = act
+    n = len(data["obs"])
+    assert n == len(commanded) >= 6 * 4 and 0.0 <= rate <= 1.0   # a label per tick that acted
+    assert data["obs"].shape == (n, 6) and data["slow"].shape == data["demo"].shape == (n, 7)
+    assert np.all(data["episode"] == -1)      # never among the held-out demonstrations
+    assert slow.spec.action_kind == "twist"
+    for label, ((twist, grip), _) in zip(data["demo"], commanded):
+        assert np.allclose(label, np.r_[twist, grip], atol=1e-6)
+    moved = np.linalg.norm(commanded[-1][1] - commanded[0][1])
+    assert moved > 1e-3   # the states are the ones slow-fast drove the arm through

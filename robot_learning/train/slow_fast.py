@@ -46,6 +46,12 @@ class SlowFastTrainConfig:
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     val_fraction: float = 0.1
     noise_scale: float = -1.0         # the slow policy's sampling noise (< 0: its checkpoint's default)
+    # DAgger rounds after cloning (train.dagger): slow-fast rolled out on dagger_episodes seeded
+    # episodes, every tick labelled by the scripted expert, then dagger_steps more updates on it all
+    dagger: int = 0
+    dagger_episodes: int = 10
+    dagger_steps: int = 1500
+    dagger_seed: int = 3_000_000
     eval_episodes: int = 20
     eval_seed: int = 2_000_000
     seed: int = 0
@@ -154,49 +160,75 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
     rng = np.random.default_rng(cfg.seed)
     n_eps = len(sampler.episodes)
     val_eps = set(rng.permutation(n_eps)[:int(round(n_eps * cfg.val_fraction))].tolist()) if n_eps >= 5 else set()
-    is_val = np.isin(data["episode"], list(val_eps))
     free = scale > 1e-9   # a dimension the demonstrations never moved has no correction to learn
-    target = np.clip((data["demo"] - data["slow"])[:, free] / scale[free], -1.0, 1.0)
-    t = {k: torch.as_tensor(v) for k, v in (("obs", data["obs"]), ("slow", data["slow"]), ("u", target))}
-    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     bound, cols = torch.as_tensor(scale[free]), torch.as_tensor(np.flatnonzero(free))
-
-    def loss_on(idx) -> torch.Tensor:
-        i = torch.as_tensor(idx)
-        return torch.nn.functional.mse_loss(model(t["obs"][i], t["slow"][i])[:, cols] / bound, t["u"][i])
-
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     metrics = (run / "metrics.jsonl").open("a")
-    with torch.no_grad():   # what no correction scores: the slow policy's own error
-        start = {"step": 0, "train_loss": float(loss_on(train_idx)),
-                 "val_loss": float(loss_on(val_idx)) if len(val_idx) else None}
-    metrics.write(json.dumps(start) + "\n")
-    held = "-" if start["val_loss"] is None else f"{start['val_loss']:.3f}"
-    tqdm.write(f"train slow-fast: {len(data['obs'])} examples from {n_eps} episodes ({len(val_eps)} held out); "
-               f"obs {', '.join(cfg.obs)} (grids: {', '.join(grids) or 'none'}); the slow plans' error "
-               f"{start['train_loss']:.3f} (train), {held} (held out), in units of the bound")
-    bar = tqdm(range(cfg.steps), desc="train slow-fast", unit="step", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        loss = loss_on(rng.choice(train_idx, min(cfg.batch_size, len(train_idx)), replace=False))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            row = {"step": step + 1, "train_loss": float(loss.detach())}
-            if len(val_idx):
-                with torch.no_grad():
-                    row["val_loss"] = float(loss_on(val_idx))
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
-            bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
-    path = model.eval().save(run / "checkpoints" / "last", cfg.base, extra={"train": {"steps": cfg.steps}})
+    done = 0   # updates so far, over every round
+
+    def fit(data: dict[str, np.ndarray], steps: int, what: str) -> dict:
+        """``steps`` updates on ``data`` (held-out episodes kept out); the first row is the
+        plans' own error (no correction), the last the fast policy's."""
+        nonlocal done
+        is_val = np.isin(data["episode"], list(val_eps))
+        target = np.clip((data["demo"] - data["slow"])[:, free] / scale[free], -1.0, 1.0)
+        t = {k: torch.as_tensor(v) for k, v in (("obs", data["obs"]), ("slow", data["slow"]), ("u", target))}
+        train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+        def loss_on(idx) -> torch.Tensor:
+            i = torch.as_tensor(idx)
+            return torch.nn.functional.mse_loss(model(t["obs"][i], t["slow"][i])[:, cols] / bound, t["u"][i])
+
+        with torch.no_grad():
+            row = {"step": done, "train_loss": float(loss_on(train_idx)),
+                   "val_loss": float(loss_on(val_idx)) if len(val_idx) else None, "examples": len(train_idx)}
+        metrics.write(json.dumps(row) + "\n")
+        held = "-" if row["val_loss"] is None else f"{row['val_loss']:.3f}"
+        tqdm.write(f"train slow-fast: {what}: {len(data['obs'])} examples ({len(val_eps)} demonstrations held "
+                   f"out); error now {row['train_loss']:.3f} (train), {held} (held out), in units of the bound")
+        bar = tqdm(range(steps), desc="train slow-fast", unit="step", disable=not progress, dynamic_ncols=True)
+        for k in bar:
+            loss = loss_on(rng.choice(train_idx, min(cfg.batch_size, len(train_idx)), replace=False))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done % 100 == 0 or k + 1 == steps:
+                row = {"step": done, "train_loss": float(loss.detach())}
+                if len(val_idx):
+                    with torch.no_grad():
+                        row["val_loss"] = float(loss_on(val_idx))
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "step"})
+        return row
+
+    tqdm.write(f"train slow-fast: obs {', '.join(cfg.obs)} (grids: {', '.join(grids) or 'none'}), labels "
+               f"{cfg.labels}, {n_eps} demonstrations")
+    fit(data, cfg.steps, "from the demonstrations")
+    if cfg.dagger:
+        from robot_learning.policies.slow_fast import FastCorrection
+        from robot_learning.train.dagger import expert_examples
+
+        recipe = parse_recipe(ds.episode(eps[0]).meta["recipe"], "dataset recipe")
+        task = ds.episode(eps[0]).meta.get("task") or slow.spec.task
+        for r in range(cfg.dagger):
+            seeds = [cfg.dagger_seed + r * cfg.dagger_episodes + i for i in range(cfg.dagger_episodes)]
+            new, rate = expert_examples(slow, FastCorrection(model.eval()), list(cfg.obs), scale, recipe, task,
+                                        seeds, progress)
+            model.train()
+            metrics.write(json.dumps({"step": done, "dagger_round": r + 1, "dagger_success": rate}) + "\n")
+            data = {k: np.concatenate([data[k], new[k]]) for k in data}
+            fit(data, cfg.dagger_steps, f"DAgger round {r + 1} (its rollouts: {rate:.0%} successful)")
+    path = model.eval().save(run / "checkpoints" / "last", cfg.base,
+                              extra={"train": {"steps": done, "dagger_rounds": cfg.dagger}})
     if cfg.eval_episodes:
         seeds = {"seed": cfg.eval_seed}
         res = {name: evaluate_env(ck, cfg.eval_episodes, **seeds, noise_scale=options.get("noise_scale"))
                for name, ck in (("slow", alone), ("slow_fast", path))}
         for k, v in res.items():   # each episode, for paired comparisons
             (run / f"eval_{k}.json").write_text(json.dumps({kk: vv for kk, vv in v.items() if kk != "frames"}))
-        row = {"step": cfg.steps, **{f"{k}_success": v["success_rate"] for k, v in res.items()}}
+        row = {"step": done, **{f"{k}_success": v["success_rate"] for k, v in res.items()}}
         metrics.write(json.dumps(row) + "\n")
         tqdm.write(f"train slow-fast: over {cfg.eval_episodes} seeded env episodes: slow alone "
                    f"{row['slow_success']:.0%}, slow-fast {row['slow_fast_success']:.0%}")
