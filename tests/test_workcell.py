@@ -201,3 +201,30 @@ def test_a_sim_that_goes_unstable_ends_the_episode_saying_so():
     assert cell.controller.fault is None
     cell.advance(0.1)
     assert cell.controller.fault is None
+
+
+def test_the_experts_label_for_any_peg_insert_state_pushes_in_over_the_opening_else_goes_over_it():
+    """``ScriptedExpert.label`` (DAgger's labels): no matter where its plan would be, from a peg
+    over the opening it pushes down; from a peg beside it, low, it brings it over the opening at
+    the pre-insertion height instead of back to the approach its plan starts with."""
+    from robot_learning.sim.expert import ExpertObs, ScriptedExpert
+    from robot_learning.transforms import pointing_down
+
+    e = ScriptedExpert("peg_insert")
+    hole = np.array([0.5, 0.15, 0.0])
+    down = pointing_down(0.0)
+    L = e.peg_half_length
+
+    def obs(peg):   # the TCP 3 cm above the peg's centre, the peg upright, not turned
+        return ExpertObs(0.0, peg + [0, 0, 0.03], down, 0.02, {"peg": (peg, np.array([1.0, 0, 0, 0])),
+                                                                "hole": (hole, np.array([1.0, 0, 0, 0]))})
+
+    over = obs(hole + [0.0005, 0.0, L + 0.03])
+    twist, grip = e.label(over)
+    assert twist[2] < -0.02 and abs(twist[0]) < 0.01 and grip == 1.0
+    beside = obs(hole + [0.02, 0.0, L + 0.03])
+    twist, _ = e.label(beside)
+    assert twist[0] < -0.01 and twist[2] > 0 and twist[2] < 0.05   # toward the axis, up to 4.5 cm only
+    assert e.plan == [] and e.k == 0   # labelling left the expert's own plan alone
+    with pytest.raises(ValueError, match="peg_insert only"):
+        ScriptedExpert("pick_place").label(over)

@@ -143,6 +143,21 @@ class ScriptedExpert:
         if self.task == "peg_insert":
             self.reset()
 
+    def label(self, obs: ExpertObs) -> tuple[np.ndarray, float]:
+        """What the expert commands from this state whatever came before: DAgger's label for a
+        state a policy drove the arm to. ``act`` follows its plan in order, so from a state off
+        its own path (the policy already lower than the approach the plan starts with) it would
+        first send the hand back up there. peg_insert only (one goal, reachable from anywhere in
+        the task's box): push the peg in where it is over the hole's opening, else bring it over
+        the opening at the pre-insertion height."""
+        if self.task != "peg_insert":
+            raise ValueError(f"the scripted expert labels arbitrary states of peg_insert only, not '{self.task}'")
+        plan = self._plan(obs)
+        over, seat = plan[1], plan[2]
+        hole, peg = obs.objects["hole"][0], obs.objects["peg"][0]
+        aligned = np.linalg.norm(peg[:2] - hole[:2]) < 2 * over.tol and peg[2] <= over.pos[2] + over.tol
+        return self._command(obs, seat if aligned else over)
+
     def act(self, obs: ExpertObs) -> tuple[np.ndarray, float]:
         """TCP twist (base frame, m/s and rad/s) and gripper closure (0 open .. 1 closed)."""
         if not self.plan:
@@ -150,19 +165,8 @@ class ScriptedExpert:
         wp = self.plan[min(self.k, len(self.plan) - 1)]
         if self._started is None:
             self._started = obs.t
-        target, yaw = (obs.tcp_pos if wp.pos is None else wp.pos), wp.yaw
-        if wp.carry and wp.pos is not None:
-            obj_pos, obj_quat = obs.objects[wp.carry]
-            target = wp.pos + (obs.tcp_pos - obj_pos)
-            if wp.yaw is not None:
-                yaw = yaw_of(obs.tcp_quat) + _fold_quarter(wp.yaw - yaw_of(obj_quat))
-        err = target - obs.tcp_pos
-        rot_err = np.zeros(3) if yaw is None else orientation_error(pointing_down(yaw), obs.tcp_quat)
-        v = self.GAIN * err
-        n = np.linalg.norm(v)
-        if n > wp.speed:
-            v *= wp.speed / n
-        w = np.clip(4.0 * rot_err, -1.0, 1.0)
+        twist, _ = self._command(obs, wp)
+        err, rot_err = self._errors(obs, wp)
         there = np.linalg.norm(err) < wp.tol and np.linalg.norm(rot_err) < 0.05
         timed_out = obs.t - self._started > wp.timeout
         stuck_out = wp.carry is not None and wp.pos is not None and obs.objects[wp.carry][0][2] - wp.pos[2] > 0.02
@@ -177,6 +181,30 @@ class ScriptedExpert:
                 self.k += 1
                 self._arrived = self._started = None
                 self.done = self.k >= len(self.plan)
+        return twist, wp.grip
+
+    @staticmethod
+    def _errors(obs: ExpertObs, wp: Waypoint) -> tuple[np.ndarray, np.ndarray]:
+        """The TCP's position and orientation errors from waypoint ``wp`` (a carried object's
+        waypoint moved to the TCP)."""
+        target, yaw = (obs.tcp_pos if wp.pos is None else wp.pos), wp.yaw
+        if wp.carry and wp.pos is not None:
+            obj_pos, obj_quat = obs.objects[wp.carry]
+            target = wp.pos + (obs.tcp_pos - obj_pos)
+            if wp.yaw is not None:
+                yaw = yaw_of(obs.tcp_quat) + _fold_quarter(wp.yaw - yaw_of(obj_quat))
+        rot_err = np.zeros(3) if yaw is None else orientation_error(pointing_down(yaw), obs.tcp_quat)
+        return target - obs.tcp_pos, rot_err
+
+    def _command(self, obs: ExpertObs, wp: Waypoint) -> tuple[np.ndarray, float]:
+        """The twist toward waypoint ``wp`` from ``obs`` (capped at its speed, within the
+        task's action space) and its gripper command."""
+        err, rot_err = self._errors(obs, wp)
+        v = self.GAIN * err
+        n = np.linalg.norm(v)
+        if n > wp.speed:
+            v *= wp.speed / n
+        w = np.clip(4.0 * rot_err, -1.0, 1.0)
         return np.clip(np.concatenate([v, w]), self.low, self.high), wp.grip
 
 

@@ -29,6 +29,9 @@ class ExpertLabelled:
         from robot_learning.sim.expert import ScriptedExpert
 
         self.fast, self.sim, self.dt, self.poses = fast, sim, dt, poses
+        # from any state the policy reaches, where the expert can say so (``ScriptedExpert.label``);
+        # else along the expert's own plan, which may first send the hand back to where it starts
+        self.stateless = task == "peg_insert"
         self.expert_for = lambda seed: ScriptedExpert(task, np.random.default_rng(seed))
         self.expert = None
         self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -41,7 +44,8 @@ class ExpertLabelled:
         from robot_learning.transforms import wxyz_to_xyzw
 
         cell = self.sim.cell
-        twist, grip = self.expert.act(expert_obs_from_env(self.sim.env, cell.time))
+        obs = expert_obs_from_env(self.sim.env, cell.time)
+        twist, grip = self.expert.label(obs) if self.stateless else self.expert.act(obs)
         label = np.r_[twist, grip].astype(np.float32)
         if self.poses:
             pos, quat = cell.tcp_pose()
