@@ -33,9 +33,10 @@ from tqdm import tqdm
 class SlowFastTrainConfig:
     base: str = ""                    # the slow diffusion checkpoint (frozen)
     dataset: str = ""                 # demonstrations (with the fast policy's observations recorded)
-    # what the fast policy reads: touch only. With the TCP pose among them it learned to copy the
-    # demonstrations' small steps from wherever the arm was, and in closed loop it held the peg
-    # above the hole: 0 of 25 where the slow policy alone made 24 (docs/learning.md)
+    # what the fast policy reads: touch only by default. Cloned from demonstrations alone with the
+    # TCP pose among them it copied their small last steps from wherever the arm was and held the
+    # peg above the hole (0 of 25); with --dagger (the sim's expert labelling its own states) the
+    # pose is what makes it work: 50 of 50, and 50 of 50 behind a 0.25 s late planner (docs/learning.md)
     obs: list[str] = field(default_factory=lambda: ["wrench.data", "tactile_left.data", "tactile_right.data"])
     labels: str = "commanded"         # the demonstrator's action: commanded (its twist, a step on) or reached
     scale: float = 0.25               # the largest correction, as a share of each action's half-range
