@@ -188,13 +188,13 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
         tqdm.write(f"train slow-fast: {what}: {len(data['obs'])} examples ({len(val_eps)} demonstrations held "
                    f"out); error now {row['train_loss']:.3f} (train), {held} (held out), in units of the bound")
         bar = tqdm(range(steps), desc="train slow-fast", unit="step", disable=not progress, dynamic_ncols=True)
-        for k in bar:
+        for i in bar:
             loss = loss_on(rng.choice(train_idx, min(cfg.batch_size, len(train_idx)), replace=False))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             done += 1
-            if done % 100 == 0 or k + 1 == steps:
+            if done % 100 == 0 or i + 1 == steps:
                 row = {"step": done, "train_loss": float(loss.detach())}
                 if len(val_idx):
                     with torch.no_grad():
