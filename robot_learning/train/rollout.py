@@ -104,7 +104,7 @@ class ServedSim:
         self.t_ok: float | None = None  # when success was first seen
         self.rng = np.random.default_rng([seed, 0x1A7])  # the timing's draws, apart from the sim's
         self.obs_lag, self.cmd_lag = (int(self.rng.integers(0, round(d / self.tick_s) + 1)) for d in self.lags)
-        self.seen: list[dict] = []     # the newest observations, the oldest of them the one the server reads
+        self.seen: list[tuple] = []    # the newest (stamp, observations), the oldest the one the server reads
         self.sent: list = []           # the mux's outputs on their way to the arm
 
     def judge(self) -> bool | None:
@@ -133,10 +133,11 @@ class ServedSim:
             if self.fault is not None:
                 break
             t = self.clock["t"] = cell.time - self.t0 + self.tick_s
-            now = {name: topic_sample(cell, topic) for name, topic in self.streams.items()}
+            now = (t, {name: topic_sample(cell, topic) for name, topic in self.streams.items()})
             self.seen = [*self.seen[len(self.seen) - self.obs_lag:], now]
-            for name, value in self.seen[0].items():
-                core.add_sample(name, t, value)
+            stamp, values = self.seen[0]   # stamped when sampled, as the sim node stamps its messages
+            for name, value in values.items():
+                core.add_sample(name, stamp, value)
             if self.pending is None and (win := core.inference_due(t)) is not None:
                 self.pending = (t + self.rng.uniform(*self.latency), core.run_policy(win))
             if self.pending is not None and t >= self.pending[0] - 1e-9:
