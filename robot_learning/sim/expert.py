@@ -156,7 +156,8 @@ class ScriptedExpert:
         over, seat = plan[1], plan[2]
         hole, peg = obs.objects["hole"][0], obs.objects["peg"][0]
         aligned = np.linalg.norm(peg[:2] - hole[:2]) < 2 * over.tol and peg[2] <= over.pos[2] + over.tol
-        return self._command(obs, seat if aligned else over)
+        wp = seat if aligned else over
+        return self._twist(*self._errors(obs, wp), wp), wp.grip
 
     def act(self, obs: ExpertObs) -> tuple[np.ndarray, float]:
         """TCP twist (base frame, m/s and rad/s) and gripper closure (0 open .. 1 closed)."""
@@ -165,8 +166,8 @@ class ScriptedExpert:
         wp = self.plan[min(self.k, len(self.plan) - 1)]
         if self._started is None:
             self._started = obs.t
-        twist, _ = self._command(obs, wp)
         err, rot_err = self._errors(obs, wp)
+        twist = self._twist(err, rot_err, wp)
         there = np.linalg.norm(err) < wp.tol and np.linalg.norm(rot_err) < 0.05
         timed_out = obs.t - self._started > wp.timeout
         stuck_out = wp.carry is not None and wp.pos is not None and obs.objects[wp.carry][0][2] - wp.pos[2] > 0.02
@@ -196,16 +197,15 @@ class ScriptedExpert:
         rot_err = np.zeros(3) if yaw is None else orientation_error(pointing_down(yaw), obs.tcp_quat)
         return target - obs.tcp_pos, rot_err
 
-    def _command(self, obs: ExpertObs, wp: Waypoint) -> tuple[np.ndarray, float]:
-        """The twist toward waypoint ``wp`` from ``obs`` (capped at its speed, within the
-        task's action space) and its gripper command."""
-        err, rot_err = self._errors(obs, wp)
+    def _twist(self, err: np.ndarray, rot_err: np.ndarray, wp: Waypoint) -> np.ndarray:
+        """The twist that closes these errors toward waypoint ``wp`` (capped at its speed,
+        within the task's action space)."""
         v = self.GAIN * err
         n = np.linalg.norm(v)
         if n > wp.speed:
             v *= wp.speed / n
         w = np.clip(4.0 * rot_err, -1.0, 1.0)
-        return np.clip(np.concatenate([v, w]), self.low, self.high), wp.grip
+        return np.clip(np.concatenate([v, w]), self.low, self.high)
 
 
 class HandNoise:

@@ -26,30 +26,28 @@ class ExpertLabelled:
     ``tcp_pose``, the pose it asks for one step on)."""
 
     def __init__(self, fast, sim, task: str, dt: float, poses: bool):
-        from robot_learning.sim.expert import ScriptedExpert
-
-        self.fast, self.sim, self.dt, self.poses = fast, sim, dt, poses
+        self.fast, self.sim, self.task, self.dt, self.poses = fast, sim, task, dt, poses
         # from any state the policy reaches, where the expert can say so (``ScriptedExpert.label``);
         # else along the expert's own plan, which may first send the hand back to where it starts
         self.stateless = task == "peg_insert"
-        self.expert_for = lambda seed: ScriptedExpert(task, np.random.default_rng(seed))
         self.expert = None
         self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def start(self, seed: int) -> None:
-        self.expert = self.expert_for(seed)
+        from robot_learning.sim.expert import ScriptedExpert
+
+        self.expert = ScriptedExpert(self.task, np.random.default_rng(seed))
 
     def __call__(self, state: np.ndarray, slow_action: np.ndarray) -> np.ndarray:
         from robot_learning.sim.env import expert_obs_from_env
         from robot_learning.transforms import wxyz_to_xyzw
 
-        cell = self.sim.cell
-        obs = expert_obs_from_env(self.sim.env, cell.time)
+        obs = expert_obs_from_env(self.sim.env, self.sim.cell.time)
         twist, grip = self.expert.label(obs) if self.stateless else self.expert.act(obs)
         label = np.r_[twist, grip].astype(np.float32)
         if self.poses:
-            pos, quat = cell.tcp_pose()
-            label = commanded_pose_actions(np.r_[pos, wxyz_to_xyzw(quat)][None], label[None], self.dt)[0]
+            pose = np.r_[obs.tcp_pos, wxyz_to_xyzw(obs.tcp_quat)]
+            label = commanded_pose_actions(pose[None], label[None], self.dt)[0]
         self.rows.append((np.asarray(state, np.float32), np.asarray(slow_action, np.float32), label))
         return self.fast(state, slow_action)
 
@@ -68,15 +66,8 @@ def expert_examples(slow, fast, keys: list[str], scale, recipe, task: str, seeds
     successes = 0
     try:
         for seed in tqdm(seeds, desc="dagger rollouts", unit="ep", disable=not progress, leave=False):
-            sim.reset(seed)
             labelled.start(seed)
-            steps, verdict = 0, None
-            while sim.fault is None and (steps < (max_steps or sim.cell.task.max_steps) or sim.t_ok is not None):
-                sim.step()
-                steps += 1
-                if (verdict := sim.judge()) is not None:
-                    break
-            successes += bool(verdict)
+            successes += sim.episode(seed, max_steps)[0]
     finally:
         sim.close()
     obs, slow_a, label = (np.stack(c) for c in zip(*labelled.rows))

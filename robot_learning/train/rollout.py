@@ -169,6 +169,25 @@ class ServedSim:
                     cell.controller.command_gripper(out.gripper, cell.time)
             cell.advance(self.tick_s)
 
+    def episode(self, seed: int, max_steps: int = 0, each_step=None) -> tuple[bool, int]:
+        """One whole episode: (the evaluator's verdict, policy steps taken). ``max_steps``: steps
+        before it counts as failed (0: the task's limit), though a success seen is judged past
+        it; ``each_step()`` runs after every step (a video's frame)."""
+        self.reset(seed)
+        limit, steps = max_steps or self.cell.task.max_steps, 0
+        while steps < limit or self.t_ok is not None:
+            if self.fault is not None:
+                # a protective stop (the arm blocked or collided) ends the episode as a failure,
+                # as it does on the robot: the arm refuses commands until reset
+                return False, steps
+            steps += 1
+            self.step()
+            if each_step is not None:
+                each_step()
+            if (verdict := self.judge()) is not None:
+                return verdict, steps
+        return False, steps
+
     def close(self) -> None:
         self.env.close()
 
@@ -183,29 +202,16 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
     ``max_steps``: policy steps before an episode counts as failed (0: the task's limit; a
     smaller one gives a quick look during training)."""
     sim = ServedSim(policy, recipe, task, blend, replan_every, control_hz, latency, plans, randomization, lags)
-    cell = sim.cell
     results = []
-    limit = max_steps or cell.task.max_steps
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # batch-1 inference: one thread is fastest, and never oversubscribes a small CPU
     try:
         for n, seed in enumerate(tqdm(seeds, desc="rollouts", unit="ep", disable=not progress, leave=False)):
-            sim.reset(seed)
-            frames, success, steps = [], False, 0
-            while steps < limit or sim.t_ok is not None:  # a success seen is judged past the limit
-                if sim.fault is not None:
-                    # a protective stop (the arm blocked or collided) ends the episode as a
-                    # failure, as it does on the robot: the arm refuses commands until reset
-                    break
-                steps += 1
-                sim.step()
-                if n < record_video:
-                    frames.append(sim.env.render())
-                if (verdict := sim.judge()) is not None:
-                    success = verdict
-                    break
+            frames: list[np.ndarray] = []
+            film = (lambda frames=frames: frames.append(sim.env.render())) if n < record_video else None
+            success, steps = sim.episode(seed, max_steps, film)
             results.append(RolloutResult(seed, bool(success), steps, frames, sim.fault))
     finally:
         torch.set_num_threads(threads)

@@ -125,15 +125,14 @@ def train_slow_fast(cfg: SlowFastTrainConfig, progress: bool = True) -> Path:
     size = tuple(next(iter(dcfg.image_shapes.values()))[:2]) if dcfg.image_shapes else (96, 96)
     spec = WindowSpec(dcfg.obs_horizon, dcfg.pred_horizon, tuple(keys), tuple(dcfg.image_shapes), size)
     sampler = WindowSampler(ds, spec, eps, progress=progress)
-    for ep in sampler.episodes:   # the labels first: the recorded twists are still there
+    for ep in sampler.episodes:
         if dcfg.action_kind != "tcp_pose":
             ep["label"] = ep["action"]
-        elif cfg.labels == "commanded":
-            ep["label"] = commanded_pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"], slow.spec.dt)
-        else:
-            ep["label"] = pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"])
-        if dcfg.action_kind == "tcp_pose":   # the slow policy's actions, as it was trained on them
-            ep["action"] = pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"])
+            continue
+        reached = pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"])   # as the slow policy was trained on them
+        ep["label"] = (commanded_pose_actions(ep["obs"][TCP_POSE_KEY], ep["action"], slow.spec.dt)
+                       if cfg.labels == "commanded" else reached)
+        ep["action"] = reached
     data = examples(sampler, _plans(slow, sampler, 64, progress), cfg.obs)
 
     lo, hi = slow.policy.action_bounds()
