@@ -161,7 +161,8 @@ def test_dagger_labels_every_tick_slow_fast_visits_with_what_the_expert_commands
     finally:
         ScriptedExpert.act = act
     n = len(data["obs"])
-    assert n == len(commanded) >= 6 * 4 and 0.0 <= rate <= 1.0   # a label per tick that acted
+    assert n == len(commanded) >= 6 * 4   # a label per tick that acted
+    assert rate == 0.0   # 0.6 s is too short to pick and place: no rollout may count as a success
     assert data["obs"].shape == (n, 6) and data["slow"].shape == data["demo"].shape == (n, 7)
     assert np.all(data["episode"] == -1)      # never among the held-out demonstrations
     assert slow.spec.action_kind == "twist"
