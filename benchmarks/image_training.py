@@ -48,14 +48,12 @@ def _policy(sampler):
 def step_breakdown(sampler, precision: str, steps: int) -> dict[str, float]:
     """Milliseconds per training step in each phase (medians over ``steps`` after a warm-up)."""
     import torch
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from robot_learning.nets.precision import autocast
-    from robot_learning.train.diffusion import _collate, _to
+    from robot_learning.train.diffusion import _collate, _to, optimizers
 
     policy = _policy(sampler)
-    ema = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(0.995), use_buffers=True)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    opt, ema = optimizers(policy, 1e-4, 1e-6, 0.995)   # the trainer's
     rng = np.random.default_rng(0)
     phases: dict[str, list[float]] = {k: [] for k in ("batch", "forward", "backward", "optimizer + EMA",
                                                       "encoders (forward + backward)")}

@@ -31,11 +31,11 @@ def ours(args: dict) -> dict:
     import time
 
     import torch
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from robot_learning.nets.precision import autocast, resolve
     from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy, DiffusionRunner
     from robot_learning.policies.normalizer import Normalizer
+    from robot_learning.train.diffusion import optimizers
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)
@@ -48,8 +48,7 @@ def ours(args: dict) -> dict:
                           crop_fraction=args["crop"] / args["image"], inference_steps=args["inference_steps"])
     policy = DiffusionPolicy(cfg, Normalizer(stats))
     precision = resolve(args["precision"], "cpu")
-    ema = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(0.995), use_buffers=True)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    opt, ema = optimizers(policy, 1e-4, 1e-6, 0.995)   # the trainer's
     b = args["batch"]
     batch = {"obs/state": torch.randn(b, 2, n), "action": torch.randn(b, 16, a),
              **{f"image/{c}": torch.randint(0, 255, (b, 2, args["image"], args["image"], 3), dtype=torch.uint8)
