@@ -270,3 +270,32 @@ def test_the_resnet18_size_encoder_round_trips_and_an_unknown_encoder_is_refused
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PolicyError, match="image_encoder must be one of small, resnet18, not 'vgg16'"):
         load_checkpoint(path)
+
+
+def test_wide_temporal_convs_in_bf16_compute_what_the_direct_kernel_computes():
+    """The U-Net's wide 1-D convolutions run as one matrix product on a CPU in bf16; the
+    output and every gradient must be the convolution's (to bf16 rounding), and float32 must
+    keep the direct kernel."""
+    from torch.nn import functional as F
+
+    from robot_learning.nets.unet1d import TemporalConv
+
+    torch.manual_seed(0)
+    conv = TemporalConv(512, 256, 5, padding=2)
+    x = torch.randn(3, 512, 4, requires_grad=True)
+    grad_out = torch.randn(3, 256, 4)
+    results = []
+    for fn in (conv, lambda t: F.conv1d(t, conv.weight, conv.bias, padding=2)):
+        x.grad, conv.weight.grad, conv.bias.grad = None, None, None
+        with torch.autocast("cpu", torch.bfloat16):
+            y = fn(x)
+        y.float().backward(grad_out)
+        results.append([y.float(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()])
+    for name, ours, direct in zip(("output", "input grad", "weight grad", "bias grad"), *results):
+        scale = direct.abs().max()
+        assert (ours - direct).abs().max() <= 0.02 * scale, name
+    # the kernel's orientation matters: the flipped kernel's output differs by far more than rounding
+    flipped = F.conv1d(x, conv.weight.flip(-1), conv.bias, padding=2)
+    assert (results[0][0] - flipped).abs().max() > 0.2 * results[1][0].abs().max()
+    with torch.no_grad():
+        assert torch.equal(conv(x), F.conv1d(x, conv.weight, conv.bias, padding=2))   # float32: the direct kernel
