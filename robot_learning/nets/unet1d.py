@@ -15,8 +15,9 @@ class TemporalConv(nn.Conv1d):
     """A same-padded 1-D convolution over the action sequence. On a CPU in bfloat16, with wide
     layers (the peers' 512- and 1024-channel levels over 4-8 steps), it runs as one matrix
     product over the unfolded windows: oneDNN's direct bf16 kernel for such short sequences
-    takes about 1.4x as long forward and backward (measured in docs/benchmarks.md). Same weights,
-    same result; float32 and GPUs keep the direct kernel, which is faster there."""
+    takes about 1.4x as long forward and backward (docs/learning.md, "The training step against
+    LeRobot again"). Same weights, same result. Float32 (where the matrix product was slower),
+    GPUs and narrower layers keep the direct kernel."""
 
     GEMM_FROM_CHANNELS = 512
 
