@@ -69,10 +69,14 @@ TALKER = textwrap.dedent("""
         pub.publish(String(data=sys.argv[1]))
         rclpy.spin_once(node, timeout_sec=0.1)
     # the other one may not have matched this one yet: discovery is not symmetric in time, and a
-    # busy machine once left it 2 s short (it heard nothing while this one had heard it)
-    for _ in range(80):
+    # busy machine once left it 2 s short (it heard nothing while this one had heard it). The tail
+    # is counted in seconds: spin_once returns at each of the other's messages, and a tail of 80
+    # spins once ended within a second, long before the other had matched this one
+    tail_end = time.monotonic() + 8
+    while time.monotonic() < tail_end:
         pub.publish(String(data=sys.argv[1]))
         rclpy.spin_once(node, timeout_sec=0.1)
+        time.sleep(0.02)
     print(sorted(heard - {sys.argv[1]}), flush=True)
 """)
 
