@@ -281,7 +281,7 @@ def test_wide_temporal_convs_in_bf16_compute_what_the_direct_kernel_computes():
     from robot_learning.nets.unet1d import TemporalConv
 
     torch.manual_seed(0)
-    conv = TemporalConv(512, 256, 5, padding=2)
+    conv = TemporalConv(512, 256, 5)
     x = torch.randn(3, 512, 4, requires_grad=True)
     grad_out = torch.randn(3, 256, 4)
     results = []

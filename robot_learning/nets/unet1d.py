@@ -21,8 +21,11 @@ class TemporalConv(nn.Conv1d):
 
     GEMM_FROM_CHANNELS = 512
 
+    def __init__(self, c_in: int, c_out: int, kernel: int):
+        super().__init__(c_in, c_out, kernel, padding=kernel // 2)   # stride 1, one group: what forward unfolds
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (x.device.type == "cpu" and self.in_channels >= self.GEMM_FROM_CHANNELS and self.stride == (1,)
+        if not (x.device.type == "cpu" and self.in_channels >= self.GEMM_FROM_CHANNELS
                 and (x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
                                                    and torch.get_autocast_dtype("cpu") == torch.bfloat16))):
             return super().forward(x)
@@ -31,9 +34,7 @@ class TemporalConv(nn.Conv1d):
         b, c, length, _ = cols.shape
         cols = cols.permute(0, 2, 1, 3).reshape(b * length, c * k)    # one row per output step
         w = self.weight.reshape(self.out_channels, c * k).to(torch.bfloat16)
-        y = cols.to(torch.bfloat16) @ w.t()
-        if self.bias is not None:
-            y = y + self.bias.to(torch.bfloat16)
+        y = cols.to(torch.bfloat16) @ w.t() + self.bias.to(torch.bfloat16)
         return y.reshape(b, length, self.out_channels).permute(0, 2, 1)
 
 
@@ -54,7 +55,7 @@ class StepEmbedding(nn.Module):
 
 class ConvNormAct(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, groups: int):
-        super().__init__(TemporalConv(c_in, c_out, kernel, padding=kernel // 2), nn.GroupNorm(groups, c_out), nn.Mish())
+        super().__init__(TemporalConv(c_in, c_out, kernel), nn.GroupNorm(groups, c_out), nn.Mish())
 
 
 class FiLMBlock(nn.Module):
