@@ -1,7 +1,10 @@
 """Runs inside LeRobot's own environment (``scripts/lerobot_peer_env.sh``), never in the project's:
 LeRobot's diffusion policy at the network ``benchmarks/peer.py`` compares at, timed the way its
 trainer steps (autocast when ``amp``, forward, backward, clipping, optimizer) and the way it
-samples a chunk (``generate_actions``). Prints one JSON line. Imports nothing of robot_learning."""
+samples a chunk (``generate_actions``); or (``"mode": "build"``) writes the end-to-end comparison's
+frames as a LeRobot dataset the way LeRobot records one (``LeRobotDataset.create``, ``add_frame``,
+``save_episode``: its own video encoding), which its own ``lerobot-train`` then trains on. Prints one
+JSON line. Imports nothing of robot_learning."""
 
 from __future__ import annotations
 
@@ -59,5 +62,30 @@ def main(args: dict) -> dict:
     return {"step_s": step_s, "infer_ms": infer_ms, "params": n_params, "torch": torch.__version__}
 
 
+def build(args: dict) -> dict:
+    """The frames, states and actions in ``args["npz"]`` (episodes split at ``ends``) as a LeRobot dataset."""
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    d = np.load(args["npz"])
+    cams = [k for k in d.files if k.startswith("image/")]
+    feats = {"observation.state": {"dtype": "float32", "shape": (d["state"].shape[1],), "names": None},
+             "action": {"dtype": "float32", "shape": (d["action"].shape[1],), "names": None},
+             **{f"observation.images.{k[6:]}": {"dtype": "video", "shape": d[k].shape[1:],
+                                                "names": ["height", "width", "channels"]} for k in cams}}
+    ds = LeRobotDataset.create(args["repo_id"], fps=args["fps"], features=feats, root=args["root"], use_videos=True)
+    start = 0
+    for end in d["ends"]:
+        for i in range(start, int(end)):
+            ds.add_frame({"observation.state": d["state"][i].astype(np.float32),
+                          "action": d["action"][i].astype(np.float32), "task": "bench",
+                          **{f"observation.images.{k[6:]}": d[k][i] for k in cams}})
+        ds.save_episode()
+        start = int(end)
+    ds.finalize()
+    return {"frames": int(d["ends"][-1]), "episodes": len(d["ends"])}
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(json.loads(sys.argv[1]))), flush=True)
+    job = json.loads(sys.argv[1])
+    print(json.dumps(build(job) if job.get("mode") == "build" else main(job)), flush=True)
