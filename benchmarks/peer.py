@@ -199,7 +199,9 @@ def section(quick: bool) -> list[str]:
                      for o, r in zip(runs[("ours", "auto")], runs[("LeRobot 0.4.4", m)])] for m in ("fp32", "amp")}
     rows += ["", "Training, ours `auto` against LeRobot, round by round: "
              + "; ".join(f"{m} {', '.join(f'{x:.2f}x' for x in v)}" for m, v in per_round.items()) + "."]
-    return rows + [""] + e2e_rows(end_to_end(peer_env, Path(tempfile.mkdtemp()), 30 if quick else 60)) + [""]
+    with tempfile.TemporaryDirectory() as work:   # the renders, both datasets and the runs: gone after
+        e2e = end_to_end(peer_env, Path(work), 30 if quick else 60)
+    return rows + [""] + e2e_rows(e2e) + [""]
 
 
 def e2e_rows(e2e: dict[tuple[str, str], tuple[float, float]]) -> list[str]:

@@ -7,7 +7,7 @@ set -euo pipefail
 ENV="${1:-.venv-lerobot-peer}"
 # torchcodec, LeRobot's default video decoder, loads the system's FFmpeg libraries (the end-to-end
 # comparison decodes LeRobot's own videos through it, as a LeRobot user's training does)
-if ! ldconfig -p | grep -q "libavutil.so"; then
+if ! ldconfig -p | grep "libavutil.so" > /dev/null; then   # (grep -q would end the pipe early: pipefail)
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg
 fi
 if [ ! -x "$ENV/bin/python" ]; then
