@@ -195,7 +195,7 @@ def section(quick: bool) -> list[str]:
                     f"{p50[k]:.0f} | {p99[k]:.0f} | {p50[base] / p50[k]:.2f}x / {p50[amp] / p50[k]:.2f}x |")
     # the spread between rounds: each round's own ratio (LeRobot's float32 step has drifted by a
     # fifth between runs of this bench on one machine, so one ratio alone says too much)
-    per_round = {m: [args["batch"] / np.median(o["step_s"]) / (args["batch"] / np.median(r["step_s"]))
+    per_round = {m: [np.median(r["step_s"]) / np.median(o["step_s"])   # same batch: the ratio of step times
                      for o, r in zip(runs[("ours", "auto")], runs[("LeRobot 0.4.4", m)])] for m in ("fp32", "amp")}
     rows += ["", "Training, ours `auto` against LeRobot, round by round: "
              + "; ".join(f"{m} {', '.join(f'{x:.2f}x' for x in v)}" for m, v in per_round.items()) + "."]
