@@ -299,3 +299,26 @@ def test_wide_temporal_convs_in_bf16_compute_what_the_direct_kernel_computes():
     assert (results[0][0] - flipped).abs().max() > 0.2 * results[1][0].abs().max()
     with torch.no_grad():
         assert torch.equal(conv(x), F.conv1d(x, conv.weight, conv.bias, padding=2))   # float32: the direct kernel
+
+
+def test_no_history_grad_trains_the_same_network_through_the_newest_frame_only(store):  # noqa: F811
+    """``--no-history-grad`` encodes a window's earlier frames without a backward pass: the loss and
+    the denoiser's gradients are the ones of the full step, only the encoders' gradients change."""
+    s = WindowSampler(Dataset(store), SPEC)
+    b = batch(s, range(10, 26))
+    grads, losses = [], []
+    for history in (True, False):
+        torch.manual_seed(0)
+        policy = tiny_policy(s, crop_fraction=1.0, image_history_grad=history)   # no random crop
+        torch.manual_seed(1)
+        loss = policy.loss(b)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None})
+    full, newest = grads
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    assert full.keys() == newest.keys()   # every parameter still learns
+    encoder = [k for k in full if k.startswith("encoders.")]
+    assert encoder and all(torch.allclose(full[k], newest[k], atol=1e-6) for k in full if k not in encoder)
+    assert all(torch.isfinite(newest[k]).all() for k in encoder)
+    assert any(not torch.allclose(full[k], newest[k], atol=1e-6) for k in encoder)

@@ -49,6 +49,10 @@ class DiffusionConfig:
     tactile_shapes: dict[str, list[int]] = field(default_factory=dict)
     tactile_feature_dim: int = 32
     crop_fraction: float = 0.9
+    # training only: the image encoders' gradients flow through every frame of a window, or (False)
+    # through the newest one alone, the earlier ones encoded without a backward pass: the same
+    # network and inference, a cheaper step (docs/learning.md measures both)
+    image_history_grad: bool = True
     train_timesteps: int = 100
     # what the network outputs: "epsilon" (the noise, as in Diffusion Policy) or "sample" (the
     # clean chunk itself); measured on the demo's budget in docs/learning.md
@@ -143,9 +147,19 @@ class DiffusionPolicy(nn.Module):
         img = batch[f"image/{camera}"]
         b, to = img.shape[:2]
         scale = 255.0 if img.dtype == torch.uint8 else 1000.0   # colour 0..255; depth in mm -> m
-        img = img.reshape(b * to, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2).float() / scale
         size = (int(shape[0] * self.cfg.crop_fraction), int(shape[1] * self.cfg.crop_fraction))
-        return self.encoders[camera.replace(".", "_")](crop(img, size, train)).reshape(b, to, -1)
+        encoder = self.encoders[camera.replace(".", "_")]
+
+        def features(frames: torch.Tensor) -> torch.Tensor:
+            n = frames.shape[1]
+            x = frames.reshape(b * n, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2).float() / scale
+            return encoder(crop(x, size, train)).reshape(b, n, -1)
+
+        if self.cfg.image_history_grad or to == 1 or not torch.is_grad_enabled():
+            return features(img)
+        with torch.no_grad():   # GroupNorm is per frame, so encoding apart gives the same features
+            earlier = features(img[:, :-1])
+        return torch.cat([earlier, features(img[:, -1:])], dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss (what DistributedDataParallel wraps)."""
