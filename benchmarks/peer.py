@@ -48,7 +48,7 @@ def ours(args: dict) -> dict:
     cfg = DiffusionConfig(obs_dims={"state": n}, action_dim=a, image_shapes={c: shape for c in cams},
                           down_dims=list(args["down_dims"]), image_encoder="resnet18",
                           crop_fraction=args["crop"] / args["image"], inference_steps=args["inference_steps"],
-                          image_history_grad=args.get("history_grad", True))
+                          image_grad_one_frame=args.get("grad_one_frame", False))
     policy = DiffusionPolicy(cfg, Normalizer(stats))
     precision = resolve(args["precision"], "cpu")
     opt, ema = optimizers(policy, 1e-4, 1e-6, 0.995)   # the trainer's
@@ -141,7 +141,7 @@ def end_to_end(peer_env: Path, workdir: Path, steps: int) -> dict[tuple[str, str
         updt, data = (np.mean([float(x[i]) for x in logs[1:]]) for i in (0, 1))
         res[("LeRobot 0.4.4", f"{'amp' if amp else 'fp32'}, {loaders} loader{'s' if loaders > 1 else ''}")] = (
             NET["batch"] / (updt + data), data / (updt + data))
-    for mode, flags in (("auto", []), ("auto, --no-history-grad", ["--no-history-grad"])):
+    for mode, flags in (("auto", []), ("auto, --grad-one-frame", ["--grad-one-frame"])):
         run = workdir / f"ours_run{len(flags)}"
         subprocess.run([sys.executable, "-m", "robot_learning.cli", "train", "diffusion", "--dataset", str(store),
                         "--images", ",".join(cams), "--obs", obs, "--image-encoder", "resnet18",
@@ -156,11 +156,11 @@ def end_to_end(peer_env: Path, workdir: Path, steps: int) -> dict[tuple[str, str
 
 # Our settings in the comparison: the name in the table -> what our worker is told. "auto, DDIM 5":
 # our deploy setting with half the sampling steps, at the success measured for it in
-# docs/learning.md (training as auto's). "auto, --no-history-grad": the encoders learn through each
-# window's newest frame only (the same network; its success against the full step: docs/learning.md).
+# docs/learning.md (training as auto's). "auto, --grad-one-frame": the encoders learn through one frame of
+# each window, drawn at random (the same network; its success against the full step: docs/learning.md).
 OURS = {"fp32": {"precision": "fp32"}, "auto": {"precision": "auto"},
         "auto, DDIM 5": {"precision": "auto", "ours_steps": 5},
-        "auto, --no-history-grad": {"precision": "auto", "history_grad": False}}
+        "auto, --grad-one-frame": {"precision": "auto", "grad_one_frame": True}}
 
 
 def section(quick: bool) -> list[str]:
@@ -200,7 +200,7 @@ def section(quick: bool) -> list[str]:
                     f"{p50[k]:.0f} | {p99[k]:.0f} | {p50[base] / p50[k]:.2f}x / {p50[amp] / p50[k]:.2f}x |")
     # the spread between rounds: each round's own ratio (LeRobot's float32 step has drifted by a
     # fifth between runs of this bench on one machine, so one ratio alone says too much)
-    for ours_mode in ("auto", "auto, --no-history-grad"):
+    for ours_mode in ("auto", "auto, --grad-one-frame"):
         per_round = {m: [np.median(r["step_s"]) / np.median(o["step_s"])   # same batch: the ratio of step times
                          for o, r in zip(runs[("ours", ours_mode)], runs[("LeRobot 0.4.4", m)])]
                      for m in ("fp32", "amp")}

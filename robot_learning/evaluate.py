@@ -60,8 +60,14 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
 
         write_video(res[0].frames, video, 1.0 / policy.spec.dt)
     eps = [{"seed": r.seed, "success": r.success, "steps": r.steps}
-           | ({"protective_stop": r.fault} if r.fault else {}) for r in res]
+           | ({"protective_stop": r.fault} if r.fault else {})
+           | ({"refused_chunks": r.refused, "last_refusal": r.refusal} if r.refused else {}) for r in res]
     out = {"task": task, "success_rate": sum(r.success for r in res) / max(len(res), 1), "episodes": eps}
+    refused = [r for r in res if r.refused]
+    if refused:   # a policy whose every chunk is refused holds the arm still and fails without a word
+        print(f"evaluate: the policy server refused {sum(r.refused for r in refused)} chunks in {len(refused)} of "
+              f"{len(res)} episodes, the arm holding meanwhile (last: {refused[-1].refusal}); see the policy's "
+              "action bounds in its config.json", file=sys.stderr)
     if video:
         out["frames"] = res[0].frames if res else []
     return out

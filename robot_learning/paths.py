@@ -24,9 +24,18 @@ def project_root() -> Path:
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """An absolute path as given, or a path relative to the project root."""
+    """An absolute path as given. A relative one is read from the working directory, as every
+    command line reads it (``train`` writes ``runs/x`` there, so ``evaluate --checkpoint
+    runs/x/...`` must find it there too), unless only the project root has it: the checkout's
+    own files (``sim/workcell.yaml``, ``hardware/...``) resolve from any directory."""
     p = Path(path)
-    return p if p.is_absolute() else project_root() / p
+    if p.is_absolute():
+        return p
+    here = Path.cwd() / p
+    if here.exists():
+        return here
+    root = project_root() / p
+    return root if root.exists() else here
 
 
 def use_local_dds_profile() -> None:

@@ -364,6 +364,23 @@ def test_env_rollout_drives_a_pose_policy_the_way_the_server_does(plans):
     assert opening < 0.01   # closed (the fingers are 0.08 apart at the start)
 
 
+def test_an_env_rollout_reports_the_chunks_the_server_refused():
+    """A policy whose chunks fall outside its own bounds (a gripper command of 1.0 against a
+    bound of 0.9) never moves the arm; the rollout says how many chunks were refused and why,
+    rather than a bare failure."""
+    from robot_learning.data.schema import load_recipe
+    from robot_learning.paths import project_root
+    from robot_learning.train.rollout import rollout
+
+    recipe = load_recipe(project_root() / "datasets" / "recipes" / "workcell.yaml")
+    home = np.array([0.307, 0.0, 0.487])
+    policy = GoToPosePolicy(home + [0.1, 0.08, -0.12])
+    policy.spec.action_high[7] = 0.9
+    r = rollout(policy, recipe, "pick_place", [0], max_steps=10)[0]
+    assert not r.success and r.refused >= 10 and "outside the policy's bounds" in r.refusal, r
+    assert np.linalg.norm(policy.seen[-1][0] - home) < 0.01   # the arm held
+
+
 def test_the_engine_draws_the_graphs_timing_from_each_episodes_seed():
     """``ServedSim``'s ``lags``: the transport's delays, drawn per episode in whole ticks from its
     seed, within their bounds; a command delayed by one policy step's ticks moves the arm exactly

@@ -28,8 +28,14 @@ class Normalizer:
         return ((x.reshape(*shape[:-1], -1) - lo) / span * 2 - 1).reshape(shape)
 
     def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """Back to the data's units. A dimension that never varied in the data (a gripper held
+        closed through every demonstration) comes back as exactly that value: the network's
+        output there is noise around it, and the policy server refuses a chunk outside the
+        data's range, so a closed gripper at 1.07 would hold the arm still for good."""
         lo, span = self._scale(key, x)
-        return (x + 1) / 2 * span + lo
+        s = self.stats[key]
+        constant = torch.as_tensor(s["max"] - s["min"], device=x.device) < 1e-6
+        return torch.where(constant, lo.to(x.dtype), (x + 1) / 2 * span + lo)
 
     def to_json(self) -> dict:
         return {k: {"min": v["min"].tolist(), "max": v["max"].tolist()} for k, v in self.stats.items()}

@@ -41,6 +41,8 @@ class RolloutResult:
     steps: int
     frames: list[np.ndarray]
     fault: str | None = None  # the protective stop that ended the episode, if one did
+    refused: int = 0          # chunks the server refused (out of bounds, NaN): the arm held meanwhile
+    refusal: str = ""         # why the last one was
 
 
 class ServedSim:
@@ -211,8 +213,11 @@ def rollout(policy: Policy, recipe: Recipe, task: str, seeds: list[int], blend: 
         for n, seed in enumerate(tqdm(seeds, desc="rollouts", unit="ep", disable=not progress, leave=False)):
             frames: list[np.ndarray] = []
             film = (lambda frames=frames: frames.append(sim.env.render())) if n < record_video else None
+            before = sim.core.rejected_chunks
             success, steps = sim.episode(seed, max_steps, film)
-            results.append(RolloutResult(seed, bool(success), steps, frames, sim.fault))
+            refused = sim.core.rejected_chunks - before
+            results.append(RolloutResult(seed, bool(success), steps, frames, sim.fault, refused,
+                                         sim.core.last_reject if refused else ""))
     finally:
         torch.set_num_threads(threads)
         sim.close()
