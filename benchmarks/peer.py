@@ -47,8 +47,7 @@ def ours(args: dict) -> dict:
     shape = [args["image"], args["image"], 3]
     cfg = DiffusionConfig(obs_dims={"state": n}, action_dim=a, image_shapes={c: shape for c in cams},
                           down_dims=list(args["down_dims"]), image_encoder="resnet18",
-                          crop_fraction=args["crop"] / args["image"], inference_steps=args["inference_steps"],
-                          image_grad_one_frame=args.get("grad_one_frame", False))
+                          crop_fraction=args["crop"] / args["image"], inference_steps=args["inference_steps"])
     policy = DiffusionPolicy(cfg, Normalizer(stats))
     precision = resolve(args["precision"], "cpu")
     opt, ema = optimizers(policy, 1e-4, 1e-6, 0.995)   # the trainer's
@@ -141,26 +140,16 @@ def end_to_end(peer_env: Path, workdir: Path, steps: int) -> dict[tuple[str, str
         updt, data = (np.mean([float(x[i]) for x in logs[1:]]) for i in (0, 1))
         res[("LeRobot 0.4.4", f"{'amp' if amp else 'fp32'}, {loaders} loader{'s' if loaders > 1 else ''}")] = (
             NET["batch"] / (updt + data), data / (updt + data))
-    for mode, flags in (("auto", []), ("auto, --grad-one-frame", ["--grad-one-frame"])):
-        run = workdir / f"ours_run{len(flags)}"
-        subprocess.run([sys.executable, "-m", "robot_learning.cli", "train", "diffusion", "--dataset", str(store),
-                        "--images", ",".join(cams), "--obs", obs, "--image-encoder", "resnet18",
-                        "--down-dims", ",".join(map(str, NET["down_dims"])), "--batch-size", str(NET["batch"]),
-                        "--steps", "100", "--val-fraction", "0", "--eval-episodes", "0",
-                        "--threads", str(NET["threads"]), "--out", str(run), *flags],
-                       check=True, capture_output=True, cwd=ROOT, env=env, timeout=3600)
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"samples_per_s"' in x]
-        res[("ours", mode)] = (rows[-1]["samples_per_s"], rows[-1]["data_share"])  # steps 51-100: after the warm-up
+    run = workdir / "ours_run"
+    subprocess.run([sys.executable, "-m", "robot_learning.cli", "train", "diffusion", "--dataset", str(store),
+                    "--images", ",".join(cams), "--obs", obs, "--image-encoder", "resnet18",
+                    "--down-dims", ",".join(map(str, NET["down_dims"])),
+                    "--batch-size", str(NET["batch"]), "--steps", "100", "--val-fraction", "0", "--eval-episodes", "0",
+                    "--threads", str(NET["threads"]), "--out", str(run)], check=True, capture_output=True, cwd=ROOT,
+                   env=env, timeout=3600)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"samples_per_s"' in x]
+    res[("ours", "auto")] = (rows[-1]["samples_per_s"], rows[-1]["data_share"])  # steps 51-100: after the warm-up
     return res
-
-
-# Our settings in the comparison: the name in the table -> what our worker is told. "auto, DDIM 5":
-# our deploy setting with half the sampling steps, at the success measured for it in
-# docs/learning.md (training as auto's). "auto, --grad-one-frame": the encoders learn through one frame of
-# each window, drawn at random (the same network; its success against the full step: docs/learning.md).
-OURS = {"fp32": {"precision": "fp32"}, "auto": {"precision": "auto"},
-        "auto, DDIM 5": {"precision": "auto", "ours_steps": 5},
-        "auto, --grad-one-frame": {"precision": "auto", "grad_one_frame": True}}
 
 
 def section(quick: bool) -> list[str]:
@@ -169,13 +158,19 @@ def section(quick: bool) -> list[str]:
         raise SystemExit(f"bench peer: no LeRobot environment at {peer_env}: run `bash scripts/lerobot_peer_env.sh` "
                          "(about 8 GB) or set LEROBOT_PEER_ENV")
     args = {**NET, "train_steps": 2 if quick else 6, "infer_calls": 3 if quick else 15}
-    runs = {**{("ours", m): [] for m in OURS}, ("LeRobot 0.4.4", "fp32"): [], ("LeRobot 0.4.4", "amp"): []}
+    # "auto, DDIM 5": our deploy setting with half the sampling steps, at the success measured
+    # for it in docs/learning.md (training is the same as auto's)
+    runs = {("ours", "fp32"): [], ("ours", "auto"): [], ("ours", "auto, DDIM 5"): [], ("LeRobot 0.4.4", "fp32"): [],
+            ("LeRobot 0.4.4", "amp"): []}
     rounds = 1 if quick else 3
     for r in range(rounds):
         for who, mode in runs:
             print(f"bench: peer round {r + 1}: {who} {mode} ...", flush=True)
             if who == "ours":
-                res = _run(Path(sys.executable), ["-m", "benchmarks.peer", json.dumps({**args, **OURS[mode]})])
+                precision, _, steps = mode.partition(", DDIM ")
+                res = _run(Path(sys.executable), ["-m", "benchmarks.peer",
+                                                  json.dumps({**args, "precision": precision,
+                                                              "ours_steps": int(steps or 0)})])
             else:
                 res = _run(peer_env / "bin" / "python", [str(ROOT / "benchmarks" / "peer_lerobot_worker.py"),
                                                          json.dumps({**args, "amp": mode == "amp"})])
@@ -200,12 +195,10 @@ def section(quick: bool) -> list[str]:
                     f"{p50[k]:.0f} | {p99[k]:.0f} | {p50[base] / p50[k]:.2f}x / {p50[amp] / p50[k]:.2f}x |")
     # the spread between rounds: each round's own ratio (LeRobot's float32 step has drifted by a
     # fifth between runs of this bench on one machine, so one ratio alone says too much)
-    for ours_mode in ("auto", "auto, --grad-one-frame"):
-        per_round = {m: [np.median(r["step_s"]) / np.median(o["step_s"])   # same batch: the ratio of step times
-                         for o, r in zip(runs[("ours", ours_mode)], runs[("LeRobot 0.4.4", m)])]
-                     for m in ("fp32", "amp")}
-        rows += ["", f"Training, ours `{ours_mode}` against LeRobot, round by round: "
-                 + "; ".join(f"{m} {', '.join(f'{x:.2f}x' for x in v)}" for m, v in per_round.items()) + "."]
+    per_round = {m: [np.median(r["step_s"]) / np.median(o["step_s"])   # same batch: the ratio of step times
+                     for o, r in zip(runs[("ours", "auto")], runs[("LeRobot 0.4.4", m)])] for m in ("fp32", "amp")}
+    rows += ["", "Training, ours `auto` against LeRobot, round by round: "
+             + "; ".join(f"{m} {', '.join(f'{x:.2f}x' for x in v)}" for m, v in per_round.items()) + "."]
     with tempfile.TemporaryDirectory() as work:   # the renders, both datasets and the runs: gone after
         e2e = end_to_end(peer_env, Path(work), 30 if quick else 60)
     return rows + [""] + e2e_rows(e2e) + [""]

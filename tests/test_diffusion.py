@@ -301,42 +301,6 @@ def test_wide_temporal_convs_in_bf16_compute_what_the_direct_kernel_computes():
         assert torch.equal(conv(x), F.conv1d(x, conv.weight, conv.bias, padding=2))   # float32: the direct kernel
 
 
-def test_one_frame_gradients_train_the_same_network_with_an_unbiased_encoder_gradient(store):  # noqa: F811
-    """``--grad-one-frame`` encodes one frame of each window with a backward pass (drawn at random,
-    its gradient scaled by the window's length) and the rest without: the loss and the denoiser's
-    gradients are the full step's, and over the draws the encoders' gradient averages to the full one."""
-    s = WindowSampler(Dataset(store), SPEC)
-    b = batch(s, range(10, 26))
-
-    def step(one_frame: bool, draw: int):
-        torch.manual_seed(0)
-        policy = tiny_policy(s, crop_fraction=1.0, image_grad_one_frame=one_frame)   # no random crop
-        torch.manual_seed(1)
-        noise = torch.randn(16, 8, 7)
-        k = torch.randint(0, policy.cfg.train_timesteps, (16,))
-        torch.manual_seed(100 + draw)
-        cond = policy.encode(b, train=True)
-        action = policy.normalizer.normalize("action", b["action"])
-        noisy = policy.train_scheduler.add_noise(action, noise, k)
-        loss = torch.nn.functional.mse_loss(policy.net(noisy, k, cond), noise)
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
-
-    loss_full, full = step(False, 0)
-    draws = [step(True, d) for d in range(40)]
-    encoder = [n for n in full if n.startswith("encoders.")]
-    for loss, grads in draws[:2]:
-        assert torch.allclose(loss, loss_full, atol=1e-6) and grads.keys() == full.keys()
-        assert all(torch.allclose(full[n], grads[n], atol=1e-5) for n in full if n not in encoder)
-        assert any(not torch.allclose(full[n], grads[n], atol=1e-5) for n in encoder)
-    # unbiased: the mean over draws approaches the full gradient (each window's frame drawn at random)
-    mean = {n: torch.stack([g[n] for _, g in draws]).mean(0) for n in encoder}
-    one = draws[0][1]
-    err_mean = sum((mean[n] - full[n]).norm() ** 2 for n in encoder) ** 0.5
-    err_one = sum((one[n] - full[n]).norm() ** 2 for n in encoder) ** 0.5
-    assert err_mean < 0.35 * err_one, (float(err_mean), float(err_one))
-
-
 def test_an_action_dimension_constant_in_the_data_comes_back_exactly():
     """A gripper held closed in every demonstration: the sampled chunk holds it at exactly that
     value, so the server's bounds (the data's range) never refuse a chunk for the network's noise there."""

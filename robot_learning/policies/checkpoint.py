@@ -112,7 +112,6 @@ CONFIG_SCHEMA: dict[str, Rule] = {
     "image_encoder": (False, "one of " + ", ".join(IMAGE_ENCODERS),
                       lambda v: isinstance(v, str) and v in IMAGE_ENCODERS),
     "crop_fraction": (False, "a number in (0, 1]", lambda v: _real(v) and 0 < v <= 1),
-    "image_grad_one_frame": (False, "true or false", lambda v: isinstance(v, bool)),
     "train_timesteps": (False, COUNT, _count),
     "sampler": (False, "one of " + ", ".join(SAMPLERS), lambda v: isinstance(v, str) and v in SAMPLERS),
     "inference_steps": (False, COUNT, _count),

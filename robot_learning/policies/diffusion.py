@@ -49,11 +49,6 @@ class DiffusionConfig:
     tactile_shapes: dict[str, list[int]] = field(default_factory=dict)
     tactile_feature_dim: int = 32
     crop_fraction: float = 0.9
-    # training only: the image encoders' gradients flow through every frame of a window, or (True)
-    # through one frame per window drawn at random, its gradient scaled by the window's length (an
-    # unbiased estimate of the full one), the others encoded without a backward pass: the same
-    # network and inference, a cheaper step (docs/learning.md measures both)
-    image_grad_one_frame: bool = False
     train_timesteps: int = 100
     # what the network outputs: "epsilon" (the noise, as in Diffusion Policy) or "sample" (the
     # clean chunk itself); measured on the demo's budget in docs/learning.md
@@ -148,31 +143,9 @@ class DiffusionPolicy(nn.Module):
         img = batch[f"image/{camera}"]
         b, to = img.shape[:2]
         scale = 255.0 if img.dtype == torch.uint8 else 1000.0   # colour 0..255; depth in mm -> m
+        img = img.reshape(b * to, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2).float() / scale
         size = (int(shape[0] * self.cfg.crop_fraction), int(shape[1] * self.cfg.crop_fraction))
-        encoder = self.encoders[camera.replace(".", "_")]
-
-        def features(frames: torch.Tensor) -> torch.Tensor:
-            n = frames.shape[1]
-            x = frames.reshape(b * n, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2).float() / scale
-            return encoder(crop(x, size, train)).reshape(b, n, -1)
-
-        if not self.cfg.image_grad_one_frame or to == 1 or not torch.is_grad_enabled():
-            return features(img)
-        # one frame of each window with a backward pass, the rest without (GroupNorm is per frame,
-        # so encoding them apart gives the same features); only newest-frame gradients cost 28
-        # points of success in docs/learning.md, so the frame is drawn, and scaled to stay unbiased
-        rows = torch.arange(b, device=img.device)
-        pick = torch.randint(0, to, (b,), device=img.device)
-        frames = torch.arange(to, device=img.device).expand(b, to)
-        rest = frames[frames != pick[:, None]].view(b, to - 1)
-        with torch.no_grad():
-            others = features(img[rows[:, None], rest])
-        chosen = features(img[rows, pick][:, None])[:, 0]
-        chosen = chosen * to - chosen.detach() * (to - 1)   # the same value, `to` times the gradient
-        out = torch.zeros(b, to, chosen.shape[-1], dtype=chosen.dtype, device=chosen.device)
-        out[rows[:, None], rest] = others.to(chosen.dtype)
-        out[rows, pick] = chosen
-        return out
+        return self.encoders[camera.replace(".", "_")](crop(img, size, train)).reshape(b, to, -1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss (what DistributedDataParallel wraps)."""

@@ -83,10 +83,6 @@ class TrainConfig:
     seed: int = 0                                         # initial weights, batches and the validation split
     resume: str = ""                                      # a run directory to continue, from its last checkpoint
     init: str = ""                 # start from this checkpoint's weights and normalizer (same network; _init_from)
-    # the image encoders learn through one frame of each window, drawn at random and its gradient
-    # scaled to stay unbiased, the others encoded without a backward pass (a cheaper step, the same
-    # network); default: through every frame
-    grad_one_frame: bool = False
     compile: bool = False          # torch.compile the network for the training step (eager if compiling fails)
     loaders: int = 0               # threads collating batches ahead (0: 4 on CUDA; none on a CPU, whose cores it needs)
     only_success: bool = True                             # train on successful episodes only
@@ -201,10 +197,9 @@ def _init_from(meta, dcfg, model, device: str) -> None:
     if meta.kind != "diffusion":
         raise PolicyError(f"--init {meta.path} is a {meta.kind} checkpoint; it takes a diffusion policy's")
     mine = asdict(dcfg)
-    # settings of inference or of the training step, not of the network (a new view fine-tunes)
-    not_network = {"sampler", "inference_steps", "action_horizon", "task", "image_rois", "image_grad_one_frame"}
+    inference_only = {"sampler", "inference_steps", "action_horizon", "task", "image_rois"}  # a new view fine-tunes
     diff = [f"{k}: {meta.config.get(k)!r} there, {v!r} here" for k, v in mine.items()
-            if k not in not_network and json.loads(json.dumps(meta.config.get(k))) != json.loads(json.dumps(v))]
+            if k not in inference_only and json.loads(json.dumps(meta.config.get(k))) != json.loads(json.dumps(v))]
     if diff:
         raise PolicyError(f"--init {meta.path} has another network than this run would train ({'; '.join(diff[:4])}); "
                           "give the same --obs/--images/--image-size/network flags, or train without --init")
@@ -387,8 +382,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            obs_horizon=cfg.obs_horizon, pred_horizon=cfg.pred_horizon,
                            action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
                            denoiser=cfg.denoiser, mlp_width=cfg.mlp_width, mlp_depth=cfg.mlp_depth,
-                           image_encoder=cfg.image_encoder, image_grad_one_frame=cfg.grad_one_frame,
-                           tactile_shapes=grids,
+                           image_encoder=cfg.image_encoder, tactile_shapes=grids,
                            image_rois={c: list(r) for c, r in rois.items()},
                            relative=[list(p) for p in pairs],
                            inference_steps=cfg.inference_steps, prediction=cfg.prediction, dt=1.0 / rate, task=task,
