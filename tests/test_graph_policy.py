@@ -31,10 +31,12 @@ pytestmark = pytest.mark.graph
 def make_checkpoint(path: Path, down_dims=(16, 32), steps: int = 4, nan: bool = False,
                     narrow: bool = False, horizon: int = 8, action_horizon: int = 4) -> Path:
     """An untrained low-dim policy on the workcell's topics. ``nan``: NaN weights; ``narrow``:
-    it declares an action range of ~0 but samples across [0, 1]."""
+    it declares an action range 1e-4 wide and samples far outside it (untrained, with
+    DPM-Solver++, which does not clip its estimates to the data's range as DDIM does)."""
     policy = untrained_policy({"ee_pose.data": 7, "gripper_state.position": 2}, lo=[0.0] * 7 if narrow else None,
-                              hi=[0.0] * 7 if narrow else None, pred_horizon=horizon, action_horizon=action_horizon,
-                              down_dims=list(down_dims), inference_steps=steps)
+                              hi=[1e-4] * 7 if narrow else None, pred_horizon=horizon, action_horizon=action_horizon,
+                              down_dims=list(down_dims), inference_steps=steps,
+                              **({"sampler": "dpmsolver"} if narrow else {}))
     if nan:
         with torch.no_grad():
             for p in policy.net.out.parameters():
