@@ -16,14 +16,15 @@ class Normalizer:
         self.stats[key] = {"min": flat.min(0).astype(np.float32), "max": flat.max(0).astype(np.float32)}
 
     def _scale(self, key: str, like: torch.Tensor):
+        """(min, span, which dimensions are constant): a constant one gets a unit span."""
         s = self.stats[key]
         lo = torch.as_tensor(s["min"], device=like.device)
         span = torch.as_tensor(s["max"] - s["min"], device=like.device)
-        span = torch.where(span < 1e-6, torch.ones_like(span), span)  # a constant dimension stays put
-        return lo, span
+        constant = span < 1e-6
+        return lo, torch.where(constant, torch.ones_like(span), span), constant
 
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        lo, span = self._scale(key, x)
+        lo, span, _ = self._scale(key, x)
         shape = x.shape
         return ((x.reshape(*shape[:-1], -1) - lo) / span * 2 - 1).reshape(shape)
 
@@ -32,9 +33,7 @@ class Normalizer:
         closed through every demonstration) comes back as exactly that value: the network's
         output there is noise around it, and the policy server refuses a chunk outside the
         data's range, so a closed gripper at 1.07 would hold the arm still for good."""
-        lo, span = self._scale(key, x)
-        s = self.stats[key]
-        constant = torch.as_tensor(s["max"] - s["min"], device=x.device) < 1e-6
+        lo, span, constant = self._scale(key, x)
         return torch.where(constant, lo.to(x.dtype), (x + 1) / 2 * span + lo)
 
     def to_json(self) -> dict:
