@@ -220,10 +220,6 @@ class PolicyServerCore:
         with self.lock:
             return None if self.paused else self.scheduler.due(now + self.cfg.actuation_latency)
 
-    def reset_jitter(self) -> None:
-        self._last_tick = None
-        self.stats["tick_interval"].clear()
-
     # --- inference ---
     def inference_due(self, now: float) -> tuple[float, dict] | None:
         """The observation window to infer from now, or None (paused, no fresh observations, or
