@@ -74,6 +74,7 @@ from robot_learning_ros.runtime import BackgroundSpin, init_ros, lenient_params,
 # a policy reading the clock would see time rush.
 CATCH_UP_S = 0.05
 
+
 class Rate:
     """Fires every ``1 / hz`` seconds of simulated time."""
 
