@@ -24,6 +24,7 @@ from robot_learning.control.kinematics import tcp_positions
 from robot_learning.control.route import route_home, segment_times
 from robot_learning.control.safety import box_distance
 from robot_learning.graph import SimGraph
+from robot_learning.sim.model import end_stop_timeconst
 
 pytestmark = pytest.mark.graph
 
@@ -81,11 +82,10 @@ def test_the_arm_holds_every_limit_under_a_command_fuzzer(tmp_path):
             # joint limits hold at every sample. The limit is the joint's end stop, a stiff spring
             # in the sim as in a real arm: a hand the fuzzer presses into the table can push a
             # wrist joint onto it (the monitor trips first, at half the margin past the soft
-            # limit) and the stop gives by its compliance. The sim's stop is a critically damped
-            # spring of time constant 2 physics steps, which a joint arriving at speed v sinks into
-            # by v * tc / e; so each joint may sink 1 mrad (pressed) plus that at its top measured
-            # speed (seen: 1.0 mrad quiet, 2.5 mrad under load, where a slip threw joint 6 faster)
-            stop_tc = 2 * float(load_yaml(DEFAULT_WORKCELL)["physics_dt"])
+            # limit) and the stop gives by its compliance: each joint may sink 1 mrad (pressed)
+            # plus what the sim's stop gives a joint arriving at its top measured speed (seen:
+            # 1.0 mrad quiet, 2.5 mrad under load, where a slip threw joint 6 faster)
+            stop_tc = end_stop_timeconst(load_yaml(DEFAULT_WORKCELL))
             end_stop = 0.001 + stop_tc * np.abs(qd).max(axis=0) / np.e
             over = np.maximum(lim.q_lower - q, q - lim.q_upper) - end_stop  # > 0: past what the stop gives
             worst = np.unravel_index(np.argmax(over), over.shape)

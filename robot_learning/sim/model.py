@@ -148,6 +148,13 @@ def robot_only_xml(robot: RobotConfig) -> str:
     )
 
 
+def end_stop_timeconst(workcell: dict[str, Any]) -> float:
+    """The joints' end stops are critically damped springs of this time constant (MuJoCo's
+    ``solreflimit``): two physics steps, as stiff as the solver allows. A joint arriving at
+    speed v sinks into one by about v times this over e."""
+    return 2 * float(workcell["physics_dt"])
+
+
 def workcell_xml(
     robot: RobotConfig,
     calib: Calibration,
@@ -157,7 +164,7 @@ def workcell_xml(
 ) -> str:
     """The full scene: table, arm with gripper, cameras, lights and the task's objects.
 
-    Joint ranges are end stops as stiff as the solver allows (time constant two steps): with
+    Joint ranges are end stops as stiff as the solver allows (``end_stop_timeconst``): with
     MuJoCo's default (20 ms) a hand pressed on the table pushed a wrist joint 10 mrad past its
     hard limit, where a real arm's stop gives a fraction of that."""
     g = robot.gripper
@@ -169,7 +176,7 @@ def workcell_xml(
     return f"""<mujoco model="workcell">
 <compiler angle="radian" autolimits="true"/>
 <option timestep="{workcell["physics_dt"]}" integrator="implicit" cone="elliptic" impratio="10"/>
-<default><joint solreflimit="{2 * workcell["physics_dt"]} 1" solimplimit="0.99 0.999 0.001"/></default>
+<default><joint solreflimit="{end_stop_timeconst(workcell)} 1" solimplimit="0.99 0.999 0.001"/></default>
 <visual><global offwidth="{max_w}" offheight="{max_h}"/><quality offsamples="0" shadowsize="0"/>
 <headlight ambient="0.35 0.35 0.35" diffuse="0.5 0.5 0.5"/><map znear="0.01"/></visual>
 <asset>
