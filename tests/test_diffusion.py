@@ -255,11 +255,14 @@ def test_bf16_autocast_trains_as_fp32_does_and_infers_the_same_chunk(store):  # 
     assert resolve("auto", "cpu", images=True) == ("bf16" if bf16_is_fast("cpu") else "fp32")
 
 
-def test_the_resnet18_size_encoder_round_trips_and_an_unknown_encoder_is_refused(store, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("encoder, widest, pooled", [("resnet18", 512, True), ("tiny", 128, False)])
+def test_other_encoder_sizes_round_trip_and_an_unknown_encoder_is_refused(store, tmp_path, encoder, widest,  # noqa: F811
+                                                                          pooled):
     s = WindowSampler(Dataset(store), SPEC)
-    policy = tiny_policy(s, image_encoder="resnet18").eval()
+    policy = tiny_policy(s, image_encoder=encoder).eval()
     widths = [m.out_channels for m in policy.encoders["front_color"].modules() if isinstance(m, torch.nn.Conv2d)]
-    assert max(widths) == 512 and any(isinstance(m, torch.nn.MaxPool2d) for m in policy.encoders.modules())
+    assert max(widths) == widest
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in policy.encoders.modules()) == pooled
     path = save_checkpoint(policy, tmp_path / "ckpt")
     loaded, _ = load_checkpoint(path)
     b = batch(s, [0, 30])
@@ -268,7 +271,7 @@ def test_the_resnet18_size_encoder_round_trips_and_an_unknown_encoder_is_refused
     cfg = json.loads((path / "config.json").read_text())
     cfg["config"]["image_encoder"] = "vgg16"
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PolicyError, match="image_encoder must be one of small, resnet18, not 'vgg16'"):
+    with pytest.raises(PolicyError, match="image_encoder must be one of tiny, small, resnet18, not 'vgg16'"):
         load_checkpoint(path)
 
 

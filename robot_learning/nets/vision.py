@@ -37,8 +37,11 @@ class SpatialSoftmax(nn.Module):
 # The encoders a policy can have. "small": half a ResNet18's widths and a 5x5 stem without pooling
 # (the default; what the results in docs/learning.md used). "resnet18": ResNet18's layout (7x7
 # stem, max-pool, 64-512 wide), GroupNorm instead of batch statistics: the size the peers train
-# (LeRobot's and Diffusion Policy's image encoder), for comparisons at the same network.
-ENCODERS = {"small": {"widths": (32, 64, 128, 256), "stem_kernel": 5, "stem_pool": False},
+# (LeRobot's and Diffusion Policy's image encoder), for comparisons at the same network. "tiny":
+# half the small one's widths, for training on a CPU: with 64x64 frames a step of two cameras is
+# 2.7x the small one's at 96x96 on 2 cores (docs/learning.md, "From pixels on a CPU").
+ENCODERS = {"tiny": {"widths": (16, 32, 64, 128), "stem_kernel": 5, "stem_pool": False},
+            "small": {"widths": (32, 64, 128, 256), "stem_kernel": 5, "stem_pool": False},
             "resnet18": {"widths": (64, 128, 256, 512), "stem_kernel": 7, "stem_pool": True}}
 
 

@@ -77,7 +77,7 @@ def _object(v: Any) -> bool:
 SAMPLERS = ("ddim", "dpmsolver", "ddpm")     # what policies.diffusion.make_scheduler builds
 PREDICTIONS = ("epsilon", "sample")          # what policies.diffusion's network outputs
 DENOISERS = ("unet", "mlp")                   # policies.diffusion's networks (nets.unet1d, nets.mlp_denoiser)
-IMAGE_ENCODERS = ("small", "resnet18")       # nets.vision.ENCODERS (kept torch-free here)
+IMAGE_ENCODERS = ("tiny", "small", "resnet18")  # nets.vision.ENCODERS (kept torch-free here)
 ACTION_KINDS = ("twist", "tcp_pose")         # runtime.actions.ACTION_KINDS (kept torch-free here)
 COUNT = "an integer >= 1"
 

@@ -55,7 +55,7 @@ class TrainConfig:
     # camera:x0:y0:x1:y1, the region of a camera's view the policy reads (fractions of the frame;
     # the server cuts it from live frames too). Empty: what `dataset shrink --roi` cut, if anything
     image_roi: list[str] = field(default_factory=list)
-    image_encoder: str = "small"                          # small, or resnet18 (the peers' size; nets.vision)
+    image_encoder: str = "small"                          # tiny (CPUs), small, resnet18 (the peers' size): nets.vision
     tactile: str = "grid"                                 # taxel grids through a conv encoder (nets.tactile), or flat
     obs_horizon: int = 2                                  # observations the policy conditions on
     pred_horizon: int = 16                                # actions per predicted chunk
