@@ -255,6 +255,13 @@ def test_bf16_autocast_trains_as_fp32_does_and_infers_the_same_chunk(store):  # 
     assert resolve("auto", "cpu", images=True) == ("bf16" if bf16_is_fast("cpu") else "fp32")
 
 
+def test_the_checkpoint_check_knows_every_encoder_the_network_can_build():
+    from robot_learning.nets.vision import ENCODERS
+    from robot_learning.policies.checkpoint import IMAGE_ENCODERS
+
+    assert set(IMAGE_ENCODERS) == set(ENCODERS)
+
+
 @pytest.mark.parametrize("encoder, widest, pooled", [("resnet18", 512, True), ("tiny", 128, False)])
 def test_other_encoder_sizes_round_trip_and_an_unknown_encoder_is_refused(store, tmp_path, encoder, widest,  # noqa: F811
                                                                           pooled):
