@@ -73,6 +73,13 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
     return out
 
 
+def policy_cameras(policy, recipe) -> str:
+    """The sim's ``cameras`` launch argument for ``policy``: the cameras whose images it reads
+    (``/front/color/image_raw`` is camera ``front``), in its order, or ``none``."""
+    cams = [recipe.streams[k].topic.strip("/").split("/")[0] for k in policy.spec.image_keys]
+    return ",".join(dict.fromkeys(cams)) or "none"
+
+
 def _seconds(text: str) -> tuple[float, float]:
     import argparse
 
@@ -97,17 +104,19 @@ def run_evaluate(a) -> int:
                              noise_scale=a.noise_scale, randomization=a.randomization, lags=a.lags)
             r.pop("frames", None)
         else:
-            from robot_learning.policies.registry import load_policy
+            from robot_learning.policies.registry import checkpoint_recipe, load_policy, read_checkpoint
 
             # a damaged checkpoint is refused here, in one sentence, not after the graph has started
-            policy = load_policy(resolve(a.checkpoint), sampler=a.sampler, inference_steps=a.inference_steps,
+            meta = read_checkpoint(resolve(a.checkpoint))
+            policy = load_policy(meta, sampler=a.sampler, inference_steps=a.inference_steps,
                                  noise_scale=a.noise_scale)
             task = a.task or policy.spec.task
+            cameras = a.cameras or policy_cameras(policy, checkpoint_recipe(meta))
             more = parse_launch_args(a.launch_args)
             for k in more.keys() & vars(a).keys():
                 raise LaunchError(f"{k}:= has its own option: pass --{k.replace('_', '-')} instead")
             r = evaluate_graph(a.checkpoint, task, a.episodes, out, out / "graph.log", a.real_time_factor,
-                               a.cameras, a.seed, a.blend, record=a.record, dataset=a.dataset,
+                               cameras, a.seed, a.blend, a.state_rate, record=a.record, dataset=a.dataset,
                                sampler=a.sampler, inference_steps=a.inference_steps, noise_scale=a.noise_scale,
                                **more)
     except (PolicyError, RuntimeError, FileNotFoundError, LaunchError, ConfigError) as e:
@@ -149,7 +158,12 @@ def add_parser(sub) -> None:
                     help="env: a sim parameter file the physics is drawn from per episode (sim/randomization.yaml's "
                          "terms, or sysid's fit); graph: pass randomization:=FILE to the sim node instead")
     ev.add_argument("--real-time-factor", type=float, default=1.0)
-    ev.add_argument("--cameras", default="none", help="graph: cameras the sim renders (none for low-dim policies)")
+    ev.add_argument("--cameras", default="",
+                    help="graph: cameras the sim renders, or none (default: those whose images the policy reads)")
+    ev.add_argument("--state-rate", type=float, default=100.0,
+                    help="graph: Hz of the sim's /joint_states, /arm/ee_pose and /clock (0: every 4 ms control "
+                         "step). 100, as the demo and the collections use, leaves the policy server its share of a "
+                         "small machine: on 2 cores the control rate doubled its p99 inference time")
     ev.add_argument("--record", action="store_true", help="graph: record the episodes into --dataset")
     ev.add_argument("--dataset", default="datasets/deployments.zarr")
     ev.add_argument("--out", default="runs")

@@ -17,7 +17,8 @@ from test_dataset import store  # noqa: F401  (fixture: 2 recorded episodes on r
 
 from robot_learning.data.sampler import WindowSampler, WindowSpec
 from robot_learning.data.store import Dataset
-from robot_learning.policies.registry import load_policy
+from robot_learning.evaluate import policy_cameras
+from robot_learning.policies.registry import checkpoint_recipe, load_policy, read_checkpoint
 from robot_learning.train.diffusion import TrainConfig, train
 
 TINY = dict(obs=["joint_states.position"], images=["front_color"], image_size=[32, 32], pred_horizon=8,
@@ -48,6 +49,8 @@ def test_train_checkpoints_evaluates_and_resumes(store, tmp_path):  # noqa: F811
     w = WindowSampler(Dataset(store), WindowSpec(2, 8, ("joint_states.position",), ("front_color",), (32, 32)))[5]
     chunk = policy.act({k: v for k, v in w.items() if k.startswith(("obs/", "image/"))})
     assert chunk.shape == (4, 7) and np.all(np.isfinite(chunk))  # --action-horizon 4 of the 8 predicted
+    # `evaluate --where graph` has the sim render the camera the policy reads, and no other
+    assert policy_cameras(policy, checkpoint_recipe(read_checkpoint(ck / "last"))) == "front"
 
     state = torch.load(run / "train_state" / "optim.pt", weights_only=True)
     assert state["step"] == 20
