@@ -73,11 +73,15 @@ def evaluate_env(checkpoint: str | Path, episodes: int, seed: int = 1000, task: 
     return out
 
 
-def policy_cameras(policy, recipe) -> str:
-    """The sim's ``cameras`` launch argument for ``policy``: the cameras whose images it reads
-    (``/front/color/image_raw`` is camera ``front``), in its order, or ``none``."""
-    cams = [recipe.streams[k].topic.strip("/").split("/")[0] for k in policy.spec.image_keys]
-    return ",".join(dict.fromkeys(cams)) or "none"
+def policy_cameras(policy, recipe) -> dict[str, str]:
+    """The sim's ``cameras`` and ``depth`` launch arguments for ``policy``: the cameras whose
+    images it reads (``/front/color/image_raw`` is camera ``front``), in its order, or ``none``;
+    depth only when it reads a depth image. On a small machine every frame rendered and
+    published that no one reads is time the policy server waits for a core."""
+    streams = [recipe.streams[k] for k in policy.spec.image_keys]
+    cams = [s.topic.strip("/").split("/")[0] for s in streams]
+    depth = any("depth" in s.topic for s in streams)
+    return {"cameras": ",".join(dict.fromkeys(cams)) or "none", "depth": str(depth).lower()}
 
 
 def _seconds(text: str) -> tuple[float, float]:
@@ -111,8 +115,10 @@ def run_evaluate(a) -> int:
             policy = load_policy(meta, sampler=a.sampler, inference_steps=a.inference_steps,
                                  noise_scale=a.noise_scale)
             task = a.task or policy.spec.task
-            cameras = a.cameras or policy_cameras(policy, checkpoint_recipe(meta))
+            rendered = policy_cameras(policy, checkpoint_recipe(meta))
+            cameras = a.cameras or rendered["cameras"]
             more = parse_launch_args(a.launch_args)
+            more.setdefault("depth", rendered["depth"] if not a.cameras else "true")
             for k in more.keys() & vars(a).keys():
                 raise LaunchError(f"{k}:= has its own option: pass --{k.replace('_', '-')} instead")
             r = evaluate_graph(a.checkpoint, task, a.episodes, out, out / "graph.log", a.real_time_factor,

@@ -234,3 +234,25 @@ def test_the_teleop_node_publishes_each_button_press_for_the_rl_actor(tmp_path):
         log.close()
     text = (tmp_path / "teleop.log").read_text()
     assert "stop_success pressed" in text and "recorder is not running" not in text, text
+
+
+def test_mux_gripper_starts_afresh_after_nobody_commands_it():
+    """An episode ends with the gripper closed, the policy pauses, the scene is reset with the
+    gripper open: the next episode's "open" goes out as "open", not as a slew from the old
+    "closed" that would shut the hand first (a plan keeps the policy in control meanwhile)."""
+    for plan in (True, False):
+        mux = CommandMux()
+        for k in range(50):   # a grasp: closed
+            if plan:
+                mux.set_policy_plan(k * 0.02)
+            mux.set_policy(None if plan else np.zeros(6), 1.0, k * 0.02)
+            assert mux.step(k * 0.02).gripper == 1.0
+        t = 49 * 0.02 + 0.6   # paused for 0.6 s: a plan is still fresh, its gripper is not
+        quiet = mux.step(t)
+        assert quiet.gripper is None and quiet.source == ("policy" if plan else "hold")
+        t += 0.1
+        if plan:
+            mux.set_policy_plan(t)
+        mux.set_policy(None if plan else np.zeros(6), 0.0, t)
+        assert mux.step(t).gripper == 0.0
+        assert mux.step(t + 0.02).gripper == 0.0

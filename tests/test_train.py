@@ -49,8 +49,9 @@ def test_train_checkpoints_evaluates_and_resumes(store, tmp_path):  # noqa: F811
     w = WindowSampler(Dataset(store), WindowSpec(2, 8, ("joint_states.position",), ("front_color",), (32, 32)))[5]
     chunk = policy.act({k: v for k, v in w.items() if k.startswith(("obs/", "image/"))})
     assert chunk.shape == (4, 7) and np.all(np.isfinite(chunk))  # --action-horizon 4 of the 8 predicted
-    # `evaluate --where graph` has the sim render the camera the policy reads, and no other
-    assert policy_cameras(policy, checkpoint_recipe(read_checkpoint(ck / "last"))) == "front"
+    # `evaluate --where graph` has the sim render the camera the policy reads, no other, no depth
+    rendered = policy_cameras(policy, checkpoint_recipe(read_checkpoint(ck / "last")))
+    assert rendered == {"cameras": "front", "depth": "false"}
 
     state = torch.load(run / "train_state" / "optim.pt", weights_only=True)
     assert state["step"] == 20

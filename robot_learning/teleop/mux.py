@@ -99,6 +99,7 @@ class CommandMux:
             # gripper command does not: a paused policy's last "closed" must not reach the next episode
             grip = self.policy_gripper
             if not self._fresh(grip, now, cfg.command_timeout):
+                self.out_gripper = None
                 return MuxOutput(self.out_twist.copy(), None, src, False, False)
             self.out_gripper = self._slew_gripper(float(grip.value), dt)
             return MuxOutput(self.out_twist.copy(), self.out_gripper, src, False, False)
@@ -113,12 +114,19 @@ class CommandMux:
                                _slew(self.out_twist[3:], target[3:], cfg.max_angular_acc * dt)]
         if grip is not None:
             self.out_gripper = self._slew_gripper(float(grip.value), dt)
+        elif src == "hold":
+            self.out_gripper = None
         running = self._fresh(self.policy_twist, now, cfg.policy_alive) or self._fresh(
             self.policy_gripper, now, cfg.policy_alive) or self._plan_fresh(now)
         moving = src != "hold" or bool(np.any(self.out_twist != 0.0))
         return MuxOutput(self.out_twist.copy(), self.out_gripper, src, self.engaged and running, moving)
 
     def _slew_gripper(self, g: float, dt: float) -> float:
+        """``g`` reached at ``gripper_rate`` from the target in force. Once no gripper command
+        goes out (a hold, a plan's quiet gripper), none is in force: what the gripper did
+        meanwhile (a reset opened it) is not the mux's to know, and the next command starts
+        from itself. A stale "closed" slewed from made the gripper close at the start of every
+        graph evaluation episode after a grasp, and the wrist camera then saw a closing hand."""
         if self.out_gripper is None:
             return g
         step = self.cfg.gripper_rate * dt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import importlib
 import math
+import struct
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -65,6 +66,14 @@ def _header(m, t: float, frame: str):
 
 def from_stamp(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
+
+
+def stamp_of_serialized(data: bytes) -> float:
+    """The header stamp of a serialized stamped message (a raw subscription's), read without
+    deserializing it: CDR puts a 4-byte encapsulation header first (its second byte 1 for
+    little-endian), then the header's int32 sec and uint32 nanosec."""
+    sec, nanosec = struct.unpack_from("<iI" if data[1] & 1 else ">iI", data, 4)
+    return sec + nanosec * 1e-9
 
 
 def pose_msg(pos: np.ndarray, quat_wxyz: np.ndarray, t: float, frame: str,
