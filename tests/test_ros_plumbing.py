@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rclpy.serialization import serialize_message
 from robot_learning_ros.client import GraphClient
-from robot_learning_ros.msgs import image_from_msg, image_msg, to_stamp
+from robot_learning_ros.msgs import image_from_msg, image_msg, stamp_of_serialized, to_stamp
 from robot_learning_ros.runtime import MAX_PARTICIPANT_ID, unused_participant_id
 from std_srvs.srv import Trigger
 
@@ -32,6 +33,13 @@ def test_image_msg_copies_flipped_views_upright_and_refills_its_buffer():
     depth = rng.integers(0, 4000, (24, 32), dtype=np.uint16)
     image_msg(depth, "16UC1", 11.0, "cam", reuse=m)  # another size and encoding: a new buffer
     assert np.array_equal(image_from_msg(m), depth) and m.step == 64
+
+
+def test_the_stamp_of_a_serialized_frame_is_read_without_decoding_it():
+    """A raw subscription (the evaluator's thumbnails) picks frames by stamp from the bytes."""
+    for t in (0.004, 1795307318.25):
+        data = serialize_message(image_msg(np.zeros((4, 6, 3), np.uint8), "rgb8", t, "cam"))
+        assert stamp_of_serialized(data) == pytest.approx(t, abs=1e-9)
 
 
 def test_stamps_never_step_back_a_second():

@@ -61,6 +61,18 @@ def test_train_checkpoints_evaluates_and_resumes(store, tmp_path):  # noqa: F811
     assert torch.load(run / "train_state" / "optim.pt", weights_only=True)["scheduler"]["last_epoch"] == 30
 
 
+def test_episodes_takes_the_first_n_and_refuses_more_than_there_are(store):  # noqa: F811
+    """``--episodes N``: a data-scaling study trains on the first N demonstrations, and asking
+    for more than the dataset holds is one sentence, not a run on fewer."""
+    from robot_learning.train.diffusion import _split
+
+    ds = Dataset(store)
+    train_eps, val_eps, _ = _split(ds, TrainConfig(dataset=str(store), episodes=1, only_success=False))
+    assert train_eps + val_eps == [ds.indices[0]]
+    with pytest.raises(SystemExit, match="--episodes 3, but .* has 2 complete episodes: ask for at most that many"):
+        _split(ds, TrainConfig(dataset=str(store), episodes=3, only_success=False))
+
+
 def test_init_starts_from_a_checkpoints_weights_and_refuses_another_network(store, tmp_path):  # noqa: F811
     """--init: a run whose optimizer state is gone goes on from its weights (and its normalizer)."""
     from safetensors.torch import load_file

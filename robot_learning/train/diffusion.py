@@ -86,6 +86,7 @@ class TrainConfig:
     compile: bool = False          # torch.compile the network for the training step (eager if compiling fails)
     loaders: int = 0               # threads collating batches ahead (0: 4 on CUDA; none on a CPU, whose cores it needs)
     only_success: bool = True                             # train on successful episodes only
+    episodes: int = 0   # the first N usable episodes only, validation's included (0: all): what N demonstrations buy
     threads: int = 0    # torch CPU threads (0: torch's default; -1: timed against the load: AdaptiveThreads)
     precision: str = "auto"                               # auto: bf16 for image policies where the hardware has it
     max_minutes: float = 0.0                              # stop (evaluate, save) after this long; 0: no limit
@@ -100,6 +101,11 @@ def _split(ds: Dataset, cfg: TrainConfig) -> tuple[list[int], list[int], str]:
     if not eps:
         raise SystemExit(f"train: {cfg.dataset} has no complete{' successful' if cfg.only_success else ''} "
                          "episodes to train on (record some with `robot-learning collect`)")
+    if cfg.episodes:
+        if cfg.episodes > len(eps):
+            raise SystemExit(f"train: --episodes {cfg.episodes}, but {cfg.dataset} has {len(eps)} complete"
+                             f"{' successful' if cfg.only_success else ''} episodes: ask for at most that many")
+        eps = eps[:cfg.episodes]
     tasks = {ds.episode(i).meta.get("task", "") for i in eps}
     rng = np.random.default_rng(cfg.seed)
     order = list(rng.permutation(eps))
