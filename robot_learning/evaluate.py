@@ -118,6 +118,7 @@ def run_evaluate(a) -> int:
             rendered = policy_cameras(policy, checkpoint_recipe(meta))
             cameras = a.cameras or rendered["cameras"]
             more = parse_launch_args(a.launch_args)
+            # cameras named by hand (to record them, say) come with their depth, as in a collection
             more.setdefault("depth", rendered["depth"] if not a.cameras else "true")
             for k in more.keys() & vars(a).keys():
                 raise LaunchError(f"{k}:= has its own option: pass --{k.replace('_', '-')} instead")
@@ -165,7 +166,8 @@ def add_parser(sub) -> None:
                          "terms, or sysid's fit); graph: pass randomization:=FILE to the sim node instead")
     ev.add_argument("--real-time-factor", type=float, default=1.0)
     ev.add_argument("--cameras", default="",
-                    help="graph: cameras the sim renders, or none (default: those whose images the policy reads)")
+                    help="graph: cameras the sim renders, with depth (default: those whose images the policy reads, "
+                         "depth only if it reads depth; depth:=false to leave it out), or none")
     ev.add_argument("--state-rate", type=float, default=100.0,
                     help="graph: Hz of the sim's /joint_states, /arm/ee_pose and /clock (0: every 4 ms control "
                          "step). 100, as the demo and the collections use, leaves the policy server its share of a "
