@@ -6,7 +6,7 @@ numbers and a typo fails at start-up with the file and key named, not mid-episod
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +228,21 @@ class Calibration:
     robot_base_translation: np.ndarray
     cameras: dict[str, CameraCalibration] = field(default_factory=dict)
     source: str = ""
+
+    def at_size(self, width: int, height: int) -> Calibration:
+        """Every camera streaming the same view at ``width`` x ``height`` (a RealSense's smaller
+        profile of one sensor, e.g. 320x240 for 640x480): the field of view stays and the focal
+        length in pixels scales. A sim renders a smaller image in proportion less time, which is
+        what a busy machine needs; a different aspect ratio would be another view, so it is
+        refused."""
+        if width <= 0 or height <= 0:
+            raise ConfigError(f"camera size {width}x{height}: width and height must be positive")
+        for c in self.cameras.values():
+            if width * c.height != height * c.width:
+                raise ConfigError(f"camera size {width}x{height} is not the {c.width}x{c.height} aspect ratio of "
+                                  f"'{c.name}' in {self.source}: choose a size in proportion (e.g. "
+                                  f"{c.width // 2}x{c.height // 2})")
+        return replace(self, cameras={n: replace(c, width=width, height=height) for n, c in self.cameras.items()})
 
 
 def load_calibration(path: str | Path = DEFAULT_CALIBRATION) -> Calibration:

@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from robot_learning.config import load_calibration
 from robot_learning.launch import find_executable
 
 VENV = Path(sys.executable).parent.parent
@@ -90,6 +92,42 @@ def test_cameras_render_without_a_display(tmp_path):
         if proc.poll() is None:
             proc.kill()  # a node stuck in GL set-up does not answer SIGINT
             proc.wait()
+
+
+@pytest.mark.graph
+def test_a_smaller_color_profile_streams_the_same_view_smaller_and_at_its_rate(tmp_path):
+    """``color_profile:=`` is how the sim's cameras get cheaper on a machine it cannot keep up
+    on (its warning names it): the frames come at the profile's size and rate, and the camera
+    info says the same view, with the focal length in pixels halved for half the size. A size
+    that would be another view is refused in one sentence."""
+    from robot_learning_ros.client import GraphClient
+    from sensor_msgs.msg import CameraInfo, Image
+
+    client = GraphClient("profile_probe")
+    client.subscribe("/front/color/image_raw", Image, sensor=True,
+                     transform=lambda m: (m.width, m.height, m.header.stamp.sec + m.header.stamp.nanosec * 1e-9))
+    client.subscribe("/front/color/camera_info", CameraInfo, sensor=True, transform=lambda m: list(m.k))
+    log = tmp_path / "sim.log"
+    proc = start_sim(log, "cameras:=front", "depth:=false", "rgb_camera.color_profile:=320x240x15")
+    try:
+        frames = client.wait_for("/front/color/image_raw", 8, timeout=120)
+        k = client.wait_for("/front/color/camera_info", 1, timeout=30)[-1]
+        assert {f[:2] for f in frames} == {(320, 240)}
+        period = float(np.median(np.diff([f[2] for f in frames])))
+        assert period == pytest.approx(1 / 15, abs=0.004), period   # sim time, whatever the machine's load
+        cal = load_calibration().cameras["front"]
+        assert k[0] == pytest.approx(0.5 * 240 / np.tan(np.deg2rad(cal.fovy_deg) / 2))   # the same field of view
+        assert k[0] == pytest.approx(0.5 * (0.5 * cal.height / np.tan(np.deg2rad(cal.fovy_deg) / 2)))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    bad = start_sim(tmp_path / "bad.log", "cameras:=front", "rgb_camera.color_profile:=424x240x30")
+    assert bad.wait(120) != 0
+    assert "camera size 424x240 is not the 640x480 aspect ratio of 'front'" in (tmp_path / "bad.log").read_text()
 
 
 @pytest.mark.graph

@@ -27,6 +27,13 @@ latency injection are the gym env's (a node publishes what the simulated sensors
 front of that camera, showing the sim's time at every capture, and ``camera_latency:=0.03``
 stamps frames that much after the instant they show: what ``robot-learning calibrate
 camera-latency --sim`` measures against the truth.
+
+``rgb_camera.color_profile:=320x240x30`` (realsense-ros's parameter and format; the launch
+files' ``color_profile:=``) streams every camera at that size and rate, the same view.
+Software rendering takes less CPU for fewer pixels (two cameras at 30 Hz: 0.6 of a core at
+640x480, half that at 320x240, measured in docs/learning.md), so these are the smaller cameras
+that the warning below asks for on a machine the sim cannot keep up on. The default ``0,0,0``
+keeps the calibration's size and the workcell's camera rate.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from trajectory_msgs.msg import JointTrajectory
 from robot_learning.calibrate.sim_views import SimClockDisplay, clock_display_mjcf
 from robot_learning.control.ros2_control import load_ros2_control
 from robot_learning.description import FT_FRAME, urdf
+from robot_learning.devices.camera import parse_profile
 from robot_learning.sim.hardware import CommandLockstep, ControllerRejected, SimControllers
 from robot_learning.sim.render import AsyncCameras, camera_specs
 from robot_learning.sim.topics import arm_state_arrays
@@ -99,6 +107,7 @@ class SimNode(Node):
         cams = str(p("cameras", "front,wrist").value)
         self.depth = bool(p("depth", True).value)
         camera_rate = float(p("camera_rate", 0.0).value)
+        width, height, fps = parse_profile(str(p("rgb_camera.color_profile", "0,0,0").value))
         tactile_rate = float(p("tactile_rate", 0.0).value)
         # /joint_states, /arm/ee_pose, /gripper/state and /clock: every control step unless set lower
         state_rate = float(p("state_rate", 0.0).value)
@@ -117,6 +126,9 @@ class SimNode(Node):
             extra=clock_display_mjcf() if clock_display else ("", ""),
         )
         cfg = self.cell.cfg
+        if width or height:
+            self.cell.calib = self.cell.calib.at_size(width, height)
+        camera_rate = fps or camera_rate
         # "none" (or empty) turns cameras off; `ros2 launch` refuses an empty name:=value
         self.cameras = [c for c in (s.strip() for s in cams.split(",")) if c and c != "none"]
         for c in self.cameras:
@@ -332,7 +344,8 @@ class SimNode(Node):
         if self.rtf > 0 and rtf < 0.9 * self.rtf:
             st.level = DiagnosticStatus.WARN
             st.message = (f"running at {rtf:.2f}x real time, below the {self.rtf:g}x asked for: this machine "
-                          "cannot keep up (fewer or smaller cameras, or cameras:=none, make it faster)")
+                          "cannot keep up (fewer cameras, smaller ones with color_profile:=320x240x30, "
+                          "or cameras:=none make it faster)")
         st.values = [KeyValue(key=k, value=v) for k, v in (
             ("real_time_factor", f"{rtf:.3f}"),
             ("real_time_factor_target", "max" if self.rtf <= 0 else f"{self.rtf:g}"),
