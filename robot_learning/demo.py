@@ -187,7 +187,7 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
     from robot_learning.collect import collect_scripted
     from robot_learning.data.cli import print_info
     from robot_learning.data.store import Dataset
-    from robot_learning.evaluate import evaluate_graph
+    from robot_learning.evaluate import evaluate_graph, sim_pace_note
     from robot_learning.paths import resolve
     from robot_learning.train.diffusion import TrainConfig, train
 
@@ -242,4 +242,7 @@ def run_demo(quick: bool = False, out: str = "runs", dataset: str | None = None,
          "eval_episodes": len(evaluated["episodes"]), "timings_s": timings}, indent=1))
     print(f"demo: policy success rate through the ROS graph: {evaluated['success_rate']:.0%} over "
           f"{len(evaluated['episodes'])} seeded episodes; report written to {report}", flush=True)
+    note = sim_pace_note(evaluated, rendered=False, prog="demo")
+    if note:
+        print(note, file=sys.stderr)
     return 0

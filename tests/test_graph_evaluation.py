@@ -39,3 +39,20 @@ def test_each_evaluation_episode_starts_with_the_gripper_open(tmp_path):
                 f"log: {(tmp_path / 'eval.log').read_text()[-3000:]}")
         assert traj[0, 4] > 0.07, f"started with the fingers apart by less than 70 mm: {seen}"
         assert traj[:, 4].min() < 0.06, f"the policy never closed the fingers: {seen}"  # (on the cube, 44 mm)
+    pace = json.loads((tmp_path / "eval" / "results.json").read_text())["sim_pace"]
+    assert pace["asked"] == 1.0 and pace["reports"] >= 3 and 0.0 < pace["p10"] <= pace["median"], pace
+
+
+def test_evaluate_says_when_the_sim_fell_behind_the_pace_asked():
+    """A sim behind real time means the policy's inference waited for a core: the success rate
+    then measures the machine's load too, and evaluate says so with what makes room."""
+    from robot_learning.evaluate import sim_pace_note
+
+    behind = {"sim_pace": {"asked": 1.0, "median": 0.72, "p10": 0.61, "reports": 300}}
+    note = sim_pace_note(behind, rendered=True)
+    assert "0.72x real time" in note and "color_profile:=320x240x30" in note and "--real-time-factor 0.7" in note
+    assert "color_profile" not in sim_pace_note(behind, rendered=False)   # no cameras to make smaller
+    assert sim_pace_note(behind, rendered=False, prog="demo").startswith("demo: the sim kept 0.72x")
+    kept_up = {"sim_pace": {"asked": 1.0, "median": 0.96, "p10": 0.9, "reports": 300}}
+    assert sim_pace_note(kept_up, rendered=True) == ""
+    assert sim_pace_note({"sim_pace": None}, rendered=True) == ""   # no sim (a robot), or as fast as it can

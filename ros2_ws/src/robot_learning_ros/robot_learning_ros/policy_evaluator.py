@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from std_srvs.srv import Trigger
 
@@ -28,11 +29,24 @@ class PolicyEvaluator(EpisodeNode):
         self.resume_client = self.create_client(Trigger, "/policy/resume")
         self.diagnostics: dict[str, str] = {}
         self.create_subscription(DiagnosticArray, "/policy/diagnostics", self._on_diag, 10)
+        # the sim's pace, once a wall second: behind the one asked for, the policy had less of
+        # the machine than the evaluation meant to give it (evaluate says so)
+        self.sim_pace: list[float] = []
+        self.sim_pace_asked: float | None = None
+        self.create_subscription(DiagnosticArray, "/sim/diagnostics", self._on_sim_diag, 10)
 
     def _on_diag(self, m: DiagnosticArray) -> None:
         for st in m.status:
             if st.name == "policy_server" and not self.diagnostics_frozen:
                 self.diagnostics = {kv.key: kv.value for kv in st.values}
+
+    def _on_sim_diag(self, m: DiagnosticArray) -> None:
+        for st in m.status:
+            if st.name == "sim" and not self.diagnostics_frozen:
+                values = {kv.key: kv.value for kv in st.values}
+                target = values.get("real_time_factor_target", "max")
+                self.sim_pace_asked = None if target == "max" else float(target)
+                self.sim_pace.append(float(values["real_time_factor"]))
 
     def drive(self, index: int, info: dict) -> None:
         with self.lock:
@@ -56,9 +70,13 @@ class PolicyEvaluator(EpisodeNode):
     diagnostics_frozen = False
 
     def extra_results(self) -> dict:
-        """The server's last diagnostics while it was running: latency and jitter of the evaluation."""
+        """The server's last diagnostics while it was running (latency and jitter of the
+        evaluation), and the pace the sim kept against the one asked for."""
         self.diagnostics_frozen = True
-        return {"diagnostics": self.diagnostics}
+        pace = np.asarray(self.sim_pace)
+        sim_pace = {"asked": self.sim_pace_asked, "median": float(np.median(pace)),
+                    "p10": float(np.percentile(pace, 10)), "reports": int(pace.size)} if pace.size else None
+        return {"diagnostics": self.diagnostics, "sim_pace": sim_pace}
 
     def finish(self) -> None:
         """Leave the policy paused, best effort: on Ctrl-C, rclpy's signal handler may have shut
