@@ -27,6 +27,13 @@ def start_sim(log: Path, *params: str, env: dict[str, str] | None = None) -> sub
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
+def reap(proc: subprocess.Popen) -> None:
+    """Kill the node if it is still running (a test that failed before stopping it)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for_log(proc: subprocess.Popen, log: Path, text: str, timeout: float = 90.0) -> None:
     end = time.monotonic() + timeout
     while text not in log.read_text(errors="replace"):
@@ -54,9 +61,7 @@ def test_a_second_stop_signal_does_not_abort_the_shutdown(tmp_path, first, secon
         proc.send_signal(second)
         rc = proc.wait(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     out = log.read_text(errors="replace")
     assert rc == 0, f"exit {rc}:\n{out[-3000:]}"
     assert "Traceback" not in out, out[-3000:]
@@ -89,9 +94,7 @@ def test_cameras_render_without_a_display(tmp_path):
             assert "set MUJOCO_GL=egl or MUJOCO_GL=osmesa" in log.read_text()
     finally:
         client.close()
-        if proc.poll() is None:
-            proc.kill()  # a node stuck in GL set-up does not answer SIGINT
-            proc.wait()
+        reap(proc)  # a node stuck in GL set-up does not answer SIGINT
 
 
 @pytest.mark.graph
@@ -122,9 +125,7 @@ def test_a_smaller_color_profile_streams_the_same_view_smaller_and_at_its_rate(t
         assert proc.wait(60) == 0, log.read_text()[-3000:]
     finally:
         client.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     bad = start_sim(tmp_path / "bad.log", "cameras:=front", "rgb_camera.color_profile:=424x240x30")
     assert bad.wait(120) != 0
     assert "camera size 424x240 is not the 640x480 aspect ratio of 'front'" in (tmp_path / "bad.log").read_text()
@@ -153,9 +154,7 @@ def test_the_sim_node_runs_the_physics_a_parameter_file_gives(tmp_path):
         assert proc.wait(60) == 0, log.read_text()[-3000:]
     finally:
         client.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
 
 
 class _Exec(Exception):
