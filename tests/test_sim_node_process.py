@@ -150,6 +150,8 @@ def test_the_sim_node_runs_the_physics_a_parameter_file_gives(tmp_path):
     try:
         draw = client.wait_for("/sim/randomization", 1, timeout=90)[-1]
         assert draw["kp_scale"] == 0.5 and draw["mass_scale"] == [2.0], draw  # one per movable object
+        # the draw is latched while the node is still starting; a stop then is another test's matter
+        wait_for_log(proc, log, "workcell 'pick_place' up")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, log.read_text()[-3000:]
     finally:
