@@ -127,7 +127,10 @@ def test_a_smaller_color_profile_streams_the_same_view_smaller_and_at_its_rate(t
         client.close()
         reap(proc)
     bad = start_sim(tmp_path / "bad.log", "cameras:=front", "rgb_camera.color_profile:=424x240x30")
-    assert bad.wait(120) != 0
+    try:
+        assert bad.wait(120) != 0
+    finally:
+        reap(bad)
     assert "camera size 424x240 is not the 640x480 aspect ratio of 'front'" in (tmp_path / "bad.log").read_text()
 
 
