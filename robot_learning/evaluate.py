@@ -22,11 +22,13 @@ def evaluate_graph(checkpoint: str | Path, task: str, episodes: int, report_dir:
                    state_rate: float = 0.0, episode_timeout: float = 30.0, record: bool = False,
                    dataset: str = "datasets/deployments.zarr", progress: bool = True, sampler: str = "",
                    inference_steps: int = 0, noise_scale: float | None = None, **launch_args: object) -> dict:
-    """Seeded episodes through the ROS graph; returns the evaluator's results.json.
+    """Seeded episodes through the ROS graph; returns the evaluator's results.json. A graph a
+    signal broke (the sim's software renderer has segfaulted once in about a day of runs here)
+    is started again for the episodes left, twice at most (``graph.run_graph_episodes``).
     ``launch_args``: more deploy_policy.launch.yaml arguments (``sim="false", sim_hardware="true"``:
     the real-robot path, arm_node and camera nodes, on the sim as hardware)."""
     return run_graph_episodes("deploy_policy.launch.yaml", episodes, report_dir, log_path, f"evaluate {task}",
-                              progress, timeout=episodes * (episode_timeout * 10 + 30) + 120,
+                              progress, timeout=episodes * (episode_timeout * 10 + 30) + 120, restarts=2,
                               checkpoint=resolve(checkpoint), task=task, real_time_factor=real_time_factor,
                               cameras=cameras, seed=seed, blend=blend, state_rate=state_rate,
                               episode_timeout=episode_timeout, record=str(record).lower(),

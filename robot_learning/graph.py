@@ -75,14 +75,20 @@ class SimGraph:
 
 
 def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_path: Path, desc: str,
-                       progress: bool = True, timeout: float = 3600.0, **launch_args: object) -> dict:
+                       progress: bool = True, timeout: float = 3600.0, restarts: int = 0,
+                       **launch_args: object) -> dict:
     """Runs a launch file whose episode node (scripted operator, policy evaluator) writes
     ``report_dir/episode_*/result.json`` per episode and ``results.json`` at the end, with a
-    progress bar; returns results.json."""
-    import json
-    import time
+    progress bar; returns results.json.
 
-    from tqdm import tqdm
+    ``restarts``: how many times a graph whose node was killed by a signal (the software
+    renderer's rare segfault in the sim node, the kernel's OOM killer) is started again for
+    the episodes still to run, from the seed where it stopped (``seed`` is the launch
+    argument the episodes' seeds count up from). The episodes finished before stay as they
+    were; the one under way is run again from its start, so a crash costs no data and no
+    policy a failure. A node that exits with an error of its own is a fault to fix, not
+    luck: that ends the run, as does a restart that finishes no episode."""
+    import json
 
     randomization = str(launch_args.get("randomization", "none"))
     if randomization not in ("", "none"):  # a bad file is one sentence here, not a sim node dying in the log
@@ -93,22 +99,98 @@ def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_pa
         except ValueError as e:  # ConfigError
             raise RuntimeError(str(e)) from None
     report_dir.mkdir(parents=True, exist_ok=True)
+    seed = launch_args.pop("seed", None)
+    restarts = restarts if seed is not None else 0   # no seed to go on from
+    done, history = 0, []
+    while True:
+        part = len(history)
+        part_dir = report_dir / f"restart-{part}" if part else report_dir
+        part_log = log_path.with_name(f"{log_path.stem}-restart-{part}{log_path.suffix}") if part else log_path
+        more = {"seed": int(seed) + done} if seed is not None else {}
+        ok = sum(json.loads(p.read_text())["success"] for p in report_dir.glob("episode_*/result.json")) if part else 0
+        rc = _run_part(launch_file, episodes - done, part_dir, part_log, desc, progress, timeout, (done, ok),
+                       episodes, **more, **launch_args)
+        summary = part_dir / "results.json"
+        results = json.loads(summary.read_text()) if rc == 0 and summary.exists() else None
+        finished = _adopt(part_dir, report_dir, done)
+        if results is not None:
+            break
+        killed = _killed_nodes(part_log)
+        if not killed or len(history) >= restarts or (part and finished == done):
+            raise RuntimeError(f"{desc} failed (exit {rc}); see {part_log}")
+        history.append({"after_episodes": finished, "why": killed})
+        print(f"{desc}: {killed} after {finished} of {episodes} episodes; starting the graph again for the other "
+              f"{episodes - finished} (seeds from {seed + finished + 1}); its log: "
+              f"{log_path.with_name(f'{log_path.stem}-restart-{part + 1}{log_path.suffix}')}", file=sys.stderr,
+              flush=True)
+        done = finished
+    if history:   # the last part's summary (its server's diagnostics), over every episode
+        eps = [json.loads(p.read_text()) for p in sorted(report_dir.glob("episode_*/result.json"))]
+        results |= {"episodes": eps, "success_rate": sum(e["success"] for e in eps) / max(len(eps), 1),
+                    "restarts": history}
+        (report_dir / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _run_part(launch_file: str, episodes: int, report_dir: Path, log_path: Path, desc: str, progress: bool,
+              timeout: float, before: tuple[int, int], total: int, **launch_args: object) -> int:
+    """One launch of the graph for ``episodes`` episodes, the bar counting on from ``before``
+    (episodes, successes) of ``total``; its exit code (timeouts raise)."""
+    import json
+    import time
+
+    from tqdm import tqdm
+
+    done, ok_before = before
     with SimGraph(log_path, launch_file, episodes=episodes, report_dir=report_dir, **launch_args) as g:
-        bar = tqdm(total=episodes, desc=desc, unit="ep", disable=not progress)
-        done, t0 = 0, time.monotonic()
+        bar = tqdm(total=total, initial=done, desc=desc, unit="ep", disable=not progress)
+        seen, t0 = 0, time.monotonic()
         while g.alive() and time.monotonic() - t0 < timeout:
             results = sorted(report_dir.glob("episode_*/result.json"))
-            if len(results) > done:
-                bar.update(len(results) - done)
-                done = len(results)
-                ok = sum(json.loads(p.read_text())["success"] for p in results)
-                bar.set_postfix(success=f"{ok}/{done}")
+            if len(results) > seen:
+                bar.update(len(results) - seen)
+                seen = len(results)
+                ok = ok_before + sum(json.loads(p.read_text())["success"] for p in results)
+                bar.set_postfix(success=f"{ok}/{done + seen}")
             time.sleep(0.3)
         bar.close()
         if g.alive():
             raise RuntimeError(f"{desc} did not finish within {timeout:.0f} s; see {log_path}")
-        rc = g.proc.returncode
-    summary = report_dir / "results.json"
-    if rc != 0 or not summary.exists():
-        raise RuntimeError(f"{desc} failed (exit {rc}); see {log_path}")
-    return json.loads(summary.read_text())
+        return g.proc.returncode
+
+
+def _adopt(part_dir: Path, report_dir: Path, done: int) -> int:
+    """Moves a restarted graph's finished episodes (numbered from 0) into ``report_dir`` after
+    the ``done`` there, renumbered, and removes the rest of ``part_dir``: the episode a crash
+    interrupted has no result.json (it is run again, not counted). Returns how many episodes
+    ``report_dir`` then holds."""
+    import json
+    import shutil
+
+    for src in sorted(part_dir.glob("episode_*")):
+        if not (src / "result.json").exists():
+            shutil.rmtree(src)
+        elif part_dir != report_dir:
+            index = done + int(src.name.split("_")[1])
+            result = json.loads((src / "result.json").read_text()) | {"episode": index}
+            (src / "result.json").write_text(json.dumps(result))
+            src.rename(report_dir / f"episode_{index:03d}")
+    if part_dir != report_dir:
+        shutil.rmtree(part_dir)
+    return len(list(report_dir.glob("episode_*/result.json")))
+
+
+def _killed_nodes(log_path: Path) -> str:
+    """The launcher's report of nodes a signal ended (``died with exit code -11``), as a
+    sentence, or "" when none was."""
+    import re
+
+    found = re.findall(r"node '([^']+)' \(pid \d+\) died with exit code (-\d+)", log_path.read_text(errors="replace"))
+    names = []
+    for node, code in found:
+        try:
+            sig = signal.Signals(-int(code)).name
+        except ValueError:
+            sig = f"signal {-int(code)}"
+        names.append(f"node '{node}' was killed by {sig}")
+    return "; ".join(names)

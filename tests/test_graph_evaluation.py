@@ -56,3 +56,53 @@ def test_evaluate_says_when_the_sim_fell_behind_the_pace_asked():
     kept_up = {"sim_pace": {"asked": 1.0, "median": 0.96, "p10": 0.9, "reports": 300}}
     assert sim_pace_note(kept_up, rendered=True) == ""
     assert sim_pace_note({"sim_pace": None}, rendered=True) == ""   # no sim (a robot), or as fast as it can
+
+
+def test_an_evaluation_goes_on_where_a_crashed_sim_left_it(tmp_path):
+    """The sim's software renderer segfaulted once in about a day of runs here, and the
+    evaluation hung 11 minutes before it failed with nothing kept. Now the graph ends with the
+    sim, and evaluate starts it again for the episodes left, from the seed where it stopped:
+    the same seeds in order, the episodes done before kept, the interrupted one run again."""
+    import os
+    import re
+    import signal
+    import threading
+    import time
+
+    from robot_learning.config import load_robot
+    from robot_learning.control.kinematics import Kinematics
+    from robot_learning.evaluate import evaluate_graph
+    from robot_learning.transforms import wxyz_to_xyzw
+
+    robot = load_robot()
+    home, quat = Kinematics(robot).fk(robot.home)
+    ckpt = make_pose_checkpoint(tmp_path / "ckpt", np.r_[home + [0.05, 0.0, -0.05], wxyz_to_xyzw(quat)], gripper=1.0)
+    out, log = tmp_path / "eval", tmp_path / "eval.log"
+    got: dict = {}
+
+    def run() -> None:
+        try:
+            got["results"] = evaluate_graph(ckpt, "pick_place", 3, out, log, episode_timeout=4.0, progress=False,
+                                            state_rate=100.0, seed=2000)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            got["error"] = e
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 300
+    while not (out / "episode_000" / "result.json").exists() and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    sim = re.search(r"started sim \(pid (\d+)\)", log.read_text())
+    assert sim and (out / "episode_000" / "result.json").exists(), log.read_text()[-3000:]
+    os.kill(int(sim.group(1)), signal.SIGSEGV)   # what the renderer's crash does to the process
+    worker.join(timeout=400)
+    assert not worker.is_alive() and "error" not in got, f"{got.get('error')}: {log.read_text()[-3000:]}"
+    r = got["results"]
+    assert [e["seed"] for e in r["episodes"]] == [2001, 2002, 2003], r["episodes"]
+    assert [e["episode"] for e in r["episodes"]] == [0, 1, 2]
+    assert len(r["restarts"]) == 1 and r["restarts"][0]["after_episodes"] in (1, 2), r["restarts"]
+    assert "node 'sim' was killed by SIGSEGV" in r["restarts"][0]["why"]
+    assert sorted(p.name for p in out.iterdir()) == ["episode_000", "episode_001", "episode_002", "results.json"]
+    assert json.loads((out / "results.json").read_text())["episodes"] == r["episodes"]
+    assert "ended with on_exit: shutdown" in log.read_text()   # the graph went down with the sim, at once
+    assert (tmp_path / "eval-restart-1.log").exists()
