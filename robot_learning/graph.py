@@ -120,12 +120,13 @@ def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_pa
             raise RuntimeError(f"{desc} failed (exit {rc}); see {part_log}")
         history.append({"after_episodes": finished, "why": killed})
         print(f"{desc}: {killed} after {finished} of {episodes} episodes; starting the graph again for the other "
-              f"{episodes - finished} (seeds from {seed + finished + 1}); its log: "
+              f"{episodes - finished} (seeds from {int(seed) + finished + 1}); its log: "
               f"{log_path.with_name(f'{log_path.stem}-restart-{part + 1}{log_path.suffix}')}", file=sys.stderr,
               flush=True)
         done = finished
     if history:   # the last part's summary (its server's diagnostics), over every episode
-        eps = [json.loads(p.read_text()) for p in sorted(report_dir.glob("episode_*/result.json"))]
+        eps = sorted((json.loads(p.read_text()) for p in report_dir.glob("episode_*/result.json")),
+                     key=lambda e: e["episode"])
         results |= {"episodes": eps, "success_rate": sum(e["success"] for e in eps) / max(len(eps), 1),
                     "restarts": history}
         (report_dir / "results.json").write_text(json.dumps(results, indent=1))
