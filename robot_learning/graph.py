@@ -101,36 +101,36 @@ def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_pa
     report_dir.mkdir(parents=True, exist_ok=True)
     seed = launch_args.pop("seed", None)
     restarts = restarts if seed is not None else 0   # no seed to go on from
-    done, history = 0, []
+    eps: list[dict] = []   # the finished episodes' results, in order
+    history: list[dict] = []
     while True:
-        part = len(history)
+        part, done = len(history), len(eps)
         part_dir = report_dir / f"restart-{part}" if part else report_dir
-        part_log = log_path.with_name(f"{log_path.stem}-restart-{part}{log_path.suffix}") if part else log_path
         more = {"seed": int(seed) + done} if seed is not None else {}
-        ok = sum(json.loads(p.read_text())["success"] for p in report_dir.glob("episode_*/result.json")) if part else 0
-        rc = _run_part(launch_file, episodes - done, part_dir, part_log, desc, progress, timeout, (done, ok),
-                       episodes, **more, **launch_args)
+        rc = _run_part(launch_file, episodes - done, part_dir, _part_log(log_path, part), desc, progress, timeout,
+                       (done, sum(e["success"] for e in eps)), episodes, **more, **launch_args)
         summary = part_dir / "results.json"
         results = json.loads(summary.read_text()) if rc == 0 and summary.exists() else None
-        finished = _adopt(part_dir, report_dir, done)
+        eps = _adopt(part_dir, report_dir, done)
         if results is not None:
             break
-        killed = _killed_nodes(part_log)
-        if not killed or len(history) >= restarts or (part and finished == done):
-            raise RuntimeError(f"{desc} failed (exit {rc}); see {part_log}")
-        history.append({"after_episodes": finished, "why": killed})
-        print(f"{desc}: {killed} after {finished} of {episodes} episodes; starting the graph again for the other "
-              f"{episodes - finished} (seeds from {int(seed) + finished + 1}); its log: "
-              f"{log_path.with_name(f'{log_path.stem}-restart-{part + 1}{log_path.suffix}')}", file=sys.stderr,
-              flush=True)
-        done = finished
+        killed = _killed_nodes(_part_log(log_path, part))
+        if not killed or len(history) >= restarts or (part and len(eps) == done):
+            raise RuntimeError(f"{desc} failed (exit {rc}); see {_part_log(log_path, part)}")
+        history.append({"after_episodes": len(eps), "why": killed})
+        print(f"{desc}: {killed} after {len(eps)} of {episodes} episodes; starting the graph again for the other "
+              f"{episodes - len(eps)} (seeds from {int(seed) + len(eps) + 1}); its log: "
+              f"{_part_log(log_path, part + 1)}", file=sys.stderr, flush=True)
     if history:   # the last part's summary (its server's diagnostics), over every episode
-        eps = sorted((json.loads(p.read_text()) for p in report_dir.glob("episode_*/result.json")),
-                     key=lambda e: e["episode"])
         results |= {"episodes": eps, "success_rate": sum(e["success"] for e in eps) / max(len(eps), 1),
                     "restarts": history}
         (report_dir / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def _part_log(log_path: Path, part: int) -> Path:
+    """The log of the graph's ``part``-th restart (``log_path`` itself for its first start)."""
+    return log_path.with_name(f"{log_path.stem}-restart-{part}{log_path.suffix}") if part else log_path
 
 
 def _run_part(launch_file: str, episodes: int, report_dir: Path, log_path: Path, desc: str, progress: bool,
@@ -160,11 +160,11 @@ def _run_part(launch_file: str, episodes: int, report_dir: Path, log_path: Path,
         return g.proc.returncode
 
 
-def _adopt(part_dir: Path, report_dir: Path, done: int) -> int:
+def _adopt(part_dir: Path, report_dir: Path, done: int) -> list[dict]:
     """Moves a restarted graph's finished episodes (numbered from 0) into ``report_dir`` after
     the ``done`` there, renumbered, and removes the rest of ``part_dir``: the episode a crash
-    interrupted has no result.json (it is run again, not counted). Returns how many episodes
-    ``report_dir`` then holds."""
+    interrupted has no result.json (it is run again, not counted). Returns the results of
+    every episode ``report_dir`` then holds, in order."""
     import json
     import shutil
 
@@ -178,7 +178,8 @@ def _adopt(part_dir: Path, report_dir: Path, done: int) -> int:
             src.rename(report_dir / f"episode_{index:03d}")
     if part_dir != report_dir:
         shutil.rmtree(part_dir)
-    return len(list(report_dir.glob("episode_*/result.json")))
+    return sorted((json.loads(p.read_text()) for p in report_dir.glob("episode_*/result.json")),
+                  key=lambda e: e["episode"])
 
 
 def _killed_nodes(log_path: Path) -> str:
