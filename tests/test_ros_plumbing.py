@@ -90,6 +90,7 @@ TALKER = textwrap.dedent("""
 
 
 @pytest.mark.graph
+@pytest.mark.beside
 def test_participants_at_the_top_of_the_id_range_find_each_other(tmp_path):
     """Node ids climb through a long run (every id stays used while its port is in /dev/shm, and
     a crashed node's stays there): the project's profile must let the last two ids reach each
@@ -129,6 +130,7 @@ SERVER = textwrap.dedent("""
 
 
 @pytest.mark.graph
+@pytest.mark.beside
 def test_a_node_restarted_after_sigkill_is_reached_by_a_long_lived_peer():
     """The peer keeps running across the crash, as an operator console does; each restart is
     immediate, while the peer still counts the dead server as alive."""

@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TwistStamped
@@ -117,6 +118,9 @@ class GraphActor(EpisodeNode):
                 if k.split(".", 1)[0] not in self.recipe.streams:
                     raise ValueError(f"the base observes '{k}', which is not a stream of {recipe}")
         self.command_hz = float(p("command_rate", 50.0).value)
+        # graph-clock s from one step's first command to the next's, the last few (step_seconds)
+        self.step_lengths: deque[float] = deque(maxlen=20)
+        self.step_began: float | None = None
         # the task's action space and shaping, as in the env (peg_insert: 10 cm/s, the gripper
         # closed, roll and pitch held, the hand in a box around the hole)
         self.task_model = make_task(self.task)
@@ -248,7 +252,15 @@ class GraphActor(EpisodeNode):
         if pos is None or quat is None:
             return a.astype(np.float32)
         self.task_model.locate(objects)
-        return self.task_model.shape_action(a, pos, quat, 1.0 / self.step_hz).astype(np.float32)
+        return self.task_model.shape_action(a, pos, quat, self.step_seconds()).astype(np.float32)
+
+    def step_seconds(self) -> float:
+        """How long the next command will be in force: a step of the graph's clock, or longer as
+        the recent steps were, since the arm goes on with a step's twist while the actor observes
+        and chooses the next (longer on a busy machine). The task caps each velocity so that this
+        long ends at the edge of its box: shaped for the nominal step, the hand left the box by
+        1.5 cm in a busy test run."""
+        return max([1.0 / self.step_hz, *self.step_lengths])
 
     def observe(self, newer_than: float = -np.inf, timeout: float = 10.0) -> dict[str, np.ndarray]:
         """The newest value of every observed key and camera, each stamped after ``newer_than``."""
@@ -273,6 +285,9 @@ class GraphActor(EpisodeNode):
         whether the operator had it at any moment of the step)."""
         with self.lock:
             self.mux_twists, self.seen_intervention = [], self.intervening
+        if self.step_began is not None and self.t_now - self.step_began < 1.0:  # (not across a pause)
+            self.step_lengths.append(self.t_now - self.step_began)
+        self.step_began = self.t_now
         end = self.t_now + 1.0 / self.step_hz
         deadline = time.monotonic() + 30.0
         while self.t_now < end and self.running():
@@ -334,6 +349,7 @@ class GraphActor(EpisodeNode):
         link, spec = self.link, self.spec
         rng = np.random.default_rng(self.seed * 100_003 + index)
         low, high = self.bounds
+        self.step_began = None  # (the reset between episodes is no step)
         self.pub_episode.publish(String(data=json.dumps({"episode": index, "seed": info.get("seed"),
                                                          "actor": link.outbox.actor})))
         obs = self.observe(newer_than=self.t_now)
@@ -397,7 +413,7 @@ class GraphActor(EpisodeNode):
         row = {"episode": index, "seed": info.get("seed"), "steps": n, "return": total,
                "success": self.episode_success(self.measured_success()), "intervention_rate": inter / max(n, 1),
                "takeovers": takeovers, "policy_version": link.policy.version, "total_steps": self.robot_steps,
-               "robot_time_s": self.robot_steps / self.step_hz}
+               "robot_time_s": self.robot_steps / self.step_hz, "step_s_max": round(self.step_seconds(), 3)}
         if self.fault:
             row["protective_stop"] = self.fault
         if self.label is not None:
