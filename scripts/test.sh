@@ -10,26 +10,47 @@
 # most of the time. Each lane has a ROS domain of its own (100 apart), so that no node of one
 # meets the other's. Arguments go to both pytest runs. Exit status: the first failing lane's.
 set -uo pipefail
+set -m  # each lane a job of its own, with SIGINT not ignored (a script's `&` would ignore it)
 py=${PY:-.venv/bin/python}
 domain=${ROS_DOMAIN_ID:-$(($$ % 90 + 5))}
 logdir=$(mktemp -d)
-trap 'kill -TERM $graph_pid 2>/dev/null; wait $graph_pid 2>/dev/null' INT TERM
 
-ROS_DOMAIN_ID=$domain "$py" -m pytest -q -p no:cacheprovider -m "graph and not beside" "$@" \
-  > >(sed -u 's/^/graph | /' | tee "$logdir/graph.txt") 2>&1 &
+lane() {  # name, domain, pytest's -m expression, arguments; its lines prefixed with its name
+  local name=$1 dom=$2 expr=$3
+  shift 3
+  ROS_DOMAIN_ID=$dom exec "$py" -m pytest -q -p no:cacheprovider -m "$expr" "$@" \
+    > >(sed -u "s/^/$(printf %-5s "$name") | /" | tee "$logdir/$name.txt") 2>&1
+}
+
+finished() {  # pid: its exit status in $rc once it has ended (wait returns early on a trapped signal)
+  while true; do
+    wait "$1"
+    rc=$?
+    kill -0 "$1" 2>/dev/null || return 0
+  done
+}
+
+lane graph "$domain" "graph and not beside" "$@" &
 graph_pid=$!
-ROS_DOMAIN_ID=$(((domain + 100) % 233)) OMP_NUM_THREADS=1 "$py" -m pytest -q -p no:cacheprovider \
-  -m "not graph or beside" "$@" > >(sed -u 's/^/rest  | /' | tee "$logdir/rest.txt") 2>&1
-rest=$?
-wait $graph_pid
-graph=$?
-wait  # the lanes' output, to its last line
+OMP_NUM_THREADS=1 lane rest $(((domain + 100) % 233)) "not graph or beside" "$@" &
+rest_pid=$!
+set +m  # (no job notices)
+# Ctrl-C or a SIGTERM reaches this script: each lane's pytest stops as on a SIGTERM (conftest.py)
+trap 'kill -TERM $graph_pid $rest_pid 2>/dev/null' INT TERM
+finished $graph_pid
+graph=$rc
+finished $rest_pid
+rest=$rc
+sleep 0.5  # the last lines through sed and tee
 # exit 5: this lane had none of the tests asked for (`make test ARGS=tests/test_x.py`)
 ((graph == 5 && rest != 5)) && graph=0
 ((rest == 5 && graph == 0)) && rest=0
 echo
-echo "make test: the graph lane $( ((graph == 0)) && echo passed || echo "FAILED (exit $graph)"): $(tail -n 1 "$logdir/graph.txt" | sed 's/^graph | //')"
-echo "make test: the rest lane $( ((rest == 0)) && echo passed || echo "FAILED (exit $rest)"): $(tail -n 1 "$logdir/rest.txt" | sed 's/^rest  | //')"
+for l in graph rest; do
+  rc=${!l}
+  echo "make test: the $l lane $( ((rc == 0)) && echo passed || echo "FAILED (exit $rc)"):" \
+    "$(tail -n 1 "$logdir/$l.txt" 2>/dev/null | sed 's/^[a-z ]* | //')"
+done
 rm -rf "$logdir"
 ((graph != 0)) && exit $graph
 exit $rest
