@@ -18,7 +18,7 @@ logdir=$(mktemp -d)
 lane() {  # name, domain, pytest's -m expression, arguments; its lines prefixed with its name
   local name=$1 dom=$2 expr=$3
   shift 3
-  ROS_DOMAIN_ID=$dom exec "$py" -m pytest -q -p no:cacheprovider -m "$expr" "$@" \
+  ROS_DOMAIN_ID=$dom exec "$py" -m pytest -p no:cacheprovider -m "$expr" "$@" \
     > >(sed -u "s/^/$(printf %-5s "$name") | /" | tee "$logdir/$name.txt") 2>&1
 }
 
@@ -30,9 +30,10 @@ finished() {  # pid: its exit status in $rc once it has ended (wait returns earl
   done
 }
 
-lane graph "$domain" "graph and not beside" "$@" &
+# the graph lane a line per test (its 65 take most of the run), the rest a dot per test
+lane graph "$domain" "graph and not beside" -v "$@" &
 graph_pid=$!
-OMP_NUM_THREADS=1 lane rest $(((domain + 100) % 233)) "not graph or beside" "$@" &
+OMP_NUM_THREADS=1 lane rest $(((domain + 100) % 233)) "not graph or beside" -q "$@" &
 rest_pid=$!
 set +m  # (no job notices)
 # Ctrl-C or a SIGTERM reaches this script: each lane's pytest stops as on a SIGTERM (conftest.py)

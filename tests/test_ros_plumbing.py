@@ -130,7 +130,6 @@ SERVER = textwrap.dedent("""
 
 
 @pytest.mark.graph
-@pytest.mark.beside
 def test_a_node_restarted_after_sigkill_is_reached_by_a_long_lived_peer():
     """The peer keeps running across the crash, as an operator console does; each restart is
     immediate, while the peer still counts the dead server as alive."""
