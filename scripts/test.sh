@@ -3,8 +3,10 @@
 #
 # - graph: the tests that start a ROS graph (marked `graph`), one after another. Each was made
 #   to hold with one other process keeping a core busy, and the other lane is at most that.
-# - rest: everything else, with one torch thread, so that it keeps to one core; also the `graph`
-#   tests marked `beside`, whose ROS processes start one at a time.
+# - rest: everything else, with one torch thread, so that it keeps to one core, and at nice 10,
+#   so that a graph test's processes come first when they want both cores (run at the same
+#   priority, a slow-inference test got 99 commands where it asks for more than 100); also the
+#   `graph` tests marked `beside`, whose ROS processes start one at a time.
 #
 # Run one after the other, the suite took 31 minutes on a 2-core machine, with one core idle
 # most of the time. Each lane has a ROS domain of its own (100 apart), so that no node of one
@@ -18,7 +20,7 @@ logdir=$(mktemp -d)
 lane() {  # name, domain, pytest's -m expression, arguments; its lines prefixed with its name
   local name=$1 dom=$2 expr=$3
   shift 3
-  ROS_DOMAIN_ID=$dom exec "$py" -m pytest -p no:cacheprovider -m "$expr" "$@" \
+  ROS_DOMAIN_ID=$dom exec ${NICE:-} "$py" -m pytest -p no:cacheprovider -m "$expr" "$@" \
     > >(sed -u "s/^/$(printf %-5s "$name") | /" | tee "$logdir/$name.txt") 2>&1
 }
 
@@ -33,7 +35,7 @@ finished() {  # pid: its exit status in $rc once it has ended (wait returns earl
 # the graph lane a line per test (its 65 take most of the run), the rest a dot per test
 lane graph "$domain" "graph and not beside" -v "$@" &
 graph_pid=$!
-OMP_NUM_THREADS=1 lane rest $(((domain + 100) % 233)) "not graph or beside" -q "$@" &
+OMP_NUM_THREADS=1 NICE="nice -n 10" lane rest $(((domain + 100) % 233)) "not graph or beside" -q "$@" &
 rest_pid=$!
 set +m  # (no job notices)
 # Ctrl-C or a SIGTERM reaches this script: each lane's pytest stops as on a SIGTERM (conftest.py)
