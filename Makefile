@@ -25,10 +25,8 @@ $(STAMP): scripts/setup.sh pyproject.toml requirements-ros.txt $(ROS_PKG_FILES)
 demo: setup
 	$(PY) -m robot_learning.cli demo
 
-# two lanes at once: the ROS-graph tests one after another, the rest beside them (scripts/test.sh);
-# ARGS go to pytest, e.g. make test ARGS="-x -k durability"
 test: setup
-	PY=$(PY) bash scripts/test.sh $(ARGS)
+	$(PY) -m pytest -q
 
 # our LeRobot export loaded by LeRobot's own reader, in an environment of its own (6 GB: torch + torchvision)
 test-lerobot: setup

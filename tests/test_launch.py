@@ -181,7 +181,6 @@ START_ARGS = {
 
 
 @pytest.mark.graph
-@pytest.mark.beside
 def test_every_node_executable_starts_and_stops_cleanly(tmp_path):
     """Each ``lib/robot_learning_ros/<exec>`` runs its node: it joins the ROS graph, builds its
     interfaces, and exits with 0 on SIGINT (what ros2 launch sends on Ctrl-C). One at a time, so
@@ -231,7 +230,6 @@ def _mapped(pid: int, library: str) -> bool:
 
 
 @pytest.mark.graph
-@pytest.mark.beside
 def test_a_node_started_with_sigint_ignored_stops_on_a_sigint_sent_while_it_imports(tmp_path):
     """Under ``nohup`` or ``&`` in a script a node starts with SIGINT ignored, and its imports
     (rclpy, MuJoCo, torch) take seconds before ``main`` can handle one. A script that stops it

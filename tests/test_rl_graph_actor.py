@@ -299,7 +299,6 @@ def test_on_peg_insert_the_graph_actor_acts_within_the_task_as_the_env_does(tmp_
     labelled = [r for r in rows if r.get("operator_label")]
     assert [r["operator_label"] for r in labelled] == ["success"] and labelled[0]["success"], rows
     assert labelled[0]["steps"] < 40   # it ended the episode
-    assert all(r["step_s_max"] >= 0.1 for r in rows), rows
     done = [t for t in trs if float(t.arrays["reward"]) == 1.0]
     assert len(done) == 1 and bool(done[0].arrays["terminal"])
 

@@ -90,7 +90,6 @@ TALKER = textwrap.dedent("""
 
 
 @pytest.mark.graph
-@pytest.mark.beside
 def test_participants_at_the_top_of_the_id_range_find_each_other(tmp_path):
     """Node ids climb through a long run (every id stays used while its port is in /dev/shm, and
     a crashed node's stays there): the project's profile must let the last two ids reach each
