@@ -106,17 +106,18 @@ def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_pa
     while True:
         part, done = len(history), len(eps)
         part_dir = report_dir / f"restart-{part}" if part else report_dir
+        part_log = _part_log(log_path, part)
         more = {"seed": int(seed) + done} if seed is not None else {}
-        rc = _run_part(launch_file, episodes - done, part_dir, _part_log(log_path, part), desc, progress, timeout,
+        rc = _run_part(launch_file, episodes - done, part_dir, part_log, desc, progress, timeout,
                        (done, sum(e["success"] for e in eps)), episodes, **more, **launch_args)
         summary = part_dir / "results.json"
         results = json.loads(summary.read_text()) if rc == 0 and summary.exists() else None
         eps = _adopt(part_dir, report_dir, done)
         if results is not None:
             break
-        killed = _killed_nodes(_part_log(log_path, part))
+        killed = _killed_nodes(part_log)
         if not killed or len(history) >= restarts or (part and len(eps) == done):
-            raise RuntimeError(f"{desc} failed (exit {rc}); see {_part_log(log_path, part)}")
+            raise RuntimeError(f"{desc} failed (exit {rc}); see {part_log}")
         history.append({"after_episodes": len(eps), "why": killed})
         print(f"{desc}: {killed} after {len(eps)} of {episodes} episodes; starting the graph again for the other "
               f"{episodes - len(eps)} (seeds from {int(seed) + len(eps) + 1}); its log: "
