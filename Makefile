@@ -25,8 +25,10 @@ $(STAMP): scripts/setup.sh pyproject.toml requirements-ros.txt $(ROS_PKG_FILES)
 demo: setup
 	$(PY) -m robot_learning.cli demo
 
+# two lanes at once: pure computation beside the rest, at idle priority (scripts/test.sh);
+# ARGS go to pytest, e.g. make test ARGS="-x -k durability"
 test: setup
-	$(PY) -m pytest -q
+	PY=$(PY) bash scripts/test.sh $(ARGS)
 
 # our LeRobot export loaded by LeRobot's own reader, in an environment of its own (6 GB: torch + torchvision)
 test-lerobot: setup

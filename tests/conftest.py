@@ -41,6 +41,14 @@ def pytest_configure(config: pytest.Config) -> None:
     _config.append(config)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``compute`` tests run beside the graph tests (scripts/test.sh): one that is both would put
+    two graphs on the machine at once."""
+    both = [i.nodeid for i in items if i.get_closest_marker("graph") and i.get_closest_marker("compute")]
+    if both:
+        raise pytest.UsageError(f"marked both graph and compute (a compute test starts no ROS graph): {both}")
+
+
 def _last_resort(grace: float) -> None:
     """A clean stop that has not ended the run ``grace`` s after SIGTERM never will: a busy run
     twice hung there with its launcher and a node alive, cause not found. A CI job's timeout
@@ -88,6 +96,44 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     interrupted between starting a process and handing it to a ``with`` leaks it."""
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         stop_processes(psutil.Process().children(recursive=True))
+
+
+@pytest.fixture(scope="session")
+def scripted_pick_place(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two scripted pick-and-place episodes (seeds 4 and 5, the front camera only) collected
+    through the ROS graph, and what a separate client received from the same topics meanwhile.
+    Collected once for two tests: test_graph_collect checks the store against the topics, and
+    test_graph_real_path compares the real-robot path's recording of seed 4 with it."""
+    import hashlib
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import TwistStamped
+    from robot_learning_ros.client import GraphClient
+    from sensor_msgs.msg import Image, JointState
+
+    from robot_learning.collect import collect_scripted
+
+    def stamp(m) -> float:
+        return m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+
+    d = tmp_path_factory.mktemp("scripted_pick_place")
+    client = GraphClient("collect_observer")
+    client.subscribe("/joint_states", JointState, transform=lambda m: (stamp(m), tuple(m.position)), depth=2000)
+    client.subscribe("/arm/command/twist", TwistStamped,
+                     transform=lambda m: (stamp(m), m.twist.linear.x, m.twist.linear.z, m.twist.angular.z),
+                     depth=2000)
+    client.subscribe("/front/color/image_raw", Image, sensor=True,
+                     transform=lambda m: (stamp(m), hashlib.md5(bytes(m.data)).hexdigest()))
+    client.subscribe("/diagnostics", DiagnosticArray, depth=100, transform=lambda m: [
+        {kv.key: kv.value for kv in st.values} for st in m.status if st.name == "recorder"])
+    try:
+        res = collect_scripted("pick_place", 2, d / "demo.zarr", d / "report", d / "collect.log", cameras="front",
+                               seed=3, progress=False, timeout=600)
+        with client.lock:
+            msgs = {k: list(v) for k, v in client.msgs.items()}
+    finally:
+        client.close()
+    return {"path": d / "demo.zarr", "log": d / "collect.log", "result": res, "msgs": msgs}
 
 
 def stop_processes(procs: list[psutil.Process], grace: float = 15.0) -> None:

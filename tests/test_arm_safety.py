@@ -19,6 +19,8 @@ from robot_learning.control.route import route_home, segment_times
 from robot_learning.control.safety import CommandRejected
 from robot_learning.sim.workcell import Workcell
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 DT = 0.004
 
 

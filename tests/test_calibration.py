@@ -15,6 +15,8 @@ from robot_learning.config import load_calibration
 from robot_learning.devices.camera import Intrinsics
 from robot_learning.devices.uvc import load_camera_info
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 
 @pytest.mark.parametrize("camera", ["front", "wrist"])
 def test_intrinsics_from_the_sims_board_views_are_the_cameras_own(camera, tmp_path):

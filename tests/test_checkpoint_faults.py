@@ -22,6 +22,8 @@ from robot_learning.policies.checkpoint import PolicyError, save_checkpoint
 from robot_learning.policies.registry import load_policy
 from robot_learning.policies.untrained import untrained_policy
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 OBS = "joint_states.position"
 REEXPORT = "re-export the checkpoint"
 

@@ -58,11 +58,13 @@ def labelled(tmp_path_factory):
     return path
 
 
+@pytest.mark.compute
 def test_labels_leave_a_margin_before_the_success_frames():
     assert label_episode(10, True, 3, 2).tolist() == [0] * 5 + [-1] * 2 + [1] * 3
     assert label_episode(4, False, 3, 2).tolist() == [0] * 4
 
 
+@pytest.mark.compute
 @pytest.mark.parametrize("looks_at", ["state", "images"])
 def test_classifier_learns_success_and_its_checkpoint_loads_without_code(labelled, tmp_path, looks_at):
     cfg = ClassifierTrainConfig(dataset=[str(labelled)], positive_steps=3, margin=2, val_every=3, steps=250,
@@ -96,6 +98,7 @@ def test_classifier_learns_success_and_its_checkpoint_loads_without_code(labelle
         load_classifier(ck)
 
 
+@pytest.mark.compute
 def test_classifier_needs_both_kinds_of_episode(tmp_path):
     path = tmp_path / "only_failures.zarr"
     w = DatasetWriter(path, RECIPE)
@@ -168,6 +171,7 @@ def test_reward_node_says_success_on_the_live_topic_once_it_holds(labelled, tmp_
     assert s_goal.index(True) >= 4  # hold: 5 ticks above the threshold in a row before success
 
 
+@pytest.mark.compute
 def test_classifier_reward_ends_an_env_episode_as_on_a_robot(labelled, tmp_path):
     """``train sac --reward classifier:PATH``: the classifier's verdict is the reward and ends the
     episode; the sim's own success is still reported for evaluation."""

@@ -5,6 +5,8 @@ import yaml
 from robot_learning.config import ConfigError, load_calibration, load_robot
 from robot_learning.control.kinematics import Kinematics
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 
 def test_panda_config_loads_with_limits_and_home():
     r = load_robot()

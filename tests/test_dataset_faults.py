@@ -31,6 +31,8 @@ from robot_learning.cli import main as cli_main
 from robot_learning.data.repair import validate_store
 from robot_learning.data.store import Dataset, DatasetError, DatasetWriter
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 CLI = [str(Path(sys.executable).parent / "robot-learning"), "dataset"]
 EP = "episodes/000001"
 POSITION = f"{EP}/streams/joint_states/position"

@@ -18,6 +18,8 @@ from robot_learning.data.schema import load_recipe
 from robot_learning.data.store import Dataset
 from robot_learning.data.view import contact_sheet, video
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 
 def test_lerobot_export_follows_its_v30_layout(tmp_path):
     """The v3.0 layout read back with pyarrow and OpenCV alone: every frame's row, its episode's

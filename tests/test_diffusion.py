@@ -16,6 +16,8 @@ from robot_learning.policies.checkpoint import PolicyError, load_checkpoint, sav
 from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy
 from robot_learning.policies.normalizer import Normalizer
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 SPEC = WindowSpec(obs_horizon=2, pred_horizon=8, obs_keys=("joint_states.position",), image_keys=("front_color",),
                   image_size=(32, 32))
 

@@ -12,15 +12,13 @@ import time
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from robot_learning_ros.client import GraphClient
 from robot_learning_ros.msgs import twist_msg
-from sensor_msgs.msg import Image, Joy
-from std_msgs.msg import Bool, String
+from sensor_msgs.msg import Joy
+from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from robot_learning.collect import collect_scripted
 from robot_learning.data.repair import validate_store
 from robot_learning.graph import SimGraph
 
@@ -31,23 +29,9 @@ def stamp(m) -> float:
     return m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
 
 
-def test_scripted_collection_stores_what_was_published(tmp_path):
-    path = tmp_path / "demo.zarr"
-    client = GraphClient("collect_observer")
-    client.subscribe("/joint_states", __import__("sensor_msgs.msg").msg.JointState,
-                     transform=lambda m: (stamp(m), tuple(m.position)), depth=2000)
-    client.subscribe("/arm/command/twist", TwistStamped,
-                     transform=lambda m: (stamp(m), m.twist.linear.x, m.twist.linear.z, m.twist.angular.z),
-                     depth=2000)
-    client.subscribe("/front/color/image_raw", Image, sensor=True,
-                     transform=lambda m: (stamp(m), hashlib.md5(bytes(m.data)).hexdigest()))
-    client.subscribe("/teleop/engaged", Bool, latched=True, transform=lambda m: (time.monotonic(), m.data))
-    client.subscribe("/diagnostics", DiagnosticArray, depth=100, transform=lambda m: [
-        {kv.key: kv.value for kv in st.values} for st in m.status if st.name == "recorder"])
-    res = collect_scripted("pick_place", 2, path, tmp_path / "report", tmp_path / "collect.log", cameras="front",
-                           seed=3, progress=False)
-    client.close()
-    log = (tmp_path / "collect.log").read_text()
+def test_scripted_collection_stores_what_was_published(scripted_pick_place):
+    path, res, msgs = scripted_pick_place["path"], scripted_pick_place["result"], scripted_pick_place["msgs"]
+    log = scripted_pick_place["log"].read_text()
     # rclpy's Future.__del__ can print an "Exception ignored" traceback while an interpreter is
     # torn down (a half-built Task at exit); that is rclpy's, after the node's work: not a failure
     ignored = re.findall(r"Exception ignored in: <function Future.__del__[^\n]*\n(?:.*Traceback.*\n)?", log)
@@ -68,12 +52,12 @@ def test_scripted_collection_stores_what_was_published(tmp_path):
     assert ep.meta["missing_streams"] == ["wrist_color"]  # the wrist camera was left off: reported
     assert ep.meta["rejected_samples"] == {}
     # the recorder's /diagnostics said what it was taking while it recorded
-    recording = [v for m in client.msgs["/diagnostics"] for v in m if v["recording"] == "True"]
+    recording = [v for m in msgs["/diagnostics"] for v in m if v["recording"] == "True"]
     assert recording and max(int(v.get("received/joint_states", 0)) for v in recording) > 0
 
     def compare(stream, key, topic, exact):
         rec_t = ep.streams[stream]["t"][:]
-        pub = {m[0]: m[1:] for m in client.msgs[topic]}
+        pub = {m[0]: m[1:] for m in msgs[topic]}
         window = [t for t in sorted(pub) if rec_t[0] <= t <= rec_t[-1]]
         if exact:  # reliable topic: the same messages, in the same order, nothing lost
             missing = sorted(set(np.round(window, 6)) - set(np.round(rec_t, 6)))

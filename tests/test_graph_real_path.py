@@ -39,9 +39,9 @@ def _first_frame_from(ep, stream: str) -> np.ndarray:
     return ep.streams[stream]["data"][int(np.argmax(t >= ep.steps["t"][0]))]
 
 
-def test_collecting_through_arm_node_records_what_the_sim_records(tmp_path):
-    direct = collect_scripted("pick_place", 1, tmp_path / "direct.zarr", tmp_path / "r1", tmp_path / "direct.log",
-                              cameras="front", seed=3, progress=False, timeout=600)
+def test_collecting_through_arm_node_records_what_the_sim_records(tmp_path, scripted_pick_place):
+    """Seed 4 on the real-robot path, against the same seed collected from the sim directly."""
+    direct = scripted_pick_place["result"]
     real = collect_scripted("pick_place", 1, tmp_path / "real.zarr", tmp_path / "r2", tmp_path / "real.log",
                             cameras="front", seed=3, progress=False, timeout=600,
                             sim="false", sim_hardware="true", use_sim_time="true")
@@ -51,8 +51,8 @@ def test_collecting_through_arm_node_records_what_the_sim_records(tmp_path):
     assert "PROTECTIVE STOP" not in log
     # the images came through camera_node's librealsense pipeline, not from the sim directly
     assert "[front]" in log and "RealSense sim-front streaming" in log
-    assert len(real["episodes"]) == 1 and len(direct["episodes"]) == 1
-    ds_direct, problems = validate_store(tmp_path / "direct.zarr")
+    assert len(real["episodes"]) == 1 and direct["episodes"][0]["seed"] == real["episodes"][0]["seed"] == 4
+    ds_direct, problems = validate_store(scripted_pick_place["path"])
     assert problems == []
     ds_real, problems = validate_store(tmp_path / "real.zarr")
     assert problems == []

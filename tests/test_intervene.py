@@ -13,6 +13,8 @@ from robot_learning.sim.env import WorkcellEnv, expert_obs_from_env
 from robot_learning.sim.expert import ScriptedExpert
 from robot_learning.transforms import orientation_error, pointing_down, xyzw_to_wxyz, yaw_of
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 
 def _episode(policy, seed: int = 3, steps: int = 250, task: str = "peg_in_hole",
              takeover_steps: int = 15) -> tuple[list[bool], list[bool], bool]:

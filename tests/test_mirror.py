@@ -55,6 +55,7 @@ def record(path, seed: int = 5, seconds: float = 6.0, randomization=None, comman
     cell.close()
 
 
+@pytest.mark.compute
 def test_an_episode_replayed_in_its_own_sim_agrees_and_a_heavier_arm_parts(tmp_path):
     record(tmp_path / "ep.zarr")
     ep = Dataset(tmp_path / "ep.zarr").episode(0)
@@ -74,6 +75,7 @@ def test_an_episode_replayed_in_its_own_sim_agrees_and_a_heavier_arm_parts(tmp_p
     assert (out / "mirror.png").stat().st_size > 0
 
 
+@pytest.mark.compute
 def test_an_episode_missing_its_first_commands_is_refused_with_the_reason(tmp_path):
     """Its replay would part at once and sysid would fit the gap in the recording, not the sim
     (the first episode of a graph whose recorder matched the command topic late)."""
@@ -87,6 +89,7 @@ def test_an_episode_missing_its_first_commands_is_refused_with_the_reason(tmp_pa
         replay(ep)
 
 
+@pytest.mark.compute
 def test_sysid_fits_a_perturbed_arm_and_the_divergence_drops(tmp_path):
     """The "real" robot: the sim with softer servos and more joint damping. Fitted from the
     nominal sim, the divergence drops by at least 70% and the servo gain lands near the truth
@@ -101,6 +104,7 @@ def test_sysid_fits_a_perturbed_arm_and_the_divergence_drops(tmp_path):
     assert res.values["kp_scale"] == pytest.approx(0.5, rel=0.2), res.values
 
 
+@pytest.mark.compute
 def test_sysid_finds_the_command_latency_of_a_soft_arm(tmp_path):
     """What a policy lives with: the time from a command's stamp to the arm acting on it, here
     40 ms, with servos at half their stiffness beside it."""

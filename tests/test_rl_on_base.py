@@ -22,6 +22,8 @@ from robot_learning.policies.residual import NumpyResidual, ResidualConfig, Resi
 from robot_learning.policies.untrained import save_untrained
 from robot_learning.runtime.server import PolicyServerCore, ServerConfig
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 KEYS = ["ee_pose.data", "gripper_state.position", "cube_pose.data", "target_pose.data"]
 TINY = dict(obs_dims={k: d for k, d in zip(KEYS, (7, 2, 7, 7))}, pred_horizon=8, action_horizon=4,
             down_dims=[8, 16], train_timesteps=10, inference_steps=4)

@@ -24,6 +24,8 @@ from robot_learning.rl.replay import (
     sample_mixed,
 )
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 
 def _batch(n: int, state: np.ndarray, action: np.ndarray, reward: np.ndarray, terminal: bool) -> dict:
     return {"obs/state": torch.as_tensor(state, dtype=torch.float32),

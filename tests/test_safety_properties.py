@@ -13,6 +13,8 @@ from robot_learning.control.controller import ArmController
 from robot_learning.control.kinematics import tcp_positions
 from robot_learning.control.safety import CommandRejected
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 ROBOT = load_robot()
 DT = 0.004
 LIM = ROBOT.limits

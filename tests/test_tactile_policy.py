@@ -16,6 +16,8 @@ from robot_learning.policies.normalizer import Normalizer
 from robot_learning.policies.registry import load_policy
 from robot_learning.train.diffusion import TrainConfig, train
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 GRID = "tactile_left.data"
 
 

@@ -21,6 +21,8 @@ from robot_learning.evaluate import policy_cameras
 from robot_learning.policies.registry import checkpoint_recipe, load_policy, read_checkpoint
 from robot_learning.train.diffusion import TrainConfig, train
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 TINY = dict(obs=["joint_states.position"], images=["front_color"], image_size=[32, 32], pred_horizon=8,
             action_horizon=4, down_dims=[16, 32], batch_size=16, warmup_steps=2, only_success=False)
 

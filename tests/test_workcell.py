@@ -10,6 +10,8 @@ from robot_learning.sim.expert import ScriptedExpert
 from robot_learning.sim.workcell import Workcell
 from robot_learning.transforms import axis_angle_quat, pointing_down, quat_mul, yaw_of
 
+pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
+
 
 @pytest.fixture(scope="module")
 def cell():
