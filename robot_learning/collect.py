@@ -19,12 +19,40 @@ from robot_learning.paths import project_root, resolve
 def collect_scripted(task: str, episodes: int, dataset: str | Path, report_dir: Path, log_path: Path,
                      real_time_factor: float = 1.0, cameras: str = "front,wrist", seed: int = 0,
                      progress: bool = True, timeout: float = 3600.0, state_rate: float = 0.0,
-                     noise: float = 1.0, **launch_args: object) -> dict:
-    """Scripted operator episodes recorded into ``dataset``; returns the operator's results.json."""
+                     noise: float = 1.0, restarts: int = 2, **launch_args: object) -> dict:
+    """Scripted operator episodes recorded into ``dataset``; returns the operator's results.json.
+
+    ``restarts``: a graph a signal ended (the sim's renderer segfaulted once in a day of runs)
+    is started again for the episodes left, as an evaluation is (``run_graph_episodes``). The
+    episode under way is recorded again from its start, with the same seed and the same hand
+    noise (the operator draws it from the episode's seed), so the partial one the recorder
+    saved at shutdown is discarded first: the dataset ends as an uninterrupted run leaves it."""
+    path = resolve(dataset)
+    first = _next_index(path)   # episodes before this collection are not this collection's to discard
+
+    def discard_interrupted(finished: list[dict]) -> dict:
+        from robot_learning.data.layout import episode_dirs
+        from robot_learning.data.store import discard_episodes
+
+        kept = {e.get("dataset_episode") for e in finished}
+        drop = [i for i, _ in episode_dirs(path) if i >= first and i not in kept]
+        discard_episodes(path, drop)
+        if drop:
+            print(f"collect {task}: discarded the interrupted episode(s) {drop} of {path}; they are recorded "
+                  "again from their start", file=sys.stderr, flush=True)
+        return {"discarded_dataset_episodes": drop}
+
     return run_graph_episodes("teleop_collect.launch.yaml", episodes, report_dir, log_path, f"collect {task}",
-                              progress, timeout, task=task, device="scripted", dataset=resolve(dataset),
-                              real_time_factor=real_time_factor, cameras=cameras, seed=seed, noise_seed=seed,
-                              state_rate=state_rate, noise=noise, **launch_args)
+                              progress, timeout, restarts=restarts, before_restart=discard_interrupted, task=task,
+                              device="scripted", dataset=path, real_time_factor=real_time_factor, cameras=cameras,
+                              seed=seed, noise_seed=seed, state_rate=state_rate, noise=noise, **launch_args)
+
+
+def _next_index(path: Path) -> int:
+    """The index the store's next episode takes (0 for a store not yet made)."""
+    from robot_learning.data.layout import episode_dirs
+
+    return max((i for i, _ in episode_dirs(path)), default=-1) + 1
 
 
 def run_collect(device: str, task: str, episodes: int, dataset: str, real_time_factor: float, cameras: str,

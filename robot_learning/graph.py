@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -76,6 +76,7 @@ class SimGraph:
 
 def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_path: Path, desc: str,
                        progress: bool = True, timeout: float = 3600.0, restarts: int = 0,
+                       before_restart: Callable[[list[dict]], dict | None] | None = None,
                        **launch_args: object) -> dict:
     """Runs a launch file whose episode node (scripted operator, policy evaluator) writes
     ``report_dir/episode_*/result.json`` per episode and ``results.json`` at the end, with a
@@ -87,7 +88,10 @@ def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_pa
     argument the episodes' seeds count up from). The episodes finished before stay as they
     were; the one under way is run again from its start, so a crash costs no data and no
     policy a failure. A node that exits with an error of its own is a fault to fix, not
-    luck: that ends the run, as does a restart that finishes no episode."""
+    luck: that ends the run, as does a restart that finishes no episode. ``before_restart``
+    is called with the finished episodes' results before each restart (a collection discards
+    the interrupted episode from its dataset there); what it returns is added to that restart's
+    entry in ``results.json``."""
     import json
 
     randomization = str(launch_args.get("randomization", "none"))
@@ -119,6 +123,8 @@ def run_graph_episodes(launch_file: str, episodes: int, report_dir: Path, log_pa
         if not killed or len(history) >= restarts or (part and len(eps) == done):
             raise RuntimeError(f"{desc} failed (exit {rc}); see {part_log}")
         history.append({"after_episodes": len(eps), "why": killed})
+        if before_restart is not None:
+            history[-1] |= before_restart(eps) or {}
         print(f"{desc}: {killed} after {len(eps)} of {episodes} episodes; starting the graph again for the other "
               f"{episodes - len(eps)} (seeds from {int(seed) + len(eps) + 1}); its log: "
               f"{_part_log(log_path, part + 1)}", file=sys.stderr, flush=True)

@@ -19,6 +19,7 @@ from sensor_msgs.msg import Joy
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
+from robot_learning.collect import collect_scripted
 from robot_learning.data.repair import validate_store
 from robot_learning.graph import SimGraph
 
@@ -165,3 +166,48 @@ def test_takeover_from_a_policy_is_logged_as_intervention(tmp_path):
     acc = np.linalg.norm(np.diff(v, axis=0), axis=1) / np.maximum(np.diff(t), 1e-3)
     assert np.max(acc) < 1.5 * 1.6, np.max(acc)
     assert v[:, 0].min() < -0.05 and v[:, 0].max() > 0.03  # both the operator's and the policy's motion went out
+
+
+def test_a_collection_goes_on_where_a_crashed_sim_left_it(tmp_path):
+    """The sim dies by a signal (its software renderer's rare segfault) while the second of
+    two episodes is recorded: the graph goes down with it, collect starts it again from that
+    episode's seed, and the partial episode the recorder saved at shutdown is discarded. The
+    dataset ends as an uninterrupted run leaves it: two finished, labelled episodes with the
+    seeds in order."""
+    import os
+    import signal
+    import threading
+
+    path, out, log = tmp_path / "demo.zarr", tmp_path / "report", tmp_path / "collect.log"
+    got: dict = {}
+
+    def run() -> None:
+        try:
+            got["results"] = collect_scripted("pick_place", 2, path, out, log, cameras="", seed=10,
+                                              real_time_factor=2.0, state_rate=100.0, progress=False, timeout=600)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            got["error"] = e
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 300
+    # the second episode is being recorded: the recorder made its group in the store
+    while not (path / "episodes" / "000001").exists() and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    sim = re.search(r"started sim \(pid (\d+)\)", log.read_text())
+    assert sim and (path / "episodes" / "000001").exists(), log.read_text()[-3000:]
+    os.kill(int(sim.group(1)), signal.SIGSEGV)   # what the renderer's crash does to the process
+    worker.join(timeout=400)
+    assert not worker.is_alive() and "error" not in got, f"{got.get('error')}: {log.read_text()[-3000:]}"
+    r = got["results"]
+    assert [e["seed"] for e in r["episodes"]] == [11, 12], r["episodes"]
+    assert len(r["restarts"]) == 1 and "node 'sim' was killed by SIGSEGV" in r["restarts"][0]["why"], r["restarts"]
+    assert r["restarts"][0]["after_episodes"] == 1 and r["restarts"][0]["discarded_dataset_episodes"] == [1]
+    assert "saved unlabelled" in log.read_text()   # what the recorder did at the shutdown, then discarded
+    ds, problems = validate_store(path)
+    assert problems == [] and ds.incomplete == []
+    # the restart's recorder numbers on from the last episode kept
+    assert ds.indices == [0, 1] == [e["dataset_episode"] for e in r["episodes"]]
+    assert [ds.episode(i).meta["seed"] for i in ds.indices] == [11, 12]
+    assert all(ds.episode(i).meta["success"] is not None for i in ds.indices)   # each one labelled

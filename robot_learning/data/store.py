@@ -509,6 +509,26 @@ class DatasetWriter:
         self._stack.close()
 
 
+def discard_episodes(path: str | Path, indices: list[int]) -> None:
+    """Removes the episodes ``indices`` (finished, interrupted or damaged) from a store no
+    recorder holds, as the recorder's discard removes the one it records. For a collection
+    whose graph is started again after a crash: the episode under way was saved unlabelled
+    at shutdown (or left to repair) and is recorded again from its start, so kept it would
+    enter training as a demonstration (an unlabelled episode counts as one)."""
+    path = Path(path)
+    if not indices:
+        return
+    try:
+        with writer_lock(path):
+            for i in indices:
+                d = path / "episodes" / f"{i:06d}"
+                if d.exists():
+                    shutil.rmtree(d)
+            fsync_file(path / "episodes")
+    except OSError as e:
+        raise _storage_error(e, path, f"discarding episodes {indices}") from e
+
+
 @dataclass
 class EpisodeInfo:
     index: int
