@@ -27,13 +27,13 @@ def collect_scripted(task: str, episodes: int, dataset: str | Path, report_dir: 
     episode under way is recorded again from its start, with the same seed and the same hand
     noise (the operator draws it from the episode's seed), so the partial one the recorder
     saved at shutdown is discarded first: the dataset ends as an uninterrupted run leaves it."""
+    from robot_learning.data.layout import episode_dirs, next_episode_index
+    from robot_learning.data.store import discard_episodes
+
     path = resolve(dataset)
-    first = _next_index(path)   # episodes before this collection are not this collection's to discard
+    first = next_episode_index(path)   # episodes before this collection are not this collection's to discard
 
     def discard_interrupted(finished: list[dict]) -> dict:
-        from robot_learning.data.layout import episode_dirs
-        from robot_learning.data.store import discard_episodes
-
         kept = {e.get("dataset_episode") for e in finished}
         drop = [i for i, _ in episode_dirs(path) if i >= first and i not in kept]
         discard_episodes(path, drop)
@@ -46,13 +46,6 @@ def collect_scripted(task: str, episodes: int, dataset: str | Path, report_dir: 
                               progress, timeout, restarts=restarts, before_restart=discard_interrupted, task=task,
                               device="scripted", dataset=path, real_time_factor=real_time_factor, cameras=cameras,
                               seed=seed, noise_seed=seed, state_rate=state_rate, noise=noise, **launch_args)
-
-
-def _next_index(path: Path) -> int:
-    """The index the store's next episode takes (0 for a store not yet made)."""
-    from robot_learning.data.layout import episode_dirs
-
-    return max((i for i, _ in episode_dirs(path)), default=-1) + 1
 
 
 def run_collect(device: str, task: str, episodes: int, dataset: str, real_time_factor: float, cameras: str,

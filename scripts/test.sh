@@ -36,7 +36,9 @@ finished() {  # pid: its exit status in $rc once it has ended (wait returns earl
 # the main lane a line per test (it takes most of the run), the compute lane a dot per test
 lane main "$domain" "not compute" -v "$@" &
 main_pid=$!
-OMP_NUM_THREADS=1 SCHED="chrt --idle 0" lane compute $(((domain + 100) % 233)) "compute" -q "$@" &
+# (each test's time limit 30 min, not 10: on a machine kept busy by something else, this lane
+# gets almost nothing until the main lane ends; a hang still ends)
+OMP_NUM_THREADS=1 SCHED="chrt --idle 0" lane compute $(((domain + 100) % 233)) "compute" -q --timeout=1800 "$@" &
 compute_pid=$!
 set +m  # (no job notices)
 # Ctrl-C or a SIGTERM reaches this script: each lane's pytest stops as on a SIGTERM (conftest.py)

@@ -29,7 +29,7 @@ from test_dataset import RECIPE, record_episode
 
 from robot_learning.cli import main as cli_main
 from robot_learning.data.repair import validate_store
-from robot_learning.data.store import Dataset, DatasetError, DatasetWriter
+from robot_learning.data.store import Dataset, DatasetError, DatasetWriter, discard_episodes
 
 pytestmark = pytest.mark.compute  # no ROS, no timing: `make test` runs it beside the rest
 
@@ -349,6 +349,23 @@ def test_a_writer_opening_a_store_with_a_damaged_episode_leaves_it(store):
         w.close()
         assert Dataset(store).indices == [0, 2]
     assert digests(store, EP) == before
+
+
+def test_discarded_episodes_are_gone_the_rest_untouched_and_a_recording_store_is_refused(store):
+    """What a restarted collection does with the episode a crash cut off: it goes, the others
+    stay as they were, and the next episode is numbered on from the last one kept."""
+    keep = digests(store, "episodes/000000")
+    with pytest.raises(DatasetError, match="being written by another process"):
+        w = DatasetWriter(store, RECIPE)
+        try:
+            discard_episodes(store, [2])   # never while a recorder holds the store
+        finally:
+            w.close()
+    discard_episodes(store, [2])
+    assert Dataset(store).indices == [0, 1] and digests(store, "episodes/000000") == keep
+    w = DatasetWriter(store, RECIPE)
+    assert w.next_index() == 2
+    w.close()
 
 
 def test_an_interrupted_episode_that_cannot_be_read_is_left_by_writers_and_dropped_by_repair(tmp_path):

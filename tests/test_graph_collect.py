@@ -18,6 +18,7 @@ from robot_learning_ros.msgs import twist_msg
 from sensor_msgs.msg import Joy
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
+from test_graph_evaluation import crash_the_sim_once
 
 from robot_learning.collect import collect_scripted
 from robot_learning.data.repair import validate_store
@@ -174,33 +175,12 @@ def test_a_collection_goes_on_where_a_crashed_sim_left_it(tmp_path):
     episode's seed, and the partial episode the recorder saved at shutdown is discarded. The
     dataset ends as an uninterrupted run leaves it: two finished, labelled episodes with the
     seeds in order."""
-    import os
-    import signal
-    import threading
-
     path, out, log = tmp_path / "demo.zarr", tmp_path / "report", tmp_path / "collect.log"
-    got: dict = {}
-
-    def run() -> None:
-        try:
-            got["results"] = collect_scripted("pick_place", 2, path, out, log, cameras="", seed=10,
-                                              real_time_factor=2.0, state_rate=100.0, progress=False, timeout=600)
-        except Exception as e:  # noqa: BLE001 - reported by the assertion below
-            got["error"] = e
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    deadline = time.monotonic() + 300
-    # the second episode is being recorded: the recorder made its group in the store
-    while not (path / "episodes" / "000001").exists() and worker.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
-    sim = re.search(r"started sim \(pid (\d+)\)", log.read_text())
-    assert sim and (path / "episodes" / "000001").exists(), log.read_text()[-3000:]
-    os.kill(int(sim.group(1)), signal.SIGSEGV)   # what the renderer's crash does to the process
-    worker.join(timeout=400)
-    assert not worker.is_alive() and "error" not in got, f"{got.get('error')}: {log.read_text()[-3000:]}"
-    r = got["results"]
+    # the sim killed while the second episode is recorded: the recorder made its group in the store
+    r = crash_the_sim_once(lambda: collect_scripted("pick_place", 2, path, out, log, cameras="", seed=10,
+                                                    real_time_factor=2.0, state_rate=100.0, progress=False,
+                                                    timeout=600),
+                           log, lambda: (path / "episodes" / "000001").exists())
     assert [e["seed"] for e in r["episodes"]] == [11, 12], r["episodes"]
     assert len(r["restarts"]) == 1 and "node 'sim' was killed by SIGSEGV" in r["restarts"][0]["why"], r["restarts"]
     assert r["restarts"][0]["after_episodes"] == 1 and r["restarts"][0]["discarded_dataset_episodes"] == [1]

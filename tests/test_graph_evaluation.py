@@ -8,6 +8,13 @@ in a busy run one that started with them 31 mm apart)."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,12 +70,6 @@ def test_an_evaluation_goes_on_where_a_crashed_sim_left_it(tmp_path):
     evaluation hung 11 minutes before it failed with nothing kept. Now the graph ends with the
     sim, and evaluate starts it again for the episodes left, from the seed where it stopped:
     the same seeds in order, the episodes done before kept, the interrupted one run again."""
-    import os
-    import re
-    import signal
-    import threading
-    import time
-
     from robot_learning.config import load_robot
     from robot_learning.control.kinematics import Kinematics
     from robot_learning.evaluate import evaluate_graph
@@ -78,26 +79,9 @@ def test_an_evaluation_goes_on_where_a_crashed_sim_left_it(tmp_path):
     home, quat = Kinematics(robot).fk(robot.home)
     ckpt = make_pose_checkpoint(tmp_path / "ckpt", np.r_[home + [0.05, 0.0, -0.05], wxyz_to_xyzw(quat)], gripper=1.0)
     out, log = tmp_path / "eval", tmp_path / "eval.log"
-    got: dict = {}
-
-    def run() -> None:
-        try:
-            got["results"] = evaluate_graph(ckpt, "pick_place", 3, out, log, episode_timeout=4.0, progress=False,
-                                            state_rate=100.0, seed=2000)
-        except Exception as e:  # noqa: BLE001 - reported by the assertion below
-            got["error"] = e
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    deadline = time.monotonic() + 300
-    while not (out / "episode_000" / "result.json").exists() and worker.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    sim = re.search(r"started sim \(pid (\d+)\)", log.read_text())
-    assert sim and (out / "episode_000" / "result.json").exists(), log.read_text()[-3000:]
-    os.kill(int(sim.group(1)), signal.SIGSEGV)   # what the renderer's crash does to the process
-    worker.join(timeout=400)
-    assert not worker.is_alive() and "error" not in got, f"{got.get('error')}: {log.read_text()[-3000:]}"
-    r = got["results"]
+    r = crash_the_sim_once(lambda: evaluate_graph(ckpt, "pick_place", 3, out, log, episode_timeout=4.0, progress=False,
+                                                  state_rate=100.0, seed=2000),
+                           log, lambda: (out / "episode_000" / "result.json").exists())
     assert [e["seed"] for e in r["episodes"]] == [2001, 2002, 2003], r["episodes"]
     assert [e["episode"] for e in r["episodes"]] == [0, 1, 2]
     assert len(r["restarts"]) == 1 and r["restarts"][0]["after_episodes"] in (1, 2), r["restarts"]
@@ -106,3 +90,28 @@ def test_an_evaluation_goes_on_where_a_crashed_sim_left_it(tmp_path):
     assert json.loads((out / "results.json").read_text())["episodes"] == r["episodes"]
     assert "ended with on_exit: shutdown" in log.read_text()   # the graph went down with the sim, at once
     assert (tmp_path / "eval-restart-1.log").exists()
+
+
+def crash_the_sim_once(run: Callable[[], dict], log: Path, when: Callable[[], bool]) -> dict:
+    """Runs ``run`` (episodes through a graph, restarts allowed) in a thread, kills the graph's
+    sim with SIGSEGV (what its software renderer's crash does) once ``when()`` holds, and
+    returns what ``run`` returned after it went on."""
+    got: dict = {}
+
+    def work() -> None:
+        try:
+            got["results"] = run()
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            got["error"] = e
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    deadline = time.monotonic() + 300
+    while not when() and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sim = re.search(r"started sim \(pid (\d+)\)", log.read_text())
+    assert sim and when(), log.read_text()[-3000:]
+    os.kill(int(sim.group(1)), signal.SIGSEGV)
+    worker.join(timeout=400)
+    assert not worker.is_alive() and "error" not in got, f"{got.get('error')}: {log.read_text()[-3000:]}"
+    return got["results"]

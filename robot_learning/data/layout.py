@@ -161,6 +161,12 @@ def episode_dirs(path: Path) -> list[tuple[int, Path]]:
     return [(int(n), eps / n) for n in names if n.isdigit()]
 
 
+def next_episode_index(path: Path) -> int:
+    """The index the store's next episode takes: one past the highest there, sound or not (0
+    for a store not made yet), so an index is never used twice."""
+    return max((i for i, _ in episode_dirs(path)), default=-1) + 1
+
+
 def expected_arrays(recipe: Recipe, streams: list[str]) -> list[str]:
     """Paths (relative to the episode) of the arrays a finished episode has, given the
     streams that received samples: the step table, each stream's arrays, and the step

@@ -42,6 +42,7 @@ from robot_learning.data.layout import (
     episode_attrs,
     episode_dirs,
     episode_recipe,
+    next_episode_index,
     read_metadata,
     structure_faults,
 )
@@ -491,9 +492,7 @@ class DatasetWriter:
                                "choose a writable directory or fix its permissions")
 
     def next_index(self) -> int:
-        eps = self.path / "episodes"
-        used = [int(p.name) for p in eps.iterdir() if p.name.isdigit()] if eps.exists() else []
-        return max(used, default=-1) + 1
+        return next_episode_index(self.path)
 
     def start_episode(self, meta: dict) -> EpisodeWriter:
         idx = self.next_index()
