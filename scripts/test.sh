@@ -5,8 +5,8 @@
 #   processes. Each was made to hold with one other process keeping a core busy.
 # - compute: the tests marked `compute` (pure computation: no ROS, no timing, no deadline), with
 #   one torch thread and at the idle scheduling class (SCHED_IDLE), so they only take what the
-#   main lane leaves of the CPU. They used to run in the same order; beside the graphs, the
-#   machine's second core is no longer idle most of the time.
+#   main lane leaves of the CPU: run in one lane with the rest, they left the second core
+#   idle most of the time.
 #
 # A first try ran every non-graph test beside the graphs at nice 10, nodes and MuJoCo runs
 # included: each of three runs failed one graph test on a rate or a timing (docs/design.md).

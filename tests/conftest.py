@@ -109,12 +109,13 @@ def scripted_pick_place(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import TwistStamped
     from robot_learning_ros.client import GraphClient
+    from robot_learning_ros.msgs import from_stamp
     from sensor_msgs.msg import Image, JointState
 
     from robot_learning.collect import collect_scripted
 
     def stamp(m) -> float:
-        return m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+        return from_stamp(m.header.stamp)
 
     d = tmp_path_factory.mktemp("scripted_pick_place")
     client = GraphClient("collect_observer")

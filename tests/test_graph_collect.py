@@ -18,6 +18,7 @@ from robot_learning_ros.msgs import twist_msg
 from sensor_msgs.msg import Joy
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
+from test_graph import stamp
 from test_graph_evaluation import crash_the_sim_once
 
 from robot_learning.collect import collect_scripted
@@ -25,10 +26,6 @@ from robot_learning.data.repair import validate_store
 from robot_learning.graph import SimGraph
 
 pytestmark = pytest.mark.graph
-
-
-def stamp(m) -> float:
-    return m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
 
 
 def test_scripted_collection_stores_what_was_published(scripted_pick_place):
