@@ -12,29 +12,41 @@ from torch.nn import functional as F
 
 
 class TemporalConv(nn.Conv1d):
-    """A same-padded 1-D convolution over the action sequence. On a CPU in bfloat16, with wide
-    layers (the peers' 512- and 1024-channel levels over 4-8 steps), it runs as one matrix
-    product over the unfolded windows: oneDNN's direct bf16 kernel for such short sequences
-    takes about 1.4x as long forward and backward (docs/learning.md, "The training step against
-    LeRobot again"). Same weights, same result. Float32 (where the matrix product was slower),
-    GPUs and narrower layers keep the direct kernel."""
+    """A same-padded 1-D convolution over the action sequence. On a CPU it runs as one matrix
+    product over the unfolded windows where that is faster than the convolution kernel (same
+    weights, same result):
 
-    GEMM_FROM_CHANNELS = 512
+    - inference on one to four windows (the policy server, one env's rollout), from 128 input
+      channels: at so small a batch torch takes its slow reference convolution, 2.4-4x slower
+      than the product in float32 and 1.3-1.7x in bfloat16 (one thread; docs/learning.md,
+      "A U-Net step at batch 1");
+    - bfloat16 at any batch from 512 channels (the peers' 512- and 1024-channel levels over 4-8
+      steps): oneDNN's direct bf16 kernel for such short sequences takes about 1.4x as long
+      forward and backward (docs/learning.md, "The training step against LeRobot again").
+
+    Float32 training batches, GPUs and narrower layers keep the direct kernel."""
+
+    GEMM_FROM_CHANNELS = 512            # bfloat16, any batch
+    SMALL_BATCH, SMALL_FROM_CHANNELS = 4, 128
 
     def __init__(self, c_in: int, c_out: int, kernel: int):
         super().__init__(c_in, c_out, kernel, padding=kernel // 2)   # stride 1, one group: what forward unfolds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (x.device.type == "cpu" and self.in_channels >= self.GEMM_FROM_CHANNELS
-                and (x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
-                                                   and torch.get_autocast_dtype("cpu") == torch.bfloat16))):
+        if x.device.type != "cpu":
             return super().forward(x)
+        bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        small = x.shape[0] <= self.SMALL_BATCH and self.in_channels >= self.SMALL_FROM_CHANNELS
+        if not (small or (bf16 and self.in_channels >= self.GEMM_FROM_CHANNELS)):
+            return super().forward(x)
+        dtype = torch.bfloat16 if bf16 else x.dtype
         k, pad = self.kernel_size[0], self.padding[0]
         cols = F.pad(x, (pad, pad)).unfold(2, k, 1)                   # [B, C, L, k]
         b, c, length, _ = cols.shape
         cols = cols.permute(0, 2, 1, 3).reshape(b * length, c * k)    # one row per output step
-        w = self.weight.reshape(self.out_channels, c * k).to(torch.bfloat16)
-        y = cols.to(torch.bfloat16) @ w.t() + self.bias.to(torch.bfloat16)
+        w = self.weight.reshape(self.out_channels, c * k).to(dtype)
+        y = cols.to(dtype) @ w.t() + self.bias.to(dtype)
         return y.reshape(b, length, self.out_channels).permute(0, 2, 1)
 
 
