@@ -65,6 +65,9 @@ class EpisodeNode(Node):
         self.lock = threading.Lock()
         self.t_now = 0.0
         self.success = False
+        # the task's success came on at some moment of this episode: a failure with it set did
+        # not hold its success through the settling time, one without it never got there
+        self.success_seen = False
         # the operator's verdict on this episode (teleop's success / failure button, on
         # /teleop/event), None until pressed: it overrides the sim's or a classifier's
         self.label: bool | None = None
@@ -133,6 +136,7 @@ class EpisodeNode(Node):
 
     def _on_success(self, m: Bool) -> None:
         self.success = bool(m.data)
+        self.success_seen |= self.success and self.t_start is not None and self.t_end is None
 
     def _on_teleop_event(self, m: String) -> None:
         if m.data in ("stop_success", "stop_failure") and self.t_start is not None and self.t_end is None:
@@ -294,11 +298,13 @@ class EpisodeNode(Node):
                 self.get_logger().warning("the recorder did not confirm this episode's metadata within 10 s")
             self.call(self.rec_start, Trigger.Request(), "recorder")
         self.label = None
+        self.success_seen = False
         self.start_clock()
         self.drive(index, info)
         self.stop_clock()
         result = {"episode": index, "seed": info["seed"], "success": self.episode_success(self.measured_success()),
-                  "duration": self.trajectory[-1][0] if self.trajectory else 0.0}
+                  "duration": self.trajectory[-1][0] if self.trajectory else 0.0,
+                  "success_seen": bool(self.success_seen)}
         if self.label is not None:
             result["operator_label"] = "success" if self.label else "failure"
         if self.fault:  # the arm stopped itself (blocked or collided): say why the episode failed
