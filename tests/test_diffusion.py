@@ -333,4 +333,3 @@ def test_an_action_dimension_constant_in_the_data_comes_back_exactly():
     chunk = runner.act({"obs/state": actions[:1]})
     assert chunk.shape == (4, 3) and np.all(chunk[:, 2] == 1.0)
     assert np.all(chunk >= runner.spec.action_low) and np.all(chunk <= runner.spec.action_high)
-

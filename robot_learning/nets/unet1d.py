@@ -16,10 +16,11 @@ class TemporalConv(nn.Conv1d):
     product over the unfolded windows where that is faster than the convolution kernel (same
     weights, same result):
 
-    - inference on one to four windows (the policy server, one env's rollout), from 128 input
-      channels: at so small a batch torch takes its slow reference convolution, 2.4-4x slower
-      than the product in float32 and 1.3-1.7x in bfloat16 (one thread; docs/learning.md,
-      "A U-Net step at batch 1");
+    - inference on one or two windows (the policy server, one env's rollout), from 128 input
+      channels: at so small a batch torch takes its slow reference convolution, 2.3-4x slower
+      than the product in float32 at batch 1 and 1.3-1.7x in bfloat16 (one thread;
+      docs/learning.md, "A U-Net step at batch 1"; at batch 4 the widest layers were already
+      faster as convolutions);
     - bfloat16 at any batch from 512 channels (the peers' 512- and 1024-channel levels over 4-8
       steps): oneDNN's direct bf16 kernel for such short sequences takes about 1.4x as long
       forward and backward (docs/learning.md, "The training step against LeRobot again").
@@ -27,7 +28,7 @@ class TemporalConv(nn.Conv1d):
     Float32 training batches, GPUs and narrower layers keep the direct kernel."""
 
     GEMM_FROM_CHANNELS = 512            # bfloat16, any batch
-    SMALL_BATCH, SMALL_FROM_CHANNELS = 4, 128
+    SMALL_BATCH, SMALL_FROM_CHANNELS = 2, 128
 
     def __init__(self, c_in: int, c_out: int, kernel: int):
         super().__init__(c_in, c_out, kernel, padding=kernel // 2)   # stride 1, one group: what forward unfolds
