@@ -180,8 +180,9 @@ def test_a_collection_goes_on_where_a_crashed_sim_left_it(tmp_path):
                            log, lambda: (path / "episodes" / "000001").exists())
     assert [e["seed"] for e in r["episodes"]] == [11, 12], r["episodes"]
     assert len(r["restarts"]) == 1 and "node 'sim' was killed by SIGSEGV" in r["restarts"][0]["why"], r["restarts"]
+    # the recorder left episode 1 in the store at the shutdown, and it was discarded (the recorder's
+    # own log line about it is not asserted: at a shutdown it can be lost with the launcher's pipes)
     assert r["restarts"][0]["after_episodes"] == 1 and r["restarts"][0]["discarded_dataset_episodes"] == [1]
-    assert "saved unlabelled" in log.read_text()   # what the recorder did at the shutdown, then discarded
     ds, problems = validate_store(path)
     assert problems == [] and ds.incomplete == []
     # the restart's recorder numbers on from the last episode kept
