@@ -316,6 +316,40 @@ def test_temporal_convs_as_matrix_products_compute_what_the_direct_kernel_comput
         assert torch.equal(conv(x8), F.conv1d(x8, conv.weight, conv.bias, padding=2))
 
 
+@pytest.mark.parametrize("c_in,c_out,kernel,stride,hw", [(64, 128, 3, 2, 21), (64, 128, 1, 2, 21),
+                                                         (256, 256, 3, 1, 6), (512, 512, 3, 1, 3)])
+def test_image_convs_with_weight_gradients_as_products_train_as_the_kernel_does(c_in, c_out, kernel, stride, hw):
+    """ResNet18's strided and wide encoder layers take their weight gradient in bf16 training as one
+    matrix product over the input's windows. Output, input gradient and weight gradient must be
+    the convolution's, in the weight's own orientation (a transposed or flipped kernel gradient
+    would differ by far more than rounding), and inference must keep the plain kernel."""
+    from torch.nn import functional as F
+
+    from robot_learning.nets.vision import ImageConv
+
+    torch.manual_seed(0)
+    conv = ImageConv(c_in, c_out, kernel, stride, kernel // 2, bias=False).to(memory_format=torch.channels_last)
+    assert conv.product_weight_grad()
+    x = torch.randn(4, c_in, hw, hw).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad_out = torch.randn(4, c_out, (hw - 1) // stride + 1, (hw - 1) // stride + 1)
+    results = []
+    for fn in (conv, lambda t: F.conv2d(t, conv.weight, None, stride, kernel // 2)):
+        x.grad, conv.weight.grad = None, None
+        with torch.autocast("cpu", torch.bfloat16):
+            y = fn(x)
+        y.float().backward(grad_out)
+        results.append([y.float(), x.grad.clone(), conv.weight.grad.clone()])
+    for name, ours, direct in zip(("output", "input grad", "weight grad"), *results):
+        assert ours.shape == direct.shape, name
+        assert (ours - direct).abs().max() <= 0.02 * direct.abs().max(), name
+    w_grad = results[1][2]
+    assert (results[0][2] - w_grad.flip(-1, -2)).abs().max() > 0.2 * w_grad.abs().max() or kernel == 1
+    if c_in == c_out:
+        assert (results[0][2] - w_grad.transpose(0, 1)).abs().max() > 0.2 * w_grad.abs().max()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):   # inference: the kernel itself
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, None, stride, kernel // 2))
+
+
 def test_an_action_dimension_constant_in_the_data_comes_back_exactly():
     """A gripper held closed in every demonstration: the sampled chunk holds it at exactly that
     value, so the server's bounds (the data's range) never refuse a chunk for the network's noise there."""
