@@ -350,6 +350,38 @@ def test_image_convs_with_weight_gradients_as_products_train_as_the_kernel_does(
         assert torch.equal(conv(x), F.conv2d(x, conv.weight, None, stride, kernel // 2))
 
 
+@pytest.mark.parametrize("channels", [16, 64])
+def test_group_norm_of_channels_last_bf16_maps_in_the_plain_layout_is_group_norm(channels):
+    """The encoders normalize bf16 channels-last maps with few channels per group in the plain
+    layout (torch's channels-last kernel is several times slower there). Output, the input's
+    gradient and the affine parameters' gradients must be GroupNorm's, and the output must come
+    back channels-last for the next convolution."""
+    from torch import nn
+
+    from robot_learning.nets.vision import ImageGroupNorm
+
+    torch.manual_seed(0)
+    ours, ref = ImageGroupNorm(8, channels), nn.GroupNorm(8, channels)
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), ref.parameters()):
+            p.copy_(torch.randn_like(p)), q.copy_(p)
+    spread = torch.linspace(0.5, 4.0, channels)[None, :, None, None]   # channels unlike each other
+    x0 = (torch.randn(6, channels, 9, 9) * spread + spread).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(6, channels, 9, 9).bfloat16()
+    results = []
+    for norm in (ours, ref):
+        x = x0.clone().requires_grad_()
+        y = norm(x.bfloat16())
+        y.backward(grad_out)
+        results.append([y, x.grad, norm.weight.grad, norm.bias.grad])
+    assert results[0][0].is_contiguous(memory_format=torch.channels_last) and results[0][0].dtype == torch.bfloat16
+    for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), *results):
+        assert (a.float() - b.float()).abs().max() <= 0.02 * b.float().abs().max(), name
+    # a different grouping (the groups' statistics) differs by far more than rounding
+    other = nn.functional.group_norm(x0.bfloat16(), 4, ref.weight, ref.bias)
+    assert (other.float() - results[1][0].float()).abs().max() > 0.05 * results[1][0].float().abs().max()
+
+
 def test_an_action_dimension_constant_in_the_data_comes_back_exactly():
     """A gripper held closed in every demonstration: the sampled chunk holds it at exactly that
     value, so the server's bounds (the data's range) never refuse a chunk for the network's noise there."""
