@@ -79,7 +79,7 @@ class ImageGroupNorm(nn.GroupNorm):
     64-channel ones, with 8 groups) took 3-10x the time of its kernel for the plain layout, most
     of it in the backward pass. So in bf16 such maps are normalized in the plain layout and handed
     back channels-last: two copies, far cheaper than the difference. Training steps of the tiny
-    encoder ran 1.6-1.9x as fast for it, the small one's 1.07-1.14x (docs/learning.md, "GroupNorm
+    encoder ran 1.6-2.1x as fast for it, the small one's 1.07-1.14x (docs/learning.md, "GroupNorm
     on channels-last maps, and weight gradients as matrix products"). In float32 the copies cost
     more than they saved. Same parameters, same result."""
 
