@@ -48,9 +48,9 @@ def test_each_evaluation_episode_starts_with_the_gripper_open(tmp_path):
         assert traj[:, 4].min() < 0.06, f"the policy never closed the fingers: {seen}"  # (on the cube, 44 mm)
     # a policy that holds the hand beside the cube never reaches the task's success: each result says
     # so apart from one whose success came on and did not hold
-    results = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"]
-    assert [(e["success"], e["success_seen"]) for e in results] == [(False, False)] * 3, results
-    pace = json.loads((tmp_path / "eval" / "results.json").read_text())["sim_pace"]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [(e["success"], e["success_seen"]) for e in results["episodes"]] == [(False, False)] * 3, results
+    pace = results["sim_pace"]
     assert pace["asked"] == 1.0 and pace["reports"] >= 3 and 0.0 < pace["p10"] <= pace["median"], pace
 
 

@@ -54,3 +54,13 @@ def autocast(device: str, precision: str):
     import torch
 
     return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+
+def cpu_computes_bf16(x) -> bool:
+    """Whether a CPU layer given ``x`` computes in bfloat16: ``x`` is bf16, or CPU autocast to bf16
+    is on. The layers that pick a faster kernel for bf16 on a CPU (nets.unet1d, nets.vision) ask
+    this, so they agree with what autocast will do."""
+    import torch
+
+    return x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robot_learning.nets.precision import cpu_computes_bf16
+
 
 class TemporalConv(nn.Conv1d):
     """A same-padded 1-D convolution over the action sequence. On a CPU it runs as one matrix
@@ -36,8 +38,7 @@ class TemporalConv(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             return super().forward(x)
-        bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
-                                             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        bf16 = cpu_computes_bf16(x)
         small = x.shape[0] <= self.SMALL_BATCH and self.in_channels >= self.SMALL_FROM_CHANNELS
         if not (small or (bf16 and self.in_channels >= self.GEMM_FROM_CHANNELS)):
             return super().forward(x)

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robot_learning.nets.precision import cpu_computes_bf16
+
 
 class ImageConv(nn.Conv2d):
     """A convolution of the image encoders. Forward and the input's gradient are oneDNN's kernels;
@@ -26,8 +28,7 @@ class ImageConv(nn.Conv2d):
         return (self.stride[0] == 2 and self.in_channels >= 64) or self.in_channels >= 256
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
-                                             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        bf16 = cpu_computes_bf16(x)
         if not (x.device.type == "cpu" and bf16 and torch.is_grad_enabled() and self.weight.requires_grad
                 and self.product_weight_grad()):
             return super().forward(x)

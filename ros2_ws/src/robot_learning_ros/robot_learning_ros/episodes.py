@@ -304,7 +304,7 @@ class EpisodeNode(Node):
         self.stop_clock()
         result = {"episode": index, "seed": info["seed"], "success": self.episode_success(self.measured_success()),
                   "duration": self.trajectory[-1][0] if self.trajectory else 0.0,
-                  "success_seen": bool(self.success_seen)}
+                  "success_seen": self.success_seen}
         if self.label is not None:
             result["operator_label"] = "success" if self.label else "failure"
         if self.fault:  # the arm stopped itself (blocked or collided): say why the episode failed
