@@ -55,9 +55,8 @@ def ours(args: dict) -> dict:
     batch = {"obs/state": torch.randn(b, 2, n), "action": torch.randn(b, 16, a),
              **{f"image/{c}": torch.randint(0, 255, (b, 2, args["image"], args["image"], 3), dtype=torch.uint8)
                 for c in cams}}
-    step_s = []
-    for i in range(args["train_steps"] + 1):
-        t0 = time.perf_counter()
+
+    def step() -> None:
         policy.train()
         with autocast("cpu", precision):
             loss = policy.loss(batch)
@@ -66,8 +65,14 @@ def ours(args: dict) -> dict:
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
         ema.update_parameters(policy)
+
+    step_s = []
+    for i in range(args["train_steps"] + 1):
+        t0 = time.perf_counter()
+        step()
         if i:
             step_s.append(time.perf_counter() - t0)
+    split = time_split(step, args.get("profile_steps", 2))
     runner = DiffusionRunner(policy.eval(), "cpu", precision=args["precision"],
                              inference_steps=args.get("ours_steps") or args["inference_steps"])
     runner.warmup()   # as the policy server does: auto keeps the faster of fp32 and bf16 here
@@ -79,7 +84,31 @@ def ours(args: dict) -> dict:
         if i:
             infer_ms.append((time.perf_counter() - t0) * 1e3)
     return {"step_s": step_s, "infer_ms": infer_ms, "params": sum(p.numel() for p in policy.parameters()),
-            "torch": torch.__version__, "precision": precision, "infer_precision": runner.precision}
+            "torch": torch.__version__, "precision": precision, "infer_precision": runner.precision, "split": split}
+
+
+# torch's compute kernels, by the profiler's op names; everything else in a step (normalization,
+# activations, pooling, casts, layout copies, concatenation, the optimizer) moves memory
+COMPUTE = {"convolutions": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward",
+                            "aten::_slow_conv2d_backward"),
+           "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")}
+
+
+def time_split(step, steps: int) -> dict[str, float]:
+    """Seconds per training step in the compute kernels and in the rest, from torch's profiler
+    (its own overhead included, so the total runs a little above the timed step). Why it is in the
+    bench: bf16 halves a convolution's time on a CPU with AVX512-BF16 but leaves the rest of the
+    step about where float32 has it, and that rest is what bounds the bf16/float32 ratio."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    split = dict.fromkeys([*COMPUTE, "the rest"], 0.0)
+    for e in prof.key_averages():
+        kind = next((k for k, ops in COMPUTE.items() if e.key in ops), "the rest")
+        split[kind] += e.self_cpu_time_total / 1e6 / steps
+    return split
 
 
 def _run(python: Path, argv: list[str]) -> dict:
@@ -199,9 +228,28 @@ def section(quick: bool) -> list[str]:
                      for o, r in zip(runs[("ours", "auto")], runs[("LeRobot 0.4.4", m)])] for m in ("fp32", "amp")}
     rows += ["", "Training, ours `auto` against LeRobot, round by round: "
              + "; ".join(f"{m} {', '.join(f'{x:.2f}x' for x in v)}" for m, v in per_round.items()) + "."]
+    rows += [""] + split_rows({k: v for k, v in runs.items() if k[0] == "ours" and "DDIM" not in k[1]})
     with tempfile.TemporaryDirectory() as work:   # the renders, both datasets and the runs: gone after
         e2e = end_to_end(peer_env, Path(work), 30 if quick else 60)
     return rows + [""] + e2e_rows(e2e) + [""]
+
+
+def split_rows(runs: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """Where our training step's time goes, in float32 and in bf16, medians over the rounds."""
+    kinds = [*COMPUTE, "the rest"]
+    med = {k: {c: float(np.median([r["split"][c] for r in v])) for c in kinds} for k, v in runs.items()}
+    rows = ["Where our training step's time goes (torch's profiler, seconds per step, medians over the rounds; "
+            "the profiler's overhead is in the total):\n",
+            "| precision | " + " | ".join(kinds) + " | total |", "|---|" + "---|" * (len(kinds) + 1)]
+    for k, m in med.items():
+        rows.append(f"| {k[1]} | " + " | ".join(f"{m[c]:.2f}" for c in kinds) + f" | {sum(m.values()):.2f} |")
+    if len(med) == 2:
+        (_, a), (_, b) = med.items()
+        compute = [*COMPUTE]   # bf16 moves weight gradients from convolutions to products: compare their sum
+        rows += ["", "Time in float32 over time in `auto`: the compute kernels "
+                 f"{sum(a[c] for c in compute) / sum(b[c] for c in compute):.2f}x, the rest "
+                 f"{a['the rest'] / b['the rest']:.2f}x, the step {sum(a.values()) / sum(b.values()):.2f}x."]
+    return rows
 
 
 def e2e_rows(e2e: dict[tuple[str, str], tuple[float, float]]) -> list[str]:
