@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
-# --- Debian packages: libusb for librealsense, EGL/Mesa for headless MuJoCo rendering ---
+# --- Debian packages: libusb for librealsense, EGL/Mesa for headless MuJoCo rendering, gcc for
+# the image encoders' GroupNorm kernel (robot_learning/nets/group_norm_kernel.py) ---
 need=()
-for pkg in libusb-1.0-0 libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri; do
+for pkg in libusb-1.0-0 libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri gcc libc6-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

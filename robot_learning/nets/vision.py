@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robot_learning.nets import group_norm_kernel
 from robot_learning.nets.precision import cpu_computes_bf16
 
 
@@ -75,36 +76,51 @@ class _WeightGradAsProduct(torch.autograd.Function):
 
 
 class ImageGroupNorm(nn.GroupNorm):
-    """GroupNorm over the encoders' channels-last maps. torch's CPU kernel for channels-last bf16
-    input with few channels per group (8 or fewer: the tiny encoder's every map, ResNet18's
-    64-channel ones, with 8 groups) took 3-10x the time of its kernel for the plain layout, most
-    of it in the backward pass. So in bf16 such maps are normalized in the plain layout and handed
-    back channels-last: two copies, far cheaper than the difference. Training steps of the tiny
-    encoder ran 1.6-2.1x as fast for it, the small one's 1.07-1.14x (docs/learning.md, "GroupNorm
-    on channels-last maps, and weight gradients as matrix products"). In float32 the copies cost
-    more than they saved. Same parameters, same result."""
+    """GroupNorm over the encoders' channels-last maps, with the ReLU after it (``relu``) and a
+    residual block's sum (``residual``) folded in: ``relu(group_norm(x) + residual)``.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    On a CPU in bf16 it runs ``group_norm_kernel``'s C kernel: one pass each way over the map where
+    it lies. torch's channels-last bf16 kernel took 3-10x the time of its plain-layout one on maps
+    with 8 or fewer channels per group (the tiny encoder's every map, ResNet18's 64-channel ones),
+    and going through the plain layout cost two copies each way, 7% of the peers' training step;
+    the separate sum and ReLU were more passes. The kernel made that step 7-9% faster
+    (docs/learning.md, "A GroupNorm kernel of our own"). Without a C compiler, and in float32 or
+    on a GPU, torch's kernels run (in bf16 through the plain layout where groups are narrow, which
+    made the tiny encoder's steps 1.6-2.1x as fast as torch's channels-last kernel). Same
+    parameters, same result to bf16's rounding."""
+
+    def __init__(self, num_groups: int, num_channels: int, relu: bool = False):
+        super().__init__(num_groups, num_channels)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if group_norm_kernel.applies(x) and group_norm_kernel.available():
+            return group_norm_kernel.group_norm_cl(x, self.num_groups, self.weight, self.bias, self.eps, self.relu,
+                                                   residual)
         if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and self.num_channels // self.num_groups <= 8
                 and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
             y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
-            return y.contiguous(memory_format=torch.channels_last)
-        return super().forward(x)
+            y = y.contiguous(memory_format=torch.channels_last)
+        else:
+            y = super().forward(x)
+        if residual is not None:
+            y = y + residual
+        return F.relu(y) if self.relu else y
 
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, groups: int = 8):
         super().__init__()
         self.conv1 = ImageConv(c_in, c_out, 3, stride, 1, bias=False)
-        self.n1 = ImageGroupNorm(groups, c_out)
+        self.n1 = ImageGroupNorm(groups, c_out, relu=True)
         self.conv2 = ImageConv(c_out, c_out, 3, 1, 1, bias=False)
-        self.n2 = ImageGroupNorm(groups, c_out)
+        self.n2 = ImageGroupNorm(groups, c_out, relu=True)
         self.skip = (nn.Sequential(ImageConv(c_in, c_out, 1, stride, bias=False), ImageGroupNorm(groups, c_out))
                      if stride != 1 or c_in != c_out else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.n1(self.conv1(x)))
-        return F.relu(self.n2(self.conv2(h)) + self.skip(x))
+        h = self.n1(self.conv1(x))
+        return self.n2(self.conv2(h), residual=self.skip(x))
 
 
 class SpatialSoftmax(nn.Module):
@@ -136,7 +152,7 @@ class ImageEncoder(nn.Module):
                  groups: int = 8, stem_kernel: int = 5, stem_pool: bool = False):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(channels, widths[0], stem_kernel, 2, stem_kernel // 2, bias=False),
-                                  ImageGroupNorm(groups, widths[0]), nn.ReLU(),
+                                  ImageGroupNorm(groups, widths[0], relu=True), nn.Identity(),
                                   *([nn.MaxPool2d(3, 2, 1)] if stem_pool else []))
         layers, c = [], widths[0]
         for i, w in enumerate(widths):

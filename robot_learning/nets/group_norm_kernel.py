@@ -1,0 +1,142 @@
+"""GroupNorm on channels-last bfloat16 maps, with the ReLU after it and a residual block's sum
+folded in, in one pass each way: a small C kernel (``groupnorm_cl.c``) built with the system's C
+compiler on first use and called through ctypes.
+
+Why a kernel of our own: in the image encoders' bf16 training step on a CPU, torch's
+channels-last GroupNorm is slow where groups hold few channels, so ``ImageGroupNorm`` normalized
+such maps in the plain layout between two copies, and the sum and ReLU after it were more passes
+each way. At the peers' network (two ResNet18-size encoders) those copies alone were 7% of the
+step. This kernel reads the map where it lies, normalizes each sample while it is still in the
+core's cache, adds the residual and clamps in the same pass, and in the backward pass recomputes
+the ReLU's mask from the input (or reads it from the output where a residual was added).
+
+Its threads are torch's own OpenMP pool (see the C file): threads of its own competed with
+torch's, still spinning after the convolution before, and the kernel gained nothing.
+
+The library is built once per source and processor (``-march=native``) into the user's cache
+directory; ``ROBOT_LEARNING_GROUPNORM_KERNEL=0`` turns it off. Without a C compiler (Debian:
+``apt install gcc``, which ``make setup`` does) ``available()`` is False, one log line says so,
+and ``ImageGroupNorm`` keeps torch's kernels: the same results, a slower step."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("groupnorm_cl.c")
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-fopenmp"]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "robot_learning" / "kernels"
+
+
+def _cpu_key() -> str:
+    """What ``-march=native`` depends on: the processor's model and flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
+    return "\n".join([platform.machine(), *lines])
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("ROBOT_LEARNING_GROUPNORM_KERNEL", "1") == "0":   # off, to compare against torch's
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.warning("no C compiler found (Debian: apt install gcc): GroupNorm on channels-last bf16 maps uses "
+                    "torch's kernels, and image training steps are slower")
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + _cpu_key().encode() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"groupnorm_cl-{key}.so"
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:   # atomic: ranks may build at once
+                built = Path(tmp) / target.name
+                out = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True,
+                                     text=True)
+                if out.returncode != 0:
+                    raise OSError(out.stderr[-2000:])
+                os.replace(built, target)
+        lib = ctypes.CDLL(str(target))
+    except OSError as e:
+        log.warning("could not build %s into %s, so torch's GroupNorm kernels are used and image training is "
+                    "slower: %s", SOURCE.name, target.parent, e)
+        return None
+    i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    lib.gn_forward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i32, i32, f32, i32, i32]
+    lib.gn_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i32, i32, i32, i32]
+    lib.gn_forward.restype = lib.gn_backward.restype = None
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernel is built (or can be) on this machine."""
+    return _library() is not None
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a map the kernel takes: 4-D bf16 on the CPU, channels-last in memory."""
+    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > 0)
+
+
+def group_norm_cl(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                  relu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``group_norm(x) + residual``, then the ReLU if ``relu``, for a map ``applies`` accepts;
+    float32 affine parameters, bf16 result in the same layout."""
+    return _GroupNormCL.apply(x, weight, bias, groups, eps, relu, residual)
+
+
+def _p(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class _GroupNormCL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float, relu: bool, residual):
+        n, c, h, w = x.shape
+        gamma, beta = weight.detach().float().contiguous(), bias.detach().float().contiguous()
+        if residual is not None:
+            residual = residual.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        y = torch.empty_like(x, memory_format=torch.channels_last)
+        mean = torch.empty(n, groups)
+        rstd = torch.empty(n, groups)
+        _library().gn_forward(_p(x), _p(residual), _p(gamma), _p(beta), _p(y), _p(mean), _p(rstd), n, h * w, c,
+                              groups, eps, int(relu), torch.get_num_threads())
+        # with a residual the ReLU's mask is read from the output (which the next layer keeps
+        # anyway); without one it is recomputed from x
+        ctx.save_for_backward(x, gamma, beta, mean, rstd, y if residual is not None and relu else None)
+        ctx.groups, ctx.relu, ctx.residual = groups, relu, residual is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, gamma, beta, mean, rstd, y = ctx.saved_tensors
+        n, c, h, w = x.shape
+        dy = dy.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        dx = torch.empty_like(x, memory_format=torch.channels_last)
+        dres = torch.empty_like(x, memory_format=torch.channels_last) if ctx.residual else None
+        dgamma_n = torch.empty(n, c)
+        dbeta_n = torch.empty(n, c)
+        _library().gn_backward(_p(dy), _p(x), _p(y), _p(mean), _p(rstd), _p(gamma), _p(beta), _p(dx), _p(dres),
+                               _p(dgamma_n), _p(dbeta_n), n, h * w, c, ctx.groups, int(ctx.relu),
+                               torch.get_num_threads())
+        return dx, dgamma_n.sum(0), dbeta_n.sum(0), None, None, None, dres
