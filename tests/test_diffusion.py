@@ -358,6 +358,14 @@ def test_the_group_norm_kernel_builds_here():
     assert group_norm_kernel.available()
 
 
+def test_a_residual_of_another_shape_is_refused_before_the_kernel_reads_it():
+    from robot_learning.nets.group_norm_kernel import group_norm_cl
+
+    x = torch.randn(2, 16, 5, 5).bfloat16().contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="residual"):
+        group_norm_cl(x, 8, torch.ones(16), torch.zeros(16), 1e-5, True, torch.randn(2, 16, 4, 5))
+
+
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
 @pytest.mark.parametrize("channels,relu,residual", [(16, False, False), (64, False, False), (64, True, False),
                                                     (64, True, True), (128, False, True)])

@@ -115,6 +115,9 @@ class _GroupNormCL(torch.autograd.Function):
         n, c, h, w = x.shape
         gamma, beta = weight.detach().float().contiguous(), bias.detach().float().contiguous()
         if residual is not None:
+            if residual.shape != x.shape:   # the kernel reads it element for element with x
+                raise ValueError(f"the residual added after GroupNorm has the shape {tuple(residual.shape)}, "
+                                 f"not the map's {tuple(x.shape)}")
             residual = residual.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
         y = torch.empty_like(x, memory_format=torch.channels_last)
         mean = torch.empty(n, groups)
