@@ -152,7 +152,7 @@ class ImageEncoder(nn.Module):
                  groups: int = 8, stem_kernel: int = 5, stem_pool: bool = False):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(channels, widths[0], stem_kernel, 2, stem_kernel // 2, bias=False),
-                                  ImageGroupNorm(groups, widths[0], relu=True), nn.Identity(),
+                                  ImageGroupNorm(groups, widths[0], relu=True),
                                   *([nn.MaxPool2d(3, 2, 1)] if stem_pool else []))
         layers, c = [], widths[0]
         for i, w in enumerate(widths):
