@@ -363,7 +363,7 @@ def test_a_residual_of_another_shape_is_refused_before_the_kernel_reads_it():
 
     x = torch.randn(2, 16, 5, 5).bfloat16().contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="residual"):
-        group_norm_cl(x, 8, torch.ones(16), torch.zeros(16), 1e-5, True, torch.randn(2, 16, 4, 5))
+        group_norm_cl(x, 8, torch.ones(16), torch.zeros(16), 1e-5, "relu", torch.randn(2, 16, 4, 5))
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
@@ -422,6 +422,59 @@ def test_group_norm_of_channels_last_bf16_maps_is_group_norm(channels, relu, res
     # a different grouping (the groups' statistics) differs by far more than rounding
     other = nn.functional.group_norm(x0.bfloat16(), 4, ref.weight, ref.bias)
     assert (other.float() - ref(x0.bfloat16()).float()).abs().max() > 0.05 * ref(x0.bfloat16()).float().abs().max()
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
+@pytest.mark.parametrize("layout", ["sequence-major", "channel-major"])
+def test_the_unets_group_norm_and_mish_in_bf16_are_torchs(layout, kernel, monkeypatch):
+    """The U-Net's GroupNorm and Mish run as one pass of the C kernel over bf16 sequences, in
+    either memory layout (a [B, C, L] tensor stored as [B, L, C], as the matrix-product
+    convolutions leave it, or plain). Output and every gradient must be float32 torch's
+    ``mish(group_norm(x))`` from the same inputs, to bf16's rounding, including where Mish
+    saturates (large inputs) and where it bends (around -1)."""
+    from torch import nn
+
+    from robot_learning.nets import group_norm_kernel
+    from robot_learning.nets.unet1d import GroupNormMish
+
+    monkeypatch.setenv("ROBOT_LEARNING_GROUPNORM_KERNEL", "1" if kernel else "0")
+    group_norm_kernel._library.cache_clear()
+    torch.manual_seed(0)
+    ours, ref = GroupNormMish(8, 64), nn.GroupNorm(8, 64)
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), ref.parameters()):
+            p.copy_(torch.randn_like(p) * 6), q.copy_(p)   # wide affine outputs: both tails of Mish
+    spread = torch.linspace(0.5, 4.0, 64)[None, :, None]
+    x0 = torch.randn(5, 64, 8) * spread + spread
+    if layout == "sequence-major":
+        x0 = x0.transpose(1, 2).contiguous().transpose(1, 2)
+    grad_out = torch.randn(5, 64, 8)
+    results = []
+    for fn in (ours, lambda x: nn.functional.mish(ref(x.float()))):
+        for m in (ours, ref):
+            m.zero_grad()
+        x = x0.bfloat16().detach().requires_grad_()
+        y = fn(x)
+        y.float().backward(grad_out)
+        results.append([y.float(), x.grad.float(), (ours if fn is ours else ref).weight.grad,
+                        (ours if fn is ours else ref).bias.grad])
+    group_norm_kernel._library.cache_clear()
+    pre = ref(x0.bfloat16().float())
+    assert pre.max() > 10 and pre.min() < -5   # both tails were exercised
+    for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), *results):
+        assert (a - b).abs().max() <= 0.02 * b.abs().max(), name
+    # ReLU in Mish's place differs by far more than rounding
+    assert (torch.relu(pre) - results[0][0]).abs().max() > 0.1
+
+
+def test_the_group_norm_kernel_refuses_what_it_cannot_fuse():
+    from robot_learning.nets.group_norm_kernel import group_norm_cl
+
+    x = torch.randn(2, 16, 5, 1).bfloat16().contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="residual before a ReLU only"):
+        group_norm_cl(x, 8, torch.ones(16), torch.zeros(16), 1e-5, "mish", x.clone())
+    with pytest.raises(ValueError, match="must be one of"):
+        group_norm_cl(x, 8, torch.ones(16), torch.zeros(16), 1e-5, "gelu")
 
 
 def test_an_action_dimension_constant_in_the_data_comes_back_exactly():

@@ -1,5 +1,5 @@
-"""GroupNorm on channels-last bfloat16 maps, with the ReLU after it and a residual block's sum
-folded in, in one pass each way: a small C kernel (``groupnorm_cl.c``) built with the system's C
+"""GroupNorm on channels-last bfloat16 maps, with the activation after it (ReLU or Mish) and a
+residual block's sum folded in, in one pass each way: a small C kernel (``groupnorm_cl.c``) built with the system's C
 compiler on first use and called through ctypes.
 
 Why a kernel of our own: in the image encoders' bf16 training step on a CPU, torch's
@@ -8,7 +8,10 @@ such maps in the plain layout between two copies, and the sum and ReLU after it 
 each way. At the peers' network (two ResNet18-size encoders) those copies alone were 7% of the
 step. This kernel reads the map where it lies, normalizes each sample while it is still in the
 core's cache, adds the residual and clamps in the same pass, and in the backward pass recomputes
-the ReLU's mask from the input (or reads it from the output where a residual was added).
+the ReLU's mask from the input (or reads it from the output where a residual was added). The
+U-Net's sequences ([B, C, L] stored as [B, L, C]) are such maps too, [B, C, L, 1]: there it folds
+in the Mish after each GroupNorm, which torch computes in two more passes each way with three
+transcendental functions an element where the kernel needs one exponential.
 
 Its threads are torch's own OpenMP pool (see the C file): threads of its own competed with
 torch's, still spinning after the convolution before, and the kernel gained nothing.
@@ -98,11 +101,19 @@ def applies(x: torch.Tensor) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > 0)
 
 
+ACTIVATIONS = {None: 0, "relu": 1, "mish": 2}   # the C file's ACT_* codes
+
+
 def group_norm_cl(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                  relu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``group_norm(x) + residual``, then the ReLU if ``relu``, for a map ``applies`` accepts;
-    float32 affine parameters, bf16 result in the same layout."""
-    return _GroupNormCL.apply(x, weight, bias, groups, eps, relu, residual)
+                  activation: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``activation(group_norm(x) + residual)`` (``None``, ``"relu"`` or ``"mish"``; a residual
+    only without Mish) for a map ``applies`` accepts; float32 affine parameters, bf16 result in the
+    same layout."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation after GroupNorm must be one of {list(ACTIVATIONS)}, not {activation!r}")
+    if activation == "mish" and residual is not None:
+        raise ValueError("the kernel adds a residual before a ReLU only; add it after Mish outside the kernel")
+    return _GroupNormCL.apply(x, weight, bias, groups, eps, activation, residual)
 
 
 def _p(t: torch.Tensor | None) -> int | None:
@@ -111,7 +122,7 @@ def _p(t: torch.Tensor | None) -> int | None:
 
 class _GroupNormCL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float, relu: bool, residual):
+    def forward(ctx, x, weight, bias, groups: int, eps: float, activation: str | None, residual):
         n, c, h, w = x.shape
         gamma, beta = weight.detach().float().contiguous(), bias.detach().float().contiguous()
         if residual is not None:
@@ -123,11 +134,11 @@ class _GroupNormCL(torch.autograd.Function):
         mean = torch.empty(n, groups)
         rstd = torch.empty(n, groups)
         _library().gn_forward(_p(x), _p(residual), _p(gamma), _p(beta), _p(y), _p(mean), _p(rstd), n, h * w, c,
-                              groups, eps, int(relu), torch.get_num_threads())
+                              groups, eps, ACTIVATIONS[activation], torch.get_num_threads())
         # with a residual the ReLU's mask is read from the output (which the next layer keeps
-        # anyway); without one it is recomputed from x
-        ctx.save_for_backward(x, gamma, beta, mean, rstd, y if residual is not None and relu else None)
-        ctx.groups, ctx.relu, ctx.residual = groups, relu, residual is not None
+        # anyway); without one it (or Mish's derivative) is recomputed from x
+        ctx.save_for_backward(x, gamma, beta, mean, rstd, y if residual is not None and activation == "relu" else None)
+        ctx.groups, ctx.act, ctx.residual = groups, ACTIVATIONS[activation], residual is not None
         return y
 
     @staticmethod
@@ -140,6 +151,6 @@ class _GroupNormCL(torch.autograd.Function):
         dgamma_n = torch.empty(n, c)
         dbeta_n = torch.empty(n, c)
         _library().gn_backward(_p(dy), _p(x), _p(y), _p(mean), _p(rstd), _p(gamma), _p(beta), _p(dx), _p(dres),
-                               _p(dgamma_n), _p(dbeta_n), n, h * w, c, ctx.groups, int(ctx.relu),
+                               _p(dgamma_n), _p(dbeta_n), n, h * w, c, ctx.groups, ctx.act,
                                torch.get_num_threads())
         return dx, dgamma_n.sum(0), dbeta_n.sum(0), None, None, None, dres

@@ -1,10 +1,10 @@
-/* GroupNorm (optionally followed by ReLU) over bfloat16 maps stored channels-last, forward and
- * backward; built and loaded by group_norm_kernel.py, which says why it exists.
+/* GroupNorm (optionally followed by ReLU or Mish) over bfloat16 maps stored channels-last,
+ * forward and backward; built and loaded by group_norm_kernel.py, which says why it exists.
  *
- * A map is [N, H, W, C] in memory. Each sample is normalized on its own and is small enough
- * (at most a few hundred KB) to stay in the core's cache between the passes over it, so the
- * statistics take a second pass (no cancellation in the variance) for little memory traffic.
- * Sums are float per channel, then double per group. */
+ * A map is [N, H, W, C] in memory (the U-Net's sequences are [N, L, 1, C]). Each sample is
+ * normalized on its own and is small enough (at most a few hundred KB) to stay in the core's
+ * cache between the passes over it, so the statistics take a second pass (no cancellation in the
+ * variance) for little memory traffic. Sums are float per channel, then double per group. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -26,18 +26,69 @@ static inline bf16 store(float f) {   /* round to nearest even; a NaN stays a Na
     return (bf16)(((u & 0x7fffffffu) > 0x7f800000u) ? ((u >> 16) | 0x40u) : r);
 }
 
+/* e^x for x <= 20 (Mish clamps there): 2^k times a degree-6 polynomial on [-ln2/2, ln2/2], within
+ * 3e-7 of e^x, far below bf16's rounding. Written so the compiler vectorizes it: k is rounded by
+ * adding 1.5 * 2^23 (whose low mantissa bits then hold it), as gcc vectorizes neither libm's expf
+ * nor floorf without -ffast-math. */
+static inline float exp_small(float x) {
+    x = x < -87.f ? -87.f : x;
+    float t = x * 1.44269504f + 12582912.f;
+    float k = t - 12582912.f;
+    float r = x - k * 0.693145752f - k * 1.42860677e-6f;
+    float p = 1.f + r * (1.f + r * (0.5f + r * (0.166666672f + r * (0.0416666418f + r * (0.00833336823f + r * 0.00138889183f)))));
+    int32_t bits, e;
+    float two_k;
+    memcpy(&bits, &t, 4);
+    e = (bits - 0x4B400000 + 127) << 23;
+    memcpy(&two_k, &e, 4);
+    return p * two_k;
+}
+
+/* Mish, z * tanh(softplus(z)), with one exponential: tanh(log(1 + n)) = (n^2 + 2n) / (n^2 + 2n + 2)
+ * for n = e^z. Past z = 20 that ratio is 1 in float, so clamping the exponent changes nothing. */
+static inline float mish_tanh_sp(float z, float *sig) {
+    float n = exp_small(z < 20.f ? z : 20.f), w = n * (n + 2.f);
+    *sig = n / (1.f + n);
+    return w / (w + 2.f);
+}
+
+static inline float mish(float z) {
+    float sig;
+    return z * mish_tanh_sp(z, &sig);
+}
+
+static inline float mish_grad(float z) {   /* d mish / dz = tanh(sp) + z sech^2(sp) sigmoid(z) */
+    float sig, t = mish_tanh_sp(z, &sig);
+    return t + z * (1.f - t * t) * sig;
+}
+
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_MISH = 2 };
+
 typedef struct {
     const bf16 *x, *dy;
-    const bf16 *res;             /* forward: a residual added before the ReLU, or NULL */
+    const bf16 *res;             /* forward: a residual added before the activation (ReLU only), or NULL */
     const bf16 *y;               /* backward: the forward's output when it had a residual, or NULL */
     bf16 *out, *dres;            /* the result; backward: the residual's gradient, or NULL */
     const float *gamma, *beta;
     float *mean, *rstd;          /* [N, G] */
     float *dgamma_n, *dbeta_n;   /* backward: [N, C] per-sample sums, reduced by the caller */
     int64_t hw;
-    int c, g, relu;
+    int c, g, act;
     float eps;
 } Job;
+
+static inline __attribute__((always_inline)) void pass_out(const bf16 *restrict x, const bf16 *restrict res, bf16 *restrict y,
+                                                           int64_t hw, int C, const float *restrict scale,
+                                                           const float *restrict shift, int act) {
+    for (int64_t p = 0; p < hw; p++)
+        for (int c = 0; c < C; c++) {
+            float v = load(x[p * C + c]) * scale[c] + shift[c];
+            if (res) v += load(res[p * C + c]);
+            if (act == ACT_RELU) v = v > 0.f ? v : 0.f;
+            if (act == ACT_MISH) v = mish(v);
+            y[p * C + c] = store(v);
+        }
+}
 
 static void forward_sample(const Job *j, int64_t n, float *sum, float *scale, float *shift) {
     const int C = j->c, G = j->g, cg = C / G;
@@ -71,29 +122,27 @@ static void forward_sample(const Job *j, int64_t n, float *sum, float *scale, fl
         }
     }
     const bf16 *res = j->res ? j->res + n * hw * C : NULL;
-    for (int64_t p = 0; p < hw; p++)
-        for (int c = 0; c < C; c++) {
-            float v = load(x[p * C + c]) * scale[c] + shift[c];
-            if (res) v += load(res[p * C + c]);
-            if (j->relu) v = v > 0.f ? v : 0.f;
-            y[p * C + c] = store(v);
-        }
+    if (j->act == ACT_MISH) pass_out(x, NULL, y, hw, C, scale, shift, ACT_MISH);   /* no residual with Mish */
+    else if (j->act == ACT_RELU) pass_out(x, res, y, hw, C, scale, shift, ACT_RELU);
+    else pass_out(x, res, y, hw, C, scale, shift, ACT_NONE);
 }
 
-/* The gradient past the ReLU: zero where the forward's output was clamped, read from that output
- * when it had a residual (relu 2), else recomputed from x (relu 1) so the output need not be kept.
- * Inlined with constant modes, so each combination is its own vectorized loop. */
-enum { NO_RELU = 0, RELU_FROM_X = 1, RELU_FROM_Y = 2 };
+/* The gradient past the activation. ReLU's: zero where the forward's output was clamped, read from
+ * that output when it had a residual (RELU_FROM_Y), else recomputed from x (RELU_FROM_X) so the
+ * output need not be kept; Mish's derivative is recomputed from x. Inlined with constant modes,
+ * so each combination is its own vectorized loop. */
+enum { PLAIN = 0, RELU_FROM_X = 1, RELU_FROM_Y = 2, MISH_FROM_X = 3 };
 
 static inline __attribute__((always_inline)) void pass_sums(const bf16 *restrict x, const bf16 *restrict dy, const bf16 *restrict y,
                                                             bf16 *restrict dres, int64_t hw, int C, const float *restrict scale,
                                                             const float *restrict shift, const float *restrict mu, const float *restrict r,
-                                                            float *restrict sdy, float *restrict sdyx, int relu, int has_res) {
+                                                            float *restrict sdy, float *restrict sdyx, int mode, int has_res) {
     for (int64_t p = 0; p < hw; p++)
         for (int c = 0; c < C; c++) {
             float xv = load(x[p * C + c]), g = load(dy[p * C + c]);
-            if (relu == RELU_FROM_X) g = xv * scale[c] + shift[c] > 0.f ? g : 0.f;
-            if (relu == RELU_FROM_Y) g = load(y[p * C + c]) > 0.f ? g : 0.f;
+            if (mode == RELU_FROM_X) g = xv * scale[c] + shift[c] > 0.f ? g : 0.f;
+            if (mode == RELU_FROM_Y) g = load(y[p * C + c]) > 0.f ? g : 0.f;
+            if (mode == MISH_FROM_X) g *= mish_grad(xv * scale[c] + shift[c]);
             if (has_res) dres[p * C + c] = store(g);
             sdy[c] += g;
             sdyx[c] += g * (xv - mu[c]) * r[c];
@@ -102,12 +151,13 @@ static inline __attribute__((always_inline)) void pass_sums(const bf16 *restrict
 
 static inline __attribute__((always_inline)) void pass_dx(const bf16 *restrict x, const bf16 *restrict dy, const bf16 *restrict y, bf16 *restrict dx,
                                                           int64_t hw, int C, const float *restrict scale, const float *restrict shift,
-                                                          const float *restrict a, const float *restrict b, const float *restrict d, int relu) {
+                                                          const float *restrict a, const float *restrict b, const float *restrict d, int mode) {
     for (int64_t p = 0; p < hw; p++)
         for (int c = 0; c < C; c++) {
             float xv = load(x[p * C + c]), g = load(dy[p * C + c]);
-            if (relu == RELU_FROM_X) g = xv * scale[c] + shift[c] > 0.f ? g : 0.f;
-            if (relu == RELU_FROM_Y) g = load(y[p * C + c]) > 0.f ? g : 0.f;
+            if (mode == RELU_FROM_X) g = xv * scale[c] + shift[c] > 0.f ? g : 0.f;
+            if (mode == RELU_FROM_Y) g = load(y[p * C + c]) > 0.f ? g : 0.f;
+            if (mode == MISH_FROM_X) g *= mish_grad(xv * scale[c] + shift[c]);
             dx[p * C + c] = store(a[c] * g + b[c] * xv + d[c]);
         }
 }
@@ -130,15 +180,16 @@ static void backward_sample(const Job *j, int64_t n, float *sdy, float *sdyx, fl
     }
     memset(sdy, 0, sizeof(float) * C);
     memset(sdyx, 0, sizeof(float) * C);
-    const int relu = !j->relu ? NO_RELU : y ? RELU_FROM_Y : RELU_FROM_X;
+    const int mode = j->act == ACT_MISH ? MISH_FROM_X : j->act == ACT_NONE ? PLAIN : y ? RELU_FROM_Y : RELU_FROM_X;
 #define SUMS(R, H) pass_sums(x, dy, y, dres, hw, C, scale, shift, a, b, sdy, sdyx, R, H)
-    switch (relu * 2 + (dres != NULL)) {
-        case 0: SUMS(NO_RELU, 0); break;
-        case 1: SUMS(NO_RELU, 1); break;
+    switch (mode == MISH_FROM_X ? 6 : mode * 2 + (dres != NULL)) {
+        case 0: SUMS(PLAIN, 0); break;
+        case 1: SUMS(PLAIN, 1); break;
         case 2: SUMS(RELU_FROM_X, 0); break;
         case 3: SUMS(RELU_FROM_X, 1); break;
         case 4: SUMS(RELU_FROM_Y, 0); break;
-        default: SUMS(RELU_FROM_Y, 1); break;
+        case 5: SUMS(RELU_FROM_Y, 1); break;
+        default: SUMS(MISH_FROM_X, 0); break;
     }
 #undef SUMS
     memcpy(j->dbeta_n + n * C, sdy, sizeof(float) * C);
@@ -156,8 +207,9 @@ static void backward_sample(const Job *j, int64_t n, float *sdy, float *sdyx, fl
             d[c] = (float)(-r * sb / m + r * r * sa * mu / m);
         }
     }
-    if (relu == NO_RELU) pass_dx(x, dy, y, dx, hw, C, scale, shift, a, b, d, NO_RELU);
-    else if (relu == RELU_FROM_X) pass_dx(x, dy, y, dx, hw, C, scale, shift, a, b, d, RELU_FROM_X);
+    if (mode == PLAIN) pass_dx(x, dy, y, dx, hw, C, scale, shift, a, b, d, PLAIN);
+    else if (mode == RELU_FROM_X) pass_dx(x, dy, y, dx, hw, C, scale, shift, a, b, d, RELU_FROM_X);
+    else if (mode == MISH_FROM_X) pass_dx(x, dy, y, dx, hw, C, scale, shift, a, b, d, MISH_FROM_X);
     else pass_dx(x, dy, y, dx, hw, C, scale, shift, a, b, d, RELU_FROM_Y);
 }
 
@@ -165,9 +217,9 @@ static void backward_sample(const Job *j, int64_t n, float *sdy, float *sdyx, fl
  * already loaded (the same soname), so these are torch's own pool: its threads are awake and
  * nothing competes with them for the cores, as separately created threads did. */
 void gn_forward(const bf16 *x, const bf16 *res, const float *gamma, const float *beta, bf16 *y, float *mean,
-                float *rstd, int64_t n, int64_t hw, int c, int g, float eps, int relu, int threads) {
+                float *rstd, int64_t n, int64_t hw, int c, int g, float eps, int act, int threads) {
     const Job j = {.x = x, .res = res, .out = y, .gamma = gamma, .beta = beta, .mean = mean, .rstd = rstd, .hw = hw, .c = c,
-                   .g = g, .relu = relu, .eps = eps};
+                   .g = g, .act = act, .eps = eps};
 #pragma omp parallel num_threads(threads)
     {
         float *buf = malloc(sizeof(float) * 3 * c);
@@ -179,10 +231,10 @@ void gn_forward(const bf16 *x, const bf16 *res, const float *gamma, const float 
 
 void gn_backward(const bf16 *dy, const bf16 *x, const bf16 *y, const float *mean, const float *rstd,
                  const float *gamma, const float *beta, bf16 *dx, bf16 *dres, float *dgamma_n, float *dbeta_n,
-                 int64_t n, int64_t hw, int c, int g, int relu, int threads) {
+                 int64_t n, int64_t hw, int c, int g, int act, int threads) {
     const Job j = {.x = x, .dy = dy, .y = y, .out = dx, .dres = dres, .gamma = gamma, .beta = beta, .mean = (float *)mean,
                    .rstd = (float *)rstd, .dgamma_n = dgamma_n, .dbeta_n = dbeta_n, .hw = hw, .c = c, .g = g,
-                   .relu = relu};
+                   .act = act};
 #pragma omp parallel num_threads(threads)
     {
         float *buf = malloc(sizeof(float) * 7 * c);

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robot_learning.nets import group_norm_kernel
 from robot_learning.nets.precision import cpu_computes_bf16
 
 
@@ -43,13 +44,47 @@ class TemporalConv(nn.Conv1d):
         if not (small or (bf16 and self.in_channels >= self.GEMM_FROM_CHANNELS)):
             return super().forward(x)
         dtype = torch.bfloat16 if bf16 else x.dtype
-        k, pad = self.kernel_size[0], self.padding[0]
-        cols = F.pad(x, (pad, pad)).unfold(2, k, 1)                   # [B, C, L, k]
-        b, c, length, _ = cols.shape
-        cols = cols.permute(0, 2, 1, 3).reshape(b * length, c * k)    # one row per output step
-        w = self.weight.reshape(self.out_channels, c * k).to(dtype)
-        y = cols.to(dtype) @ w.t() + self.bias.to(dtype)
-        return y.reshape(b, length, self.out_channels).permute(0, 2, 1)
+        with torch.autocast("cpu", enabled=False):
+            return _ConvAsProduct.apply(x, self.weight, self.bias, self.padding[0], dtype)
+
+
+class _ConvAsProduct(torch.autograd.Function):
+    """``TemporalConv``'s product form, with a backward of its own. The sequence is read as
+    [B, L, C] in memory (which the product's output is, so a chain of such layers, with the
+    GroupNorm kernel between them, moves no layouts), its windows are one [B * L, C * k] matrix,
+    and the input's gradient folds the windows' gradients back with k shifted sums. torch's own
+    backward through the unfolded view and the cast weight took twice as long in the peers' U-Net:
+    a generic unfold-backward kernel and a transposed copy of every weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pad: int, dtype: torch.dtype):
+        b, c, length = x.shape
+        c_out, _, k = weight.shape
+        seq = F.pad(x.transpose(1, 2).to(dtype), (0, 0, pad, pad))      # [B, L + 2 pad, C]
+        cols = seq.unfold(1, k, 1).reshape(b * length, c * k)            # one row per output step
+        w = weight.detach().reshape(c_out, c * k).to(dtype)
+        y = torch.addmm(bias.detach().to(dtype), cols, w.t())
+        ctx.save_for_backward(cols, w)
+        ctx.shape, ctx.pad, ctx.x_dtype = (b, c, length, k), pad, x.dtype
+        return y.view(b, length, c_out).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cols, w = ctx.saved_tensors
+        b, c, length, k = ctx.shape
+        g = grad.transpose(1, 2).to(cols.dtype).reshape(b * length, -1)   # [B * L, C_out]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            windows = (g @ w).view(b, length, c, k)
+            seq = torch.zeros(b, length + 2 * ctx.pad, c)                 # float32: k terms a step
+            for j in range(k):
+                seq[:, j:j + length] += windows[..., j]
+            grad_x = seq[:, ctx.pad:ctx.pad + length].transpose(1, 2).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (g.t() @ cols).float().view(-1, c, k)
+        if ctx.needs_input_grad[2]:
+            grad_b = g.float().sum(0)
+        return grad_x, grad_w, grad_b, None, None
 
 
 class StepEmbedding(nn.Module):
@@ -67,9 +102,25 @@ class StepEmbedding(nn.Module):
         return self.mlp(torch.cat([ang.sin(), ang.cos()], dim=-1))
 
 
+class GroupNormMish(nn.GroupNorm):
+    """GroupNorm then Mish over [B, C, L] sequences. On a CPU in bf16 both run as one pass each
+    way of ``group_norm_kernel``'s C kernel over the sequence stored as [B, L, C] (the layout
+    ``TemporalConv``'s products leave; a sequence in the other layout is copied once): torch's
+    GroupNorm and Mish cost about 45 ms of the peers' 0.65 s U-Net step, mostly Mish's
+    transcendental functions. Elsewhere torch's. Same parameters (checkpoints load as before)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and cpu_computes_bf16(x) and x.dim() == 3 and group_norm_kernel.available():
+            seq = x.transpose(1, 2).to(torch.bfloat16).contiguous()      # [B, L, C]: a [B, C, L, 1] map
+            y = group_norm_kernel.group_norm_cl(seq.transpose(1, 2).unsqueeze(-1), self.num_groups, self.weight,
+                                                self.bias, self.eps, "mish")
+            return y.squeeze(-1)
+        return F.mish(super().forward(x))
+
+
 class ConvNormAct(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, kernel: int, groups: int):
-        super().__init__(TemporalConv(c_in, c_out, kernel), nn.GroupNorm(groups, c_out), nn.Mish())
+        super().__init__(TemporalConv(c_in, c_out, kernel), GroupNormMish(groups, c_out))
 
 
 class FiLMBlock(nn.Module):

@@ -95,8 +95,8 @@ class ImageGroupNorm(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if group_norm_kernel.applies(x) and group_norm_kernel.available():
-            return group_norm_kernel.group_norm_cl(x, self.num_groups, self.weight, self.bias, self.eps, self.relu,
-                                                   residual)
+            return group_norm_kernel.group_norm_cl(x, self.num_groups, self.weight, self.bias, self.eps,
+                                                   "relu" if self.relu else None, residual)
         if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and self.num_channels // self.num_groups <= 8
                 and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
             y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
