@@ -50,7 +50,7 @@ def step_breakdown(sampler, precision: str, steps: int) -> dict[str, float]:
     import torch
 
     from robot_learning.nets.precision import autocast
-    from robot_learning.train.diffusion import _collate, _to, optimizers
+    from robot_learning.train.diffusion import _collate, _to, clipped_step, optimizers
 
     policy = _policy(sampler)
     opt, ema = optimizers(policy, 1e-4, 1e-6, 0.995)   # the trainer's
@@ -67,7 +67,7 @@ def step_breakdown(sampler, precision: str, steps: int) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         t3 = time.perf_counter()
-        opt.step()
+        clipped_step(opt, policy.parameters(), 1.0)
         ema.update_parameters(policy)
         t4 = time.perf_counter()
         # the encoders alone on the same frames, as encode() feeds them

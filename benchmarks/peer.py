@@ -37,7 +37,7 @@ def ours(args: dict) -> dict:
     from robot_learning.nets.precision import autocast, resolve
     from robot_learning.policies.diffusion import DiffusionConfig, DiffusionPolicy, DiffusionRunner
     from robot_learning.policies.normalizer import Normalizer
-    from robot_learning.train.diffusion import optimizers
+    from robot_learning.train.diffusion import clipped_step, optimizers
 
     torch.set_num_threads(args["threads"])
     torch.manual_seed(0)
@@ -62,8 +62,7 @@ def ours(args: dict) -> dict:
             loss = policy.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
+        clipped_step(opt, policy.parameters(), 1.0)
         ema.update_parameters(policy)
 
     step_s = []

@@ -316,6 +316,25 @@ def test_temporal_convs_as_matrix_products_compute_what_the_direct_kernel_comput
         assert torch.equal(conv(x8), F.conv1d(x8, conv.weight, conv.bias, padding=2))
 
 
+def test_training_crops_are_windows_of_each_frame_at_random_places():
+    """The random-crop augmentation: each frame's crop is a window of that frame (its own pixels,
+    all channels), the windows' places differ between frames, a crop leaves channels-last in
+    memory (what the encoders' convolutions take), and outside training the crop is central."""
+    from robot_learning.nets.vision import crop
+
+    torch.manual_seed(0)
+    frames = torch.randint(0, 256, (32, 12, 10, 3), dtype=torch.uint8).permute(0, 3, 1, 2)   # [B, C, H, W], HWC
+    out = crop(frames, (8, 7), train=True)
+    assert out.shape == (32, 3, 8, 7) and out.is_contiguous(memory_format=torch.channels_last)
+    places = set()
+    for i in range(32):
+        found = [(y, x) for y in range(5) for x in range(4) if torch.equal(out[i], frames[i, :, y:y + 8, x:x + 7])]
+        assert found, f"crop {i} is not a window of its frame"
+        places.add(found[0])
+    assert len(places) > 5
+    assert torch.equal(crop(frames, (8, 7), train=False), frames[:, :, 2:10, 1:8])
+
+
 @pytest.mark.parametrize("c_in,c_out,kernel,stride,hw", [(64, 128, 3, 2, 21), (64, 128, 1, 2, 21),
                                                          (256, 256, 3, 1, 6), (512, 512, 3, 1, 3)])
 def test_image_convs_with_weight_gradients_as_products_train_as_the_kernel_does(c_in, c_out, kernel, stride, hw):

@@ -138,6 +138,35 @@ def test_the_region_of_the_view_a_policy_trained_on_is_cut_from_live_frames(tmp_
                           image_roi=["front_color:0.5:0:0.2:1"], **TINY), progress=False)
 
 
+@pytest.mark.parametrize("max_norm", [0.05, 1e3], ids=["clipped", "unclipped"])
+def test_the_trainers_clipped_step_is_clip_grad_norm_then_adamw(max_norm):
+    """The trainer hands gradient clipping's factor to the fused AdamW instead of scaling every
+    gradient first. Two steps must leave the parameters and the optimizer's moments where
+    ``clip_grad_norm_`` then ``step`` leaves them, whether the norm is clipped or not."""
+    from robot_learning.train.diffusion import clipped_step, optimizers
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Mish(), torch.nn.Linear(32, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [optimizers(n, 1e-2, 1e-6, 0.99)[0] for n in nets]
+    x, y = torch.randn(64, 6), torch.randn(64, 3)
+    for _ in range(2):
+        for i, (net, opt) in enumerate(zip(nets, opts)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            if i == 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+                opt.step()
+            else:
+                clipped_step(opt, net.parameters(), max_norm)
+    moved = max((a - b).abs().max() for a, b in zip(nets[0].parameters(), nets[1].parameters()))
+    assert moved < 1e-6
+    for a, b in zip(opts[0].state.values(), opts[1].state.values()):
+        assert torch.allclose(a["exp_avg"], b["exp_avg"], atol=1e-7)
+        assert torch.allclose(a["exp_avg_sq"], b["exp_avg_sq"])
+    assert not hasattr(opts[1], "grad_scale")   # nothing left behind to scale a later step
+
+
 def test_each_rank_trains_on_its_own_shard_of_every_epoch():
     from robot_learning.train.distributed import Ranks, shard_indices
 
