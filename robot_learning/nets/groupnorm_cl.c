@@ -182,7 +182,7 @@ static void backward_sample(const Job *j, int64_t n, float *sdy, float *sdyx, fl
     memset(sdyx, 0, sizeof(float) * C);
     const int mode = j->act == ACT_MISH ? MISH_FROM_X : j->act == ACT_NONE ? PLAIN : y ? RELU_FROM_Y : RELU_FROM_X;
 #define SUMS(R, H) pass_sums(x, dy, y, dres, hw, C, scale, shift, a, b, sdy, sdyx, R, H)
-    switch (mode == MISH_FROM_X ? 6 : mode * 2 + (dres != NULL)) {
+    switch (mode * 2 + (dres != NULL)) {   /* Mish never has a residual: 6 */
         case 0: SUMS(PLAIN, 0); break;
         case 1: SUMS(PLAIN, 1); break;
         case 2: SUMS(RELU_FROM_X, 0); break;
