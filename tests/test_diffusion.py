@@ -284,6 +284,43 @@ def test_other_encoder_sizes_round_trip_and_an_unknown_encoder_is_refused(store,
         load_checkpoint(path)
 
 
+def test_cameras_can_share_one_encoder_that_encodes_their_frames_in_one_batch(tmp_path):
+    """``shared_image_encoder`` (LeRobot's default): one encoder for both cameras, their frames in
+    one batch through it. Each camera's features must be what that encoder makes of its frames
+    alone, in the order the cameras are configured; checkpoints keep it; cameras of two shapes
+    are refused with a sentence, by the policy and by the checkpoint check."""
+    torch.manual_seed(0)
+    cams = {"front_color": [32, 32, 3], "wrist_color": [32, 32, 3]}
+    stats = {"state": {"min": [-1.0] * 3, "max": [1.0] * 3}, "action": {"min": [-1.0] * 2, "max": [1.0] * 2}}
+    cfg = DiffusionConfig(obs_dims={"state": 3}, action_dim=2, image_shapes=cams, pred_horizon=8, down_dims=[16, 32],
+                          image_feature_dim=8, image_encoder="tiny", train_timesteps=20, inference_steps=4,
+                          shared_image_encoder=True)
+    policy = DiffusionPolicy(cfg, Normalizer(stats)).eval()
+    assert list(policy.encoders) == ["shared"]
+    b = {"obs/state": torch.rand(3, 2, 3), **{f"image/{c}": torch.randint(0, 255, (3, 2, 32, 32, 3), dtype=torch.uint8)
+                                              for c in cams}}
+    with torch.no_grad():
+        one_by_one = torch.cat([policy.normalizer.normalize("state", b["obs/state"]),
+                                *[policy.image_features(b, c, train=False) for c in cams]], -1).flatten(1)
+        assert torch.allclose(policy.encode(b, train=False), one_by_one, atol=1e-6)
+        assert not torch.allclose(*[policy.image_features(b, c, train=False) for c in cams])
+    policy.train()
+    policy.loss({**b, "action": torch.rand(3, 8, 2)}).backward()   # trains through the one batch
+    assert all(p.grad is not None for p in policy.encoders.parameters())
+    path = save_checkpoint(policy.eval(), tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(path)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert torch.equal(policy.predict(b, generator=g()), loaded.predict(b, generator=g()))
+    cams["wrist_color"] = [24, 24, 3]
+    with pytest.raises(ValueError, match="needs the cameras at one shape"):
+        DiffusionPolicy(cfg, Normalizer(stats))
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"]["image_shapes"] = cams
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match="shared_image_encoder is true, but"):
+        load_checkpoint(path)
+
+
 @pytest.mark.parametrize("precision,batch,tol", [("bf16", 3, 0.02), ("fp32", 1, 1e-5)])
 def test_temporal_convs_as_matrix_products_compute_what_the_direct_kernel_computes(precision, batch, tol):
     """On a CPU the U-Net's 1-D convolutions run as one matrix product where that is faster: wide
@@ -494,6 +531,69 @@ def test_the_group_norm_kernel_refuses_what_it_cannot_fuse():
         group_norm_cl(x, 8, torch.ones(16), torch.zeros(16), 1e-5, "mish", x.clone())
     with pytest.raises(ValueError, match="must be one of"):
         group_norm_cl(x, 8, torch.ones(16), torch.zeros(16), 1e-5, "gelu")
+
+
+def test_the_pooling_and_windows_kernel_builds_here():
+    """Like the GroupNorm kernel: ``make setup`` installs gcc, so it must build."""
+    from robot_learning.nets import map_kernels
+
+    assert map_kernels.available()
+
+
+@pytest.mark.parametrize("window", [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
+def test_max_pooling_of_channels_last_bf16_maps_is_torchs(window):
+    """The stem's pooling (3, 2, 1) and two other windows: the same maxima as torch's, and the
+    gradient reaches the same elements, ties included (ReLU's zeros are the common tie, and a
+    NaN must win its windows as in torch), summed where windows overlap."""
+    from robot_learning.nets.vision import ImageMaxPool
+
+    torch.manual_seed(0)
+    x0 = torch.relu(torch.randn(5, 24, 13, 11)).bfloat16().contiguous(memory_format=torch.channels_last)
+    x0[1, 3, 4, 4] = float("nan")
+    grad_out = None
+    results = []
+    for pool in (ImageMaxPool(*window), lambda x: torch.nn.functional.max_pool2d(x.float(), *window)):
+        x = x0.clone().requires_grad_()
+        y = pool(x)
+        if grad_out is None:
+            grad_out = torch.randn(y.shape).bfloat16()
+        y.backward(grad_out.to(y.dtype))
+        results.append((y, x.grad))
+    (y, dx), (y_ref, dx_ref) = results
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    assert dx.dtype == torch.bfloat16 and dx.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y.float().nan_to_num(-1.0), y_ref.nan_to_num(-1.0))
+    assert y.float().isnan().sum() > 0   # the NaN won its windows
+    # float32's sum of the same bf16 gradients, rounded once: ours to the last bit
+    assert torch.equal(dx, dx_ref.bfloat16()), (dx.float() - dx_ref).abs().max()
+    assert (dx_ref != 0).float().mean() > 0.05
+
+
+@pytest.mark.parametrize("kernel,stride,pad,hw", [(3, 1, 1, 6), (3, 2, 1, 11), (1, 2, 0, 7), (7, 2, 3, 9)])
+def test_the_windows_kernel_gives_the_rows_torch_stacks(kernel, stride, pad, hw, monkeypatch):
+    """The weight gradients' windows from the C kernel, element for element those of torch's
+    padded and stacked slices: the row order the weight's layout needs, zeros over the edges."""
+    from robot_learning.nets import map_kernels
+    from robot_learning.nets.vision import _windows
+
+    x = torch.randn(3, 24, hw, hw + 1).bfloat16().contiguous(memory_format=torch.channels_last)
+    ho, wo = (hw + 2 * pad - kernel) // stride + 1, (hw + 1 + 2 * pad - kernel) // stride + 1
+    ours = _windows(x, kernel, stride, pad, ho, wo)
+    monkeypatch.setattr(map_kernels, "available", lambda: False)
+    torchs = _windows(x, kernel, stride, pad, ho, wo)
+    assert ours.shape == torchs.shape == (3 * ho * wo, kernel * kernel * 24)
+    assert torch.equal(ours, torchs)
+    assert pad == 0 or (ours == 0).any()
+
+
+def test_the_max_pool_kernel_refuses_what_it_cannot_take():
+    from robot_learning.nets.map_kernels import max_pool_cl
+
+    x = torch.randn(2, 8, 6, 6).bfloat16().contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match=r"padding must lie in \[0, 1\]"):
+        max_pool_cl(x, 3, 2, 2)
+    with pytest.raises(ValueError, match="windows up to 16x16"):
+        max_pool_cl(x, 17, 1, 0)
 
 
 def test_an_action_dimension_constant_in_the_data_comes_back_exactly():

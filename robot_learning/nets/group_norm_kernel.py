@@ -13,75 +13,28 @@ U-Net's sequences ([B, C, L] stored as [B, L, C]) are such maps too, [B, C, L, 1
 in the Mish after each GroupNorm, which torch computes in two more passes each way with three
 transcendental functions an element where the kernel needs one exponential.
 
-Its threads are torch's own OpenMP pool (see the C file): threads of its own competed with
-torch's, still spinning after the convolution before, and the kernel gained nothing.
-
-The library is built once per source and processor (``-march=native``) into the user's cache
-directory; ``ROBOT_LEARNING_GROUPNORM_KERNEL=0`` turns it off. Without a C compiler (Debian:
-``apt install gcc``, which ``make setup`` does) ``available()`` is False, one log line says so,
-and ``ImageGroupNorm`` keeps torch's kernels: the same results, a slower step."""
+Built and loaded by ``c_kernel`` (its threads are torch's OpenMP pool);
+``ROBOT_LEARNING_GROUPNORM_KERNEL=0`` turns it off, and without a C compiler ``available()`` is
+False and ``ImageGroupNorm`` keeps torch's kernels: the same results, a slower step."""
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from robot_learning.nets import c_kernel
+
 SOURCE = Path(__file__).with_name("groupnorm_cl.c")
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-fopenmp"]
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "robot_learning" / "kernels"
-
-
-def _cpu_key() -> str:
-    """What ``-march=native`` depends on: the processor's model and flags."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
-    return "\n".join([platform.machine(), *lines])
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("ROBOT_LEARNING_GROUPNORM_KERNEL", "1") == "0":   # off, to compare against torch's
-        return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        log.warning("no C compiler found (Debian: apt install gcc): GroupNorm on channels-last bf16 maps uses "
-                    "torch's kernels, and image training steps are slower")
-        return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + _cpu_key().encode() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"groupnorm_cl-{key}.so"
-    try:
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:   # atomic: ranks may build at once
-                built = Path(tmp) / target.name
-                out = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True,
-                                     text=True)
-                if out.returncode != 0:
-                    raise OSError(out.stderr[-2000:])
-                os.replace(built, target)
-        lib = ctypes.CDLL(str(target))
-    except OSError as e:
-        log.warning("could not build %s into %s, so torch's GroupNorm kernels are used and image training is "
-                    "slower: %s", SOURCE.name, target.parent, e)
+    lib = c_kernel.load(SOURCE, "ROBOT_LEARNING_GROUPNORM_KERNEL",
+                        "GroupNorm on channels-last bf16 maps uses torch's kernels")
+    if lib is None:
         return None
     i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
     lib.gn_forward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i32, i32, f32, i32, i32]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robot_learning.nets import group_norm_kernel
+from robot_learning.nets import group_norm_kernel, map_kernels
 from robot_learning.nets.precision import cpu_computes_bf16
 
 
@@ -41,7 +41,10 @@ class ImageConv(nn.Conv2d):
 
 def _windows(x: torch.Tensor, k: int, stride: int, pad: int, ho: int, wo: int) -> torch.Tensor:
     """[N, C, H, W] (channels-last in memory) -> [N * Ho * Wo, k * k * C]: each output pixel's
-    receptive field as one row, in the weight's channels-last order (kh, kw, C)."""
+    receptive field as one row, in the weight's channels-last order (kh, kw, C). In one pass in C
+    where the kernel is built (3-4x faster than the padded copy and stacked slices below)."""
+    if map_kernels.applies(x) and map_kernels.available():
+        return map_kernels.windows_cl(x, k, stride, pad)
     xl = x.permute(0, 2, 3, 1)
     if pad:
         xl = F.pad(xl, (0, 0, pad, pad, pad, pad))
@@ -108,6 +111,20 @@ class ImageGroupNorm(nn.GroupNorm):
         return F.relu(y) if self.relu else y
 
 
+class ImageMaxPool(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (square window, no dilation, floor mode) that pools channels-last bf16
+    maps on a CPU with ``map_kernels``' C kernel (an eighth of torch's index memory, no separate
+    zeroing pass); elsewhere torch's. Same maxima, same gradients."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        window = (self.kernel_size, self.stride, self.padding)
+        if (all(isinstance(v, int) for v in window) and self.dilation == 1 and not self.ceil_mode
+                and not self.return_indices and self.kernel_size <= 16 and map_kernels.applies(x)
+                and map_kernels.available()):
+            return map_kernels.max_pool_cl(x, *window)
+        return super().forward(x)
+
+
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, groups: int = 8):
         super().__init__()
@@ -153,7 +170,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(channels, widths[0], stem_kernel, 2, stem_kernel // 2, bias=False),
                                   ImageGroupNorm(groups, widths[0], relu=True),
-                                  *([nn.MaxPool2d(3, 2, 1)] if stem_pool else []))
+                                  *([ImageMaxPool(3, 2, 1)] if stem_pool else []))
         layers, c = [], widths[0]
         for i, w in enumerate(widths):
             layers += [BasicBlock(c, w, 1 if i == 0 else 2, groups), BasicBlock(w, w, 1, groups)]

@@ -111,6 +111,7 @@ CONFIG_SCHEMA: dict[str, Rule] = {
     "tactile_feature_dim": (False, COUNT, _count),
     "image_encoder": (False, "one of " + ", ".join(IMAGE_ENCODERS),
                       lambda v: isinstance(v, str) and v in IMAGE_ENCODERS),
+    "shared_image_encoder": (False, "true or false", lambda v: isinstance(v, bool)),
     "crop_fraction": (False, "a number in (0, 1]", lambda v: _real(v) and 0 < v <= 1),
     "train_timesteps": (False, COUNT, _count),
     "sampler": (False, "one of " + ", ".join(SAMPLERS), lambda v: isinstance(v, str) and v in SAMPLERS),
@@ -168,6 +169,9 @@ def _consistency_problems(cfg: dict, stats: dict) -> list[str]:
     if cfg.get("inference_steps", 1) > cfg.get("train_timesteps", math.inf):
         problems.append(f"config.inference_steps {cfg['inference_steps']} exceeds config.train_timesteps "
                         f"{cfg['train_timesteps']}")
+    if cfg.get("shared_image_encoder") and len({tuple(v) for v in cfg.get("image_shapes", {}).values()}) > 1:
+        problems.append("config.shared_image_encoder is true, but config.image_shapes gives the cameras different "
+                        "shapes; one encoder reads one shape")
     grids = cfg.get("tactile_shapes", {})
     for key, (rows, cols, ch) in grids.items():
         if cfg["obs_dims"].get(key) != rows * cols * ch:

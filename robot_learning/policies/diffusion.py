@@ -44,6 +44,9 @@ class DiffusionConfig:
     mlp_depth: int = 3
     image_feature_dim: int = 64
     image_encoder: str = "small"                   # a key of nets.vision.ENCODERS
+    # one encoder for every camera, their frames in one batch (LeRobot's and Diffusion Policy's
+    # default; the cameras must share a shape), instead of an encoder per camera
+    shared_image_encoder: bool = False
     # observation keys that are taxel grids (key -> [rows, cols, C]; they stay in obs_dims too,
     # flat size): each goes through its own nets.tactile.TaxelEncoder instead of being flattened
     tactile_shapes: dict[str, list[int]] = field(default_factory=dict)
@@ -95,14 +98,23 @@ def make_scheduler(kind: str, train_timesteps: int, prediction: str = "epsilon")
     raise ValueError(f"sampler '{kind}' is not one of ddpm, ddim, dpmsolver")
 
 
+SHARED = "shared"   # the key of the one encoder in ``DiffusionPolicy.encoders`` when cameras share it
+
+
 class DiffusionPolicy(nn.Module):
     def __init__(self, cfg: DiffusionConfig, normalizer: Normalizer):
         super().__init__()
         self.cfg, self.normalizer = cfg, normalizer
         self._samplers: dict[str, object] = {}
-        self.encoders = nn.ModuleDict({k.replace(".", "_"): ImageEncoder(shape[2], cfg.image_feature_dim,
-                                                                         **ENCODERS[cfg.image_encoder])
-                                       for k, shape in cfg.image_shapes.items()})
+        cams = cfg.image_shapes
+        if cfg.shared_image_encoder and len({tuple(s) for s in cams.values()}) > 1:
+            raise ValueError("one image encoder for every camera needs the cameras at one shape, not "
+                             + ", ".join(f"{k} {s}" for k, s in cams.items())
+                             + ": resize them alike, or give each camera an encoder of its own")
+        shapes = ({SHARED: next(iter(cams.values()))} if cfg.shared_image_encoder and cams
+                  else {k.replace(".", "_"): s for k, s in cams.items()})
+        self.encoders = nn.ModuleDict({k: ImageEncoder(s[2], cfg.image_feature_dim, **ENCODERS[cfg.image_encoder])
+                                       for k, s in shapes.items()})
         # frames arrive as [H, W, C] and permuting them gives channels-last strides: weights in the
         # same layout spare oneDNN a conversion each way (measured in benchmarks/image_training.py)
         self.encoders.to(memory_format=torch.channels_last)
@@ -133,21 +145,31 @@ class DiffusionPolicy(nn.Module):
         for a, b in self.cfg.relative:
             d = batch[f"obs/{a}"][..., :3] - batch[f"obs/{b}"][..., :3]
             feats.append(self.normalizer.normalize(relative_key(a, b), d))
-        for k in self.cfg.image_shapes:
-            feats.append(self.image_features(batch, k, train))
+        cams = list(self.cfg.image_shapes)
+        if cams and self.cfg.shared_image_encoder:   # every camera's frames in one batch through it
+            b, to = batch[f"image/{cams[0]}"].shape[:2]
+            frames = torch.cat([self._frames(batch, k, train) for k in cams])
+            feats += self.encoders[SHARED](frames).reshape(len(cams), b, to, -1).unbind(0)
+        else:
+            feats += [self.image_features(batch, k, train) for k in cams]
         return torch.cat(feats, dim=-1).flatten(1)
 
-    def image_features(self, batch: dict[str, torch.Tensor], camera: str, train: bool) -> torch.Tensor:
-        """One camera's frames [B, To, H, W(, C)] through its encoder (cropped) -> [B, To, features]."""
+    def _frames(self, batch: dict[str, torch.Tensor], camera: str, train: bool) -> torch.Tensor:
+        """One camera's frames [B, To, H, W(, C)] -> [B * To, C, h, w], cropped, as the encoder
+        reads them (floats, channels-last in memory)."""
         shape = self.cfg.image_shapes[camera]
         img = batch[f"image/{camera}"]
-        b, to = img.shape[:2]
         scale = 255.0 if img.dtype == torch.uint8 else 1000.0   # colour 0..255; depth in mm -> m
-        img = img.reshape(b * to, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2)
+        img = img.reshape(-1, shape[0], shape[1], shape[2]).permute(0, 3, 1, 2)
         size = (int(shape[0] * self.cfg.crop_fraction), int(shape[1] * self.cfg.crop_fraction))
         # cropped before the conversion to float: a quarter of the bytes to gather, fewer to convert
-        img = crop(img, size, train).float() / scale
-        return self.encoders[camera.replace(".", "_")](img).reshape(b, to, -1)
+        return crop(img, size, train).float() / scale
+
+    def image_features(self, batch: dict[str, torch.Tensor], camera: str, train: bool) -> torch.Tensor:
+        """One camera's frames [B, To, H, W(, C)] through its encoder -> [B, To, features]."""
+        b, to = batch[f"image/{camera}"].shape[:2]
+        encoder = self.encoders[SHARED if self.cfg.shared_image_encoder else camera.replace(".", "_")]
+        return encoder(self._frames(batch, camera, train)).reshape(b, to, -1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss (what DistributedDataParallel wraps)."""

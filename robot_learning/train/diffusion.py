@@ -56,6 +56,7 @@ class TrainConfig:
     # the server cuts it from live frames too). Empty: what `dataset shrink --roi` cut, if anything
     image_roi: list[str] = field(default_factory=list)
     image_encoder: str = "small"                          # tiny (CPUs), small, resnet18 (the peers' size): nets.vision
+    shared_image_encoder: bool = False   # one encoder for all cameras (one shape), in one batch: LeRobot's default
     tactile: str = "grid"                                 # taxel grids through a conv encoder (nets.tactile), or flat
     obs_horizon: int = 2                                  # observations the policy conditions on
     pred_horizon: int = 16                                # actions per predicted chunk
@@ -409,7 +410,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                            obs_horizon=cfg.obs_horizon, pred_horizon=cfg.pred_horizon,
                            action_horizon=cfg.action_horizon, down_dims=list(cfg.down_dims), sampler=cfg.sampler,
                            denoiser=cfg.denoiser, mlp_width=cfg.mlp_width, mlp_depth=cfg.mlp_depth,
-                           image_encoder=cfg.image_encoder, tactile_shapes=grids,
+                           image_encoder=cfg.image_encoder, shared_image_encoder=cfg.shared_image_encoder,
+                           tactile_shapes=grids,
                            image_rois={c: list(r) for c, r in rois.items()},
                            relative=[list(p) for p in pairs],
                            inference_steps=cfg.inference_steps, prediction=cfg.prediction, dt=1.0 / rate, task=task,
