@@ -533,6 +533,27 @@ def test_the_group_norm_kernel_refuses_what_it_cannot_fuse():
         group_norm_cl(x, 8, torch.ones(16), torch.zeros(16), 1e-5, "gelu")
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_spatial_softmax_gives_each_channels_expected_row_then_column(channels_last):
+    """The keypoints the image features are made of: each channel's softmax-weighted mean row (in
+    [-1, 1], top to bottom) for the first C outputs, then its mean column; a sharp peak lands on
+    its pixel. Checkpoints' projections were trained on that order."""
+    from robot_learning.nets.vision import SpatialSoftmax
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 5, 7)
+    x[1, 2, 4, 1] = 60.0   # a peak at the bottom row, second column
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = SpatialSoftmax()(x)
+    p = torch.softmax(x.flatten(2), -1).view(4, 6, 5, 7)
+    rows = (p.sum(3) * torch.linspace(-1, 1, 5)).sum(-1)
+    cols = (p.sum(2) * torch.linspace(-1, 1, 7)).sum(-1)
+    assert out.shape == (4, 12) and out.dtype == torch.float32
+    assert torch.allclose(out, torch.cat([rows, cols], -1), atol=1e-6)
+    assert torch.allclose(out[1, [2, 8]], torch.tensor([1.0, -1 + 2 / 6]), atol=1e-5)
+
+
 def test_the_pooling_and_windows_kernel_builds_here():
     """Like the GroupNorm kernel: ``make setup`` installs gcc, so it must build."""
     from robot_learning.nets import map_kernels

