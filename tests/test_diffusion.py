@@ -373,10 +373,12 @@ def test_training_crops_are_windows_of_each_frame_at_random_places():
 
 
 @pytest.mark.parametrize("c_in,c_out,kernel,stride,hw", [(64, 128, 3, 2, 21), (64, 128, 1, 2, 21),
-                                                         (256, 256, 3, 1, 6), (512, 512, 3, 1, 3)])
+                                                         (256, 256, 3, 1, 6), (512, 512, 3, 1, 3),
+                                                         (256, 512, 3, 1, 4)])
 def test_image_convs_with_weight_gradients_as_products_train_as_the_kernel_does(c_in, c_out, kernel, stride, hw):
     """ResNet18's strided and wide encoder layers take their weight gradient in bf16 training as one
-    matrix product over the input's windows. Output, input gradient and weight gradient must be
+    matrix product over the input's windows, or on maps so small that much of each window is
+    padding (3x3, 4x4) as one product per tap. Output, input gradient and weight gradient must be
     the convolution's, in the weight's own orientation (a transposed or flipped kernel gradient
     would differ by far more than rounding), and inference must keep the plain kernel."""
     from torch.nn import functional as F

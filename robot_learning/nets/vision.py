@@ -74,8 +74,35 @@ class _WeightGradAsProduct(torch.autograd.Function):
         n, c_out, ho, wo = g.shape
         rows = g.permute(0, 2, 3, 1).reshape(-1, c_out)                 # one row per output pixel
         k = w.shape[-1]
-        grad_w = (rows.t() @ _windows(x, k, s, p, ho, wo)).view(c_out, k, k, -1).permute(0, 3, 1, 2)
+        inside = (1 - _padding_share(k, p, x.shape[2], ho)) * (1 - _padding_share(k, p, x.shape[3], wo))
+        if s == 1 and inside <= 0.7:   # ResNet18's 3x3 maps (60% inside), not its 6x6 ones (79%)
+            grad_w = _weight_grad_per_tap(x, g, k, p)
+        else:
+            grad_w = (rows.t() @ _windows(x, k, s, p, ho, wo)).view(c_out, k, k, -1).permute(0, 3, 1, 2)
         return grad_x, grad_w, rows.sum(0) if ctx.has_bias else None, None, None
+
+
+def _padding_share(k: int, pad: int, size: int, out: int) -> float:
+    """The share of stride-1 windows' taps along one side (``size`` in, ``out`` out) that fall on
+    the padding."""
+    return sum(max(0, pad - i) + max(0, i - pad + k - size) for i in range(out)) / (k * out)
+
+
+def _weight_grad_per_tap(x: torch.Tensor, g: torch.Tensor, k: int, pad: int) -> torch.Tensor:
+    """A stride-1 weight gradient as k * k products, one per tap over the output pixels whose
+    window has that tap inside the map. On ResNet18's last 3x3 maps 40% of the windows' taps are
+    padding, and the one product over all windows multiplies those zeros too: this takes 11.6 ms
+    where it took 15.5 for [128, 512, 3, 3] (at 6x6, with 21% padding, the two are equal)."""
+    _, c, h, w = x.shape
+    xl, gl = x.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)                # [N, H, W, C] in memory
+    grad = torch.empty(g.shape[1], k, k, c, dtype=g.dtype)
+    for i in range(k):
+        y0, y1 = max(0, pad - i), min(h, h + pad - i)
+        for j in range(k):
+            x0, x1 = max(0, pad - j), min(w, w + pad - j)
+            grad[:, i, j] = (gl[:, y0:y1, x0:x1].reshape(-1, g.shape[1]).t()
+                             @ xl[:, y0 + i - pad:y1 + i - pad, x0 + j - pad:x1 + j - pad].reshape(-1, c))
+    return grad.permute(0, 3, 1, 2)
 
 
 class ImageGroupNorm(nn.GroupNorm):
