@@ -321,11 +321,13 @@ def test_cameras_can_share_one_encoder_that_encodes_their_frames_in_one_batch(tm
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("precision,batch,tol", [("bf16", 3, 0.02), ("fp32", 1, 1e-5)])
-def test_temporal_convs_as_matrix_products_compute_what_the_direct_kernel_computes(precision, batch, tol):
-    """On a CPU the U-Net's 1-D convolutions run as one matrix product where that is faster: wide
-    layers in bf16 (training), and any layer from 128 channels at the batch of one inference. The
-    output and every gradient must be the convolution's (to the precision's rounding), and a
+@pytest.mark.parametrize("precision,batch,length,tol", [("bf16", 3, 4, 0.02), ("fp32", 1, 4, 1e-5),
+                                                        ("bf16", 2, 2, 0.02), ("fp32", 1, 9, 1e-5)])
+def test_temporal_convs_as_matrix_products_compute_what_the_direct_kernel_computes(precision, batch, length, tol):
+    """On a CPU the U-Net's 1-D convolutions run as matrix products where that is faster: wide
+    layers in bf16 (training: one product per tap), and any layer from 128 channels at the batch
+    of one inference (one product over the windows). The output and every gradient must be the
+    convolution's (to the precision's rounding), for sequences shorter than the kernel too, and a
     float32 training batch must keep the direct kernel."""
     from torch.nn import functional as F
 
@@ -333,8 +335,8 @@ def test_temporal_convs_as_matrix_products_compute_what_the_direct_kernel_comput
 
     torch.manual_seed(0)
     conv = TemporalConv(512, 256, 5)
-    x = torch.randn(batch, 512, 4, requires_grad=True)
-    grad_out = torch.randn(batch, 256, 4)
+    x = torch.randn(batch, 512, length, requires_grad=True)
+    grad_out = torch.randn(batch, 256, length)
     results = []
     for fn in (conv, lambda t: F.conv1d(t, conv.weight, conv.bias, padding=2)):
         x.grad, conv.weight.grad, conv.bias.grad = None, None, None
@@ -348,9 +350,48 @@ def test_temporal_convs_as_matrix_products_compute_what_the_direct_kernel_comput
     # the kernel's orientation matters: the flipped kernel's output differs by far more than rounding
     flipped = F.conv1d(x, conv.weight.flip(-1), conv.bias, padding=2)
     assert (results[0][0] - flipped).abs().max() > 0.2 * results[1][0].abs().max()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):   # inference
+        direct = F.conv1d(x, conv.weight, conv.bias, padding=2).float()
+        assert (conv(x).float() - direct).abs().max() <= tol * direct.abs().max()
     with torch.no_grad():   # a float32 training batch: the direct kernel, bit for bit
         x8 = torch.randn(8, 512, 4)
         assert torch.equal(conv(x8), F.conv1d(x8, conv.weight, conv.bias, padding=2))
+
+
+def test_temporal_conv_weights_stay_tap_major_and_train_as_plain_ones(tmp_path):
+    """The U-Net's 1-D convolutions keep their weights tap-major in memory (each tap's
+    [C_out, C] a matrix the products read as it lies) under the usual shape and checkpoint key.
+    The fused AdamW must move such a weight exactly as the same weight in the plain layout, and
+    the layout must survive a checkpoint round trip and the bf16 inference copy: without it each
+    product would read a copied weight."""
+    from torch.nn import functional as F
+
+    from robot_learning.nets.unet1d import TemporalConv
+    from robot_learning.policies.diffusion import _bf16_copy
+    from robot_learning.train.diffusion import optimizers
+
+    torch.manual_seed(0)
+    tap_major = lambda w: w.stride() == (w.shape[1] * w.shape[2], 1, w.shape[1])  # noqa: E731
+    convs = [TemporalConv(8, 6, 5) for _ in range(2)]
+    convs[1].load_state_dict(convs[0].state_dict())
+    convs[1].weight = torch.nn.Parameter(convs[1].weight.detach().contiguous())
+    assert tap_major(convs[0].weight) and convs[1].weight.is_contiguous()
+    opts = [optimizers(c, 1e-2, 1e-2, 0.99)[0] for c in convs]
+    x, target = torch.randn(4, 8, 9), torch.randn(4, 6, 9)
+    for _ in range(3):
+        for conv, opt in zip(convs, opts):
+            opt.zero_grad()
+            F.mse_loss(conv(x), target).backward()
+            opt.step()
+    assert torch.allclose(convs[0].weight, convs[1].weight, atol=1e-7) and tap_major(convs[0].weight)
+    assert (convs[0].weight - TemporalConv(8, 6, 5).weight).abs().max() > 0.01   # it did train
+    stats = {"state": {"min": [-1.0] * 3, "max": [1.0] * 3}, "action": {"min": [-1.0] * 2, "max": [1.0] * 2}}
+    policy = DiffusionPolicy(DiffusionConfig(obs_dims={"state": 3}, action_dim=2, pred_horizon=8, down_dims=[16, 32]),
+                             Normalizer(stats))
+    loaded, _ = load_checkpoint(save_checkpoint(policy, tmp_path / "ckpt"))
+    for net in (policy, loaded, _bf16_copy(loaded)):
+        weights = [m.weight for m in net.modules() if isinstance(m, TemporalConv)]
+        assert weights and all(tap_major(w) for w in weights)
 
 
 def test_training_crops_are_windows_of_each_frame_at_random_places():

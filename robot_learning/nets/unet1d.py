@@ -15,9 +15,8 @@ from robot_learning.nets.precision import cpu_computes_bf16
 
 
 class TemporalConv(nn.Conv1d):
-    """A same-padded 1-D convolution over the action sequence. On a CPU it runs as one matrix
-    product over the unfolded windows where that is faster than the convolution kernel (same
-    weights, same result):
+    """A same-padded 1-D convolution over the action sequence. On a CPU it runs as matrix
+    products where that is faster than the convolution kernel (same weights, same result):
 
     - inference on one or two windows (the policy server, one env's rollout), from 128 input
       channels: at so small a batch torch takes its slow reference convolution, 2.3-4x slower
@@ -28,13 +27,18 @@ class TemporalConv(nn.Conv1d):
       steps): oneDNN's direct bf16 kernel for such short sequences takes about 1.4x as long
       forward and backward (docs/learning.md, "The training step against LeRobot again").
 
-    Float32 training batches, GPUs and narrower layers keep the direct kernel."""
+    Training takes one product per tap (``_ConvPerTap``), inference one over the unfolded windows.
+    The weight is stored tap-major for both. Float32 training batches, GPUs and narrower layers
+    keep the direct kernel (which reads either layout as fast)."""
 
     GEMM_FROM_CHANNELS = 512            # bfloat16, any batch
     SMALL_BATCH, SMALL_FROM_CHANNELS = 2, 128
 
     def __init__(self, c_in: int, c_out: int, kernel: int):
         super().__init__(c_in, c_out, kernel, padding=kernel // 2)   # stride 1, one group: what forward unfolds
+        # tap-major in memory ([C_out, k, C] under the usual [C_out, C, k] shape and checkpoint
+        # key): each tap's [C_out, C] is a matrix the products read and write as it lies
+        self.weight = nn.Parameter(self.weight.detach().transpose(1, 2).contiguous().transpose(1, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
@@ -45,46 +49,79 @@ class TemporalConv(nn.Conv1d):
             return super().forward(x)
         dtype = torch.bfloat16 if bf16 else x.dtype
         with torch.autocast("cpu", enabled=False):
-            return _ConvAsProduct.apply(x, self.weight, self.bias, self.padding[0], dtype)
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return _ConvPerTap.apply(x, self.weight, self.bias, self.padding[0], dtype)
+            return _conv_over_windows(x, self.weight, self.bias, self.padding[0], dtype)
 
 
-class _ConvAsProduct(torch.autograd.Function):
-    """``TemporalConv``'s product form, with a backward of its own. The sequence is read as
-    [B, L, C] in memory (which the product's output is, so a chain of such layers, with the
-    GroupNorm kernel between them, moves no layouts), its windows are one [B * L, C * k] matrix,
-    and the input's gradient folds the windows' gradients back with k shifted sums. torch's own
-    backward through the unfolded view and the cast weight took twice as long in the peers' U-Net:
-    a generic unfold-backward kernel and a transposed copy of every weight gradient."""
+def _conv_over_windows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pad: int,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """Inference: one product over the unfolded windows ([B * L, C * k]), the weight read as it
+    lies (a per-tap product would need it copied into another order at every call)."""
+    b, c, length = x.shape
+    c_out, _, k = weight.shape
+    seq = F.pad(x.transpose(1, 2).to(dtype), (0, 0, pad, pad))          # [B, L + 2 pad, C]
+    # one row per output step, in the weight's tap-major (k, C) order
+    cols = seq.unfold(1, k, 1).transpose(2, 3).reshape(b * length, k * c)
+    y = torch.addmm(bias.to(dtype), cols, weight.transpose(1, 2).reshape(c_out, k * c).to(dtype).t())
+    return y.view(b, length, c_out).transpose(1, 2)
+
+
+def _tap_spans(length: int, k: int, pad: int) -> list[tuple[int, int, int]]:
+    """For each tap j of a same-padded kernel: (j, first, end) of the output steps whose window
+    has that tap inside the sequence (input step = output step + j - pad)."""
+    spans = [(j, max(0, pad - j), min(length, length + pad - j)) for j in range(k)]
+    return [(j, first, end) for j, first, end in spans if end > first]   # a sequence shorter than the kernel
+
+
+class _ConvPerTap(torch.autograd.Function):
+    """``TemporalConv``'s product form for training: one product per tap, over the output steps
+    whose window has that tap inside the sequence, summed in float32. Over 4 steps with k = 5,
+    30% of the unfolded windows' taps are padding, and the one product over the windows this
+    replaced multiplied those zeros too; its backward folded the windows' gradients back with k
+    shifted sums over the whole sequence. The peers' U-Net (256/512/1024, batch 64, bf16) trains
+    1.10x as fast for it and their whole step 1.025x (docs/learning.md, "Pooling and windows in
+    C, taps"). That needs the weight tap-major in memory: cast into that order at every step, and
+    the gradient written out of it, the copies cost what the products saved. The sequence is read
+    as [B, L, C] in memory, the layout the products leave, so a chain
+    of such layers (with the GroupNorm kernel between them) moves no layouts; the weight is cast
+    once, in its tap-major layout (``TemporalConv``), and its gradient is written in that layout."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, pad: int, dtype: torch.dtype):
         b, c, length = x.shape
         c_out, _, k = weight.shape
-        seq = F.pad(x.transpose(1, 2).to(dtype), (0, 0, pad, pad))      # [B, L + 2 pad, C]
-        cols = seq.unfold(1, k, 1).reshape(b * length, c * k)            # one row per output step
-        w = weight.detach().reshape(c_out, c * k).to(dtype)
-        y = torch.addmm(bias.detach().to(dtype), cols, w.t())
-        ctx.save_for_backward(cols, w)
-        ctx.shape, ctx.pad, ctx.x_dtype = (b, c, length, k), pad, x.dtype
-        return y.view(b, length, c_out).transpose(1, 2)
+        seq = x.transpose(1, 2).to(dtype)                                # [B, L, C]
+        taps = weight.detach().to(dtype)                                 # tap j: [:, :, j], [C_out, C]
+        y = bias.detach().float().expand(b, length, c_out).clone()
+        for j, o0, o1 in _tap_spans(length, k, pad):
+            rows = seq[:, o0 + j - pad:o1 + j - pad].reshape(-1, c)
+            y[:, o0:o1] += (rows @ taps[:, :, j].t()).view(b, o1 - o0, c_out)
+        ctx.save_for_backward(seq, taps)
+        ctx.pad, ctx.x_dtype = pad, x.dtype
+        return y.to(dtype).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, grad):
-        cols, w = ctx.saved_tensors
-        b, c, length, k = ctx.shape
-        g = grad.transpose(1, 2).to(cols.dtype).reshape(b * length, -1)   # [B * L, C_out]
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            windows = (g @ w).view(b, length, c, k)
-            seq = torch.zeros(b, length + 2 * ctx.pad, c)                 # float32: k terms a step
-            for j in range(k):
-                seq[:, j:j + length] += windows[..., j]
-            grad_x = seq[:, ctx.pad:ctx.pad + length].transpose(1, 2).to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = (g.t() @ cols).float().view(-1, c, k)
-        if ctx.needs_input_grad[2]:
-            grad_b = g.float().sum(0)
-        return grad_x, grad_w, grad_b, None, None
+        seq, taps = ctx.saved_tensors
+        b, length, c = seq.shape
+        c_out, _, k = taps.shape
+        g = grad.transpose(1, 2).to(seq.dtype)                          # [B, L, C_out]
+        grad_x = torch.zeros(b, length, c) if ctx.needs_input_grad[0] else None   # float32: k terms a step
+        spans = _tap_spans(length, k, ctx.pad)
+        grad_w = None
+        if ctx.needs_input_grad[1]:   # a tap that never meets the sequence has a gradient of zero
+            grad_w = torch.empty_like(taps, dtype=torch.float32) if len(spans) == k else torch.zeros_like(
+                taps, dtype=torch.float32)   # in the weight's layout: autograd would copy it into that
+        for j, o0, o1 in spans:
+            rows = g[:, o0:o1].reshape(-1, c_out)
+            i0, i1 = o0 + j - ctx.pad, o1 + j - ctx.pad
+            if grad_x is not None:
+                grad_x[:, i0:i1] += (rows @ taps[:, :, j]).view(b, o1 - o0, c)
+            if grad_w is not None:
+                grad_w[:, :, j] = rows.t() @ seq[:, i0:i1].reshape(-1, c)
+        grad_b = g.float().sum((0, 1)) if ctx.needs_input_grad[2] else None
+        return None if grad_x is None else grad_x.transpose(1, 2).to(ctx.x_dtype), grad_w, grad_b, None, None
 
 
 class StepEmbedding(nn.Module):
