@@ -167,6 +167,50 @@ def test_the_trainers_clipped_step_is_clip_grad_norm_then_adamw(max_norm):
     assert not hasattr(opts[1], "grad_scale")   # nothing left behind to scale a later step
 
 
+def test_the_trainers_step_over_channels_last_and_tap_major_weights_is_adamws():
+    """The encoders' weights are channels-last and the U-Net's tap-major: the trainer hands their
+    gradients to the fused AdamW as contiguous views of the same memory (torch's kernel would copy
+    them first). Three clipped steps must leave every parameter where ``clip_grad_norm_`` then
+    torch's plain (unfused) AdamW leaves it, and the gradients as they were."""
+    from robot_learning.nets.unet1d import TemporalConv
+    from robot_learning.train.diffusion import clipped_step, optimizers
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+            self.seq = TemporalConv(4, 6, 5)
+            self.head = torch.nn.Linear(8 + 6, 2)
+
+        def forward(self, img, seq):
+            return self.head(torch.cat([self.conv(img).mean((2, 3)), self.seq(seq).mean(2)], 1))
+
+    nets = [Net() for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    assert not nets[0].conv.weight.is_contiguous() and not nets[0].seq.weight.is_contiguous()
+    opts = [torch.optim.AdamW(nets[0].parameters(), lr=1e-2, weight_decay=1e-2, foreach=False),
+            optimizers(nets[1], 1e-2, 1e-2, 0.99)[0]]
+    img = torch.randn(5, 3, 7, 7).contiguous(memory_format=torch.channels_last)
+    seq, target = torch.randn(5, 4, 9), torch.randn(5, 2)
+    for _ in range(3):
+        for i, (net, opt) in enumerate(zip(nets, opts)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(img, seq), target).backward()
+            if i == 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 0.05)
+                opt.step()
+            else:
+                grads = [p.grad for p in net.parameters()]
+                clipped_step(opt, net.parameters(), 0.05)
+                assert all(p.grad is g for p, g in zip(net.parameters(), grads))   # put back
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+        assert a.stride() == b.stride(), name
+    assert (nets[1].seq.weight - Net().seq.weight).abs().max() > 0.01
+
+
 def test_each_rank_trains_on_its_own_shard_of_every_epoch():
     from robot_learning.train.distributed import Ranks, shard_indices
 

@@ -109,17 +109,19 @@ class _ConvPerTap(torch.autograd.Function):
         g = grad.transpose(1, 2).to(seq.dtype)                          # [B, L, C_out]
         grad_x = torch.zeros(b, length, c) if ctx.needs_input_grad[0] else None   # float32: k terms a step
         spans = _tap_spans(length, k, ctx.pad)
-        grad_w = None
-        if ctx.needs_input_grad[1]:   # a tap that never meets the sequence has a gradient of zero
-            grad_w = torch.empty_like(taps, dtype=torch.float32) if len(spans) == k else torch.zeros_like(
-                taps, dtype=torch.float32)   # in the weight's layout: autograd would copy it into that
+        per_tap = None   # the weight's gradient tap by tap, [k, C_out, C]: each product written where it lands
+        if ctx.needs_input_grad[1]:   # (a tap that never meets the sequence has a gradient of zero)
+            per_tap = (torch.empty if len(spans) == k else torch.zeros)(k, c_out, c, dtype=seq.dtype)
         for j, o0, o1 in spans:
             rows = g[:, o0:o1].reshape(-1, c_out)
             i0, i1 = o0 + j - ctx.pad, o1 + j - ctx.pad
             if grad_x is not None:
                 grad_x[:, i0:i1] += (rows @ taps[:, :, j]).view(b, o1 - o0, c)
-            if grad_w is not None:
-                grad_w[:, :, j] = rows.t() @ seq[:, i0:i1].reshape(-1, c)
+            if per_tap is not None:
+                torch.mm(rows.t(), seq[:, i0:i1].reshape(-1, c), out=per_tap[j])
+        grad_w = None
+        if per_tap is not None:   # float32, in the weight's own layout (autograd would copy it into that)
+            grad_w = torch.empty_like(taps, dtype=torch.float32).copy_(per_tap.permute(1, 2, 0))
         grad_b = g.float().sum((0, 1)) if ctx.needs_input_grad[2] else None
         return None if grad_x is None else grad_x.transpose(1, 2).to(ctx.x_dtype), grad_w, grad_b, None, None
 
