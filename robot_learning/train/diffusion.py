@@ -56,7 +56,7 @@ class TrainConfig:
     # the server cuts it from live frames too). Empty: what `dataset shrink --roi` cut, if anything
     image_roi: list[str] = field(default_factory=list)
     image_encoder: str = "small"                          # tiny (CPUs), small, resnet18 (the peers' size): nets.vision
-    shared_image_encoder: bool = False   # one encoder for all cameras (one shape), in one batch: LeRobot's default
+    shared_image_encoder: bool = False   # one encoder for all cameras (one shape; LeRobot's default)
     tactile: str = "grid"                                 # taxel grids through a conv encoder (nets.tactile), or flat
     obs_horizon: int = 2                                  # observations the policy conditions on
     pred_horizon: int = 16                                # actions per predicted chunk
