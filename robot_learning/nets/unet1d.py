@@ -77,15 +77,16 @@ def _tap_spans(length: int, k: int, pad: int) -> list[tuple[int, int, int]]:
 class _ConvPerTap(torch.autograd.Function):
     """``TemporalConv``'s product form for training: one product per tap, over the output steps
     whose window has that tap inside the sequence, summed in float32. Over 4 steps with k = 5,
-    30% of the unfolded windows' taps are padding, and the one product over the windows this
-    replaced multiplied those zeros too; its backward folded the windows' gradients back with k
-    shifted sums over the whole sequence. The peers' U-Net (256/512/1024, batch 64, bf16) trains
-    1.10x as fast for it and their whole step 1.025x (docs/learning.md, "Pooling and windows in
-    C, taps"). That needs the weight tap-major in memory: cast into that order at every step, and
-    the gradient written out of it, the copies cost what the products saved. The sequence is read
-    as [B, L, C] in memory, the layout the products leave, so a chain
-    of such layers (with the GroupNorm kernel between them) moves no layouts; the weight is cast
-    once, in its tap-major layout (``TemporalConv``), and its gradient is written in that layout."""
+    30% of the unfolded windows' taps are padding; the one product over the windows this replaced
+    multiplied those zeros too, and its backward folded the windows' gradients back with k shifted
+    sums over the whole sequence. The peers' U-Net (256/512/1024, batch 64, bf16) trains 1.10x as
+    fast per tap (docs/learning.md, "Pooling, windows and taps").
+
+    Each tap's [C_out, C] must be a matrix the products read as it lies, hence ``TemporalConv``'s
+    tap-major weight: with the plain layout, casting the weight into tap order at every step and
+    writing the gradient back out of it cost what the products saved. The sequence is read as
+    [B, L, C] in memory, the layout the products leave, so a chain of such layers (with the
+    GroupNorm kernel between them) moves no layouts."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, pad: int, dtype: torch.dtype):
