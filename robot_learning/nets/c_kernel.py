@@ -53,7 +53,7 @@ def load(source: Path, switch: str, fallback: str) -> ctypes.CDLL | None:
         log.warning("no C compiler found (Debian: apt install gcc): %s, and image training steps are slower",
                     fallback)
         return None
-    text = source.read_bytes()
+    text = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))   # its includes
     key = hashlib.sha256(text + _cpu_key().encode() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{key}.so"
     try:

@@ -10,21 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef uint16_t bf16;
-
-static inline float load(bf16 v) {
-    union { uint32_t u; float f; } c;
-    c.u = (uint32_t)v << 16;
-    return c.f;
-}
-
-static inline bf16 store(float f) {   /* round to nearest even; a NaN stays a NaN */
-    union { uint32_t u; float f; } c;
-    c.f = f;
-    uint32_t u = c.u;
-    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return (bf16)(((u & 0x7fffffffu) > 0x7f800000u) ? ((u >> 16) | 0x40u) : r);
-}
+#include "bf16.h"
 
 /* e^x for x <= 20 (Mish clamps there): 2^k times a degree-6 polynomial on [-ln2/2, ln2/2], within
  * 3e-7 of e^x, far below bf16's rounding. Written so the compiler vectorizes it: k is rounded by

@@ -2,7 +2,7 @@
 kernel (``maps_cl.c``, built and loaded by ``c_kernel``).
 
 Why, measured in the peers' bf16 training step (two ResNet18-size encoders, 84x84 frames, a
-2-core CPU; docs/learning.md, "Pooling and windows in C"):
+2-core CPU; docs/learning.md, "Pooling, windows and taps"):
 
 - Max pooling (ResNet18's stem pools its largest map, 64 channels at 42x42). torch's kernel
   stores an int64 index for every output element, and its backward zeroes the whole input

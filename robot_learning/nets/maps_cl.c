@@ -11,84 +11,70 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef uint16_t bf16;
-
-static inline float load(bf16 v) {
-    union { uint32_t u; float f; } c;
-    c.u = (uint32_t)v << 16;
-    return c.f;
-}
-
-static inline bf16 store(float f) {   /* round to nearest even; a NaN stays a NaN */
-    union { uint32_t u; float f; } c;
-    c.f = f;
-    uint32_t u = c.u;
-    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return (bf16)(((u & 0x7fffffffu) > 0x7f800000u) ? ((u >> 16) | 0x40u) : r);
-}
+#include "bf16.h"
 
 typedef struct {
     int64_t n;
     int h, w, c, k, s, p, ho, wo;
 } Shape;
 
+/* The taps [lo, hi) of a window along one side that fall inside the map, for output o. */
+static inline void taps(int o, int s, int p, int k, int size, int *lo, int *hi) {
+    int first = o * s - p;
+    *lo = first < 0 ? -first : 0;
+    *hi = size - first < k ? size - first : k;
+}
+
 static void forward_sample(const Shape *d, const bf16 *restrict x, bf16 *restrict y, uint8_t *restrict arg,
                            float *restrict best) {
     const int C = d->c;
-    for (int oy = 0; oy < d->ho; oy++)
+    int y0, y1, x0, x1;
+    for (int oy = 0; oy < d->ho; oy++) {
+        taps(oy, d->s, d->p, d->k, d->h, &y0, &y1);
         for (int ox = 0; ox < d->wo; ox++) {
-            bf16 *out = y + ((int64_t)oy * d->wo + ox) * C;
-            uint8_t *a = arg + ((int64_t)oy * d->wo + ox) * C;
-            int first = 1;
-            for (int ky = 0; ky < d->k; ky++) {
-                int iy = oy * d->s - d->p + ky;
-                if (iy < 0 || iy >= d->h) continue;
-                for (int kx = 0; kx < d->k; kx++) {
-                    int ix = ox * d->s - d->p + kx;
-                    if (ix < 0 || ix >= d->w) continue;
-                    const bf16 *src = x + ((int64_t)iy * d->w + ix) * C;
-                    uint8_t at = (uint8_t)(ky * d->k + kx);
-                    if (first) {
-                        for (int c = 0; c < C; c++) {
-                            best[c] = load(src[c]);
-                            a[c] = at;
-                        }
-                        first = 0;
-                        continue;
-                    }
+            taps(ox, d->s, d->p, d->k, d->w, &x0, &x1);
+            const int64_t o = ((int64_t)oy * d->wo + ox) * C;
+            const int iy = oy * d->s - d->p, ix = ox * d->s - d->p;   /* the window's corner, maybe outside */
+            for (int c = 0; c < C; c++) {   /* the first tap inside, then any greater one (or a NaN) */
+                best[c] = load(x[((int64_t)(iy + y0) * d->w + ix + x0) * C + c]);
+                arg[o + c] = (uint8_t)(y0 * d->k + x0);
+            }
+            for (int ky = y0; ky < y1; ky++)
+                for (int kx = x0; kx < x1; kx++) {
+                    const bf16 *src = x + ((int64_t)(iy + ky) * d->w + ix + kx) * C;
+                    const uint8_t at = (uint8_t)(ky * d->k + kx);
                     for (int c = 0; c < C; c++) {
                         float v = load(src[c]);
                         int take = v > best[c] || v != v;
                         best[c] = take ? v : best[c];
-                        a[c] = take ? at : a[c];
+                        arg[o + c] = take ? at : arg[o + c];
                     }
                 }
-            }
-            for (int c = 0; c < C; c++) out[c] = store(best[c]);
+            for (int c = 0; c < C; c++) y[o + c] = store(best[c]);
         }
+    }
 }
 
 static void backward_sample(const Shape *d, const bf16 *restrict dy, const uint8_t *restrict arg, bf16 *restrict dx,
                             float *restrict acc) {
     const int C = d->c;
     const int64_t size = (int64_t)d->h * d->w * C;
+    int y0, y1, x0, x1;
     memset(acc, 0, sizeof(float) * size);
-    for (int oy = 0; oy < d->ho; oy++)
+    for (int oy = 0; oy < d->ho; oy++) {
+        taps(oy, d->s, d->p, d->k, d->h, &y0, &y1);
         for (int ox = 0; ox < d->wo; ox++) {
-            const bf16 *g = dy + ((int64_t)oy * d->wo + ox) * C;
-            const uint8_t *a = arg + ((int64_t)oy * d->wo + ox) * C;
-            for (int ky = 0; ky < d->k; ky++) {
-                int iy = oy * d->s - d->p + ky;
-                if (iy < 0 || iy >= d->h) continue;
-                for (int kx = 0; kx < d->k; kx++) {
-                    int ix = ox * d->s - d->p + kx;
-                    if (ix < 0 || ix >= d->w) continue;
-                    float *to = acc + ((int64_t)iy * d->w + ix) * C;
-                    uint8_t at = (uint8_t)(ky * d->k + kx);
-                    for (int c = 0; c < C; c++) to[c] += a[c] == at ? load(g[c]) : 0.f;
+            taps(ox, d->s, d->p, d->k, d->w, &x0, &x1);
+            const int64_t o = ((int64_t)oy * d->wo + ox) * C;
+            const int iy = oy * d->s - d->p, ix = ox * d->s - d->p;
+            for (int ky = y0; ky < y1; ky++)   /* each gradient to the tap that was its maximum */
+                for (int kx = x0; kx < x1; kx++) {
+                    float *to = acc + ((int64_t)(iy + ky) * d->w + ix + kx) * C;
+                    const uint8_t at = (uint8_t)(ky * d->k + kx);
+                    for (int c = 0; c < C; c++) to[c] += arg[o + c] == at ? load(dy[o + c]) : 0.f;
                 }
-            }
         }
+    }
     for (int64_t i = 0; i < size; i++) dx[i] = store(acc[i]);
 }
 
