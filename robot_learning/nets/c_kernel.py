@@ -1,5 +1,6 @@
-"""Builds and loads the small C kernels next to this file (``groupnorm_cl.c``, ``maxpool_cl.c``)
-with the system's C compiler on first use; they are called through ctypes.
+"""Builds and loads the small C kernels next to this file (``groupnorm_cl.c``, ``maps_cl.c``, and
+the ``bf16.h`` they share) with the system's C compiler on first use; they are called through
+ctypes.
 
 Why C at all: in a bf16 training step on a CPU, some of torch's kernels for channels-last maps
 move several times the memory the operation needs (layout copies, int64 indices, separate passes
@@ -23,6 +24,8 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+import torch
 
 log = logging.getLogger(__name__)
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-fopenmp"]
@@ -71,3 +74,9 @@ def load(source: Path, switch: str, fallback: str) -> ctypes.CDLL | None:
         log.warning("could not build %s into %s, so %s, and image training is slower: %s", source.name,
                     target.parent, fallback, e)
         return None
+
+
+def takes(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a map the kernels take: 4-D bf16 on the CPU, channels-last in memory."""
+    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 4 and x.numel() > 0
+            and x.is_contiguous(memory_format=torch.channels_last))

@@ -49,10 +49,7 @@ def available() -> bool:
     return _library() is not None
 
 
-def applies(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a map the kernels take: 4-D bf16 on the CPU, channels-last in memory."""
-    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 4 and x.numel() > 0
-            and x.is_contiguous(memory_format=torch.channels_last))
+applies = c_kernel.takes   # the maps the kernel takes
 
 
 def _dims(shape: torch.Size, out: tuple[int, int], kernel: int, stride: int, padding: int) -> list[int]:
